@@ -1,0 +1,182 @@
+"""Model cards: the machine-readable description stored beside each model in the repository.
+
+A card is ``model_repository/<name>/card.json``, next to Triton's ``config.pbtxt``. It tells the
+gateway everything it needs to run the model the way it was trained: the task, the input tensor
+(name, size, normalisation, channel order), the codec that turns heatmaps into keypoints, the
+dataset metainfo (keypoint names, skeleton, flip pairs, OKS sigmas, classes, palette), and where
+the weights came from with their published metrics.
+
+``export/`` writes cards, ``service/`` reads them; both use this one schema.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CARD_FILENAME = "card.json"
+
+Task = Literal["topdown_pose", "bottomup_pose", "detection", "segmentation"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Normalization(_Strict):
+    """Input normalisation: ``(pixel - mean) / std`` on 0..255 values, per channel.
+
+    ``channel_order`` is the order the *model* expects (``rgb`` for MMPose/MMSeg HRNet models,
+    ``bgr`` for the MMDeploy RTMDet export). ``mean``/``std`` are given in that same order.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+
+
+class TensorSpec(_Strict):
+    """One input or output tensor of the ONNX graph / Triton model (batch axis excluded from ``dims``).
+
+    ``dims`` uses -1 for a dynamic axis, as Triton's ``config.pbtxt`` does.
+    """
+
+    name: str
+    dtype: Literal["FP32", "FP16", "INT64", "INT32", "UINT8"] = "FP32"
+    dims: list[int]
+
+
+class CodecSpec(_Strict):
+    """Heatmap codec parameters (MMPose 1.x ``MSRAHeatmap`` / ``UDPHeatmap``).
+
+    Sizes are ``(width, height)`` in pixels: ``input_size`` of the model input crop,
+    ``heatmap_size`` of the output heatmaps.
+    """
+
+    type: Literal["MSRAHeatmap", "UDPHeatmap"] = "MSRAHeatmap"
+    input_size: tuple[int, int]
+    heatmap_size: tuple[int, int]
+    sigma: float = 2.0
+    unbiased: bool = False  # DARK refinement (MSRAHeatmap only)
+    blur_kernel_size: int = 11
+
+
+class DetectorSpec(_Strict):
+    """Person-detector parameters (RTMDet as exported by MMDeploy, NMS inside the graph)."""
+
+    score_threshold: float = 0.3
+    pad_value: float = 114.0
+    person_label: int = 0
+    max_detections: int = 100
+
+
+class SegTestPipeline(_Strict):
+    """MMSeg 1.x test pipeline: keep-ratio resize to ``scale`` (w, h), then whole or slide inference.
+
+    ``crop_size`` and ``stride`` are ``(height, width)`` as in MMSeg's ``test_cfg``.
+    """
+
+    scale: Optional[tuple[int, int]] = None
+    keep_ratio: bool = True
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: Optional[tuple[int, int]] = None
+    stride: Optional[tuple[int, int]] = None
+
+
+class SourceSpec(_Strict):
+    """Provenance: registry config name, checkpoint file/URL and the published metrics."""
+
+    arch: Optional[str] = None
+    config: Optional[str] = None
+    checkpoint: Optional[str] = None
+    url: Optional[str] = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    notes: Optional[str] = None
+
+
+class ModelCard(_Strict):
+    """Everything the gateway needs to serve one model.
+
+    Sizes: ``input_size`` is ``(width, height)`` of the network input in pixels (``None`` entries
+    mean dynamic, as for segmentation). Pose fields (``codec``, ``keypoint_names``, ...) are required
+    for ``topdown_pose``; ``classes``/``palette``/``test_pipeline`` for ``segmentation``;
+    ``detector`` for ``detection``. Raises ``pydantic.ValidationError`` on a malformed card.
+    """
+
+    name: str
+    task: Task
+    input_size: tuple[Optional[int], Optional[int]]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int = 32
+    normalization: Normalization
+
+    # top-down pose
+    codec: Optional[CodecSpec] = None
+    bbox_padding: float = 1.25
+    use_udp: bool = False  # UDP affine transform (TopdownAffine(use_udp=True))
+    flip_test: bool = True
+    shift_heatmap: bool = True
+    keypoint_names: list[str] = Field(default_factory=list)
+    skeleton: list[tuple[int, int]] = Field(default_factory=list)
+    flip_indices: list[int] = Field(default_factory=list)
+    sigmas: list[float] = Field(default_factory=list)
+    dataset: Optional[str] = None
+
+    # detection
+    detector: Optional[DetectorSpec] = None
+
+    # segmentation
+    classes: list[str] = Field(default_factory=list)
+    palette: list[tuple[int, int, int]] = Field(default_factory=list)
+    test_pipeline: Optional[SegTestPipeline] = None
+    align_corners: bool = False
+
+    source: SourceSpec = Field(default_factory=SourceSpec)
+
+    @model_validator(mode="after")
+    def _check_task_fields(self) -> "ModelCard":
+        if self.task == "topdown_pose":
+            if self.codec is None:
+                raise ValueError("topdown_pose card needs 'codec'")
+            k = len(self.keypoint_names)
+            if k == 0:
+                raise ValueError("topdown_pose card needs 'keypoint_names'")
+            for field in ("flip_indices", "sigmas"):
+                v = getattr(self, field)
+                if v and len(v) != k:
+                    raise ValueError(f"'{field}' has {len(v)} entries, expected {k} (one per keypoint)")
+            if self.flip_indices and sorted(self.flip_indices) != list(range(k)):
+                raise ValueError("'flip_indices' must be a permutation of range(num_keypoints)")
+            for a, b in self.skeleton:
+                if not (0 <= a < k and 0 <= b < k):
+                    raise ValueError(f"skeleton link ({a}, {b}) out of range for {k} keypoints")
+        if self.task == "segmentation":
+            if not self.classes:
+                raise ValueError("segmentation card needs 'classes'")
+            if self.palette and len(self.palette) != len(self.classes):
+                raise ValueError(
+                    f"'palette' has {len(self.palette)} colours for {len(self.classes)} classes")
+        if self.task == "detection" and self.detector is None:
+            raise ValueError("detection card needs 'detector'")
+        return self
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.keypoint_names)
+
+    def save(self, directory: Path | str) -> Path:
+        """Write ``<directory>/card.json`` and return its path."""
+        path = Path(directory) / CARD_FILENAME
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> "ModelCard":
+        """Read a card from ``card.json`` (or a directory holding one)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / CARD_FILENAME
+        return cls.model_validate_json(p.read_text())
