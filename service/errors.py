@@ -1,0 +1,81 @@
+"""Client-facing errors: every bad input becomes a 4xx JSON error that names the problem.
+
+The JSON body is ``{"error": {"code": "<machine code>", "message": "<what is wrong>"}}``.
+The FastAPI app registers :func:`install_error_handlers`, so raising an :class:`APIError` anywhere
+on the request path ends the request cleanly; nothing reaches the client as a bare 500.
+"""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+
+class APIError(Exception):
+    """An error to return to the client as ``status_code`` with a machine ``code`` and a message."""
+
+    status_code: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+
+class BadRequest(APIError):
+    status_code, code = 400, "bad_request"
+
+
+class InvalidImage(APIError):
+    status_code, code = 415, "invalid_image"
+
+
+class InvalidBoxes(APIError):
+    status_code, code = 422, "invalid_boxes"
+
+
+class InvalidParameter(APIError):
+    status_code, code = 422, "invalid_parameter"
+
+
+class UnknownModel(APIError):
+    status_code, code = 404, "unknown_model"
+
+
+class WrongTask(APIError):
+    status_code, code = 422, "wrong_task"
+
+
+class PayloadTooLarge(APIError):
+    status_code, code = 413, "payload_too_large"
+
+
+class ServiceUnavailable(APIError):
+    status_code, code = 503, "unavailable"
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map APIError and request-validation errors to JSON 4xx responses."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+        return JSONResponse(error_body("invalid_request", "; ".join(parts)), status_code=422)
