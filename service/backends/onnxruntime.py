@@ -1,0 +1,79 @@
+"""Embedded ONNX Runtime backend: the gateway's default (CPU here; CUDA provider where present)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+
+from ..repository import ModelRepository
+from .base import Backend, BackendError
+
+log = logging.getLogger(__name__)
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it, then CPU."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxRuntimeBackend(Backend):
+    """One ``InferenceSession`` per model of the repository, created at start-up.
+
+    ``infer`` runs in a worker thread (ORT releases the GIL) so the event loop stays free;
+    batches above the card's ``max_batch_size`` are split and concatenated. Raises
+    :class:`BackendError` for unknown models or ORT failures (e.g. a wrong input shape).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, repository: ModelRepository, providers: list[str] | None = None,
+                 intra_op_threads: int = 0, models: list[str] | None = None):
+        self.repository = repository
+        self.providers = providers or default_providers()
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        opts = ort.SessionOptions()
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
+        for name in (models if models is not None else list(repository.cards)):
+            path = repository.onnx_path(name)
+            if not path.exists():
+                log.warning("model %s has no %s; skipped by the embedded backend", name, path)
+                continue
+            self.sessions[name] = ort.InferenceSession(str(path), sess_options=opts,
+                                                       providers=self.providers)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort")
+
+    def _run(self, model: str, inputs: dict[str, np.ndarray],
+             outputs: list[str] | None) -> dict[str, np.ndarray]:
+        sess = self.sessions.get(model)
+        if sess is None:
+            raise BackendError(f"model '{model}' is not loaded in the ONNX Runtime backend")
+        names = outputs or [o.name for o in sess.get_outputs()]
+        batch = next(iter(inputs.values())).shape[0]
+        max_batch = self.repository.get(model).max_batch_size or batch
+        chunks: list[list[np.ndarray]] = []
+        try:
+            for start in range(0, max(batch, 1), max(max_batch, 1)):
+                feed = {k: np.ascontiguousarray(v[start:start + max_batch]) for k, v in inputs.items()}
+                chunks.append(sess.run(names, feed))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BackendError(f"ONNX Runtime failed on model '{model}': {exc}") from exc
+        if len(chunks) == 1:
+            return dict(zip(names, chunks[0]))
+        return {n: np.concatenate([c[i] for c in chunks], axis=0) for i, n in enumerate(names)}
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray],
+                    outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run, model, inputs, outputs)
+
+    async def ready(self, model: str | None = None) -> bool:
+        return bool(self.sessions) if model is None else model in self.sessions
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self.sessions.clear()

@@ -1,0 +1,66 @@
+"""Parsing and validating user-given person boxes for ``POST /pose``."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .errors import InvalidBoxes
+
+
+def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
+                max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parse the ``boxes`` form field.
+
+    ``text``: JSON list of boxes, each ``[x, y, w, h]`` (``box_format="xywh"``) or
+    ``[x1, y1, x2, y2]`` (``"xyxy"``), image pixels, optionally with a 5th value, the box score in
+    [0, 1] (default 1.0). ``image_size``: (width, height).
+
+    Returns ``(boxes_xyxy (N, 4) float32, scores (N,) float32)``. Raises :class:`InvalidBoxes`
+    (422) naming the offending box for: invalid JSON, wrong nesting or length, non-finite values,
+    zero or negative area, a box entirely outside the image, a score outside [0, 1], or more than
+    ``max_boxes`` boxes. Boxes partly outside the image are kept as given (MMPose crops them with
+    zero padding).
+    """
+    if box_format not in ("xywh", "xyxy"):
+        raise InvalidBoxes(f"box_format must be 'xywh' or 'xyxy', got '{box_format}'")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise InvalidBoxes(f"'boxes' is not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise InvalidBoxes("'boxes' must be a JSON list of boxes")
+    if len(data) > max_boxes:
+        raise InvalidBoxes(f"{len(data)} boxes given; at most {max_boxes} per request")
+    rows = []
+    for i, box in enumerate(data):
+        if not isinstance(box, list) or len(box) not in (4, 5):
+            raise InvalidBoxes(f"box {i} must be a list of 4 numbers (or 5 with a score), got {box!r}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+            raise InvalidBoxes(f"box {i} has a non-numeric value: {box!r}")
+        rows.append([float(v) for v in box] + ([1.0] if len(box) == 4 else []))
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidBoxes(f"box {i} has a non-finite value: {data[i]!r}")
+    xyxy = arr[:, :4].copy()
+    if box_format == "xywh":
+        xyxy[:, 2:] += xyxy[:, :2]
+    w, h = xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]
+    bad = (w <= 0) | (h <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidBoxes(f"box {i} has zero or negative area ({box_format} {data[i]!r})")
+    img_w, img_h = image_size
+    outside = (xyxy[:, 2] <= 0) | (xyxy[:, 3] <= 0) | (xyxy[:, 0] >= img_w) | (xyxy[:, 1] >= img_h)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise InvalidBoxes(f"box {i} ({box_format} {data[i]!r}) lies entirely outside the "
+                           f"{img_w}x{img_h} image")
+    scores = arr[:, 4]
+    bad = (scores < 0) | (scores > 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidBoxes(f"box {i} has score {scores[i]} outside [0, 1]")
+    return xyxy.astype(np.float32), scores.astype(np.float32)

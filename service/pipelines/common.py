@@ -1,0 +1,45 @@
+"""Pieces every pipeline shares: input normalisation and stage timing."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..cards import Normalization
+
+
+def to_input_tensor(images_bgr: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Turn ``(N, H, W, 3) uint8`` BGR images into the model's ``(N, 3, H, W) float32`` input.
+
+    Channels are reordered to ``norm.channel_order`` (as MMEngine's data preprocessor does with
+    ``bgr_to_rgb``), then ``(x - mean) / std`` per channel on 0..255 values.
+    """
+    if images_bgr.ndim != 4 or images_bgr.shape[-1] != 3:
+        raise ValueError(f"expected (N, H, W, 3) images, got shape {images_bgr.shape}")
+    x = images_bgr[..., ::-1] if norm.channel_order == "rgb" else images_bgr
+    mean = np.asarray(norm.mean, dtype=np.float32)
+    inv_std = 1.0 / np.asarray(norm.std, dtype=np.float32)
+    out = (x.astype(np.float32) - mean) * inv_std
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+class StageTimer:
+    """Collects wall-clock milliseconds per named stage: ``with timer("inference"): ...``."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
+
+    def total(self) -> dict[str, float]:
+        out = {k: round(v, 3) for k, v in self.ms.items()}
+        out["total"] = round((time.perf_counter() - self._t0) * 1e3, 3)
+        return out

@@ -1,0 +1,78 @@
+"""Top-down pose: boxes -> affine crops -> one batched inference (+ flip) -> heatmap decoding.
+
+Follows MMPose 1.x's top-down test path step for step:
+
+1. ``GetBBoxCenterScale(padding=1.25)`` then ``TopdownAffine``'s aspect-ratio fix to the input's
+   w/h, the three-point warp matrix (or the UDP one) and ``cv2.warpAffine(INTER_LINEAR)``;
+2. ``PoseDataPreprocessor``: BGR->RGB, mean/std;
+3. flip test (``test_cfg.flip_test``): the horizontally flipped crops go through the network in the
+   same batch; their heatmaps are flipped back, channels swapped by the flip pairs, shifted by one
+   pixel when ``shift_heatmap`` is set, and averaged with the plain ones (``flip_heatmaps``);
+4. the card's codec decodes heatmaps to input-space keypoints (MSRA plain/DARK, or UDP);
+5. ``add_pred_to_datasample``: back to image pixels through center/scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backends.base import Backend
+from ..cards import ModelCard
+from ..codecs import build_codec
+from ..codecs.flip import flip_heatmaps
+from ..geometry import bbox_xyxy2cs, crop_persons, fix_aspect_ratio, keypoints_to_image
+from ..metrics.coco_keypoints import rescore
+from .common import StageTimer, to_input_tensor
+
+
+@dataclass
+class PoseResult:
+    """Per person: ``keypoints`` (N, K, 2) float32 image pixels, ``keypoint_scores`` (N, K),
+    ``person_scores`` (N,) = box score × mean keypoint score above 0.2 (MMPose's COCO rescoring)."""
+
+    keypoints: np.ndarray
+    keypoint_scores: np.ndarray
+    person_scores: np.ndarray
+
+
+async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scores: np.ndarray,
+                         card: ModelCard, backend: Backend, *, flip_test: bool,
+                         timer: StageTimer | None = None) -> PoseResult:
+    """Keypoints for every box of one image, all crops in one backend call.
+
+    ``image_bgr``: (H, W, 3) uint8. ``boxes_xyxy``: (N, 4) float image pixels (validated by the
+    caller: finite, positive area). ``box_scores``: (N,). Returns one person per box, in order.
+    """
+    timer = timer or StageTimer()
+    codec_spec = card.codec
+    assert codec_spec is not None
+    n = len(boxes_xyxy)
+    k = card.num_keypoints
+    if n == 0:
+        z = np.zeros((0, k), np.float32)
+        return PoseResult(np.zeros((0, k, 2), np.float32), z, np.zeros((0,), np.float32))
+
+    in_w, in_h = codec_spec.input_size
+    with timer("preprocess"):
+        centers, scales = bbox_xyxy2cs(np.asarray(boxes_xyxy, np.float32), padding=card.bbox_padding)
+        scales = fix_aspect_ratio(scales, aspect_ratio=in_w / in_h)
+        crops = crop_persons(image_bgr, centers, scales, (in_w, in_h), use_udp=card.use_udp)
+        x = to_input_tensor(crops, card.normalization)
+        if flip_test:
+            x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])], axis=0)
+
+    with timer("inference"):
+        out = await backend.infer(card.name, {card.inputs[0].name: x}, [card.outputs[0].name])
+        heatmaps = np.asarray(out[card.outputs[0].name], dtype=np.float32)
+
+    with timer("decode_heatmaps"):
+        if flip_test:
+            flipped = flip_heatmaps(heatmaps[n:], card.flip_indices, shift_heatmap=card.shift_heatmap)
+            heatmaps = (heatmaps[:n] + flipped) * 0.5
+        codec = build_codec(codec_spec)
+        kpts_input, kpt_scores = codec.decode(heatmaps)
+        kpts = keypoints_to_image(kpts_input, centers, scales, (in_w, in_h))
+        person_scores = rescore(np.asarray(box_scores, np.float32), kpt_scores, thr=0.2)
+    return PoseResult(kpts.astype(np.float32), kpt_scores.astype(np.float32),
+                      np.asarray(person_scores, np.float32))

@@ -1,0 +1,39 @@
+"""Service metadata: ``GET /models``, ``/healthz`` (process alive), ``/readyz`` (can serve)."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["meta"])
+
+
+@router.get("/models")
+async def models(request: Request) -> dict:
+    """Every model card in the repository, plus whether the backend has it loaded."""
+    repo, backend = request.app.state.repository, request.app.state.backend
+    out = []
+    for name, card in sorted(repo.cards.items()):
+        d = card.model_dump(mode="json")
+        d["ready"] = await backend.ready(name)
+        out.append(d)
+    return {"backend": backend.name, "models": out}
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """200 when the backend and every model of the repository are ready, else 503 with the list."""
+    repo, backend = request.app.state.repository, request.app.state.backend
+    try:
+        not_ready = [n for n in sorted(repo.cards) if not await backend.ready(n)]
+        server_ready = await backend.ready()
+    except Exception as exc:  # backend unreachable
+        return JSONResponse({"status": "not ready", "reason": str(exc)}, status_code=503)
+    if not server_ready or not_ready:
+        return JSONResponse({"status": "not ready", "models_not_ready": not_ready},
+                            status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ready", "models": sorted(repo.cards)})

@@ -1,0 +1,69 @@
+"""``POST /pose``: top-down keypoints for given boxes or for the detector's person boxes."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Request, UploadFile
+
+from ..boxes import parse_boxes
+from ..errors import InvalidParameter
+from ..pipelines.common import StageTimer
+from ..pipelines.detector import detect_persons
+from ..pipelines.topdown import estimate_poses
+from ..schemas import ErrorResponse, Person, PoseResponse
+from .uploads import read_image
+
+router = APIRouter(tags=["pose"])
+
+_ERRORS = {c: {"model": ErrorResponse} for c in (404, 413, 415, 422, 503)}
+
+
+@router.post("/pose", response_model=PoseResponse, responses=_ERRORS)
+async def pose(
+    request: Request,
+    image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
+    boxes: Optional[str] = Form(None, description="JSON list of [x,y,w,h(,score)] boxes; "
+                                                  "absent: the person detector finds them"),
+    box_format: Literal["xywh", "xyxy"] = Form("xywh"),
+    model: Optional[str] = Form(None, description="pose model name (default from settings)"),
+    flip_test: Optional[bool] = Form(None, description="default: the model card's setting"),
+    detector: Optional[str] = Form(None, description="detector model name (default from settings)"),
+    score_threshold: Optional[float] = Form(None, description="detector score threshold"),
+) -> PoseResponse:
+    state = request.app.state
+    settings, repo, backend = state.settings, state.repository, state.backend
+    timer = StageTimer()
+    card = repo.get(model or settings.default_pose_model, task="topdown_pose")
+
+    with timer("decode_image"):
+        img = await read_image(image, settings)
+    h, w = img.shape[:2]
+
+    if boxes is not None and boxes.strip() != "":
+        xyxy, box_scores = parse_boxes(boxes, box_format, (w, h), settings.max_boxes)
+        source = "given"
+    else:
+        if score_threshold is not None and not (0.0 <= score_threshold <= 1.0):
+            raise InvalidParameter(f"score_threshold must be in [0, 1], got {score_threshold}")
+        det_card = repo.get(detector or settings.default_detector_model, task="detection")
+        thr = score_threshold if score_threshold is not None else settings.detector_score_threshold
+        with timer("detect"):
+            dets = await detect_persons(img, det_card, backend, score_threshold=thr)
+        xyxy, box_scores = dets.boxes, dets.scores
+        source = "detector"
+
+    use_flip = card.flip_test if flip_test is None else flip_test
+    result = await estimate_poses(img, xyxy, box_scores, card, backend, flip_test=use_flip,
+                                  timer=timer)
+
+    with timer("serialise"):
+        kpts = np.concatenate([result.keypoints, result.keypoint_scores[..., None]], axis=-1)
+        xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        persons = [Person(bbox=b, bbox_score=s, keypoints=k, score=p) for b, s, k, p in zip(
+            xywh.round(3).tolist(), box_scores.tolist(), kpts.round(4).tolist(),
+            result.person_scores.tolist())]
+    return PoseResponse(model=card.name, image_size=[w, h], flip_test=use_flip, box_source=source,
+                        keypoint_names=card.keypoint_names,
+                        skeleton=[list(s) for s in card.skeleton], persons=persons,
+                        timing_ms=timer.total())

@@ -1,0 +1,43 @@
+"""Response schemas (pydantic) of the gateway; they document the API in ``/docs``."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Person(BaseModel):
+    bbox: list[float] = Field(description="person box [x, y, w, h] in image pixels")
+    bbox_score: float = Field(description="given box score (1.0 if none) or detector score")
+    keypoints: list[list[float]] = Field(description="K x [x, y, score], image pixels")
+    score: float = Field(description="bbox_score x mean of keypoint scores above 0.2 (MMPose)")
+
+
+class PoseResponse(BaseModel):
+    model: str
+    image_size: list[int] = Field(description="[width, height] of the decoded image")
+    flip_test: bool
+    box_source: Literal["given", "detector"]
+    keypoint_names: list[str]
+    skeleton: list[list[int]]
+    persons: list[Person]
+    timing_ms: dict[str, float]
+
+
+class SegmentResponse(BaseModel):
+    model: str
+    width: int
+    height: int
+    classes: list[str]
+    pixel_counts: dict[str, int]
+    label_png: str = Field(description="base64 single-channel PNG of class ids (255 = ignore)")
+    timing_ms: dict[str, float]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

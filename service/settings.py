@@ -1,0 +1,47 @@
+"""Gateway settings, read from the environment (prefix ``HRNET_``) or passed explicitly.
+
+Every ``hrnet-serve`` flag has an environment twin, e.g. ``HRNET_MODEL_REPOSITORY``,
+``HRNET_BACKEND``, ``HRNET_TRITON_URL``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of the gateway (limits are per request)."""
+
+    model_config = SettingsConfigDict(env_prefix="HRNET_", protected_namespaces=())
+
+    model_repository: Path = Path("model_repository")
+    backend: Literal["onnxruntime", "triton"] = "onnxruntime"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # default models (must exist in the repository when used)
+    default_pose_model: str = "pp_tinypose_256x192"
+    default_detector_model: str = "rtmdet_nano_person_320"
+    default_segment_model: Optional[str] = None
+
+    # detector
+    detector_score_threshold: float = 0.3
+
+    # limits
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_boxes: int = 100
+    # segmentation: images whose resized size exceeds this many pixels use slide inference
+    seg_slide_pixels: int = 2048 * 1024 * 2
+
+    # embedded ONNX Runtime
+    ort_intra_op_threads: int = 0  # 0 = ORT default
+    ort_providers: Optional[str] = None  # comma list; default CUDA if available, else CPU
+
+    # Triton
+    triton_url: str = "127.0.0.1:8001"
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_timeout_s: float = 10.0
+    triton_shared_memory: bool = False
