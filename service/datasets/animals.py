@@ -1,0 +1,144 @@
+"""Animal keypoint datasets: Horse-10 (22), MacaquePose (17), ATRW tigers (15).
+
+Facts from MMPose ``configs/_base_/datasets/horse10.py``, ``macaque.py`` and ``atrw.py`` (identical
+in the 0.x and 1.x branches): keypoint order, mirrors (``swap``), OKS sigmas, skeleton links and
+drawing colours (RGB).
+
+Horse-10 names are side-of-camera ("Near"/"Off"), not anatomical left/right, and upstream gives no
+``swap`` for any of them: its flip permutation is the identity. It also defines no OKS sigmas (its
+benchmark metrics are PCK@0.3 and NME), so ``HORSE10.sigmas`` is empty.
+MacaquePose uses the COCO keypoint order and COCO sigmas; ATRW has its own 15 sigmas.
+"""
+from __future__ import annotations
+
+from .info import KeypointRow, LinkRow, PoseDatasetInfo
+
+# (name, mirror or None, OKS sigma or None, RGB colour), in heatmap-channel order.
+HORSE10_KEYPOINTS: tuple[KeypointRow, ...] = (
+    ("Nose", None, None, (255, 153, 255)),
+    ("Eye", None, None, (255, 153, 255)),
+    ("Nearknee", None, None, (255, 102, 255)),
+    ("Nearfrontfetlock", None, None, (255, 102, 255)),
+    ("Nearfrontfoot", None, None, (255, 102, 255)),
+    ("Offknee", None, None, (255, 102, 255)),
+    ("Offfrontfetlock", None, None, (255, 102, 255)),
+    ("Offfrontfoot", None, None, (255, 102, 255)),
+    ("Shoulder", None, None, (255, 153, 255)),
+    ("Midshoulder", None, None, (255, 153, 255)),
+    ("Elbow", None, None, (255, 153, 255)),
+    ("Girth", None, None, (255, 153, 255)),
+    ("Wither", None, None, (255, 153, 255)),
+    ("Nearhindhock", None, None, (255, 51, 255)),
+    ("Nearhindfetlock", None, None, (255, 51, 255)),
+    ("Nearhindfoot", None, None, (255, 51, 255)),
+    ("Hip", None, None, (255, 153, 255)),
+    ("Stifle", None, None, (255, 153, 255)),
+    ("Offhindhock", None, None, (255, 51, 255)),
+    ("Offhindfetlock", None, None, (255, 51, 255)),
+    ("Offhindfoot", None, None, (255, 51, 255)),
+    ("Ischium", None, None, (255, 153, 255)),
+)
+HORSE10_LINKS: tuple[LinkRow, ...] = (
+    ("Nose", "Eye", (255, 153, 255)),
+    ("Eye", "Wither", (255, 153, 255)),
+    ("Wither", "Hip", (255, 153, 255)),
+    ("Hip", "Ischium", (255, 153, 255)),
+    ("Ischium", "Stifle", (255, 153, 255)),
+    ("Stifle", "Girth", (255, 153, 255)),
+    ("Girth", "Elbow", (255, 153, 255)),
+    ("Elbow", "Shoulder", (255, 153, 255)),
+    ("Shoulder", "Midshoulder", (255, 153, 255)),
+    ("Midshoulder", "Wither", (255, 153, 255)),
+    ("Nearknee", "Nearfrontfetlock", (255, 102, 255)),
+    ("Nearfrontfetlock", "Nearfrontfoot", (255, 102, 255)),
+    ("Offknee", "Offfrontfetlock", (255, 102, 255)),
+    ("Offfrontfetlock", "Offfrontfoot", (255, 102, 255)),
+    ("Nearhindhock", "Nearhindfetlock", (255, 51, 255)),
+    ("Nearhindfetlock", "Nearhindfoot", (255, 51, 255)),
+    ("Offhindhock", "Offhindfetlock", (255, 51, 255)),
+    ("Offhindfetlock", "Offhindfoot", (255, 51, 255)),
+)
+
+MACAQUE_KEYPOINTS: tuple[KeypointRow, ...] = (
+    ("nose", None, 0.026, (51, 153, 255)),
+    ("left_eye", "right_eye", 0.025, (51, 153, 255)),
+    ("right_eye", "left_eye", 0.025, (51, 153, 255)),
+    ("left_ear", "right_ear", 0.035, (51, 153, 255)),
+    ("right_ear", "left_ear", 0.035, (51, 153, 255)),
+    ("left_shoulder", "right_shoulder", 0.079, (0, 255, 0)),
+    ("right_shoulder", "left_shoulder", 0.079, (255, 128, 0)),
+    ("left_elbow", "right_elbow", 0.072, (0, 255, 0)),
+    ("right_elbow", "left_elbow", 0.072, (255, 128, 0)),
+    ("left_wrist", "right_wrist", 0.062, (0, 255, 0)),
+    ("right_wrist", "left_wrist", 0.062, (255, 128, 0)),
+    ("left_hip", "right_hip", 0.107, (0, 255, 0)),
+    ("right_hip", "left_hip", 0.107, (255, 128, 0)),
+    ("left_knee", "right_knee", 0.087, (0, 255, 0)),
+    ("right_knee", "left_knee", 0.087, (255, 128, 0)),
+    ("left_ankle", "right_ankle", 0.089, (0, 255, 0)),
+    ("right_ankle", "left_ankle", 0.089, (255, 128, 0)),
+)
+MACAQUE_LINKS: tuple[LinkRow, ...] = (
+    ("left_ankle", "left_knee", (0, 255, 0)),
+    ("left_knee", "left_hip", (0, 255, 0)),
+    ("right_ankle", "right_knee", (255, 128, 0)),
+    ("right_knee", "right_hip", (255, 128, 0)),
+    ("left_hip", "right_hip", (51, 153, 255)),
+    ("left_shoulder", "left_hip", (51, 153, 255)),
+    ("right_shoulder", "right_hip", (51, 153, 255)),
+    ("left_shoulder", "right_shoulder", (51, 153, 255)),
+    ("left_shoulder", "left_elbow", (0, 255, 0)),
+    ("right_shoulder", "right_elbow", (255, 128, 0)),
+    ("left_elbow", "left_wrist", (0, 255, 0)),
+    ("right_elbow", "right_wrist", (255, 128, 0)),
+    ("left_eye", "right_eye", (51, 153, 255)),
+    ("nose", "left_eye", (51, 153, 255)),
+    ("nose", "right_eye", (51, 153, 255)),
+    ("left_eye", "left_ear", (51, 153, 255)),
+    ("right_eye", "right_ear", (51, 153, 255)),
+    ("left_ear", "left_shoulder", (51, 153, 255)),
+    ("right_ear", "right_shoulder", (51, 153, 255)),
+)
+
+ATRW_KEYPOINTS: tuple[KeypointRow, ...] = (
+    ("left_ear", "right_ear", 0.0277, (51, 153, 255)),
+    ("right_ear", "left_ear", 0.0823, (51, 153, 255)),
+    ("nose", None, 0.0831, (51, 153, 255)),
+    ("right_shoulder", "left_shoulder", 0.0202, (255, 128, 0)),
+    ("right_front_paw", "left_front_paw", 0.0716, (255, 128, 0)),
+    ("left_shoulder", "right_shoulder", 0.0263, (0, 255, 0)),
+    ("left_front_paw", "right_front_paw", 0.0646, (0, 255, 0)),
+    ("right_hip", "left_hip", 0.0302, (255, 128, 0)),
+    ("right_knee", "left_knee", 0.044, (255, 128, 0)),
+    ("right_back_paw", "left_back_paw", 0.0316, (255, 128, 0)),
+    ("left_hip", "right_hip", 0.0333, (0, 255, 0)),
+    ("left_knee", "right_knee", 0.0547, (0, 255, 0)),
+    ("left_back_paw", "right_back_paw", 0.0263, (0, 255, 0)),
+    ("tail", None, 0.0683, (51, 153, 255)),
+    ("center", None, 0.0539, (51, 153, 255)),
+)
+ATRW_LINKS: tuple[LinkRow, ...] = (
+    ("left_ear", "nose", (51, 153, 255)),
+    ("right_ear", "nose", (51, 153, 255)),
+    ("nose", "center", (51, 153, 255)),
+    ("left_shoulder", "left_front_paw", (0, 255, 0)),
+    ("left_shoulder", "center", (0, 255, 0)),
+    ("right_shoulder", "right_front_paw", (255, 128, 0)),
+    ("right_shoulder", "center", (255, 128, 0)),
+    ("tail", "center", (51, 153, 255)),
+    ("right_back_paw", "right_knee", (255, 128, 0)),
+    ("right_knee", "right_hip", (255, 128, 0)),
+    ("right_hip", "tail", (255, 128, 0)),
+    ("left_back_paw", "left_knee", (0, 255, 0)),
+    ("left_knee", "left_hip", (0, 255, 0)),
+    ("left_hip", "tail", (0, 255, 0)),
+)
+
+HORSE10 = PoseDatasetInfo.from_rows(
+    "horse10", HORSE10_KEYPOINTS, HORSE10_LINKS, source="mmpose configs/_base_/datasets/horse10.py")
+MACAQUE = PoseDatasetInfo.from_rows(
+    "macaque", MACAQUE_KEYPOINTS, MACAQUE_LINKS, source="mmpose configs/_base_/datasets/macaque.py")
+ATRW = PoseDatasetInfo.from_rows(
+    "atrw", ATRW_KEYPOINTS, ATRW_LINKS, source="mmpose configs/_base_/datasets/atrw.py")
+
+POSE_DATASETS = (HORSE10, MACAQUE, ATRW)
