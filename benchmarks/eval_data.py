@@ -1,0 +1,348 @@
+"""Datasets of ``hrnet-eval``: what to send per image, and how to score what came back.
+
+Top-down pose (COCO keypoint json; MMPose 1.x ``BaseCocoStyleDataset`` in test mode):
+
+* ground-truth boxes: every annotation with ``bbox`` and ``keypoints`` (crowd and
+  zero-keypoint ones included, as MMPose does at test time), the box clipped to the image
+  (``x1 = clip(x, 0, W-1)``, ``x2 = clip(x+w, 0, W-1)``), score 1, id = annotation id.
+  Horse-10 follows MMPose 0.x ``AnimalHorse10Dataset`` instead (the published numbers come from
+  it): annotations whose keypoints are all 0 are skipped and boxes are not clipped.
+* detection boxes (``COCO_val2017_detections_AP_H_56_person.json`` format): entries with
+  ``category_id == 1``, numbered in file order (MMPose's instance ``id``), xywh → xyxy; no score
+  threshold unless one is given (the HRNet configs set none).
+* the service's detector: the image alone.
+
+Boxes the gateway would refuse (zero area, or entirely outside the image) are not sent and are
+counted as skipped. Segmentation: Cityscapes ``*_leftImg8bit.png`` images paired with
+``*_gtFine_labelTrainIds.png`` labels (255 = ignore).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from service.metrics import (CocoKeypointEvaluator, IoUAccumulator, horse10_metrics, mean_oks,
+                             topdown_bbox_areas)
+
+POSE_DATASETS = ("coco", "macaque", "atrw", "horse10")
+SEG_DATASETS = ("cityscapes",)
+
+
+class DataError(Exception):
+    """The dataset files cannot be used as given (missing, malformed, inconsistent)."""
+
+
+@dataclass
+class PoseItem:
+    """One image to send to ``POST /pose``.
+
+    ``boxes``: ``[x1, y1, x2, y2, score]`` rows in image pixels (``None``: use the service's
+    detector); ``box_ids``: the MMPose instance id of each box.
+    """
+
+    key: str
+    image_id: Any
+    path: Path
+    boxes: Optional[list[list[float]]]
+    box_ids: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class SegItem:
+    """One image/label pair for ``POST /segment``; ``key`` is the image path relative to the
+    images folder."""
+
+    key: str
+    path: Path
+    label_path: Path
+
+
+# ----------------------------------------------------------------------------- pose: loading
+
+def load_json(path: Path | str) -> Any:
+    """Parsed JSON of ``path``; raises :class:`DataError` if missing or malformed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except ValueError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _box_ok(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> Optional[str]:
+    if not (x2 > x1 and y2 > y1):
+        return "degenerate_box"
+    if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+        return "box_outside_image"
+    return None
+
+
+def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
+                     box_source: str, det_file: Optional[Path | str] = None,
+                     bbox_score_thr: Optional[float] = None,
+                     limit: Optional[int] = None,
+                     clip_gt_boxes: bool = True) -> tuple[list[PoseItem], Counter, list]:
+    """Work items for a pose dataset.
+
+    Args:
+        coco: the loaded COCO keypoint annotation dict.
+        images_dir: folder holding the images' ``file_name``.
+        dataset: one of :data:`POSE_DATASETS`.
+        box_source: ``"gt"``, ``"det"`` or ``"detector"``.
+        det_file: detection json (``box_source="det"``).
+        bbox_score_thr: drop detections with ``score < thr`` (MMPose ``filter_cfg``).
+        limit: only the first ``limit`` images (sorted by id).
+        clip_gt_boxes: clip ground-truth boxes to the image as MMPose 1.x ``CocoDataset`` does
+            (False: send them exactly as annotated; Horse-10 never clips).
+
+    Returns:
+        ``(items, skipped, image_ids)``: items sorted by image id (images without any box to
+        send are left out), a Counter of skipped boxes by cause, and the ids of the images in
+        the evaluated set.
+
+    Raises:
+        DataError: malformed annotation or detection files.
+    """
+    images_dir = Path(images_dir)
+    try:
+        images = sorted(coco["images"], key=lambda im: im["id"])
+        anns = coco.get("annotations", [])
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"annotation file lacks images/annotations: {exc}") from None
+    if limit is not None:
+        images = images[:max(0, limit)]
+    img_by_id = {im["id"]: im for im in images}
+    skipped: Counter = Counter()
+    boxes: dict[Any, list] = {i: [] for i in img_by_id}
+    ids: dict[Any, list] = {i: [] for i in img_by_id}
+
+    if box_source == "gt":
+        for ann in anns:
+            im = img_by_id.get(ann.get("image_id"))
+            if im is None:
+                continue
+            if "bbox" not in ann or "keypoints" not in ann:
+                skipped["no_bbox_or_keypoints"] += 1
+                continue
+            x, y, w, h = (float(v) for v in ann["bbox"][:4])
+            W, H = int(im["width"]), int(im["height"])
+            if dataset == "horse10" and max(ann["keypoints"]) == 0:
+                skipped["no_keypoints"] += 1
+                continue
+            if dataset == "horse10" or not clip_gt_boxes:
+                xyxy = np.array([x, y, x + w, y + h], dtype=np.float32)
+            else:
+                xyxy = np.array([np.clip(x, 0, W - 1), np.clip(y, 0, H - 1),
+                                 np.clip(x + w, 0, W - 1), np.clip(y + h, 0, H - 1)],
+                                dtype=np.float32)
+            bad = _box_ok(*xyxy.tolist(), W, H)
+            if bad:
+                skipped[bad] += 1
+                continue
+            boxes[im["id"]].append(xyxy.tolist() + [1.0])
+            ids[im["id"]].append(ann["id"])
+    elif box_source == "det":
+        if det_file is None:
+            raise DataError("detection boxes need --boxes DET.json")
+        dets = load_json(det_file)
+        if not isinstance(dets, list):
+            raise DataError(f"{det_file}: expected a list of detections")
+        all_ids = {im["id"] for im in coco["images"]}
+        next_id = 0
+        for det in dets:
+            try:
+                if det["category_id"] != 1:
+                    continue
+                image_id = det["image_id"]
+                xywh = np.array(det["bbox"][:4], dtype=np.float32)
+                score = float(np.float32(det["score"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"{det_file}: malformed detection {det!r}: {exc}") from None
+            inst_id = next_id
+            next_id += 1
+            if image_id not in all_ids:
+                skipped["det_image_not_in_ann"] += 1
+                continue
+            if bbox_score_thr is not None and score < bbox_score_thr:
+                skipped["below_bbox_score_thr"] += 1
+                continue
+            im = img_by_id.get(image_id)
+            if im is None:  # outside --limit
+                continue
+            xyxy = np.concatenate([xywh[:2], xywh[:2] + xywh[2:]])
+            bad = _box_ok(*xyxy.tolist(), int(im["width"]), int(im["height"]))
+            if bad:
+                skipped[bad] += 1
+                continue
+            boxes[image_id].append(xyxy.tolist() + [score])
+            ids[image_id].append(inst_id)
+    elif box_source != "detector":
+        raise ValueError(f"unknown box source {box_source!r}")
+
+    items = []
+    for im in images:
+        i = im["id"]
+        if box_source != "detector" and not boxes[i]:
+            continue
+        items.append(PoseItem(key=str(i), image_id=i, path=images_dir / im["file_name"],
+                              boxes=None if box_source == "detector" else boxes[i],
+                              box_ids=ids[i]))
+    return items, skipped, [im["id"] for im in images]
+
+
+def keypoint_selection(model_names: Sequence[str], dataset_names: Sequence[str]) -> Optional[list[int]]:
+    """Indices of the dataset's keypoints among the model's outputs.
+
+    ``None`` when the model has exactly the dataset's number of keypoints (identity). When the
+    model has more (e.g. a COCO+AIC model evaluated on COCO), the dataset's keypoints are looked
+    up by name. Raises :class:`DataError` when that is impossible.
+    """
+    if len(model_names) == len(dataset_names):
+        return None
+    pos = {n: i for i, n in enumerate(model_names)}
+    missing = [n for n in dataset_names if n not in pos]
+    if missing or not dataset_names:
+        raise DataError(f"the model's {len(model_names)} keypoints do not contain the dataset's "
+                        f"{len(dataset_names)} (missing: {missing[:5]})")
+    return [pos[n] for n in dataset_names]
+
+
+def _record_arrays(rec: dict, sel: Optional[list[int]]):
+    """``(keypoints (N, K, 3), boxes_xyxy (N, 4), bbox_scores (N,), ids)`` of one record."""
+    persons = rec.get("persons", [])
+    if not persons:
+        return np.zeros((0, 0, 3), np.float32), np.zeros((0, 4), np.float32), \
+            np.zeros(0, np.float32), []
+    kp = np.asarray([p["keypoints"] for p in persons], dtype=np.float32).reshape(len(persons), -1, 3)
+    if sel is not None:
+        kp = kp[:, sel]
+    boxes = np.asarray([p["bbox_xyxy"] for p in persons], dtype=np.float32).reshape(-1, 4)
+    scores = np.asarray([p["bbox_score"] for p in persons], dtype=np.float32)
+    ids = [p["id"] for p in persons]
+    return kp, boxes, scores, ids
+
+
+def evaluate_coco_style(records: Sequence[dict], coco: dict, sigmas: Sequence[float], *,
+                        input_size: Sequence[int], padding: float,
+                        keypoint_index: Optional[list[int]] = None,
+                        image_ids: Optional[Sequence[Any]] = None, use_area: bool = True,
+                        gt_boxes: bool = False) -> tuple[dict, list]:
+    """COCO keypoint AP/AR of the gathered predictions (MMPose ``CocoMetric``), plus ``meanOKS``
+    when the boxes were the ground truth's (each prediction then belongs to one annotation).
+
+    ``records``: prediction records (``persons`` with ``id``, ``bbox_xyxy``, ``bbox_score``,
+    ``keypoints``); ``image_ids``: the evaluated image set (``None``: the whole file).
+    OKS-NMS areas follow MMPose top-down (:func:`topdown_bbox_areas` with the model's
+    ``input_size`` (w, h) and box ``padding``). Returns ``(metrics, coco_results)``.
+    """
+    ev = CocoKeypointEvaluator(coco, sigmas, use_area=use_area)
+    for rec in records:
+        kp, boxes, scores, ids = _record_arrays(rec, keypoint_index)
+        if not len(ids):
+            continue
+        ev.add(rec["image_id"], kp, scores,
+               areas=topdown_bbox_areas(boxes, tuple(input_size), padding), ids=ids)
+    results = ev.coco_results()
+    if not results:
+        raise DataError("no predictions to evaluate")
+    metrics = ev.evaluate(results, image_ids=image_ids)
+    if gt_boxes:
+        m = _mean_oks_gt(records, coco, sigmas, keypoint_index)
+        if m is not None:
+            metrics["meanOKS"] = m
+    return metrics, results
+
+
+def _gt_pairs(records: Sequence[dict], coco: dict, sel: Optional[list[int]]):
+    ann_by_id = {a["id"]: a for a in coco.get("annotations", [])}
+    pred, gt, vis, area, used = [], [], [], [], []
+    for rec in records:
+        kp, _, _, ids = _record_arrays(rec, sel)
+        for i, aid in enumerate(ids):
+            ann = ann_by_id.get(aid)
+            if ann is None:
+                continue
+            g = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
+            if g.shape[0] != kp.shape[1]:
+                raise DataError(f"annotation {aid} has {g.shape[0]} keypoints, predictions "
+                                f"{kp.shape[1]}")
+            pred.append(kp[i, :, :2])
+            gt.append(g[:, :2])
+            vis.append(g[:, 2])
+            area.append(float(ann.get("area", 0.0)))
+            used.append(ann)
+    return pred, gt, vis, area, used
+
+
+def _mean_oks_gt(records, coco, sigmas, sel) -> Optional[float]:
+    pred, gt, vis, area, _ = _gt_pairs(records, coco, sel)
+    if not pred:
+        return None
+    m = mean_oks(np.stack(pred), np.stack(gt), np.stack(vis), np.asarray(area), sigmas)
+    return None if np.isnan(m) else m
+
+
+def evaluate_horse10(records: Sequence[dict], coco: dict, *,
+                     keypoint_index: Optional[list[int]] = None,
+                     thr: float = 0.3) -> tuple[dict, list]:
+    """Horse-10 ``PCK`` (@0.3) and ``NME`` of ground-truth-box predictions (see
+    :func:`service.metrics.horse10_metrics`). Returns ``(metrics, results)`` where results are
+    per-instance ``{"image_id", "id", "keypoints": [x, y, s] * K}``."""
+    pred, gt, vis, _, used = _gt_pairs(records, coco, keypoint_index)
+    if not pred:
+        raise DataError("no predictions to evaluate")
+    metrics = horse10_metrics(np.stack(pred), np.stack(gt), np.stack(vis) > 0, thr=thr)
+    results = []
+    for rec in records:
+        kp, _, _, ids = _record_arrays(rec, keypoint_index)
+        for i, aid in enumerate(ids):
+            results.append({"image_id": rec["image_id"], "id": aid,
+                            "keypoints": kp[i].reshape(-1).tolist()})
+    return metrics, results
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
+
+
+def build_seg_items(images_dir: Path | str, ann_dir: Optional[Path | str] = None, *,
+                    limit: Optional[int] = None) -> tuple[list[SegItem], Counter]:
+    """Cityscapes image/label pairs: every ``*_leftImg8bit.png`` under ``images_dir``
+    (recursively, sorted) with the ``*_gtFine_labelTrainIds.png`` of the same stem found
+    anywhere under ``ann_dir`` (default ``images_dir``). Returns ``(items, skipped)``."""
+    images_dir = Path(images_dir)
+    ann_dir = Path(ann_dir) if ann_dir is not None else images_dir
+    if not images_dir.is_dir():
+        raise DataError(f"images folder not found: {images_dir}")
+    if not ann_dir.is_dir():
+        raise DataError(f"label folder not found: {ann_dir}")
+    labels = {p.name: p for p in ann_dir.rglob(f"*{LABEL_SUFFIX}")}
+    items, skipped = [], Counter()
+    for p in sorted(images_dir.rglob(f"*{IMAGE_SUFFIX}")):
+        lab = labels.get(p.name[: -len(IMAGE_SUFFIX)] + LABEL_SUFFIX)
+        if lab is None:
+            skipped["missing_label"] += 1
+            continue
+        items.append(SegItem(key=p.relative_to(images_dir).as_posix(), path=p, label_path=lab))
+    if limit is not None:
+        items = items[:max(0, limit)]
+    return items, skipped
+
+
+def evaluate_segmentation(records: Sequence[dict], num_classes: int,
+                          class_names: Optional[Sequence[str]] = None) -> dict:
+    """aAcc / mIoU / mAcc (percent) from per-image ``counts`` records (MMSeg ``IoUMetric``)."""
+    acc = IoUAccumulator(num_classes, 255, class_names)
+    for rec in records:
+        acc.add_counts(np.asarray(rec["counts"], dtype=np.int64))
+    if acc.num_images == 0:
+        raise DataError("no predictions to evaluate")
+    return acc.compute()
