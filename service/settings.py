@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_boxes: int = 100
     # segmentation: images whose resized size exceeds this many pixels use slide inference
     seg_slide_pixels: int = 2048 * 1024 * 2
+    # segmentation: largest network input (after the test resize / TTA scale) accepted, else 413
+    seg_max_input_pixels: int = 2048 * 1024 * 16
 
     # embedded ONNX Runtime
     ort_intra_op_threads: int = 0  # 0 = ORT default

@@ -1,0 +1,607 @@
+"""Semantic segmentation at test time: MMSeg 1.x semantics in numpy/OpenCV (no torch).
+
+The ONNX model (card task ``segmentation``) maps a float32 ``(N, 3, h, w)`` normalised image to
+logits ``(N, C, h', w')`` — the FCN head's output, about 1/4 of the input size and *not* resized.
+Everything MMSeg does around the network is done here, step for step:
+
+1. ``Resize(scale=card.test_pipeline.scale, keep_ratio=True)`` (``mmcv.transforms.Resize`` ->
+   ``mmcv.imrescale``/``rescale_size``; ``cv2.resize`` ``INTER_LINEAR`` on the uint8 BGR image);
+   with test-time augmentation, MMSeg 1.x's ``tta_pipeline`` instead:
+   ``Resize(scale_factor=r, keep_ratio=True)`` of the *original* image for every ratio ``r``, each
+   unflipped and (with ``flip``) ``RandomFlip(prob=1, direction='horizontal')``; ``flip`` without
+   ratios mirrors the card's resize (a ``TestTimeAug`` over that one ``Resize``);
+2. ``SegDataPreProcessor``: BGR->RGB, ``(x - mean) / std``; no test-time padding (the HRNet
+   configs set no ``test_cfg`` on the preprocessor);
+3. ``EncoderDecoder.whole_inference`` (``decode_head.predict`` resizes the logits bilinearly to
+   the network input size) or ``slide_inference`` (each crop's logits resized to the crop size,
+   summed into the canvas, divided by the per-pixel window count);
+4. ``BaseSegmentor.postprocess_result``: the logits of a flipped input flipped back, resized
+   bilinearly (``align_corners`` of the card) to the original image size, argmax over classes;
+5. ``SegTTAModel.merge_preds``: with several augmentations, the **softmax** of each augmentation's
+   original-size logits is averaged and the argmax taken.
+
+Bilinear resizing of logits follows ``torch.nn.functional.interpolate(mode='bilinear')`` (both
+``align_corners`` values; horizontal pass then vertical, as torch's kernel evaluates it): the
+vertical pass and the ``align_corners=True`` horizontal pass are numpy with torch's float32 source
+coordinates; the ``align_corners=False`` horizontal pass is OpenCV ``INTER_LINEAR`` on float32
+(same half-pixel rule, coordinates in double: ~1e-5 from torch at odd ratios, exact at 2x/4x).
+
+Memory: the last resize to the original size is evaluated lazily in row strips straight into the
+argmax, so no ``C x H x W`` array at the original size exists unless several augmentations are
+averaged (then one float32 accumulator, as MMSeg's TTA holds) or ``return_logits`` is asked for.
+Large inputs switch from whole to slide inference above ``slide_pixels`` network-input pixels.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from ..backends.base import Backend, BackendError
+from ..cards import ModelCard, SegTestPipeline
+from .common import StageTimer, to_input_tensor
+
+#: MMSeg 1.x ``configs/_base_/datasets/*.py`` ``img_ratios`` of the multi-scale TTA pipeline.
+MS_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+#: Named scale presets accepted wherever a list of TTA ratios is.
+SCALE_PRESETS: dict[str, tuple[float, ...]] = {"ms": MS_RATIOS}
+#: Limits on TTA ratios (each in (0, MAX_SCALE_RATIO], at most MAX_SCALES of them).
+MAX_SCALES = 8
+MAX_SCALE_RATIO = 4.0
+#: Slide window used when slide inference is needed but the card names no crop (h, w): the
+#: Cityscapes slide configs' 1024x1024 crop with a 768 stride.
+DEFAULT_CROP = (1024, 1024)
+DEFAULT_STRIDE = (768, 768)
+#: Elements (rows x width x classes) per strip of the final resize: small enough to stay in cache.
+_STRIP_ELEMENTS = 1 << 20
+
+MODES = ("whole", "slide")
+
+
+# --------------------------------------------------------------------------------------------
+# sizes (mmcv.image.geometric)
+
+
+def scale_size(size_wh: tuple[int, int], factor: float | tuple[float, float]) -> tuple[int, int]:
+    """``(w, h)`` scaled by ``factor`` and rounded half up: ``int(w * f + 0.5)``.
+
+    Follows ``mmcv.image.geometric._scale_size``. ``factor`` is one number or ``(fw, fh)``.
+    """
+    fw, fh = (factor, factor) if isinstance(factor, (int, float)) else factor
+    w, h = size_wh
+    return int(w * float(fw) + 0.5), int(h * float(fh) + 0.5)
+
+
+def rescale_size(size_wh: tuple[int, int],
+                 scale: float | tuple[int, int]) -> tuple[tuple[int, int], float]:
+    """New ``(w, h)`` and the factor for a keep-ratio resize (``mmcv.rescale_size``).
+
+    ``scale`` is either a positive factor, or a ``(long, short)``-agnostic pair of edge limits:
+    the factor is ``min(max(scale) / max(w, h), min(scale) / min(w, h))``, i.e. the image becomes
+    as large as possible with its long edge <= ``max(scale)`` and short edge <= ``min(scale)``.
+    The size is then :func:`scale_size` of the factor (pixels, rounded half up).
+    Raises ValueError for a non-positive factor or image size.
+    """
+    w, h = size_wh
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image size must be positive, got {size_wh}")
+    if isinstance(scale, (int, float)):
+        if scale <= 0:
+            raise ValueError(f"invalid scale factor {scale}, must be positive")
+        factor = float(scale)
+    else:
+        long_edge, short_edge = max(scale), min(scale)
+        factor = min(long_edge / max(h, w), short_edge / min(h, w))
+    return scale_size((w, h), factor), factor
+
+
+def network_input_size(size_wh: tuple[int, int], spec: SegTestPipeline) -> tuple[int, int]:
+    """Network input ``(w, h)`` of the card's test ``Resize`` (``mmcv.transforms.Resize``).
+
+    ``spec.scale`` None: no resize. ``keep_ratio``: :func:`rescale_size` to ``scale``;
+    otherwise exactly ``scale`` (``mmcv.imresize``).
+    """
+    if spec.scale is None:
+        return tuple(size_wh)  # type: ignore[return-value]
+    if spec.keep_ratio:
+        return rescale_size(size_wh, tuple(spec.scale))[0]
+    return int(spec.scale[0]), int(spec.scale[1])
+
+
+def tta_resize_size(size_wh: tuple[int, int], ratio: float) -> tuple[int, int]:
+    """Network input ``(w, h)`` of MMSeg 1.x's TTA ``Resize(scale_factor=ratio, keep_ratio=True)``.
+
+    mmcv first turns the factor into a target scale ``scale_size((w, h), ratio)``, then resizes
+    with keep-ratio to that scale — two roundings, e.g. ``(999, 10)`` at 0.75 gives ``(749, 7)``
+    where a single rounding would give ``(749, 8)``. Raises ValueError for ``ratio <= 0``.
+    """
+    if not ratio > 0:
+        raise ValueError(f"invalid scale ratio {ratio}, must be positive")
+    target = scale_size(size_wh, ratio)
+    if min(target) <= 0:
+        raise ValueError(f"scale ratio {ratio} shrinks the {size_wh[0]}x{size_wh[1]} image to nothing")
+    return rescale_size(size_wh, target)[0]
+
+
+def parse_scales(value: Sequence[float] | str | None) -> Optional[tuple[float, ...]]:
+    """Validate TTA ratios: a preset name (``"ms"``) or up to 8 finite floats in (0, 4].
+
+    Returns the ratios (None for None). Raises ValueError with the reason otherwise.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in SCALE_PRESETS:
+            raise ValueError(f"unknown scale preset '{value}'; known: {', '.join(SCALE_PRESETS)}")
+        return SCALE_PRESETS[value]
+    ratios = list(value)
+    if not ratios:
+        raise ValueError("scales must hold at least one ratio")
+    if len(ratios) > MAX_SCALES:
+        raise ValueError(f"at most {MAX_SCALES} scales are allowed, got {len(ratios)}")
+    out = []
+    for r in ratios:
+        if isinstance(r, bool) or not isinstance(r, (int, float)):
+            raise ValueError(f"scale {r!r} is not a number")
+        r = float(r)
+        if not math.isfinite(r) or not 0.0 < r <= MAX_SCALE_RATIO:
+            raise ValueError(f"scale {r} must be a finite number in (0, {MAX_SCALE_RATIO:g}]")
+        out.append(r)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------
+# slide windows (EncoderDecoder.slide_inference)
+
+
+def slide_windows(height: int, width: int, crop: tuple[int, int],
+                  stride: tuple[int, int]) -> np.ndarray:
+    """Windows of MMSeg's ``slide_inference`` over an ``height x width`` network input.
+
+    ``crop`` and ``stride`` are ``(h, w)`` in pixels (as in ``test_cfg``). There are
+    ``max(H - crop_h + stride_h - 1, 0) // stride_h + 1`` window rows (likewise columns); a window
+    starts at ``idx * stride``, ends at ``min(start + crop, H)`` and is then moved back to start at
+    ``max(end - crop, 0)``, so every window has size ``min(crop, image)``.
+    Returns ``(M, 4)`` int64 rows ``[x1, y1, x2, y2]`` (end exclusive), row-major (top row first),
+    the order MMSeg visits them. Raises ValueError for non-positive sizes.
+    """
+    ch, cw = int(crop[0]), int(crop[1])
+    sh, sw = int(stride[0]), int(stride[1])
+    if min(height, width, ch, cw, sh, sw) <= 0:
+        raise ValueError(f"sizes must be positive: image {height}x{width}, crop {crop}, stride {stride}")
+
+    def axis(n: int, c: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+        grids = max(n - c + s - 1, 0) // s + 1
+        end = np.minimum(np.arange(grids, dtype=np.int64) * s + c, n)
+        return np.maximum(end - c, 0), end
+
+    y1, y2 = axis(height, ch, sh)
+    x1, x2 = axis(width, cw, sw)
+    gy = np.repeat(np.arange(len(y1)), len(x1))
+    gx = np.tile(np.arange(len(x1)), len(y1))
+    return np.stack([x1[gx], y1[gy], x2[gx], y2[gy]], axis=1)
+
+
+def window_counts(height: int, width: int, windows: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float32: how many windows cover each pixel (MMSeg's ``count_mat``)."""
+    count = np.zeros((height, width), np.float32)
+    for x1, y1, x2, y2 in np.asarray(windows, np.int64):
+        count[y1:y2, x1:x2] += 1.0
+    return count
+
+
+def slide_merge(crop_logits, windows: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Average overlapping window logits into one canvas (``slide_inference``'s sum / count).
+
+    ``crop_logits``: ``(M, h_c, w_c, C)`` float32 channels-last array, or any iterable of ``M``
+    ``(h_c, w_c, C)`` arrays, each already resized to its window's size (summed in window order,
+    as MMSeg does); ``windows``: ``(M, 4)`` ``[x1, y1, x2, y2]`` from :func:`slide_windows`.
+    Returns ``(H, W, C)`` float32 = sum of the windows covering a pixel / their number.
+    Raises ValueError if the counts disagree, a window's size does not match its logits, or a
+    pixel is covered by no window.
+    """
+    windows = np.asarray(windows, np.int64)
+    preds = None
+    n = 0
+    for k, logit in enumerate(crop_logits):
+        if k >= len(windows):
+            raise ValueError(f"more window logits than the {len(windows)} windows")
+        x1, y1, x2, y2 = (int(v) for v in windows[k])
+        if tuple(logit.shape[:2]) != (y2 - y1, x2 - x1):
+            raise ValueError(f"window {k} is {y2 - y1}x{x2 - x1}, its logits {tuple(logit.shape[:2])}")
+        if preds is None:
+            preds = np.zeros((height, width, logit.shape[2]), np.float32)
+        preds[y1:y2, x1:x2] += logit
+        n += 1
+    if n != len(windows) or preds is None:
+        raise ValueError(f"{n} window logits for {len(windows)} windows")
+    count = window_counts(height, width, windows)
+    if (count == 0).any():
+        raise ValueError("some pixels are covered by no window")
+    preds /= count[..., None]
+    return preds
+
+
+# --------------------------------------------------------------------------------------------
+# bilinear resize (torch.nn.functional.interpolate, mode='bilinear')
+
+
+def _taps(n_in: int, n_out: int, align_corners: bool):
+    """Source indices and weights of 1-D linear interpolation ``n_in -> n_out`` (torch's rule).
+
+    align_corners: ``src = d * (n_in - 1) / (n_out - 1)``; otherwise
+    ``src = max((d + 0.5) * n_in / n_out - 0.5, 0)``. Computed in float32 like torch's CPU kernel.
+    Returns ``(i0, i1, w0, w1)``: value = ``w0 * x[i0] + w1 * x[i1]``.
+    """
+    d = np.arange(n_out, dtype=np.float32)
+    if align_corners:
+        scale = (np.float32(n_in - 1) / np.float32(n_out - 1)) if n_out > 1 else np.float32(0.0)
+        src = d * scale
+    else:
+        scale = np.float32(n_in) / np.float32(n_out)
+        src = np.maximum((d + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
+    w0 = (np.float32(1.0) - w1).astype(np.float32)
+    return i0, i1, w0, w1
+
+
+class _Rows(Protocol):
+    """Lazily computed ``(height, width, C)`` float32 map, read in row ranges."""
+
+    height: int
+    width: int
+
+    def rows(self, lo: int, hi: int) -> np.ndarray: ...
+
+
+class _ArrayRows:
+    """Rows of a materialised ``(H, W, C)`` array."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.height, self.width = array.shape[:2]
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        return self.array[lo:hi]
+
+
+class _FlippedRows:
+    """Rows of a source map mirrored left-right (flip-back of a flipped input's logits)."""
+
+    def __init__(self, src: _Rows):
+        self.src, self.height, self.width = src, src.height, src.width
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        return self.src.rows(lo, hi)[:, ::-1]
+
+
+class _ResizedRows:
+    """Rows of a source map bilinearly resized to ``(height, width)`` (torch semantics).
+
+    Each requested row range reads only the source rows it needs; the horizontal pass runs first,
+    then the vertical one, the order of torch's ``upsample_bilinear2d`` arithmetic. Same size is a
+    copy, as in torch.
+    """
+
+    def __init__(self, src: _Rows, height: int, width: int, align_corners: bool):
+        self.src, self.height, self.width = src, int(height), int(width)
+        self.align_corners = bool(align_corners)
+        self.same_w = self.width == src.width
+        self.same_h = self.height == src.height
+        self.hx = None if self.same_w else _taps(src.width, self.width, align_corners)
+        self.vy = None if self.same_h else _taps(src.height, self.height, align_corners)
+
+    def _horizontal(self, x: np.ndarray) -> np.ndarray:
+        if self.hx is None:
+            return x
+        if not self.align_corners:
+            # rows are independent in a width-only resize, and OpenCV's INTER_LINEAR uses torch's
+            # half-pixel rule (``align_corners=False``) in float32: same numbers, several times
+            # faster than the numpy gathers. At most 512 channels per call (CV_CN_MAX).
+            n, _, c = x.shape
+            out = np.empty((n, self.width, c), np.float32)
+            for c0 in range(0, c, 512):
+                part = np.ascontiguousarray(x[:, :, c0:c0 + 512], dtype=np.float32)
+                out[:, :, c0:c0 + 512] = cv2.resize(part, (self.width, n), interpolation=cv2.INTER_LINEAR
+                                                    ).reshape(n, self.width, -1)
+            return out
+        i0, i1, w0, w1 = self.hx
+        out = x[:, i0] * w0[:, None]
+        out += x[:, i1] * w1[:, None]
+        return out
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        if self.vy is None:
+            return self._horizontal(self.src.rows(lo, hi))
+        i0, i1, w0, w1 = (a[lo:hi] for a in self.vy)
+        a, b = int(i0[0]), int(i1[-1]) + 1
+        t = self._horizontal(self.src.rows(a, b))
+        out = t[i0 - a] * w0[:, None, None]
+        out += t[i1 - a] * w1[:, None, None]
+        return out
+
+
+def resize_logits(logits: np.ndarray, size_hw: tuple[int, int], align_corners: bool = False,
+                  channels_last: bool = False) -> np.ndarray:
+    """Bilinear resize of a logit map, as ``F.interpolate(mode='bilinear', align_corners=...)``.
+
+    ``logits``: ``(C, h, w)`` float (or ``(h, w, C)`` with ``channels_last``); ``size_hw``: the
+    output ``(H, W)`` in pixels. Returns float32 in the same layout. Follows MMSeg's
+    ``mmseg.models.utils.wrappers.resize`` (a thin wrapper of torch's interpolate); any number of
+    channels. Raises ValueError for a non-3-D input or an empty size.
+    """
+    x = np.asarray(logits, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"expected a 3-D logit map, got shape {x.shape}")
+    if min(size_hw) <= 0:
+        raise ValueError(f"output size must be positive, got {size_hw}")
+    hwc = x if channels_last else np.ascontiguousarray(x.transpose(1, 2, 0))
+    out = _ResizedRows(_ArrayRows(hwc), size_hw[0], size_hw[1], align_corners).rows(0, size_hw[0])
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    return out if channels_last else np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis`` (float32), as ``torch.softmax``."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline
+
+
+class InputTooLarge(ValueError):
+    """A view's network input would exceed the allowed number of pixels."""
+
+
+@dataclass
+class Augmentation:
+    """One test-time view: network input size ``(w, h)`` and whether the image is mirrored."""
+
+    size_wh: tuple[int, int]
+    flip: bool
+    mode: str
+
+
+@dataclass
+class SegResult:
+    """Outcome of :func:`segment`.
+
+    ``label_map``: ``(H, W)`` uint8 class ids at the original image size (255 never produced; it
+    is the ignore id of label files). ``logits``: ``(C, H, W)`` float32 when asked for — the
+    original-size logits for one view, the averaged softmax probabilities with TTA (as MMSeg's
+    ``seg_logits``). ``augmentations``: the views run; ``windows``: slide windows per view
+    (0 for whole); ``timing_ms``: per-stage milliseconds.
+    """
+
+    label_map: np.ndarray
+    augmentations: list[Augmentation]
+    windows: list[int] = field(default_factory=list)
+    logits: Optional[np.ndarray] = None
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+def plan_augmentations(size_wh: tuple[int, int], spec: SegTestPipeline, *,
+                       mode: Optional[str] = None, flip: bool = False,
+                       scales: Optional[Sequence[float]] = None,
+                       slide_pixels: Optional[int] = None,
+                       max_input_pixels: Optional[int] = None) -> list[Augmentation]:
+    """The views :func:`segment` runs for an image of ``size_wh`` (original ``(w, h)``).
+
+    No ``scales``: the card's test ``Resize``. With ``scales``: ``tta_resize_size`` of the original
+    image per ratio (MMSeg 1.x ``tta_pipeline``). ``flip`` adds a mirrored view per size, right
+    after its unflipped one. Mode: the given one, else the card's, switched to ``slide`` for a view
+    whose input exceeds ``slide_pixels`` pixels. Raises ValueError for an unknown mode, and
+    :class:`InputTooLarge` (a ValueError) for a view above ``max_input_pixels`` network-input pixels.
+    """
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}'; expected one of {', '.join(MODES)}")
+    sizes = ([network_input_size(size_wh, spec)] if scales is None
+             else [tta_resize_size(size_wh, r) for r in scales])
+    views = []
+    for w, h in sizes:
+        if max_input_pixels is not None and w * h > max_input_pixels:
+            raise InputTooLarge(f"the network input would be {w}x{h} = {w * h} pixels; the limit "
+                                f"is {max_input_pixels} (use a smaller image or smaller scales)")
+        m = mode or spec.mode
+        if mode is None and m == "whole" and slide_pixels is not None and w * h > slide_pixels:
+            m = "slide"
+        for f in ((False, True) if flip else (False,)):
+            views.append(Augmentation((int(w), int(h)), f, m))
+    return views
+
+
+def _slide_geometry(card: ModelCard) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Slide ``(crop, stride)`` as ``(h, w)``: the card's; a crop without stride strides 3/4 of
+    it; no crop: :data:`DEFAULT_CROP` / :data:`DEFAULT_STRIDE`."""
+    spec = card.test_pipeline or SegTestPipeline()
+    crop = tuple(spec.crop_size) if spec.crop_size else DEFAULT_CROP
+    stride = tuple(spec.stride) if spec.stride else (
+        DEFAULT_STRIDE if not spec.crop_size else tuple(max(1, (3 * c) // 4) for c in crop))
+    return crop, stride  # type: ignore[return-value]
+
+
+async def _infer(backend: Backend, card: ModelCard, x: np.ndarray) -> np.ndarray:
+    """Run the model on ``(N, 3, h, w)`` in chunks of ``max_batch_size``; ``(N, h', w', C)`` out."""
+    in_spec, out_name = card.inputs[0], card.outputs[0].name
+    if in_spec.dtype == "FP16":
+        x = x.astype(np.float16)
+    step = max(1, card.max_batch_size or len(x))
+    parts = []
+    for s in range(0, len(x), step):
+        out = await backend.infer(card.name, {in_spec.name: x[s:s + step]}, [out_name])
+        y = np.asarray(out[out_name])
+        if y.ndim != 4 or y.shape[0] != len(x[s:s + step]):
+            raise BackendError(f"model '{card.name}' returned '{out_name}' of shape {y.shape}; "
+                               f"expected (N, C, h, w) with N = {len(x[s:s + step])}")
+        parts.append(np.ascontiguousarray(y.transpose(0, 2, 3, 1), dtype=np.float32))
+    y = np.concatenate(parts, axis=0)
+    if y.shape[-1] != len(card.classes):
+        raise BackendError(f"model '{card.name}' returned {y.shape[-1]} channels; its card lists "
+                           f"{len(card.classes)} classes")
+    return y
+
+
+def _prepare(image_bgr: np.ndarray, size_wh: tuple[int, int], flips: Sequence[bool],
+             card: ModelCard) -> np.ndarray:
+    """Resize (cv2 INTER_LINEAR, as mmcv ``imresize``), mirror, normalise: ``(len(flips), 3, h, w)``."""
+    h0, w0 = image_bgr.shape[:2]
+    img = image_bgr if (w0, h0) == tuple(size_wh) else cv2.resize(
+        image_bgr, tuple(size_wh), interpolation=cv2.INTER_LINEAR)
+    batch = np.stack([img[:, ::-1] if f else img for f in flips])
+    return to_input_tensor(batch, card.normalization)
+
+
+def _merge_windows(head: np.ndarray, windows: np.ndarray, h: int, w: int,
+                   align_corners: bool) -> np.ndarray:
+    """Slide canvas ``(h, w, C)`` from per-window head outputs ``(M, h', w', C)``."""
+    def resized():
+        for k, (x1, y1, x2, y2) in enumerate(windows):
+            yield _ResizedRows(_ArrayRows(head[k]), y2 - y1, x2 - x1, align_corners).rows(0, y2 - y1)
+    return slide_merge(resized(), windows, h, w)
+
+
+def _finish_view(view: _Rows, height: int, width: int, n_cls: int, align_corners: bool,
+                 label: np.ndarray, acc: Optional[np.ndarray], logits: Optional[np.ndarray]) -> None:
+    """``postprocess_result`` of one view, strip by strip: resize its input-size logits to the
+    original ``(height, width)``; without ``acc`` write the argmax into ``label`` (and the logits
+    into ``logits``), with ``acc`` add their softmax to it (``SegTTAModel.merge_preds``)."""
+    final = _ResizedRows(view, height, width, align_corners)
+    # rows per strip: bound the widest block of the chain (the view's rows feeding a strip too)
+    src_rows_per_row = max(1.0, view.height / height)
+    widest = max(width, view.width * src_rows_per_row)
+    step = max(1, int(_STRIP_ELEMENTS // (widest * n_cls)))
+    for lo in range(0, height, step):
+        hi = min(height, lo + step)
+        s = final.rows(lo, hi)
+        if acc is None:
+            label[lo:hi] = s.argmax(axis=-1)
+            if logits is not None:
+                logits[lo:hi] = s
+        else:
+            acc[lo:hi] += softmax(s, axis=-1)
+
+
+def _argmax_rows(acc: np.ndarray, label: np.ndarray) -> None:
+    """``label[...] = acc.argmax(-1)`` in row strips (no full int64 index map)."""
+    step = max(1, _STRIP_ELEMENTS // max(1, acc.shape[1] * acc.shape[2]))
+    for lo in range(0, acc.shape[0], step):
+        label[lo:lo + step] = acc[lo:lo + step].argmax(axis=-1)
+
+
+async def segment(image_bgr: np.ndarray, card: ModelCard, backend: Backend, *,
+                  mode: Optional[str] = None, flip: bool = False,
+                  scales: Optional[Sequence[float] | str] = None,
+                  slide_pixels: Optional[int] = None, max_input_pixels: Optional[int] = None,
+                  return_logits: bool = False, timer: Optional[StageTimer] = None) -> SegResult:
+    """Semantic segmentation of one image, as MMSeg 1.x's test (or TTA) path computes it.
+
+    Args:
+        image_bgr: ``(H, W, 3)`` uint8 BGR image.
+        card: a ``segmentation`` card: classes (C <= 255), normalisation, test pipeline,
+            ``align_corners``, input/output tensor names, ``max_batch_size``.
+        backend: runs ``card.name``: float32 ``(N, 3, h, w)`` -> logits ``(N, C, h', w')``
+            (any ``h', w'``; MMSeg's FCN head gives about 1/4 of ``h, w``).
+        mode: ``"whole"`` | ``"slide"``; None: the card's, switched to slide for a view whose
+            network input exceeds ``slide_pixels`` pixels.
+        flip: add a horizontally mirrored view per size (its logits mirrored back).
+        scales: TTA ratios of the original image (or the preset ``"ms"``), see
+            :func:`tta_resize_size`; None: the card's test resize only.
+        slide_pixels: see ``mode``; None: never switch.
+        max_input_pixels: largest network input (w * h) allowed for any view; None: no limit.
+        return_logits: also return ``(C, H, W)`` float32: the original-size logits of the one
+            view, or with several views the mean of their softmax probabilities.
+        timer: stage timer receiving ``preprocess``, ``inference``, ``postprocess`` (ms).
+
+    Returns:
+        :class:`SegResult` whose ``label_map`` is ``(H, W)`` uint8: argmax of the one view's
+        logits, or with several views argmax of the mean softmax (MMSeg ``SegTTAModel``).
+
+    Raises:
+        ValueError: non-segmentation card, more than 255 classes, an image that is not
+            ``(H, W, 3)`` uint8, an unknown mode or invalid scales; :class:`InputTooLarge` (a
+            ValueError) for a view above ``max_input_pixels``.
+        BackendError: the model's output does not match the card (shape, class count).
+    """
+    timer = timer or StageTimer()
+    if card.task != "segmentation":
+        raise ValueError(f"model '{card.name}' is a {card.task} model, not segmentation")
+    n_cls = len(card.classes)
+    if n_cls > 255:
+        raise ValueError(f"{n_cls} classes do not fit a uint8 label map (255 is the ignore id)")
+    image_bgr = np.asarray(image_bgr)
+    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image_bgr.shape} {image_bgr.dtype}")
+    height, width = image_bgr.shape[:2]
+    ratios = parse_scales(scales)
+    spec = card.test_pipeline or SegTestPipeline()
+    views = plan_augmentations((width, height), spec, mode=mode, flip=flip, scales=ratios,
+                               slide_pixels=slide_pixels, max_input_pixels=max_input_pixels)
+    crop, stride = _slide_geometry(card)
+    ac = bool(card.align_corners)
+
+    multi = len(views) > 1
+    label = np.empty((height, width), np.uint8)
+    acc = np.zeros((height, width, n_cls), np.float32) if multi else None
+    logits = np.empty((height, width, n_cls), np.float32) if (return_logits and not multi) else None
+    n_windows: list[int] = []
+
+    # views come in runs of one size (unflipped, then flipped): one backend call per run
+    groups: list[tuple[tuple[int, int], str, list[bool]]] = []
+    for v in views:
+        if groups and v.flip and groups[-1][0] == v.size_wh and groups[-1][1] == v.mode:
+            groups[-1][2].append(True)
+        else:
+            groups.append((v.size_wh, v.mode, [v.flip]))
+
+    for (w, h), vmode, flips in groups:
+        with timer("preprocess"):
+            x = await asyncio.to_thread(_prepare, image_bgr, (w, h), flips, card)
+        if vmode == "whole":
+            with timer("inference"):
+                head = await _infer(backend, card, x)
+            rows: list[_Rows] = [_ResizedRows(_ArrayRows(head[i]), h, w, ac)
+                                 for i in range(len(flips))]
+            n_windows += [0] * len(flips)
+        else:
+            wins = slide_windows(h, w, crop, stride)
+            with timer("preprocess"):
+                crops = np.ascontiguousarray(np.concatenate(
+                    [np.stack([x[i, :, y1:y2, x1:x2] for x1, y1, x2, y2 in wins])
+                     for i in range(len(flips))]))
+            m = len(wins)
+            with timer("inference"):
+                head = await _infer(backend, card, crops)
+            del crops
+            with timer("postprocess"):
+                merged = [await asyncio.to_thread(_merge_windows, head[i * m:(i + 1) * m], wins,
+                                                  h, w, ac) for i in range(len(flips))]
+            rows = [_ArrayRows(a) for a in merged]
+            n_windows += [m] * len(flips)
+        del x
+        with timer("postprocess"):
+            for r, f in zip(rows, flips):
+                view = _FlippedRows(r) if f else r
+                await asyncio.to_thread(_finish_view, view, height, width, n_cls, ac, label, acc,
+                                        logits)
+        del head, rows
+
+    out_logits = None
+    with timer("postprocess"):
+        if acc is not None:
+            await asyncio.to_thread(_argmax_rows, acc, label)
+            if return_logits:
+                acc /= np.float32(len(views))
+                out_logits = np.ascontiguousarray(acc.transpose(2, 0, 1))
+        elif logits is not None:
+            out_logits = np.ascontiguousarray(logits.transpose(2, 0, 1))
+    return SegResult(label_map=label, augmentations=views, windows=n_windows, logits=out_logits,
+                     timing_ms=dict(timer.ms))

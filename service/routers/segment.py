@@ -1,0 +1,159 @@
+"""``POST /segment``: semantic segmentation of one uploaded image (MMSeg 1.x test semantics).
+
+Form fields: ``image`` (file), ``model``, ``mode`` (``whole`` | ``slide``; default the card's),
+``flip`` (``true``/``false``), ``scales`` (JSON list of TTA ratios, or ``"ms"`` for
+``[0.5, 0.75, 1.0, 1.25, 1.5, 1.75]``), ``render`` (``true``: colour overlay PNG).
+
+Response by ``Accept``: ``application/json`` (default) -> :class:`service.schemas.SegmentResponse`
+with the label map as a base64 single-channel PNG; ``image/png`` -> that PNG itself;
+``render=true`` -> the overlay PNG whatever ``Accept`` says.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Optional
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
+
+from ..cards import SegTestPipeline
+from ..errors import InvalidParameter, PayloadTooLarge
+from ..pipelines.common import StageTimer
+from ..pipelines.segmentation import (MODES, SCALE_PRESETS, InputTooLarge, parse_scales,
+                                      plan_augmentations, segment as run_segmentation)
+from ..rendering import encode_label_png, overlay, pixel_counts
+from ..schemas import ErrorResponse, SegmentResponse
+from .uploads import read_image
+
+router = APIRouter(tags=["segmentation"])
+
+#: Largest network input of one view (w * h) unless settings name ``seg_max_input_pixels``:
+#: ratio 4 of the Cityscapes test scale (2048 x 1024). Bounds the slide canvas / logit memory.
+DEFAULT_MAX_INPUT_PIXELS = 2048 * 1024 * 16
+
+_ERRORS = {c: {"model": ErrorResponse} for c in (404, 413, 415, 422, 503)}
+_PNG = {"content": {"image/png": {}}, "description": "label map PNG (Accept: image/png) or "
+                                                     "overlay PNG (render=true)"}
+
+
+def parse_scales_field(value: Optional[str]) -> Optional[tuple[float, ...]]:
+    """The ``scales`` form field: empty/None, a preset name (``ms``) or a JSON list of ratios.
+
+    Raises InvalidParameter (422) for anything else, or ratios outside (0, 4] / more than 8.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text in SCALE_PRESETS:
+        return SCALE_PRESETS[text]
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameter(f"scales must be a JSON list of numbers or one of "
+                               f"{', '.join(SCALE_PRESETS)}; could not parse {text!r}: {exc.msg}")
+    if not isinstance(parsed, list):
+        raise InvalidParameter(f"scales must be a JSON list of numbers, got {text!r}")
+    try:
+        return parse_scales(parsed)
+    except ValueError as exc:
+        raise InvalidParameter(f"scales: {exc}") from None
+
+
+def prefers_png(accept: Optional[str]) -> bool:
+    """True when the ``Accept`` header ranks ``image/png`` above ``application/json``.
+
+    Media ranges are weighed by their ``q`` (default 1); ``*/*``, ``image/*`` and
+    ``application/*`` count for the types they cover; a tie goes to JSON (the default).
+    """
+    if not accept:
+        return False
+    q = {"application/json": -1.0, "image/png": -1.0}
+    specificity = {"application/json": -1, "image/png": -1}
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        weight = 1.0
+        for f in fields[1:]:
+            if f.lower().startswith("q="):
+                try:
+                    weight = float(f[2:])
+                except ValueError:
+                    weight = 0.0
+        for target in q:
+            major = target.split("/")[0]
+            spec = 2 if media == target else 1 if media == f"{major}/*" else 0 if media == "*/*" else -1
+            if spec > specificity[target]:  # the most specific range decides (RFC 9110)
+                specificity[target], q[target] = spec, weight
+    return q["image/png"] > 0 and q["image/png"] > q["application/json"]
+
+
+@router.post("/segment", response_model=SegmentResponse, responses={**_ERRORS, 200: _PNG})
+async def segment(
+    request: Request,
+    image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
+    model: Optional[str] = Form(None, description="segmentation model name (default from settings)"),
+    mode: Optional[str] = Form(None, description="'whole' or 'slide' (default: the model card's)"),
+    flip: Optional[bool] = Form(None, description="add horizontally flipped views (TTA)"),
+    scales: Optional[str] = Form(None, description="TTA ratios of the image as a JSON list, "
+                                                  "or 'ms' = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]"),
+    render: Optional[bool] = Form(None, description="true: return a colour overlay PNG"),
+):
+    state = request.app.state
+    settings, repo, backend = state.settings, state.repository, state.backend
+    timer = StageTimer()
+
+    name = model or settings.default_segment_model
+    if not name:
+        seg_models = sorted(n for n, c in repo.cards.items() if c.task == "segmentation")
+        if len(seg_models) != 1:
+            raise InvalidParameter("no 'model' given and no default segmentation model configured; "
+                                   f"available: {', '.join(seg_models) or 'none'}")
+        name = seg_models[0]
+    card = repo.get(name, task="segmentation")
+
+    if mode is not None and mode.strip() == "":
+        mode = None
+    if mode is not None and mode not in MODES:
+        raise InvalidParameter(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    ratios = parse_scales_field(scales)
+    use_flip = bool(flip)
+
+    with timer("decode_image"):
+        img = await read_image(image, settings)
+    h, w = img.shape[:2]
+    max_input = getattr(settings, "seg_max_input_pixels", None) or DEFAULT_MAX_INPUT_PIXELS
+    try:  # the views' sizes for this image (a ratio may shrink it to nothing or blow it up)
+        plan_augmentations((w, h), card.test_pipeline or SegTestPipeline(), mode=mode,
+                           flip=use_flip, scales=ratios, max_input_pixels=max_input)
+    except InputTooLarge as exc:
+        raise PayloadTooLarge(str(exc)) from None
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from None
+
+    result = await run_segmentation(img, card, backend, mode=mode, flip=use_flip, scales=ratios,
+                                    slide_pixels=settings.seg_slide_pixels,
+                                    max_input_pixels=max_input, timer=timer)
+    label = result.label_map
+
+    if render:
+        with timer("encode"):
+            png = overlay(img, label, card.palette or None)
+        return _png_response(png, card.name, w, h, timer)
+    if prefers_png(request.headers.get("accept")):
+        with timer("encode"):
+            png = encode_label_png(label)
+        return _png_response(png, card.name, w, h, timer)
+    with timer("encode"):
+        b64 = base64.b64encode(encode_label_png(label)).decode("ascii")
+        counts = pixel_counts(label, card.classes)
+    return SegmentResponse(model=card.name, width=w, height=h, classes=card.classes,
+                           pixel_counts=counts, label_png=b64, timing_ms=timer.total())
+
+
+def _png_response(png: bytes, model: str, w: int, h: int, timer: StageTimer) -> Response:
+    timing = timer.total()
+    server_timing = ", ".join(f"{k};dur={v:.1f}" for k, v in timing.items())
+    return Response(content=png, media_type="image/png",
+                    headers={"X-Model": model, "X-Image-Size": f"{w}x{h}",
+                             "Server-Timing": server_timing})
