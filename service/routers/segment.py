@@ -30,7 +30,6 @@ router = APIRouter(tags=["segmentation"])
 
 #: Largest network input of one view (w * h) unless settings name ``seg_max_input_pixels``:
 #: ratio 4 of the Cityscapes test scale (2048 x 1024). Bounds the slide canvas / logit memory.
-DEFAULT_MAX_INPUT_PIXELS = 2048 * 1024 * 16
 
 _ERRORS = {c: {"model": ErrorResponse} for c in (404, 413, 415, 422, 503)}
 _PNG = {"content": {"image/png": {}}, "description": "label map PNG (Accept: image/png) or "
@@ -122,7 +121,7 @@ async def segment(
     with timer("decode_image"):
         img = await read_image(image, settings)
     h, w = img.shape[:2]
-    max_input = getattr(settings, "seg_max_input_pixels", None) or DEFAULT_MAX_INPUT_PIXELS
+    max_input = settings.seg_max_input_pixels
     try:  # the views' sizes for this image (a ratio may shrink it to nothing or blow it up)
         plan_augmentations((w, h), card.test_pipeline or SegTestPipeline(), mode=mode,
                            flip=use_flip, scales=ratios, max_input_pixels=max_input)
