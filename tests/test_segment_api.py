@@ -202,8 +202,7 @@ def test_segment_errors(client, small):
 
 
 def test_segment_network_input_limit(client, small, monkeypatch):
-    import service.routers.segment as seg_router
-    monkeypatch.setattr(seg_router, "DEFAULT_MAX_INPUT_PIXELS", 300 * 150)
+    monkeypatch.setattr(client.app.state.settings, "seg_max_input_pixels", 300 * 150)
     # 256x128 at ratio 1.0 = 32768 pixels: fine; at 1.25 = 320x160 = 51200 > 45000: 413
     assert client.post("/segment", files={"image": ("f.png", small)},
                        data={"scales": "[1.0]"}).status_code == 200
