@@ -1,0 +1,607 @@
+"""Triton Inference Server backend: the same :class:`Backend` interface, served by a remote Triton.
+
+The gateway talks to Triton with ``tritonclient`` (``pip install 'hrnet-serving[triton]'``) over
+gRPC (``tritonclient.grpc.aio``, the default) or HTTP (``tritonclient.http.aio``). Pipelines see no
+difference from the embedded ONNX Runtime backend: ``infer(model, {input: array})`` returns
+``{output: array}`` with the batch on axis 0, batches above the model's ``max_batch_size`` are
+split (and sent concurrently, so Triton's dynamic batcher and instance groups can overlap them).
+
+Contract with the operator:
+
+* :meth:`TritonBackend.start` waits (``startup_timeout_s``) for Triton and every model with a card,
+  reads each model's configuration from Triton and checks it against the card (tensor names,
+  dtypes, dims, ``max_batch_size``). Any disagreement raises :class:`TritonModelMismatch` naming
+  every problem, so the gateway refuses to start rather than serve wrong numbers.
+* Every RPC has a deadline (``timeout_s``); nothing waits forever.
+* When Triton is unreachable, hung or not ready, requests raise :class:`BackendUnavailable`
+  (the gateway answers 503 with ``Retry-After``) immediately or at the deadline. The gRPC channel
+  reconnects by itself with a short backoff (``reconnect_backoff_ms``), so service resumes when
+  Triton comes back without restarting the gateway.
+* Optional system shared memory for inputs (``shared_memory=True``; Triton must share ``/dev/shm``
+  with the gateway, e.g. same host or ``ipc: service:triton`` in compose): input tensors are
+  written once into a registered region and only their location travels over the wire.
+
+Input tensors travel as raw binary (``raw_input_contents`` over gRPC, binary tensor extension over
+HTTP), never JSON; outputs are read with ``np.frombuffer`` and copied once into the preallocated
+full-batch result (which also joins split batches and makes the arrays writable, as ONNX Runtime's).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import numpy as np
+
+from ..cards import ModelCard, TensorSpec
+from .base import Backend, BackendError, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+#: card dtype -> numpy dtype (same names as Triton's datatype strings)
+NUMPY_DTYPES = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
+                "UINT8": np.uint8}
+
+#: gRPC status codes that mean "Triton cannot serve now" (503), as tritonclient reports them.
+#: NOT_FOUND: a model verified at start-up has gone (Triton restarting / reloading it).
+_GRPC_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED",
+                     "StatusCode.CANCELLED", "StatusCode.RESOURCE_EXHAUSTED",
+                     "StatusCode.NOT_FOUND", "StatusCode.ABORTED"}
+#: HTTP status codes with the same meaning (tritonclient.http puts them in ``status()``)
+_HTTP_UNAVAILABLE = {"408", "429", "502", "503", "504"}
+_INT32_MAX = 2**31 - 1
+
+
+class TritonModelMismatch(BackendError):
+    """A model card disagrees with the model Triton serves; the gateway must not start."""
+
+
+@dataclass(frozen=True)
+class _TensorConfig:
+    name: str
+    dtype: str  # "FP32", ...
+    dims: tuple[int, ...]  # batch axis excluded, -1 dynamic
+
+
+@dataclass(frozen=True)
+class TritonModelConfig:
+    """The parts of a Triton model configuration the gateway relies on (normalised from JSON)."""
+
+    name: str
+    max_batch_size: int
+    inputs: dict[str, _TensorConfig]
+    outputs: dict[str, _TensorConfig]
+    platform: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TritonModelConfig":
+        """From ``get_model_config(as_json=True)`` (gRPC: ``{"config": {...}}``, int64 as strings)
+        or the HTTP client's dict. Unset protobuf fields are absent in JSON and mean 0/empty."""
+        cfg = data.get("config", data)
+
+        def tensors(key: str) -> dict[str, _TensorConfig]:
+            out = {}
+            for t in cfg.get(key, []):
+                dtype = str(t.get("data_type", "TYPE_INVALID")).removeprefix("TYPE_")
+                out[t["name"]] = _TensorConfig(t["name"], dtype, tuple(int(d) for d in t.get("dims", [])))
+            return out
+
+        return cls(name=cfg.get("name", ""), max_batch_size=int(cfg.get("max_batch_size", 0)),
+                   inputs=tensors("input"), outputs=tensors("output"),
+                   platform=cfg.get("platform") or cfg.get("backend", ""))
+
+
+def check_model_config(card: ModelCard, config: TritonModelConfig) -> list[str]:
+    """Every disagreement between ``card`` and Triton's ``config`` of the same model, as sentences.
+
+    Rules (dims exclude the batch axis, -1 = dynamic):
+
+    * ``max_batch_size`` must be >= 1 (the gateway always sends a batch axis) and equal the card's;
+    * every card input exists in Triton with the same dtype and rank; per axis Triton's dim is -1 or
+      equal to the card's (a card -1 against a fixed Triton dim is a mismatch: the gateway would send
+      sizes Triton refuses); Triton must not require inputs the card does not list;
+    * every card output exists in Triton with the same dtype and rank; axes fixed on both sides agree.
+
+    Returns an empty list when they agree.
+    """
+    problems: list[str] = []
+    where = f"model '{card.name}'"
+    if config.max_batch_size < 1:
+        problems.append(f"{where}: Triton max_batch_size is {config.max_batch_size} (no batching); "
+                        f"the card expects {card.max_batch_size}")
+    elif config.max_batch_size != card.max_batch_size:
+        problems.append(f"{where}: max_batch_size is {config.max_batch_size} in Triton but "
+                        f"{card.max_batch_size} in the card")
+
+    def compare(kind: str, spec: TensorSpec, tc: Optional[_TensorConfig], strict_card_dynamic: bool):
+        if tc is None:
+            have = config.inputs if kind == "input" else config.outputs
+            problems.append(f"{where}: {kind} '{spec.name}' of the card is not served by Triton "
+                            f"(Triton {kind}s: {sorted(have)})")
+            return
+        if tc.dtype != spec.dtype:
+            problems.append(f"{where}: {kind} '{spec.name}' is {tc.dtype} in Triton but {spec.dtype} "
+                            f"in the card")
+        if len(tc.dims) != len(spec.dims):
+            problems.append(f"{where}: {kind} '{spec.name}' has dims {list(tc.dims)} in Triton but "
+                            f"{spec.dims} in the card")
+            return
+        for axis, (t, c) in enumerate(zip(tc.dims, spec.dims)):
+            ok = t == c or t == -1 or (c == -1 and not strict_card_dynamic)
+            if not ok:
+                problems.append(f"{where}: {kind} '{spec.name}' has dims {list(tc.dims)} in Triton "
+                                f"but {spec.dims} in the card (axis {axis + 1} after the batch)")
+                break
+
+    for spec in card.inputs:
+        compare("input", spec, config.inputs.get(spec.name), strict_card_dynamic=True)
+    extra = sorted(set(config.inputs) - {s.name for s in card.inputs})
+    if extra:
+        problems.append(f"{where}: Triton requires inputs {extra} that the card does not list")
+    for spec in card.outputs:
+        compare("output", spec, config.outputs.get(spec.name), strict_card_dynamic=False)
+    return problems
+
+
+class _ShmPool:
+    """Fixed-size slots in one POSIX shared-memory region registered with Triton (inputs only).
+
+    A request takes a slot, writes its input arrays there (one copy), sends only offsets, and
+    returns the slot when the response has arrived. Requests bigger than a slot, or arriving
+    while every slot is busy, use the wire instead (no waiting for a slot).
+    """
+
+    def __init__(self, slot_bytes: int, slots: int):
+        from tritonclient.utils import shared_memory as shm
+
+        self._shm = shm
+        self.slot_bytes = int(slot_bytes)
+        self.slots = int(slots)
+        tag = f"hrnet_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self.name, self.key = tag, "/" + tag
+        self.handle = shm.create_shared_memory_region(self.name, self.key,
+                                                      self.slot_bytes * self.slots, create_only=True)
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(self.slots):
+            self._free.put_nowait(i * self.slot_bytes)
+        self.registered = False
+        self._lock = asyncio.Lock()
+
+    async def ensure_registered(self, client: Any, timeout_s: float, grpc: bool) -> None:
+        if self.registered:
+            return
+        async with self._lock:
+            if self.registered:
+                return
+            kw = {"client_timeout": timeout_s} if grpc else {}
+            try:
+                await client.unregister_system_shared_memory(name=self.name, **kw)
+            except Exception:  # not registered yet: fine
+                pass
+            await client.register_system_shared_memory(self.name, self.key,
+                                                       self.slot_bytes * self.slots, **kw)
+            self.registered = True
+
+    def try_acquire(self) -> Optional[int]:
+        """A free slot's byte offset, or None when all are in use (the caller uses the wire)."""
+        try:
+            return self._free.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def release(self, offset: int) -> None:
+        self._free.put_nowait(offset)
+
+    def write(self, offset: int, arrays: list[np.ndarray]) -> list[tuple[int, int]]:
+        """Copy ``arrays`` into the slot at ``offset``; returns (offset, nbytes) of each."""
+        self._shm.set_shared_memory_region(self.handle, arrays, offset=offset)
+        spans, pos = [], offset
+        for a in arrays:
+            spans.append((pos, a.nbytes))
+            pos += a.nbytes
+        return spans
+
+    def destroy(self) -> None:
+        try:
+            self._shm.destroy_shared_memory_region(self.handle)
+        except Exception as exc:  # pragma: no cover - best effort at shutdown
+            log.warning("could not destroy shared memory region %s: %s", self.name, exc)
+
+
+class TritonBackend(Backend):
+    """Runs the repository's models on a Triton Inference Server.
+
+    Args:
+        url: ``host:port`` of Triton's gRPC (default 8001) or HTTP (8000) endpoint, no scheme.
+        protocol: ``"grpc"`` (asyncio gRPC, default) or ``"http"``.
+        timeout_s: deadline of every inference and metadata call, seconds (> 0).
+        startup_timeout_s: how long :meth:`start` waits for Triton and the models to be ready.
+        retry_after_s: the ``Retry-After`` hint carried by :class:`BackendUnavailable`.
+        ready_timeout_s: deadline of the health RPCs behind :meth:`ready` (kept short for /readyz).
+        shared_memory: send inputs through system shared memory (Triton on the same host / IPC).
+        shm_slot_bytes: bytes per shared-memory slot (default: the largest input of any card at
+            its max batch, dynamic axes counted as 1024, at least 1 MiB, at most 64 MiB); larger
+            requests fall back to the wire.
+        shm_slots: concurrent requests that can use shared memory at once.
+        model_version: Triton model version to call ("" = Triton's policy, usually the latest).
+        reconnect_backoff_ms: max gRPC reconnect backoff; bounds how soon service resumes.
+
+    Raises ``ValueError`` for a bad protocol/timeout and ``ImportError`` (naming the ``[triton]``
+    extra) when tritonclient is missing.
+    """
+
+    name = "triton"
+
+    def __init__(self, url: str, *, protocol: Literal["grpc", "http"] = "grpc",
+                 timeout_s: float = 10.0, startup_timeout_s: float = 60.0,
+                 retry_after_s: float = 1.0, ready_timeout_s: float = 2.0,
+                 shared_memory: bool = False, shm_slot_bytes: Optional[int] = None,
+                 shm_slots: int = 4, model_version: str = "", reconnect_backoff_ms: int = 1000,
+                 verbose: bool = False):
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        if not (timeout_s > 0 and math.isfinite(timeout_s)):
+            raise ValueError(f"timeout_s must be a finite number > 0, got {timeout_s}")
+        try:
+            import tritonclient  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("the Triton backend needs tritonclient: pip install "
+                              "'hrnet-serving[triton]' (tritonclient[grpc,http])") from exc
+        for scheme in ("grpc://", "http://", "https://"):
+            url = url.removeprefix(scheme)
+        self.url = url.rstrip("/")
+        self.protocol = protocol
+        self.timeout_s = float(timeout_s)
+        self.startup_timeout_s = float(startup_timeout_s)
+        self.retry_after_s = float(retry_after_s)
+        self.ready_timeout_s = float(min(ready_timeout_s, timeout_s))
+        self.shared_memory = bool(shared_memory)
+        self.shm_slot_bytes = shm_slot_bytes
+        self.shm_slots = int(shm_slots)
+        self.model_version = str(model_version)
+        self.reconnect_backoff_ms = int(reconnect_backoff_ms)
+        self.verbose = verbose
+        self.cards: dict[str, ModelCard] = {}
+        self.configs: dict[str, TritonModelConfig] = {}
+        self._client: Any = None
+        self._shm: Optional[_ShmPool] = None
+        self._down_since = -1e9  # monotonic time of the last failed readiness check
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_settings(cls, settings: Any, repository: Any = None) -> "TritonBackend":
+        """From :class:`service.settings.Settings` (``triton_url``, ``triton_protocol``,
+        ``triton_timeout_s``, ``triton_shared_memory``; optional ``triton_startup_timeout_s``,
+        ``triton_retry_after_s``). Cards arrive later through :meth:`start`."""
+        kw: dict[str, Any] = dict(protocol=settings.triton_protocol,
+                                  timeout_s=settings.triton_timeout_s,
+                                  shared_memory=settings.triton_shared_memory)
+        for attr, key in (("triton_startup_timeout_s", "startup_timeout_s"),
+                          ("triton_retry_after_s", "retry_after_s")):
+            if getattr(settings, attr, None) is not None:
+                kw[key] = getattr(settings, attr)
+        backend = cls(settings.triton_url, **kw)
+        if repository is not None:
+            backend.cards = dict(repository.cards)
+        return backend
+
+    def _make_client(self) -> Any:
+        if self.protocol == "grpc":
+            import tritonclient.grpc.aio as grpcaio
+
+            args = [
+                ("grpc.max_send_message_length", _INT32_MAX),
+                ("grpc.max_receive_message_length", _INT32_MAX),
+                # Reconnect soon after Triton comes back (gRPC's default backoff grows to 120 s).
+                ("grpc.initial_reconnect_backoff_ms", min(100, self.reconnect_backoff_ms)),
+                ("grpc.min_reconnect_backoff_ms", min(100, self.reconnect_backoff_ms)),
+                ("grpc.max_reconnect_backoff_ms", self.reconnect_backoff_ms),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", int(self.timeout_s * 1000)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+            return grpcaio.InferenceServerClient(self.url, verbose=self.verbose, channel_args=args)
+        import tritonclient.http.aio as httpaio
+
+        return httpaio.InferenceServerClient(self.url, verbose=self.verbose,
+                                             conn_timeout=self.timeout_s)
+
+    def _get_client(self) -> Any:
+        if self._client is None:  # created inside the running event loop (grpc.aio needs it)
+            self._client = self._make_client()
+        return self._client
+
+    async def _call(self, method: str, *args: Any, timeout: Optional[float] = None,
+                    **kw: Any) -> Any:
+        """One client RPC under a deadline; tritonclient/transport errors are raised unchanged."""
+        timeout = self.timeout_s if timeout is None else timeout
+        client = self._get_client()
+        if self.protocol == "grpc":
+            return await getattr(client, method)(*args, client_timeout=timeout, **kw)
+        return await asyncio.wait_for(getattr(client, method)(*args, **kw), timeout)
+
+    # ------------------------------------------------------------------ errors
+
+    def _map_error(self, exc: BaseException, model: Optional[str]) -> BackendError:
+        """tritonclient / transport exception -> BackendUnavailable (503) or BackendError (500)."""
+        from tritonclient.utils import InferenceServerException
+
+        what = f"Triton at {self.url} ({self.protocol})" + (f", model '{model}'" if model else "")
+        if isinstance(exc, InferenceServerException):
+            status = str(exc.status() or "")
+            msg = exc.message() or str(exc)
+            unavailable = (status in _GRPC_UNAVAILABLE or status in _HTTP_UNAVAILABLE
+                           or "not ready" in msg.lower() or "unavailable" in msg.lower())
+            if self.protocol == "http" and "unknown model" in msg.lower():
+                unavailable = True
+            if unavailable:
+                self._mark_down()
+                return BackendUnavailable(f"{what} is unavailable: {status} {msg}".strip(),
+                                          retry_after_s=self.retry_after_s)
+            return BackendError(f"{what} failed: {status} {msg}".strip())
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            self._mark_down()
+            return BackendUnavailable(f"{what} did not answer within {self.timeout_s:g} s",
+                                      retry_after_s=self.retry_after_s)
+        if isinstance(exc, OSError) or type(exc).__module__.startswith(("aiohttp", "grpc")):
+            self._mark_down()
+            return BackendUnavailable(f"{what} is unreachable: {type(exc).__name__}: {exc}",
+                                      retry_after_s=self.retry_after_s)
+        return BackendError(f"{what} failed: {type(exc).__name__}: {exc}")
+
+    def _mark_down(self) -> None:
+        # A restarted Triton has forgotten our shared-memory registration.
+        if self._shm is not None:
+            self._shm.registered = False
+
+    # ------------------------------------------------------------------ start-up
+
+    async def start(self, cards: dict[str, ModelCard]) -> None:
+        """Wait for Triton and each carded model, read their configs, check them against the cards.
+
+        Raises :class:`BackendUnavailable` if Triton or a model is not ready within
+        ``startup_timeout_s`` (message names what is missing), :class:`TritonModelMismatch` listing
+        every card/config disagreement (see :func:`check_model_config`).
+        """
+        self.cards = dict(cards)
+        deadline = time.monotonic() + self.startup_timeout_s
+        missing: list[str] = ["server"]
+        last_error = ""
+        while True:
+            try:
+                missing = []
+                if not await self._call("is_server_ready", timeout=self.ready_timeout_s):
+                    missing = ["server"]
+                else:
+                    for name in self.cards:
+                        if not await self._call("is_model_ready", name, self.model_version,
+                                                timeout=self.ready_timeout_s):
+                            missing.append(f"model '{name}'")
+            except Exception as exc:  # unreachable yet
+                missing, last_error = ["server"], f"{type(exc).__name__}: {exc}"
+            if not missing or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.5)
+        if missing:
+            raise BackendUnavailable(
+                f"Triton at {self.url} ({self.protocol}) not ready after {self.startup_timeout_s:g} s: "
+                f"{', '.join(missing)} not ready" + (f" ({last_error})" if last_error else ""),
+                retry_after_s=self.retry_after_s)
+
+        problems: list[str] = []
+        configs: dict[str, TritonModelConfig] = {}
+        for name, card in self.cards.items():
+            try:
+                kw = {"as_json": True} if self.protocol == "grpc" else {}
+                raw = await self._call("get_model_config", name, self.model_version, **kw)
+            except Exception as exc:
+                raise self._map_error(exc, name) from exc
+            configs[name] = TritonModelConfig.from_json(raw)
+            problems += check_model_config(card, configs[name])
+        if problems:
+            raise TritonModelMismatch(
+                "the model repository's cards do not match the models Triton serves; fix the "
+                "cards or the config.pbtxt files (re-run hrnet-export) and restart:\n  - "
+                + "\n  - ".join(problems))
+        self.configs = configs
+        if self.shared_memory:
+            self._shm = _ShmPool(self._default_slot_bytes(), self.shm_slots)
+            try:
+                await self._shm.ensure_registered(self._get_client(), self.timeout_s,
+                                                  self.protocol == "grpc")
+            except Exception as exc:
+                raise self._map_error(exc, None) from exc
+        log.info("Triton at %s (%s): %s verified against their cards%s", self.url, self.protocol,
+                 ", ".join(f"{n} [{c.platform}, max_batch {c.max_batch_size}]"
+                           for n, c in configs.items()) or "no models",
+                 f"; shared memory {self._shm.slots} x {self._shm.slot_bytes} B" if self._shm else "")
+
+    def _default_slot_bytes(self) -> int:
+        if self.shm_slot_bytes:
+            return int(self.shm_slot_bytes)
+        need = 1 << 20
+        for card in self.cards.values():
+            total = 0
+            for spec in card.inputs:
+                dims = [d if d > 0 else 1024 for d in spec.dims]
+                total += card.max_batch_size * int(np.prod(dims)) * np.dtype(NUMPY_DTYPES[spec.dtype]).itemsize
+            need = max(need, total)
+        return int(min(need, 64 << 20))
+
+    # ------------------------------------------------------------------ inference
+
+    def _prepare(self, model: str, inputs: dict[str, np.ndarray]) -> tuple[ModelCard, dict[str, np.ndarray], int]:
+        card = self.cards.get(model)
+        if card is None or model not in self.configs:
+            raise BackendError(f"model '{model}' is not configured in the Triton backend "
+                               f"(known: {sorted(self.configs)})")
+        specs = {s.name: s for s in card.inputs}
+        if set(inputs) != set(specs):
+            raise BackendError(f"model '{model}' takes inputs {sorted(specs)}, got {sorted(inputs)}")
+        arrays: dict[str, np.ndarray] = {}
+        batch = None
+        for name, arr in inputs.items():
+            spec = specs[name]
+            a = np.ascontiguousarray(arr, dtype=NUMPY_DTYPES[spec.dtype])  # no copy when already so
+            if a.ndim != len(spec.dims) + 1:
+                raise BackendError(f"model '{model}' input '{name}' needs {len(spec.dims) + 1} dims "
+                                   f"(batch + {spec.dims}), got shape {list(a.shape)}")
+            if batch is None:
+                batch = a.shape[0]
+            elif a.shape[0] != batch:
+                raise BackendError(f"model '{model}': inputs disagree on the batch size")
+            arrays[name] = a
+        if not batch:
+            raise BackendError(f"model '{model}': empty batch")
+        return card, arrays, int(batch)
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray],
+                    outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run ``model`` on Triton; arrays are ``{name: [N, ...]}`` as in :class:`Backend`.
+
+        Inputs are cast to the card's dtype (no copy when already contiguous and of that dtype).
+        Batches above ``max_batch_size`` go as concurrent requests. Raises
+        :class:`BackendUnavailable` when Triton is down, hung past ``timeout_s`` or the model is
+        not ready; :class:`BackendError` for anything else (bad inputs, model errors).
+        """
+        card, arrays, batch = self._prepare(model, inputs)
+        names = list(outputs) if outputs else [s.name for s in card.outputs]
+        step = min(self.configs[model].max_batch_size, card.max_batch_size)
+        if batch <= step:
+            parts = [await self._infer_chunk(model, arrays, names)]
+        else:
+            parts = await asyncio.gather(*[
+                self._infer_chunk(model, {k: v[s:s + step] for k, v in arrays.items()}, names)
+                for s in range(0, batch, step)])
+        result: dict[str, np.ndarray] = {}
+        for name in names:
+            first = parts[0][name]
+            if any(p[name].shape[1:] != first.shape[1:] for p in parts):
+                raise BackendError(f"model '{model}' output '{name}': split batches returned "
+                                   f"different shapes {[list(p[name].shape) for p in parts]}")
+            out = np.empty((batch,) + first.shape[1:], dtype=first.dtype)
+            pos = 0
+            for p in parts:
+                n = p[name].shape[0]
+                out[pos:pos + n] = p[name]
+                pos += n
+            if pos != batch:
+                raise BackendError(f"model '{model}' output '{name}' has {pos} rows for a batch "
+                                   f"of {batch}")
+            result[name] = out
+        return result
+
+    async def _infer_chunk(self, model: str, arrays: dict[str, np.ndarray],
+                           names: list[str]) -> dict[str, np.ndarray]:
+        if self.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc  # type: ignore[no-redef]
+        card = self.cards[model]
+        total = sum(a.nbytes for a in arrays.values())
+        use_shm = self._shm is not None and total <= self._shm.slot_bytes
+        slot = None
+        try:
+            if use_shm:
+                try:
+                    await self._shm.ensure_registered(self._get_client(), self.timeout_s,
+                                                      self.protocol == "grpc")
+                except Exception as exc:
+                    raise self._map_error(exc, model) from exc
+                slot = self._shm.try_acquire()
+            for attempt in (0, 1):
+                req_inputs = []
+                if slot is not None:
+                    spans = self._shm.write(slot, list(arrays.values()))
+                for i, (name, a) in enumerate(arrays.items()):
+                    spec = next(s for s in card.inputs if s.name == name)
+                    ii = tc.InferInput(name, list(a.shape), spec.dtype)
+                    if slot is not None:
+                        ii.set_shared_memory(self._shm.name, spans[i][1], offset=spans[i][0])
+                    elif self.protocol == "grpc":
+                        ii.set_data_from_numpy(a)
+                    else:
+                        ii.set_data_from_numpy(a, binary_data=True)
+                    req_inputs.append(ii)
+                if self.protocol == "grpc":
+                    req_outputs = [tc.InferRequestedOutput(n) for n in names]
+                else:
+                    req_outputs = [tc.InferRequestedOutput(n, binary_data=True) for n in names]
+                try:
+                    res = await self._call("infer", model, req_inputs,
+                                           model_version=self.model_version, outputs=req_outputs)
+                    break
+                except Exception as exc:
+                    err = self._map_error(exc, model)
+                    if (slot is not None and attempt == 0 and not isinstance(err, BackendUnavailable)
+                            and "shared memory" in str(err).lower()):
+                        # Triton restarted and lost the registration: register again, retry once.
+                        self._shm.registered = False
+                        try:
+                            await self._shm.ensure_registered(self._get_client(), self.timeout_s,
+                                                              self.protocol == "grpc")
+                        except Exception as exc2:
+                            raise self._map_error(exc2, model) from exc2
+                        continue
+                    raise err from exc
+        finally:
+            if slot is not None:
+                self._shm.release(slot)
+        out = {}
+        for n in names:
+            arr = res.as_numpy(n)
+            if arr is None:
+                raise BackendError(f"Triton returned no output '{n}' for model '{model}'")
+            out[n] = arr
+        return out
+
+    # ------------------------------------------------------------------ health
+
+    async def ready(self, model: str | None = None) -> bool:
+        """True when Triton is ready and ``model`` (or, if None, every carded model) is ready.
+
+        Never raises: an unreachable or slow Triton (``ready_timeout_s``) reads as not ready.
+        """
+        names = [model] if model is not None else list(self.cards)
+        if model is not None and model not in self.configs:
+            return False
+        # /readyz asks once per model: after a failed server check, answer False for a second
+        # instead of waiting ready_timeout_s again on a hung Triton.
+        if time.monotonic() - self._down_since < 1.0:
+            return False
+        try:
+            if not await self._call("is_server_ready", timeout=self.ready_timeout_s):
+                self._down_since = time.monotonic()
+                return False
+            oks = await asyncio.gather(*[
+                self._call("is_model_ready", n, self.model_version, timeout=self.ready_timeout_s)
+                for n in names])
+            return all(oks)
+        except Exception:
+            self._down_since = time.monotonic()
+            return False
+
+    async def close(self) -> None:
+        """Unregister shared memory (best effort) and close the connection."""
+        if self._client is not None:
+            if self._shm is not None and self._shm.registered:
+                try:
+                    await self._call("unregister_system_shared_memory", name=self._shm.name,
+                                     timeout=self.ready_timeout_s)
+                except Exception:
+                    pass
+            try:
+                await self._client.close()
+            except Exception:  # pragma: no cover
+                pass
+            self._client = None
+        if self._shm is not None:
+            self._shm.destroy()
+            self._shm = None

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The project's test command (README.md): installs what the tests need (project extras, and a real
+# tritonserver in build/triton-env for the Triton-backend tests), then runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q -e '.[train,eval,triton,dev]'
+bash tests/triton_env.sh
+export HRNET_REQUIRE_TRITON=1
+python -m pytest -q "$@"
