@@ -23,7 +23,7 @@ class Settings(BaseSettings):
 
     # default models (must exist in the repository when used)
     default_pose_model: str = "pp_tinypose_256x192"
-    default_detector_model: str = "rtmdet_nano_person_320"
+    default_detector_model: str = "rtmdet_nano_person_320"  # "" = none: /pose needs boxes
     default_segment_model: Optional[str] = None
 
     # detector

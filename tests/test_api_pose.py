@@ -200,3 +200,10 @@ def test_bad_flip_flag_and_threshold(client):
 def test_no_person_found_is_empty_not_error(client):
     r = client.post("/pose", files={"image": ("x.png", _png())})
     assert r.status_code == 200 and r.json()["persons"] == []
+
+
+def test_no_detector_configured(shared_repo):
+    settings = Settings(model_repository=shared_repo, default_detector_model="")
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/pose", files={"image": ("x.png", _png())})
+    assert r.status_code == 422 and "no person detector" in r.json()["error"]["message"]

@@ -46,7 +46,11 @@ async def pose(
     else:
         if score_threshold is not None and not (0.0 <= score_threshold <= 1.0):
             raise InvalidParameter(f"score_threshold must be in [0, 1], got {score_threshold}")
-        det_card = repo.get(detector or settings.default_detector_model, task="detection")
+        det_name = detector or settings.default_detector_model
+        if not det_name:
+            raise InvalidParameter("no 'boxes' given and no person detector is configured "
+                                   "(set HRNET_DEFAULT_DETECTOR_MODEL or pass 'detector')")
+        det_card = repo.get(det_name, task="detection")
         thr = score_threshold if score_threshold is not None else settings.detector_score_threshold
         with timer("detect"):
             dets = await detect_persons(img, det_card, backend, score_threshold=thr)
