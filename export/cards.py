@@ -1,0 +1,164 @@
+"""Model cards for registry models: :class:`service.cards.ModelCard` built from a
+:class:`training.registry.ModelEntry` plus the dataset metainfo in :mod:`service.datasets`.
+
+The card records the test-time behaviour of the upstream config the checkpoint was published
+with (MMPose 1.x ``TopdownPoseEstimator`` / MMSeg 1.x ``EncoderDecoder``):
+
+* top-down pose: ``PoseDataPreprocessor`` mean ``(123.675, 116.28, 103.53)`` / std
+  ``(58.395, 57.12, 57.375)`` with ``bgr_to_rgb=True`` (the model sees RGB); ``GetBBoxCenterScale``
+  padding 1.25; ``TopdownAffine(use_udp=...)``; the codec (``MSRAHeatmap`` with ``unbiased`` for
+  DARK configs, ``UDPHeatmap`` for UDP configs; MMPose's default ``blur_kernel_size=11``, which
+  every HRNet DARK config keeps, 384x288 included); ``test_cfg`` ``flip_test=True``,
+  ``flip_mode='heatmap'``, ``shift_heatmap`` True except UDP configs (False).
+* segmentation: ``SegDataPreProcessor`` with the same mean/std, RGB; test pipeline
+  ``Resize(scale, keep_ratio=True)`` then ``test_cfg.mode`` whole or slide.
+
+Torch-free (imports the registry's dataclass duck-typed; no torch).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from service.cards import (CodecSpec, ModelCard, Normalization, SegTestPipeline, SourceSpec,
+                           TensorSpec)
+from service.datasets import get_pose_dataset, get_seg_dataset
+
+#: ImageNet mean/std on 0..255 RGB values (MMPose ``PoseDataPreprocessor`` / MMSeg
+#: ``SegDataPreProcessor`` in every HRNet config, with ``bgr_to_rgb=True``).
+IMAGENET_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+                             channel_order="rgb")
+
+#: ``GetBBoxCenterScale`` default padding in the MMPose 1.x top-down configs.
+BBOX_PADDING = 1.25
+
+#: ``MSRAHeatmap`` default ``blur_kernel_size`` (MMPose 1.x); no HRNet DARK config overrides it.
+DEFAULT_BLUR_KERNEL = 11
+
+POSE_INPUT = "input"
+POSE_OUTPUT = "heatmaps"
+SEG_INPUT = "input"
+SEG_OUTPUT = "logits"
+
+
+def _source(entry: Any, checkpoint: Optional[str], notes: Optional[str]) -> SourceSpec:
+    parts = [n for n in (getattr(entry, "notes", "") or "", notes or "") if n]
+    return SourceSpec(arch=entry.name, config=entry.config, checkpoint=checkpoint,
+                      url=entry.url or None,
+                      metrics={str(k): float(v) for k, v in dict(entry.metrics).items()},
+                      notes=" ".join(parts) or None)
+
+
+def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
+              notes: Optional[str] = None, max_batch_size: int = 32,
+              input_name: str = POSE_INPUT, output_name: str = POSE_OUTPUT) -> ModelCard:
+    """Card for a ``topdown_pose`` registry entry.
+
+    Input ``input_name`` FP32 ``[3, H, W]`` with ``(W, H) = entry.input_size`` (pixels); output
+    ``output_name`` FP32 ``[K, h, w]`` with ``K = entry.num_outputs`` and ``(w, h) =
+    entry.heatmap_size`` (heatmap pixels). Codec ``entry.codec`` with ``entry.sigma``,
+    ``unbiased=entry.dark``; ``use_udp``/``flip_test``/``shift_heatmap`` from the entry (MMPose:
+    UDP configs set ``TopdownAffine(use_udp=True)`` and ``shift_heatmap=False``). Keypoint names,
+    skeleton, flip indices and OKS sigmas come from ``get_pose_dataset(entry.dataset)``.
+
+    Raises ``ValueError`` if the entry is not pose or its head width ``num_outputs`` differs from
+    the dataset's keypoint count; ``KeyError`` for an unknown dataset.
+    """
+    if entry.task != "topdown_pose":
+        raise ValueError(f"{entry.name} is a {entry.task} entry, not topdown_pose")
+    info = get_pose_dataset(entry.dataset)
+    k = int(entry.num_outputs)
+    if k != len(info.keypoint_names):
+        raise ValueError(f"{entry.name}: head has {k} outputs but dataset {entry.dataset!r} "
+                         f"has {len(info.keypoint_names)} keypoints")
+    w, h = (int(v) for v in entry.input_size)
+    hw, hh = (int(v) for v in entry.heatmap_size)
+    udp = entry.codec == "UDPHeatmap"
+    codec = CodecSpec(type=entry.codec, input_size=(w, h), heatmap_size=(hw, hh),
+                      sigma=float(entry.sigma), unbiased=bool(entry.dark) and not udp,
+                      blur_kernel_size=int(getattr(entry, "blur_kernel_size", None)
+                                           or DEFAULT_BLUR_KERNEL))
+    extra = None
+    indices = getattr(entry, "output_keypoint_indices", None)
+    if indices is not None:
+        extra = (f"test_cfg.output_keypoint_indices={list(indices)}: the head predicts {k} "
+                 f"keypoints, upstream reports only these.")
+    return ModelCard(
+        name=name, task="topdown_pose", input_size=(w, h),
+        inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, h, w])],
+        outputs=[TensorSpec(name=output_name, dtype="FP32", dims=[k, hh, hw])],
+        max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
+        codec=codec, bbox_padding=BBOX_PADDING,
+        use_udp=bool(getattr(entry, "use_udp", udp)),
+        flip_test=bool(getattr(entry, "flip_test", True)),
+        shift_heatmap=bool(getattr(entry, "shift_heatmap", not udp)),
+        keypoint_names=list(info.keypoint_names),
+        skeleton=[(int(a), int(b)) for a, b in info.skeleton],
+        flip_indices=[int(i) for i in info.flip_indices],
+        sigmas=[float(s) for s in info.sigmas],
+        dataset=entry.dataset,
+        source=_source(entry, checkpoint, " ".join(n for n in (extra, notes) if n) or None),
+    )
+
+
+def seg_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
+             notes: Optional[str] = None, max_batch_size: int = 8,
+             input_name: str = SEG_INPUT, output_name: str = SEG_OUTPUT) -> ModelCard:
+    """Card for a ``segmentation`` registry entry.
+
+    Input ``input_name`` FP32 ``[3, -1, -1]`` (any ``H, W``); output ``output_name`` FP32
+    ``[C, -1, -1]`` logits at 1/4 of the input (``ceil``), ``C = entry.num_outputs``. Test
+    pipeline: ``scale = entry.test_scale`` ``(w, h)``, keep-ratio, ``mode = entry.test_mode``,
+    slide ``crop_size``/``stride`` ``(h, w)`` from ``entry.test_crop``/``entry.test_stride``;
+    ``align_corners`` from the entry. Classes and palette from ``get_seg_dataset(entry.dataset)``.
+
+    Raises ``ValueError`` if the entry is not segmentation or ``num_outputs`` differs from the
+    dataset's class count; ``KeyError`` for an unknown dataset.
+    """
+    if entry.task != "segmentation":
+        raise ValueError(f"{entry.name} is a {entry.task} entry, not segmentation")
+    info = get_seg_dataset(entry.dataset)
+    c = int(entry.num_outputs)
+    if c != len(info.classes):
+        raise ValueError(f"{entry.name}: head has {c} outputs but dataset {entry.dataset!r} "
+                         f"has {len(info.classes)} classes")
+
+    def pair(v) -> Optional[tuple[int, int]]:
+        return None if v is None else (int(v[0]), int(v[1]))
+
+    pipeline = SegTestPipeline(scale=pair(entry.test_scale), keep_ratio=True,
+                               mode=entry.test_mode, crop_size=pair(entry.test_crop),
+                               stride=pair(entry.test_stride))
+    return ModelCard(
+        name=name, task="segmentation", input_size=(None, None),
+        inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, -1, -1])],
+        outputs=[TensorSpec(name=output_name, dtype="FP32", dims=[c, -1, -1])],
+        max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
+        classes=list(info.classes),
+        palette=[(int(r), int(g), int(b)) for r, g, b in info.palette],
+        test_pipeline=pipeline, align_corners=bool(entry.align_corners),
+        dataset=entry.dataset,
+        source=_source(entry, checkpoint, notes),
+    )
+
+
+def card_for_entry(entry: Any, name: str, *, checkpoint: Optional[str] = None,
+                   notes: Optional[str] = None, max_batch_size: Optional[int] = None) -> ModelCard:
+    """The card of registry ``entry`` served as model ``name`` (Triton model / folder name).
+
+    Dispatches on ``entry.task`` to :func:`pose_card` or :func:`seg_card`. ``checkpoint`` (file
+    or URL the weights were loaded from) and ``notes`` go to ``card.source``;
+    ``max_batch_size`` defaults to 32 (pose) / 8 (segmentation). Raises ``ValueError`` for an
+    unsupported task, see the builders for the rest.
+    """
+    kw: dict[str, Any] = dict(checkpoint=checkpoint, notes=notes)
+    if max_batch_size is not None:
+        kw["max_batch_size"] = int(max_batch_size)
+    if entry.task == "topdown_pose":
+        return pose_card(entry, name, **kw)
+    if entry.task == "segmentation":
+        return seg_card(entry, name, **kw)
+    raise ValueError(f"no card builder for task {entry.task!r} ({entry.name})")
+
+
+__all__ = ["BBOX_PADDING", "DEFAULT_BLUR_KERNEL", "IMAGENET_RGB", "card_for_entry", "pose_card",
+           "seg_card"]

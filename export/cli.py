@@ -1,0 +1,383 @@
+"""``hrnet-export``: checkpoint -> ONNX -> Triton model-repository entry (config + card + model).
+
+Three modes::
+
+    # a registry model from a published checkpoint (file or URL), or random weights
+    hrnet-export --arch td-hm_hrnet-w32_8xb64-210e_coco-256x192 --checkpoint FILE_OR_URL \\
+                 --name hrnet_w32_coco --model-repository models/
+    hrnet-export --arch fcn_hr18s_4xb2-40k_cityscapes-512x1024 --random-init --model-repository models/
+
+    # an existing ONNX file with its card
+    hrnet-export --onnx model.onnx --card card.json --name NAME --model-repository models/
+
+    # the two real models of the shared folder (PP-TinyPose, RTMDet-nano)
+    hrnet-export --shared-models [--shared-dir ../shared] --model-repository models/
+
+Every option can also come from the environment: ``HRNET_MODEL_REPOSITORY``,
+``HRNET_CACHE_DIR`` and ``HRNET_SHARED_DIR`` (shared with the rest of the project), and
+``HRNET_EXPORT_<OPTION>`` for the others (``HRNET_EXPORT_ARCH``, ``HRNET_EXPORT_CHECKPOINT``,
+``HRNET_EXPORT_MAX_BATCH_SIZE``, ``HRNET_EXPORT_RANDOM_INIT=1``, ...). A command-line flag wins
+over the environment.
+
+Exit status: 0 on success, 2 with a one-line ``hrnet-export: error: ...`` message on stderr for a
+usage error, an unknown arch, a missing file, a bad checkpoint, a failed parity check or a
+card that does not match its graph.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+PROG = "hrnet-export"
+ENV_PREFIX = "HRNET_EXPORT_"
+#: options whose environment variable is project-wide rather than ``HRNET_EXPORT_*``
+SHARED_ENV = {"model_repository": "HRNET_MODEL_REPOSITORY", "cache_dir": "HRNET_CACHE_DIR",
+              "shared_dir": "HRNET_SHARED_DIR"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+log = logging.getLogger("export.cli")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def env_name(dest: str) -> str:
+    """Environment variable of option ``dest`` (argparse dest, e.g. ``max_batch_size``)."""
+    return SHARED_ENV.get(dest, ENV_PREFIX + dest.upper())
+
+
+def _parse_hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x512), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (defaults are filled from the environment by :func:`parse_args`)."""
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Export HRNet checkpoints to ONNX and write Triton model-repository "
+        "entries (config.pbtxt + card.json + 1/model.onnx).",
+        epilog="Each option may be set by environment: HRNET_MODEL_REPOSITORY, HRNET_CACHE_DIR, "
+        "HRNET_SHARED_DIR, otherwise HRNET_EXPORT_<OPTION> (e.g. HRNET_EXPORT_ARCH).")
+    mode = p.add_argument_group("what to register")
+    mode.add_argument("--arch", help="registry model name (training.registry), e.g. "
+                      "td-hm_hrnet-w32_8xb64-210e_coco-256x192")
+    mode.add_argument("--checkpoint", help="checkpoint file or http(s)/file URL (published "
+                      "MMPose 1.x/0.x, MMSeg or original-HRNet layout; loaded strictly)")
+    mode.add_argument("--random-init", action="store_true", default=None,
+                      help="no checkpoint: fixed-seed random weights (tests/demos)")
+    mode.add_argument("--onnx", help="register this existing ONNX file (needs --card)")
+    mode.add_argument("--card", help="card.json for --onnx")
+    mode.add_argument("--shared-models", action="store_true", default=None,
+                      help="register the shared PP-TinyPose and RTMDet-nano ONNX models")
+    mode.add_argument("--shared-dir", help="shared data folder (default: ../shared beside the "
+                      "project root of the current directory)")
+    mode.add_argument("--list", action="store_true", default=None, dest="list_archs",
+                      help="list the registry model names and exit")
+
+    out = p.add_argument_group("where and how")
+    out.add_argument("--name", help="model name in the repository (default: --arch, or the "
+                     "card's name with --onnx)")
+    out.add_argument("--model-repository", help="Triton model repository folder")
+    out.add_argument("--cache-dir", help="download cache for checkpoint URLs")
+    out.add_argument("--max-batch-size", type=int, help="Triton max_batch_size (default 32 for "
+                     "pose, 8 for segmentation, the card's value with --onnx)")
+    out.add_argument("--instance-kind", choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
+                     help="Triton instance_group kind (default KIND_GPU)")
+    out.add_argument("--instance-count", type=int, help="Triton instances per device (default 1)")
+    out.add_argument("--trt", action="store_true", default=None,
+                     help="enable ONNX Runtime's TensorRT execution accelerator in config.pbtxt")
+    out.add_argument("--link", choices=("copy", "hardlink", "symlink"),
+                     help="how model.onnx gets into the repository (default copy)")
+
+    exp = p.add_argument_group("export")
+    exp.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    exp.add_argument("--exporter", choices=("auto", "dynamo", "legacy"),
+                     help="torch.onnx path: auto (default: dynamo, falling back to the legacy "
+                     "TorchScript exporter for batch-only graphs), dynamo, legacy")
+    exp.add_argument("--seed", type=int, help="seed of --random-init weights and parity inputs "
+                     "(default 0)")
+    exp.add_argument("--no-check", action="store_true", default=None,
+                     help="skip the ONNX Runtime vs PyTorch parity check")
+    exp.add_argument("--atol", type=float, help="parity tolerance, max abs error (default 1e-4)")
+    exp.add_argument("--check-size", action="append", type=_parse_hw, metavar="HxW",
+                     help="segmentation parity sizes in pixels (repeatable; default: half the "
+                     "training crop and a size that is not a multiple of 32), batch 2")
+    p.add_argument("-v", "--verbose", action="store_true", default=None, help="log progress")
+    return p
+
+
+_DEFAULTS = dict(random_init=False, shared_models=False, list_archs=False, opset=17,
+                 exporter="auto", seed=0, no_check=False, atol=1e-4, instance_kind="KIND_GPU",
+                 instance_count=1, trt=False, link="copy", verbose=False)
+
+
+def _env_value(action: argparse.Action, raw: str):
+    name = env_name(action.dest)
+    if action.nargs == 0:  # store_true flags
+        v = raw.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise CLIError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+    try:
+        if action.dest == "check_size":
+            return [_parse_hw(part) for part in raw.replace(",", " ").split()]
+        value = action.type(raw) if action.type else raw
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise CLIError(f"{name}={raw!r}: {exc}") from None
+    if action.choices and value not in action.choices:
+        raise CLIError(f"{name}={raw!r}: choose from {', '.join(action.choices)}")
+    return value
+
+
+def parse_args(argv: Optional[Sequence[str]] = None,
+               environ: Optional[dict] = None) -> argparse.Namespace:
+    """Parse ``argv``; options not given fall back to the environment, then to the defaults.
+
+    Raises ``SystemExit(2)`` (argparse) for malformed flags and :class:`CLIError` for a malformed
+    environment value.
+    """
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public action list
+        if not action.dest or action.dest == "help":
+            continue
+        if getattr(args, action.dest, None) is None:
+            raw = environ.get(env_name(action.dest))
+            if raw is not None:
+                setattr(args, action.dest, _env_value(action, raw))
+        if getattr(args, action.dest, None) is None and action.dest in _DEFAULTS:
+            setattr(args, action.dest, _DEFAULTS[action.dest])
+    return args
+
+
+def find_project_root(start: Path) -> Optional[Path]:
+    """First of ``start`` and its parents holding ``pyproject.toml`` or ``.git``; else None."""
+    for d in (start, *start.parents):
+        if (d / "pyproject.toml").is_file() or (d / ".git").exists():
+            return d
+    return None
+
+
+def default_shared_dir(cwd: Optional[Path] = None) -> Path:
+    """``../shared`` beside the project root of ``cwd`` (or of ``cwd`` itself if none is found)."""
+    cwd = Path.cwd() if cwd is None else cwd
+    root = find_project_root(cwd.resolve()) or cwd.resolve()
+    return root.parent / "shared"
+
+
+def _config_kw(args: argparse.Namespace) -> dict:
+    kw = dict(instance_kind=args.instance_kind, instance_count=args.instance_count,
+              trt_accelerator=bool(args.trt))
+    if args.max_batch_size is not None:
+        if args.max_batch_size < 1:
+            raise CLIError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
+        kw["max_batch_size"] = args.max_batch_size
+    return kw
+
+
+def _repository(args: argparse.Namespace) -> Path:
+    if not args.model_repository:
+        raise CLIError("no model repository: give --model-repository DIR "
+                       "(or set HRNET_MODEL_REPOSITORY)")
+    return Path(args.model_repository)
+
+
+def _run_shared(args: argparse.Namespace) -> int:
+    from .shared_models import register_shared_models
+
+    shared = Path(args.shared_dir) if args.shared_dir else default_shared_dir()
+    if not (shared / "models").is_dir():
+        raise CLIError(f"shared models folder not found: {shared / 'models'} "
+                       "(give --shared-dir or set HRNET_SHARED_DIR)")
+    written = register_shared_models(shared, _repository(args), link=args.link,
+                                     **_config_kw(args))
+    for name, path in written.items():
+        print(f"registered {name}: {path}")
+    return 0
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
+    from service.cards import ModelCard
+
+    from .repository import write_entry
+
+    onnx_path = Path(args.onnx)
+    if not onnx_path.is_file():
+        raise CLIError(f"ONNX file not found: {onnx_path}")
+    if not args.card:
+        raise CLIError("--onnx needs --card CARD.json (the model card to register it with)")
+    card_path = Path(args.card)
+    if not card_path.exists():
+        raise CLIError(f"card file not found: {card_path}")
+    try:
+        card = ModelCard.load(card_path)
+    except ValueError as exc:  # pydantic ValidationError, JSON errors
+        raise CLIError(f"invalid card {card_path}: {exc}") from exc
+    name = args.name or card.name
+    path = write_entry(_repository(args), name, onnx_path, card, link=args.link,
+                       **_config_kw(args))
+    print(f"registered {name}: {path}")
+    return 0
+
+
+def _resolve_checkpoint(args: argparse.Namespace) -> Path:
+    src = args.checkpoint
+    if "://" in src:
+        from training.checkpoint import default_cache_dir, download_checkpoint
+
+        cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+        return download_checkpoint(src, cache)
+    path = Path(src)
+    if not path.is_file():
+        raise CLIError(f"checkpoint file not found: {path}")
+    return path
+
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from training.registry import get_entry
+
+    try:
+        entry = get_entry(args.arch)
+    except KeyError as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        raise CLIError(f"unknown arch {args.arch!r}: {msg} (see '{PROG} --list')") from None
+    if args.random_init and args.checkpoint:
+        raise CLIError("give either --checkpoint or --random-init, not both")
+    if not args.random_init and not args.checkpoint:
+        hint = f" (published: {entry.url})" if entry.url else ""
+        raise CLIError(f"no weights: give --checkpoint FILE_OR_URL{hint} or --random-init")
+    repo = _repository(args)
+    name = args.name or entry.name
+
+    from training.checkpoint import load_checkpoint
+    from training.models import create_model
+
+    from .cards import card_for_entry
+    from .onnx_export import (calibrate_batchnorm, check_parity, export_onnx,
+                              generic_spatial_size, onnx_metadata)
+    from .repository import write_entry
+
+    pose = entry.task == "topdown_pose"
+    if pose:
+        w, h = entry.input_size
+        sample = (2, 3, int(h), int(w))
+        checks = [(1, 3, int(h), int(w)), (5, 3, int(h), int(w))]
+    else:
+        sample = (2, 3, *generic_spatial_size(96, 96))
+        crop_h, crop_w = entry.crop_size
+        sizes = args.check_size or [(max(32, crop_h // 64 * 32), max(32, crop_w // 64 * 32)),
+                                    generic_spatial_size(max(33, crop_h // 3),
+                                                         max(33, crop_w // 3))]
+        checks = [(2, 3, int(hh), int(ww)) for hh, ww in sizes]
+
+    if args.random_init:
+        model = create_model(entry.name, seed=args.seed)
+        calibrate_batchnorm(model, sample, seed=args.seed)
+        source = None
+        notes = (f"RANDOM WEIGHTS (seed {args.seed}, BatchNorm statistics calibrated on random "
+                 "input): not a trained model; for tests and demos only.")
+    else:
+        ckpt = _resolve_checkpoint(args)
+        model = create_model(entry.name, seed=args.seed)
+        info = load_checkpoint(model, ckpt, strict=True)
+        source = args.checkpoint
+        notes = f"Weights from {ckpt.name} ({info.get('layout')} layout, strict load)."
+    model.eval()
+
+    with tempfile.TemporaryDirectory(prefix="hrnet-export-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(model, onnx_path, input_shape=sample, dynamic_batch=True,
+                    dynamic_spatial=not pose, input_name="input",
+                    output_name="heatmaps" if pose else "logits", opset=args.opset,
+                    exporter=args.exporter)
+        exporter = onnx_metadata(onnx_path).get("exporter", "?")
+        print(f"exported {entry.name} ({entry.arch}, {entry.task}) with the torch.onnx "
+              f"{exporter} exporter, opset {args.opset}")
+        parity_note = "parity not checked"
+        if not args.no_check:
+            errors = check_parity(model, onnx_path, checks, seed=args.seed, atol=args.atol)
+            for shape, err in errors.items():
+                print(f"parity {_fmt_shape(shape)}: max abs err {err:.3g}")
+            parity_note = ("ONNX Runtime vs PyTorch max abs err " + ", ".join(
+                f"{_fmt_shape(s)}: {e:.2g}" for s, e in errors.items()))
+        card = card_for_entry(entry, name, checkpoint=source,
+                              notes=f"{notes} Exported with torch.onnx ({exporter}), opset "
+                                    f"{args.opset}; {parity_note}.")
+        if args.random_init:  # the published URL/metrics describe weights we did not use
+            card = card.model_copy(update={"source": card.source.model_copy(
+                update={"url": None, "metrics": {}})})
+        path = write_entry(repo, name, onnx_path, card, link="copy", **_config_kw(args))
+    print(f"registered {name}: {path}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.list_archs:
+        from training.registry import list_entries
+
+        for e in list_entries():
+            print(f"{e.name}\t{e.task}\t{e.arch}\t{e.dataset}")
+        return 0
+    modes = [m for m, on in (("--shared-models", args.shared_models), ("--onnx", bool(args.onnx)),
+                             ("--arch", bool(args.arch))) if on]
+    if len(modes) != 1:
+        raise CLIError("choose exactly one of --arch (export a checkpoint), --onnx (register an "
+                       "ONNX file) or --shared-models" + (f"; got {' and '.join(modes)}"
+                                                          if modes else ""))
+    if args.shared_models:
+        return _run_shared(args)
+    if args.onnx:
+        return _run_onnx(args)
+    return _run_export(args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point ``hrnet-export``; returns the exit status (0 ok, 2 error)."""
+    try:
+        args = parse_args(argv)
+    except CLIError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # argparse usage errors (already printed) and --help
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .onnx_export import ExportError
+
+    try:
+        return _run(args)
+    except CLIError as exc:
+        msg = str(exc)
+    except ExportError as exc:
+        msg = f"export failed: {exc}"
+    except FileNotFoundError as exc:
+        msg = f"file not found: {exc.filename or exc}"
+    except Exception as exc:  # noqa: BLE001 - CheckpointError, card validation, config values
+        if type(exc).__name__ not in ("CheckpointError", "ValidationError", "ValueError"):
+            raise
+        msg = f"{type(exc).__name__}: {exc}"
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""``hrnet-export`` (export.cli.main): full entries from a checkpoint, random weights, an existing
+ONNX file, the shared models; environment settings; clean exit-2 errors.
+
+To stay fast the checkpoint exports use a small registry entry registered here for the test
+(HRNet-W18-small top-down pose at 96x64); the W32 256x192 export is covered in test_export.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export.cli import main
+from export.shared_models import PP_TINYPOSE, RTMDET_NANO, pp_tinypose_card
+from service.cards import ModelCard
+
+torch = pytest.importorskip("torch")
+
+SMALL = "test-hm_hrnet-w18s_coco-96x64"
+
+
+@pytest.fixture
+def small_entry(monkeypatch):
+    """A registry entry for a tiny pose model (input 64x96 (w, h), heatmaps 16x24), removed after."""
+    from training import registry
+
+    entry = registry.ModelEntry(
+        name=SMALL, task="topdown_pose", arch="hrnet_w18_small", dataset="coco", num_outputs=17,
+        config=f"tests/{SMALL}.py", url="https://example.invalid/small.pth",
+        metrics={"AP": 0.5}, input_size=(64, 96), heatmap_size=(16, 24), sigma=2.0,
+        codec="MSRAHeatmap")
+    monkeypatch.setitem(registry._REGISTRY, SMALL, entry)
+    return entry
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in ("HRNET_MODEL_REPOSITORY", "HRNET_SHARED_DIR", "HRNET_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    import os
+
+    for var in [v for v in os.environ if v.startswith("HRNET_EXPORT_")]:
+        monkeypatch.delenv(var)
+
+
+def _parse_config(entry_dir):
+    from export.triton_config import parse_config
+
+    return parse_config((entry_dir / "config.pbtxt").read_text())
+
+
+def test_checkpoint_export_writes_full_entry(small_entry, clean_env, tmp_path, capsys):
+    from training.checkpoint import save_checkpoint
+    from training.models import create_model
+    from export.onnx_export import calibrate_batchnorm
+
+    model = create_model(SMALL, seed=3)
+    calibrate_batchnorm(model, (2, 3, 96, 64), seed=3)  # trained-like BN statistics
+    ckpt = save_checkpoint(model, tmp_path / "small.pth", layout="mmpose0")  # keypoint_head.*
+    repo = tmp_path / "repo"
+
+    rc = main(["--arch", SMALL, "--checkpoint", str(ckpt), "--name", "small_pose",
+               "--model-repository", str(repo), "--max-batch-size", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "parity 1x3x96x64: max abs err" in out and "parity 5x3x96x64: max abs err" in out
+    assert "dynamo exporter" in out
+
+    entry = repo / "small_pose"
+    cfg = _parse_config(entry)
+    assert cfg.name == "small_pose" and cfg.max_batch_size == 8
+    assert list(cfg.input[0].dims) == [3, 96, 64] and list(cfg.output[0].dims) == [17, 24, 16]
+    card = ModelCard.load(entry)
+    assert card.name == "small_pose" and card.max_batch_size == 8
+    assert card.source.checkpoint == str(ckpt) and card.source.metrics == {"AP": 0.5}
+    assert card.codec.heatmap_size == (16, 24)
+
+    # the registered graph computes the checkpoint's network (weights really loaded)
+    x = np.random.default_rng(7).standard_normal((3, 3, 96, 64), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.abs(ref).max() > 0.01
+    sess = ort.InferenceSession(str(entry / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["heatmaps"], {"input": x})[0]
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_random_init_from_environment(small_entry, clean_env, tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    monkeypatch.setenv("HRNET_MODEL_REPOSITORY", str(repo))
+    monkeypatch.setenv("HRNET_EXPORT_ARCH", SMALL)
+    monkeypatch.setenv("HRNET_EXPORT_RANDOM_INIT", "1")
+    monkeypatch.setenv("HRNET_EXPORT_EXPORTER", "legacy")
+    monkeypatch.setenv("HRNET_EXPORT_NO_CHECK", "true")
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "legacy exporter" in out and "parity" not in out
+    card = ModelCard.load(repo / SMALL)
+    assert "RANDOM WEIGHTS" in card.source.notes
+    # published URL/metrics describe other weights: dropped for a random model
+    assert card.source.url is None and card.source.metrics == {}
+
+
+def test_failed_parity_exits_2_and_writes_nothing(clean_env, tmp_path, capsys):
+    # The legacy TorchScript exporter freezes HRNet-seg's fusion sizes (int(h * 2)) into
+    # constants, so its graph cannot run at another size: parity must fail cleanly.
+    repo = tmp_path / "repo"
+    rc = main(["--arch", "fcn_hr18s_4xb2-40k_cityscapes-512x1024", "--random-init",
+               "--exporter", "legacy", "--check-size", "64x128", "--check-size", "96x80",
+               "--model-repository", str(repo)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("hrnet-export: error: export failed:")
+    assert "64x128" in err
+    assert not (repo / "fcn_hr18s_4xb2-40k_cityscapes-512x1024").exists()
+
+
+def test_register_existing_onnx_with_card(shared, clean_env, tmp_path, capsys):
+    card_file = tmp_path / "card.json"
+    pp_tinypose_card().save(tmp_path)
+    repo = tmp_path / "repo"
+    onnx_file = shared / "models" / "pp_tinypose_256x192.onnx"
+    rc = main(["--onnx", str(onnx_file), "--card", str(card_file), "--name", "tiny_cpu",
+               "--model-repository", str(repo), "--instance-kind", "KIND_CPU"])
+    assert rc == 0, capsys.readouterr().err
+    cfg = _parse_config(repo / "tiny_cpu")
+    assert cfg.name == "tiny_cpu" and cfg.instance_group[0].kind == 2  # KIND_CPU
+    assert ModelCard.load(repo / "tiny_cpu").name == "tiny_cpu"
+    assert (repo / "tiny_cpu" / "1" / "model.onnx").read_bytes() == onnx_file.read_bytes()
+
+
+def test_register_onnx_with_mismatched_card_exits_2(shared, clean_env, tmp_path, capsys):
+    from export.shared_models import rtmdet_nano_card
+
+    rtmdet_nano_card().save(tmp_path)
+    rc = main(["--onnx", str(shared / "models" / "pp_tinypose_256x192.onnx"),
+               "--card", str(tmp_path / "card.json"), "--model-repository", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not match" in err and "image" in err
+
+
+def test_shared_models_registered_via_environment(shared, clean_env, tmp_path, monkeypatch, capsys):
+    from service.repository import ModelRepository
+
+    repo = tmp_path / "repo"
+    monkeypatch.setenv("HRNET_MODEL_REPOSITORY", str(repo))
+    monkeypatch.setenv("HRNET_SHARED_DIR", str(shared))
+    assert main(["--shared-models"]) == 0
+    cards = ModelRepository(repo).cards
+    assert set(cards) == {PP_TINYPOSE, RTMDET_NANO}
+    assert cards[PP_TINYPOSE].task == "topdown_pose" and cards[RTMDET_NANO].task == "detection"
+    assert _parse_config(repo / PP_TINYPOSE).max_batch_size == 32
+    assert _parse_config(repo / RTMDET_NANO).max_batch_size == 1
+    for name in (PP_TINYPOSE, RTMDET_NANO):
+        src = shared / "models" / f"{name}.onnx"
+        assert (repo / name / "1" / "model.onnx").read_bytes() == src.read_bytes()
+
+
+def test_unknown_arch_exits_2_naming_it(clean_env, tmp_path, capsys):
+    rc = main(["--arch", "hrnet_w99_nonsense", "--random-init", "--model-repository", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("hrnet-export: error:") and "hrnet_w99_nonsense" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "--checkpoint", "/nonexistent/x.pth"],
+     "checkpoint file not found"),
+    (["--onnx", "/nonexistent/m.onnx", "--card", "/nonexistent/card.json"], "ONNX file not found"),
+    (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192"], "--random-init"),
+    (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "--random-init", "--checkpoint", "a.pth"],
+     "not both"),
+    ([], "choose exactly one"),
+    (["--shared-models", "--shared-dir", "/nonexistent/shared"], "shared models folder not found"),
+])
+def test_usage_errors_exit_2(clean_env, tmp_path, capsys, argv, needle):
+    rc = main(argv + ["--model-repository", str(tmp_path / "repo")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_missing_repository_and_bad_env_value(shared, clean_env, monkeypatch, capsys):
+    assert main(["--shared-models", "--shared-dir", str(shared)]) == 2
+    assert "no model repository" in capsys.readouterr().err
+    monkeypatch.setenv("HRNET_EXPORT_NO_CHECK", "maybe")
+    assert main(["--shared-models"]) == 2
+    assert "HRNET_EXPORT_NO_CHECK" in capsys.readouterr().err
