@@ -41,3 +41,33 @@ def live_gateway(shared_repo):
     url, server = start_local_gateway(shared_repo)
     yield url
     server.should_exit = True
+
+
+# registry config -> served name of the fixed-seed random-weight models exported for end-to-end tests
+RANDOM_MODELS = {
+    "td-hm_hrnet-w32_8xb64-210e_coco-256x192": "hrnet_w32_coco_random",
+    "hrnet_w32_horse10_256x256-split1": "hrnet_w32_horse10_random",
+    "hrnet_w32_macaque_256x192": "hrnet_w32_macaque_random",
+    "hrnet_w32_atrw_256x256": "hrnet_w32_atrw_random",
+    "fcn_hr18s_4xb2-40k_cityscapes-512x1024": "fcn_hr18s_cityscapes_random",
+}
+
+
+@pytest.fixture(scope="session")
+def random_repo(shared, tmp_path_factory) -> Path:
+    """A model repository with the shared real models plus fixed-seed random HRNet models
+    (:data:`RANDOM_MODELS`: COCO W32, Horse-10 / MacaquePose / ATRW W32, Cityscapes fcn_hr18s),
+    exported once per session by ``hrnet-export --random-init`` (parity checks are covered by
+    tests/test_export*.py, so skipped here)."""
+    from export.cli import main as export_main
+
+    repo = tmp_path_factory.mktemp("random_repo")
+    assert export_main(["--shared-models", "--shared-dir", str(shared),
+                        "--model-repository", str(repo)]) == 0
+    for arch, name in RANDOM_MODELS.items():
+        exporter = "dynamo" if arch.startswith("fcn_") else "legacy"
+        rc = export_main(["--arch", arch, "--random-init", "--seed", "0", "--name", name,
+                          "--model-repository", str(repo), "--no-check", "--exporter", exporter,
+                          "--instance-kind", "KIND_CPU", "--max-batch-size", "16"])
+        assert rc == 0, arch
+    return repo
