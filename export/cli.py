@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="register the shared PP-TinyPose and RTMDet-nano ONNX models")
     mode.add_argument("--shared-dir", help="shared data folder (default: ../shared beside the "
                       "project root of the current directory)")
+    mode.add_argument("--zoo", action="append", metavar="ARCH",
+                      help="with --shared-models: also export this registry model from its "
+                      "published checkpoint URL, best effort (skipped with a message when torch "
+                      "is not installed or the URL cannot be reached); repeatable")
     mode.add_argument("--list", action="store_true", default=None, dest="list_archs",
                       help="list the registry model names and exit")
 
@@ -208,7 +212,38 @@ def _run_shared(args: argparse.Namespace) -> int:
                                      **_config_kw(args))
     for name, path in written.items():
         print(f"registered {name}: {path}")
+    for arch in args.zoo or []:
+        _export_zoo_best_effort(args, arch)
     return 0
+
+
+def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
+    """Export registry model ``arch`` from its published URL; print why when it cannot be done.
+
+    Only a missing torch or an unreachable / failed download is skipped (the gateway then serves
+    the other models); an unknown ``arch`` is an error like anywhere else.
+    """
+    from training.registry import get_entry
+
+    try:
+        entry = get_entry(arch)
+    except KeyError as exc:
+        raise CLIError(str(exc).strip("'\"")) from None
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(f"skipped {arch}: torch is not installed (pip install -e '.[train]')")
+        return
+    sub = argparse.Namespace(**{**vars(args), "arch": arch, "checkpoint": entry.url,
+                                "random_init": False, "name": None})
+    try:
+        _run_export(sub)
+    except OSError as exc:  # urllib.error.URLError, socket errors
+        print(f"skipped {arch}: cannot download {entry.url} ({exc})")
+    except Exception as exc:  # noqa: BLE001 - CheckpointError on a bad download
+        if type(exc).__name__ != "CheckpointError":
+            raise
+        print(f"skipped {arch}: {exc}")
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
