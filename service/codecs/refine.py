@@ -29,11 +29,13 @@ __all__ = [
 ]
 
 
-def as_batch(heatmaps) -> np.ndarray:
+def as_batch(heatmaps, heatmap_size: tuple[int, int] | None = None) -> np.ndarray:
     """Return heatmaps as a float32 ``(B, K, H, W)`` array (a ``(K, H, W)`` input gets ``B = 1``).
 
+    ``heatmap_size``: the codec's ``(W, H)``; when given, the maps must have exactly that size.
+
     Raises:
-        ValueError: not 3-D or 4-D, or an empty spatial size.
+        ValueError: not 3-D or 4-D, an empty spatial size, or a size other than ``heatmap_size``.
     """
     hm = np.asarray(heatmaps)
     if hm.ndim == 3:
@@ -42,6 +44,9 @@ def as_batch(heatmaps) -> np.ndarray:
         raise ValueError(f"heatmaps must have shape (K, H, W) or (B, K, H, W), got {hm.shape}")
     if hm.shape[2] < 1 or hm.shape[3] < 1:
         raise ValueError(f"heatmaps have an empty spatial size: {hm.shape}")
+    if heatmap_size is not None and (hm.shape[3], hm.shape[2]) != tuple(heatmap_size):
+        raise ValueError(f"heatmaps are {hm.shape[3]}x{hm.shape[2]} (WxH), codec expects "
+                         f"{heatmap_size[0]}x{heatmap_size[1]}")
     return hm.astype(np.float32, copy=False)
 
 

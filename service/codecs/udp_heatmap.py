@@ -104,10 +104,7 @@ class UDPHeatmap:
         Raises:
             ValueError: wrong rank or a spatial size other than ``heatmap_size``.
         """
-        hm = as_batch(heatmaps)
-        if (hm.shape[3], hm.shape[2]) != self.heatmap_size:
-            raise ValueError(f"heatmaps are {hm.shape[3]}x{hm.shape[2]} (WxH), codec expects "
-                             f"{self.heatmap_size[0]}x{self.heatmap_size[1]}")
+        hm = as_batch(heatmaps, self.heatmap_size)
         locs, scores = get_heatmap_maximum(hm)
         locs = refine_keypoints_dark_udp(locs, hm, self.blur_kernel_size)
         return (locs * self.decode_factor).astype(np.float32), scores.astype(np.float32)

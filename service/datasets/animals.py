@@ -12,6 +12,7 @@ MacaquePose uses the COCO keypoint order and COCO sigmas; ATRW has its own 15 si
 from __future__ import annotations
 
 from .info import KeypointRow, LinkRow, PoseDatasetInfo
+from .coco import COCO_KEYPOINTS, COCO_LINKS
 
 # (name, mirror or None, OKS sigma or None, RGB colour), in heatmap-channel order.
 HORSE10_KEYPOINTS: tuple[KeypointRow, ...] = (
@@ -59,46 +60,9 @@ HORSE10_LINKS: tuple[LinkRow, ...] = (
     ("Offhindfetlock", "Offhindfoot", (255, 51, 255)),
 )
 
-MACAQUE_KEYPOINTS: tuple[KeypointRow, ...] = (
-    ("nose", None, 0.026, (51, 153, 255)),
-    ("left_eye", "right_eye", 0.025, (51, 153, 255)),
-    ("right_eye", "left_eye", 0.025, (51, 153, 255)),
-    ("left_ear", "right_ear", 0.035, (51, 153, 255)),
-    ("right_ear", "left_ear", 0.035, (51, 153, 255)),
-    ("left_shoulder", "right_shoulder", 0.079, (0, 255, 0)),
-    ("right_shoulder", "left_shoulder", 0.079, (255, 128, 0)),
-    ("left_elbow", "right_elbow", 0.072, (0, 255, 0)),
-    ("right_elbow", "left_elbow", 0.072, (255, 128, 0)),
-    ("left_wrist", "right_wrist", 0.062, (0, 255, 0)),
-    ("right_wrist", "left_wrist", 0.062, (255, 128, 0)),
-    ("left_hip", "right_hip", 0.107, (0, 255, 0)),
-    ("right_hip", "left_hip", 0.107, (255, 128, 0)),
-    ("left_knee", "right_knee", 0.087, (0, 255, 0)),
-    ("right_knee", "left_knee", 0.087, (255, 128, 0)),
-    ("left_ankle", "right_ankle", 0.089, (0, 255, 0)),
-    ("right_ankle", "left_ankle", 0.089, (255, 128, 0)),
-)
-MACAQUE_LINKS: tuple[LinkRow, ...] = (
-    ("left_ankle", "left_knee", (0, 255, 0)),
-    ("left_knee", "left_hip", (0, 255, 0)),
-    ("right_ankle", "right_knee", (255, 128, 0)),
-    ("right_knee", "right_hip", (255, 128, 0)),
-    ("left_hip", "right_hip", (51, 153, 255)),
-    ("left_shoulder", "left_hip", (51, 153, 255)),
-    ("right_shoulder", "right_hip", (51, 153, 255)),
-    ("left_shoulder", "right_shoulder", (51, 153, 255)),
-    ("left_shoulder", "left_elbow", (0, 255, 0)),
-    ("right_shoulder", "right_elbow", (255, 128, 0)),
-    ("left_elbow", "left_wrist", (0, 255, 0)),
-    ("right_elbow", "right_wrist", (255, 128, 0)),
-    ("left_eye", "right_eye", (51, 153, 255)),
-    ("nose", "left_eye", (51, 153, 255)),
-    ("nose", "right_eye", (51, 153, 255)),
-    ("left_eye", "left_ear", (51, 153, 255)),
-    ("right_eye", "right_ear", (51, 153, 255)),
-    ("left_ear", "left_shoulder", (51, 153, 255)),
-    ("right_ear", "right_shoulder", (51, 153, 255)),
-)
+# MacaquePose uses COCO's 17 keypoints, sigmas and links unchanged (MMPose macaque.py).
+MACAQUE_KEYPOINTS: tuple[KeypointRow, ...] = COCO_KEYPOINTS
+MACAQUE_LINKS: tuple[LinkRow, ...] = COCO_LINKS
 
 ATRW_KEYPOINTS: tuple[KeypointRow, ...] = (
     ("left_ear", "right_ear", 0.0277, (51, 153, 255)),
