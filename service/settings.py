@@ -47,3 +47,5 @@ class Settings(BaseSettings):
     triton_protocol: Literal["grpc", "http"] = "grpc"
     triton_timeout_s: float = 10.0
     triton_shared_memory: bool = False
+    triton_startup_timeout_s: float = 60.0  # wait this long for Triton + every model at start-up
+    triton_retry_after_s: float = 1.0  # Retry-After sent with 503 while Triton is unavailable

@@ -277,16 +277,13 @@ class TritonBackend(Backend):
     @classmethod
     def from_settings(cls, settings: Any, repository: Any = None) -> "TritonBackend":
         """From :class:`service.settings.Settings` (``triton_url``, ``triton_protocol``,
-        ``triton_timeout_s``, ``triton_shared_memory``; optional ``triton_startup_timeout_s``,
+        ``triton_timeout_s``, ``triton_shared_memory``, ``triton_startup_timeout_s``,
         ``triton_retry_after_s``). Cards arrive later through :meth:`start`."""
-        kw: dict[str, Any] = dict(protocol=settings.triton_protocol,
-                                  timeout_s=settings.triton_timeout_s,
-                                  shared_memory=settings.triton_shared_memory)
-        for attr, key in (("triton_startup_timeout_s", "startup_timeout_s"),
-                          ("triton_retry_after_s", "retry_after_s")):
-            if getattr(settings, attr, None) is not None:
-                kw[key] = getattr(settings, attr)
-        backend = cls(settings.triton_url, **kw)
+        backend = cls(settings.triton_url, protocol=settings.triton_protocol,
+                      timeout_s=settings.triton_timeout_s,
+                      shared_memory=settings.triton_shared_memory,
+                      startup_timeout_s=settings.triton_startup_timeout_s,
+                      retry_after_s=settings.triton_retry_after_s)
         if repository is not None:
             backend.cards = dict(repository.cards)
         return backend
