@@ -430,24 +430,20 @@ def _slide_geometry(card: ModelCard) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 async def _infer(backend: Backend, card: ModelCard, x: np.ndarray) -> np.ndarray:
-    """Run the model on ``(N, 3, h, w)`` in chunks of ``max_batch_size``; ``(N, h', w', C)`` out."""
+    """Run the model on ``(N, 3, h, w)`` (one call; the backend splits by ``max_batch_size``);
+    returns ``(N, h', w', C)`` float32. Raises BackendError on an output of the wrong shape."""
     in_spec, out_name = card.inputs[0], card.outputs[0].name
     if in_spec.dtype == "FP16":
         x = x.astype(np.float16)
-    step = max(1, card.max_batch_size or len(x))
-    parts = []
-    for s in range(0, len(x), step):
-        out = await backend.infer(card.name, {in_spec.name: x[s:s + step]}, [out_name])
-        y = np.asarray(out[out_name])
-        if y.ndim != 4 or y.shape[0] != len(x[s:s + step]):
-            raise BackendError(f"model '{card.name}' returned '{out_name}' of shape {y.shape}; "
-                               f"expected (N, C, h, w) with N = {len(x[s:s + step])}")
-        parts.append(np.ascontiguousarray(y.transpose(0, 2, 3, 1), dtype=np.float32))
-    y = np.concatenate(parts, axis=0)
-    if y.shape[-1] != len(card.classes):
-        raise BackendError(f"model '{card.name}' returned {y.shape[-1]} channels; its card lists "
+    out = await backend.infer(card.name, {in_spec.name: x}, [out_name])
+    y = np.asarray(out[out_name])
+    if y.ndim != 4 or y.shape[0] != len(x):
+        raise BackendError(f"model '{card.name}' returned '{out_name}' of shape {y.shape}; "
+                           f"expected (N, C, h, w) with N = {len(x)}")
+    if y.shape[1] != len(card.classes):
+        raise BackendError(f"model '{card.name}' returned {y.shape[1]} channels; its card lists "
                            f"{len(card.classes)} classes")
-    return y
+    return np.ascontiguousarray(y.transpose(0, 2, 3, 1), dtype=np.float32)
 
 
 def _prepare(image_bgr: np.ndarray, size_wh: tuple[int, int], flips: Sequence[bool],
