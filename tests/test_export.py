@@ -1,8 +1,8 @@
 """export/: ONNX export + parity, model cards, shared-model cards vs their graphs, repository entries.
 
 Expected numbers are derived by hand from the upstream configs / the shared README, never read
-back from this code. The two heavy tests (HRNet-W32 pose at 256x192, HRNet-W18-small segmentation
-with dynamic H, W) each export once; everything else is cheap.
+back from this code. The heavy tests (HRNet-W32 pose at 256x192, HRNet-W18-small segmentation
+with dynamic H, W, once per exporter) each export once; everything else is cheap.
 """
 from __future__ import annotations
 
@@ -74,26 +74,37 @@ def test_w32_pose_export_256x192_batch_1_and_5(tmp_path):
         check_parity(model, path, [(1, 3, 256, 192)], atol=1e-4)
 
 
-def test_seg_export_dynamic_hw_two_sizes_batch_2(tmp_path):
+@pytest.fixture(scope="module")
+def seg_small():
     from training.models import build_model
 
     model = build_model("hrnet_w18_small", "segmentation", 19, seed=0)
-    sample = (2, 3, *generic_spatial_size(64, 64))
-    calibrate_batchnorm(model, sample, seed=1)
-    path = export_onnx(model, tmp_path / "seg.onnx", input_shape=sample, dynamic_spatial=True,
-                       output_name="logits")
-    assert onnx_metadata(path)["exporter"] == "dynamo"
+    return calibrate_batchnorm(model, (2, 3, 64, 64), seed=1)
+
+
+# Traced at 64x64, where every fusion is exact (branches 16, 8, 4, 2: 2*8 == 16, 4*4 == 16, ...),
+# so tracing takes no "sizes differ" path. 64x128 is a multiple of 32 too; 96x80 and 97x97 are
+# not (80 -> 20, 10, 5, 3: 3 upsampled x8 = 24 != 20; 97 -> 25, 13, 7, 4: 26, 28, 32 != 25), so a
+# graph that froze the 64x64 fusion sizes would fail there (shape error or wrong numbers).
+SEG_SAMPLE = (2, 3, 64, 64)
+SEG_CHECKS = [(2, 3, 64, 128), (2, 3, 96, 80), (2, 3, 97, 97)]
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_seg_export_dynamic_hw_at_plain_size(tmp_path, seg_small, exporter):
+    with torch.no_grad():  # the check is only meaningful if the logits are far above atol
+        assert float(seg_small(torch.zeros(SEG_SAMPLE)).abs().max()) > 0.05
+    path = export_onnx(seg_small, tmp_path / "seg.onnx", input_shape=SEG_SAMPLE,
+                       dynamic_spatial=True, output_name="logits", exporter=exporter)
+    assert onnx_metadata(path)["exporter"] == exporter
     assert _graph_dims(path, "input") == ["batch", 3, "height", "width"]
     assert _graph_dims(path, "output") == ["batch", 19, "out_height", "out_width"]
-    # 64x128 is a multiple of 32 (every fusion exact), 96x80 is not (80/32 -> 3 at branch 3,
-    # upsampled x8 = 24 != 20: the extra resizes are taken)
-    shapes = [(2, 3, 64, 128), (2, 3, 96, 80)]
-    errors = check_parity(model, path, shapes, atol=1e-4)
-    assert set(errors) == set(shapes)
+    errors = check_parity(seg_small, path, SEG_CHECKS, atol=1e-4)
+    assert set(errors) == set(SEG_CHECKS)
     assert all(e <= 1e-4 for e in errors.values())
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"input": np.zeros((2, 3, 96, 80), np.float32)})[0]
-    assert out.shape == (2, 19, 24, 20)  # ceil(96/4), ceil(80/4)
+    out = sess.run(None, {"input": np.zeros((2, 3, 97, 75), np.float32)})[0]
+    assert out.shape == (2, 19, 25, 19)  # ceil(97/4), ceil(75/4)
     out = sess.run(None, {"input": np.zeros((1, 3, 64, 128), np.float32)})[0]
     assert out.shape == (1, 19, 16, 32)
 

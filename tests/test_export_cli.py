@@ -102,12 +102,12 @@ def test_random_init_from_environment(small_entry, clean_env, tmp_path, monkeypa
 
 
 def test_failed_parity_exits_2_and_writes_nothing(clean_env, tmp_path, capsys):
-    # The legacy TorchScript exporter freezes HRNet-seg's fusion sizes (int(h * 2)) into
-    # constants, so its graph cannot run at another size: parity must fail cleanly.
+    # A parity tolerance no fp32 export can meet (real errors are ~4e-6): the check must fail
+    # cleanly, name the sizes and their errors, and write nothing.
     repo = tmp_path / "repo"
     rc = main(["--arch", "fcn_hr18s_4xb2-40k_cityscapes-512x1024", "--random-init",
                "--exporter", "legacy", "--check-size", "64x128", "--check-size", "96x80",
-               "--model-repository", str(repo)])
+               "--atol", "1e-9", "--model-repository", str(repo)])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("hrnet-export: error: export failed:")

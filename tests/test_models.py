@@ -231,6 +231,43 @@ def test_fusion_bilinear_mmseg_including_second_resize():
     torch.testing.assert_close(y[0, 0], 1 + u3[None, :] + 2 * u3[:, None], rtol=0, atol=1e-6)
 
 
+def test_same_size_bilinear_resize_is_exact_identity():
+    # the MMSeg second resize is applied unconditionally; where the sizes already match it must
+    # return its input bit for bit (source coordinate (d + .5) * 1 - .5 = d: weights exactly 1, 0)
+    g = torch.Generator().manual_seed(0)
+    for h, w in [(16, 32), (25, 25), (13, 19), (7, 1), (1, 1)]:
+        x = torch.randn(2, 18, h, w, generator=g) * 100
+        y = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        assert torch.equal(y, x), (h, w)
+
+
+@pytest.mark.parametrize("tracer", ["torch.export", "jit.trace"])
+def test_fusion_bilinear_traced_at_one_size_is_right_at_another(tracer):
+    # traced where every size divides (4x4 <- 2x2: no real second resize), run where it does not
+    # (3x3 <- 2x2): the graph must still upsample to 2*2 = 4 and then resize 4 -> 3 (hand values
+    # as in test_fusion_bilinear_mmseg_including_second_resize). An int() on the traced size or a
+    # size-dependent `if` would freeze the 4x4 path into the graph.
+    import warnings
+
+    m = _two_branch_module("bilinear")
+    x1 = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    example = [torch.zeros(1, 1, 4, 4), x1]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if tracer == "torch.export":
+            hw = {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+            traced = torch.export.export(m, (example,), dynamic_shapes=([hw, hw],),
+                                         strict=False).module()
+        else:
+            traced = torch.jit.trace(m, (example,), check_trace=False)
+        (y3,) = traced([torch.zeros(1, 1, 3, 3), x1])
+        (y4,) = traced([torch.zeros(1, 1, 4, 4), x1])
+    u3 = torch.tensor([1 / 24, 0.5, 23 / 24])
+    u4 = torch.tensor([0.0, 0.25, 0.75, 1.0])
+    torch.testing.assert_close(y3[0, 0], 1 + u3[None, :] + 2 * u3[:, None], rtol=0, atol=1e-6)
+    torch.testing.assert_close(y4[0, 0], 1 + u4[None, :] + 2 * u4[:, None], rtol=0, atol=1e-6)
+
+
 def test_fcn_head_resize_concat():
     head = FCNHead([1, 1], num_classes=1, in_index=(0, 1)).eval()
     with torch.no_grad():

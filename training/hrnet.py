@@ -25,6 +25,10 @@ Two upstream variants differ only in the fusion upsampling and in the last modul
   branches; upsampling is bilinear with ``align_corners=False`` to ``int(size * 2**(j-i))``,
   followed by a second bilinear resize to the target branch's size when the two differ (the
   case for inputs that are not multiples of 32); the backbone returns all four branches.
+  Here that second resize is applied unconditionally: where the sizes already match it is a
+  same-size bilinear resize, an exact identity on finite values, so the numbers are MMSeg's at
+  every input size and the traced/exported graph has no size-dependent branch (dynamic ``H, W``
+  export at any example size).
 """
 from __future__ import annotations
 
@@ -167,8 +171,11 @@ class _FuseUpsample(nn.Module):
     """Parameter-free upsampling at index 2 of a fuse path ``Sequential(conv1x1, bn, up)``.
 
     ``nearest``: ``F.interpolate(scale_factor=s, mode='nearest')`` (mmpose ``nn.Upsample``).
-    ``bilinear``: ``F.interpolate(size=(int(h*s), int(w*s)), mode='bilinear',
-    align_corners=False)`` (mmseg ``Upsample`` wrapper, which turns the factor into a size).
+    ``bilinear``: ``F.interpolate(size=(h*s, w*s), mode='bilinear', align_corners=False)``
+    (mmseg ``Upsample`` wrapper, which turns the factor into the size ``int(h*s), int(w*s)``;
+    ``s = 2**(j-i)`` is an int, so that is ``h*s``, computed here from the (possibly symbolic)
+    shape so that exported graphs keep ``H, W`` dynamic).
+    Input ``(N, C, h, w)`` float -> ``(N, C, h*s, w*s)``.
     """
 
     def __init__(self, scale: int, mode: str):
@@ -181,7 +188,9 @@ class _FuseUpsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "nearest":
             return F.interpolate(x, scale_factor=float(self.scale), mode="nearest")
-        size = (int(x.shape[-2] * self.scale), int(x.shape[-1] * self.scale))
+        # ``int(h * s)`` of mmseg is ``h * s`` for an integer ``s``; leaving out ``int()`` keeps
+        # the size symbolic under torch.export / the ONNX tracers (int() bakes the example size).
+        size = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def extra_repr(self) -> str:
@@ -195,7 +204,11 @@ class HRModule(nn.Module):
     ``num_blocks[i]`` blocks; ``fuse_layers.{i}.{j}`` brings branch ``j`` to branch ``i``:
     ``j > i``: ``Sequential(conv1x1, BN, upsample x2**(j-i))``; ``j == i``: ``None``;
     ``j < i``: ``i-j`` stride-2 ``Sequential(conv3x3, BN[, ReLU])`` (ReLU on all but the last).
-    Output ``i`` is ``relu(sum_j fuse_ij(x_j))`` summed over ``j = 0..n-1`` in order.
+    Output ``i`` is ``relu(sum_j fuse_ij(x_j))`` summed over ``j = 0..n-1`` in order. With
+    bilinear (MMSeg) fusion each upsampled ``fuse_ij(x_j)``, ``j > i``, is then bilinearly
+    resized to branch ``i``'s size (mmseg ``HRModule.forward``'s ``resize``), always (a no-op
+    where the sizes already match); with nearest (MMPose) fusion a size mismatch raises
+    ``ValueError`` (input ``H, W`` not multiples of 32).
 
     With ``multiscale_output=False`` only output 0 is built and returned (a 1-list).
     Input/output: a list of ``(N, C_i, H_i, W_i)`` float tensors, ``H_i = H_0 / 2**i``.
@@ -267,13 +280,16 @@ class HRModule(nn.Module):
                     y = y + x[j]
                     continue
                 z = row[j](x[j])
-                if j > i and z.shape[-2:] != x[i].shape[-2:]:
-                    if self.upsample_mode != "bilinear":
-                        raise ValueError(
-                            f"HRNet fusion: branch {j} upsampled to {tuple(z.shape[-2:])} does not "
-                            f"match branch {i} {tuple(x[i].shape[-2:])}; with nearest fusion "
-                            "(MMPose) the input height and width must be multiples of 32")
+                if j > i and self.upsample_mode == "bilinear":
+                    # mmseg resizes only when the sizes differ; unconditionally is the same
+                    # numbers (same-size bilinear, align_corners=False, is an exact identity
+                    # for finite inputs) and keeps the graph free of size-dependent branches
                     z = F.interpolate(z, size=x[i].shape[-2:], mode="bilinear", align_corners=False)
+                elif j > i and z.shape[-2:] != x[i].shape[-2:]:
+                    raise ValueError(
+                        f"HRNet fusion: branch {j} upsampled to {tuple(z.shape[-2:])} does not "
+                        f"match branch {i} {tuple(x[i].shape[-2:])}; with nearest fusion "
+                        "(MMPose) the input height and width must be multiples of 32")
                 y = y + z
             out.append(self.relu(y))
         return out
