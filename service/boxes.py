@@ -7,6 +7,9 @@ import numpy as np
 
 from .errors import InvalidBoxes
 
+MAX_COORDINATE = 1e6  # pixels; beyond this a box is a client bug, and float32 maths degrades
+MIN_BOX_SIDE = 1.0  # pixels
+
 
 def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
                 max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -18,7 +21,8 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
 
     Returns ``(boxes_xyxy (N, 4) float32, scores (N,) float32)``. Raises :class:`InvalidBoxes`
     (422) naming the offending box for: invalid JSON, wrong nesting or length, non-finite values,
-    zero or negative area, a box entirely outside the image, a score outside [0, 1], or more than
+    a coordinate beyond ±``MAX_COORDINATE`` px, zero or negative area, a side shorter than
+    ``MIN_BOX_SIDE`` px, a box entirely outside the image, a score outside [0, 1], or more than
     ``max_boxes`` boxes. Boxes partly outside the image are kept as given (MMPose crops them with
     zero padding).
     """
@@ -47,11 +51,21 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
     xyxy = arr[:, :4].copy()
     if box_format == "xywh":
         xyxy[:, 2:] += xyxy[:, :2]
+    bad = (np.abs(xyxy) > MAX_COORDINATE).any(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidBoxes(f"box {i} ({box_format} {data[i]!r}) has a coordinate beyond "
+                           f"±{MAX_COORDINATE:g} pixels")
     w, h = xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]
     bad = (w <= 0) | (h <= 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise InvalidBoxes(f"box {i} has zero or negative area ({box_format} {data[i]!r})")
+    bad = (w < MIN_BOX_SIDE) | (h < MIN_BOX_SIDE)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidBoxes(f"box {i} ({box_format} {data[i]!r}) is smaller than "
+                           f"{MIN_BOX_SIDE:g} pixel on a side")
     img_w, img_h = image_size
     outside = (xyxy[:, 2] <= 0) | (xyxy[:, 3] <= 0) | (xyxy[:, 0] >= img_w) | (xyxy[:, 1] >= img_h)
     if outside.any():

@@ -152,6 +152,9 @@ def test_truncated_png(client):
     ("{not json", "xywh", "not valid JSON"),
     ("{\"a\": 1}", "xywh", "JSON list"),
     ("[[1, 1, 10, 10, 1.5]]", "xywh", "score"),
+    ("[[0, 0, 1e300, 1e300]]", "xywh", "beyond"),
+    ("[[0, 0, 1e-30, 1e-30]]", "xywh", "smaller than 1 pixel"),
+    ("[[0, 0, 0.5, 20]]", "xywh", "smaller than 1 pixel"),
     (json.dumps([[1, 1, 10, 10]] * 11), "xywh", "at most 10"),
 ])
 def test_bad_boxes(client, boxes, fmt, fragment):
@@ -207,3 +210,25 @@ def test_no_detector_configured(shared_repo):
     with TestClient(create_app(settings)) as c:
         r = c.post("/pose", files={"image": ("x.png", _png())})
     assert r.status_code == 422 and "no person detector" in r.json()["error"]["message"]
+
+
+def test_unknown_route_and_method_use_the_error_format(client):
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = client.get("/pose")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("encode", [
+    lambda a: cv2.imencode(".png", a[..., 0])[1].tobytes(),                     # grey
+    lambda a: cv2.imencode(".png", np.dstack([a, a[..., :1]]))[1].tobytes(),    # with alpha
+    lambda a: cv2.imencode(".png", a.astype(np.uint16) * 257)[1].tobytes(),    # 16-bit
+    lambda a: cv2.imencode(".webp", a)[1].tobytes(),
+    lambda a: cv2.imencode(".bmp", a)[1].tobytes(),
+])
+def test_other_image_kinds_decode_to_the_same_size(client, encode):
+    a = np.random.default_rng(0).integers(0, 255, (50, 60, 3), np.uint8)
+    r = client.post("/pose", files={"image": ("x", encode(a))}, data={"boxes": "[[5, 5, 20, 30]]"})
+    assert r.status_code == 200, r.text
+    assert r.json()["image_size"] == [60, 50] and len(r.json()["persons"]) == 1
+    assert np.isfinite(np.asarray(r.json()["persons"][0]["keypoints"])).all()
