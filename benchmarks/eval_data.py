@@ -132,7 +132,14 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
                 continue
             x, y, w, h = (float(v) for v in ann["bbox"][:4])
             W, H = int(im["width"]), int(im["height"])
-            if dataset == "horse10" and max(ann["keypoints"]) == 0:
+            # MMPose's top-down data list keeps valid instances only (BaseCocoStyleDataset.
+            # _is_valid_instance): no crowd annotations, at least one labelled keypoint
+            if ann.get("iscrowd", 0):
+                skipped["iscrowd"] += 1
+                continue
+            kp = np.asarray(ann["keypoints"], dtype=np.float32).reshape(-1, 3)
+            n_kpts = ann.get("num_keypoints", int(np.count_nonzero(kp[:, :2].max(axis=1))))
+            if n_kpts == 0:
                 skipped["no_keypoints"] += 1
                 continue
             if dataset == "horse10" or not clip_gt_boxes:

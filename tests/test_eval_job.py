@@ -196,10 +196,10 @@ def test_ground_truth_keypoints_give_ap_one(coco, gateway, tmp_path):
     for k in ("AP", "AP50", "AP75", "AR", "AR50"):
         assert m["metrics"][k] == pytest.approx(1.0), k
     assert m["metrics"]["meanOKS"] == pytest.approx(1.0)
-    # every annotation with a box (14, two without keypoints) was sent, in 4 images
+    # MMPose's top-down list keeps the 12 non-crowd annotations with keypoints (of 14), in 4 images
     assert sorted(set(gateway.pose_calls)) == sorted(p.name for p in images.glob("*.jpg"))
     results = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert len(results) == 14 and all(r["category_id"] == 1 for r in results)
+    assert len(results) == 12 and all(r["category_id"] == 1 for r in results)
     assert len(results[0]["keypoints"]) == 51
 
 
@@ -313,10 +313,11 @@ def test_limit_evaluates_a_subset(coco, gateway, tmp_path):
 
 
 def test_many_boxes_are_split_over_requests(coco, gateway, tmp_path):
-    # 1, 3, 5 and 5 annotated people in the four images; 2 boxes per request -> 1+2+3+3
+    # 1, 2, 4 and 5 valid people (keypoints, not crowd) in the four images; 2 boxes per
+    # request -> 1+1+2+3
     ann, images = coco
     assert run(gateway, ann, images, tmp_path / "a", "--max-boxes", "2") == 0
-    assert len(gateway.pose_calls) == 9
+    assert len(gateway.pose_calls) == 7
     m = metrics_of(tmp_path / "a")["metrics"]
     assert m["AP"] == pytest.approx(1.0) and m["meanOKS"] == pytest.approx(1.0)
 
