@@ -321,3 +321,15 @@ def test_import_is_torch_free():
     code = ("import sys, training.registry, service.datasets; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0
+
+
+def test_atrw_uses_padding_one_as_mmpose_0x_atrw_dataset():
+    """MMPose 0.x AnimalATRWDataset: ``_xywh2cs(..., padding=1.0)``; Horse-10/Macaque: 1.25."""
+    from export.cards import card_for_entry
+
+    for name in ("hrnet_w32_atrw_256x256", "hrnet_w48_atrw_256x256"):
+        assert get_entry(name).bbox_padding == 1.0
+        assert card_for_entry(get_entry(name), "x").bbox_padding == 1.0
+    for name in ("hrnet_w32_macaque_256x192", "hrnet_w32_horse10_256x256-split1",
+                 "td-hm_hrnet-w32_8xb64-210e_coco-256x192"):
+        assert get_entry(name).bbox_padding == 1.25

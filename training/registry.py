@@ -74,6 +74,8 @@ class ModelEntry:
         use_udp: pose only, UDP affine (``TopdownAffine(use_udp=True)``); True iff UDPHeatmap.
         flip_test: pose only, the config's ``test_cfg.flip_test``.
         shift_heatmap: pose only, ``test_cfg.shift_heatmap`` (False for UDP).
+        bbox_padding: pose only, the box padding of the test pipeline (``GetBBoxCenterScale``;
+            1.25 everywhere except MMPose 0.x ATRW, whose dataset uses ``padding=1.0``).
         output_keypoint_indices: pose only, ``test_cfg.output_keypoint_indices`` when the head
             predicts more keypoints than are reported (COCO-AIC combine: 0..16 of 19), else None.
 
@@ -109,6 +111,7 @@ class ModelEntry:
     use_udp: bool = False
     flip_test: bool = True
     shift_heatmap: bool = True
+    bbox_padding: float = 1.25
     output_keypoint_indices: Optional[tuple[int, ...]] = None
     # segmentation
     crop_size: Optional[tuple[int, int]] = None
@@ -245,14 +248,15 @@ _COCO_EVAL = "COCO val2017, person detector with human AP 56.4"
 def _pose(name: str, arch: str, dataset: str, k: int, size: str, url: str,
           metrics: dict[str, float], *, directory: str = _COCO_DIR, upstream: str = "mmpose-1.x",
           codec: str = "MSRAHeatmap", dark: bool = False, eval_set: str = _COCO_EVAL,
-          output_keypoint_indices: Optional[tuple[int, ...]] = None, notes: str = "") -> None:
+          output_keypoint_indices: Optional[tuple[int, ...]] = None, notes: str = "",
+          bbox_padding: float = 1.25) -> None:
     inp, hm, sigma = _POSE_GEOMETRY[size]
     udp = codec == "UDPHeatmap"
     register(ModelEntry(
         name=name, task="topdown_pose", arch=arch, dataset=dataset, num_outputs=k,
         config=f"{directory}/{name}.py", url=url, metrics=metrics, upstream=upstream,
         eval_set=eval_set, input_size=inp, heatmap_size=hm, sigma=sigma, codec=codec, dark=dark,
-        use_udp=udp, flip_test=True, shift_heatmap=not udp,
+        use_udp=udp, flip_test=True, shift_heatmap=not udp, bbox_padding=bbox_padding,
         output_keypoint_indices=output_keypoint_indices, notes=notes))
 
 
@@ -345,8 +349,11 @@ _ANIMAL = "https://download.openmmlab.com/mmpose/animal/hrnet"
 
 def _animal(name: str, arch: str, dataset: str, k: int, size: str, url: str,
             metrics: dict[str, float], eval_set: str) -> None:
+    # MMPose 0.x AnimalATRWDataset computes center/scale with padding=1.0; Horse-10 and
+    # MacaquePose use the usual 1.25
     _pose(name, arch, dataset, k, size, url, metrics, directory=f"{_ANIMAL0_DIR}/{dataset}",
-          upstream="mmpose-0.x", eval_set=eval_set)
+          upstream="mmpose-0.x", eval_set=eval_set,
+          bbox_padding=1.0 if dataset == "atrw" else 1.25)
 
 
 _HORSE_EVAL = "Horse-10 test set of the split"
