@@ -16,6 +16,9 @@ same ``--out`` skips the images already there (``--restart`` discards them). ``O
 (COCO keypoint results after rescoring and OKS-NMS; per-class IoU for segmentation) and
 ``OUT/metrics.json`` are written atomically.
 
+``--tolerance`` is in fraction units for every metric (percent metrics such as mIoU are
+compared after dividing by 100): the default 0.01 is 1 AP point or 1 mIoU percentage point.
+
 Exit status: 0 all compared metrics within ``--tolerance``; 1 some metric beyond it; 2 the job
 could not run (bad arguments or files, gateway or model unavailable, nothing evaluated); 3 some
 images failed (metrics computed on the rest, printed, but the run is incomplete — re-run to
@@ -96,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true",
                    help="discard the predictions of a previous run in --out")
     p.add_argument("--tolerance", type=float, default=0.01,
-                   help="largest accepted |ours - published| (0.01)")
+                   help="largest accepted |ours - published|, in fraction units (0.01): 0.01 is "
+                        "1 AP/AR/PCK point; percent metrics (mIoU, mAcc, aAcc) are compared "
+                        "after dividing by 100, so 0.01 is 1 percentage point there")
     p.add_argument("--reference", nargs="+", default=[], metavar="NAME=VALUE",
                    help="published values, e.g. AP=0.744 AR=0.798 (override card/registry)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -399,11 +404,21 @@ async def _run(args: argparse.Namespace) -> int:
             if not sigmas:
                 raise SetupError(f"no OKS sigmas for dataset {args.dataset!r} "
                                  "(service.datasets or the card)")
+            # COCOeval scores every image of its image set: a failed image left in it would
+            # count its people as misses. Score the evaluated images only (those of --limit,
+            # less the failed ones); images with no box to send stay in (nothing was asked).
+            failed_ids = {it.image_id for it in items if it.key not in done}
+            eval_ids: Optional[list] = None
+            if failed_ids:
+                eval_ids = [i for i in image_ids if i not in failed_ids]
+            elif args.limit is not None:
+                eval_ids = list(image_ids)
+            summary["scored_images"] = len(eval_ids if eval_ids is not None else coco["images"])
             metrics, results = evaluate_coco_style(
                 records, coco, sigmas, input_size=card.get("input_size") or (192, 256),
                 padding=float(card.get("bbox_padding", 1.25)), keypoint_index=sel,
-                image_ids=image_ids if args.limit is not None else None,
-                use_area=args.use_area, gt_boxes=_box_source(args) == "gt")
+                image_ids=eval_ids, use_area=args.use_area,
+                gt_boxes=_box_source(args) == "gt")
             kind = "coco"
         results_obj: Any = results
     else:
@@ -419,7 +434,8 @@ async def _run(args: argparse.Namespace) -> int:
     atomic_write_json(out / "metrics.json", {
         "model": args.model, "dataset": args.dataset, "config": _run_config(args),
         "metrics": metrics, "references": refs, "reference_origin": origin,
-        "comparison": rows, "tolerance": args.tolerance, "within_tolerance": all_ok,
+        "comparison": rows, "tolerance": args.tolerance, "tolerance_unit": "fraction",
+        "within_tolerance": all_ok,
         "complete": n_failed == 0, "summary": summary,
         "wall_seconds": round(time.perf_counter() - t0, 3)})
 

@@ -2,18 +2,23 @@
 
 Top-down pose (COCO keypoint json; MMPose 1.x ``BaseCocoStyleDataset`` in test mode):
 
-* ground-truth boxes: every annotation with ``bbox`` and ``keypoints`` (crowd and
-  zero-keypoint ones included, as MMPose does at test time), the box clipped to the image
-  (``x1 = clip(x, 0, W-1)``, ``x2 = clip(x+w, 0, W-1)``), score 1, id = annotation id.
-  Horse-10 follows MMPose 0.x ``AnimalHorse10Dataset`` instead (the published numbers come from
-  it): annotations whose keypoints are all 0 are skipped and boxes are not clipped.
+* ground-truth boxes: the valid instances of MMPose's top-down data list
+  (``BaseCocoStyleDataset._is_valid_instance``): annotations with ``bbox`` and ``keypoints``,
+  not crowd (``iscrowd``), with at least one labelled keypoint (``num_keypoints``, else counted
+  from the keypoints); crowd and zero-keypoint annotations are skipped and counted
+  (``iscrowd``, ``no_keypoints``). The box is clipped to the image (``x1 = clip(x, 0, W-1)``,
+  ``x2 = clip(x+w, 0, W-1)``), score 1, id = annotation id. Horse-10 follows MMPose 0.x
+  ``AnimalHorse10Dataset`` (the published numbers come from it): boxes are not clipped
+  (annotations whose keypoints are all 0 are skipped there too).
 * detection boxes (``COCO_val2017_detections_AP_H_56_person.json`` format): entries with
   ``category_id == 1``, numbered in file order (MMPose's instance ``id``), xywh → xyxy; no score
   threshold unless one is given (the HRNet configs set none).
 * the service's detector: the image alone.
 
-Boxes the gateway would refuse (zero area, or entirely outside the image) are not sent and are
-counted as skipped. Segmentation: Cityscapes ``*_leftImg8bit.png`` images paired with
+Boxes the gateway would refuse (``service.boxes.parse_boxes``: a non-finite value, a coordinate
+beyond ``MAX_COORDINATE`` px, zero or negative area, a side under ``MIN_BOX_SIDE`` px, a box
+entirely outside the image, a score outside [0, 1]) are not sent and are counted as skipped by
+cause (see :func:`box_rejection`); sending them would fail the whole image. Segmentation: Cityscapes ``*_leftImg8bit.png`` images paired with
 ``*_gtFine_labelTrainIds.png`` labels (255 = ignore).
 """
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from service.boxes import MAX_COORDINATE, MIN_BOX_SIDE
 from service.metrics import (CocoKeypointEvaluator, IoUAccumulator, horse10_metrics, mean_oks,
                              topdown_bbox_areas)
 
@@ -75,11 +81,31 @@ def load_json(path: Path | str) -> Any:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
 
 
-def _box_ok(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> Optional[str]:
-    if not (x2 > x1 and y2 > y1):
+def box_rejection(x1: float, y1: float, x2: float, y2: float, w: int, h: int,
+                  score: float = 1.0) -> Optional[str]:
+    """Why the gateway would refuse the xyxy box (image pixels) on a ``w`` x ``h`` image, or None.
+
+    The rules and their order are those of ``service.boxes.parse_boxes`` (same constants):
+    ``"non_finite_box"`` (a NaN/inf coordinate or score), ``"coordinate_too_large"`` (beyond
+    ±``MAX_COORDINATE`` px), ``"degenerate_box"`` (zero or negative width/height),
+    ``"box_too_small"`` (a side under ``MIN_BOX_SIDE`` px), ``"box_outside_image"`` (no overlap
+    with ``[0, w) x [0, h)``), ``"score_out_of_range"`` (outside [0, 1]). The values are checked
+    as given (float64 of what is sent; the gateway reads the JSON floats the same way).
+    """
+    v = np.array([x1, y1, x2, y2, score], dtype=np.float64)
+    if not np.isfinite(v).all():
+        return "non_finite_box"
+    if (np.abs(v[:4]) > MAX_COORDINATE).any():
+        return "coordinate_too_large"
+    bw, bh = v[2] - v[0], v[3] - v[1]
+    if bw <= 0 or bh <= 0:
         return "degenerate_box"
-    if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+    if bw < MIN_BOX_SIDE or bh < MIN_BOX_SIDE:
+        return "box_too_small"
+    if v[2] <= 0 or v[3] <= 0 or v[0] >= w or v[1] >= h:
         return "box_outside_image"
+    if not 0.0 <= v[4] <= 1.0:
+        return "score_out_of_range"
     return None
 
 
@@ -148,7 +174,7 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
                 xyxy = np.array([np.clip(x, 0, W - 1), np.clip(y, 0, H - 1),
                                  np.clip(x + w, 0, W - 1), np.clip(y + h, 0, H - 1)],
                                 dtype=np.float32)
-            bad = _box_ok(*xyxy.tolist(), W, H)
+            bad = box_rejection(*xyxy.tolist(), W, H)
             if bad:
                 skipped[bad] += 1
                 continue
@@ -183,7 +209,7 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
             if im is None:  # outside --limit
                 continue
             xyxy = np.concatenate([xywh[:2], xywh[:2] + xywh[2:]])
-            bad = _box_ok(*xyxy.tolist(), int(im["width"]), int(im["height"]))
+            bad = box_rejection(*xyxy.tolist(), int(im["width"]), int(im["height"]), score)
             if bad:
                 skipped[bad] += 1
                 continue

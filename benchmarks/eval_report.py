@@ -7,6 +7,15 @@ Metric names are normalised (``"AP .5"``, ``"AP@0.5"``, ``"ap50"`` → ``AP50``;
 ``PCK``; ``"miou"`` → ``mIoU`` ...). Scales are reconciled: AP/AR/PCK/OKS are fractions here, so a
 reference above 1 is read as a percentage and divided by 100; aAcc/mIoU/mAcc are percentages, so
 a reference of at most 1 is read as a fraction and multiplied by 100.
+
+The tolerance is in fraction units for every metric: ``0.01`` accepts 1 AP point (0.01) and 1
+mIoU/aAcc/mAcc percentage point (percent metrics are compared after dividing by 100). Other
+metrics (``NME``) are compared as they are.
+
+The registry layer (published numbers of the checkpoint) is skipped for a card whose
+``source.url`` is missing or None: ``hrnet-export --random-init`` writes such cards, and the
+published metrics do not describe random weights. The card's own metrics and ``--reference``
+still apply.
 """
 from __future__ import annotations
 
@@ -42,6 +51,12 @@ def canonical_metric(name: str) -> str:
     """Canonical metric name for a published label (unknown labels are returned unchanged)."""
     key = re.sub(r"[^a-z0-9]", "", name.lower())
     return _ALIASES.get(key, name)
+
+
+def tolerance_scale(name: str) -> float:
+    """How many units of metric ``name`` make one fraction unit of the tolerance: 100 for the
+    percent metrics (aAcc/mIoU/mAcc), 1 for everything else."""
+    return 100.0 if name in PERCENT_METRICS else 1.0
 
 
 def _scaled(name: str, value: float) -> float:
@@ -92,14 +107,19 @@ def gather_references(model: str, card: Mapping[str, Any], cli: Mapping[str, flo
                       ms_flip: bool = False) -> tuple[dict[str, float], dict[str, str]]:
     """Merge registry < card < command-line references. Returns ``(values, origin)`` keyed by
     canonical metric name (values on our scale), ``origin[name]`` naming where each came from.
+    The registry layer is used only when the card's ``source.url`` is set (published weights).
 
     Segmentation: the published ``mIoU(ms+flip)`` is the reference for our ``mIoU`` when the run
     used multi-scale + flip TTA (``ms_flip``); otherwise it is not compared (dropped)."""
     values: dict[str, float] = {}
     origin: dict[str, str] = {}
     source = card.get("source") or {}
+    # the registry's numbers describe the published checkpoint; a card without its URL
+    # (random weights, hrnet-export --random-init) serves other weights
+    published = bool(source.get("url"))
     layers = [
-        ("registry", registry_metrics([model, source.get("config"), source.get("arch")])),
+        ("registry", registry_metrics([model, source.get("config"), source.get("arch")])
+         if published else {}),
         ("card", dict(source.get("metrics") or {})),
         ("cli", dict(cli)),
     ]
@@ -124,9 +144,11 @@ def gather_references(model: str, card: Mapping[str, Any], cli: Mapping[str, flo
 def compare(ours: Mapping[str, float], refs: Mapping[str, float], kind: str,
             tolerance: float) -> tuple[list[dict], bool]:
     """Rows ``{"metric", "ours", "published", "diff", "ok"}`` for the kind's default metrics and
-    every referenced metric we computed; ``ok`` is False when ``|diff| > tolerance``. Returns
-    ``(rows, all_ok)``; a reference we did not compute is listed with ``ours`` None and does not
-    fail the run."""
+    every referenced metric we computed. ``diff`` is ``ours - published`` in the metric's own
+    unit; ``tolerance`` is in fraction units, so ``ok`` is False when
+    ``|diff| / tolerance_scale(metric) > tolerance`` (percent metrics: ``|diff| / 100``), or when
+    ``diff`` is NaN. Returns ``(rows, all_ok)``; a reference we did not compute is listed with
+    ``ours`` None and does not fail the run."""
     names = list(TABLE_ROWS[kind])
     names += [n for n in refs if n not in names]
     names += [n for n in ("meanOKS",) if n in ours and n not in names]
@@ -136,7 +158,7 @@ def compare(ours: Mapping[str, float], refs: Mapping[str, float], kind: str,
         r = refs.get(n)
         diff = (o - r) if (o is not None and r is not None) else None
         ok = True
-        if diff is not None and (math.isnan(diff) or abs(diff) > tolerance):
+        if diff is not None and (math.isnan(diff) or abs(diff) / tolerance_scale(n) > tolerance):
             ok = False
             all_ok = False
         rows.append({"metric": n, "ours": o, "published": r, "diff": diff, "ok": ok})
@@ -145,16 +167,23 @@ def compare(ours: Mapping[str, float], refs: Mapping[str, float], kind: str,
 
 def format_table(rows: Sequence[dict], tolerance: float) -> str:
     """Plain-text table: metric | ours | published | diff (``*`` marks a diff beyond the
-    tolerance)."""
+    tolerance, given in the row's own unit). Header and footer state the tolerance's unit:
+    fractions, percent metrics compared after dividing by 100."""
     def f(x: Optional[float], signed: bool = False) -> str:
         if x is None:
             return "-"
         return f"{x:+.4f}" if signed else f"{x:.4f}"
 
-    lines = [f"{'metric':<10}{'ours':>10}{'published':>12}{'diff':>10}",
+    lines = [f"{'metric':<10}{'ours':>10}{'published':>12}{'diff':>10}"
+             f"   (tolerance {tolerance:g}, fraction units)",
              "-" * 42]
     for r in rows:
-        mark = "" if r["ok"] else f"  * |diff| > {tolerance:g}"
+        scale = tolerance_scale(r["metric"])
+        limit = f"{tolerance * scale:g}" + (" pt" if scale != 1 else "")
+        mark = "" if r["ok"] else f"  * |diff| > {limit}"
         lines.append(f"{r['metric']:<10}{f(r['ours']):>10}{f(r['published']):>12}"
                      f"{f(r['diff'], True):>10}{mark}")
+    lines.append("-" * 42)
+    lines.append(f"tolerance {tolerance:g} in fraction units: {tolerance:g} for AP/AR/PCK/NME, "
+                 f"{tolerance * 100:g} percentage points for aAcc/mIoU/mAcc")
     return "\n".join(lines)

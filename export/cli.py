@@ -114,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default 0)")
     exp.add_argument("--no-check", action="store_true", default=None,
                      help="skip the ONNX Runtime vs PyTorch parity check")
-    exp.add_argument("--atol", type=float, help="parity tolerance, max abs error (default 1e-4)")
+    exp.add_argument("--atol", type=float, help="parity tolerance, absolute part: passes when "
+                     "max|onnx - torch| <= atol + rtol * max|torch| (default 1e-4)")
+    exp.add_argument("--rtol", type=float, help="parity tolerance, relative part: times the "
+                     "largest |output| of PyTorch on that input (default 1e-5; float32 error "
+                     "grows with the logits' magnitude)")
     exp.add_argument("--check-size", action="append", type=_parse_hw, metavar="HxW",
                      help="segmentation parity sizes in pixels (repeatable; default: half the "
                      "training crop and a size that is not a multiple of 32), batch 2")
@@ -123,11 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _DEFAULTS = dict(random_init=False, shared_models=False, list_archs=False, opset=17,
-                 exporter="auto", seed=0, no_check=False, atol=1e-4, instance_kind="KIND_GPU",
+                 exporter="auto", seed=0, no_check=False, atol=1e-4, rtol=1e-5,
+                 instance_kind="KIND_GPU",
                  instance_count=1, trt=False, link="copy", verbose=False)
 
 
 def _env_value(action: argparse.Action, raw: str):
+    """Value of option ``action`` from its environment string ``raw``.
+
+    Flags (``store_true``) take 1/0, true/false, yes/no, on/off. Repeatable (``append``) options
+    take a list separated by commas and/or whitespace (``HRNET_EXPORT_ZOO="a,b"`` or ``"a b"``,
+    ``HRNET_EXPORT_CHECK_SIZE="64x128, 96x80"``) and return a list, as repeated flags would.
+    Others are converted by the option's ``type`` and checked against its ``choices``. Raises
+    :class:`CLIError` naming the variable for a value that does not convert.
+    """
     name = env_name(action.dest)
     if action.nargs == 0:  # store_true flags
         v = raw.strip().lower()
@@ -136,15 +149,20 @@ def _env_value(action: argparse.Action, raw: str):
         if v in _FALSE:
             return False
         raise CLIError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
-    try:
-        if action.dest == "check_size":
-            return [_parse_hw(part) for part in raw.replace(",", " ").split()]
-        value = action.type(raw) if action.type else raw
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        raise CLIError(f"{name}={raw!r}: {exc}") from None
-    if action.choices and value not in action.choices:
-        raise CLIError(f"{name}={raw!r}: choose from {', '.join(action.choices)}")
-    return value
+    append = isinstance(action, argparse._AppendAction)  # noqa: SLF001 - no public class
+    parts = raw.replace(",", " ").split() if append else [raw]
+    values = []
+    for part in parts:
+        try:
+            value = action.type(part) if action.type else part
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise CLIError(f"{name}={raw!r}: {exc}") from None
+        if action.choices and value not in action.choices:
+            raise CLIError(f"{name}={raw!r}: choose from {', '.join(action.choices)}")
+        values.append(value)
+    if append:
+        return values or None
+    return values[0]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
@@ -300,6 +318,8 @@ def _run_export(args: argparse.Namespace) -> int:
     if not args.random_init and not args.checkpoint:
         hint = f" (published: {entry.url})" if entry.url else ""
         raise CLIError(f"no weights: give --checkpoint FILE_OR_URL{hint} or --random-init")
+    if not args.no_check and not (args.atol >= 0 and args.rtol >= 0):
+        raise CLIError(f"--atol and --rtol must be >= 0, got {args.atol:g} and {args.rtol:g}")
     repo = _repository(args)
     name = args.name or entry.name
 
@@ -349,11 +369,14 @@ def _run_export(args: argparse.Namespace) -> int:
               f"{exporter} exporter, opset {args.opset}")
         parity_note = "parity not checked"
         if not args.no_check:
-            errors = check_parity(model, onnx_path, checks, seed=args.seed, atol=args.atol)
-            for shape, err in errors.items():
-                print(f"parity {_fmt_shape(shape)}: max abs err {err:.3g}")
+            stats = check_parity(model, onnx_path, checks, seed=args.seed, atol=args.atol,
+                                 rtol=args.rtol)
+            for shape, st in stats.items():
+                print(f"parity {_fmt_shape(shape)}: max abs err {st.max_abs_err:.3g} "
+                      f"(max |torch| {st.ref_max_abs:.3g}, allowed {st.bound:.3g})")
             parity_note = ("ONNX Runtime vs PyTorch max abs err " + ", ".join(
-                f"{_fmt_shape(s)}: {e:.2g}" for s, e in errors.items()))
+                f"{_fmt_shape(s)}: {st.max_abs_err:.2g} (max |output| {st.ref_max_abs:.2g})"
+                for s, st in stats.items()))
         card = card_for_entry(entry, name, checkpoint=source,
                               notes=f"{notes} Exported with torch.onnx ({exporter}), opset "
                                     f"{args.opset}; {parity_note}.")

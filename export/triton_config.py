@@ -17,6 +17,7 @@ does. Semantics follow Triton's ``model_config.proto`` (triton-inference-server/
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -244,11 +245,20 @@ def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int,
     """(min, opt, max) ``(height, width)`` in pixels for dynamic spatial inputs (segmentation).
 
     Slide mode: opt = ``crop_size``; whole mode: opt = the keep-ratio ``scale`` as landscape
-    ``(short, long)``. Max is ``long x long`` of ``scale`` (a keep-ratio resize never exceeds the long
-    side of ``scale`` in either direction); min is 64 x 64. Cards without a pipeline use
-    ``input_size`` if fixed, else 512 x 1024 opt. Override via :func:`build_tensorrt_plan`'s arguments,
-    e.g. for multi-scale testing (``scales`` up to 1.75 need a larger max).
+    ``(short, long)``. Cards without a pipeline use ``input_size`` if fixed, else 512 x 1024 opt.
+    Min is 64 x 64.
+
+    Max covers the gateway's multi-scale TTA (``/segment`` ``scales=ms``): MMSeg 1.x applies the
+    ratios :data:`service.pipelines.segmentation.MS_RATIOS` (up to 1.75) to the *original* image
+    (``tta_resize_size``), so an image of the card's test size (e.g. a 2048 x 1024 Cityscapes
+    frame) reaches ``ceil(1.75 * 2048) = 3584`` pixels on its long side. Max is therefore
+    ``ceil(max(MS_RATIOS) * L)`` on both axes (either orientation), ``L`` the long side of
+    ``scale`` (or of opt if larger, or if there is no ``scale``). Larger inputs (bigger originals,
+    custom ratios up to ``MAX_SCALE_RATIO``) are outside the profile: pass ``max_hw`` to
+    :func:`build_tensorrt_plan` (``--max-hw H W``) or keep the ONNX Runtime entry.
     """
+    from service.pipelines.segmentation import MS_RATIOS
+
     tp = card.test_pipeline
     if tp is not None and tp.mode == "slide" and tp.crop_size:
         opt = (int(tp.crop_size[0]), int(tp.crop_size[1]))
@@ -258,9 +268,10 @@ def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int,
         opt = (int(card.input_size[1]), int(card.input_size[0]))
     else:
         opt = (512, 1024)
-    side = max(opt)
+    long_side = max(opt)
     if tp is not None and tp.scale:
-        side = max(side, int(max(tp.scale)))
+        long_side = max(long_side, int(max(tp.scale)))
+    side = max(long_side, math.ceil(max(MS_RATIOS) * long_side))
     return (min(64, opt[0]), min(64, opt[1])), opt, (side, side)
 
 

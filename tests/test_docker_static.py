@@ -366,6 +366,87 @@ def test_build_models_script_requires_gpu_when_tensorrt_forced(tmp_path):
     assert res.returncode == 0 and "keeping ONNX Runtime entries" in res.stdout
 
 
+# stand-ins for a GPU host: nvidia-smi that succeeds, an importable (empty) tensorrt module, and
+# a python3 that runs ``-m export.triton_config plan`` with the TensorRT build replaced by a file
+# write (logged to <repo>/plans.txt); everything else goes to the real interpreter
+FAKE_PYTHON = """#!/bin/bash
+if [[ "$1" == "-m" && "$2" == "export.triton_config" && "$3" == "plan" ]]; then
+    shift 2
+    exec REALPY -c '
+import sys
+from pathlib import Path
+import export.triton_config as tc
+def fake_build(onnx_path, plan_path, card, **kw):
+    Path(plan_path).write_bytes(b"plan of " + Path(onnx_path).read_bytes())
+    with open(Path(plan_path).parents[2] / "plans.txt", "a") as f:
+        f.write(card.name + "\\n")
+    return plan_path
+tc.build_tensorrt_plan = fake_build
+sys.exit(tc.main(sys.argv[1:]))
+' "$@"
+fi
+exec REALPY "$@"
+"""
+
+
+def test_build_models_script_keeps_built_plans(tmp_path):
+    """A TensorRT plan is built once: later starts keep it (and the tensorrt_plan config) unless
+    HRNET_REBUILD=1 or the ONNX file changed (docker/README.md: an entry already in the volume is
+    kept)."""
+    from export.triton_config import parse_config
+
+    bin_dir, stubs = tmp_path / "bin", tmp_path / "stubs"
+    bin_dir.mkdir()
+    stubs.mkdir()
+    (stubs / "tensorrt.py").write_text("")
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nexit 0\n")
+    py = bin_dir / "python3"
+    py.write_text(FAKE_PYTHON.replace("REALPY", sys.executable))
+    for f in (smi, py):
+        f.chmod(0o755)
+    repo = tmp_path / "models"
+    gpu = dict(HRNET_MODELS=SEG_A, HRNET_TENSORRT="1", PYTHONPATH=f"{REPO}:{stubs}")
+
+    def plans():
+        f = repo / "plans.txt"
+        return f.read_text().split() if f.exists() else []
+
+    def platform():
+        return parse_config((repo / SEG_A / "config.pbtxt").read_text()).platform
+
+    res = _run_builder(tmp_path, **gpu)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert plans() == [SEG_A] and platform() == "tensorrt_plan"
+    plan = repo / SEG_A / "1" / "model.plan"
+    assert plan.read_bytes() == b"plan of onnx"
+
+    # second start: nothing exported or built again; serving settings still refreshed
+    res = _run_builder(tmp_path, HRNET_TRITON_INSTANCE_COUNT="2", **gpu)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "already exported" in res.stdout and "TensorRT plan already built" in res.stdout
+    assert plans() == [SEG_A] and platform() == "tensorrt_plan"
+    cfg = parse_config((repo / SEG_A / "config.pbtxt").read_text())
+    assert cfg.instance_group[0].count == 2 and cfg.default_model_filename == "model.plan"
+
+    # a model.onnx newer than the plan (exported again by hand): the plan is rebuilt
+    onnx = repo / SEG_A / "1" / "model.onnx"
+    t = plan.stat().st_mtime + 10
+    os.utime(onnx, (t, t))
+    res = _run_builder(tmp_path, **gpu)
+    assert res.returncode == 0 and plans() == [SEG_A, SEG_A]
+
+    # HRNET_REBUILD=1: exported and built again
+    res = _run_builder(tmp_path, HRNET_REBUILD="1", **gpu)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (repo / "calls.txt").read_text().split() == [SEG_A, SEG_A]
+    assert plans() == [SEG_A] * 3 and platform() == "tensorrt_plan"
+
+    # TensorRT switched off: back to the ONNX Runtime entry, the plan left alone
+    res = _run_builder(tmp_path, **{**gpu, "HRNET_TENSORRT": "0"})
+    assert res.returncode == 0 and platform() == "onnxruntime_onnx" and plans() == [SEG_A] * 3
+
+
 def test_env_example_models_are_published_registry_models(env):
     from training.registry import get_entry
 

@@ -50,7 +50,7 @@ SIGMAS = {
                 0.107, 0.107, 0.087, 0.087, 0.089, 0.089],
 }
 SEG_MODEL = "fcn_hr18s_cityscapes_random"
-BIG_TOLERANCE = "1e9"
+PERCENT = {"aAcc", "mIoU", "mAcc"}  # compared after / 100: --tolerance is in fraction units
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,14 @@ def _eval(url, model, dataset, images, out, *extra, ann=None):
 
 def _expected_rc(metrics_file: dict) -> int:
     """Exit status the module docstring promises for a complete run: 1 when some compared metric
-    is farther than the tolerance from its published value, else 0 (recomputed from the rows)."""
+    is farther than the tolerance from its published value, else 0 (recomputed from the rows;
+    the tolerance is in fraction units, percent metrics compared after dividing by 100)."""
     tol = metrics_file["tolerance"]
+    assert metrics_file["tolerance_unit"] == "fraction"
     beyond = [r for r in metrics_file["comparison"]
               if r["published"] is not None and r["ours"] is not None
-              and not abs(r["ours"] - r["published"]) <= tol]
+              and not abs(r["ours"] - r["published"]) / (100 if r["metric"] in PERCENT else 1)
+              <= tol]
     return 1 if beyond else 0
 
 
@@ -160,7 +163,10 @@ def test_animal_eval_live_files_and_exit_codes(shared, gateway, animal_runs, dat
     m = json.loads((out / "metrics.json").read_text())
     assert m["complete"] and m["summary"]["failed"] == 0
     assert m["summary"]["evaluated"] == m["summary"]["images"] == len(coco["images"])
-    assert rc == _expected_rc(m), (rc, m["comparison"])
+    # random weights (card url None, no metrics): the registry's published numbers of the
+    # architecture are not this model's, so nothing is compared and the run passes
+    assert m["references"] == {} and m["reference_origin"] == {}
+    assert rc == _expected_rc(m) == 0, (rc, m["comparison"])
     metrics = m["metrics"]
     if dataset == "horse10":
         assert set(metrics) >= {"PCK", "NME"}
@@ -180,12 +186,15 @@ def test_animal_eval_live_files_and_exit_codes(shared, gateway, animal_runs, dat
     persons = [p for r in records for p in r["persons"]]
     assert len(persons) == n_inst and all(len(p["keypoints"]) == k for p in persons)
 
-    # a resumed run sends nothing, recomputes the same numbers and, with a huge tolerance, exits 0
-    rc2, m2 = _eval(gateway, model, dataset, images, out, "--gt-boxes", "--tolerance",
-                    BIG_TOLERANCE, ann=ann)
-    assert rc2 == 0
-    assert m2["summary"]["sent"] == 0 and m2["within_tolerance"]
-    assert m2["metrics"] == metrics
+    # a resumed run sends nothing and recomputes the same numbers; a --reference still applies:
+    # one 0.02 off our value is beyond the default tolerance (0.01) -> exit 1
+    key = "PCK" if dataset == "horse10" else "AP"
+    off = metrics[key] + 0.02 if metrics[key] < 0.5 else metrics[key] - 0.02
+    rc2, m2 = _eval(gateway, model, dataset, images, out, "--gt-boxes", "--reference",
+                    f"{key}={off}", ann=ann)
+    assert m2["summary"]["sent"] == 0 and m2["metrics"] == metrics
+    assert m2["reference_origin"] == {key: "cli"}
+    assert rc2 == _expected_rc(m2) == 1 and not m2["within_tolerance"]
 
 
 def test_horse10_metric_recomputed_by_hand(shared, animal_runs):
@@ -307,11 +316,12 @@ def test_coco_style_ap_on_known_offsets(shared, gateway, animal_runs, tmp_path, 
     _, live_out = animal_runs[dataset]
     out = tmp_path / f"{dataset}_offsets"
     _rewrite_log(live_out, out, keypoints)
-    rc, m = _eval(gateway, model, dataset, images, out, "--gt-boxes", "--tolerance", BIG_TOLERANCE,
-                  ann=ann)
-    assert rc == 0 and m["summary"]["sent"] == 0
-    got = m["metrics"]
     expected = {"AP": 0.5, "AP50": 1.0, "AP75": 0.0, "AR": 0.5, "AR50": 1.0, "meanOKS": 0.72}
+    rc, m = _eval(gateway, model, dataset, images, out, "--gt-boxes", "--tolerance", "1e-6",
+                  "--reference", *(f"{k}={v}" for k, v in expected.items()), ann=ann)
+    assert rc == 0 and m["summary"]["sent"] == 0
+    assert all(r["ok"] and r["published"] is not None for r in m["comparison"])
+    got = m["metrics"]
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, abs=1e-6), name
     by_hand = _pycocotools(ann, out / "results.json", SIGMAS[dataset])
@@ -329,8 +339,16 @@ def test_cityscapes_eval_live_and_miou_by_hand(shared, gateway, tmp_path):
     metrics = m["metrics"]
     for name in ("aAcc", "mIoU", "mAcc"):
         assert math.isfinite(metrics[name]) and 0.0 <= metrics[name] <= 100.0, name
-    rc2, m2 = _eval(gateway, SEG_MODEL, "cityscapes", root, out, "--tolerance", BIG_TOLERANCE)
+    assert m["references"] == {} and rc == 0  # random weights: no registry mIoU
+    # a resumed run sends nothing; --reference mIoU in percent, tolerance in fraction units:
+    # 0.5 point off is within 0.01, 2 points off is not
+    assert metrics["mIoU"] + 0.5 > 1  # so the reference reads as percent, not as a fraction
+    rc2, m2 = _eval(gateway, SEG_MODEL, "cityscapes", root, out, "--reference",
+                    f"mIoU={metrics['mIoU'] + 0.5}")
     assert rc2 == 0 and m2["summary"]["sent"] == 0 and m2["metrics"] == metrics
+    rc3, m3 = _eval(gateway, SEG_MODEL, "cityscapes", root, out, "--reference",
+                    f"mIoU={metrics['mIoU'] + 2.0}")
+    assert rc3 == _expected_rc(m3) == 1
 
     # the label map fetched by hand, scored with a plain confusion matrix
     stem = "frankfurt_000000_000294"

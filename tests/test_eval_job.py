@@ -45,6 +45,7 @@ class FakeGateway:
         self.offset = lambda ann, kp: kp[:, :2]  # GT keypoints (K, 3) -> returned (K, 2)
         self.pose_calls: list[str] = []
         self.fail_after: int | None = None     # 500 for every /pose request after this many
+        self.fail_names: set[str] = set()      # 500 for every /pose request of these images
         self.fail_503_first: int = 0           # 503 for the first n tries of each image
         self.tries: dict[str, int] = {}
         self.labels: dict[str, Path] = {}
@@ -89,7 +90,8 @@ class FakeGateway:
             await image.read()
             self.pose_calls.append(fname)
             self.tries[fname] = self.tries.get(fname, 0) + 1
-            if self.fail_after is not None and len(self.pose_calls) > self.fail_after:
+            if (self.fail_after is not None and len(self.pose_calls) > self.fail_after) or \
+                    fname in self.fail_names:
                 return JSONResponse({"error": {"code": "internal", "message": "down"}}, 500)
             if self.tries[fname] <= self.fail_503_first:
                 return JSONResponse({"error": {"code": "unavailable", "message": "busy"}}, 503,
@@ -435,7 +437,8 @@ def test_reference_names_scales_and_priority(monkeypatch):
 
     monkeypatch.setattr(rep, "registry_metrics",
                         lambda names: {"mIoU": 78.65, "mIoU(ms+flip)": 80.35, "AP": 74.9})
-    card = {"source": {"metrics": {"AP .5": 0.906, "AP": 0.75}}}
+    card = {"source": {"url": "https://example.org/w.pth",
+                       "metrics": {"AP .5": 0.906, "AP": 0.75}}}
     refs, origin = rep.gather_references("m", card, {"AR@0.5": 94.5})
     assert refs["AP"] == 0.75 and origin["AP"] == "card"      # card beats registry
     assert refs["AP50"] == 0.906
@@ -451,3 +454,157 @@ def test_reference_names_scales_and_priority(monkeypatch):
     assert rep.parse_reference_args(["AP=0.7"]) == {"AP": 0.7}
     with pytest.raises(ValueError):
         rep.parse_reference_args(["AP"])
+
+
+def test_random_weight_cards_get_no_registry_numbers(monkeypatch):
+    """A card without a checkpoint URL (hrnet-export --random-init writes url None and no
+    metrics) serves weights the registry's published numbers do not describe."""
+    from benchmarks import eval_report as rep
+
+    seen = []
+
+    def registry(names):
+        seen.append(list(names))
+        return {"AP": 0.749, "AR": 0.804}
+    monkeypatch.setattr(rep, "registry_metrics", registry)
+    name = "td-hm_hrnet-w32_8xb64-210e_coco-256x192"
+    random_card = {"source": {"arch": name, "url": None, "metrics": {}}}
+    refs, origin = rep.gather_references(name, random_card, {})
+    assert refs == {} and origin == {} and seen == []
+    # the card's own numbers and --reference still apply
+    random_card["source"]["metrics"] = {"AR": 0.5}
+    refs, origin = rep.gather_references(name, random_card, {"AP": 0.25})
+    assert refs == {"AR": 0.5, "AP": 0.25} and origin == {"AR": "card", "AP": "cli"}
+    # the same model exported from its published checkpoint: registry numbers come back
+    published = {"source": {"arch": name, "url": "https://download.openmmlab.com/x.pth",
+                            "metrics": {}}}
+    refs, origin = rep.gather_references(name, published, {})
+    assert refs == {"AP": 0.749, "AR": 0.804} and set(origin.values()) == {"registry"}
+
+
+def test_tolerance_is_in_fraction_units_for_every_metric():
+    from benchmarks.eval_report import compare, format_table
+
+    # percent metrics: 0.01 = 1 percentage point. |100 - 99.5| = 0.5 pt ok, 1.5 pt beyond
+    rows, ok = compare({"mIoU": 100.0, "mAcc": 100.0, "aAcc": 100.0},
+                       {"mIoU": 99.5, "aAcc": 98.5}, "seg", 0.01)
+    by = {r["metric"]: r for r in rows}
+    assert not ok and by["mIoU"]["ok"] and not by["aAcc"]["ok"]
+    assert by["mIoU"]["diff"] == pytest.approx(0.5)  # reported in the metric's own unit
+    # fractions: the same 0.01. |1 - 0.995| ok, |1 - 0.985| beyond
+    rows, ok = compare({"AP": 1.0, "AP50": 1.0, "AP75": 1.0, "AR": 1.0, "AR50": 1.0},
+                       {"AP": 0.995, "AR": 0.985}, "coco", 0.01)
+    by = {r["metric"]: r for r in rows}
+    assert not ok and by["AP"]["ok"] and not by["AR"]["ok"]
+    # 0.02 accepts both kinds' 1.5 (points / hundredths)
+    assert compare({"mIoU": 100.0}, {"mIoU": 98.5}, "seg", 0.02)[1]
+    assert compare({"AP": 1.0}, {"AP": 0.985}, "coco", 0.02)[1]
+    text = format_table(compare({"mIoU": 100.0}, {"mIoU": 98.5}, "seg", 0.01)[0], 0.01)
+    lines = text.splitlines()
+    assert "fraction units" in lines[0] and "fraction units" in lines[-1]
+    assert "1 percentage points" in lines[-1]
+    assert "* |diff| > 1 pt" in text
+
+
+def test_segmentation_tolerance_in_fraction_units_end_to_end(gateway, shared, tmp_path):
+    gateway.reset()
+    d = shared / "data/cityscapes_sample"
+    gateway.labels = {p.name.replace("_gtFine_labelTrainIds", "_leftImg8bit"): p
+                      for p in d.glob("*_gtFine_labelTrainIds.png")}
+    gateway.cards = [{"name": "fake_seg", "task": "segmentation",
+                      "classes": [f"c{i}" for i in range(19)],
+                      "source": {"url": None, "metrics": {"mIoU": 99.5}}}]
+    base = ["--url", gateway.url, "--model", "fake_seg", "--dataset", "cityscapes",
+            "--images", str(d), "--quiet", "--out", str(tmp_path / "s")]
+    # ours 100.0 vs 99.5: 0.005 in fraction units, within the default 0.01
+    assert hrnet_eval.main(base) == 0
+    m = metrics_of(tmp_path / "s")
+    assert m["tolerance"] == 0.01 and m["tolerance_unit"] == "fraction"
+    # 0.004 (0.4 percentage point) is not enough
+    assert hrnet_eval.main(base + ["--tolerance", "0.004"]) == 1
+
+
+def test_failed_image_is_left_out_of_the_scored_set(coco, gateway, tmp_path):
+    """One image (000000196141, 4 valid people of the 12) fails: the metrics are those of the
+    other three images, all perfect (AP = AR = 1). Scoring the whole file instead would count
+    its 4 people as misses: AR = 8/12 at every threshold."""
+    ann, images = coco
+    gateway.fail_names = {"000000196141.jpg"}
+    rc = run(gateway, ann, images, tmp_path / "a", "--retries", "0")
+    assert rc == 3  # incomplete
+    m = metrics_of(tmp_path / "a")
+    assert m["summary"]["failed"] == 1 and m["summary"]["evaluated"] == 3
+    assert m["summary"]["scored_images"] == 3
+    for k in ("AP", "AP50", "AR", "AR50"):
+        assert m["metrics"][k] == pytest.approx(1.0), k
+    assert len(json.loads((tmp_path / "a" / "results.json").read_text())) == 8
+    # the re-run sends the failed image only and scores all four
+    gateway.fail_names = set()
+    gateway.pose_calls.clear()
+    assert run(gateway, ann, images, tmp_path / "a") == 0
+    assert gateway.pose_calls == ["000000196141.jpg"]
+    m = metrics_of(tmp_path / "a")
+    assert m["summary"]["scored_images"] == 4 and m["metrics"]["AR"] == pytest.approx(1.0)
+
+
+def test_box_rules_mirror_the_gateway():
+    """Each box is refused by build-time filtering exactly when the gateway's parser refuses it
+    (service.boxes: MIN_BOX_SIDE = 1 px, MAX_COORDINATE = 1e6 px), with the cause named."""
+    from benchmarks.eval_data import box_rejection
+    from service.boxes import parse_boxes
+    from service.errors import InvalidBoxes
+
+    W, H = 640, 480
+    cases = [  # xyxy + score -> expected cause
+        ([10, 10, 11, 11, 1.0], None),                       # exactly 1 px: allowed
+        ([10, 10, 10.5, 50, 1.0], "box_too_small"),          # 0.5 px wide
+        ([10, 10, 50, 10.99, 0.3], "box_too_small"),
+        ([10, 10, 10, 50, 1.0], "degenerate_box"),           # zero width
+        ([50, 10, 10, 50, 1.0], "degenerate_box"),           # negative width
+        ([-2e6, 10, 50, 50, 1.0], "coordinate_too_large"),   # partly inside, but absurd
+        ([10, 10, 1e6, 50, 1.0], None),                       # 1e6 itself is allowed
+        ([10, 10, 1e6 + 1, 50, 1.0], "coordinate_too_large"),
+        ([640, 10, 700, 50, 1.0], "box_outside_image"),      # starts at x = W
+        ([-50, -50, 0, 0, 1.0], "box_outside_image"),
+        ([-50, -50, 1, 1, 1.0], None),                        # overlaps pixel (0, 0)
+        ([10, 10, 50, 50, 1.5], "score_out_of_range"),
+        ([10, float("nan"), 50, 50, 1.0], "non_finite_box"),
+    ]
+    for box, cause in cases:
+        assert box_rejection(*box[:4], W, H, box[4]) == cause, box
+        if cause is None:
+            parse_boxes(json.dumps([box]), "xyxy", (W, H), 10)
+        else:
+            with pytest.raises(InvalidBoxes):
+                parse_boxes(json.dumps([box]), "xyxy", (W, H), 10)
+
+
+def test_boxes_the_gateway_refuses_are_skipped_by_cause(tmp_path):
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}],
+            "annotations": [], "categories": [{"id": 1, "keypoints": COCO_NAMES}]}
+    dets = [  # xywh
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 200], "score": 0.9},   # kept
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 0.5, 200], "score": 0.9},   # < 1 px
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 0.25], "score": 0.9},  # < 1 px
+        {"image_id": 1, "category_id": 1, "bbox": [5e6, 10, 100, 100], "score": 0.9},  # > 1e6
+        {"image_id": 1, "category_id": 1, "bbox": [700, 10, 100, 100], "score": 0.9},  # outside
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 100], "score": 2.0},   # score
+        {"image_id": 1, "category_id": 1, "bbox": [20, 20, 50, 60], "score": 0.5},     # kept
+    ]
+    det = tmp_path / "det.json"
+    det.write_text(json.dumps(dets))
+    items, skipped, ids = build_pose_items(coco, tmp_path, "coco", box_source="det", det_file=det)
+    assert skipped == {"box_too_small": 2, "coordinate_too_large": 1, "box_outside_image": 1,
+                       "score_out_of_range": 1}
+    assert len(items) == 1 and items[0].box_ids == [0, 6]  # instance ids in file order
+    assert items[0].boxes == [[10.0, 10.0, 110.0, 210.0, pytest.approx(0.9)],
+                              [20.0, 20.0, 70.0, 80.0, 0.5]]
+    # ground-truth boxes (not clipped): a 0.5 px wide person is not sent either
+    coco["annotations"] = [
+        {"id": 7, "image_id": 1, "bbox": [10, 10, 0.5, 40], "keypoints": [11, 20, 2] * 17,
+         "num_keypoints": 17, "iscrowd": 0, "area": 20},
+        {"id": 8, "image_id": 1, "bbox": [10, 10, 40, 40], "keypoints": [11, 20, 2] * 17,
+         "num_keypoints": 17, "iscrowd": 0, "area": 1600}]
+    items, skipped, _ = build_pose_items(coco, tmp_path, "coco", box_source="gt",
+                                         clip_gt_boxes=False)
+    assert skipped == {"box_too_small": 1} and items[0].box_ids == [8]

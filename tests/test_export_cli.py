@@ -64,6 +64,7 @@ def test_checkpoint_export_writes_full_entry(small_entry, clean_env, tmp_path, c
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "parity 1x3x96x64: max abs err" in out and "parity 5x3x96x64: max abs err" in out
+    assert "max |torch|" in out  # the reference magnitude is reported with the error
     assert "dynamo exporter" in out
 
     entry = repo / "small_pose"
@@ -102,16 +103,17 @@ def test_random_init_from_environment(small_entry, clean_env, tmp_path, monkeypa
 
 
 def test_failed_parity_exits_2_and_writes_nothing(clean_env, tmp_path, capsys):
-    # A parity tolerance no fp32 export can meet (real errors are ~4e-6): the check must fail
-    # cleanly, name the sizes and their errors, and write nothing.
+    # A parity tolerance no fp32 export can meet (real errors are ~4e-6; --rtol 0 drops the
+    # magnitude-relative part): the check must fail cleanly, name the sizes and their errors,
+    # and write nothing.
     repo = tmp_path / "repo"
     rc = main(["--arch", "fcn_hr18s_4xb2-40k_cityscapes-512x1024", "--random-init",
                "--exporter", "legacy", "--check-size", "64x128", "--check-size", "96x80",
-               "--atol", "1e-9", "--model-repository", str(repo)])
+               "--atol", "1e-9", "--rtol", "0", "--model-repository", str(repo)])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("hrnet-export: error: export failed:")
-    assert "64x128" in err
+    assert "64x128" in err and "max |torch|" in err and "rtol=0" in err
     assert not (repo / "fcn_hr18s_4xb2-40k_cityscapes-512x1024").exists()
 
 
@@ -172,6 +174,8 @@ def test_unknown_arch_exits_2_naming_it(clean_env, tmp_path, capsys):
     (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "--random-init", "--checkpoint", "a.pth"],
      "not both"),
     ([], "choose exactly one"),
+    (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "--random-init", "--rtol=-1e-5"],
+     "--rtol must be >= 0, got 0.0001 and -1e-05"),
     (["--shared-models", "--shared-dir", "/nonexistent/shared"], "shared models folder not found"),
 ])
 def test_usage_errors_exit_2(clean_env, tmp_path, capsys, argv, needle):
@@ -187,3 +191,26 @@ def test_missing_repository_and_bad_env_value(shared, clean_env, monkeypatch, ca
     monkeypatch.setenv("HRNET_EXPORT_NO_CHECK", "maybe")
     assert main(["--shared-models"]) == 2
     assert "HRNET_EXPORT_NO_CHECK" in capsys.readouterr().err
+
+
+def test_append_options_and_tolerances_from_environment(clean_env):
+    """Repeatable options take comma/whitespace lists from the environment (not characters)."""
+    from export.cli import CLIError, parse_args
+
+    args = parse_args([], {"HRNET_EXPORT_ZOO": "td-hm_a,td-hm_b",
+                           "HRNET_EXPORT_CHECK_SIZE": "64x128, 97x97"})
+    assert args.zoo == ["td-hm_a", "td-hm_b"]
+    assert args.check_size == [(64, 128), (97, 97)]
+    assert parse_args([], {"HRNET_EXPORT_ZOO": " a  b,c "}).zoo == ["a", "b", "c"]
+    assert parse_args([], {"HRNET_EXPORT_ZOO": "only"}).zoo == ["only"]
+    assert parse_args(["--zoo", "x"], {"HRNET_EXPORT_ZOO": "a,b"}).zoo == ["x"]  # flag wins
+    # parity tolerances: defaults, environment, flag over environment
+    args = parse_args([], {})
+    assert (args.atol, args.rtol) == (1e-4, 1e-5)
+    args = parse_args([], {"HRNET_EXPORT_RTOL": "3e-5", "HRNET_EXPORT_ATOL": "2e-4"})
+    assert (args.atol, args.rtol) == (2e-4, 3e-5)
+    assert parse_args(["--rtol", "0"], {"HRNET_EXPORT_RTOL": "3e-5"}).rtol == 0.0
+    with pytest.raises(CLIError, match="HRNET_EXPORT_CHECK_SIZE"):
+        parse_args([], {"HRNET_EXPORT_CHECK_SIZE": "64x128,big"})
+    with pytest.raises(CLIError, match="HRNET_EXPORT_RTOL"):
+        parse_args([], {"HRNET_EXPORT_RTOL": "tiny"})

@@ -33,7 +33,7 @@ SEG_TABLE = {"cityscapes": 9, "ade20k": 6, "voc": 6, "pascal_context": 2, "pasca
 
 def _table_of(e: ModelEntry) -> str:
     n = e.name
-    if e.upstream == "mmpose-0.x":
+    if e.upstream == "mmpose-0.x" and e.dataset != "coco":  # the 0.x animal tables
         return f"hrnet_{e.dataset}"
     if "coco-aic" in n:
         return "hrnet_coco_aic"
@@ -201,6 +201,24 @@ def test_spot_check_animals():
     assert m.input_size == (192, 256) and m.metrics["AP"] == 0.814
     a = get_entry("hrnet_w32_atrw_256x256")
     assert a.num_outputs == 15 and a.metrics["AP"] == 0.912
+
+
+def test_augmentation_rows_are_mmpose_0x_checkpoints():
+    """hrnet_augmentation_coco.md (MMPose 1.x) links the 0.x checkpoints of
+    configs/top_down/augmentation/ (download.openmmlab.com/mmpose/top_down/augmentation/,
+    dated 2021-03-20, before MMPose 1.0): their state dicts hold keypoint_head.* keys."""
+    for kind, tail in (("coarsedropout", "0f16a0ce"), ("gridmask", "868180df"),
+                       ("photometric", "308cf591")):
+        e = get_entry(f"td-hm_hrnet-w32_{kind}-8xb64-210e_coco-256x192")
+        assert e.url == ("https://download.openmmlab.com/mmpose/top_down/augmentation/"
+                         f"hrnet_w32_coco_256x192_{kind}-{tail}_20210320.pth")
+        assert e.upstream == "mmpose-0.x" and e.head_prefix == "keypoint_head."
+        assert e.config == ("configs/body_2d_keypoint/topdown_heatmap/coco/"
+                            f"td-hm_hrnet-w32_{kind}-8xb64-210e_coco-256x192.py")
+    # every other COCO row is a 1.x checkpoint (mmpose/v1/...) with head.* keys
+    for e in list_entries(dataset="coco"):
+        v1 = e.url.startswith("https://download.openmmlab.com/mmpose/v1/")
+        assert v1 == (e.upstream == "mmpose-1.x") == (e.head_prefix == "head."), e.name
 
 
 def test_spot_check_segmentation():

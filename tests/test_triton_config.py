@@ -150,12 +150,32 @@ def test_tensorrt_missing_gives_clear_message(monkeypatch, tmp_path):
 
 
 def test_default_spatial_ranges():
-    # slide: opt = crop (512, 1024); max = long side of scale (2048) both ways; min 64 x 64
-    assert default_spatial_ranges(seg_card("slide")) == ((64, 64), (512, 1024), (2048, 2048))
+    # max covers scales=ms (MMSeg ms ratios up to 1.75, applied to the original image): a
+    # 2048 x 1024 frame (the card's test scale) at 1.75 is 3584 x 1792, so 1.75 * 2048 = 3584
+    # on both axes (either orientation); min 64 x 64
+    # slide: opt = crop (512, 1024)
+    assert default_spatial_ranges(seg_card("slide")) == ((64, 64), (512, 1024), (3584, 3584))
     # whole: opt = scale as (short, long) = (1024, 2048)
-    assert default_spatial_ranges(seg_card("whole")) == ((64, 64), (1024, 2048), (2048, 2048))
+    assert default_spatial_ranges(seg_card("whole")) == ((64, 64), (1024, 2048), (3584, 3584))
     # fixed-size pose input: (h, w) = (256, 192)
     assert default_spatial_ranges(pose_card())[1] == (256, 192)
+    # ceil: a 520-pixel scale (Pascal Context) at 1.75 is 910; 1.75 * 517 = 904.75 -> 905
+    ctx = ModelCard(**{**seg_card("whole").model_dump(), "test_pipeline": {"scale": (517, 517)}})
+    assert default_spatial_ranges(ctx)[2] == (905, 905)
+
+
+def test_default_max_covers_every_ms_view_of_a_test_size_image():
+    """Every ``scales=ms`` view the gateway builds for an image of the card's test size (both
+    orientations) fits the TensorRT profile."""
+    from service.pipelines.segmentation import MS_RATIOS, tta_resize_size
+
+    assert max(MS_RATIOS) == 1.75  # MMSeg 1.x img_ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    for mode in ("slide", "whole"):
+        _, _, (max_h, max_w) = default_spatial_ranges(seg_card(mode))
+        for size_wh in ((2048, 1024), (1024, 2048)):
+            views = [tta_resize_size(size_wh, r) for r in MS_RATIOS]
+            assert max(w for w, _ in views) <= max_w and max(h for _, h in views) <= max_h
+            assert (3584, 1792) in views or (1792, 3584) in views  # the 1.75 view, exactly
 
 
 def test_profile_shapes():

@@ -18,6 +18,9 @@ Sources (read from the upstream repositories, not copied):
   ATRW, so these entries are the 0.x ones (checkpoint keys under ``keypoint_head.``; the 0.x test
   pipeline — padding 1.25, ``TopDownAffine``, flip with shifted heatmaps,
   ``post_process='default'`` — is the same computation as MMPose 1.x ``MSRAHeatmap`` decoding).
+* The three ``hrnet_augmentation_coco.md`` rows are MMPose 1.x configs whose checkpoints are the
+  MMPose 0.x ones (``mmpose/top_down/augmentation/``, 2021): ``upstream="mmpose-0.x"``, keys
+  under ``keypoint_head.``.
 * MMSeg 1.x ``configs/hrnet/README.md`` and ``metafile.yaml`` (the checkpoints still carry their
   0.x file names under ``mmsegmentation/v0.5/hrnet/``).
 
@@ -61,8 +64,9 @@ class ModelEntry:
         metrics: published numbers. Pose on COCO/MacaquePose/ATRW: ``AP, AP50, AP75, AR, AR50``
             (fractions in 0..1); Horse-10: ``PCK@0.3`` (fraction), ``NME``; segmentation:
             ``mIoU``, ``mIoU(ms+flip)`` (percent). Read-only mapping.
-        upstream: ``"mmpose-1.x" | "mmpose-0.x" | "mmseg-1.x"`` (decides the checkpoint key
-            layout, see :attr:`head_prefix`).
+        upstream: ``"mmpose-1.x" | "mmpose-0.x" | "mmseg-1.x"``: the code base that wrote the
+            checkpoint, which decides its key layout (see :attr:`head_prefix`). The config may
+            still be a 1.x one: the 1.x augmentation rows link 0.x checkpoints.
         eval_set: what the metrics were measured on, in the upstream table's words.
 
         input_size: pose only, network input ``(w, h)``.
@@ -287,17 +291,23 @@ _pose("td-hm_hrnet-w32_fp16-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "
       f"{_MMPOSE_V1}/td-hm_hrnet-w32_fp16-8xb64-210e_coco-256x192-f1e84e3b_20220914.pth",
       _coco(0.749, 0.907, 0.822, 0.802, 0.946))
 
-# hrnet_augmentation_coco.md (Albumentations training variants; 0.x-era checkpoints, converted)
+# hrnet_augmentation_coco.md (Albumentations training variants). The 1.x table links the
+# MMPose 0.x checkpoints unchanged: mmpose/top_down/augmentation/*_20210320.pth, published with
+# 0.x's configs/top_down/augmentation/hrnet_w32_coco_256x192_*.py (1.x files live under
+# mmpose/v1/), so their keys are 0.x's keypoint_head.* (MMPose 1.x renames them on load,
+# BasePoseEstimator's old-version state-dict hook). Config and metrics: the 1.x table's.
 _AUG = "https://download.openmmlab.com/mmpose/top_down/augmentation"
+_AUG_NOTE = ("MMPose 0.x checkpoint (keypoint_head.* keys) linked from the 1.x table; 1.x "
+             "config and metrics")
 _pose("td-hm_hrnet-w32_coarsedropout-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
       f"{_AUG}/hrnet_w32_coco_256x192_coarsedropout-0f16a0ce_20210320.pth",
-      _coco(0.753, 0.908, 0.822, 0.805, 0.944))
+      _coco(0.753, 0.908, 0.822, 0.805, 0.944), upstream="mmpose-0.x", notes=_AUG_NOTE)
 _pose("td-hm_hrnet-w32_gridmask-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
       f"{_AUG}/hrnet_w32_coco_256x192_gridmask-868180df_20210320.pth",
-      _coco(0.752, 0.906, 0.825, 0.804, 0.943))
+      _coco(0.752, 0.906, 0.825, 0.804, 0.943), upstream="mmpose-0.x", notes=_AUG_NOTE)
 _pose("td-hm_hrnet-w32_photometric-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
       f"{_AUG}/hrnet_w32_coco_256x192_photometric-308cf591_20210320.pth",
-      _coco(0.754, 0.908, 0.825, 0.805, 0.943))
+      _coco(0.754, 0.908, 0.825, 0.805, 0.943), upstream="mmpose-0.x", notes=_AUG_NOTE)
 
 # hrnet_coco_aic.md (README; the .yml still lists the superseded 2022-10 checkpoints)
 _AIC_NOTE = ("URL and metrics from hrnet_coco_aic.md; hrnet_coco.yml lists an older checkpoint "
