@@ -1,7 +1,9 @@
 """The FastAPI gateway: settings -> model repository -> backend, then the routers.
 
 ``create_app()`` builds the app; the lifespan opens the backend at start-up (ONNX Runtime sessions
-or the Triton connection) and closes it at shut-down. Data flows one way per request:
+or the Triton connection) and closes it at shut-down (also when start-up fails), and creates the
+per-endpoint concurrency limits. Request bodies above ``max_upload_bytes`` + 1 MiB are refused
+with 413 before they are read (:class:`service.limits.BodySizeLimit`). Data flows one way per request:
 request -> preprocess -> backend -> decode -> response.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from starlette.responses import Response
 
 from .backends.base import Backend, BackendError, BackendUnavailable
 from .errors import error_body, install_error_handlers
+from .limits import BODY_OVERHEAD_BYTES, BodySizeLimit, make_endpoint_limits
 from .repository import ModelRepository
 from .settings import Settings
 
@@ -45,12 +48,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def lifespan(app: FastAPI):
         repo = ModelRepository(settings.model_repository)
         be = backend or make_backend(settings, repo)
-        start = getattr(be, "start", None)
-        if start is not None:
-            await start(repo.cards)
-        app.state.settings, app.state.repository, app.state.backend = settings, repo, be
-        log.info("gateway ready: backend=%s models=%s", be.name, list(repo.cards))
-        try:
+        try:  # close() runs even when start() fails (no leaked connection / shared memory)
+            start = getattr(be, "start", None)
+            if start is not None:
+                await start(repo.cards)
+            app.state.settings, app.state.repository, app.state.backend = settings, repo, be
+            app.state.endpoint_limits = make_endpoint_limits(settings)
+            log.info("gateway ready: backend=%s models=%s", be.name, list(repo.cards))
             yield
         finally:
             await be.close()
@@ -68,6 +72,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
         log.error("inference failed: %s", exc)
         return JSONResponse(error_body("inference_failed", str(exc)), status_code=500)
+
+    # before the metrics middleware, so that refused bodies are counted (added later = outer)
+    app.add_middleware(BodySizeLimit,
+                       max_bytes=lambda: settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
 
     @app.middleware("http")
     async def _metrics(request: Request, call_next):

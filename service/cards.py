@@ -64,9 +64,16 @@ class CodecSpec(_Strict):
 
 
 class DetectorSpec(_Strict):
-    """Person-detector parameters (RTMDet as exported by MMDeploy, NMS inside the graph)."""
+    """Person-detector parameters (RTMDet as exported by MMDeploy, class-aware NMS inside the graph).
+
+    ``score_threshold`` is MMPose's ``bbox_thr`` (boxes kept when ``score >`` it) and
+    ``nms_threshold`` its ``nms_thr``: the person-box NMS that MMPose's top-down demo
+    (``demo/topdown_demo_with_mmdet.py``) and ``Pose2DInferencer`` apply after the detector, both
+    defaulting to 0.3 (``mmpose.evaluation.functional.nms``; see ``service.pipelines.detector``).
+    """
 
     score_threshold: float = 0.3
+    nms_threshold: float = Field(0.3, ge=0.0, le=1.0)
     pad_value: float = 114.0
     person_label: int = 0
     max_detections: int = 100

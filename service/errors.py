@@ -2,7 +2,8 @@
 
 The JSON body is ``{"error": {"code": "<machine code>", "message": "<what is wrong>"}}``.
 The FastAPI app registers :func:`install_error_handlers`, so raising an :class:`APIError` anywhere
-on the request path ends the request cleanly; nothing reaches the client as a bare 500.
+on the request path ends the request cleanly; nothing reaches the client as a bare 500. Starlette's
+HTTP errors get the same format; its "field/part exceeded maximum size" (400) becomes 413.
 """
 from __future__ import annotations
 
@@ -75,9 +76,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        status, detail = exc.status_code, str(exc.detail)
+        if status == 400 and "exceeded maximum size" in detail:
+            # Starlette's multipart parser: a form field / part over its size limit (1 MiB)
+            status = 413
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        return JSONResponse(error_body(codes.get(status, "http_error"), detail),
+                            status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -59,6 +59,16 @@ def _size2(size, name: str) -> tuple[float, float]:
     return w, h
 
 
+def _check_scales(s: np.ndarray) -> None:
+    """Raise ValueError unless every box scale ``(w, h)`` is finite and > 0 (pixels)."""
+    bad = ~(np.isfinite(s) & (s > 0)).all(axis=-1)
+    if bad.any():
+        i = int(np.flatnonzero(np.atleast_1d(bad))[0])
+        row = s.reshape(-1, 2)[i]
+        raise ValueError(f"box scale must be finite and positive, got (w, h) = "
+                         f"({row[0]:g}, {row[1]:g}) for box {i}")
+
+
 def bbox_xywh2xyxy(b) -> np.ndarray:
     """Boxes ``(x, y, w, h)`` -> ``(x1, y1, x2, y2)``.
 
@@ -178,13 +188,16 @@ def get_warp_matrix(center, scale, rot: float, output_size: Sequence[float],
         ``(2, 3)`` float64 matrix ``M`` with ``[x', y'] = M @ [x, y, 1]``.
 
     Raises:
-        ValueError: wrong lengths or a non-positive size.
+        ValueError: wrong lengths, a non-positive output size, or a scale that is not finite and
+            positive (a zero-size box has no affine crop; upstream would hand OpenCV a degenerate
+            point triple).
     """
     center = np.asarray(center, dtype=np.float64).reshape(-1)
     scale = np.asarray(scale, dtype=np.float64).reshape(-1)
     shift = np.asarray(shift, dtype=np.float64).reshape(-1)
     if center.shape != (2,) or scale.shape != (2,) or shift.shape != (2,):
         raise ValueError("center, scale and shift must each have 2 values")
+    _check_scales(scale)
     dst_w, dst_h = _size2(output_size, "output_size")
     rot_rad = math.radians(rot)
 
@@ -223,12 +236,14 @@ def get_udp_warp_matrix(center, scale, rot: float, output_size: Sequence[float])
         ``(2, 3)`` float32 image-to-crop matrix (float32 as upstream).
 
     Raises:
-        ValueError: wrong lengths or a non-positive size.
+        ValueError: wrong lengths, a non-positive output size, or a scale that is not finite and
+            positive.
     """
     center = np.asarray(center, dtype=np.float64).reshape(-1)
     scale = np.asarray(scale, dtype=np.float64).reshape(-1)
     if center.shape != (2,) or scale.shape != (2,):
         raise ValueError("center and scale must each have 2 values")
+    _check_scales(scale)
     out_w, out_h = _size2(output_size, "output_size")
     r = math.radians(rot)
     c, s = math.cos(r), math.sin(r)
@@ -258,12 +273,15 @@ def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool =
         ``(N, 2, 3)`` float64 (standard) or float32 (UDP) matrices.
 
     Raises:
-        ValueError: wrong shapes or a non-positive size.
+        ValueError: wrong shapes, a non-positive output size, or a box scale that is not finite
+            and positive (for the standard matrix a zero scale makes the point system singular;
+            callers validate boxes to at least 1 pixel a side first).
     """
     c = np.asarray(centers, dtype=np.float64)
     s = np.asarray(scales, dtype=np.float64)
     if c.ndim != 2 or c.shape[1] != 2 or s.shape != c.shape:
         raise ValueError(f"centers and scales must both have shape (N, 2), got {c.shape} and {s.shape}")
+    _check_scales(s)
     out_w, out_h = _size2(output_size, "output_size")
     n = c.shape[0]
     if use_udp:
@@ -312,7 +330,8 @@ def crop_persons(image: np.ndarray, centers, scales, output_size: Sequence[int],
         ``(N, h, w, 3)`` uint8 (``(0, h, w, 3)`` when there are no boxes).
 
     Raises:
-        ValueError: image not ``(H, W, 3)`` uint8, or bad box shapes/size.
+        ValueError: image not ``(H, W, 3)`` uint8, bad box shapes/size, or a scale that is not
+            finite and positive.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:

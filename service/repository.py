@@ -55,9 +55,6 @@ class ModelRepository:
             raise WrongTask(f"model '{name}' is a {card.task} model, not {task}")
         return card
 
-    def model_dir(self, name: str) -> Path:
-        return self.root / name
-
     def onnx_path(self, name: str, version: int = 1) -> Path:
         """Path of the ONNX file of ``name`` (``<root>/<name>/<version>/model.onnx``)."""
         return self.root / name / str(version) / "model.onnx"

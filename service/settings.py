@@ -30,13 +30,25 @@ class Settings(BaseSettings):
     detector_score_threshold: float = 0.3
 
     # limits
+    # largest uploaded file; a request body above max_upload_bytes + 1 MiB (Content-Length, or
+    # counted while streaming) is refused with 413 before it is read
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    # most boxes per /pose request: given boxes above it are a 422, detector boxes are cut to the
+    # top-scoring ones
     max_boxes: int = 100
-    # segmentation: images whose resized size exceeds this many pixels use slide inference
+    # segmentation: a view whose network input exceeds this many pixels runs slide inference, even
+    # when the client asked for mode=whole (memory bound)
     seg_slide_pixels: int = 2048 * 1024 * 2
     # segmentation: largest network input (after the test resize / TTA scale) accepted, else 413
-    seg_max_input_pixels: int = 2048 * 1024 * 16
+    seg_max_input_pixels: int = 2048 * 1024 * 4
+    # segmentation: most network-input pixels per backend call (slide windows and flipped views
+    # beyond it go in further calls, one at least): bounds the backend's activation memory
+    seg_max_call_pixels: int = 1024 * 1024 * 2
+    # requests doing their heavy work at once per endpoint (the rest wait); /segment holds
+    # full-resolution float32 logits, so one at a time by default
+    seg_max_concurrency: int = 1
+    pose_max_concurrency: int = 4
 
     # embedded ONNX Runtime
     ort_intra_op_threads: int = 0  # 0 = ORT default

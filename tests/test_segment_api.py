@@ -172,8 +172,9 @@ def test_segment_slide_mode(client, backend, small):
     backend.calls.clear()
     r = client.post("/segment", files={"image": ("f.png", small)}, data={"mode": "slide"})
     assert r.status_code == 200, r.text
-    # 256x128 -> (2048, 1024) input; default 1024 crops, stride 768: 1 row x 3 columns
-    assert backend.calls == [("hrnet_seg", (3, 3, 1024, 1024))]
+    # 256x128 -> (2048, 1024) input; default 1024 crops, stride 768: 1 row x 3 columns, sent
+    # seg_max_call_pixels // 1024**2 = 2 windows per backend call
+    assert backend.calls == [("hrnet_seg", (2, 3, 1024, 1024)), ("hrnet_seg", (1, 3, 1024, 1024))]
 
 
 @pytest.mark.parametrize("field,value", [

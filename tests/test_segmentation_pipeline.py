@@ -133,10 +133,14 @@ def test_plan_augmentations_flip_and_auto_slide():
     views = plan_augmentations((90, 50), spec, flip=True, scales=[0.5, 1.25])
     assert [(v.size_wh, v.flip) for v in views] == [((45, 25), False), ((45, 25), True),
                                                    ((113, 63), False), ((113, 63), True)]
-    # 144 * 80 = 11520 input pixels: above 10000 the whole card slides; an explicit mode stays
+    # 144 * 80 = 11520 input pixels: above 10000 the whole card slides, and so does an explicit
+    # mode=whole (memory bound); 11520 itself is not above a limit of 11520
     assert plan_augmentations((90, 50), spec, slide_pixels=10000)[0].mode == "slide"
     assert plan_augmentations((90, 50), spec, slide_pixels=20000)[0].mode == "whole"
-    assert plan_augmentations((90, 50), spec, mode="whole", slide_pixels=10)[0].mode == "whole"
+    assert plan_augmentations((90, 50), spec, mode="whole", slide_pixels=10)[0].mode == "slide"
+    assert plan_augmentations((90, 50), spec, mode="whole", slide_pixels=11520)[0].mode == "whole"
+    assert plan_augmentations((90, 50), spec, mode="whole", slide_pixels=11519)[0].mode == "slide"
+    assert plan_augmentations((90, 50), spec, mode="slide")[0].mode == "slide"
     with pytest.raises(ValueError):
         plan_augmentations((90, 50), spec, mode="tiles")
     # 144 x 80 = 11520 input pixels: a limit of 11520 passes, 11519 does not

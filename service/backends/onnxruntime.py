@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..repository import ModelRepository
-from .base import Backend, BackendError
+from .base import Backend, BackendError, BackendUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ class OnnxRuntimeBackend(Backend):
 
     ``infer`` runs in a worker thread (ORT releases the GIL) so the event loop stays free;
     batches above the card's ``max_batch_size`` are split and concatenated. Raises
+    :class:`BackendUnavailable` (503) for a carded model whose ONNX file was missing at start-up,
     :class:`BackendError` for unknown models or ORT failures (e.g. a wrong input shape).
     """
 
@@ -51,6 +52,10 @@ class OnnxRuntimeBackend(Backend):
              outputs: list[str] | None) -> dict[str, np.ndarray]:
         sess = self.sessions.get(model)
         if sess is None:
+            if model in self.repository.cards:  # carded, but its ONNX file was missing at start-up
+                raise BackendUnavailable(
+                    f"model '{model}' is not loaded in the ONNX Runtime backend: "
+                    f"{self.repository.onnx_path(model)} was missing at start-up", retry_after_s=30.0)
             raise BackendError(f"model '{model}' is not loaded in the ONNX Runtime backend")
         names = outputs or [o.name for o in sess.get_outputs()]
         batch = next(iter(inputs.values())).shape[0]

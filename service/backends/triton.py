@@ -365,8 +365,20 @@ class TritonBackend(Backend):
 
         Raises :class:`BackendUnavailable` if Triton or a model is not ready within
         ``startup_timeout_s`` (message names what is missing), :class:`TritonModelMismatch` listing
-        every card/config disagreement (see :func:`check_model_config`).
+        every card/config disagreement (see :func:`check_model_config`). On any failure (also
+        cancellation) the client is closed and the shared-memory region unregistered and destroyed
+        (:meth:`close`) before the error propagates, so a failed start leaks nothing.
         """
+        try:
+            await self._start(cards)
+        except BaseException:
+            try:
+                await self.close()
+            except Exception as exc:  # pragma: no cover - best effort; the start error matters
+                log.warning("cleanup after failed Triton start-up failed: %s", exc)
+            raise
+
+    async def _start(self, cards: dict[str, ModelCard]) -> None:
         self.cards = dict(cards)
         deadline = time.monotonic() + self.startup_timeout_s
         missing: list[str] = ["server"]

@@ -29,7 +29,10 @@ coordinates; the ``align_corners=False`` horizontal pass is OpenCV ``INTER_LINEA
 Memory: the last resize to the original size is evaluated lazily in row strips straight into the
 argmax, so no ``C x H x W`` array at the original size exists unless several augmentations are
 averaged (then one float32 accumulator, as MMSeg's TTA holds) or ``return_logits`` is asked for.
-Large inputs switch from whole to slide inference above ``slide_pixels`` network-input pixels.
+Large inputs switch from whole to slide inference above ``slide_pixels`` network-input pixels
+(even when ``whole`` was asked for), and with ``max_call_pixels`` no backend call carries more
+network-input pixels than that (windows / views are sent in several calls; at least one each). Keep-ratio resizes never produce a 0-pixel side (clamped to 1,
+where mmcv's rounding would give 0 and MMSeg would fail).
 """
 from __future__ import annotations
 
@@ -83,7 +86,10 @@ def rescale_size(size_wh: tuple[int, int],
     ``scale`` is either a positive factor, or a ``(long, short)``-agnostic pair of edge limits:
     the factor is ``min(max(scale) / max(w, h), min(scale) / min(w, h))``, i.e. the image becomes
     as large as possible with its long edge <= ``max(scale)`` and short edge <= ``min(scale)``.
-    The size is then :func:`scale_size` of the factor (pixels, rounded half up).
+    The size is then :func:`scale_size` of the factor (pixels, rounded half up), each side clamped
+    to at least 1 pixel. mmcv does not clamp: for an extreme aspect ratio (a 1x20000 image to
+    (2048, 1024): factor 0.1024, ``int(1 * 0.1024 + 0.5) = 0``) it produces a 0-pixel side that
+    ``cv2.resize`` then refuses, so MMSeg fails on such an image; we resize to 1 pixel instead.
     Raises ValueError for a non-positive factor or image size.
     """
     w, h = size_wh
@@ -96,7 +102,8 @@ def rescale_size(size_wh: tuple[int, int],
     else:
         long_edge, short_edge = max(scale), min(scale)
         factor = min(long_edge / max(h, w), short_edge / min(h, w))
-    return scale_size((w, h), factor), factor
+    new_w, new_h = scale_size((w, h), factor)
+    return (max(new_w, 1), max(new_h, 1)), factor
 
 
 def network_input_size(size_wh: tuple[int, int], spec: SegTestPipeline) -> tuple[int, int]:
@@ -130,7 +137,8 @@ def tta_resize_size(size_wh: tuple[int, int], ratio: float) -> tuple[int, int]:
 def parse_scales(value: Sequence[float] | str | None) -> Optional[tuple[float, ...]]:
     """Validate TTA ratios: a preset name (``"ms"``) or up to 8 finite floats in (0, 4].
 
-    Returns the ratios (None for None). Raises ValueError with the reason otherwise.
+    Returns the ratios (None for None). Raises ValueError with the reason otherwise (also for an
+    integer too large for a float, which ``float()`` reports as ``OverflowError``).
     """
     if value is None:
         return None
@@ -146,8 +154,12 @@ def parse_scales(value: Sequence[float] | str | None) -> Optional[tuple[float, .
     out = []
     for r in ratios:
         if isinstance(r, bool) or not isinstance(r, (int, float)):
-            raise ValueError(f"scale {r!r} is not a number")
-        r = float(r)
+            raise ValueError(f"scale {str(r)[:40]!r} is not a number")
+        try:
+            r = float(r)
+        except OverflowError:  # an integer too large for a float, e.g. 10**400
+            raise ValueError(f"scale {str(r)[:20]}... is too large; it must be a finite number in "
+                             f"(0, {MAX_SCALE_RATIO:g}]") from None
         if not math.isfinite(r) or not 0.0 < r <= MAX_SCALE_RATIO:
             raise ValueError(f"scale {r} must be a finite number in (0, {MAX_SCALE_RATIO:g}]")
         out.append(r)
@@ -398,9 +410,12 @@ def plan_augmentations(size_wh: tuple[int, int], spec: SegTestPipeline, *,
 
     No ``scales``: the card's test ``Resize``. With ``scales``: ``tta_resize_size`` of the original
     image per ratio (MMSeg 1.x ``tta_pipeline``). ``flip`` adds a mirrored view per size, right
-    after its unflipped one. Mode: the given one, else the card's, switched to ``slide`` for a view
-    whose input exceeds ``slide_pixels`` pixels. Raises ValueError for an unknown mode, and
-    :class:`InputTooLarge` (a ValueError) for a view above ``max_input_pixels`` network-input pixels.
+    after its unflipped one. Mode: the given one, else the card's; a ``whole`` view whose network
+    input exceeds ``slide_pixels`` pixels is switched to ``slide`` **even when ``whole`` was asked
+    for** (memory bound: whole inference holds ``C x h x w`` float32 logits of the full input and
+    the backbone's activations for it; MMSeg would run it whole). Raises ValueError for an unknown
+    mode, and :class:`InputTooLarge` (a ValueError) for a view above ``max_input_pixels``
+    network-input pixels.
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; expected one of {', '.join(MODES)}")
@@ -412,7 +427,7 @@ def plan_augmentations(size_wh: tuple[int, int], spec: SegTestPipeline, *,
             raise InputTooLarge(f"the network input would be {w}x{h} = {w * h} pixels; the limit "
                                 f"is {max_input_pixels} (use a smaller image or smaller scales)")
         m = mode or spec.mode
-        if mode is None and m == "whole" and slide_pixels is not None and w * h > slide_pixels:
+        if m == "whole" and slide_pixels is not None and w * h > slide_pixels:
             m = "slide"
         for f in ((False, True) if flip else (False,)):
             views.append(Augmentation((int(w), int(h)), f, m))
@@ -446,6 +461,18 @@ async def _infer(backend: Backend, card: ModelCard, x: np.ndarray) -> np.ndarray
     return np.ascontiguousarray(y.transpose(0, 2, 3, 1), dtype=np.float32)
 
 
+async def _infer_bounded(backend: Backend, card: ModelCard, x: np.ndarray,
+                         max_pixels: Optional[int]) -> np.ndarray:
+    """:func:`_infer` in consecutive calls of at most ``max(1, max_pixels // (h * w))`` images
+    (``x``: ``(N, 3, h, w)``), so no single backend call holds more than ``max_pixels`` network-input
+    pixels (one image whatever its size); None: one call. Returns ``(N, h', w', C)``."""
+    per_call = len(x) if max_pixels is None else max(1, int(max_pixels) // (x.shape[2] * x.shape[3]))
+    if per_call >= len(x):
+        return await _infer(backend, card, x)
+    parts = [await _infer(backend, card, x[i:i + per_call]) for i in range(0, len(x), per_call)]
+    return np.concatenate(parts)
+
+
 def _prepare(image_bgr: np.ndarray, size_wh: tuple[int, int], flips: Sequence[bool],
              card: ModelCard) -> np.ndarray:
     """Resize (cv2 INTER_LINEAR, as mmcv ``imresize``), mirror, normalise: ``(len(flips), 3, h, w)``."""
@@ -456,13 +483,42 @@ def _prepare(image_bgr: np.ndarray, size_wh: tuple[int, int], flips: Sequence[bo
     return to_input_tensor(batch, card.normalization)
 
 
+def _cut_windows(x: np.ndarray, windows: np.ndarray, lo: int = 0,
+                 hi: Optional[int] = None) -> np.ndarray:
+    """Window crops ``lo..hi-1`` of the image-major sequence "every window of image 0, then of
+    image 1, ...": ``(hi - lo, 3, h_c, w_c)`` contiguous float32 (``x``: ``(N, 3, h, w)``)."""
+    m = len(windows)
+    hi = len(x) * m if hi is None else hi
+    parts = []
+    for k in range(lo, hi):
+        x1, y1, x2, y2 = windows[k % m]
+        parts.append(x[k // m, :, y1:y2, x1:x2])
+    return np.stack(parts)
+
+
 def _merge_windows(head: np.ndarray, windows: np.ndarray, h: int, w: int,
                    align_corners: bool) -> np.ndarray:
-    """Slide canvas ``(h, w, C)`` from per-window head outputs ``(M, h', w', C)``."""
-    def resized():
-        for k, (x1, y1, x2, y2) in enumerate(windows):
-            yield _ResizedRows(_ArrayRows(head[k]), y2 - y1, x2 - x1, align_corners).rows(0, y2 - y1)
-    return slide_merge(resized(), windows, h, w)
+    """Slide canvas ``(h, w, C)`` from per-window head outputs ``(M, h', w', C)``.
+
+    Same numbers as :func:`slide_merge` of the windows' logits resized to their size (the same
+    additions in the same window order, then the division by the window count), but each window's
+    resize is added strip by strip, so no full-size window logit map is materialised.
+    """
+    windows = np.asarray(windows, np.int64)
+    n_cls = head.shape[-1]
+    preds = np.zeros((h, w, n_cls), np.float32)
+    for k, (x1, y1, x2, y2) in enumerate(windows):
+        wh, ww = int(y2 - y1), int(x2 - x1)
+        resized = _ResizedRows(_ArrayRows(head[k]), wh, ww, align_corners)
+        step = max(1, _STRIP_ELEMENTS // (max(ww, head.shape[2]) * n_cls))
+        for lo in range(0, wh, step):
+            hi = min(wh, lo + step)
+            preds[y1 + lo:y1 + hi, x1:x2] += resized.rows(lo, hi)
+    count = window_counts(h, w, windows)
+    if (count == 0).any():
+        raise ValueError("some pixels are covered by no window")
+    preds /= count[..., None]
+    return preds
 
 
 def _finish_view(view: _Rows, height: int, width: int, n_cls: int, align_corners: bool,
@@ -497,6 +553,7 @@ async def segment(image_bgr: np.ndarray, card: ModelCard, backend: Backend, *,
                   mode: Optional[str] = None, flip: bool = False,
                   scales: Optional[Sequence[float] | str] = None,
                   slide_pixels: Optional[int] = None, max_input_pixels: Optional[int] = None,
+                  max_call_pixels: Optional[int] = None,
                   return_logits: bool = False, timer: Optional[StageTimer] = None) -> SegResult:
     """Semantic segmentation of one image, as MMSeg 1.x's test (or TTA) path computes it.
 
@@ -506,12 +563,17 @@ async def segment(image_bgr: np.ndarray, card: ModelCard, backend: Backend, *,
             ``align_corners``, input/output tensor names, ``max_batch_size``.
         backend: runs ``card.name``: float32 ``(N, 3, h, w)`` -> logits ``(N, C, h', w')``
             (any ``h', w'``; MMSeg's FCN head gives about 1/4 of ``h, w``).
-        mode: ``"whole"`` | ``"slide"``; None: the card's, switched to slide for a view whose
-            network input exceeds ``slide_pixels`` pixels.
+        mode: ``"whole"`` | ``"slide"``; None: the card's. Either way a ``whole`` view whose
+            network input exceeds ``slide_pixels`` pixels runs as ``slide``.
         flip: add a horizontally mirrored view per size (its logits mirrored back).
         scales: TTA ratios of the original image (or the preset ``"ms"``), see
             :func:`tta_resize_size`; None: the card's test resize only.
         slide_pixels: see ``mode``; None: never switch.
+        max_call_pixels: the most network-input pixels sent in one backend call: slide windows
+            (and flipped views) beyond ``max_call_pixels // (h * w)`` per call (at least one) go
+            in further calls, so slide inference really bounds the backend's activation memory
+            (it would otherwise run up to ``max_batch_size`` windows at once). The numbers do
+            not change: each image is inferred independently. None: one call per view size.
         max_input_pixels: largest network input (w * h) allowed for any view; None: no limit.
         return_logits: also return ``(C, H, W)`` float32: the original-size logits of the one
             view, or with several views the mean of their softmax probabilities.
@@ -563,32 +625,38 @@ async def segment(image_bgr: np.ndarray, card: ModelCard, backend: Backend, *,
             x = await asyncio.to_thread(_prepare, image_bgr, (w, h), flips, card)
         if vmode == "whole":
             with timer("inference"):
-                head = await _infer(backend, card, x)
-            rows: list[_Rows] = [_ResizedRows(_ArrayRows(head[i]), h, w, ac)
-                                 for i in range(len(flips))]
+                head = await _infer_bounded(backend, card, x, max_call_pixels)
             n_windows += [0] * len(flips)
         else:
             wins = slide_windows(h, w, crop, stride)
-            with timer("preprocess"):
-                crops = np.ascontiguousarray(np.concatenate(
-                    [np.stack([x[i, :, y1:y2, x1:x2] for x1, y1, x2, y2 in wins])
-                     for i in range(len(flips))]))
             m = len(wins)
-            with timer("inference"):
-                head = await _infer(backend, card, crops)
-            del crops
-            with timer("postprocess"):
-                merged = [await asyncio.to_thread(_merge_windows, head[i * m:(i + 1) * m], wins,
-                                                  h, w, ac) for i in range(len(flips))]
-            rows = [_ArrayRows(a) for a in merged]
+            total = m * len(flips)
+            win_px = int((wins[0, 2] - wins[0, 0]) * (wins[0, 3] - wins[0, 1]))
+            per_call = total if max_call_pixels is None else max(1, int(max_call_pixels) // win_px)
+            heads = []
+            for lo in range(0, total, per_call):  # crops cut per call, not all at once
+                with timer("preprocess"):
+                    crops = await asyncio.to_thread(_cut_windows, x, wins, lo,
+                                                    min(total, lo + per_call))
+                with timer("inference"):
+                    heads.append(await _infer(backend, card, crops))
+                del crops
+            head = heads[0] if len(heads) == 1 else np.concatenate(heads)
+            del heads
             n_windows += [m] * len(flips)
         del x
         with timer("postprocess"):
-            for r, f in zip(rows, flips):
+            for i, f in enumerate(flips):  # one view's canvas at a time
+                if vmode == "whole":
+                    r: _Rows = _ResizedRows(_ArrayRows(head[i]), h, w, ac)
+                else:
+                    r = _ArrayRows(await asyncio.to_thread(_merge_windows, head[i * m:(i + 1) * m],
+                                                           wins, h, w, ac))
                 view = _FlippedRows(r) if f else r
                 await asyncio.to_thread(_finish_view, view, height, width, n_cls, ac, label, acc,
                                         logits)
-        del head, rows
+                del r, view
+        del head
 
     out_logits = None
     with timer("postprocess"):

@@ -13,6 +13,7 @@ Follows MMPose 1.x's top-down test path step for step:
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,10 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
     """Keypoints for every box of one image, all crops in one backend call.
 
     ``image_bgr``: (H, W, 3) uint8. ``boxes_xyxy``: (N, 4) float image pixels (validated by the
-    caller: finite, positive area). ``box_scores``: (N,). Returns one person per box, in order.
+    caller: finite, sides of at least 1 pixel). ``box_scores``: (N,). Returns one person per box,
+    in order. Cropping/normalisation and heatmap decoding run in worker threads, so the event loop
+    stays free for other requests. Raises ValueError for a box with a non-positive scale
+    (:func:`service.geometry.warp_matrices`), BackendError / BackendUnavailable from the backend.
     """
     timer = timer or StageTimer()
     codec_spec = card.codec
@@ -53,26 +57,44 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
         z = np.zeros((0, k), np.float32)
         return PoseResult(np.zeros((0, k, 2), np.float32), z, np.zeros((0,), np.float32))
 
-    in_w, in_h = codec_spec.input_size
-    with timer("preprocess"):
-        centers, scales = bbox_xyxy2cs(np.asarray(boxes_xyxy, np.float32), padding=card.bbox_padding)
-        scales = fix_aspect_ratio(scales, aspect_ratio=in_w / in_h)
-        crops = crop_persons(image_bgr, centers, scales, (in_w, in_h), use_udp=card.use_udp)
-        x = to_input_tensor(crops, card.normalization)
-        if flip_test:
-            x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])], axis=0)
+    with timer("preprocess"):  # crops + normalisation off the event loop
+        centers, scales, x = await asyncio.to_thread(_preprocess, image_bgr, boxes_xyxy, card,
+                                                     flip_test)
 
     with timer("inference"):
         out = await backend.infer(card.name, {card.inputs[0].name: x}, [card.outputs[0].name])
         heatmaps = np.asarray(out[card.outputs[0].name], dtype=np.float32)
 
     with timer("decode_heatmaps"):
-        if flip_test:
-            flipped = flip_heatmaps(heatmaps[n:], card.flip_indices, shift_heatmap=card.shift_heatmap)
-            heatmaps = (heatmaps[:n] + flipped) * 0.5
-        codec = build_codec(codec_spec)
-        kpts_input, kpt_scores = codec.decode(heatmaps)
-        kpts = keypoints_to_image(kpts_input, centers, scales, (in_w, in_h))
-        person_scores = rescore(np.asarray(box_scores, np.float32), kpt_scores, thr=0.2)
-    return PoseResult(kpts.astype(np.float32), kpt_scores.astype(np.float32),
-                      np.asarray(person_scores, np.float32))
+        kpts, kpt_scores, person_scores = await asyncio.to_thread(
+            _decode, heatmaps, n, centers, scales, box_scores, card, flip_test)
+    return PoseResult(kpts, kpt_scores, person_scores)
+
+
+def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: ModelCard,
+                flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centers/scales ``(N, 2)`` (aspect-fixed) and the network input ``(N or 2N, 3, h, w)``."""
+    in_w, in_h = card.codec.input_size  # type: ignore[union-attr]
+    centers, scales = bbox_xyxy2cs(np.asarray(boxes_xyxy, np.float32), padding=card.bbox_padding)
+    scales = fix_aspect_ratio(scales, aspect_ratio=in_w / in_h)
+    crops = crop_persons(image_bgr, centers, scales, (in_w, in_h), use_udp=card.use_udp)
+    x = to_input_tensor(crops, card.normalization)
+    if flip_test:
+        x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])], axis=0)
+    return centers, scales, x
+
+
+def _decode(heatmaps: np.ndarray, n: int, centers: np.ndarray, scales: np.ndarray,
+            box_scores: np.ndarray, card: ModelCard,
+            flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flip-merge, codec decode, back to image pixels, rescoring (see :func:`estimate_poses`)."""
+    codec_spec = card.codec
+    assert codec_spec is not None
+    if flip_test:
+        flipped = flip_heatmaps(heatmaps[n:], card.flip_indices, shift_heatmap=card.shift_heatmap)
+        heatmaps = (heatmaps[:n] + flipped) * 0.5
+    kpts_input, kpt_scores = build_codec(codec_spec).decode(heatmaps)
+    kpts = keypoints_to_image(kpts_input, centers, scales, codec_spec.input_size)
+    person_scores = rescore(np.asarray(box_scores, np.float32), kpt_scores, thr=0.2)
+    return (kpts.astype(np.float32), kpt_scores.astype(np.float32),
+            np.asarray(person_scores, np.float32))

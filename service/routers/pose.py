@@ -1,4 +1,9 @@
-"""``POST /pose``: top-down keypoints for given boxes or for the detector's person boxes."""
+"""``POST /pose``: top-down keypoints for given boxes or for the detector's person boxes.
+
+Parameters are validated first; decoding, detection, pose estimation and serialisation then run
+under the endpoint's concurrency limit (``settings.pose_max_concurrency``), their CPU work in
+worker threads. Detector boxes are cut to the ``settings.max_boxes`` top-scoring ones.
+"""
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -8,6 +13,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from ..boxes import parse_boxes
 from ..errors import InvalidParameter
+from ..limits import endpoint_slot
 from ..pipelines.common import StageTimer
 from ..pipelines.detector import detect_persons
 from ..pipelines.topdown import estimate_poses
@@ -29,21 +35,14 @@ async def pose(
     model: Optional[str] = Form(None, description="pose model name (default from settings)"),
     flip_test: Optional[bool] = Form(None, description="default: the model card's setting"),
     detector: Optional[str] = Form(None, description="detector model name (default from settings)"),
-    score_threshold: Optional[float] = Form(None, description="detector score threshold"),
+    score_threshold: Optional[float] = Form(None, description="detector score threshold in [0, 1]: "
+                                                               "boxes scoring above it are kept"),
 ) -> PoseResponse:
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
     timer = StageTimer()
     card = repo.get(model or settings.default_pose_model, task="topdown_pose")
-
-    with timer("decode_image"):
-        img = await read_image(image, settings)
-    h, w = img.shape[:2]
-
-    if boxes is not None and boxes.strip() != "":
-        xyxy, box_scores = parse_boxes(boxes, box_format, (w, h), settings.max_boxes)
-        source = "given"
-    else:
+    if boxes is None or boxes.strip() == "":
         if score_threshold is not None and not (0.0 <= score_threshold <= 1.0):
             raise InvalidParameter(f"score_threshold must be in [0, 1], got {score_threshold}")
         det_name = detector or settings.default_detector_model
@@ -51,26 +50,37 @@ async def pose(
             raise InvalidParameter("no 'boxes' given and no person detector is configured "
                                    "(set HRNET_DEFAULT_DETECTOR_MODEL or pass 'detector')")
         det_card = repo.get(det_name, task="detection")
-        thr = score_threshold if score_threshold is not None else settings.detector_score_threshold
-        with timer("detect"):
-            dets = await detect_persons(img, det_card, backend, score_threshold=thr)
-        xyxy, box_scores = dets.boxes, dets.scores
-        source = "detector"
-
     use_flip = card.flip_test if flip_test is None else flip_test
-    result = await estimate_poses(img, xyxy, box_scores, card, backend, flip_test=use_flip,
-                                  timer=timer)
 
-    with timer("serialise"):
-        # float64 before rounding, so the JSON carries decimals, not float32 noise: coordinates to
-        # 1e-4 px, scores to 1e-6 (coarser score rounding creates ties that move COCO AP)
-        xy = result.keypoints.astype(np.float64).round(4)
-        ks = result.keypoint_scores.astype(np.float64).round(6)
-        kpts = np.concatenate([xy, ks[..., None]], axis=-1)
-        xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).astype(np.float64)
-        persons = [Person(bbox=b, bbox_score=s, keypoints=k, score=p) for b, s, k, p in zip(
-            xywh.round(3).tolist(), box_scores.astype(np.float64).round(6).tolist(),
-            kpts.tolist(), result.person_scores.astype(np.float64).round(6).tolist())]
+    async with endpoint_slot(request, "pose"):
+        with timer("decode_image"):
+            img = await read_image(image, settings)
+        h, w = img.shape[:2]
+
+        if boxes is not None and boxes.strip() != "":
+            xyxy, box_scores = parse_boxes(boxes, box_format, (w, h), settings.max_boxes)
+            source = "given"
+        else:
+            thr = score_threshold if score_threshold is not None else settings.detector_score_threshold
+            with timer("detect"):
+                dets = await detect_persons(img, det_card, backend, score_threshold=thr,
+                                            max_boxes=settings.max_boxes)
+            xyxy, box_scores = dets.boxes, dets.scores
+            source = "detector"
+
+        result = await estimate_poses(img, xyxy, box_scores, card, backend, flip_test=use_flip,
+                                      timer=timer)
+
+        with timer("serialise"):
+            # float64 before rounding, so the JSON carries decimals, not float32 noise: coordinates
+            # to 1e-4 px, scores to 1e-6 (coarser score rounding creates ties that move COCO AP)
+            xy = result.keypoints.astype(np.float64).round(4)
+            ks = result.keypoint_scores.astype(np.float64).round(6)
+            kpts = np.concatenate([xy, ks[..., None]], axis=-1)
+            xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).astype(np.float64)
+            persons = [Person(bbox=b, bbox_score=s, keypoints=k, score=p) for b, s, k, p in zip(
+                xywh.round(3).tolist(), box_scores.astype(np.float64).round(6).tolist(),
+                kpts.tolist(), result.person_scores.astype(np.float64).round(6).tolist())]
     return PoseResponse(model=card.name, image_size=[w, h], flip_test=use_flip, box_source=source,
                         keypoint_names=card.keypoint_names,
                         skeleton=[list(s) for s in card.skeleton], persons=persons,

@@ -6,12 +6,17 @@ Form fields: ``image`` (file), ``model``, ``mode`` (``whole`` | ``slide``; defau
 
 Response by ``Accept``: ``application/json`` (default) -> :class:`service.schemas.SegmentResponse`
 with the label map as a base64 single-channel PNG; ``image/png`` -> that PNG itself;
-``render=true`` -> the overlay PNG whatever ``Accept`` says.
+``render=true`` -> the overlay PNG whatever ``Accept`` says. Every response carries
+``X-Inference-Mode`` (``whole``, ``slide`` or ``slide,whole`` with TTA): a view whose network input
+exceeds ``settings.seg_slide_pixels`` runs slide inference even when ``mode=whole`` was asked for.
+
+At most ``settings.seg_max_concurrency`` requests decode/segment/encode at once (the others wait);
+pre- and post-processing and PNG encoding run in worker threads.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
 from typing import Optional
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -19,6 +24,8 @@ from fastapi.responses import Response
 
 from ..cards import SegTestPipeline
 from ..errors import InvalidParameter, PayloadTooLarge
+from ..forms import load_json_field
+from ..limits import endpoint_slot
 from ..pipelines.common import StageTimer
 from ..pipelines.segmentation import (MODES, SCALE_PRESETS, InputTooLarge, parse_scales,
                                       plan_augmentations, segment as run_segmentation)
@@ -28,10 +35,9 @@ from .uploads import read_image
 
 router = APIRouter(tags=["segmentation"])
 
-#: Largest network input of one view (w * h) unless settings name ``seg_max_input_pixels``:
-#: ratio 4 of the Cityscapes test scale (2048 x 1024). Bounds the slide canvas / logit memory.
-
 _ERRORS = {c: {"model": ErrorResponse} for c in (404, 413, 415, 422, 503)}
+#: longest ``scales`` field accepted (8 ratios fit in far less)
+MAX_SCALES_CHARS = 1000
 _PNG = {"content": {"image/png": {}}, "description": "label map PNG (Accept: image/png) or "
                                                      "overlay PNG (render=true)"}
 
@@ -39,18 +45,23 @@ _PNG = {"content": {"image/png": {}}, "description": "label map PNG (Accept: ima
 def parse_scales_field(value: Optional[str]) -> Optional[tuple[float, ...]]:
     """The ``scales`` form field: empty/None, a preset name (``ms``) or a JSON list of ratios.
 
-    Raises InvalidParameter (422) for anything else, or ratios outside (0, 4] / more than 8.
+    Raises InvalidParameter (422) for anything else (also hostile JSON: nesting too deep, numbers
+    too long or too large, more than ``MAX_SCALES_CHARS`` characters), or ratios outside (0, 4] /
+    more than 8.
     """
     if value is None or not value.strip():
         return None
     text = value.strip()
     if text in SCALE_PRESETS:
         return SCALE_PRESETS[text]
+    if len(text) > MAX_SCALES_CHARS:
+        raise InvalidParameter(f"scales is {len(text)} characters long; at most "
+                               f"{MAX_SCALES_CHARS} are accepted")
     try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
+        parsed = load_json_field(text)
+    except ValueError as exc:
         raise InvalidParameter(f"scales must be a JSON list of numbers or one of "
-                               f"{', '.join(SCALE_PRESETS)}; could not parse {text!r}: {exc.msg}")
+                               f"{', '.join(SCALE_PRESETS)}; {text[:40]!r} is {exc}") from None
     if not isinstance(parsed, list):
         raise InvalidParameter(f"scales must be a JSON list of numbers, got {text!r}")
     try:
@@ -90,6 +101,7 @@ def prefers_png(accept: Optional[str]) -> bool:
 @router.post("/segment", response_model=SegmentResponse, responses={**_ERRORS, 200: _PNG})
 async def segment(
     request: Request,
+    response: Response,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
     model: Optional[str] = Form(None, description="segmentation model name (default from settings)"),
     mode: Optional[str] = Form(None, description="'whole' or 'slide' (default: the model card's)"),
@@ -118,41 +130,50 @@ async def segment(
     ratios = parse_scales_field(scales)
     use_flip = bool(flip)
 
-    with timer("decode_image"):
-        img = await read_image(image, settings)
-    h, w = img.shape[:2]
-    max_input = settings.seg_max_input_pixels
-    try:  # the views' sizes for this image (a ratio may shrink it to nothing or blow it up)
-        plan_augmentations((w, h), card.test_pipeline or SegTestPipeline(), mode=mode,
-                           flip=use_flip, scales=ratios, max_input_pixels=max_input)
-    except InputTooLarge as exc:
-        raise PayloadTooLarge(str(exc)) from None
-    except ValueError as exc:
-        raise InvalidParameter(str(exc)) from None
+    async with endpoint_slot(request, "segment"):
+        with timer("decode_image"):
+            img = await read_image(image, settings)
+        h, w = img.shape[:2]
+        max_input = settings.seg_max_input_pixels
+        try:  # the views' sizes for this image (a ratio may shrink it to nothing or blow it up)
+            plan_augmentations((w, h), card.test_pipeline or SegTestPipeline(), mode=mode,
+                               flip=use_flip, scales=ratios, max_input_pixels=max_input)
+        except InputTooLarge as exc:
+            raise PayloadTooLarge(str(exc)) from None
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None
 
-    result = await run_segmentation(img, card, backend, mode=mode, flip=use_flip, scales=ratios,
-                                    slide_pixels=settings.seg_slide_pixels,
-                                    max_input_pixels=max_input, timer=timer)
-    label = result.label_map
+        result = await run_segmentation(img, card, backend, mode=mode, flip=use_flip,
+                                        scales=ratios, slide_pixels=settings.seg_slide_pixels,
+                                        max_input_pixels=max_input,
+                                        max_call_pixels=settings.seg_max_call_pixels, timer=timer)
+        label = result.label_map
+        modes = ",".join(sorted({a.mode for a in result.augmentations}))
 
-    if render:
+        if render:
+            with timer("encode"):
+                png = await asyncio.to_thread(overlay, img, label, card.palette or None)
+            return _png_response(png, card.name, w, h, timer, modes)
+        if prefers_png(request.headers.get("accept")):
+            with timer("encode"):
+                png = await asyncio.to_thread(encode_label_png, label)
+            return _png_response(png, card.name, w, h, timer, modes)
         with timer("encode"):
-            png = overlay(img, label, card.palette or None)
-        return _png_response(png, card.name, w, h, timer)
-    if prefers_png(request.headers.get("accept")):
-        with timer("encode"):
-            png = encode_label_png(label)
-        return _png_response(png, card.name, w, h, timer)
-    with timer("encode"):
-        b64 = base64.b64encode(encode_label_png(label)).decode("ascii")
-        counts = pixel_counts(label, card.classes)
-    return SegmentResponse(model=card.name, width=w, height=h, classes=card.classes,
-                           pixel_counts=counts, label_png=b64, timing_ms=timer.total())
+            b64, counts = await asyncio.to_thread(_encode_json_parts, label, card.classes)
+        response.headers["X-Inference-Mode"] = modes
+        return SegmentResponse(model=card.name, width=w, height=h, classes=card.classes,
+                               pixel_counts=counts, label_png=b64, timing_ms=timer.total())
 
 
-def _png_response(png: bytes, model: str, w: int, h: int, timer: StageTimer) -> Response:
+def _encode_json_parts(label, classes) -> tuple[str, dict[str, int]]:
+    """Base64 label PNG and per-class pixel counts (CPU work, run in a worker thread)."""
+    return base64.b64encode(encode_label_png(label)).decode("ascii"), pixel_counts(label, classes)
+
+
+def _png_response(png: bytes, model: str, w: int, h: int, timer: StageTimer,
+                  modes: str) -> Response:
     timing = timer.total()
     server_timing = ", ".join(f"{k};dur={v:.1f}" for k, v in timing.items())
     return Response(content=png, media_type="image/png",
                     headers={"X-Model": model, "X-Image-Size": f"{w}x{h}",
-                             "Server-Timing": server_timing})
+                             "X-Inference-Mode": modes, "Server-Timing": server_timing})
