@@ -73,7 +73,7 @@ async def pose(
 
         with timer("serialise"):
             # float64 before rounding, so the JSON carries decimals, not float32 noise: coordinates
-            # to 1e-4 px, scores to 1e-6 (coarser score rounding creates ties that move COCO AP)
+            # to 1e-4 px, scores to 1e-6 (fine enough that rescoring/ranking is unchanged)
             xy = result.keypoints.astype(np.float64).round(4)
             ks = result.keypoint_scores.astype(np.float64).round(6)
             kpts = np.concatenate([xy, ks[..., None]], axis=-1)
