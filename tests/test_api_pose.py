@@ -232,3 +232,14 @@ def test_other_image_kinds_decode_to_the_same_size(client, encode):
     assert r.status_code == 200, r.text
     assert r.json()["image_size"] == [60, 50] and len(r.json()["persons"]) == 1
     assert np.isfinite(np.asarray(r.json()["persons"][0]["keypoints"])).all()
+
+
+def test_openapi_docs_and_metrics(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/pose", "/segment", "/models", "/healthz", "/readyz"} <= set(spec["paths"])
+    form = spec["paths"]["/pose"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert form["schema"]["$ref"].startswith("#/components/schemas/")
+    assert client.get("/docs").status_code == 200
+    client.get("/healthz")
+    text = client.get("/metrics").text
+    assert 'hrnet_requests_total{path="/healthz",status="200"}' in text
