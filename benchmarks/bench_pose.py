@@ -95,6 +95,7 @@ def run_scenario(client: httpx.Client, url: str, images, n_boxes: int | None, fl
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run every scenario against ``--url`` (or an in-process gateway) and print the table."""
     p = argparse.ArgumentParser(prog="hrnet-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="live gateway URL; default: start one in-process")

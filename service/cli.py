@@ -10,6 +10,7 @@ from .settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse flags (defaults from HRNET_* env), then serve until interrupted; returns 0."""
     defaults = Settings()
     p = argparse.ArgumentParser(prog="hrnet-serve", description=__doc__)
     p.add_argument("--model-repository", default=str(defaults.model_repository),

@@ -31,38 +31,55 @@ class APIError(Exception):
 
 
 class BadRequest(APIError):
+    """400: a malformed request that no more specific error describes."""
+
     status_code, code = 400, "bad_request"
 
 
 class InvalidImage(APIError):
+    """415: the upload is not a decodable JPEG/PNG/WebP/BMP image."""
+
     status_code, code = 415, "invalid_image"
 
 
 class InvalidBoxes(APIError):
+    """422: the ``boxes`` field is malformed or names an unusable box."""
+
     status_code, code = 422, "invalid_boxes"
 
 
 class InvalidParameter(APIError):
+    """422: a form parameter is out of range or malformed."""
+
     status_code, code = 422, "invalid_parameter"
 
 
 class UnknownModel(APIError):
+    """404: no model of that name in the repository."""
+
     status_code, code = 404, "unknown_model"
 
 
 class WrongTask(APIError):
+    """422: the named model serves another task (e.g. a detector on /pose)."""
+
     status_code, code = 422, "wrong_task"
 
 
 class PayloadTooLarge(APIError):
+    """413: the file, image or network input exceeds a configured limit."""
+
     status_code, code = 413, "payload_too_large"
 
 
 class ServiceUnavailable(APIError):
+    """503: the service cannot answer now; retry later."""
+
     status_code, code = 503, "unavailable"
 
 
 def error_body(code: str, message: str) -> dict:
+    """The JSON error body ``{"error": {"code": code, "message": message}}``."""
     return {"error": {"code": code, "message": message}}
 
 

@@ -7,6 +7,8 @@ from pydantic import BaseModel, Field
 
 
 class Person(BaseModel):
+    """One person: box, box score, K keypoints and the person score (image pixels)."""
+
     bbox: list[float] = Field(description="person box [x, y, w, h] in image pixels")
     bbox_score: float = Field(description="given box score (1.0 if none) or detector score")
     keypoints: list[list[float]] = Field(description="K x [x, y, score], image pixels")
@@ -14,6 +16,8 @@ class Person(BaseModel):
 
 
 class PoseResponse(BaseModel):
+    """``POST /pose`` result: persons in the order of the boxes, plus keypoint metadata."""
+
     model: str
     image_size: list[int] = Field(description="[width, height] of the decoded image")
     flip_test: bool
@@ -25,6 +29,8 @@ class PoseResponse(BaseModel):
 
 
 class SegmentResponse(BaseModel):
+    """``POST /segment`` JSON result: the label map as base64 PNG plus class statistics."""
+
     model: str
     width: int
     height: int
@@ -35,9 +41,13 @@ class SegmentResponse(BaseModel):
 
 
 class ErrorDetail(BaseModel):
+    """Machine-readable error code and a message naming what is wrong."""
+
     code: str
     message: str
 
 
 class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer of the gateway."""
+
     error: ErrorDetail

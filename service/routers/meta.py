@@ -21,6 +21,7 @@ async def models(request: Request) -> dict:
 
 @router.get("/healthz")
 async def healthz() -> dict:
+    """Liveness: 200 while the process serves HTTP (says nothing about the models)."""
     return {"status": "ok"}
 
 

@@ -38,6 +38,13 @@ async def pose(
     score_threshold: Optional[float] = Form(None, description="detector score threshold in [0, 1]: "
                                                                "boxes scoring above it are kept"),
 ) -> PoseResponse:
+    """Keypoints (image pixels) for each given box, or for each person the detector finds.
+
+    MMPose 1.x top-down test path: box -> center/scale (padding 1.25, aspect fix) -> affine crop
+    -> one batched inference (flipped crops too when ``flip_test``) -> heatmap decoding (the
+    card's codec) -> image pixels. Errors: 404 unknown model, 413 too large, 415 not an image,
+    422 invalid boxes/parameters or wrong task, 503 backend unavailable.
+    """
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
     timer = StageTimer()

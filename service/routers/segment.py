@@ -110,6 +110,14 @@ async def segment(
                                                   "or 'ms' = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]"),
     render: Optional[bool] = Form(None, description="true: return a colour overlay PNG"),
 ):
+    """Per-pixel class ids for the image, as MMSeg 1.x's test pipeline computes them.
+
+    Keep-ratio resize to the card's test scale, whole or slide inference, optional flip / multi-
+    scale TTA (softmax averaged), logits resized to the original size, argmax. JSON by default;
+    ``Accept: image/png`` returns the label PNG (255 = ignore), ``render=true`` a palette overlay.
+    Errors: 404 unknown model, 413 too large, 415 not an image, 422 bad parameters or wrong task,
+    503 backend unavailable.
+    """
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
     timer = StageTimer()
