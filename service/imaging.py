@@ -149,14 +149,16 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     return None
 
 
-def jpeg_is_complete(data: bytes) -> bool:
+def jpeg_is_complete(data: bytes, sos: int | None = None) -> bool:
     """True when an end-of-image marker (``FF D9``) follows the first scan's SOS marker.
 
     Bytes after EOI (padding, appended metadata) are allowed, as decoders ignore them. The SOS
-    offset comes from :func:`jpeg_scan` (so an EXIF thumbnail's SOS/EOI inside APP1 does not count),
-    falling back to the first ``FF DA`` in the file when the walk does not reach it.
+    offset comes from :func:`jpeg_scan` (so an EXIF thumbnail's SOS/EOI inside APP1 does not count;
+    pass ``sos`` when the scan was already done), falling back to the first ``FF DA`` in the file
+    when the walk does not reach it.
     """
-    sos = jpeg_scan(data)[1]
+    if sos is None:
+        sos = jpeg_scan(data)[1]
     if sos is None:
         sos = data.find(b"\xff\xda")
     return sos >= 0 and data.rfind(b"\xff\xd9") > sos
@@ -180,14 +182,18 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     fmt = sniff_format(data)
     if fmt is None:
         raise InvalidImage("the 'image' file is not a JPEG, PNG, WebP or BMP image")
-    size = header_size(data, fmt)
+    sos = None
+    if fmt == "jpeg":  # one header walk gives both the size and the scan offset
+        size, sos = jpeg_scan(data)
+    else:
+        size = header_size(data, fmt)
     if size is not None and size[0] * size[1] > max_pixels:
         raise _too_large(size[0], size[1], max_pixels)
     if size is None:
         log.info("%s header gives no size; decoding under OpenCV's %s-pixel ceiling%s", fmt,
                  OPENCV_MAX_IMAGE_PIXELS, "" if OPENCV_PIXEL_CAP_ACTIVE else
                  " (NOT in force: cv2 was imported before the service package)")
-    if fmt == "jpeg" and not jpeg_is_complete(data):
+    if fmt == "jpeg" and not jpeg_is_complete(data, sos):
         raise InvalidImage("the JPEG 'image' file is truncated (no end-of-image marker after the "
                            "image data)")
     buf = np.frombuffer(data, dtype=np.uint8)

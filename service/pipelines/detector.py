@@ -26,7 +26,9 @@ import cv2
 import numpy as np
 
 from ..backends.base import Backend
+from ..boxes import MIN_BOX_SIDE
 from ..cards import ModelCard
+from ..geometry import rescale_size
 from .common import to_input_tensor
 
 
@@ -46,15 +48,11 @@ def letterbox(image: np.ndarray, size: tuple[int, int], pad_value: float) -> tup
     """
     h, w = image.shape[:2]
     out_w, out_h = size
-    scale = min(out_w / w, out_h / h)  # mmcv rescale_size with a square target
-    new_w, new_h = max(int(w * scale + 0.5), 1), max(int(h * scale + 0.5), 1)
+    new_w, new_h = rescale_size((w, h), (out_w, out_h))[0]  # mmcv imrescale, as MMDet's Resize
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     canvas = np.full((out_h, out_w, 3), pad_value, dtype=np.uint8)
     canvas[:new_h, :new_w] = resized
     return canvas, (new_w / w, new_h / h)
-
-
-MIN_BOX_SIDE = 1.0  # pixels, after clipping to the image
 
 
 def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

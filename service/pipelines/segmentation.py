@@ -46,6 +46,7 @@ import numpy as np
 
 from ..backends.base import Backend, BackendError
 from ..cards import ModelCard, SegTestPipeline
+from ..geometry import rescale_size, scale_size
 from .common import StageTimer, to_input_tensor
 
 #: MMSeg 1.x ``configs/_base_/datasets/*.py`` ``img_ratios`` of the multi-scale TTA pipeline.
@@ -66,44 +67,7 @@ MODES = ("whole", "slide")
 
 
 # --------------------------------------------------------------------------------------------
-# sizes (mmcv.image.geometric)
-
-
-def scale_size(size_wh: tuple[int, int], factor: float | tuple[float, float]) -> tuple[int, int]:
-    """``(w, h)`` scaled by ``factor`` and rounded half up: ``int(w * f + 0.5)``.
-
-    Follows ``mmcv.image.geometric._scale_size``. ``factor`` is one number or ``(fw, fh)``.
-    """
-    fw, fh = (factor, factor) if isinstance(factor, (int, float)) else factor
-    w, h = size_wh
-    return int(w * float(fw) + 0.5), int(h * float(fh) + 0.5)
-
-
-def rescale_size(size_wh: tuple[int, int],
-                 scale: float | tuple[int, int]) -> tuple[tuple[int, int], float]:
-    """New ``(w, h)`` and the factor for a keep-ratio resize (``mmcv.rescale_size``).
-
-    ``scale`` is either a positive factor, or a ``(long, short)``-agnostic pair of edge limits:
-    the factor is ``min(max(scale) / max(w, h), min(scale) / min(w, h))``, i.e. the image becomes
-    as large as possible with its long edge <= ``max(scale)`` and short edge <= ``min(scale)``.
-    The size is then :func:`scale_size` of the factor (pixels, rounded half up), each side clamped
-    to at least 1 pixel. mmcv does not clamp: for an extreme aspect ratio (a 1x20000 image to
-    (2048, 1024): factor 0.1024, ``int(1 * 0.1024 + 0.5) = 0``) it produces a 0-pixel side that
-    ``cv2.resize`` then refuses, so MMSeg fails on such an image; we resize to 1 pixel instead.
-    Raises ValueError for a non-positive factor or image size.
-    """
-    w, h = size_wh
-    if w <= 0 or h <= 0:
-        raise ValueError(f"image size must be positive, got {size_wh}")
-    if isinstance(scale, (int, float)):
-        if scale <= 0:
-            raise ValueError(f"invalid scale factor {scale}, must be positive")
-        factor = float(scale)
-    else:
-        long_edge, short_edge = max(scale), min(scale)
-        factor = min(long_edge / max(h, w), short_edge / min(h, w))
-    new_w, new_h = scale_size((w, h), factor)
-    return (max(new_w, 1), max(new_h, 1)), factor
+# sizes (mmcv.image.geometric; scale_size / rescale_size live in service.geometry)
 
 
 def network_input_size(size_wh: tuple[int, int], spec: SegTestPipeline) -> tuple[int, int]:
