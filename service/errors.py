@@ -30,12 +30,6 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-class BadRequest(APIError):
-    """400: a malformed request that no more specific error describes."""
-
-    status_code, code = 400, "bad_request"
-
-
 class InvalidImage(APIError):
     """415: the upload is not a decodable JPEG/PNG/WebP/BMP image."""
 
@@ -70,12 +64,6 @@ class PayloadTooLarge(APIError):
     """413: the file, image or network input exceeds a configured limit."""
 
     status_code, code = 413, "payload_too_large"
-
-
-class ServiceUnavailable(APIError):
-    """503: the service cannot answer now; retry later."""
-
-    status_code, code = 503, "unavailable"
 
 
 def error_body(code: str, message: str) -> dict:
