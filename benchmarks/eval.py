@@ -46,6 +46,7 @@ from benchmarks.eval_data import (POSE_DATASETS, SEG_DATASETS, DataError, PoseIt
                                   load_json)
 from benchmarks.eval_io import PredictionLog, atomic_write_json
 from benchmarks.eval_report import compare, format_table, gather_references, parse_reference_args
+from service.datasets import get_pose_dataset
 
 EXIT_OK, EXIT_TOLERANCE, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 2, 3
 
@@ -139,11 +140,9 @@ def _pose_metainfo(dataset: str, card: dict, coco: dict) -> tuple[list[float], l
     sigmas: list[float] = []
     names: list[str] = []
     try:
-        from service.datasets import get_pose_dataset
-
         info = get_pose_dataset(dataset)
         sigmas, names = list(info.sigmas), list(info.keypoint_names)
-    except Exception:
+    except KeyError:
         pass
     if not sigmas and card.get("sigmas"):
         sigmas = [float(s) for s in card["sigmas"]]
@@ -156,12 +155,13 @@ def _pose_metainfo(dataset: str, card: dict, coco: dict) -> tuple[list[float], l
 class Runner:
     """Sends the work items with bounded concurrency and logs finished images."""
 
-    def __init__(self, args: argparse.Namespace, client, log: PredictionLog, card: dict) -> None:
+    def __init__(self, args: argparse.Namespace, client, log: PredictionLog, card: dict,
+                 policy: RetryPolicy) -> None:
         self.args = args
         self.client = client
         self.log = log
         self.card = card
-        self.policy = RetryPolicy(retries=max(0, args.retries), backoff=max(0.0, args.backoff))
+        self.policy = policy
         self.failures: Counter = Counter()
         self.examples: dict[str, str] = {}
         self.new_records: list[dict] = []
@@ -207,9 +207,9 @@ class Runner:
         "keypoints"}]}``; raises :class:`RequestFailed`."""
         a = self.args
         data = await asyncio.to_thread(item.path.read_bytes)
+        step = max(1, a.max_boxes)
         chunks: list[Optional[list]] = [None] if item.boxes is None else [
-            item.boxes[i:i + max(1, a.max_boxes)] for i in range(0, len(item.boxes),
-                                                                  max(1, a.max_boxes))]
+            item.boxes[i:i + step] for i in range(0, len(item.boxes), step)]
         persons: list[dict] = []
         for ci, chunk in enumerate(chunks):
             fields = {"model": a.model}
@@ -235,7 +235,7 @@ class Runner:
             for j, p in enumerate(got):
                 if chunk is not None:
                     box = chunk[j][:4]
-                    pid = item.box_ids[ci * max(1, a.max_boxes) + j]
+                    pid = item.box_ids[ci * step + j]
                 else:
                     x, y, w, h = (float(v) for v in p["bbox"])
                     box = [x, y, x + w, y + h]
@@ -361,7 +361,7 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"hrnet-eval: {args.model} on {args.dataset}: {len(items)} images, "
                   f"{len(items) - len(todo)} already done in {out}, {len(todo)} to send",
                   file=sys.stderr)
-            runner = Runner(args, client, log, card)
+            runner = Runner(args, client, log, card, policy)
             t_send = time.perf_counter()
             await runner.run(todo, runner.pose if pose else runner.segment)
             send_s = time.perf_counter() - t_send

@@ -272,7 +272,12 @@ def evaluate_coco_style(records: Sequence[dict], coco: dict, sigmas: Sequence[fl
     ``records``: prediction records (``persons`` with ``id``, ``bbox_xyxy``, ``bbox_score``,
     ``keypoints``); ``image_ids``: the evaluated image set (``None``: the whole file).
     OKS-NMS areas follow MMPose top-down (:func:`topdown_bbox_areas` with the model's
-    ``input_size`` (w, h) and box ``padding``). Returns ``(metrics, coco_results)``.
+    ``input_size`` (w, h) and box ``padding``). Returns ``(metrics, coco_results)``: metric
+    values are fractions; results are COCO keypoint results (image pixels).
+
+    Raises:
+        DataError: when no prediction survives, or (``gt_boxes``) an annotation's keypoint count
+            differs from the predictions'.
     """
     ev = CocoKeypointEvaluator(coco, sigmas, use_area=use_area)
     for rec in records:
@@ -293,8 +298,10 @@ def evaluate_coco_style(records: Sequence[dict], coco: dict, sigmas: Sequence[fl
 
 
 def _gt_pairs(records: Sequence[dict], coco: dict, sel: Optional[list[int]]):
+    """Predictions paired with the annotation whose id they carry (ground-truth boxes):
+    lists of ``pred (K, 2)``, ``gt (K, 2)``, ``vis (K,)`` and ``area`` (px²), one per pair."""
     ann_by_id = {a["id"]: a for a in coco.get("annotations", [])}
-    pred, gt, vis, area, used = [], [], [], [], []
+    pred, gt, vis, area = [], [], [], []
     for rec in records:
         kp, _, _, ids = _record_arrays(rec, sel)
         for i, aid in enumerate(ids):
@@ -309,12 +316,11 @@ def _gt_pairs(records: Sequence[dict], coco: dict, sel: Optional[list[int]]):
             gt.append(g[:, :2])
             vis.append(g[:, 2])
             area.append(float(ann.get("area", 0.0)))
-            used.append(ann)
-    return pred, gt, vis, area, used
+    return pred, gt, vis, area
 
 
 def _mean_oks_gt(records, coco, sigmas, sel) -> Optional[float]:
-    pred, gt, vis, area, _ = _gt_pairs(records, coco, sel)
+    pred, gt, vis, area = _gt_pairs(records, coco, sel)
     if not pred:
         return None
     m = mean_oks(np.stack(pred), np.stack(gt), np.stack(vis), np.asarray(area), sigmas)
@@ -326,8 +332,12 @@ def evaluate_horse10(records: Sequence[dict], coco: dict, *,
                      thr: float = 0.3) -> tuple[dict, list]:
     """Horse-10 ``PCK`` (@0.3) and ``NME`` of ground-truth-box predictions (see
     :func:`service.metrics.horse10_metrics`). Returns ``(metrics, results)`` where results are
-    per-instance ``{"image_id", "id", "keypoints": [x, y, s] * K}``."""
-    pred, gt, vis, _, used = _gt_pairs(records, coco, keypoint_index)
+    per-instance ``{"image_id", "id", "keypoints": [x, y, s] * K}`` (image pixels).
+
+    Raises:
+        DataError: when no prediction matches an annotation id, or keypoint counts differ.
+    """
+    pred, gt, vis, _ = _gt_pairs(records, coco, keypoint_index)
     if not pred:
         raise DataError("no predictions to evaluate")
     metrics = horse10_metrics(np.stack(pred), np.stack(gt), np.stack(vis) > 0, thr=thr)
@@ -350,7 +360,12 @@ def build_seg_items(images_dir: Path | str, ann_dir: Optional[Path | str] = None
                     limit: Optional[int] = None) -> tuple[list[SegItem], Counter]:
     """Cityscapes image/label pairs: every ``*_leftImg8bit.png`` under ``images_dir``
     (recursively, sorted) with the ``*_gtFine_labelTrainIds.png`` of the same stem found
-    anywhere under ``ann_dir`` (default ``images_dir``). Returns ``(items, skipped)``."""
+    anywhere under ``ann_dir`` (default ``images_dir``). Returns ``(items, skipped)``; images
+    without a label are counted as ``skipped["missing_label"]``.
+
+    Raises:
+        DataError: when either folder does not exist.
+    """
     images_dir = Path(images_dir)
     ann_dir = Path(ann_dir) if ann_dir is not None else images_dir
     if not images_dir.is_dir():
@@ -372,7 +387,12 @@ def build_seg_items(images_dir: Path | str, ann_dir: Optional[Path | str] = None
 
 def evaluate_segmentation(records: Sequence[dict], num_classes: int,
                           class_names: Optional[Sequence[str]] = None) -> dict:
-    """aAcc / mIoU / mAcc (percent) from per-image ``counts`` records (MMSeg ``IoUMetric``)."""
+    """aAcc / mIoU / mAcc (percent) and per-class ``IoU``/``Acc`` dicts from per-image
+    ``counts`` ``(4, C)`` records (MMSeg ``IoUMetric``; see :meth:`IoUAccumulator.compute`).
+
+    Raises:
+        DataError: when there is no record; ``ValueError`` on counts not ``(4, num_classes)``.
+    """
     acc = IoUAccumulator(num_classes, 255, class_names)
     for rec in records:
         acc.add_counts(np.asarray(rec["counts"], dtype=np.int64))

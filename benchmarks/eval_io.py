@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
@@ -104,14 +104,3 @@ class PredictionLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def iter_jsonl(path: Path | str) -> Iterator[dict]:
-    """Decoded complete lines of a JSON-lines file (torn or bad lines skipped)."""
-    p = Path(path)
-    if not p.exists():
-        return
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            yield json.loads(line)
-        except ValueError:
-            continue

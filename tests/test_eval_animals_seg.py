@@ -23,8 +23,6 @@ Metric definitions re-derived here (independently of ``service.metrics``):
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -35,6 +33,7 @@ import numpy as np
 import pytest
 
 from benchmarks.eval import main as eval_main
+from tests.coco_by_hand import pycocotools_keypoint_stats
 
 # (dataset, served model, folder, annotation file, keypoints per instance, annotated instances)
 ANIMALS = {
@@ -128,20 +127,6 @@ def _oks_by_hand(pred_xy: np.ndarray, ann: dict, sigmas) -> float:
     return float(np.exp(-e[lab]).mean())
 
 
-def _pycocotools(ann_file, results_file, sigmas) -> dict:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_file))
-        dt = gt.loadRes(str(results_file))
-        ev = COCOeval(gt, dt, "keypoints")
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas)
-        ev.evaluate(), ev.accumulate(), ev.summarize()
-    return dict(zip(["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"],
-                    ev.stats))
-
-
 def _n_annotated(coco: dict, dataset: str) -> int:
     """Instances the benchmark scores: every annotation with a box and keypoints (MMPose 1.x
     test mode); Horse-10 (MMPose 0.x) also drops those whose keypoints are all 0."""
@@ -222,7 +207,7 @@ def test_coco_style_metrics_recomputed_by_hand(shared, animal_runs, dataset):
     oks = [_oks_by_hand(np.reshape(r["keypoints"], (-1, 3))[:, :2], ann_of_image[r["image_id"]],
                         SIGMAS[dataset]) for r in results]
     assert metrics["meanOKS"] == pytest.approx(float(np.mean(oks)), rel=1e-5)
-    by_hand = _pycocotools(ann, out / "results.json", SIGMAS[dataset])
+    by_hand = pycocotools_keypoint_stats(ann, out / "results.json", SIGMAS[dataset])
     for name in ("AP", "AP50", "AP75", "AR", "AR50"):
         assert metrics[name] == pytest.approx(by_hand[name], abs=1e-6), name
 
@@ -324,7 +309,7 @@ def test_coco_style_ap_on_known_offsets(shared, gateway, animal_runs, tmp_path, 
     got = m["metrics"]
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, abs=1e-6), name
-    by_hand = _pycocotools(ann, out / "results.json", SIGMAS[dataset])
+    by_hand = pycocotools_keypoint_stats(ann, out / "results.json", SIGMAS[dataset])
     assert by_hand["AP"] == pytest.approx(0.5) and by_hand["AP75"] == pytest.approx(0.0)
 
 

@@ -190,6 +190,19 @@ def metrics_of(out):
     return json.loads((Path(out) / "metrics.json").read_text())
 
 
+def serve_cityscapes_labels(gw, shared, metrics):
+    """Make the fake gateway echo the ground-truth label of each Cityscapes sample image as its
+    prediction, under a 19-class ``fake_seg`` card publishing ``metrics`` (no ``source.url``, so
+    no registry numbers); returns the sample folder."""
+    gw.reset()
+    d = shared / "data/cityscapes_sample"
+    gw.labels = {p.name.replace("_gtFine_labelTrainIds", "_leftImg8bit"): p
+                 for p in d.glob("*_gtFine_labelTrainIds.png")}
+    gw.cards = [{"name": "fake_seg", "task": "segmentation",
+                 "classes": [f"c{i}" for i in range(19)], "source": {"metrics": metrics}}]
+    return d
+
+
 def test_ground_truth_keypoints_give_ap_one(coco, gateway, tmp_path):
     ann, images = coco
     rc = run(gateway, ann, images, tmp_path / "a", "--reference", "AP=1.0", "AR=1.0")
@@ -381,13 +394,7 @@ def test_horse10_pck_and_nme(gateway, shared, tmp_path):
 
 
 def test_segmentation_ground_truth_gives_miou_100(gateway, shared, tmp_path):
-    gateway.reset()
-    d = shared / "data/cityscapes_sample"
-    gateway.labels = {p.name.replace("_gtFine_labelTrainIds", "_leftImg8bit"): p
-                      for p in d.glob("*_gtFine_labelTrainIds.png")}
-    classes = [f"c{i}" for i in range(19)]
-    gateway.cards = [{"name": "fake_seg", "task": "segmentation", "classes": classes,
-                      "source": {"metrics": {"mIoU": 80.0}}}]
+    d = serve_cityscapes_labels(gateway, shared, {"mIoU": 80.0})
     base = ["--url", gateway.url, "--model", "fake_seg", "--dataset", "cityscapes",
             "--images", str(d), "--quiet"]
     # published 80.0 vs ours 100.0 -> beyond tolerance -> 1
@@ -507,13 +514,7 @@ def test_tolerance_is_in_fraction_units_for_every_metric():
 
 
 def test_segmentation_tolerance_in_fraction_units_end_to_end(gateway, shared, tmp_path):
-    gateway.reset()
-    d = shared / "data/cityscapes_sample"
-    gateway.labels = {p.name.replace("_gtFine_labelTrainIds", "_leftImg8bit"): p
-                      for p in d.glob("*_gtFine_labelTrainIds.png")}
-    gateway.cards = [{"name": "fake_seg", "task": "segmentation",
-                      "classes": [f"c{i}" for i in range(19)],
-                      "source": {"url": None, "metrics": {"mIoU": 99.5}}}]
+    d = serve_cityscapes_labels(gateway, shared, {"mIoU": 99.5})
     base = ["--url", gateway.url, "--model", "fake_seg", "--dataset", "cityscapes",
             "--images", str(d), "--quiet", "--out", str(tmp_path / "s")]
     # ours 100.0 vs 99.5: 0.005 in fraction units, within the default 0.01

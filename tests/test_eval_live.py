@@ -1,28 +1,12 @@
 """hrnet-eval against the live gateway serving the real PP-TinyPose and RTMDet-nano models."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
-import numpy as np
 import pytest
 
 from benchmarks.eval import main as eval_main
-
-
-def _pycocotools_by_hand(ann_file, results_file, sigmas):
-    """Score the job's results file with plain pycocotools, independently of our metric code."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_file))
-        dt = gt.loadRes(str(results_file))
-        ev = COCOeval(gt, dt, "keypoints")
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas)
-        ev.evaluate(), ev.accumulate(), ev.summarize()
-    return dict(zip(["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"], ev.stats))
+from tests.coco_by_hand import pycocotools_keypoint_stats
 
 
 @pytest.mark.parametrize("which,boxes", [
@@ -48,7 +32,7 @@ def test_eval_job_table_equals_pycocotools(shared, live_gateway, tmp_path, capsy
     assert "AP50" in out and "AR50" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     ours = metrics.get("metrics", metrics)
-    by_hand = _pycocotools_by_hand(ann, tmp_path / "results.json", get_pose_dataset("coco").sigmas)
+    by_hand = pycocotools_keypoint_stats(ann, tmp_path / "results.json", get_pose_dataset("coco").sigmas)
     for k in ("AP", "AP50", "AP75", "AR", "AR50"):
         assert round(ours[k], 4) == round(by_hand[k], 4), (k, ours[k], by_hand[k])
     if boxes == "gt":

@@ -38,22 +38,12 @@ from service.pipelines.segmentation import parse_scales, plan_augmentations, res
 from service.repository import ModelRepository
 from service.settings import Settings
 
+from tests.fake_cards import pose_card, seg_card, write_repository
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
 
 
 # ----------------------------------------------------------------------------- fake models
-
-def _pose_card() -> ModelCard:
-    return ModelCard(
-        name="fake_pose", task="topdown_pose", input_size=(192, 256),
-        inputs=[TensorSpec(name="image", dims=[3, 256, 192])],
-        outputs=[TensorSpec(name="heatmaps", dims=[2, 64, 48])],
-        normalization=Normalization(mean=MEAN, std=STD),
-        codec=CodecSpec(input_size=(192, 256), heatmap_size=(48, 64)),
-        keypoint_names=["a", "b"], flip_indices=[1, 0], flip_test=False)
-
 
 def _det_card() -> ModelCard:
     return ModelCard(
@@ -64,15 +54,6 @@ def _det_card() -> ModelCard:
         normalization=Normalization(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395),
                                     channel_order="bgr"),
         detector=DetectorSpec())
-
-
-def _seg_card(name="fake_seg", **pipeline) -> ModelCard:
-    return ModelCard(
-        name=name, task="segmentation", input_size=(None, None),
-        inputs=[TensorSpec(name="input", dims=[3, -1, -1])],
-        outputs=[TensorSpec(name="logits", dims=[3, -1, -1])],
-        normalization=Normalization(mean=MEAN, std=STD), classes=["a", "b", "c"],
-        test_pipeline=SegTestPipeline(**pipeline))
 
 
 # Raw detector rows in network-input pixels. The 640x480 test image letterboxes into 320x320 with
@@ -133,13 +114,10 @@ class FakeBackend(Backend):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hardening_repo")
-    cards = (_pose_card(), _det_card(), _seg_card(scale=(2048, 1024)),
-             _seg_card("fake_seg_slide", crop_size=(16, 16), stride=(12, 12)))
-    for card in cards:
-        (root / card.name).mkdir()
-        card.save(root / card.name)
-    return root
+    cards = (pose_card("fake_pose", flip_indices=[1, 0], flip_test=False), _det_card(),
+             seg_card("fake_seg", ["a", "b", "c"], scale=(2048, 1024)),
+             seg_card("fake_seg_slide", ["a", "b", "c"], crop_size=(16, 16), stride=(12, 12)))
+    return write_repository(tmp_path_factory.mktemp("hardening_repo"), cards)
 
 
 def _settings(repo, **kw) -> Settings:

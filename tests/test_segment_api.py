@@ -10,12 +10,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.backends.base import Backend
-from service.cards import CodecSpec, ModelCard, Normalization, SegTestPipeline, TensorSpec
 from service.datasets.segmentation import CITYSCAPES
 from service.settings import Settings
-
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
+from tests.fake_cards import pose_card, seg_card, write_repository
 
 
 class ConvBackend(Backend):
@@ -37,34 +34,12 @@ class ConvBackend(Backend):
         return True
 
 
-def _seg_card(name="hrnet_seg") -> ModelCard:
-    return ModelCard(
-        name=name, task="segmentation", input_size=(None, None),
-        inputs=[TensorSpec(name="input", dims=[3, -1, -1])],
-        outputs=[TensorSpec(name="logits", dims=[19, -1, -1])],
-        normalization=Normalization(mean=MEAN, std=STD, channel_order="rgb"),
-        classes=[c for c, _ in CITYSCAPES], palette=[p for _, p in CITYSCAPES],
-        test_pipeline=SegTestPipeline(scale=(2048, 1024), keep_ratio=True, mode="whole"),
-        align_corners=False)
-
-
-def _pose_card() -> ModelCard:
-    return ModelCard(
-        name="a_pose_model", task="topdown_pose", input_size=(192, 256),
-        inputs=[TensorSpec(name="image", dims=[3, 256, 192])],
-        outputs=[TensorSpec(name="heatmaps", dims=[2, 64, 48])],
-        normalization=Normalization(mean=MEAN, std=STD),
-        codec=CodecSpec(input_size=(192, 256), heatmap_size=(48, 64)),
-        keypoint_names=["a", "b"])
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("model_repository")
-    for card in (_seg_card(), _pose_card()):
-        (root / card.name).mkdir()
-        card.save(root / card.name)
-    return root
+    seg = seg_card("hrnet_seg", [c for c, _ in CITYSCAPES], [p for _, p in CITYSCAPES],
+                   scale=(2048, 1024), keep_ratio=True, mode="whole")
+    return write_repository(tmp_path_factory.mktemp("model_repository"),
+                            (seg, pose_card("a_pose_model")))
 
 
 @pytest.fixture(scope="module")

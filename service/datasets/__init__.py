@@ -20,16 +20,20 @@ _POSE: dict[str, PoseDatasetInfo] = {
 _SEG: dict[str, SegDatasetInfo] = {d.name: d for d in segmentation.SEG_DATASETS}
 
 
+def _lookup(table: dict, kind: str, name: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise KeyError(f"unknown {kind} dataset {name!r}; known: "
+                       f"{', '.join(sorted(table))}") from None
+
+
 def get_pose_dataset(name: str) -> PoseDatasetInfo:
     """Keypoint metainfo for pose dataset ``name`` (e.g. ``"coco"``).
 
     Raises ``KeyError`` whose message lists the known pose dataset names.
     """
-    try:
-        return _POSE[name]
-    except KeyError:
-        raise KeyError(f"unknown pose dataset {name!r}; known: "
-                       f"{', '.join(sorted(_POSE))}") from None
+    return _lookup(_POSE, "pose", name)
 
 
 def get_seg_dataset(name: str) -> SegDatasetInfo:
@@ -37,11 +41,7 @@ def get_seg_dataset(name: str) -> SegDatasetInfo:
 
     Raises ``KeyError`` whose message lists the known segmentation dataset names.
     """
-    try:
-        return _SEG[name]
-    except KeyError:
-        raise KeyError(f"unknown segmentation dataset {name!r}; known: "
-                       f"{', '.join(sorted(_SEG))}") from None
+    return _lookup(_SEG, "segmentation", name)
 
 
 def list_pose_datasets() -> list[str]:

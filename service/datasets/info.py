@@ -30,6 +30,14 @@ LinkRow = tuple[str, str, RGB]
 ClassRow = tuple[str, RGB]
 
 
+def _check_names(names: Sequence[str], dataset: str, what: str, plural: str) -> None:
+    """Raise ``ValueError`` if ``names`` (keypoints or classes) is empty or repeats a name."""
+    if not names:
+        raise ValueError(f"{dataset}: no {plural}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{dataset}: duplicate {what} names")
+
+
 def _check_rgb(colour: Sequence[int], what: str) -> None:
     if len(colour) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour):
         raise ValueError(f"{what}: colour {colour!r} is not an (r, g, b) triple of 0..255 ints")
@@ -68,11 +76,8 @@ class PoseDatasetInfo:
     source: str = ""
 
     def __post_init__(self) -> None:
+        _check_names(self.keypoint_names, self.name, "keypoint", "keypoints")
         k = len(self.keypoint_names)
-        if k == 0:
-            raise ValueError(f"{self.name}: no keypoints")
-        if len(set(self.keypoint_names)) != k:
-            raise ValueError(f"{self.name}: duplicate keypoint names")
         if sorted(self.flip_indices) != list(range(k)):
             raise ValueError(f"{self.name}: flip_indices is not a permutation of range({k})")
         if any(self.flip_indices[j] != i for i, j in enumerate(self.flip_indices)):
@@ -185,10 +190,7 @@ class SegDatasetInfo:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if not self.classes:
-            raise ValueError(f"{self.name}: no classes")
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"{self.name}: duplicate class names")
+        _check_names(self.classes, self.name, "class", "classes")
         if len(self.palette) != len(self.classes):
             raise ValueError(f"{self.name}: {len(self.palette)} colours for "
                              f"{len(self.classes)} classes")

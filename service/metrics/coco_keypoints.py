@@ -59,6 +59,20 @@ def _split_kpts(x: np.ndarray, k_hint: Optional[int] = None) -> np.ndarray:
     return x.reshape(*x.shape[:-1], x.shape[-1] // 3, 3)
 
 
+def _mean_exp(e: np.ndarray, valid: Optional[np.ndarray] = None,
+              empty: float = 0.0) -> np.ndarray:
+    """Mean of ``exp(-e)`` over the last (keypoint) axis, over the ``valid`` entries only (all
+    when ``None``); ``empty`` where none is valid. Float64, shape ``e.shape[:-1]``."""
+    x = np.exp(-e)
+    if valid is None:
+        n = np.full(e.shape[:-1], e.shape[-1])
+        s = x.sum(axis=-1)
+    else:
+        n = valid.sum(axis=-1)
+        s = np.where(valid, x, 0.0).sum(axis=-1)
+    return np.where(n > 0, s / np.maximum(n, 1), empty)
+
+
 def oks_iou(g: np.ndarray, d: np.ndarray, a_g: float, a_d: np.ndarray,
             sigmas: Sequence[float] | np.ndarray, vis_thr: Optional[float] = None) -> np.ndarray:
     """OKS between one instance ``g`` and each of ``M`` instances ``d`` (MMPose ``oks_iou``).
@@ -84,13 +98,8 @@ def oks_iou(g: np.ndarray, d: np.ndarray, a_g: float, a_d: np.ndarray,
     a_d = np.asarray(a_d, dtype=np.float64).reshape(-1)
     d2 = (d3[:, :, 0] - g3[None, :, 0]) ** 2 + (d3[:, :, 1] - g3[None, :, 1]) ** 2
     e = d2 / var / ((a_g + a_d)[:, None] / 2 + _EPS) / 2
-    if vis_thr is None:
-        return np.exp(-e).mean(axis=1).astype(np.float32) if e.shape[1] else \
-            np.zeros(len(e), np.float32)
-    valid = (g3[None, :, 2] > vis_thr) & (d3[:, :, 2] > vis_thr)
-    n = valid.sum(axis=1)
-    s = np.where(valid, np.exp(-e), 0.0).sum(axis=1)
-    return np.where(n > 0, s / np.maximum(n, 1), 0.0).astype(np.float32)
+    valid = None if vis_thr is None else (g3[None, :, 2] > vis_thr) & (d3[:, :, 2] > vis_thr)
+    return _mean_exp(e, valid).astype(np.float32)
 
 
 def pairwise_oks(keypoints: np.ndarray, areas: np.ndarray, sigmas: Sequence[float] | np.ndarray,
@@ -98,7 +107,9 @@ def pairwise_oks(keypoints: np.ndarray, areas: np.ndarray, sigmas: Sequence[floa
     """Symmetric ``(N, N)`` float32 matrix of :func:`oks_iou` between all pairs of ``N`` instances.
 
     ``keypoints``: ``(N, K, 3)`` (x, y, score/visibility; pixels); ``areas``: ``(N,)`` px².
-    Entry ``[i, j]`` equals ``oks_iou(keypoints[i], keypoints[j:j+1], areas[i], areas[j:j+1])``.
+    Entry ``[i, j]`` equals ``oks_iou(keypoints[i], keypoints[j:j+1], areas[i], areas[j:j+1])``
+    (the matrix MMPose ``oks_nms`` fills row by row). Raises ``ValueError`` when the number of
+    sigmas is not ``K``.
     """
     k3 = _split_kpts(keypoints)
     n, k = k3.shape[:2]
@@ -107,14 +118,11 @@ def pairwise_oks(keypoints: np.ndarray, areas: np.ndarray, sigmas: Sequence[floa
     diff = k3[:, None, :, :2] - k3[None, :, :, :2]                     # (N, N, K, 2)
     d2 = (diff ** 2).sum(-1)
     e = d2 / var / ((a[:, None] + a[None, :])[..., None] / 2 + _EPS) / 2
-    if vis_thr is None:
-        out = np.exp(-e).mean(axis=-1) if k else np.zeros((n, n))
-    else:
+    valid = None
+    if vis_thr is not None:
         vis = k3[:, :, 2] > vis_thr
         valid = vis[:, None, :] & vis[None, :, :]
-        cnt = valid.sum(-1)
-        out = np.where(cnt > 0, np.where(valid, np.exp(-e), 0.0).sum(-1) / np.maximum(cnt, 1), 0.0)
-    return out.astype(np.float32)
+    return _mean_exp(e, valid).astype(np.float32)
 
 
 def _greedy_nms(scores: np.ndarray, overlap: np.ndarray, thr: float) -> np.ndarray:
@@ -210,7 +218,8 @@ def per_instance_oks(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, area
     """OKS of each prediction with its own ground truth, over the labelled keypoints.
 
     ``oks_n = sum_k v_nk · exp(-d_nk² / (2 · area_n · (2σ_k)²)) / sum_k v_nk`` with
-    ``v_nk = visible[n, k] > 0`` — the COCO OKS (``use_area=True``) of a matched pair.
+    ``v_nk = visible[n, k] > 0`` — the OKS ``COCOeval.computeOks`` (xtcocotools ``use_area=True``, pycocotools) gives a
+    matched ground-truth/prediction pair.
 
     Args:
         pred, gt: ``(N, K, 2)`` (extra trailing columns are ignored) pixels.
@@ -220,6 +229,10 @@ def per_instance_oks(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, area
 
     Returns:
         ``(N,)`` float64; NaN for instances without any labelled keypoint.
+
+    Raises:
+        ValueError: if ``pred`` and ``gt`` differ in shape or are not 3-D, or the number of
+            sigmas is not ``K``.
     """
     p = np.asarray(pred, dtype=np.float64)[..., :2]
     g = np.asarray(gt, dtype=np.float64)[..., :2]
@@ -229,10 +242,7 @@ def per_instance_oks(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, area
     v = np.asarray(visible).reshape(p.shape[:2]) > 0
     a = np.asarray(areas, dtype=np.float64).reshape(-1, 1)
     e = ((p - g) ** 2).sum(-1) / var / (a + _EPS) / 2
-    n = v.sum(axis=1)
-    s = np.where(v, np.exp(-e), 0.0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / n, np.nan)
+    return _mean_exp(e, v, empty=np.nan)
 
 
 def mean_oks(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, areas: np.ndarray,

@@ -38,6 +38,9 @@ def normalized_distances(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
 
     Returns:
         ``(K, N)`` float32: ``|| (pred - gt) / norm ||`` for evaluated keypoints, else −1.
+
+    Raises:
+        ValueError: if ``pred`` and ``gt`` differ in shape or are not ``(N, K, D)``.
     """
     pred = np.asarray(pred, dtype=np.float64)
     gt = np.asarray(gt, dtype=np.float64)
@@ -67,6 +70,9 @@ def pck_accuracy(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, thr: float,
         evaluated), ``avg_acc`` the mean of the valid per-keypoint accuracies (0 when none), and
         ``cnt`` the number of valid keypoints. Note the mean is over keypoint types, not over
         all (instance, keypoint) pairs.
+
+    Raises:
+        ValueError: as :func:`normalized_distances`.
     """
     dist = normalized_distances(pred, gt, mask, norm_factor)
     valid = dist != -1
@@ -83,7 +89,9 @@ def nme(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
     """Normalised mean error: mean of the normalised distances over all evaluated
     (instance, keypoint) pairs (MMPose ``keypoint_nme``); 0 when none is evaluated.
 
-    ``pred``, ``gt``: ``(N, K, 2)``; ``mask``: ``(N, K)``; ``normalize_factor``: ``(N, 2)``.
+    ``pred``, ``gt``: ``(N, K, 2)`` pixels; ``mask``: ``(N, K)``; ``normalize_factor``: ``(N, 2)``
+    pixels. Returns the NME in units of the normalisation length. Raises ``ValueError`` as
+    :func:`normalized_distances`.
     """
     dist = normalized_distances(pred, gt, mask, normalize_factor)
     valid = dist[dist != -1]
@@ -112,6 +120,9 @@ def horse10_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
     Args:
         pred, gt: ``(N, 22, 2)`` keypoints in pixels; mask: ``(N, 22)`` labelled flags.
         thr: PCK threshold (0.3).
+
+    Returns:
+        ``{"PCK": fraction in [0, 1], "NME": in nose–eye lengths}``.
     """
     norm = keypoint_distance_norm(gt, HORSE10_NORM_INDICES)
     _, pck, _ = pck_accuracy(pred, gt, mask, thr, norm)

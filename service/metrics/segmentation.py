@@ -58,6 +58,10 @@ class IoUAccumulator:
     ``update(pred, gt)`` adds one ``(H, W)`` image; ``add_counts(counts)`` adds a ``(4, C)``
     array from :func:`intersect_and_union` (e.g. reloaded from a results file);
     ``compute()`` returns the metrics.
+
+    Raises:
+        ValueError: on a non-positive ``num_classes``, a ``class_names`` of another length, or
+            (in ``add_counts``/``update``) counts that are not ``(4, C)`` / maps of two shapes.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255,
