@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from service.boxes import MAX_COORDINATE, MIN_BOX_SIDE
+from service.boxes import box_rejections
 from service.metrics import (CocoKeypointEvaluator, IoUAccumulator, horse10_metrics, mean_oks,
                              topdown_bbox_areas)
 
@@ -83,30 +83,9 @@ def load_json(path: Path | str) -> Any:
 
 def box_rejection(x1: float, y1: float, x2: float, y2: float, w: int, h: int,
                   score: float = 1.0) -> Optional[str]:
-    """Why the gateway would refuse the xyxy box (image pixels) on a ``w`` x ``h`` image, or None.
-
-    The rules and their order are those of ``service.boxes.parse_boxes`` (same constants):
-    ``"non_finite_box"`` (a NaN/inf coordinate or score), ``"coordinate_too_large"`` (beyond
-    ±``MAX_COORDINATE`` px), ``"degenerate_box"`` (zero or negative width/height),
-    ``"box_too_small"`` (a side under ``MIN_BOX_SIDE`` px), ``"box_outside_image"`` (no overlap
-    with ``[0, w) x [0, h)``), ``"score_out_of_range"`` (outside [0, 1]). The values are checked
-    as given (float64 of what is sent; the gateway reads the JSON floats the same way).
-    """
-    v = np.array([x1, y1, x2, y2, score], dtype=np.float64)
-    if not np.isfinite(v).all():
-        return "non_finite_box"
-    if (np.abs(v[:4]) > MAX_COORDINATE).any():
-        return "coordinate_too_large"
-    bw, bh = v[2] - v[0], v[3] - v[1]
-    if bw <= 0 or bh <= 0:
-        return "degenerate_box"
-    if bw < MIN_BOX_SIDE or bh < MIN_BOX_SIDE:
-        return "box_too_small"
-    if v[2] <= 0 or v[3] <= 0 or v[0] >= w or v[1] >= h:
-        return "box_outside_image"
-    if not 0.0 <= v[4] <= 1.0:
-        return "score_out_of_range"
-    return None
+    """Why the gateway would refuse the xyxy box (image pixels) on a ``w`` x ``h`` image, or None:
+    :func:`service.boxes.box_rejections` (the gateway's own rule set) for one box."""
+    return box_rejections(np.array([[x1, y1, x2, y2]]), np.array([score]), (w, h))[0]
 
 
 def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,

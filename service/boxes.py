@@ -69,38 +69,55 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
             raise InvalidBoxes(f"box {i} has a non-numeric value: {_show(box)}")
         rows.append([_finite_float(v) for v in box] + ([1.0] if len(box) == 4 else []))
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InvalidBoxes(f"box {i} has a non-finite value (or one too large for a float): "
-                           f"{_show(data[i])}")
     xyxy = arr[:, :4].copy()
     if box_format == "xywh":
         xyxy[:, 2:] += xyxy[:, :2]
-    bad = (np.abs(xyxy) > MAX_COORDINATE).any(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InvalidBoxes(f"box {i} ({box_format} {_show(data[i])}) has a coordinate beyond "
-                           f"±{MAX_COORDINATE:g} pixels")
-    w, h = xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]
-    bad = (w <= 0) | (h <= 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InvalidBoxes(f"box {i} has zero or negative area ({box_format} {_show(data[i])})")
-    bad = (w < MIN_BOX_SIDE) | (h < MIN_BOX_SIDE)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InvalidBoxes(f"box {i} ({box_format} {_show(data[i])}) is smaller than "
-                           f"{MIN_BOX_SIDE:g} pixel on a side")
-    img_w, img_h = image_size
-    outside = (xyxy[:, 2] <= 0) | (xyxy[:, 3] <= 0) | (xyxy[:, 0] >= img_w) | (xyxy[:, 1] >= img_h)
-    if outside.any():
-        i = int(np.flatnonzero(outside)[0])
-        raise InvalidBoxes(f"box {i} ({box_format} {_show(data[i])}) lies entirely outside the "
-                           f"{img_w}x{img_h} image")
     scores = arr[:, 4]
-    bad = (scores < 0) | (scores > 1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InvalidBoxes(f"box {i} has score {scores[i]} outside [0, 1]")
+    causes = box_rejections(xyxy, scores, image_size)
+    for i, cause in enumerate(causes):
+        if cause is not None:
+            img_w, img_h = image_size
+            what = f"box {i} ({box_format} {_show(data[i])})"
+            raise InvalidBoxes({
+                "non_finite_box": f"{what} has a non-finite value (or one too large for a float)",
+                "coordinate_too_large": f"{what} has a coordinate beyond ±{MAX_COORDINATE:g} pixels",
+                "degenerate_box": f"{what} has zero or negative area",
+                "box_too_small": f"{what} is smaller than {MIN_BOX_SIDE:g} pixel on a side",
+                "box_outside_image": f"{what} lies entirely outside the {img_w}x{img_h} image",
+                "score_out_of_range": f"{what} has score {scores[i]} outside [0, 1]",
+            }[cause])
     return xyxy.astype(np.float32), scores.astype(np.float32)
+
+
+def box_rejections(xyxy: np.ndarray, scores: np.ndarray,
+                   image_size: tuple[int, int]) -> list[str | None]:
+    """Why each box would be refused by ``POST /pose``, or None; the one rule set of the gateway.
+
+    ``xyxy``: ``(N, 4)`` image pixels (any float dtype; checked as float64); ``scores``: ``(N,)``;
+    ``image_size``: ``(width, height)``. Rules, first match wins: ``"non_finite_box"`` (NaN/inf
+    coordinate or score), ``"coordinate_too_large"`` (beyond ±``MAX_COORDINATE`` px),
+    ``"degenerate_box"`` (width or height <= 0), ``"box_too_small"`` (a side under
+    ``MIN_BOX_SIDE`` px), ``"box_outside_image"`` (no overlap with ``[0, W) x [0, H)``),
+    ``"score_out_of_range"`` (outside [0, 1]). Used by :func:`parse_boxes` and by hrnet-eval to
+    skip boxes it would otherwise send in vain.
+    """
+    b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    sc = np.asarray(scores, dtype=np.float64).reshape(-1)
+    img_w, img_h = image_size
+    with np.errstate(invalid="ignore"):
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        rules = [
+            ("non_finite_box", ~(np.isfinite(b).all(axis=1) & np.isfinite(sc))),
+            ("coordinate_too_large", (np.abs(b) > MAX_COORDINATE).any(axis=1)),
+            ("degenerate_box", (w <= 0) | (h <= 0)),
+            ("box_too_small", (w < MIN_BOX_SIDE) | (h < MIN_BOX_SIDE)),
+            ("box_outside_image", (b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= img_w)
+             | (b[:, 1] >= img_h)),
+            ("score_out_of_range", (sc < 0) | (sc > 1)),
+        ]
+    out: list[str | None] = [None] * len(b)
+    for cause, hit in reversed(rules):  # earlier rules overwrite later ones: first match wins
+        for i in np.flatnonzero(hit):
+            out[i] = cause
+    return out
+
