@@ -33,14 +33,24 @@ def shared_repo(shared, tmp_path_factory) -> Path:
     return repo
 
 
+def _serve(repo):
+    from benchmarks.bench_pose import start_local_gateway
+
+    url, server = start_local_gateway(repo)
+    yield url
+    server.should_exit = True
+
+
 @pytest.fixture(scope="session")
 def live_gateway(shared_repo):
     """The real gateway (embedded ONNX Runtime) on a free loopback port, serving ``shared_repo``."""
-    from benchmarks.bench_pose import start_local_gateway
+    yield from _serve(shared_repo)
 
-    url, server = start_local_gateway(shared_repo)
-    yield url
-    server.should_exit = True
+
+@pytest.fixture(scope="session")
+def random_gateway(random_repo):
+    """The real gateway on a free loopback port, serving ``random_repo`` (random-weight models)."""
+    yield from _serve(random_repo)
 
 
 # registry config -> served name of the fixed-seed random-weight models exported for end-to-end tests

@@ -53,12 +53,8 @@ PERCENT = {"aAcc", "mIoU", "mAcc"}  # compared after / 100: --tolerance is in fr
 
 
 @pytest.fixture(scope="module")
-def gateway(random_repo):
-    from benchmarks.bench_pose import start_local_gateway
-
-    url, server = start_local_gateway(random_repo)
-    yield url
-    server.should_exit = True
+def gateway(random_gateway):
+    return random_gateway
 
 
 def _paths(shared, dataset):

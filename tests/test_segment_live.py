@@ -21,13 +21,9 @@ CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "
 
 
 @pytest.fixture(scope="module")
-def gateway(random_repo):
-    from benchmarks.bench_pose import start_local_gateway
-
-    url, server = start_local_gateway(random_repo)
-    with httpx.Client(base_url=url, timeout=300) as client:
+def gateway(random_gateway):
+    with httpx.Client(base_url=random_gateway, timeout=300) as client:
         yield client
-    server.should_exit = True
 
 
 @pytest.fixture(scope="module")
