@@ -6,14 +6,15 @@ with (MMPose 1.x ``TopdownPoseEstimator`` / MMSeg 1.x ``EncoderDecoder``):
 
 * top-down pose: ``PoseDataPreprocessor`` mean ``(123.675, 116.28, 103.53)`` / std
   ``(58.395, 57.12, 57.375)`` with ``bgr_to_rgb=True`` (the model sees RGB); ``GetBBoxCenterScale``
-  padding 1.25; ``TopdownAffine(use_udp=...)``; the codec (``MSRAHeatmap`` with ``unbiased`` for
+  padding ``entry.bbox_padding`` (1.25; 1.0 for the MMPose 0.x ATRW rows); ``TopdownAffine(use_udp=...)``; the codec (``MSRAHeatmap`` with ``unbiased`` for
   DARK configs, ``UDPHeatmap`` for UDP configs; MMPose's default ``blur_kernel_size=11``, which
   every HRNet DARK config keeps, 384x288 included); ``test_cfg`` ``flip_test=True``,
   ``flip_mode='heatmap'``, ``shift_heatmap`` True except UDP configs (False).
 * segmentation: ``SegDataPreProcessor`` with the same mean/std, RGB; test pipeline
   ``Resize(scale, keep_ratio=True)`` then ``test_cfg.mode`` whole or slide.
 
-Torch-free (imports the registry's dataclass duck-typed; no torch).
+Torch-free: ``entry`` is a :class:`training.registry.ModelEntry` (itself torch-free), typed
+``Any`` here so that this module does not import the registry.
 """
 from __future__ import annotations
 
@@ -40,8 +41,30 @@ SEG_INPUT = "input"
 SEG_OUTPUT = "logits"
 
 
+def _dataset_and_width(entry: Any, task: str) -> tuple[Any, int]:
+    """``(metainfo of entry.dataset, entry.num_outputs)`` after checking ``entry.task == task``
+    and that the head width equals the dataset's keypoint (pose) / class (seg) count.
+
+    Raises ``ValueError`` for another task or a width mismatch, ``KeyError`` (from
+    :mod:`service.datasets`) for an unknown dataset.
+    """
+    if entry.task != task:
+        raise ValueError(f"{entry.name} is a {entry.task} entry, not {task}")
+    if task == "topdown_pose":
+        info = get_pose_dataset(entry.dataset)
+        count, what = len(info.keypoint_names), "keypoints"
+    else:
+        info = get_seg_dataset(entry.dataset)
+        count, what = len(info.classes), "classes"
+    n = int(entry.num_outputs)
+    if n != count:
+        raise ValueError(f"{entry.name}: head has {n} outputs but dataset {entry.dataset!r} "
+                         f"has {count} {what}")
+    return info, n
+
+
 def _source(entry: Any, checkpoint: Optional[str], notes: Optional[str]) -> SourceSpec:
-    parts = [n for n in (getattr(entry, "notes", "") or "", notes or "") if n]
+    parts = [n for n in (entry.notes, notes) if n]
     return SourceSpec(arch=entry.name, config=entry.config, checkpoint=checkpoint,
                       url=entry.url or None,
                       metrics={str(k): float(v) for k, v in dict(entry.metrics).items()},
@@ -63,22 +86,14 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     Raises ``ValueError`` if the entry is not pose or its head width ``num_outputs`` differs from
     the dataset's keypoint count; ``KeyError`` for an unknown dataset.
     """
-    if entry.task != "topdown_pose":
-        raise ValueError(f"{entry.name} is a {entry.task} entry, not topdown_pose")
-    info = get_pose_dataset(entry.dataset)
-    k = int(entry.num_outputs)
-    if k != len(info.keypoint_names):
-        raise ValueError(f"{entry.name}: head has {k} outputs but dataset {entry.dataset!r} "
-                         f"has {len(info.keypoint_names)} keypoints")
+    info, k = _dataset_and_width(entry, "topdown_pose")
     w, h = (int(v) for v in entry.input_size)
     hw, hh = (int(v) for v in entry.heatmap_size)
-    udp = entry.codec == "UDPHeatmap"
     codec = CodecSpec(type=entry.codec, input_size=(w, h), heatmap_size=(hw, hh),
-                      sigma=float(entry.sigma), unbiased=bool(entry.dark) and not udp,
-                      blur_kernel_size=int(getattr(entry, "blur_kernel_size", None)
-                                           or DEFAULT_BLUR_KERNEL))
+                      sigma=float(entry.sigma), unbiased=bool(entry.dark),
+                      blur_kernel_size=DEFAULT_BLUR_KERNEL)
     extra = None
-    indices = getattr(entry, "output_keypoint_indices", None)
+    indices = entry.output_keypoint_indices
     if indices is not None:
         extra = (f"test_cfg.output_keypoint_indices={list(indices)}: the head predicts {k} "
                  f"keypoints, upstream reports only these.")
@@ -88,9 +103,8 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
         outputs=[TensorSpec(name=output_name, dtype="FP32", dims=[k, hh, hw])],
         max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
         codec=codec, bbox_padding=entry.bbox_padding,
-        use_udp=bool(getattr(entry, "use_udp", udp)),
-        flip_test=bool(getattr(entry, "flip_test", True)),
-        shift_heatmap=bool(getattr(entry, "shift_heatmap", not udp)),
+        use_udp=bool(entry.use_udp), flip_test=bool(entry.flip_test),
+        shift_heatmap=bool(entry.shift_heatmap),
         keypoint_names=list(info.keypoint_names),
         skeleton=[(int(a), int(b)) for a, b in info.skeleton],
         flip_indices=[int(i) for i in info.flip_indices],
@@ -114,13 +128,7 @@ def seg_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     Raises ``ValueError`` if the entry is not segmentation or ``num_outputs`` differs from the
     dataset's class count; ``KeyError`` for an unknown dataset.
     """
-    if entry.task != "segmentation":
-        raise ValueError(f"{entry.name} is a {entry.task} entry, not segmentation")
-    info = get_seg_dataset(entry.dataset)
-    c = int(entry.num_outputs)
-    if c != len(info.classes):
-        raise ValueError(f"{entry.name}: head has {c} outputs but dataset {entry.dataset!r} "
-                         f"has {len(info.classes)} classes")
+    info, c = _dataset_and_width(entry, "segmentation")
 
     def pair(v) -> Optional[tuple[int, int]]:
         return None if v is None else (int(v[0]), int(v[1]))

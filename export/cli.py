@@ -238,15 +238,11 @@ def _run_shared(args: argparse.Namespace) -> int:
 def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
     """Export registry model ``arch`` from its published URL; print why when it cannot be done.
 
-    Only a missing torch or an unreachable / failed download is skipped (the gateway then serves
-    the other models); an unknown ``arch`` is an error like anywhere else.
+    Only a missing torch or a :class:`training.checkpoint.CheckpointError` (unreachable URL,
+    sha256 mismatch, a file that does not load) is skipped (the gateway then serves the other
+    models); an unknown ``arch`` and any other failure are errors like anywhere else.
     """
-    from training.registry import get_entry
-
-    try:
-        entry = get_entry(arch)
-    except KeyError as exc:
-        raise CLIError(str(exc).strip("'\"")) from None
+    entry = _registry_entry(arch)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -254,13 +250,11 @@ def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
         return
     sub = argparse.Namespace(**{**vars(args), "arch": arch, "checkpoint": entry.url,
                                 "random_init": False, "name": None})
+    from training.checkpoint import CheckpointError  # torch is importable here
+
     try:
         _run_export(sub)
-    except OSError as exc:  # urllib.error.URLError, socket errors
-        print(f"skipped {arch}: cannot download {entry.url} ({exc})")
-    except Exception as exc:  # noqa: BLE001 - CheckpointError on a bad download
-        if type(exc).__name__ != "CheckpointError":
-            raise
+    except CheckpointError as exc:  # download_checkpoint wraps network errors and bad hashes
         print(f"skipped {arch}: {exc}")
 
 
@@ -301,18 +295,20 @@ def _resolve_checkpoint(args: argparse.Namespace) -> Path:
     return path
 
 
-def _fmt_shape(shape) -> str:
-    return "x".join(str(s) for s in shape)
-
-
-def _run_export(args: argparse.Namespace) -> int:
+def _registry_entry(arch: str):
+    """``training.registry.get_entry(arch)``; an unknown name raises :class:`CLIError` with the
+    registry's close matches."""
     from training.registry import get_entry
 
     try:
-        entry = get_entry(args.arch)
+        return get_entry(arch)
     except KeyError as exc:
         msg = exc.args[0] if exc.args else str(exc)
-        raise CLIError(f"unknown arch {args.arch!r}: {msg} (see '{PROG} --list')") from None
+        raise CLIError(f"unknown arch {arch!r}: {msg} (see '{PROG} --list')") from None
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    entry = _registry_entry(args.arch)
     if args.random_init and args.checkpoint:
         raise CLIError("give either --checkpoint or --random-init, not both")
     if not args.random_init and not args.checkpoint:
@@ -327,7 +323,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from training.models import create_model
 
     from .cards import card_for_entry
-    from .onnx_export import (calibrate_batchnorm, check_parity, export_onnx,
+    from .onnx_export import (_format_shape, calibrate_batchnorm, check_parity, export_onnx,
                               generic_spatial_size, onnx_metadata)
     from .repository import write_entry
 
@@ -372,10 +368,10 @@ def _run_export(args: argparse.Namespace) -> int:
             stats = check_parity(model, onnx_path, checks, seed=args.seed, atol=args.atol,
                                  rtol=args.rtol)
             for shape, st in stats.items():
-                print(f"parity {_fmt_shape(shape)}: max abs err {st.max_abs_err:.3g} "
+                print(f"parity {_format_shape(shape)}: max abs err {st.max_abs_err:.3g} "
                       f"(max |torch| {st.ref_max_abs:.3g}, allowed {st.bound:.3g})")
             parity_note = ("ONNX Runtime vs PyTorch max abs err " + ", ".join(
-                f"{_fmt_shape(s)}: {st.max_abs_err:.2g} (max |output| {st.ref_max_abs:.2g})"
+                f"{_format_shape(s)}: {st.max_abs_err:.2g} (max |output| {st.ref_max_abs:.2g})"
                 for s, st in stats.items()))
         card = card_for_entry(entry, name, checkpoint=source,
                               notes=f"{notes} Exported with torch.onnx ({exporter}), opset "

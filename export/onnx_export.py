@@ -60,6 +60,19 @@ def _format_shape(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
+def _axis_names(dynamic_batch: bool, dynamic_spatial: bool) -> tuple[dict[int, str], dict[int, str]]:
+    """``(input axes, output axes)``: symbolic name per dynamic axis of the NCHW input and output
+    (``batch``; ``height``/``width`` and ``out_height``/``out_width``)."""
+    in_names: dict[int, str] = {}
+    out_names: dict[int, str] = {}
+    if dynamic_batch:
+        in_names[0] = out_names[0] = "batch"
+    if dynamic_spatial:
+        in_names.update({2: "height", 3: "width"})
+        out_names.update({2: "out_height", 3: "out_width"})
+    return in_names, out_names
+
+
 def onnx_metadata(path: Path | str) -> dict[str, str]:
     """The ``metadata_props`` key/value pairs of an ONNX file (e.g. ``{"exporter": "dynamo"}``).
 
@@ -92,13 +105,7 @@ def _finalise_graph(path: Path, *, input_name: str, output_name: str, dynamic_ba
             if axis < len(dims) and not dims[axis].HasField("dim_value"):
                 dims[axis].dim_param = sym
 
-    in_names: dict[int, str] = {}
-    out_names: dict[int, str] = {}
-    if dynamic_batch:
-        in_names[0] = out_names[0] = "batch"
-    if dynamic_spatial:
-        in_names.update({2: "height", 3: "width"})
-        out_names.update({2: "out_height", 3: "out_width"})
+    in_names, out_names = _axis_names(dynamic_batch, dynamic_spatial)
     rename(inputs[0], in_names)
     rename(graph.output[0], out_names)
 
@@ -167,13 +174,7 @@ def _export_legacy(model, sample, path: Path, *, input_name: str, output_name: s
                    dynamic_batch: bool, dynamic_spatial: bool) -> None:
     import torch
 
-    in_axes: dict[int, str] = {}
-    out_axes: dict[int, str] = {}
-    if dynamic_batch:
-        in_axes[0] = out_axes[0] = "batch"
-    if dynamic_spatial:
-        in_axes.update({2: "height", 3: "width"})
-        out_axes.update({2: "out_height", 3: "out_width"})
+    in_axes, out_axes = _axis_names(dynamic_batch, dynamic_spatial)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -209,19 +210,19 @@ def export_onnx(model, path: Path | str, *, input_shape: Sequence[int], dynamic_
     Raises:
         ExportError: the exporter failed (both, for ``"auto"``), the graph does not have exactly
             the named input/output, or a requested dynamic axis came out static.
-        ValueError: ``input_shape`` is not 4-D.
+        ValueError: ``input_shape`` is not 4-D, or an unknown ``exporter``.
     """
     import torch
 
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be (N, 3, H, W), got {tuple(input_shape)}")
+    order = {"auto": ("dynamo", "legacy"), "dynamo": ("dynamo",), "legacy": ("legacy",)}
+    if exporter not in order:
+        raise ValueError(f"exporter must be one of {sorted(order)}, got {exporter!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     sample = torch.zeros(_shape_key(input_shape), dtype=torch.float32)
-    order = {"auto": ("dynamo", "legacy"), "dynamo": ("dynamo",), "legacy": ("legacy",)}
-    if exporter not in order:
-        raise ValueError(f"exporter must be one of {sorted(order)}, got {exporter!r}")
     kw = dict(input_name=input_name, output_name=output_name, opset=opset,
               dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial)
     errors: list[str] = []

@@ -13,6 +13,7 @@ import pytest
 from export.cli import main
 from export.shared_models import PP_TINYPOSE, RTMDET_NANO, pp_tinypose_card
 from service.cards import ModelCard
+from tests.export_fixtures import clear_export_env, register_small_pose_entry
 
 torch = pytest.importorskip("torch")
 
@@ -22,25 +23,12 @@ SMALL = "test-hm_hrnet-w18s_coco-96x64"
 @pytest.fixture
 def small_entry(monkeypatch):
     """A registry entry for a tiny pose model (input 64x96 (w, h), heatmaps 16x24), removed after."""
-    from training import registry
-
-    entry = registry.ModelEntry(
-        name=SMALL, task="topdown_pose", arch="hrnet_w18_small", dataset="coco", num_outputs=17,
-        config=f"tests/{SMALL}.py", url="https://example.invalid/small.pth",
-        metrics={"AP": 0.5}, input_size=(64, 96), heatmap_size=(16, 24), sigma=2.0,
-        codec="MSRAHeatmap")
-    monkeypatch.setitem(registry._REGISTRY, SMALL, entry)
-    return entry
+    return register_small_pose_entry(monkeypatch, SMALL, "https://example.invalid/small.pth")
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for var in ("HRNET_MODEL_REPOSITORY", "HRNET_SHARED_DIR", "HRNET_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    import os
-
-    for var in [v for v in os.environ if v.startswith("HRNET_EXPORT_")]:
-        monkeypatch.delenv(var)
+    clear_export_env(monkeypatch)
 
 
 def _parse_config(entry_dir):

@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 
 from export.cli import main
+from tests.export_fixtures import clear_export_env, register_small_pose_entry
 
 torch = pytest.importorskip("torch")
 
@@ -20,17 +21,10 @@ SMALL = "test-zoo_hrnet-w18s_coco-96x64"
 
 @pytest.fixture
 def zoo_entry(monkeypatch):
-    from training import registry
-
-    entry = registry.ModelEntry(
-        name=SMALL, task="topdown_pose", arch="hrnet_w18_small", dataset="coco", num_outputs=17,
-        config=f"tests/{SMALL}.py", url="http://127.0.0.1:1/unreachable-0123abcd_20200101.pth",
-        metrics={"AP": 0.5}, input_size=(64, 96), heatmap_size=(16, 24), sigma=2.0,
-        codec="MSRAHeatmap")
-    monkeypatch.setitem(registry._REGISTRY, SMALL, entry)
-    for var in ("HRNET_MODEL_REPOSITORY", "HRNET_SHARED_DIR", "HRNET_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    return entry
+    """The small pose entry with an unreachable published URL (loopback port 1); clean env."""
+    clear_export_env(monkeypatch)
+    return register_small_pose_entry(monkeypatch, SMALL,
+                                     "http://127.0.0.1:1/unreachable-0123abcd_20200101.pth")
 
 
 def _published_file(tmp_path, prefix: str | None = None):

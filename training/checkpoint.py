@@ -61,7 +61,6 @@ __all__ = [
 
 LAYOUTS = ("mmpose1", "mmpose0", "hrnet", "mmseg")
 _POSE_LAYOUTS = ("mmpose1", "mmpose0", "hrnet")
-_HEAD_PREFIX = {"mmpose1": "head.", "mmpose0": "keypoint_head.", "mmseg": "decode_head."}
 
 
 class CheckpointError(RuntimeError):
@@ -112,10 +111,13 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError / ValueError...
-        msg = str(exc)
+        msg = str(exc).strip()
         m = re.search(r"(Unsupported global: GLOBAL [\w.]+|but got <class '[\w.]+'>|"
                       r"Unsupported operand \d+)", msg)
-        detail = m.group(1) if m else msg.strip().splitlines()[0][:300] if msg.strip() else type(exc).__name__
+        if m:
+            detail = m.group(1)
+        else:
+            detail = msg.splitlines()[0][:300] if msg else type(exc).__name__
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain weights file that can be unpickled "
             f"safely (weights_only=True, numpy arrays allowed): {detail}") from exc
@@ -137,7 +139,8 @@ def extract_state_dict(checkpoint: Any) -> tuple[dict[str, Tensor], dict[str, An
     for key in ("state_dict", "model"):
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
             sd = checkpoint[key]
-            meta = dict(checkpoint.get("meta") or {}) if isinstance(checkpoint.get("meta"), Mapping) else {}
+            raw_meta = checkpoint.get("meta")
+            meta = dict(raw_meta) if isinstance(raw_meta, Mapping) else {}
             break
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad or not sd:
@@ -182,15 +185,20 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], task: str) -> dict[str,
     ``task`` ``"topdown_pose"`` accepts ``mmpose1`` (unchanged), ``mmpose0``
     (``keypoint_head.`` -> ``head.``) and ``hrnet`` (``final_layer.*`` -> ``head.final_layer.*``,
     every other key gets ``backbone.``); ``"segmentation"`` accepts ``mmseg`` (unchanged).
-    Tensors are not copied. Raises :class:`CheckpointError` for a layout of the other task.
+    Tensors are not copied. Raises :class:`CheckpointError` for an unknown task, an unrecognised
+    layout (:func:`detect_layout`) or a layout of the other task.
     """
-    layout = detect_layout(state_dict)
+    return _convert(state_dict, detect_layout(state_dict), task)
+
+
+def _convert(state_dict: Mapping[str, Tensor], layout: str, task: str) -> dict[str, Tensor]:
+    """:func:`convert_state_dict` with the layout already detected."""
+    if task not in ("topdown_pose", "segmentation"):
+        raise CheckpointError(f"unknown task {task!r}")
     if task == "topdown_pose" and layout not in _POSE_LAYOUTS:
         raise CheckpointError(f"a {layout!r} checkpoint cannot be loaded into a top-down pose model")
     if task == "segmentation" and layout != "mmseg":
         raise CheckpointError(f"a {layout!r} checkpoint cannot be loaded into a segmentation model")
-    if task not in ("topdown_pose", "segmentation"):
-        raise CheckpointError(f"unknown task {task!r}")
     return {_key_from_layout(k, layout): v for k, v in state_dict.items()}
 
 
@@ -246,6 +254,8 @@ def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
                     strict: bool = True) -> dict[str, Any]:
     """Load a published checkpoint (file path or already-loaded dict) into ``model``.
 
+    The counterpart of mmengine's ``load_checkpoint(model, filename, strict=...)`` (which MMPose
+    and MMSeg use), plus the layout renaming of :mod:`training.checkpoint`.
     The layout is detected (:func:`detect_layout`) and renamed (:func:`convert_state_dict`)
     for ``model.task``. Then every key is compared with ``model.state_dict()``:
 
@@ -268,8 +278,7 @@ def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
         raw = read_checkpoint(path_or_dict)
     sd, meta = extract_state_dict(raw)
     layout = detect_layout(sd)
-    task = _model_task(model)
-    sd = convert_state_dict(sd, task)
+    sd = _convert(sd, layout, _model_task(model))
 
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
@@ -366,7 +375,8 @@ def hash_prefix(filename: str) -> str | None:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 digest of a file."""
+    """sha256 digest of the file at ``path`` as 64 lowercase hex characters, read ``chunk``
+    bytes at a time. Raises ``OSError`` (e.g. ``FileNotFoundError``) if it cannot be read."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):

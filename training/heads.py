@@ -44,7 +44,9 @@ class ConvModule(nn.Module):
     """conv (no bias) -> BN -> ReLU with mmcv ``ConvModule`` names ``conv``, ``bn``, ``activate``.
 
     Follows ``mmcv.cnn.ConvModule`` with ``norm_cfg=BN``, ``act_cfg=ReLU``, ``bias='auto'``
-    (i.e. no conv bias because a norm follows), ``order=('conv','norm','act')``.
+    (i.e. no conv bias because a norm follows), ``order=('conv','norm','act')``; ``padding =
+    kernel_size // 2`` as the FCNHead convs. ``(N, in_channels, H, W)`` float ->
+    ``(N, out_channels, H, W)`` (odd ``kernel_size``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1):

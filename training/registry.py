@@ -33,9 +33,10 @@ Use::
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 TASKS = ("topdown_pose", "segmentation")
 ARCHS = ("hrnet_w18_small", "hrnet_w18", "hrnet_w32", "hrnet_w48")
@@ -269,27 +270,33 @@ def _coco(ap: float, ap50: float, ap75: float, ar: float, ar50: float) -> dict[s
 
 
 _MMPOSE_V1 = "https://download.openmmlab.com/mmpose/v1/body_2d_keypoint/topdown_heatmap/coco"
+
+
+def _v1(name: str, tail: str, metrics: dict[str, float], *, dataset: str = "coco", k: int = 17,
+        **kw: Any) -> None:
+    """Register an MMPose 1.x COCO row: the arch (``hrnet-w32`` -> ``hrnet_w32``) and the input
+    size (first ``HxW``) are read from ``name``; the URL is ``<_MMPOSE_V1>/<name>-<tail>.pth``
+    (``tail`` = ``<sha256[:8]>_<date>``). ``kw`` go to :func:`_pose`."""
+    arch = "hrnet_" + re.search(r"hrnet-(w\d+)", name).group(1)
+    size = re.search(r"\d+x\d+", name).group(0)
+    _pose(name, arch, dataset, k, size, f"{_MMPOSE_V1}/{name}-{tail}.pth", metrics, **kw)
+
 _README_NOT_YML = ("metrics from hrnet_coco.md (README, updated 2022-10); "
                    "hrnet_coco.yml lists older numbers")
 
 # hrnet_coco.md
-_pose("td-hm_hrnet-w32_8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w32_8xb64-210e_coco-256x192-81c58e40_20220909.pth",
-      _coco(0.749, 0.906, 0.821, 0.804, 0.945), notes=_README_NOT_YML)
-_pose("td-hm_hrnet-w32_8xb64-210e_coco-384x288", "hrnet_w32", "coco", 17, "384x288",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w32_8xb64-210e_coco-384x288-ca5956af_20220909.pth",
-      _coco(0.761, 0.908, 0.826, 0.811, 0.944), notes=_README_NOT_YML)
-_pose("td-hm_hrnet-w48_8xb32-210e_coco-256x192", "hrnet_w48", "coco", 17, "256x192",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w48_8xb32-210e_coco-256x192-0e67c616_20220913.pth",
-      _coco(0.756, 0.908, 0.826, 0.809, 0.945), notes=_README_NOT_YML)
-_pose("td-hm_hrnet-w48_8xb32-210e_coco-384x288", "hrnet_w48", "coco", 17, "384x288",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w48_8xb32-210e_coco-384x288-c161b7de_20220915.pth",
-      _coco(0.767, 0.911, 0.832, 0.817, 0.947), notes=_README_NOT_YML)
+_v1("td-hm_hrnet-w32_8xb64-210e_coco-256x192", "81c58e40_20220909",
+    _coco(0.749, 0.906, 0.821, 0.804, 0.945), notes=_README_NOT_YML)
+_v1("td-hm_hrnet-w32_8xb64-210e_coco-384x288", "ca5956af_20220909",
+    _coco(0.761, 0.908, 0.826, 0.811, 0.944), notes=_README_NOT_YML)
+_v1("td-hm_hrnet-w48_8xb32-210e_coco-256x192", "0e67c616_20220913",
+    _coco(0.756, 0.908, 0.826, 0.809, 0.945), notes=_README_NOT_YML)
+_v1("td-hm_hrnet-w48_8xb32-210e_coco-384x288", "c161b7de_20220915",
+    _coco(0.767, 0.911, 0.832, 0.817, 0.947), notes=_README_NOT_YML)
 
 # hrnet_fp16_coco.md (trained with mixed precision; same network and test pipeline)
-_pose("td-hm_hrnet-w32_fp16-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w32_fp16-8xb64-210e_coco-256x192-f1e84e3b_20220914.pth",
-      _coco(0.749, 0.907, 0.822, 0.802, 0.946))
+_v1("td-hm_hrnet-w32_fp16-8xb64-210e_coco-256x192", "f1e84e3b_20220914",
+    _coco(0.749, 0.907, 0.822, 0.802, 0.946))
 
 # hrnet_augmentation_coco.md (Albumentations training variants). The 1.x table links the
 # MMPose 0.x checkpoints unchanged: mmpose/top_down/augmentation/*_20210320.pth, published with
@@ -299,59 +306,47 @@ _pose("td-hm_hrnet-w32_fp16-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "
 _AUG = "https://download.openmmlab.com/mmpose/top_down/augmentation"
 _AUG_NOTE = ("MMPose 0.x checkpoint (keypoint_head.* keys) linked from the 1.x table; 1.x "
              "config and metrics")
-_pose("td-hm_hrnet-w32_coarsedropout-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
-      f"{_AUG}/hrnet_w32_coco_256x192_coarsedropout-0f16a0ce_20210320.pth",
-      _coco(0.753, 0.908, 0.822, 0.805, 0.944), upstream="mmpose-0.x", notes=_AUG_NOTE)
-_pose("td-hm_hrnet-w32_gridmask-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
-      f"{_AUG}/hrnet_w32_coco_256x192_gridmask-868180df_20210320.pth",
-      _coco(0.752, 0.906, 0.825, 0.804, 0.943), upstream="mmpose-0.x", notes=_AUG_NOTE)
-_pose("td-hm_hrnet-w32_photometric-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
-      f"{_AUG}/hrnet_w32_coco_256x192_photometric-308cf591_20210320.pth",
-      _coco(0.754, 0.908, 0.825, 0.805, 0.943), upstream="mmpose-0.x", notes=_AUG_NOTE)
+for _aug, _tail, _metrics in (
+        ("coarsedropout", "0f16a0ce_20210320", _coco(0.753, 0.908, 0.822, 0.805, 0.944)),
+        ("gridmask", "868180df_20210320", _coco(0.752, 0.906, 0.825, 0.804, 0.943)),
+        ("photometric", "308cf591_20210320", _coco(0.754, 0.908, 0.825, 0.805, 0.943))):
+    _pose(f"td-hm_hrnet-w32_{_aug}-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
+          f"{_AUG}/hrnet_w32_coco_256x192_{_aug}-{_tail}.pth", _metrics, upstream="mmpose-0.x",
+          notes=_AUG_NOTE)
 
 # hrnet_coco_aic.md (README; the .yml still lists the superseded 2022-10 checkpoints)
 _AIC_NOTE = ("URL and metrics from hrnet_coco_aic.md; hrnet_coco.yml lists an older checkpoint "
              "(merge-b05435b9_20221025 / combine-4ce66880_20221026) with different numbers")
-_pose("td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-merge", "hrnet_w32", "coco", 17, "256x192",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-merge-a9ea6d77_20230818.pth",
-      _coco(0.756, 0.907, 0.828, 0.809, 0.944),
-      notes="trained on COCO + AIC mapped onto the 17 COCO keypoints; " + _AIC_NOTE)
-_pose("td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-combine", "hrnet_w32", "coco_aic", 19,
-      "256x192",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-combine-458125cc_20230818.pth",
-      _coco(0.755, 0.904, 0.825, 0.807, 0.942), output_keypoint_indices=tuple(range(17)),
-      notes="head predicts 19 keypoints (COCO 17 + head_top, neck); test_cfg keeps 0..16, "
-            "which the COCO metrics are on; " + _AIC_NOTE)
+_v1("td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-merge", "a9ea6d77_20230818",
+    _coco(0.756, 0.907, 0.828, 0.809, 0.944),
+    notes="trained on COCO + AIC mapped onto the 17 COCO keypoints; " + _AIC_NOTE)
+_v1("td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-combine", "458125cc_20230818",
+    _coco(0.755, 0.904, 0.825, 0.807, 0.942), dataset="coco_aic", k=19,
+    output_keypoint_indices=tuple(range(17)),
+    notes="head predicts 19 keypoints (COCO 17 + head_top, neck); test_cfg keeps 0..16, "
+          "which the COCO metrics are on; " + _AIC_NOTE)
 
 # hrnet_dark_coco.md
-_pose("td-hm_hrnet-w32_dark-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w32_dark-8xb64-210e_coco-256x192-0e00bf12_20220914.pth",
-      _coco(0.757, 0.907, 0.825, 0.807, 0.943), dark=True)
-_pose("td-hm_hrnet-w32_dark-8xb64-210e_coco-384x288", "hrnet_w32", "coco", 17, "384x288",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w32_dark-8xb64-210e_coco-384x288-9bab4c9b_20220917.pth",
-      _coco(0.766, 0.907, 0.829, 0.815, 0.943), dark=True,
-      notes="hrnet_dark_coco.yml gives AR50 0.942; README 0.943")
-_pose("td-hm_hrnet-w48_dark-8xb32-210e_coco-256x192", "hrnet_w48", "coco", 17, "256x192",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w48_dark-8xb32-210e_coco-256x192-e1ebdd6f_20220913.pth",
-      _coco(0.764, 0.907, 0.831, 0.814, 0.942), dark=True)
-_pose("td-hm_hrnet-w48_dark-8xb32-210e_coco-384x288", "hrnet_w48", "coco", 17, "384x288",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w48_dark-8xb32-210e_coco-384x288-39c3c381_20220916.pth",
-      _coco(0.772, 0.911, 0.833, 0.821, 0.948), dark=True)
+_v1("td-hm_hrnet-w32_dark-8xb64-210e_coco-256x192", "0e00bf12_20220914",
+    _coco(0.757, 0.907, 0.825, 0.807, 0.943), dark=True)
+_v1("td-hm_hrnet-w32_dark-8xb64-210e_coco-384x288", "9bab4c9b_20220917",
+    _coco(0.766, 0.907, 0.829, 0.815, 0.943), dark=True,
+    notes="hrnet_dark_coco.yml gives AR50 0.942; README 0.943")
+_v1("td-hm_hrnet-w48_dark-8xb32-210e_coco-256x192", "e1ebdd6f_20220913",
+    _coco(0.764, 0.907, 0.831, 0.814, 0.942), dark=True)
+_v1("td-hm_hrnet-w48_dark-8xb32-210e_coco-384x288", "39c3c381_20220916",
+    _coco(0.772, 0.911, 0.833, 0.821, 0.948), dark=True)
 
 # hrnet_udp_coco.md (the udp-regress row is left out: its head outputs 3*17 "combined"
 # offset maps, a different codec)
-_pose("td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192", "hrnet_w32", "coco", 17, "256x192",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192-73ede547_20220914.pth",
-      _coco(0.762, 0.907, 0.829, 0.810, 0.942), codec="UDPHeatmap")
-_pose("td-hm_hrnet-w32_udp-8xb64-210e_coco-384x288", "hrnet_w32", "coco", 17, "384x288",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w32_udp-8xb64-210e_coco-384x288-9a3f7c85_20220914.pth",
-      _coco(0.768, 0.909, 0.832, 0.815, 0.945), codec="UDPHeatmap")
-_pose("td-hm_hrnet-w48_udp-8xb32-210e_coco-256x192", "hrnet_w48", "coco", 17, "256x192",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w48_udp-8xb32-210e_coco-256x192-3feaef8f_20220913.pth",
-      _coco(0.768, 0.908, 0.833, 0.817, 0.945), codec="UDPHeatmap")
-_pose("td-hm_hrnet-w48_udp-8xb32-210e_coco-384x288", "hrnet_w48", "coco", 17, "384x288",
-      f"{_MMPOSE_V1}/td-hm_hrnet-w48_udp-8xb32-210e_coco-384x288-70d7ab01_20220913.pth",
-      _coco(0.773, 0.911, 0.836, 0.821, 0.946), codec="UDPHeatmap")
+_v1("td-hm_hrnet-w32_udp-8xb64-210e_coco-256x192", "73ede547_20220914",
+    _coco(0.762, 0.907, 0.829, 0.810, 0.942), codec="UDPHeatmap")
+_v1("td-hm_hrnet-w32_udp-8xb64-210e_coco-384x288", "9a3f7c85_20220914",
+    _coco(0.768, 0.909, 0.832, 0.815, 0.945), codec="UDPHeatmap")
+_v1("td-hm_hrnet-w48_udp-8xb32-210e_coco-256x192", "3feaef8f_20220913",
+    _coco(0.768, 0.908, 0.833, 0.817, 0.945), codec="UDPHeatmap")
+_v1("td-hm_hrnet-w48_udp-8xb32-210e_coco-384x288", "70d7ab01_20220913",
+    _coco(0.773, 0.911, 0.836, 0.821, 0.946), codec="UDPHeatmap")
 
 # MMPose 0.x animal tables: hrnet_horse10.md, hrnet_macaque.md, hrnet_atrw.md
 _ANIMAL = "https://download.openmmlab.com/mmpose/animal/hrnet"
@@ -378,21 +373,21 @@ for _arch, _split, _pck, _nme, _tail in (
             "256x256", f"{_ANIMAL}/hrnet_{_arch}_horse10_256x256_{_tail}.pth",
             {"PCK@0.3": _pck, "NME": _nme}, _HORSE_EVAL)
 
-_MACAQUE_EVAL = "MacaquePose, ground-truth bounding boxes"
-_animal("hrnet_w32_macaque_256x192", "hrnet_w32", "macaque", 17, "256x192",
-        f"{_ANIMAL}/hrnet_w32_macaque_256x192-f7e9e04f_20210407.pth",
-        _coco(0.814, 0.953, 0.918, 0.851, 0.969), _MACAQUE_EVAL)
-_animal("hrnet_w48_macaque_256x192", "hrnet_w48", "macaque", 17, "256x192",
-        f"{_ANIMAL}/hrnet_w48_macaque_256x192-9b34b02a_20210407.pth",
-        _coco(0.818, 0.963, 0.917, 0.855, 0.971), _MACAQUE_EVAL)
-
-_ATRW_EVAL = "ATRW validation set"
-_animal("hrnet_w32_atrw_256x256", "hrnet_w32", "atrw", 15, "256x256",
-        f"{_ANIMAL}/hrnet_w32_atrw_256x256-f027f09a_20210414.pth",
-        _coco(0.912, 0.973, 0.959, 0.938, 0.985), _ATRW_EVAL)
-_animal("hrnet_w48_atrw_256x256", "hrnet_w48", "atrw", 15, "256x256",
-        f"{_ANIMAL}/hrnet_w48_atrw_256x256-ac088892_20210414.pth",
-        _coco(0.911, 0.972, 0.946, 0.937, 0.985), _ATRW_EVAL)
+# MacaquePose (ground-truth boxes, 17 keypoints) and ATRW (15 keypoints): COCO-style AP tables
+_ANIMAL_EVAL = {"macaque": "MacaquePose, ground-truth bounding boxes",
+                "atrw": "ATRW validation set"}
+for _arch, _ds, _k, _size, _tail, _metrics in (
+        ("w32", "macaque", 17, "256x192", "f7e9e04f_20210407",
+         _coco(0.814, 0.953, 0.918, 0.851, 0.969)),
+        ("w48", "macaque", 17, "256x192", "9b34b02a_20210407",
+         _coco(0.818, 0.963, 0.917, 0.855, 0.971)),
+        ("w32", "atrw", 15, "256x256", "f027f09a_20210414",
+         _coco(0.912, 0.973, 0.959, 0.938, 0.985)),
+        ("w48", "atrw", 15, "256x256", "ac088892_20210414",
+         _coco(0.911, 0.972, 0.946, 0.937, 0.985))):
+    _name = f"hrnet_{_arch}_{_ds}_{_size}"
+    _animal(_name, f"hrnet_{_arch}", _ds, _k, _size, f"{_ANIMAL}/{_name}-{_tail}.pth", _metrics,
+            _ANIMAL_EVAL[_ds])
 
 # --------------------------------------------------------------------------------------------
 # Segmentation table (MMSeg 1.x configs/hrnet: FCN head on HRNetV2p)
@@ -490,7 +485,7 @@ for _row in (
 ):
     _seg(*_row)
 
-del _row, _arch, _split, _pck, _nme, _tail
+del _row, _arch, _split, _pck, _nme, _tail, _aug, _metrics, _ds, _k, _size, _name
 
 __all__ = ["ModelEntry", "register", "get_entry", "list_entries", "TASKS", "ARCHS", "CODECS",
            "UPSTREAMS", "COCO_METRIC_KEYS", "HORSE10_METRIC_KEYS", "SEG_METRIC_KEYS"]
