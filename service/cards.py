@@ -79,6 +79,43 @@ class DetectorSpec(_Strict):
     max_detections: int = 100
 
 
+class BottomUpSpec(_Strict):
+    """Bottom-up (associative-embedding) test-time parameters, as MMPose 0.x ``AEHigherResolutionHead``
+    configs' ``test_cfg`` / ``data_cfg`` and the original HigherHRNet repo's ``TEST`` section.
+
+    ``input_size`` is the short side (pixels) the image is resized to at scale 1 (512 or 640); both
+    resized sides are multiples of ``size_divisor``. The network outputs, in ``ModelCard.outputs``
+    order, one tensor per resolution stage, lowest resolution first (HigherHRNet: 1/4 with
+    ``num_joints`` heatmaps + tag maps, then 1/2 with heatmaps only); ``with_heatmaps`` /
+    ``with_ae`` say which stages carry heatmaps / tags. ``joint_order`` is the order in which
+    joints are grouped (COCO: upstream's ``[0,1,2,3,4,5,6,11,12,7,8,9,10,13,14,15,16]``).
+    ``scale_factor`` lists the test scales (``[1.0]`` single scale; ``[2, 1, 0.5]`` for the
+    published multi-scale numbers).
+    """
+
+    type: Literal["AssociativeEmbedding"] = "AssociativeEmbedding"
+    input_size: int = 512
+    size_divisor: int = 64
+    num_joints: int = 17
+    max_num_people: int = 30
+    detection_threshold: float = 0.1
+    tag_threshold: float = 1.0
+    use_detection_val: bool = True
+    ignore_too_much: bool = False
+    nms_kernel: int = 5
+    nms_padding: int = 2
+    tag_per_joint: bool = True
+    adjust: bool = True
+    refine: bool = True
+    with_heatmaps: list[bool] = Field(default_factory=lambda: [True, True])
+    with_ae: list[bool] = Field(default_factory=lambda: [True, False])
+    project2image: bool = True
+    align_corners: bool = False
+    use_udp: bool = False
+    scale_factor: list[float] = Field(default_factory=lambda: [1.0])
+    joint_order: list[int] = Field(default_factory=list)
+
+
 class SegTestPipeline(_Strict):
     """MMSeg 1.x test pipeline: keep-ratio resize to ``scale`` (w, h), then whole or slide inference.
 
@@ -132,6 +169,9 @@ class ModelCard(_Strict):
     sigmas: list[float] = Field(default_factory=list)
     dataset: Optional[str] = None
 
+    # bottom-up pose (also uses keypoint_names, skeleton, flip_indices, sigmas, flip_test above)
+    bottomup: Optional[BottomUpSpec] = None
+
     # detection
     detector: Optional[DetectorSpec] = None
 
@@ -160,6 +200,12 @@ class ModelCard(_Strict):
             for a, b in self.skeleton:
                 if not (0 <= a < k and 0 <= b < k):
                     raise ValueError(f"skeleton link ({a}, {b}) out of range for {k} keypoints")
+        if self.task == "bottomup_pose":
+            if self.bottomup is None:
+                raise ValueError("bottomup_pose card needs 'bottomup'")
+            if len(self.keypoint_names) != self.bottomup.num_joints:
+                raise ValueError(f"'keypoint_names' has {len(self.keypoint_names)} entries, "
+                                 f"'bottomup.num_joints' is {self.bottomup.num_joints}")
         if self.task == "segmentation":
             if not self.classes:
                 raise ValueError("segmentation card needs 'classes'")
