@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from .backends.base import Backend, BackendError, BackendUnavailable
 from .errors import error_body, install_error_handlers
+from .lifecycle import Drain, DrainMiddleware
 from .limits import BODY_OVERHEAD_BYTES, BodySizeLimit, make_endpoint_limits
 from .repository import ModelRepository
 from .settings import Settings
@@ -62,6 +63,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app = FastAPI(title="HRNet serving gateway", version="0.1.0", lifespan=lifespan,
                   description="Top-down pose and semantic segmentation with HRNet-family models.")
     install_error_handlers(app)
+    app.state.drain = Drain()  # set by SIGTERM (service.lifecycle.GatewayServer)
+
+    # innermost of the middlewares: the metrics middleware counts the 503s it answers while draining
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
 
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:

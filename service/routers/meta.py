@@ -27,7 +27,10 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """200 when the backend and every model of the repository are ready, else 503 with the list."""
+    """200 when the backend and every model of the repository are ready, else 503 with the list
+    (503 ``draining`` from SIGTERM on)."""
+    if request.app.state.drain.active:
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "1"})
     repo, backend = request.app.state.repository, request.app.state.backend
     try:
         not_ready = [n for n in sorted(repo.cards) if not await backend.ready(n)]
