@@ -51,3 +51,16 @@ class ErrorResponse(BaseModel):
     """Body of every 4xx/5xx answer of the gateway."""
 
     error: ErrorDetail
+
+
+class ReloadResponse(BaseModel):
+    """``POST /admin/reload`` report, by model name; with refused entries (422) it also carries
+    ``error``."""
+
+    added: list[str]
+    updated: list[str]
+    removed: list[str]
+    unchanged: list[str]
+    refused: dict[str, str] = Field(description="name -> why it was refused; its previous "
+                                                "version, if any, still serves")
+    error: ErrorDetail | None = None
