@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.responses import Response
 
@@ -68,8 +69,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             # the newest backend (a reload makes new ones that share the old one's resources)
             await app.state.backend.close()
 
-    app = FastAPI(title="HRNet serving gateway", version="0.1.0", lifespan=lifespan,
-                  description="Top-down pose and semantic segmentation with HRNet-family models.")
+    # /docs (Swagger UI) and /redoc load their JS/CSS from the gateway itself (fastapi-offline
+    # ships them, under /static-offline-docs), not from a CDN: they work without internet
+    app = FastAPIOffline(title="HRNet serving gateway", version="0.1.0", lifespan=lifespan,
+                         description="Top-down pose and semantic segmentation with HRNet-family "
+                                     "models.")
     install_error_handlers(app)
     app.state.drain = Drain()  # set by SIGTERM (service.lifecycle.GatewayServer)
 
