@@ -6,18 +6,20 @@ from fastapi.responses import JSONResponse
 
 from ..backends.base import ReloadNotSupported
 from ..errors import error_body
-from ..schemas import ErrorResponse, ReloadResponse
+from ..schemas import ReloadResponse, error_responses
 from ..security import require_admin_key
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
 @router.post("/reload", response_model=ReloadResponse, responses={
-    401: {"model": ErrorResponse, "description": "missing or wrong X-API-Key"},
-    403: {"model": ErrorResponse, "description": "no admin key configured"},
-    422: {"model": ReloadResponse, "description": "some entries were refused (the report says "
-                                                 "why); the other changes were applied"},
-    501: {"model": ErrorResponse, "description": "the backend cannot reload while running"}})
+    **error_responses({401: "missing or wrong X-API-Key (unauthorized)",
+                       403: "no admin key configured (admin_disabled)",
+                       501: "the backend cannot reload while running (reload_not_supported)",
+                       503: "the gateway is shutting down (shutting_down)"}),
+    422: {"model": ReloadResponse, "description": "some entries were refused (reload_refused; "
+                                                 "the report says why); the other changes were "
+                                                 "applied"}})
 async def reload_models(request: Request) -> JSONResponse:
     """Load the model repository's changes without a restart (also done on SIGHUP).
 

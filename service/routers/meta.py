@@ -25,7 +25,8 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready (a model or the backend), or "
+                                                      "draining after SIGTERM; see Retry-After"}})
 async def readyz(request: Request) -> JSONResponse:
     """200 when the backend and every model of the repository are ready, else 503 with the list
     (503 ``draining`` from SIGTERM on)."""

@@ -17,15 +17,12 @@ from ..limits import endpoint_slot
 from ..pipelines.common import StageTimer
 from ..pipelines.detector import detect_persons
 from ..pipelines.topdown import estimate_poses
-from ..schemas import ErrorResponse, Person, PoseResponse
+from ..schemas import INFERENCE_ERRORS, Person, PoseResponse
 from .uploads import read_image
 
 router = APIRouter(tags=["pose"])
 
-_ERRORS = {c: {"model": ErrorResponse} for c in (404, 413, 415, 422, 503)}
-
-
-@router.post("/pose", response_model=PoseResponse, responses=_ERRORS)
+@router.post("/pose", response_model=PoseResponse, responses=INFERENCE_ERRORS)
 async def pose(
     request: Request,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
