@@ -110,16 +110,20 @@ class GatewayServer(uvicorn.Server):
         super().__init__(config)
         self.drain = drain
         self.drain_s = float(drain_s)
+        self._drain_logged = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and not self.drain.active:
-            log.info("SIGTERM: draining (new requests get 503) for %.1f s, then waiting up to "
-                     "%s s for %d in-flight request(s)", self.drain_s,
-                     self.config.timeout_graceful_shutdown, self.drain.in_flight)
+        # a signal handler: only flags here (logging could re-enter a stream being written)
+        if sig == signal.SIGTERM:
             self.drain.begin()
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
+        if self.drain.active and not self._drain_logged:
+            self._drain_logged = True
+            log.info("SIGTERM: draining (new requests get 503) for %.1f s, then waiting up to "
+                     "%s s for %d in-flight request(s)", self.drain_s,
+                     self.config.timeout_graceful_shutdown, self.drain.in_flight)
         if (self.should_exit and not self.force_exit and self.drain.active
                 and self.drain.elapsed_s() < self.drain_s):
             return False  # the drain window: keep the listener open, answering 503

@@ -1,6 +1,6 @@
 """Graceful shutdown of a real ``hrnet-serve`` process (service/lifecycle.py).
 
-A gateway subprocess serves the random-weight HRNet-W32 (about 7 GFLOPs per 256x192 crop, so a
+A gateway subprocess serves only the random-weight HRNet-W32 (about 7 GFLOPs per 256x192 crop, so a
 request with 4 boxes and flip test runs 8 crops: slow on purpose) one request at a time
 (``HRNET_POSE_MAX_CONCURRENCY=1``). SIGTERM arrives while a batch of such requests is in flight:
 every one of them must still get its 200 with 4 persons, ``/readyz`` and a new request must get
@@ -27,19 +27,32 @@ BOXES = [[280, 42, 220, 342], [10, 10, 100, 200], [300, 100, 150, 250], [50, 200
 N_REQUESTS = 4
 
 
+@pytest.fixture(scope="module")
+def w32_repo(random_repo, tmp_path_factory):
+    """A repository holding only the random HRNet-W32 (linked from ``random_repo``): the gateway
+    process starts faster than with every random model."""
+    repo = tmp_path_factory.mktemp("w32_repo")
+    (repo / MODEL).symlink_to(random_repo / MODEL, target_is_directory=True)
+    return repo
+
+
+def _start(repo, tmp_path, **env):
+    return start_gateway_process(
+        repo, env={"HRNET_POSE_MAX_CONCURRENCY": "1", "HRNET_DEFAULT_POSE_MODEL": MODEL,
+                   "HRNET_DEFAULT_DETECTOR_MODEL": "", **env},
+        log_path=tmp_path / "gateway.log")
+
+
 def _in_flight(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5).text
     m = re.search(r"^hrnet_requests_in_flight (\S+)$", text, re.M)
     return float(m.group(1)) if m else -1.0
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(random_repo, shared, tmp_path):
+def test_sigterm_drains_in_flight_requests_and_exits_0(w32_repo, shared, tmp_path):
     photo = (shared / "data/samples/coco_val2017_000000000785.jpg").read_bytes()
-    url, proc = start_gateway_process(
-        random_repo, env={"HRNET_POSE_MAX_CONCURRENCY": "1", "HRNET_SHUTDOWN_DRAIN_S": "2",
-                          "HRNET_SHUTDOWN_TIMEOUT_S": "120",
-                          "HRNET_DEFAULT_POSE_MODEL": MODEL},
-        log_path=tmp_path / "gateway.log")
+    url, proc = _start(w32_repo, tmp_path, HRNET_SHUTDOWN_DRAIN_S="2",
+                       HRNET_SHUTDOWN_TIMEOUT_S="120")
     try:
         def slow_request(_):
             r = httpx.post(url + "/pose", files={"image": ("p.jpg", photo)},
@@ -78,6 +91,38 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(random_repo, shared, tmp_
         assert "SIGTERM: draining" in log and "Finished server process" in log
         with pytest.raises(httpx.ConnectError):  # gone: the port no longer accepts
             httpx.get(url + "/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_in_flight_wait_is_bounded_by_shutdown_timeout(w32_repo, shared, tmp_path):
+    """``HRNET_SHUTDOWN_TIMEOUT_S=1``: requests still running (or queued) 1 s after the drain are
+    cancelled by uvicorn, and the process still exits 0 instead of waiting for them."""
+    photo = (shared / "data/samples/coco_val2017_000000000785.jpg").read_bytes()
+    url, proc = _start(w32_repo, tmp_path, HRNET_SHUTDOWN_DRAIN_S="0",
+                       HRNET_SHUTDOWN_TIMEOUT_S="1")
+    try:
+        def slow_request(_):
+            try:
+                return httpx.post(url + "/pose", files={"image": ("p.jpg", photo)},
+                                  data={"boxes": json.dumps(BOXES * 4), "flip_test": "true"},
+                                  timeout=180).status_code
+            except httpx.HTTPError as exc:  # the connection closed under it
+                return type(exc).__name__
+
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(slow_request, i) for i in range(3)]
+            deadline = time.monotonic() + 30
+            while _in_flight(url) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _in_flight(url) == 3
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+            outcomes = [f.result(timeout=60) for f in futures]
+        assert sum(o != 200 for o in outcomes) >= 2, outcomes  # 3 x 32 crops >> 1 s
+        assert "timeout graceful shutdown exceeded" in (tmp_path / "gateway.log").read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

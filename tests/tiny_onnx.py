@@ -7,13 +7,25 @@ from pathlib import Path
 import numpy as np
 
 
+def _save(graph, path: Path) -> Path:
+    """Check the opset-17 model of ``graph`` and write it to ``path`` (parents created)."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # loadable by every onnxruntime the project allows
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def write_constant_pose_onnx(path: Path, value: float, keypoints: int = 2,
                              input_name: str = "image") -> Path:
     """A top-down pose model for :func:`tests.fake_cards.pose_card`: input ``(N, 3, 256, 192)``
     named ``input_name``, output ``heatmaps`` ``(N, keypoints, 64, 48)`` equal to ``value``
     everywhere (AveragePool 4x4 then a 1x1 convolution with zero weights and bias ``value``), so
     every decoded keypoint score is ``value``. Writes ``path`` (parents created) and returns it."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.zeros((keypoints, 3, 1, 1), np.float32), "w")
@@ -26,12 +38,7 @@ def write_constant_pose_onnx(path: Path, value: float, keypoints: int = 2,
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 3, 256, 192])],
         [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", keypoints, 64, 48])],
         initializer=[weight, bias])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def write_conv_seg_onnx(path: Path, classes: int = 3, seed: int = 0) -> Path:
@@ -39,7 +46,6 @@ def write_conv_seg_onnx(path: Path, classes: int = 3, seed: int = 0) -> Path:
     ``input`` ``(N, 3, H, W)``, output ``logits`` ``(N, classes, ceil(H/4), ceil(W/4))``, a fixed
     random 1x1 convolution of every 4th pixel (stride 4, so any H, W >= 1 works, like the
     stride-4 logits of HRNetV2). Writes ``path`` (parents created) and returns it."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -50,9 +56,4 @@ def write_conv_seg_onnx(path: Path, classes: int = 3, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "h", "w"])],
         initializer=[weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
