@@ -3,9 +3,10 @@
 ``create_app()`` builds the app; the lifespan opens the backend at start-up (ONNX Runtime sessions
 or the Triton connection) and closes it at shut-down (also when start-up fails), and creates the
 per-endpoint concurrency limits and the model reloader (``POST /admin/reload``, SIGHUP:
-service/reload.py). SIGTERM drains before uvicorn's graceful shutdown (service/lifecycle.py). Request bodies above ``max_upload_bytes`` + 1 MiB are refused
-with 413 before they are read (:class:`service.limits.BodySizeLimit`). Data flows one way per request:
-request -> preprocess -> backend -> decode -> response.
+service/reload.py). SIGTERM drains before uvicorn's graceful shutdown (service/lifecycle.py).
+Request bodies above ``max_upload_bytes`` + 1 MiB are refused with 413 before they are read
+(:class:`service.limits.BodySizeLimit`). Data flows one way per request: request -> preprocess ->
+backend -> decode -> response.
 """
 from __future__ import annotations
 

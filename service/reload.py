@@ -44,8 +44,16 @@ class ReloadReport:
         return asdict(self)
 
 
-def _fingerprints(root: Path, names) -> dict[str, str]:
-    return {name: entry_fingerprint(root, name) for name in names}
+def _fingerprints(root: Path, names) -> tuple[dict[str, str], dict[str, str]]:
+    """``(fingerprints, errors)`` of the entries ``names``: an entry whose files cannot be read
+    (e.g. removed while being hashed) goes to ``errors`` with the reason."""
+    prints, errors = {}, {}
+    for name in names:
+        try:
+            prints[name] = entry_fingerprint(root, name)
+        except OSError as exc:
+            errors[name] = f"cannot read the entry's files: {exc}"
+    return prints, errors
 
 
 class ModelReloader:
@@ -64,8 +72,8 @@ class ModelReloader:
     async def create(cls, repository: ModelRepository) -> "ModelReloader":
         """A reloader whose baseline is ``repository`` as it is on disk now (hashed in a worker
         thread)."""
-        prints = await asyncio.to_thread(_fingerprints, repository.root, list(repository.cards))
-        return cls(repository.root, prints)
+        prints, _ = await asyncio.to_thread(_fingerprints, repository.root, list(repository.cards))
+        return cls(repository.root, prints)  # an unreadable entry counts as changed next time
 
     async def reload(self, state) -> ReloadReport:
         """Apply the repository's changes to ``state`` (see the module doc); returns the report.
@@ -76,8 +84,10 @@ class ModelReloader:
         async with self._lock:
             old_repo, backend = state.repository, state.backend
             cards, refused = await asyncio.to_thread(scan_cards, self.root)
-            prints = await asyncio.to_thread(_fingerprints, self.root, sorted(cards))
-            changed = {n: c for n, c in cards.items() if prints[n] != self.fingerprints.get(n)}
+            prints, unreadable = await asyncio.to_thread(_fingerprints, self.root, sorted(cards))
+            refused.update(unreadable)
+            changed = {n: c for n, c in cards.items()
+                       if n in prints and prints[n] != self.fingerprints.get(n)}
             staged, not_loaded = await backend.load_models(changed)
             refused.update(not_loaded)
 
