@@ -59,13 +59,14 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = 5.0
     shutdown_timeout_s: float = 30.0
 
-    # POST /admin/reload needs this key in the X-API-Key header; unset: the endpoint answers 403
-    # (SIGHUP reloads the model repository either way)
-    admin_api_key: Optional[SecretStr] = None
-
     # embedded ONNX Runtime
     ort_intra_op_threads: int = 0  # 0 = ORT default
     ort_providers: Optional[str] = None  # comma list; default CUDA if available, else CPU
+
+    # security
+    # API key(s), comma-separated (service/security.py; the reliability branch's service/auth.py
+    # reads the same setting); POST /admin/reload needs one, and is disabled (403) while unset
+    api_key: Optional[SecretStr] = None
 
     # Triton
     triton_url: str = "127.0.0.1:8001"

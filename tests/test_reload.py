@@ -50,7 +50,7 @@ def repo(tmp_path):
 
 def _app(repo, **kw):
     return create_app(Settings(model_repository=repo, default_pose_model="pose_a",
-                               default_detector_model="", admin_api_key="s3cret",
+                               default_detector_model="", api_key="s3cret",
                                pose_max_concurrency=1, **kw))
 
 
@@ -65,7 +65,10 @@ def test_reload_needs_the_admin_key(repo):
         for headers in ({}, {"X-API-Key": "wrong"}):
             r = client.post("/admin/reload", headers=headers)
             assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+            assert r.headers["www-authenticate"] == "Bearer"
         assert _reload(client)["unchanged"] == ["pose_a"]
+        bearer = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+        assert bearer.status_code == 200 and bearer.json()["unchanged"] == ["pose_a"]
     with TestClient(create_app(Settings(model_repository=repo, default_detector_model=""))) as c:
         r = c.post("/admin/reload", headers=KEY)  # no key configured: disabled
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"

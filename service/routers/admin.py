@@ -1,19 +1,32 @@
-"""Administrative endpoints, behind the admin API key: ``POST /admin/reload``."""
+"""Administrative endpoints, behind the API key: ``POST /admin/reload``.
+
+Unlike the API endpoints, which are open when no key is configured, ``/admin/*`` is then
+disabled (403): reloading models is never open to anyone who can reach the port.
+"""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ..backends.base import ReloadNotSupported
-from ..errors import error_body
+from ..errors import APIError, error_body
 from ..schemas import ReloadResponse, error_responses
-from ..security import require_admin_key
+from ..security import configured_keys, require_api_key
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
+
+async def require_admin_enabled(request: Request) -> None:
+    """FastAPI dependency: APIError 403 ``admin_disabled`` when no API key is configured."""
+    if not configured_keys(request.app.state.settings):
+        raise APIError("administrative endpoints are disabled: no API key is configured "
+                       "(HRNET_API_KEY)", status_code=403, code="admin_disabled")
+
+
+router = APIRouter(prefix="/admin", tags=["admin"],
+                   dependencies=[Depends(require_admin_enabled), Depends(require_api_key)])
 
 
 @router.post("/reload", response_model=ReloadResponse, responses={
-    **error_responses({401: "missing or wrong X-API-Key (unauthorized)",
+    **error_responses({401: "missing or wrong API key (unauthorized)",
                        403: "no admin key configured (admin_disabled)",
                        501: "the backend cannot reload while running (reload_not_supported)",
                        503: "the gateway is shutting down (shutting_down)"}),
