@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 router = APIRouter(tags=["meta"])
 
 
-@router.get("/models")
+@router.get("/models", responses={503: {"description": "the gateway is shutting down "
+                                                     "(shutting_down); see Retry-After"}})
 async def models(request: Request) -> dict:
     """Every model card in the repository, plus whether the backend has it loaded."""
     repo, backend = request.app.state.repository, request.app.state.backend
