@@ -127,3 +127,52 @@ def test_in_flight_wait_is_bounded_by_shutdown_timeout(w32_repo, shared, tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ----------------------------------------------------------------------------- in-process pieces
+
+def test_draining_app_answers_503_except_probes(tmp_path):
+    """The drain flag alone (no signal): API requests get the JSON 503 with Retry-After and
+    Connection: close, /readyz says draining, /healthz and /metrics still answer 200."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(model_repository=tmp_path, default_detector_model=""))
+    with TestClient(app) as client:
+        assert client.get("/models").status_code == 200
+        app.state.drain.begin()
+        r = client.post("/pose", files={"image": ("a.png", b"x")})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+        assert r.headers["retry-after"] == "1" and r.headers["connection"] == "close"
+        assert client.get("/models").status_code == 503
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+        assert client.get("/healthz").status_code == 200
+        assert "hrnet_requests_in_flight 0.0" in client.get("/metrics").text
+
+
+def test_server_keeps_serving_for_the_drain_window():
+    """GatewayServer.on_tick: after SIGTERM it reports 'keep going' until drain_s has passed,
+    then uvicorn's own answer (exit); SIGINT has no drain window."""
+    import asyncio
+
+    import uvicorn
+
+    from service.lifecycle import Drain, GatewayServer
+
+    async def tick(server):
+        return await server.on_tick(1)
+
+    drain = Drain()
+    server = GatewayServer(uvicorn.Config(app=None), drain, drain_s=5.0)
+    assert asyncio.run(tick(server)) is False  # serving, no signal
+    server.handle_exit(signal.SIGTERM, None)
+    assert drain.active and server.should_exit
+    assert asyncio.run(tick(server)) is False  # inside the 5 s window
+    drain.started_at -= 5.0  # the window has passed
+    assert asyncio.run(tick(server)) is True
+    other = GatewayServer(uvicorn.Config(app=None), Drain(), drain_s=5.0)
+    other.handle_exit(signal.SIGINT, None)
+    assert not other.drain.active and asyncio.run(tick(other)) is True
