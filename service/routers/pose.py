@@ -6,10 +6,12 @@ worker threads. Detector boxes are cut to the ``settings.max_boxes`` top-scoring
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+import asyncio
+from typing import Literal, Optional, Union
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
 
 from ..boxes import parse_boxes
 from ..errors import InvalidParameter
@@ -17,15 +19,18 @@ from ..limits import endpoint_slot
 from ..pipelines.common import StageTimer
 from ..pipelines.detector import detect_persons
 from ..pipelines.topdown import estimate_poses
+from ..pose_rendering import render_poses_png
 from ..schemas import ErrorResponse, Person, PoseResponse
 from .uploads import read_image
 
 router = APIRouter(tags=["pose"])
 
 _ERRORS = {c: {"model": ErrorResponse} for c in (404, 413, 415, 422, 503)}
+_PNG = {"content": {"image/png": {}},
+        "description": "render=true: the photo with boxes, skeleton and joints coloured by score"}
 
 
-@router.post("/pose", response_model=PoseResponse, responses=_ERRORS)
+@router.post("/pose", response_model=PoseResponse, responses={**_ERRORS, 200: _PNG})
 async def pose(
     request: Request,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
@@ -37,12 +42,15 @@ async def pose(
     detector: Optional[str] = Form(None, description="detector model name (default from settings)"),
     score_threshold: Optional[float] = Form(None, description="detector score threshold in [0, 1]: "
                                                                "boxes scoring above it are kept"),
-) -> PoseResponse:
+    render: Optional[bool] = Form(None, description="true: return the photo as PNG with boxes, "
+                                                    "skeleton and joints coloured by score"),
+) -> Union[PoseResponse, Response]:
     """Keypoints (image pixels) for each given box, or for each person the detector finds.
 
     MMPose 1.x top-down test path: box -> center/scale (padding 1.25, aspect fix) -> affine crop
     -> one batched inference (flipped crops too when ``flip_test``) -> heatmap decoding (the
-    card's codec) -> image pixels. Errors: 404 unknown model, 413 too large, 415 not an image,
+    card's codec) -> image pixels. ``render=true`` answers with the photo as PNG instead of JSON
+    (boxes, skeleton, joints coloured by score; :mod:`service.pose_rendering`). Errors: 404 unknown model, 413 too large, 415 not an image,
     422 invalid boxes/parameters or wrong task, 503 backend unavailable.
     """
     state = request.app.state
@@ -77,6 +85,13 @@ async def pose(
 
         result = await estimate_poses(img, xyxy, box_scores, card, backend, flip_test=use_flip,
                                       timer=timer)
+
+        if render:
+            with timer("render"):
+                png = await asyncio.to_thread(render_poses_png, img, result.keypoints,
+                                              result.keypoint_scores, card.skeleton, xyxy)
+            return Response(content=png, media_type="image/png",
+                            headers={"X-Model": card.name, "X-Persons": str(len(xyxy))})
 
         with timer("serialise"):
             # float64 before rounding, so the JSON carries decimals, not float32 noise: coordinates
