@@ -71,13 +71,27 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
     return PoseResult(kpts, kpt_scores, person_scores)
 
 
-def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: ModelCard,
-                flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centers/scales ``(N, 2)`` (aspect-fixed) and the network input ``(N or 2N, 3, h, w)``."""
+def crop_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray,
+                card: ModelCard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model-input crops of the boxes, as MMPose's ``GetBBoxCenterScale`` + ``TopdownAffine``.
+
+    ``image_bgr``: (H, W, 3) uint8; ``boxes_xyxy``: (N, 4) image pixels, cast to float32 (the
+    dtype of MMPose's ``bbox``; :func:`service.boxes.parse_boxes` already returns float32).
+    Returns ``(centers (N, 2) float32, scales (N, 2) float32 aspect-fixed, crops (N, h, w, 3)
+    uint8)``, all float arithmetic in upstream's dtypes and order, so the crops are bit-identical
+    to MMPose 1.x's for the same image and box. Raises ValueError for a non-positive box scale.
+    """
     in_w, in_h = card.codec.input_size  # type: ignore[union-attr]
     centers, scales = bbox_xyxy2cs(np.asarray(boxes_xyxy, np.float32), padding=card.bbox_padding)
     scales = fix_aspect_ratio(scales, aspect_ratio=in_w / in_h)
     crops = crop_persons(image_bgr, centers, scales, (in_w, in_h), use_udp=card.use_udp)
+    return centers, scales, crops
+
+
+def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: ModelCard,
+                flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centers/scales ``(N, 2)`` (aspect-fixed) and the network input ``(N or 2N, 3, h, w)``."""
+    centers, scales, crops = crop_inputs(image_bgr, boxes_xyxy, card)
     x = to_input_tensor(crops, card.normalization)
     if flip_test:
         x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])], axis=0)
