@@ -408,8 +408,10 @@ async def _run(args: argparse.Namespace) -> int:
             raise SetupError("the gateway returned no person at all")
         sigmas, ds_names = _pose_metainfo(args.dataset, card, coco)
         k_ds = len(sigmas) if sigmas else (len(ds_names) or k_model)
-        sel = None if k_model == k_ds else keypoint_selection(card.get("keypoint_names") or [],
-                                                              ds_names)
+        served = card.get("keypoint_names") or []
+        if card.get("output_keypoint_indices") is not None:  # e.g. COCO-AIC combine: COCO's 17
+            served = [served[i] for i in card["output_keypoint_indices"]]
+        sel = None if k_model == k_ds else keypoint_selection(served, ds_names)
         if args.dataset == "horse10":
             metrics, results = evaluate_horse10(records, coco, keypoint_index=sel)
             kind = "horse10"

@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from service.boxes import box_rejections
+from service.geometry import bbox_xywh2xyxy
 from service.metrics import (CocoKeypointEvaluator, IoUAccumulator, horse10_metrics, mean_oks,
                              topdown_bbox_areas)
 
@@ -188,7 +189,8 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
             im = img_by_id.get(image_id)
             if im is None:  # outside --limit
                 continue
-            xyxy = np.concatenate([xywh[:2], xywh[:2] + xywh[2:]])
+            # float32 first, then xywh -> xyxy in float32: MMPose's _load_detection_results
+            xyxy = bbox_xywh2xyxy(xywh[None])[0]
             bad = box_rejection(*xyxy.tolist(), int(im["width"]), int(im["height"]), score)
             if bad:
                 skipped[bad] += 1

@@ -94,7 +94,9 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     entry.heatmap_size`` (heatmap pixels). Codec ``entry.codec`` with ``entry.sigma``,
     ``unbiased=entry.dark``; ``use_udp``/``flip_test``/``shift_heatmap`` from the entry (MMPose:
     UDP configs set ``TopdownAffine(use_udp=True)`` and ``shift_heatmap=False``). Keypoint names,
-    skeleton, flip indices and OKS sigmas come from ``get_pose_dataset(entry.dataset)``.
+    skeleton, flip indices and OKS sigmas come from ``get_pose_dataset(entry.dataset)`` (the
+    head's keypoints); ``output_keypoint_indices`` from the entry (MMPose ``test_cfg``: the
+    keypoints served, e.g. the COCO 17 of the 19-keypoint COCO-AIC combine head).
 
     Raises ``ValueError`` if the entry is not pose or its head width ``num_outputs`` differs from
     the dataset's keypoint count; ``KeyError`` for an unknown dataset.
@@ -105,11 +107,7 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     codec = CodecSpec(type=entry.codec, input_size=(w, h), heatmap_size=(hw, hh),
                       sigma=float(entry.sigma), unbiased=bool(entry.dark),
                       blur_kernel_size=DEFAULT_BLUR_KERNEL)
-    extra = None
     indices = entry.output_keypoint_indices
-    if indices is not None:
-        extra = (f"test_cfg.output_keypoint_indices={list(indices)}: the head predicts {k} "
-                 f"keypoints, upstream reports only these.")
     return ModelCard(
         name=name, task="topdown_pose", input_size=(w, h),
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, h, w])],
@@ -123,7 +121,8 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
         flip_indices=[int(i) for i in info.flip_indices],
         sigmas=[float(s) for s in info.sigmas],
         dataset=entry.dataset,
-        source=_source(entry, checkpoint, " ".join(n for n in (extra, notes) if n) or None),
+        output_keypoint_indices=None if indices is None else [int(i) for i in indices],
+        source=_source(entry, checkpoint, notes),
     )
 
 

@@ -168,6 +168,9 @@ class ModelCard(_Strict):
     flip_indices: list[int] = Field(default_factory=list)
     sigmas: list[float] = Field(default_factory=list)
     dataset: Optional[str] = None
+    # MMPose ``test_cfg.output_keypoint_indices``: the head's keypoints that are served, in this
+    # order (None: all). The fields above describe the head's keypoints (flip test needs them all).
+    output_keypoint_indices: Optional[list[int]] = None
 
     # bottom-up pose (also uses keypoint_names, skeleton, flip_indices, sigmas, flip_test above)
     bottomup: Optional[BottomUpSpec] = None
@@ -200,6 +203,11 @@ class ModelCard(_Strict):
             for a, b in self.skeleton:
                 if not (0 <= a < k and 0 <= b < k):
                     raise ValueError(f"skeleton link ({a}, {b}) out of range for {k} keypoints")
+            sel = self.output_keypoint_indices
+            if sel is not None and (not sel or len(set(sel)) != len(sel)
+                                    or not all(0 <= i < k for i in sel)):
+                raise ValueError(f"'output_keypoint_indices' must be distinct indices in "
+                                 f"range({k}), at least one; got {sel}")
         if self.task == "bottomup_pose":
             if self.bottomup is None:
                 raise ValueError("bottomup_pose card needs 'bottomup'")
@@ -218,7 +226,27 @@ class ModelCard(_Strict):
 
     @property
     def num_keypoints(self) -> int:
+        """Keypoints the head predicts (heatmap channels of a pose model)."""
         return len(self.keypoint_names)
+
+    @property
+    def output_keypoints(self) -> list[int]:
+        """Indices of the served keypoints among the head's: ``output_keypoint_indices``, else
+        all of ``range(num_keypoints)``."""
+        if self.output_keypoint_indices is None:
+            return list(range(self.num_keypoints))
+        return list(self.output_keypoint_indices)
+
+    @property
+    def output_keypoint_names(self) -> list[str]:
+        """Names of the served keypoints, in response order."""
+        return [self.keypoint_names[i] for i in self.output_keypoints]
+
+    @property
+    def output_skeleton(self) -> list[tuple[int, int]]:
+        """The skeleton links whose two ends are both served, renumbered to response indices."""
+        pos = {k: j for j, k in enumerate(self.output_keypoints)}
+        return [(pos[a], pos[b]) for a, b in self.skeleton if a in pos and b in pos]
 
     def save(self, directory: Path | str) -> Path:
         """Write ``<directory>/card.json`` and return its path."""

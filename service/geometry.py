@@ -260,11 +260,11 @@ def get_udp_warp_matrix(center, scale, rot: float, output_size: Sequence[float])
 
 
 def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool = False) -> np.ndarray:
-    """Image-to-crop matrices for many boxes at once (rotation 0), vectorised.
+    """Image-to-crop matrices for many boxes at once (rotation 0).
 
-    Equals :func:`get_warp_matrix` (``use_udp=False``; to float64 rounding, since the same
-    float32-rounded three point pairs are solved in closed form instead of by OpenCV) or
-    :func:`get_udp_warp_matrix` (``use_udp=True``) applied box by box.
+    Bit-identical to :func:`get_warp_matrix` (``use_udp=False``; it is called box by box) or
+    :func:`get_udp_warp_matrix` (``use_udp=True``, vectorised with the same float64 operations in
+    the same order) applied box by box.
 
     Args:
         centers: ``(N, 2)`` box centers, image pixels.
@@ -273,7 +273,8 @@ def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool =
         use_udp: UDP matrix (``TopdownAffine(use_udp=True)``).
 
     Returns:
-        ``(N, 2, 3)`` float64 (standard) or float32 (UDP) matrices.
+        ``(N, 2, 3)`` float64 (standard, from ``cv2.getAffineTransform``) or float32 (UDP)
+        matrices.
 
     Raises:
         ValueError: wrong shapes, a non-positive output size, or a box scale that is not finite
@@ -297,21 +298,13 @@ def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool =
         m[:, 1, 2] = sy * (0.5 * s[:, 1] - c[:, 1])
         return m.astype(np.float32)
 
-    # The same float32 points (and float32 arithmetic for the third one) as get_warp_matrix, rot 0.
-    p0 = c.astype(np.float32)
-    p1 = (c - np.stack([0.5 * s[:, 0], np.zeros(n)], axis=1)).astype(np.float32)
-    p2 = _perp_third_point(p0, p1)
-    d0 = np.array([0.5 * out_w, 0.5 * out_h], dtype=np.float32)
-    d1 = np.array([0.0, 0.5 * out_h], dtype=np.float32)
-    d2 = _perp_third_point(d0, d1)
-    # Solve [x y 1] @ M.T = dst for the three points: M = (dst.T) @ inv(src_h.T).
-    src_h = np.stack([p0, p1, p2], axis=1).astype(np.float64)  # (N, 3, 2)
-    src_h = np.concatenate([src_h, np.ones((n, 3, 1))], axis=2)  # (N, 3, 3)
-    dst = np.broadcast_to(np.stack([d0, d1, d2]).astype(np.float64), (n, 3, 2))
-    if n == 0:
-        return np.zeros((0, 2, 3), dtype=np.float64)
-    sol = np.linalg.solve(src_h, dst)  # (N, 3, 2): columns are the rows of M
-    return np.ascontiguousarray(np.swapaxes(sol, 1, 2))
+    # Box by box through get_warp_matrix, i.e. cv2.getAffineTransform on upstream's float32 point
+    # triples: a closed-form float64 solve differs from OpenCV's in the last bits, which moves
+    # warpAffine's fixed-point rounding for about 2% of crops.
+    m = np.zeros((n, 2, 3), dtype=np.float64)
+    for i in range(n):
+        m[i] = get_warp_matrix(c[i], s[i], 0.0, (out_w, out_h))
+    return m
 
 
 def crop_persons(image: np.ndarray, centers, scales, output_size: Sequence[int],

@@ -21,6 +21,7 @@ from export.repository import card_mismatches, onnx_signature, write_entry
 from export.shared_models import (PP_TINYPOSE, RTMDET_NANO, pp_tinypose_card, rtmdet_nano_card,
                                   shared_model_path)
 from service.cards import ModelCard, TensorSpec
+from service.datasets import get_pose_dataset
 
 torch = pytest.importorskip("torch")
 
@@ -219,7 +220,14 @@ def test_card_coco_aic_combine_has_19_heatmaps():
     card = card_for_entry(_entry("td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-combine"), "aic")
     assert card.outputs[0].dims == [19, 64, 48]
     assert len(card.keypoint_names) == 19 and card.keypoint_names[17:] == ["head_top", "neck"]
-    assert "output_keypoint_indices" in card.source.notes
+    # flip test runs on the head's 19 keypoints: head_top and neck are their own mirrors
+    assert card.flip_indices[:3] == [0, 2, 1] and card.flip_indices[17:] == [17, 18]
+    # served: the COCO 17 (test_cfg.output_keypoint_indices), COCO's skeleton without head-neck
+    assert card.output_keypoint_indices == list(range(17))
+    coco = get_pose_dataset("coco")
+    assert card.output_keypoint_names == list(coco.keypoint_names)
+    assert card.output_skeleton == [tuple(link) for link in coco.skeleton]
+    assert len(card.skeleton) == len(coco.skeleton) + 1
 
 
 def test_card_segmentation_whole_and_slide():

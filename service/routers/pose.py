@@ -104,6 +104,6 @@ async def pose(
                 xywh.round(3).tolist(), box_scores.astype(np.float64).round(6).tolist(),
                 kpts.tolist(), result.person_scores.astype(np.float64).round(6).tolist())]
     return PoseResponse(model=card.name, image_size=[w, h], flip_test=use_flip, box_source=source,
-                        keypoint_names=card.keypoint_names,
-                        skeleton=[list(s) for s in card.skeleton], persons=persons,
+                        keypoint_names=card.output_keypoint_names,
+                        skeleton=[list(s) for s in card.output_skeleton], persons=persons,
                         timing_ms=timer.total())
