@@ -4,13 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-import uvicorn
-
 from .settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags (defaults from HRNET_* env), then serve until interrupted; returns 0."""
+    """Parse flags (defaults from HRNET_* env), then serve until SIGTERM/SIGINT; returns 0 after
+    the graceful shutdown (:func:`service.lifecycle.serve`)."""
     defaults = Settings()
     p = argparse.ArgumentParser(prog="hrnet-serve", description=__doc__)
     p.add_argument("--model-repository", default=str(defaults.model_repository),
@@ -28,9 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_repository": args.model_repository, "backend": args.backend,
         "triton_url": args.triton_url, "host": args.host, "port": args.port})
     from .app import create_app
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=args.log_level)
-    return 0
+    from .lifecycle import serve
+    return serve(create_app(settings), settings, log_level=args.log_level)
 
 
 if __name__ == "__main__":  # pragma: no cover

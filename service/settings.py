@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +52,16 @@ class Settings(BaseSettings):
     # full-resolution float32 logits, so one at a time by default
     seg_max_concurrency: int = 1
     pose_max_concurrency: int = 4
+
+    # graceful shutdown (service/lifecycle.py): after SIGTERM, /readyz and new requests answer 503
+    # for shutdown_drain_s seconds (the listener stays open so load balancers notice), then the
+    # gateway stops accepting and waits at most shutdown_timeout_s seconds for in-flight requests
+    shutdown_drain_s: float = 5.0
+    shutdown_timeout_s: float = 30.0
+
+    # POST /admin/reload needs this key in the X-API-Key header; unset: the endpoint answers 403
+    # (SIGHUP reloads the model repository either way)
+    admin_api_key: Optional[SecretStr] = None
 
     # embedded ONNX Runtime
     ort_intra_op_threads: int = 0  # 0 = ORT default

@@ -20,17 +20,16 @@ from ..pipelines.common import StageTimer
 from ..pipelines.detector import detect_persons
 from ..pipelines.topdown import estimate_poses
 from ..pose_rendering import render_poses_png
-from ..schemas import ErrorResponse, Person, PoseResponse
+from ..schemas import INFERENCE_ERRORS, Person, PoseResponse
 from .uploads import read_image
 
 router = APIRouter(tags=["pose"])
 
-_ERRORS = {c: {"model": ErrorResponse} for c in (404, 413, 415, 422, 503)}
 _PNG = {"content": {"image/png": {}},
         "description": "render=true: the photo with boxes, skeleton and joints coloured by score"}
 
 
-@router.post("/pose", response_model=PoseResponse, responses={**_ERRORS, 200: _PNG})
+@router.post("/pose", response_model=PoseResponse, responses={**INFERENCE_ERRORS, 200: _PNG})
 async def pose(
     request: Request,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),

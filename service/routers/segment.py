@@ -30,12 +30,11 @@ from ..pipelines.common import StageTimer
 from ..pipelines.segmentation import (MODES, SCALE_PRESETS, InputTooLarge, plan_augmentations,
                                       segment as run_segmentation)
 from ..rendering import encode_label_png, overlay, pixel_counts
-from ..schemas import ErrorResponse, SegmentResponse
+from ..schemas import INFERENCE_ERRORS, SegmentResponse
 from .uploads import read_image
 
 router = APIRouter(tags=["segmentation"])
 
-_ERRORS = {c: {"model": ErrorResponse} for c in (404, 413, 415, 422, 503)}
 _PNG = {"content": {"image/png": {}}, "description": "label map PNG (Accept: image/png) or "
                                                      "overlay PNG (render=true)"}
 
@@ -69,7 +68,8 @@ def prefers_png(accept: Optional[str]) -> bool:
     return q["image/png"] > 0 and q["image/png"] > q["application/json"]
 
 
-@router.post("/segment", response_model=SegmentResponse, responses={**_ERRORS, 200: _PNG})
+@router.post("/segment", response_model=SegmentResponse,
+             responses={**INFERENCE_ERRORS, 200: _PNG})
 async def segment(
     request: Request,
     response: Response,
