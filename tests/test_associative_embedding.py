@@ -185,21 +185,26 @@ def test_missing_joint_recovered_by_refine():
     np.testing.assert_array_equal(np.delete(g.people, j, axis=1), np.delete(no_refine.people, j, axis=1))
 
 
-def test_tie_follows_munkres_row_order():
-    # Noses: P0 (tag 0.0, value 0.9) then P1 (tag 0.8, 0.8). Left eyes: c0 (0.7) and c1 (0.6),
-    # both with tag 0.4: distance 0.4 to both people, round -> 0, cost [[-0.7, -0.7], [-0.6, -0.6]];
-    # every assignment costs -1.3. munkres stars the first zero of each row: c0 -> P0, c1 -> P1.
+def test_tie_follows_munkres():
+    # Noses start P0 (tag 0.0, value 0.9) and P1 (tag 1.6, value 0.8). Left eyes: c0 (value
+    # 0.75, tag 0.2: distances 0.2 / 1.4, rounded 0 / 1) and c1 (0.5, tag -0.8: 0.8 / 2.4 -> 1 / 2).
+    # Costs [[-0.75, 99.25], [99.5, 199.5]]: both assignments cost 198.75. munkres: rows reduced to
+    # [[0, 100], [0, 100]], star (0, 0); no uncovered zero, so 100 comes off column 1 -> all zero;
+    # prime (0, 1), cover row 0, uncover column 0; in row 1 the last uncovered zero from column 0
+    # is (1, 1), no star in its row -> starred: c0 -> P0, c1 -> P1. c0 joins P0 (0.2 < 1); c1 is
+    # 2.4 from P1 and starts P2. The other optimum (c0 -> P1, rejected at 1.4; c1 -> P0, accepted
+    # at 0.8) would give P0 the weaker eye; which optimum scipy returns depends on float details.
     val = np.zeros((K, 30), np.float32)
     loc = np.zeros((K, 30, 2), np.int64)
     tag = np.zeros((K, 30, 1), np.float32)
     cnt = np.zeros(K, np.int64)
-    val[0, :2], tag[0, :2, 0], loc[0, :2] = (0.9, 0.8), (0.0, 0.8), ((1, 1), (20, 1))
-    val[1, :2], tag[1, :2, 0], loc[1, :2] = (0.7, 0.6), (0.4, 0.4), ((2, 2), (21, 2))
+    val[0, :2], tag[0, :2, 0], loc[0, :2] = (0.9, 0.8), (0.0, 1.6), ((1, 1), (20, 1))
+    val[1, :2], tag[1, :2, 0], loc[1, :2] = (0.75, 0.5), (0.2, -0.8), ((2, 2), (21, 2))
     cnt[:2] = 2
     people = match_by_tag(val, loc, tag, cnt, AEParams())
-    assert people.shape[0] == 2
-    np.testing.assert_array_equal(people[:, 1, :2], [[2, 2], [21, 2]])
-    np.testing.assert_allclose(people[:, 1, 2], [0.7, 0.6], rtol=1e-6)
+    assert people.shape[0] == 3
+    np.testing.assert_array_equal(people[:, 1, :3], [[2, 2, 0.75], [0, 0, 0], [21, 2, 0.5]])
+    np.testing.assert_array_equal(people[:, 0, 2] > 0, [True, True, False])
 
 
 def test_munkres_assignment_hand_traced():
