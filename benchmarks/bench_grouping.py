@@ -31,11 +31,11 @@ from typing import Optional, Sequence
 
 import cv2
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from service.codecs.associative_embedding import (AEParams, ScaleOutputs, adjust_people,
-                                                  aggregate_outputs, match_by_tag, refine_people,
-                                                  top_k_candidates)
+                                                  aggregate_outputs, match_by_tag, munkres_assignment,
+                                                  people_to_image,
+                                                  refine_people, top_k_candidates)
 from service.datasets.coco import COCO
 from service.geometry import affine_transform_points, get_bottomup_warp_matrix, get_multi_scale_size
 
@@ -153,9 +153,10 @@ def synthetic_outputs(rng: np.random.Generator, people: np.ndarray, image_wh: tu
 def loop_group(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams) -> tuple[np.ndarray, np.ndarray]:
     """The same grouping, adjust, scoring and refine as ours, written person by person.
 
-    Upstream's structure (``HeatmapParser.match`` / ``adjust`` / ``refine``) in plain numpy +
-    scipy: a dict of people, a Python loop over candidates, joints and people, and refine computing
-    the score map of every joint for every person over the whole heatmap. Used as the speed
+    Upstream's structure (``HeatmapParser.match`` / ``adjust`` / ``refine``) in plain numpy with
+    the same assignment solver (:func:`munkres_assignment`): a dict of people, a Python loop over
+    candidates, joints and people, and refine computing each person's score map over the whole
+    heatmap for each of its missing joints (upstream computes it for all K joints). Used as the speed
     baseline and as a second, independent implementation to compare people with.
 
     Returns:
@@ -186,7 +187,7 @@ def loop_group(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams) -> tupl
         cost = np.round(dist) * 100 - joints[:, 2:3] if params.use_detection_val else dist.copy()
         if n > len(keys):
             cost = np.concatenate([cost, np.full((n, n - len(keys)), 1e10)], axis=1)
-        for row, col in zip(*linear_sum_assignment(cost)):
+        for row, col in zip(*munkres_assignment(cost)):
             if col < len(keys) and dist[row, col] < params.tag_threshold:
                 joint_dict[keys[col]][idx] = joints[row]
                 tag_dict[keys[col]].append(tag_k[idx, row])
@@ -230,8 +231,9 @@ def loop_group(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams) -> tupl
 
 # ----------------------------------------------------------------------------- photos
 
-def coco_photos(shared: Path) -> list[tuple[Path, np.ndarray]]:
-    """``(image path, (P, 17, 3) annotated keypoints)`` of the shared COCO sets' photos."""
+def coco_photos(shared: Path) -> list[tuple[str, Path, int, np.ndarray]]:
+    """``(annotation file, image path, image id, (P, 17, 3) annotated keypoints)`` of the shared
+    COCO sets' photos (people with at least one labelled keypoint, not crowd)."""
     sets = [(shared / "data/mmpose_tests/coco/test_coco.json", shared / "data/mmpose_tests/coco"),
             (shared / "data/coco_mini/annotations/person_keypoints_train2017.json",
              shared / "data/coco_mini/train2017")]
@@ -248,7 +250,7 @@ def coco_photos(shared: Path) -> list[tuple[Path, np.ndarray]]:
             path = img_dir / im["file_name"]
             if path.exists():
                 people = np.array(kpts.get(im["id"], []), float).reshape(-1, 17, 3)
-                photos.append((path, people))
+                photos.append((str(ann_file), path, im["id"], people))
     return photos
 
 
@@ -299,13 +301,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         session = ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"])
     params = AEParams()
     rng = np.random.default_rng(args.seed)
-    print(f"{'photo':<24} {'input':>9} {'net ms':>8} {'agg ms':>7} {'topk ms':>7} "
-          f"{'ours ms':>8} {'loop ms':>8} {'speedup':>7} {'people':>6} {'same':>5}")
-    ours_all, loop_all, mismatches = [], [], 0
-    for path, annotated in photos:
+    print(f"{'photo':<17} {'input':>9} {'net ms':>7} {'agg ms':>7} {'topk ms':>7} {'match ms':>8} "
+          f"{'refine ms':>9} {'ours ms':>8} {'loop ms':>8} {'speedup':>7} {'people':>6} {'same':>4} "
+          f"{'scipy same':>10}")
+    ours_all, loop_all, mismatches, scipy_diff = [], [], 0, 0
+    by_solver: dict[str, dict[str, list]] = {"munkres": {}, "scipy": {}}
+    for ann_file, path, image_id, annotated in photos:
         img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
         h, w = img.shape[:2]
-        (w_in, h_in), _, _ = get_multi_scale_size((w, h), args.input_size, 1.0, 1.0)
+        (w_in, h_in), center, scale = get_multi_scale_size((w, h), args.input_size, 1.0, 1.0)
         net_ms = float("nan")
         if session is not None:
             net_ms, plain, flipped = _network_outputs(session, img, args.input_size)
@@ -317,29 +321,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             [ScaleOutputs(1.0, plain, flipped)], num_joints=17, flip_indices=COCO.flip_indices,
             with_heatmaps=[True, True], with_ae=[True, False], base_size=(w_in, h_in)), 1)
         topk_ms, cands = _best_ms(lambda: top_k_candidates(heatmaps, tags, params), args.repeat)
-
-        def ours():
-            people = adjust_people(match_by_tag(*cands, params), heatmaps)
-            scores = people[..., 2].mean(axis=1)
-            return refine_people(people, heatmaps, tags), scores
-
-        ours_ms, (ours_people, ours_scores) = _best_ms(ours, args.repeat)
+        match_ms, grouped = _best_ms(lambda: adjust_people(match_by_tag(*cands, params), heatmaps),
+                                     args.repeat)
+        refine_ms, refined = _best_ms(lambda: refine_people(grouped, heatmaps, tags), args.repeat)
+        ours_ms = match_ms + refine_ms
+        ours_scores = grouped[..., 2].mean(axis=1)
         loop_ms, (loop_people, loop_scores) = _best_ms(lambda: loop_group(heatmaps, tags, params),
                                                        args.repeat_baseline)
-        same = (ours_people.shape == loop_people.shape and np.array_equal(ours_people, loop_people)
+        same = (refined.shape == loop_people.shape and np.array_equal(refined, loop_people)
                 and np.array_equal(ours_scores, loop_scores))
+        scipy_people = refine_people(adjust_people(match_by_tag(*cands, params, solver="scipy"),
+                                                   heatmaps), heatmaps, tags)
+        scipy_same = scipy_people.shape == refined.shape and np.array_equal(scipy_people, refined)
         mismatches += not same
+        scipy_diff += not scipy_same
         ours_all.append(ours_ms)
         loop_all.append(loop_ms)
-        print(f"{path.name:<24} {w_in:>4}x{h_in:<4} {net_ms:>8.1f} {agg_ms:>7.1f} {topk_ms:>7.2f} "
-              f"{ours_ms:>8.2f} {loop_ms:>8.1f} {loop_ms / ours_ms:>6.0f}x {len(ours_people):>6} "
-              f"{'yes' if same else 'NO':>5}")
+        if len(annotated) and session is None:
+            for solver, found in (("munkres", refined), ("scipy", scipy_people)):
+                kp = people_to_image(found[..., :2], center, scale, (w_in, h_in))
+                pred = np.concatenate([kp, found[..., 2:3]], axis=2)
+                score = found[..., 2].mean(axis=1) if solver == "scipy" else ours_scores
+                by_solver[solver].setdefault(ann_file, []).append((image_id, pred, score))
+        print(f"{path.name[-16:]:<17} {w_in:>4}x{h_in:<4} {net_ms:>7.1f} {agg_ms:>7.1f} "
+              f"{topk_ms:>7.2f} {match_ms:>8.2f} {refine_ms:>9.2f} {ours_ms:>8.2f} {loop_ms:>8.1f} "
+              f"{loop_ms / ours_ms:>6.0f}x {len(refined):>6} {'yes' if same else 'NO':>4} "
+              f"{'yes' if scipy_same else 'no':>10}")
     print(f"\n{len(photos)} photos: grouping + refine ours median {statistics.median(ours_all):.2f} ms "
           f"(max {max(ours_all):.2f}), per-person loop median {statistics.median(loop_all):.1f} ms "
           f"(max {max(loop_all):.1f}); median speedup "
-          f"{statistics.median(l / o for l, o in zip(loop_all, ours_all)):.0f}x; "
-          f"identical people on {len(photos) - mismatches}/{len(photos)} photos")
+          f"{statistics.median(l / o for l, o in zip(loop_all, ours_all)):.0f}x; identical people "
+          f"on {len(photos) - mismatches}/{len(photos)} photos; scipy's assignment changed the people "
+          f"on {scipy_diff}/{len(photos)} photos")
+    for ann_file in by_solver["munkres"]:
+        aps = {solver: _coco_ap(ann_file, by_solver[solver][ann_file]) for solver in by_solver}
+        print(f"AP on {Path(ann_file).name} (synthetic outputs from its labels, person score = "
+              f"mean joint value): munkres replay {aps['munkres']:.4f}, scipy {aps['scipy']:.4f}")
     return 1 if mismatches else 0
+
+
+def _coco_ap(ann_file: str, preds: list) -> float:
+    """COCO keypoint AP of bottom-up predictions ``[(image_id, (P, K, 3), scores (P,))]`` on the
+    images that have them (person score as the result score, OKS-NMS 0.9)."""
+    from service.metrics import CocoKeypointEvaluator
+
+    ev = CocoKeypointEvaluator(ann_file, COCO.sigmas, score_mode="bbox")
+    for image_id, pred, score in preds:
+        if len(pred):
+            ev.add(image_id, pred, score)
+    return ev.evaluate(image_ids=[p[0] for p in preds])["AP"]
 
 
 if __name__ == "__main__":
