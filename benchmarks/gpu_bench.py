@@ -45,7 +45,8 @@ Per row (model x engine x batch): median batch latency (ms) over ``--iters`` tim
 ``--warmup`` untimed ones (CUDA events around each iteration; ``time.perf_counter`` on the CPU),
 throughput = batch / median latency (crops/s for pose, images/s for segmentation), p90 latency,
 peak memory (``torch.cuda.max_memory_allocated``, reset per row; torch engines only), set-up seconds
-(export, engine build, graph capture or compile plus the first run) and, for every engine but
+(export, engine build, graph capture or compile plus the first run), ``gmac_per_item`` (the
+network's multiply-accumulates per crop/image, ``torch.utils.flop_counter``) and, for every engine but
 ``eager_fp32``, its accuracy against ``eager_fp32`` on the same input: ``max_abs_err`` (heatmap or
 logit units), ``ref_max_abs`` (largest reference magnitude), ``argmax_agree_pct`` (pose: the
 heatmap maximum, :func:`service.codecs.refine.get_heatmap_maximum`, at the same pixel, over every
@@ -620,13 +621,19 @@ class Runner:
                                         max(32, int(w * f) // 32 * 32)), seed=SEED)
         return model.eval()
 
-    def reference(self, model: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
-        """Strict-fp32 eager outputs of ``model`` on ``x`` (on the run's device)."""
+    def reference(self, model: torch.nn.Module, x: np.ndarray) -> tuple[list[np.ndarray], float]:
+        """Strict-fp32 eager outputs of ``model`` on ``x`` (on the run's device) and the
+        multiply-accumulates per item in GMAC (``torch.utils.flop_counter``: convolutions and
+        matmuls; resizes and element-wise ops are not counted)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
         eng = TorchEngine(model, self.cfg.device)
         try:
             eng.load(x)
-            eng.step()
-            return eng.outputs()
+            counter = FlopCounterMode(display=False)
+            with counter:
+                eng.step()
+            return eng.outputs(), counter.get_total_flops() / 2e9 / len(x)
         finally:
             eng.close()
 
@@ -716,6 +723,7 @@ class Runner:
              "batch": batch, "input": [batch, 3, h, w], "status": status, "unit": bm.unit,
              "throughput": None, "latency_ms_median": None, "latency_ms_p90": None,
              "latency_ms_min": None, "iters": 0, "setup_s": None, "peak_mem_mb": None,
+             "gmac_per_item": None,
              "max_abs_err": None, "ref_max_abs": None,
              ("label_agree_pct" if bm.kind == "segmentation" else "argmax_agree_pct"): None,
              "error": None}
@@ -740,6 +748,7 @@ class Runner:
             return
         x_all = model_inputs(bm, self.size(bm), max(batches), cfg.shared)
         refs: dict[int, list[np.ndarray]] = {}
+        gmac: Optional[float] = None
         for engine in cfg.engines:
             eng: Optional[Engine] = None
             skip: Optional[str] = None
@@ -753,7 +762,7 @@ class Runner:
                 try:
                     x = x_all[:b]
                     if b not in refs:
-                        refs[b] = self.reference(model, x)
+                        refs[b], gmac = self.reference(model, x)
                     if cfg.device.type == "cuda":
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats()
@@ -764,7 +773,7 @@ class Runner:
                     times, setup = self.timed(eng, x)
                     med = statistics.median(times)
                     kw: dict[str, Any] = dict(
-                        throughput=b / (med / 1e3), latency_ms_median=med,
+                        gmac_per_item=gmac, throughput=b / (med / 1e3), latency_ms_median=med,
                         latency_ms_p90=float(np.percentile(times, 90)), latency_ms_min=min(times),
                         iters=len(times), setup_s=round(build + setup, 3))
                     if cfg.device.type == "cuda" and eng.uses_torch_memory:

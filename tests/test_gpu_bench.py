@@ -109,6 +109,9 @@ def test_smoke_rows_cover_every_model_engine_batch(smoke):
         assert r["throughput"] == pytest.approx(r["batch"] / (med / 1e3), rel=1e-9)
         assert r["iters"] >= 3 and r["setup_s"] >= 0
         assert r["peak_mem_mb"] is None  # CPU: torch.cuda.max_memory_allocated does not apply
+        if r["model"] == "hrnet_w32_256x192":
+            # the published 7.65 GMAC per 256x192 crop, scaled to the smoke crop's pixels
+            assert r["gmac_per_item"] == pytest.approx(7.65 * h * w / (256 * 192), rel=0.01)
 
 
 @pytest.mark.slow
