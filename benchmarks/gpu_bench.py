@@ -327,11 +327,14 @@ def tf32(enabled: bool):
 
 class TorchEngine(Engine):
     """PyTorch eager, optionally under autocast (``dtype``) with channels-last memory format,
-    optionally compiled (``compile=True``). TF32 is on only when ``allow_tf32``."""
+    optionally compiled (``compile=True``). TF32 is on only when ``allow_tf32``. ``autocast_cache``
+    False turns off autocast's cache of cast weights (required inside a CUDA graph capture)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, *, dtype: Optional[torch.dtype] = None,
-                 channels_last: bool = False, compile: bool = False, allow_tf32: bool = False):
+                 channels_last: bool = False, compile: bool = False, allow_tf32: bool = False,
+                 autocast_cache: bool = True):
         self.device, self.dtype, self.allow_tf32 = device, dtype, allow_tf32
+        self.autocast_cache = autocast_cache
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         m = copy.deepcopy(model).to(device).eval()
         if channels_last:
@@ -344,7 +347,8 @@ class TorchEngine(Engine):
     def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         with torch.inference_mode(), tf32(self.allow_tf32), contextlib.ExitStack() as stack:
             if self.dtype is not None:
-                stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
+                stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype,
+                                                   cache_enabled=self.autocast_cache))
             return as_outputs(self.fn(x))
 
     def load(self, x: np.ndarray) -> None:
@@ -367,7 +371,7 @@ class CudaGraphEngine(TorchEngine):
     warm-up runs on a side stream; ``step`` replays the graph."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
-        super().__init__(model, device, dtype=torch.float16, channels_last=True)
+        super().__init__(model, device, dtype=torch.float16, channels_last=True, autocast_cache=False)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
 
     def load(self, x: np.ndarray) -> None:
@@ -752,9 +756,10 @@ class Runner:
         for engine in cfg.engines:
             eng: Optional[Engine] = None
             skip: Optional[str] = None
+            failed: Optional[str] = None  # set-up error: not retried for the next batch sizes
             for b in batches:
-                if skip is not None:
-                    self.add(self.row(bm, engine, b, "skipped", error=skip))
+                if skip is not None or failed is not None:
+                    self.add(self.row(bm, engine, b, "skipped" if skip else "error", error=skip or failed))
                     continue
                 if self.over_budget():
                     self.add(self.row(bm, engine, b, "skipped", error="time budget spent"))
@@ -768,7 +773,13 @@ class Runner:
                         torch.cuda.reset_peak_memory_stats()
                     t = time.perf_counter()
                     if eng is None:
-                        eng = self.make_engine(engine, bm, model, max(batches))
+                        try:
+                            eng = self.make_engine(engine, bm, model, max(batches))
+                        except EngineSkipped:
+                            raise
+                        except Exception as exc:
+                            failed = f"set-up failed at batch {b}: {type(exc).__name__}: {exc}"[:2000]
+                            raise
                     build = time.perf_counter() - t
                     times, setup = self.timed(eng, x)
                     med = statistics.median(times)
