@@ -68,6 +68,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -735,22 +736,25 @@ class Runner:
         return r
 
     def run_model(self, bm: BenchModel) -> None:
+        """Every engine at every batch size for one model (rows added as they are measured)."""
         cfg = self.cfg
         batches = self.batches(bm)
-        if self.over_budget():
+
+        def fill(status: str, why: str) -> None:
             for e in cfg.engines:
                 for b in batches:
-                    self.add(self.row(bm, e, b, "skipped", error="time budget spent"))
-            return
+                    self.add(self.row(bm, e, b, status, error=why))
+
+        if self.over_budget():
+            return fill("skipped", "time budget spent")
         try:
             model = self.build_model(bm)
+            x_all = model_inputs(bm, self.size(bm), max(batches), cfg.shared)
         except KeyError as exc:
             self.note(f"{bm.key}: skipped, create_model does not know {bm.registry_name!r} ({exc})")
-            for e in cfg.engines:
-                for b in batches:
-                    self.add(self.row(bm, e, b, "skipped", error=f"model not available: {exc}"))
-            return
-        x_all = model_inputs(bm, self.size(bm), max(batches), cfg.shared)
+            return fill("skipped", f"model not available: {exc}")
+        except Exception as exc:  # noqa: BLE001 - e.g. the shared photos are missing
+            return fill("error", f"model or inputs failed: {type(exc).__name__}: {exc}"[:2000])
         refs: dict[int, list[np.ndarray]] = {}
         gmac: Optional[float] = None
         for engine in cfg.engines:
@@ -811,8 +815,11 @@ class Runner:
     def run(self) -> dict[str, Any]:
         """Every model in turn; returns :meth:`result` (also written to ``--out``)."""
         print(header(), flush=True)
-        for bm in self.cfg.models:
-            self.run_model(bm)
+        try:
+            for bm in self.cfg.models:
+                self.run_model(bm)
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)  # ONNX files and TensorRT plans
         res = self.result()
         if self.cfg.out is not None:
             atomic_write_json(self.cfg.out, res)

@@ -198,3 +198,12 @@ def test_gpu_run_script_is_valid_bash():
     text = script.read_text()
     assert "benchmarks.gpu_bench" in text and "hrnet_w32_256x192" in text
     assert "pip install" not in text  # the GPU machine has no internet
+
+
+def test_missing_data_gives_error_rows_and_exit_1(tmp_path):
+    proc, res = run_smoke(tmp_path, "--shared-dir", str(tmp_path / "nowhere"), "--models",
+                          "hrnet_w32_256x192", "--engines", "eager_fp32", "--batches", "1")
+    assert proc.returncode == 1
+    (row,) = res["rows"]
+    assert row["status"] == "error" and "FileNotFoundError" in row["error"]
+    assert "no person crops" in row["error"]
