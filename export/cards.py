@@ -25,8 +25,7 @@ from service.cards import (CodecSpec, ModelCard, Normalization, SegTestPipeline,
 from service.datasets import get_pose_dataset, get_seg_dataset
 from service.pipelines.common import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
-#: ImageNet mean/std on 0..255 RGB values (MMPose ``PoseDataPreprocessor`` / MMSeg
-#: ``SegDataPreProcessor`` in every HRNet config, with ``bgr_to_rgb=True``).
+#: The ImageNet RGB normalisation of every HRNet config (values in :mod:`service.pipelines.common`).
 IMAGENET_RGB = Normalization(mean=IMAGENET_MEAN_RGB, std=IMAGENET_STD_RGB, channel_order="rgb")
 
 #: ``GetBBoxCenterScale`` default padding in the MMPose 1.x top-down configs.
