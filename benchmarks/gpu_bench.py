@@ -43,7 +43,7 @@ Engines (:data:`ENGINES`; each one is tried, and a failing or unavailable one gi
 
 Per row (model x engine x batch): median batch latency (ms) over ``--iters`` timed iterations after
 ``--warmup`` untimed ones (CUDA events around each iteration; ``time.perf_counter`` on the CPU),
-throughput = batch / median latency (crops/s for pose, images/s for segmentation), p90 latency,
+throughput = batch / median latency (crops/s for top-down pose, images/s otherwise), p90 latency,
 peak memory (``torch.cuda.max_memory_allocated``, reset per row; torch engines only), set-up seconds
 (export, engine build, graph capture or compile plus the first run), ``gmac_per_item`` (the
 network's multiply-accumulates per crop/image, ``torch.utils.flop_counter``) and, for every engine but
