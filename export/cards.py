@@ -27,11 +27,10 @@ from typing import Any, Optional
 from service.cards import (BottomUpSpec, CodecSpec, ModelCard, Normalization, SegTestPipeline,
                            SourceSpec, TensorSpec)
 from service.datasets import get_pose_dataset, get_seg_dataset
+from service.pipelines.common import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
-#: ImageNet mean/std on 0..255 RGB values (MMPose ``PoseDataPreprocessor`` / MMSeg
-#: ``SegDataPreProcessor`` in every HRNet config, with ``bgr_to_rgb=True``).
-IMAGENET_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
-                             channel_order="rgb")
+#: The ImageNet RGB normalisation of every HRNet config (values in :mod:`service.pipelines.common`).
+IMAGENET_RGB = Normalization(mean=IMAGENET_MEAN_RGB, std=IMAGENET_STD_RGB, channel_order="rgb")
 
 #: ``GetBBoxCenterScale`` default padding in the MMPose 1.x top-down configs.
 BBOX_PADDING = 1.25

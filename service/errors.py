@@ -7,10 +7,11 @@ HTTP errors get the same format; its "field/part exceeded maximum size" (400) be
 """
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # FastAPI is imported where the handlers are installed, so the error classes
+    # stay importable without it (service.boxes in the torch/GPU tooling, e.g. benchmarks.gpu_bench)
+    from fastapi import FastAPI
 
 
 class APIError(Exception):
@@ -73,6 +74,10 @@ def error_body(code: str, message: str) -> dict:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map APIError and request-validation errors to JSON 4xx responses."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
