@@ -644,19 +644,16 @@ class Runner:
 
     def onnx_file(self, bm: BenchModel, model: torch.nn.Module) -> Path:
         """The model's ONNX graph (dynamic batch, fixed spatial size), exported once per model
-        with :func:`export.onnx_export.export_onnx`. Raises :class:`EngineSkipped` for a model
-        with several outputs (``export_onnx`` writes one-output graphs)."""
+        with :func:`export.onnx_export.export_onnx` (HigherHRNet: one named output per stage)."""
         from export.onnx_export import export_onnx
 
         path = self.work / f"{bm.key}.onnx"
         if path.exists():
             return path
-        if bm.kind == "bottomup":
-            raise EngineSkipped("export_onnx writes one-output graphs; HigherHRNet has two")
         h, w = self.size(bm)
+        names = {"segmentation": "logits", "bottomup": ["heatmaps_tags_1_4", "heatmaps_1_2"]}
         export_onnx(copy.deepcopy(model), path, input_shape=(2, 3, h, w), dynamic_batch=True,
-                    output_name="logits" if bm.kind == "segmentation" else "heatmaps",
-                    exporter=self.cfg.exporter)
+                    output_name=names.get(bm.kind, "heatmaps"), exporter=self.cfg.exporter)
         return path
 
     def make_engine(self, name: str, bm: BenchModel, model: torch.nn.Module, max_batch: int) -> Engine:
