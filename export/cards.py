@@ -76,14 +76,6 @@ def _dataset_and_width(entry: Any, task: str) -> tuple[Any, int]:
     return info, n
 
 
-def _keypoint_fields(info: Any) -> dict[str, Any]:
-    """The card's keypoint metainfo fields from a :class:`service.datasets.PoseDatasetInfo`."""
-    return dict(keypoint_names=list(info.keypoint_names),
-                skeleton=[(int(a), int(b)) for a, b in info.skeleton],
-                flip_indices=[int(i) for i in info.flip_indices],
-                sigmas=[float(s) for s in info.sigmas])
-
-
 def _source(entry: Any, checkpoint: Optional[str], notes: Optional[str]) -> SourceSpec:
     parts = [n for n in (entry.notes, notes) if n]
     return SourceSpec(arch=entry.name, config=entry.config, checkpoint=checkpoint,
@@ -126,7 +118,11 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
         codec=codec, bbox_padding=entry.bbox_padding,
         use_udp=bool(entry.use_udp), flip_test=bool(entry.flip_test),
         shift_heatmap=bool(entry.shift_heatmap),
-        **_keypoint_fields(info), dataset=entry.dataset,
+        keypoint_names=list(info.keypoint_names),
+        skeleton=[(int(a), int(b)) for a, b in info.skeleton],
+        flip_indices=[int(i) for i in info.flip_indices],
+        sigmas=[float(s) for s in info.sigmas],
+        dataset=entry.dataset,
         source=_source(entry, checkpoint, " ".join(n for n in (extra, notes) if n) or None),
     )
 
@@ -163,7 +159,11 @@ def bottomup_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, -1, -1])],
         outputs=outputs, max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
         flip_test=bool(entry.flip_test), bottomup=spec,
-        **_keypoint_fields(info), dataset=entry.dataset,
+        keypoint_names=list(info.keypoint_names),
+        skeleton=[(int(a), int(b)) for a, b in info.skeleton],
+        flip_indices=[int(i) for i in info.flip_indices],
+        sigmas=[float(s) for s in info.sigmas],
+        dataset=entry.dataset,
         source=_source(entry, checkpoint, notes),
     )
 
