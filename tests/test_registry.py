@@ -54,8 +54,9 @@ def test_counts_per_table():
     seg = list_entries(task="segmentation")
     assert Counter(_table_of(e) for e in pose) == POSE_TABLES
     assert Counter(e.dataset for e in seg) == SEG_TABLE
-    assert len(pose) == 28 and len(seg) == 25
-    assert len(list_entries()) == 53
+    bottomup = list_entries(task="bottomup_pose")  # HigherHRNet rows: test_higher_hrnet.py
+    assert len(pose) == 28 and len(seg) == 25 and len(bottomup) == 3
+    assert len(list_entries()) == 56
 
 
 def test_seg_rows_cover_arch_x_schedule_grid():
@@ -276,7 +277,7 @@ def test_register_and_duplicate():
             register("my_hrnet")  # type: ignore[arg-type]
     finally:
         registry._REGISTRY.pop("my_hrnet", None)
-    assert len(list_entries()) == 53
+    assert len(list_entries()) == 56
 
 
 @pytest.mark.parametrize("over", [
@@ -322,6 +323,10 @@ def test_entries_make_valid_model_cards():
                 flip_indices=list(info.flip_indices), sigmas=list(info.sigmas),
                 dataset=e.dataset)
             assert card.num_keypoints == e.num_outputs
+        elif e.task == "bottomup_pose":  # its card builder is pinned in test_higher_hrnet.py
+            from export.cards import card_for_entry
+            card = card_for_entry(e, e.name)
+            assert card.bottomup is not None and card.bottomup.num_joints == e.num_outputs
         else:
             info = get_seg_dataset(e.dataset)
             card = ModelCard(

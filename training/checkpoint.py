@@ -10,8 +10,9 @@ Published layouts (``state_dict`` keys; ``<bb>`` = the HRNet backbone keys of
               (MMPose 0.x, ``TopdownHeatmapSimpleHead`` with no deconv/extra conv layers)
 ``hrnet``     a bare state_dict ``{"<bb>", "final_layer.*"}`` (leoxiaobin/
               deep-high-resolution-net.pytorch ``PoseHighResolutionNet``)
-``mmpose0``   (bottom-up) ``{"meta", "state_dict": {"backbone.<bb>", "keypoint_head.final_layers.*",
-              "keypoint_head.deconv_layers.*"}}`` (MMPose 0.x ``AEHigherResolutionHead``)
+``mmpose0``   (bottom-up) ``{"meta", "state_dict": {"backbone.<bb>",
+              "keypoint_head.final_layers.*", "keypoint_head.deconv_layers.*"}}``
+              (MMPose 0.x ``AEHigherResolutionHead``)
 ``higherhrnet`` a bare state_dict ``{"<bb>", "final_layers.*", "deconv_layers.*"}``
               (HRNet/HigherHRNet-Human-Pose-Estimation ``PoseHigherResolutionNet``)
 ``mmseg``     ``{"meta": {...}, "state_dict": {"backbone.<bb>", "decode_head.convs.0.conv.weight",
@@ -169,8 +170,8 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
 
     ``backbone.*`` with ``head.*`` -> ``mmpose1``; with ``keypoint_head.*`` -> ``mmpose0``;
     with ``decode_head.*`` -> ``mmseg``; bare backbone keys (``conv1.weight``) with
-    ``final_layer.*`` -> ``hrnet``, with ``final_layers.*`` -> ``higherhrnet``. Raises :class:`CheckpointError` (naming sample keys) for
-    anything else.
+    ``final_layer.*`` -> ``hrnet``, with ``final_layers.*`` -> ``higherhrnet``. Raises
+    :class:`CheckpointError` (naming sample keys) for anything else.
     """
     keys = list(state_dict)
     tops = {k.split(".", 1)[0] for k in keys}
@@ -188,8 +189,8 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
                 return layout
     raise CheckpointError(
         "unrecognised checkpoint layout (expected backbone.* + head.*/keypoint_head.*/decode_head.*, "
-        f"or bare HRNet keys + final_layer.*/final_layers.*); top-level prefixes: {sorted(tops)[:12]}, "
-        f"first keys: {keys[:3]}")
+        "or bare HRNet keys + final_layer.*/final_layers.*); top-level prefixes: "
+        f"{sorted(tops)[:12]}, first keys: {keys[:3]}")
 
 
 def convert_state_dict(state_dict: Mapping[str, Tensor], task: str) -> dict[str, Tensor]:
@@ -353,8 +354,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str = "mm
 
     ``mmpose1``/``mmpose0``/``mmseg``: ``{"meta": meta or {}, "state_dict": OrderedDict}``
     written in torch's legacy (non-zip) format, as the OpenMMLab ``publish_model`` tools do;
-    ``hrnet``/``higherhrnet``: the bare state_dict in the zip format. The file is written atomically (temp
-    file, then rename). Returns the path. Raises ``ValueError`` for an unknown layout or one
+    ``hrnet``/``higherhrnet``: the bare state_dict in the zip format. The file is written
+    atomically (temp file, then rename). Returns the path. Raises ``ValueError`` for an unknown layout or one
     of the other task.
     """
     path = Path(path)

@@ -1,9 +1,10 @@
-"""HRNet models for serving/export: top-down pose (MMPose) and segmentation (MMSeg FCN-HRNetV2).
+"""HRNet models for serving/export: top-down pose (MMPose), bottom-up pose (HigherHRNet,
+:mod:`training.higher_hrnet`) and segmentation (MMSeg FCN-HRNetV2).
 
 Our module names are the MMPose 1.x / MMSeg 1.x ones, so ``model.state_dict()`` keys are
 exactly those of the published checkpoints' ``state_dict``: ``backbone.*`` + ``head.*``
 (pose) and ``backbone.*`` + ``decode_head.*`` (segmentation). :mod:`training.checkpoint` maps
-the other published layouts (MMPose 0.x, original HRNet repo) onto these names.
+the other published layouts (MMPose 0.x, original HRNet and HigherHRNet repos) onto these names.
 """
 from __future__ import annotations
 

@@ -87,15 +87,16 @@ class ModelEntry:
         dark: pose only, DARK decoding (``MSRAHeatmap(unbiased=True)``).
         use_udp: pose only, UDP affine (``TopdownAffine(use_udp=True)``); True iff UDPHeatmap.
         flip_test: pose only, the config's ``test_cfg.flip_test``.
-        ae_test_cfg: bottom-up only, the config's associative-embedding ``test_cfg`` under the
-            field names of :class:`service.cards.BottomUpSpec` (``max_num_people``,
-            ``detection_threshold``, ``tag_threshold``, ``nms_kernel``, ``adjust``, ``refine``,
-            ``joint_order``, ...). Read-only mapping.
         shift_heatmap: pose only, ``test_cfg.shift_heatmap`` (False for UDP).
         bbox_padding: pose only, the box padding of the test pipeline (``GetBBoxCenterScale``;
             1.25 everywhere except MMPose 0.x ATRW, whose dataset uses ``padding=1.0``).
         output_keypoint_indices: pose only, ``test_cfg.output_keypoint_indices`` when the head
             predicts more keypoints than are reported (COCO-AIC combine: 0..16 of 19), else None.
+
+        ae_test_cfg: bottom-up only, the config's associative-embedding ``test_cfg`` under the
+            field names of :class:`service.cards.BottomUpSpec` (``max_num_people``,
+            ``detection_threshold``, ``tag_threshold``, ``nms_kernel``, ``adjust``, ``refine``,
+            ``joint_order``, ...). Read-only mapping.
 
         crop_size: seg only, training crop ``(h, w)``.
         test_scale: seg only, test ``Resize(scale=(w, h), keep_ratio=True)``.
@@ -171,13 +172,11 @@ class ModelEntry:
             if self.output_keypoint_indices is not None and (
                     max(self.output_keypoint_indices) >= self.num_outputs):
                 bad.append("output_keypoint_indices out of range")
-        if self.task == "bottomup_pose":
+        elif self.task == "bottomup_pose":
             if self.input_size is None or self.ae_test_cfg is None:
                 bad.append("bottom-up entry needs input_size and ae_test_cfg")
             if self.codec is not None or self.test_mode is not None:
                 bad.append("bottom-up entry must not set top-down codec or segmentation fields")
-        elif self.ae_test_cfg is not None:
-            bad.append("ae_test_cfg is for bottom-up entries only")
         elif self.task == "segmentation":
             if self.test_mode not in ("whole", "slide"):
                 bad.append(f"test_mode {self.test_mode!r} not 'whole'/'slide'")
@@ -188,6 +187,8 @@ class ModelEntry:
                 bad.append("segmentation entry needs crop_size and test_scale")
             if self.codec is not None or self.input_size is not None:
                 bad.append("segmentation entry must not set pose fields")
+        if self.ae_test_cfg is not None and self.task != "bottomup_pose":
+            bad.append("ae_test_cfg is for bottom-up entries only")
         if bad:
             raise ValueError(f"ModelEntry {self.name!r}: " + "; ".join(bad))
 
