@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 
 from service.codecs.associative_embedding import (AEParams, ScaleOutputs, adjust_people,
-                                                  aggregate_outputs, match_by_tag, munkres_assignment,
-                                                  people_to_image,
+                                                  aggregate_outputs, match_by_tag, max_pool,
+                                                  munkres_assignment, people_to_image,
                                                   refine_people, top_k_candidates)
 from service.datasets.coco import COCO
 from service.geometry import affine_transform_points, get_bottomup_warp_matrix, get_multi_scale_size
@@ -320,10 +320,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         agg_ms, (heatmaps, tags) = _best_ms(lambda: aggregate_outputs(
             [ScaleOutputs(1.0, plain, flipped)], num_joints=17, flip_indices=COCO.flip_indices,
             with_heatmaps=[True, True], with_ae=[True, False], base_size=(w_in, h_in)), 1)
-        topk_ms, cands = _best_ms(lambda: top_k_candidates(heatmaps, tags, params), args.repeat)
+        def peaks():
+            pooled = max_pool(heatmaps, params.nms_kernel)
+            return pooled, top_k_candidates(heatmaps, tags, params, pooled)
+
+        topk_ms, (pooled, cands) = _best_ms(peaks, args.repeat)
         match_ms, grouped = _best_ms(lambda: adjust_people(match_by_tag(*cands, params), heatmaps),
                                      args.repeat)
-        refine_ms, refined = _best_ms(lambda: refine_people(grouped, heatmaps, tags), args.repeat)
+        refine_ms, refined = _best_ms(lambda: refine_people(grouped, heatmaps, tags, pooled),
+                                      args.repeat)
         ours_ms = match_ms + refine_ms
         ours_scores = grouped[..., 2].mean(axis=1)
         loop_ms, (loop_people, loop_scores) = _best_ms(lambda: loop_group(heatmaps, tags, params),
@@ -331,7 +336,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         same = (refined.shape == loop_people.shape and np.array_equal(refined, loop_people)
                 and np.array_equal(ours_scores, loop_scores))
         scipy_people = refine_people(adjust_people(match_by_tag(*cands, params, solver="scipy"),
-                                                   heatmaps), heatmaps, tags)
+                                                   heatmaps), heatmaps, tags, pooled)
         scipy_same = scipy_people.shape == refined.shape and np.array_equal(scipy_people, refined)
         mismatches += not same
         scipy_diff += not scipy_same

@@ -708,11 +708,13 @@ def refine_people(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray,
     Vectorised over people (per joint, all people missing it at once) without copying maps, and
     exact without scanning every pixel: a pixel's score never exceeds its heatmap value
     (``round(|.|) >= 0``), so the map is cut into ``kernel`` x ``kernel`` blocks whose maxima
-    (read off ``pooled`` at the block centres) bound every score inside. Blocks are scored from
-    the highest maxima down: first those reaching the 64th largest block maximum, then every block
-    whose maximum reaches the smallest best score found so far (over the people); no other pixel
-    can reach a best score, ties included, so the answer equals a scan of the whole map
-    (``tests/test_associative_embedding.py`` checks it against one).
+    (read off ``pooled`` at the block centres) bound every score inside. The blocks reaching the
+    64th largest block maximum are scored first; then, for the people whose best score so far
+    still leaves at most a quarter of the blocks in play, every block whose maximum reaches the
+    smallest of those scores; the other people get one chunked scan of the whole map. No skipped
+    pixel can reach a best score, ties included, so the answer equals a scan of the whole map
+    (``tests/test_associative_embedding.py`` checks it against one). A person whose tag matches
+    nothing strong (a one-joint person made of background) costs a full scan, as upstream.
 
     Args:
         people: ``(P, K, 3 + L)`` float32 (after :func:`adjust_people`).
@@ -755,13 +757,18 @@ def refine_people(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray,
         bm = block_max[j]
         tag_j = tag_flat[j if tags.shape[0] == k else 0]
         first = bm >= (np.partition(bm, len(bm) - 64)[len(bm) - 64] if len(bm) > 64 else -np.inf)
-        best_val, best_idx = _refine_best(hm_flat[j], tag_j, mean_tags[who], block_pixels(
-            np.flatnonzero(first)))
-        rest = np.flatnonzero(~first & (bm >= best_val.min()))
-        if len(rest):
-            v2, i2 = _refine_best(hm_flat[j], tag_j, mean_tags[who], block_pixels(rest))
-            take = (v2 > best_val) | ((v2 == best_val) & (i2 < best_idx))
-            best_idx = np.where(take, i2, best_idx)
+        best_val, best_idx = _refine_best(hm_flat[j], tag_j, mean_tags[who],
+                                          block_pixels(np.flatnonzero(first)))
+        # people whose bound still admits many blocks are cheaper with one scan of the map
+        scan = (bm[None, :] >= best_val[:, None]).sum(axis=1) > len(bm) // 4
+        if scan.any():
+            best_idx[scan] = _refine_scan(hm_flat[j], tag_j, mean_tags[who[scan]])
+        if (~scan).any():
+            rest = np.flatnonzero(~first & (bm >= best_val[~scan].min()))
+            if len(rest):
+                v2, i2 = _refine_best(hm_flat[j], tag_j, mean_tags[who[~scan]], block_pixels(rest))
+                v1, i1 = best_val[~scan], best_idx[~scan]
+                best_idx[~scan] = np.where((v2 > v1) | ((v2 == v1) & (i2 < i1)), i2, i1)
         val = hm_flat[j, best_idx]
         bx, by = best_idx % w, best_idx // w
         dx, dy = _quarter_offsets(heatmaps, np.full(len(who), j), bx, by)
@@ -781,6 +788,28 @@ def _refine_scores(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray) -> np
         d = tag[None, :, lt] - mean_tags[:, lt, None]
         sq += d * d
     return hm[None] - np.round(np.sqrt(sq))
+
+
+#: People x pixels scored at once by :func:`_refine_scan`.
+_SCAN_CHUNK = 1 << 21
+
+
+def _refine_scan(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray) -> np.ndarray:
+    """Per person, the first flat index of the best refine score over the whole map, scanned in
+    contiguous chunks (an earlier chunk keeps a tie)."""
+    n = hm.shape[0]
+    step = max(1, _SCAN_CHUNK // max(len(mean_tags), 1))
+    best_val = np.full(len(mean_tags), -np.inf, np.float32)
+    best_idx = np.zeros(len(mean_tags), np.int64)
+    rows = np.arange(len(mean_tags))
+    for start in range(0, n, step):
+        sc = _refine_scores(hm[start:start + step], tag[start:start + step], mean_tags)
+        i = sc.argmax(axis=1)
+        v = sc[rows, i]
+        better = v > best_val
+        best_val[better] = v[better]
+        best_idx[better] = i[better] + start
+    return best_idx
 
 
 def _refine_best(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray,
