@@ -66,6 +66,7 @@ __all__ = [
     "aggregate_outputs",
     "max_pool",
     "top_k_candidates",
+    "munkres_assignment",
     "match_by_tag",
     "adjust_people",
     "refine_people",
@@ -80,7 +81,9 @@ COCO_JOINT_ORDER = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
 
 @dataclass(frozen=True)
 class AEParams:
-    """Grouping parameters (the card's :class:`service.cards.BottomUpSpec` fields of the same name).
+    """Grouping parameters (the card's :class:`service.cards.BottomUpSpec` fields of the same name;
+    MMPose 0.x ``test_cfg`` / the HigherHRNet repo's ``TEST`` section). Whether tags are per joint
+    is read off the tag maps' first axis (``K`` or 1).
 
     ``joint_order`` empty means upstream's default: :data:`COCO_JOINT_ORDER` for 17 joints,
     ``range(num_joints)`` otherwise (MMPose 0.x ``_Params``).
@@ -94,7 +97,6 @@ class AEParams:
     ignore_too_much: bool = False
     nms_kernel: int = 5
     nms_padding: int = 2
-    tag_per_joint: bool = True
     adjust: bool = True
     refine: bool = True
     joint_order: tuple[int, ...] = ()
@@ -106,7 +108,7 @@ class AEParams:
                    detection_threshold=spec.detection_threshold, tag_threshold=spec.tag_threshold,
                    use_detection_val=spec.use_detection_val, ignore_too_much=spec.ignore_too_much,
                    nms_kernel=spec.nms_kernel, nms_padding=spec.nms_padding,
-                   tag_per_joint=spec.tag_per_joint, adjust=spec.adjust, refine=spec.refine,
+                   adjust=spec.adjust, refine=spec.refine,
                    joint_order=tuple(spec.joint_order))
 
     def order(self) -> tuple[int, ...]:
