@@ -263,14 +263,17 @@ def _best_ms(fn, repeat: int) -> tuple[float, object]:
     return best, out
 
 
-def _network_outputs(session, image_rgb: np.ndarray, input_size: int) -> tuple[float, list, list]:
-    """Run an exported model (batch 2: plain + flipped); returns (ms, plain, flipped) outputs."""
+def _network_outputs(session, image_bgr: np.ndarray, input_size: int) -> tuple[float, list, list]:
+    """Run an exported model (batch 2: plain + flipped, the gateway's preprocessing with ImageNet
+    mean/std on RGB); returns (ms, plain outputs, flipped outputs) in the graph's output order."""
+    from service.cards import Normalization
     from service.geometry import resize_align_multi_scale
+    from service.pipelines.common import to_input_tensor
 
-    resized, _, _ = resize_align_multi_scale(image_rgb, input_size, 1.0, 1.0)
-    x = (resized.astype(np.float32) / 255.0 - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)
-    x = x.transpose(2, 0, 1)[None].astype(np.float32)
-    x = np.concatenate([x, x[..., ::-1]])
+    resized, _, _ = resize_align_multi_scale(image_bgr, input_size, 1.0, 1.0)
+    x = to_input_tensor(resized[None], Normalization(mean=(123.675, 116.28, 103.53),
+                                                     std=(58.395, 57.12, 57.375)))
+    x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])
     name = session.get_inputs()[0].name
     t = time.perf_counter()
     outs = session.run(None, {name: x})
@@ -307,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ours_all, loop_all, mismatches, scipy_diff = [], [], 0, 0
     by_solver: dict[str, dict[str, list]] = {"munkres": {}, "scipy": {}}
     for ann_file, path, image_id, annotated in photos:
-        img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        img = cv2.imread(str(path))
         h, w = img.shape[:2]
         (w_in, h_in), center, scale = get_multi_scale_size((w, h), args.input_size, 1.0, 1.0)
         net_ms = float("nan")

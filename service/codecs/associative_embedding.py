@@ -405,10 +405,11 @@ def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams,
     n_tag = tags.shape[-1]
     if pooled is None:
         pooled = max_pool(hm, params.nms_kernel)
-    mask = pooled == hm
-    mask &= hm > np.float32(params.detection_threshold)
-    jj, flat = np.nonzero(mask.reshape(k, h * w))  # sorted by joint, then flat index
-    vals = hm.reshape(k, h * w)[jj, flat]
+    hm_flat = hm.reshape(k, h * w)
+    jj, flat = np.nonzero(hm_flat > np.float32(params.detection_threshold))  # joint, then index
+    vals = hm_flat[jj, flat]
+    is_peak = pooled.reshape(k, h * w)[jj, flat] == vals
+    jj, flat, vals = jj[is_peak], flat[is_peak], vals[is_peak]
     # per joint: value descending, ties by flat index (stable sort of the index-sorted list)
     order = np.lexsort((flat, -vals, jj))
     jj, flat, vals = jj[order], flat[order], vals[order]
