@@ -29,11 +29,18 @@ Follows the test path of the HigherHRNet repo (``HRNet/HigherHRNet-Human-Pose-Es
 Coordinates are ``(x, y)`` pixels of the aggregated heatmaps ("heatmap space", the resized image
 with ``project2image``) until step 7. Tie behaviour where upstream calls torch or munkres:
 
-* ``topk`` over the peak map: torch does not define an order among equal values; here equal
-  values are taken in ascending flattened index (row-major). It only matters for peaks of exactly
-  equal value (a plateau of equal maxima inside one 5x5 window keeps all its pixels, as upstream).
-  Only candidates above ``detection_threshold`` are kept (upstream's topk + mask), which is why the
-  threshold must be >= 0 (below 0 upstream would also keep the zeroed non-peaks).
+* ``topk`` over the peak map: here equal values are taken in ascending flattened index
+  (row-major). torch's CPU ``topk`` (a partial sort) leaves the order of equal values to its
+  sort: in a check with 60 equal peaks it kept the same 30 (the lowest indices) in a scrambled
+  order. The candidate order decides which person is created first and the row order of the
+  matching, so exactly equal peak values above ``detection_threshold`` can group differently
+  from upstream. Real-valued outputs of a trained model do not tie; a random-weight model does,
+  over the constant black padding to the multiple of 64 (a fake two-conv model gave the same 30
+  people as upstream, 0 px apart, on a photo resized to 768x512, and different keypoints on the
+  padded original). A plateau of equal maxima inside one 5x5 window keeps all its pixels, as
+  upstream's ``maxpool == heatmap`` test does. Only candidates above ``detection_threshold``
+  are kept (upstream's topk + mask), which is why the threshold must be >= 0 (below 0 upstream
+  would also keep the zeroed non-peaks).
 * Hungarian matching: the costs are integers times 100 minus the candidates' values, so several
   assignments often have the same minimum cost (exchange two candidates whose rounded distances
   to two people sum the same). Upstream's ``munkres`` package then returns the optimum its step
