@@ -534,7 +534,6 @@ def munkres_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, star_col[:n_rows].copy()
 
 
-
 def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts: np.ndarray,
                  params: AEParams, solver: str = "munkres") -> np.ndarray:
     """Group candidates into people, HigherHRNet's ``match_by_tag`` (vectorised per joint).
@@ -543,7 +542,8 @@ def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts
     one person each if nobody exists yet; otherwise the cost of candidate ``i`` joining person
     ``g`` is ``round(|tag_i - mean_tag_g|) * 100 - value_i`` (``use_detection_val``; the plain
     distance otherwise), padded with 1e10 columns to a square when there are more candidates than
-    people, and solved by ``linear_sum_assignment``. Candidate ``i`` joins its assigned person when
+    people, and solved by :func:`munkres_assignment` (upstream's choice among equal-cost optima)
+    or, with ``solver="scipy"``, ``scipy.optimize.linear_sum_assignment``. Candidate ``i`` joins its assigned person when
     the (unrounded) distance is below ``tag_threshold``; otherwise it starts a person. Only the
     first ``max_num_people`` people (in creation order) take part in matching, and with
     ``ignore_too_much`` a joint is skipped once there are that many (as the HigherHRNet repo;
@@ -554,10 +554,14 @@ def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts
     Args:
         val_k, loc_k, tag_k, counts: from :func:`top_k_candidates`.
         params: grouping parameters.
+        solver: ``"munkres"`` (default, upstream's tie choices) or ``"scipy"``.
 
     Returns:
         ``(P, K, 3 + L)`` float32 in creation order: per joint ``x, y`` (integer heatmap pixels),
         value, tags; missing joints are all zero.
+
+    Raises:
+        ValueError: unknown ``solver`` or a bad ``joint_order``.
     """
     if solver not in ("munkres", "scipy"):
         raise ValueError(f"solver must be 'munkres' or 'scipy', got {solver!r}")
