@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 
 from service.codecs.associative_embedding import (AEParams, ScaleOutputs, adjust_people,
-                                                  aggregate_outputs, match_by_tag, munkres_assignment,
-                                                  people_to_image,
+                                                  aggregate_outputs, match_by_tag, max_pool,
+                                                  munkres_assignment, people_to_image,
                                                   refine_people, top_k_candidates)
 from service.datasets.coco import COCO
 from service.geometry import affine_transform_points, get_bottomup_warp_matrix, get_multi_scale_size
@@ -263,14 +263,17 @@ def _best_ms(fn, repeat: int) -> tuple[float, object]:
     return best, out
 
 
-def _network_outputs(session, image_rgb: np.ndarray, input_size: int) -> tuple[float, list, list]:
-    """Run an exported model (batch 2: plain + flipped); returns (ms, plain, flipped) outputs."""
+def _network_outputs(session, image_bgr: np.ndarray, input_size: int) -> tuple[float, list, list]:
+    """Run an exported model (batch 2: plain + flipped, the gateway's preprocessing with ImageNet
+    mean/std on RGB); returns (ms, plain outputs, flipped outputs) in the graph's output order."""
+    from service.cards import Normalization
     from service.geometry import resize_align_multi_scale
+    from service.pipelines.common import to_input_tensor
 
-    resized, _, _ = resize_align_multi_scale(image_rgb, input_size, 1.0, 1.0)
-    x = (resized.astype(np.float32) / 255.0 - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)
-    x = x.transpose(2, 0, 1)[None].astype(np.float32)
-    x = np.concatenate([x, x[..., ::-1]])
+    resized, _, _ = resize_align_multi_scale(image_bgr, input_size, 1.0, 1.0)
+    x = to_input_tensor(resized[None], Normalization(mean=(123.675, 116.28, 103.53),
+                                                     std=(58.395, 57.12, 57.375)))
+    x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])
     name = session.get_inputs()[0].name
     t = time.perf_counter()
     outs = session.run(None, {name: x})
@@ -307,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ours_all, loop_all, mismatches, scipy_diff = [], [], 0, 0
     by_solver: dict[str, dict[str, list]] = {"munkres": {}, "scipy": {}}
     for ann_file, path, image_id, annotated in photos:
-        img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        img = cv2.imread(str(path))
         h, w = img.shape[:2]
         (w_in, h_in), center, scale = get_multi_scale_size((w, h), args.input_size, 1.0, 1.0)
         net_ms = float("nan")
@@ -320,10 +323,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         agg_ms, (heatmaps, tags) = _best_ms(lambda: aggregate_outputs(
             [ScaleOutputs(1.0, plain, flipped)], num_joints=17, flip_indices=COCO.flip_indices,
             with_heatmaps=[True, True], with_ae=[True, False], base_size=(w_in, h_in)), 1)
-        topk_ms, cands = _best_ms(lambda: top_k_candidates(heatmaps, tags, params), args.repeat)
+        def peaks():
+            pooled = max_pool(heatmaps, params.nms_kernel)
+            return pooled, top_k_candidates(heatmaps, tags, params, pooled)
+
+        topk_ms, (pooled, cands) = _best_ms(peaks, args.repeat)
         match_ms, grouped = _best_ms(lambda: adjust_people(match_by_tag(*cands, params), heatmaps),
                                      args.repeat)
-        refine_ms, refined = _best_ms(lambda: refine_people(grouped, heatmaps, tags), args.repeat)
+        refine_ms, refined = _best_ms(lambda: refine_people(grouped, heatmaps, tags, pooled),
+                                      args.repeat)
         ours_ms = match_ms + refine_ms
         ours_scores = grouped[..., 2].mean(axis=1)
         loop_ms, (loop_people, loop_scores) = _best_ms(lambda: loop_group(heatmaps, tags, params),
@@ -331,7 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         same = (refined.shape == loop_people.shape and np.array_equal(refined, loop_people)
                 and np.array_equal(ours_scores, loop_scores))
         scipy_people = refine_people(adjust_people(match_by_tag(*cands, params, solver="scipy"),
-                                                   heatmaps), heatmaps, tags)
+                                                   heatmaps), heatmaps, tags, pooled)
         scipy_same = scipy_people.shape == refined.shape and np.array_equal(scipy_people, refined)
         mismatches += not same
         scipy_diff += not scipy_same

@@ -29,11 +29,18 @@ Follows the test path of the HigherHRNet repo (``HRNet/HigherHRNet-Human-Pose-Es
 Coordinates are ``(x, y)`` pixels of the aggregated heatmaps ("heatmap space", the resized image
 with ``project2image``) until step 7. Tie behaviour where upstream calls torch or munkres:
 
-* ``topk`` over the peak map: torch does not define an order among equal values; here equal
-  values are taken in ascending flattened index (row-major). It only matters for peaks of exactly
-  equal value (a plateau of equal maxima inside one 5x5 window keeps all its pixels, as upstream).
-  Only candidates above ``detection_threshold`` are kept (upstream's topk + mask), which is why the
-  threshold must be >= 0 (below 0 upstream would also keep the zeroed non-peaks).
+* ``topk`` over the peak map: here equal values are taken in ascending flattened index
+  (row-major). torch's CPU ``topk`` (a partial sort) leaves the order of equal values to its
+  sort: in a check with 60 equal peaks it kept the same 30 (the lowest indices) in a scrambled
+  order. The candidate order decides which person is created first and the row order of the
+  matching, so exactly equal peak values above ``detection_threshold`` can group differently
+  from upstream. Real-valued outputs of a trained model do not tie; a random-weight model does,
+  over the constant black padding to the multiple of 64 (a fake two-conv model gave the same 30
+  people as upstream, 0 px apart, on a photo resized to 768x512, and different keypoints on the
+  padded original). A plateau of equal maxima inside one 5x5 window keeps all its pixels, as
+  upstream's ``maxpool == heatmap`` test does. Only candidates above ``detection_threshold``
+  are kept (upstream's topk + mask), which is why the threshold must be >= 0 (below 0 upstream
+  would also keep the zeroed non-peaks).
 * Hungarian matching: the costs are integers times 100 minus the candidates' values, so several
   assignments often have the same minimum cost (exchange two candidates whose rounded distances
   to two people sum the same). Upstream's ``munkres`` package then returns the optimum its step
@@ -64,7 +71,9 @@ __all__ = [
     "GroupedPeople",
     "resize_bilinear",
     "aggregate_outputs",
+    "max_pool",
     "top_k_candidates",
+    "munkres_assignment",
     "match_by_tag",
     "adjust_people",
     "refine_people",
@@ -79,7 +88,9 @@ COCO_JOINT_ORDER = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
 
 @dataclass(frozen=True)
 class AEParams:
-    """Grouping parameters (the card's :class:`service.cards.BottomUpSpec` fields of the same name).
+    """Grouping parameters (the card's :class:`service.cards.BottomUpSpec` fields of the same name;
+    MMPose 0.x ``test_cfg`` / the HigherHRNet repo's ``TEST`` section). Whether tags are per joint
+    is read off the tag maps' first axis (``K`` or 1).
 
     ``joint_order`` empty means upstream's default: :data:`COCO_JOINT_ORDER` for 17 joints,
     ``range(num_joints)`` otherwise (MMPose 0.x ``_Params``).
@@ -93,7 +104,6 @@ class AEParams:
     ignore_too_much: bool = False
     nms_kernel: int = 5
     nms_padding: int = 2
-    tag_per_joint: bool = True
     adjust: bool = True
     refine: bool = True
     joint_order: tuple[int, ...] = ()
@@ -105,7 +115,7 @@ class AEParams:
                    detection_threshold=spec.detection_threshold, tag_threshold=spec.tag_threshold,
                    use_detection_val=spec.use_detection_val, ignore_too_much=spec.ignore_too_much,
                    nms_kernel=spec.nms_kernel, nms_padding=spec.nms_padding,
-                   tag_per_joint=spec.tag_per_joint, adjust=spec.adjust, refine=spec.refine,
+                   adjust=spec.adjust, refine=spec.refine,
                    joint_order=tuple(spec.joint_order))
 
     def order(self) -> tuple[int, ...]:
@@ -353,17 +363,22 @@ def _flip_permutation(flip_indices, k: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- candidates
 
-def _peak_mask(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
-    """``heatmaps == maxpool(heatmaps)`` (stride 1, ``-inf`` padding), per channel."""
+def max_pool(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
+    """``(K, H, W)`` maxima of each pixel's ``kernel`` x ``kernel`` window (stride 1, pixels outside
+    the map ignored): torch's ``MaxPool2d(kernel, 1, kernel // 2)`` with its ``-inf`` padding.
+
+    ``cv2.dilate`` per channel (its default border ignores outside pixels). Shared by the peak
+    test of :func:`top_k_candidates` and the search bounds of :func:`refine_people`.
+    """
     element = np.ones((kernel, kernel), np.uint8)
     pooled = np.empty_like(heatmaps)
     for k in range(heatmaps.shape[0]):
-        # cv2.dilate's default border ignores pixels outside the map, like -inf padding.
         cv2.dilate(heatmaps[k], element, dst=pooled[k])
-    return pooled == heatmaps
+    return pooled
 
 
-def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams
+def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams,
+                     pooled: Optional[np.ndarray] = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per joint, the ``max_num_people`` strongest peaks above ``detection_threshold``.
 
@@ -376,6 +391,7 @@ def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams
         heatmaps: ``(K, H, W)`` float32 aggregated heatmaps.
         tags: ``(K or 1, H, W, L)`` float32 tag maps.
         params: grouping parameters.
+        pooled: :func:`max_pool` of the heatmaps with ``params.nms_kernel`` (computed if None).
 
     Returns:
         ``(values (K, M) float32, locations (K, M, 2) int64 (x, y) heatmap pixels,
@@ -394,10 +410,13 @@ def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams
         raise ValueError(f"tags must be ({k} or 1, {h}, {w}, L), got {tags.shape}")
     m = params.max_num_people
     n_tag = tags.shape[-1]
-    mask = _peak_mask(hm, params.nms_kernel)
-    mask &= hm > np.float32(params.detection_threshold)
-    jj, flat = np.nonzero(mask.reshape(k, h * w))  # sorted by joint, then flat index
-    vals = hm.reshape(k, h * w)[jj, flat]
+    if pooled is None:
+        pooled = max_pool(hm, params.nms_kernel)
+    hm_flat = hm.reshape(k, h * w)
+    jj, flat = np.nonzero(hm_flat > np.float32(params.detection_threshold))  # joint, then index
+    vals = hm_flat[jj, flat]
+    is_peak = pooled.reshape(k, h * w)[jj, flat] == vals
+    jj, flat, vals = jj[is_peak], flat[is_peak], vals[is_peak]
     # per joint: value descending, ties by flat index (stable sort of the index-sorted list)
     order = np.lexsort((flat, -vals, jj))
     jj, flat, vals = jj[order], flat[order], vals[order]
@@ -515,7 +534,6 @@ def munkres_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, star_col[:n_rows].copy()
 
 
-
 def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts: np.ndarray,
                  params: AEParams, solver: str = "munkres") -> np.ndarray:
     """Group candidates into people, HigherHRNet's ``match_by_tag`` (vectorised per joint).
@@ -524,7 +542,8 @@ def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts
     one person each if nobody exists yet; otherwise the cost of candidate ``i`` joining person
     ``g`` is ``round(|tag_i - mean_tag_g|) * 100 - value_i`` (``use_detection_val``; the plain
     distance otherwise), padded with 1e10 columns to a square when there are more candidates than
-    people, and solved by ``linear_sum_assignment``. Candidate ``i`` joins its assigned person when
+    people, and solved by :func:`munkres_assignment` (upstream's choice among equal-cost optima)
+    or, with ``solver="scipy"``, ``scipy.optimize.linear_sum_assignment``. Candidate ``i`` joins its assigned person when
     the (unrounded) distance is below ``tag_threshold``; otherwise it starts a person. Only the
     first ``max_num_people`` people (in creation order) take part in matching, and with
     ``ignore_too_much`` a joint is skipped once there are that many (as the HigherHRNet repo;
@@ -535,10 +554,14 @@ def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts
     Args:
         val_k, loc_k, tag_k, counts: from :func:`top_k_candidates`.
         params: grouping parameters.
+        solver: ``"munkres"`` (default, upstream's tie choices) or ``"scipy"``.
 
     Returns:
         ``(P, K, 3 + L)`` float32 in creation order: per joint ``x, y`` (integer heatmap pixels),
         value, tags; missing joints are all zero.
+
+    Raises:
+        ValueError: unknown ``solver`` or a bad ``joint_order``.
     """
     if solver not in ("munkres", "scipy"):
         raise ValueError(f"solver must be 'munkres' or 'scipy', got {solver!r}")
@@ -686,11 +709,8 @@ def _person_mean_tags(people: np.ndarray, tags: np.ndarray) -> np.ndarray:
     return _mean_f32(total, found.sum(axis=1)[:, None])
 
 
-#: Work per refine chunk (people x pixels) before the pixel axis is split.
-_REFINE_CHUNK = 1 << 22
-
-
-def refine_people(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray) -> np.ndarray:
+def refine_people(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray,
+                  pooled: Optional[np.ndarray] = None, kernel: int = 5) -> np.ndarray:
     """Fill missing joints from the heatmaps near each person's mean tag, upstream ``refine``.
 
     For person ``p`` with mean tag ``t_p`` (:func:`_person_mean_tags`) and a missing joint ``k``
@@ -699,15 +719,23 @@ def refine_people(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray) ->
     becomes ``(x + 0.5 ± 0.25, y + 0.5 ± 0.25, v)`` (quarter offsets as :func:`adjust_people`).
     Tags of the joint are left as they were (zero), as upstream.
 
-    Vectorised over people and joints without copying maps per person: per joint, one pass over
-    the pixels whose heatmap value can still win. Since ``round(|.|) >= 0``, the score of a pixel
-    never exceeds its heatmap value, so a lower bound ``b`` on the best score (the best score on a
-    sparse probe of the map) rules out every pixel with ``hm_k < b`` exactly.
+    Vectorised over people (per joint, all people missing it at once) without copying maps, and
+    exact without scanning every pixel: a pixel's score never exceeds its heatmap value
+    (``round(|.|) >= 0``), so the map is cut into ``kernel`` x ``kernel`` blocks whose maxima
+    (read off ``pooled`` at the block centres) bound every score inside. The blocks reaching the
+    64th largest block maximum are scored first; then, for the people whose best score so far
+    still leaves at most a quarter of the blocks in play, every block whose maximum reaches the
+    smallest of those scores; the other people get one chunked scan of the whole map. No skipped
+    pixel can reach a best score, ties included, so the answer equals a scan of the whole map
+    (``tests/test_associative_embedding.py`` checks it against one). A person whose tag matches
+    nothing strong (a one-joint person made of background) costs a full scan, as upstream.
 
     Args:
         people: ``(P, K, 3 + L)`` float32 (after :func:`adjust_people`).
         heatmaps: ``(K, H, W)`` float32 aggregated heatmaps.
         tags: ``(K or 1, H, W, L)`` float32 tag maps.
+        pooled: :func:`max_pool` of ``heatmaps`` with ``kernel`` (computed if None).
+        kernel: odd window size of ``pooled`` (the NMS kernel).
 
     Returns:
         New ``(P, K, 3 + L)`` float32 array.
@@ -716,19 +744,47 @@ def refine_people(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray) ->
     if out.shape[0] == 0:
         return out
     k, h, w = heatmaps.shape
+    if pooled is None:
+        pooled = max_pool(heatmaps, kernel)
+    half = kernel // 2
+    cy = np.minimum(np.arange(half, h + half, kernel), h - 1)  # block centres (clipped)
+    cx = np.minimum(np.arange(half, w + half, kernel), w - 1)
+    block_max = pooled[:, cy][:, :, cx].reshape(k, -1)  # (K, n_blocks) upper bounds
+    win_y, win_x = np.divmod(np.arange(kernel * kernel), kernel)
+    origin_y = np.repeat(cy - half, len(cx))
+    origin_x = np.tile(cx - half, len(cy))
     n_tag = tags.shape[-1]
     mean_tags = _person_mean_tags(out, tags)  # (P, L)
     missing = out[..., 2] == 0  # (P, K)
     hm_flat = heatmaps.reshape(k, h * w)
     tag_flat = tags.reshape(tags.shape[0], h * w, n_tag)
+
+    def block_pixels(blocks: np.ndarray) -> np.ndarray:
+        """Flat indices of the pixels of these blocks' windows (inside the map)."""
+        ys = (origin_y[blocks, None] + win_y[None]).reshape(-1)
+        xs = (origin_x[blocks, None] + win_x[None]).reshape(-1)
+        inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        return ys[inside] * w + xs[inside]
+
     for j in np.flatnonzero(missing.any(axis=0)):
         who = np.flatnonzero(missing[:, j])
-        hm_j = hm_flat[j]
+        bm = block_max[j]
         tag_j = tag_flat[j if tags.shape[0] == k else 0]
-        pix = _refine_pixels(hm_j, tag_j, mean_tags[who])
-        best_flat = _refine_argmax(hm_j, tag_j, mean_tags[who], pix)
-        val = hm_j[best_flat]
-        bx, by = best_flat % w, best_flat // w
+        first = bm >= (np.partition(bm, len(bm) - 64)[len(bm) - 64] if len(bm) > 64 else -np.inf)
+        best_val, best_idx = _refine_best(hm_flat[j], tag_j, mean_tags[who],
+                                          block_pixels(np.flatnonzero(first)))
+        # people whose bound still admits many blocks are cheaper with one scan of the map
+        scan = (bm[None, :] >= best_val[:, None]).sum(axis=1) > len(bm) // 4
+        if scan.any():
+            best_idx[scan] = _refine_scan(hm_flat[j], tag_j, mean_tags[who[scan]])
+        if (~scan).any():
+            rest = np.flatnonzero(~first & (bm >= best_val[~scan].min()))
+            if len(rest):
+                v2, i2 = _refine_best(hm_flat[j], tag_j, mean_tags[who[~scan]], block_pixels(rest))
+                v1, i1 = best_val[~scan], best_idx[~scan]
+                best_idx[~scan] = np.where((v2 > v1) | ((v2 == v1) & (i2 < i1)), i2, i1)
+        val = hm_flat[j, best_idx]
+        bx, by = best_idx % w, best_idx // w
         dx, dy = _quarter_offsets(heatmaps, np.full(len(who), j), bx, by)
         ok = val > 0
         who, bx, by, dx, dy, val = who[ok], bx[ok], by[ok], dx[ok], dy[ok], val[ok]
@@ -748,42 +804,36 @@ def _refine_scores(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray) -> np
     return hm[None] - np.round(np.sqrt(sq))
 
 
-#: Refine probes every this many pixels (row-major) to bound the best score from below.
-_PROBE_STRIDE = 61
+#: People x pixels scored at once by :func:`_refine_scan`.
+_SCAN_CHUNK = 1 << 21
 
 
-def _refine_pixels(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray) -> Optional[np.ndarray]:
-    """Flat indices (ascending) of the pixels that can hold the best refine score of any of these
-    people, or None for all pixels.
-
-    The bound is each person's best score over a sparse probe of the map (every
-    ``_PROBE_STRIDE``-th pixel), which is <= that person's best score; a pixel whose heatmap value
-    is below the smallest of these bounds cannot win for anyone (its score is <= its value).
-    """
+def _refine_scan(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray) -> np.ndarray:
+    """Per person, the first flat index of the best refine score over the whole map, scanned in
+    contiguous chunks (an earlier chunk keeps a tie)."""
     n = hm.shape[0]
-    probe = slice(0, n, _PROBE_STRIDE)
-    bound = _refine_scores(hm[probe], tag[probe], mean_tags).max(axis=1).min()
-    pix = np.flatnonzero(hm >= bound)
-    return None if len(pix) > n // 2 else pix
-
-
-def _refine_argmax(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray,
-                   pix: Optional[np.ndarray]) -> np.ndarray:
-    """First flat index maximising the refine score per person, over ``pix`` (ascending) or all."""
-    if pix is not None:
-        hm, tag = hm[pix], tag[pix]
-    n = hm.shape[0]
-    step = max(1, _REFINE_CHUNK // max(len(mean_tags), 1))
+    step = max(1, _SCAN_CHUNK // max(len(mean_tags), 1))
     best_val = np.full(len(mean_tags), -np.inf, np.float32)
     best_idx = np.zeros(len(mean_tags), np.int64)
-    for s in range(0, n, step):
-        sc = _refine_scores(hm[s:s + step], tag[s:s + step], mean_tags)
+    rows = np.arange(len(mean_tags))
+    for start in range(0, n, step):
+        sc = _refine_scores(hm[start:start + step], tag[start:start + step], mean_tags)
         i = sc.argmax(axis=1)
-        v = sc[np.arange(len(mean_tags)), i]
-        better = v > best_val  # strict: an earlier chunk keeps ties
+        v = sc[rows, i]
+        better = v > best_val
         best_val[better] = v[better]
-        best_idx[better] = i[better] + s
-    return best_idx if pix is None else pix[best_idx]
+        best_idx[better] = i[better] + start
+    return best_idx
+
+
+def _refine_best(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray,
+                 pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per person, the best refine score over the flat pixel indices ``pix`` and the smallest
+    index reaching it: ``((P,) float32, (P,) int64)``."""
+    sc = _refine_scores(hm[pix], tag[pix], mean_tags)
+    best = sc.max(axis=1)
+    idx = np.where(sc == best[:, None], pix[None, :], np.iinfo(np.int64).max).min(axis=1)
+    return best, idx
 
 
 def group_people(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams) -> GroupedPeople:
@@ -803,12 +853,14 @@ def group_people(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams) -> Gr
     """
     heatmaps = np.ascontiguousarray(heatmaps, dtype=np.float32)
     tags = np.ascontiguousarray(tags, dtype=np.float32)
-    people = match_by_tag(*top_k_candidates(heatmaps, tags, params), params)
+    params.check()
+    pooled = max_pool(heatmaps, params.nms_kernel)
+    people = match_by_tag(*top_k_candidates(heatmaps, tags, params, pooled), params)
     if params.adjust:
         people = adjust_people(people, heatmaps)
     scores = people[..., 2].mean(axis=1) if len(people) else np.zeros((0,), np.float32)
     if params.refine:
-        people = refine_people(people, heatmaps, tags)
+        people = refine_people(people, heatmaps, tags, pooled, params.nms_kernel)
     return GroupedPeople(people, scores.astype(np.float32))
 
 
