@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from service.cards import (BottomUpSpec, CodecSpec, ModelCard, Normalization, SegTestPipeline,
+from service.cards import (BottomUpCard, BottomUpSpec, CodecSpec, ModelCard, Normalization,
+                           SegmentationCard, SegTestPipeline, TopDownCard,
                            SourceSpec, TensorSpec)
 from service.datasets import get_pose_dataset, get_seg_dataset
 from service.pipelines.common import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
@@ -107,7 +108,7 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
                       sigma=float(entry.sigma), unbiased=bool(entry.dark),
                       blur_kernel_size=DEFAULT_BLUR_KERNEL)
     indices = entry.output_keypoint_indices
-    return ModelCard(
+    return TopDownCard(
         name=name, task="topdown_pose", input_size=(w, h),
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, h, w])],
         outputs=[TensorSpec(name=output_name, dtype="FP32", dims=[k, hh, hw])],
@@ -152,7 +153,7 @@ def bottomup_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     tags = k if spec.tag_per_joint else 1
     outputs = [TensorSpec(name=n, dtype="FP32", dims=[k + (tags if ae else 0), -1, -1])
                for n, ae in zip(bottomup_output_names(spec), spec.with_ae)]
-    return ModelCard(
+    return BottomUpCard(
         name=name, task="bottomup_pose", input_size=(None, None),
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, -1, -1])],
         outputs=outputs, max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
@@ -188,7 +189,7 @@ def seg_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     pipeline = SegTestPipeline(scale=pair(entry.test_scale), keep_ratio=True,
                                mode=entry.test_mode, crop_size=pair(entry.test_crop),
                                stride=pair(entry.test_stride))
-    return ModelCard(
+    return SegmentationCard(
         name=name, task="segmentation", input_size=(None, None),
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, -1, -1])],
         outputs=[TensorSpec(name=output_name, dtype="FP32", dims=[c, -1, -1])],

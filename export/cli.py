@@ -262,7 +262,7 @@ def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
-    from service.cards import ModelCard
+    from service.cards import load_card
 
     from .repository import write_entry
 
@@ -275,7 +275,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
     if not card_path.exists():
         raise CLIError(f"card file not found: {card_path}")
     try:
-        card = ModelCard.load(card_path)
+        card = load_card(card_path)
     except ValueError as exc:  # pydantic ValidationError, JSON errors
         raise CLIError(f"invalid card {card_path}: {exc}") from exc
     name = args.name or card.name

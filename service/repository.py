@@ -13,7 +13,7 @@ import hashlib
 import logging
 from pathlib import Path
 
-from .cards import CARD_FILENAME, ModelCard
+from .cards import CARD_FILENAME, ModelCard, load_card
 from .errors import UnknownModel, WrongTask
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def _load_card(card_path: Path) -> ModelCard:
     """The card at ``card_path``; raises RepositoryError when it does not validate or names
     another model than its folder."""
     try:
-        card = ModelCard.load(card_path)
+        card = load_card(card_path)
     except Exception as exc:  # pydantic.ValidationError, JSON errors
         raise RepositoryError(f"invalid model card {card_path}: {exc}") from exc
     if card.name != card_path.parent.name:

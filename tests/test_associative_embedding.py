@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.cards import BottomUpSpec, ModelCard, Normalization, TensorSpec
+from service.cards import BottomUpSpec, ModelCard, Normalization, TensorSpec, make_card
 from service.codecs.associative_embedding import (COCO_JOINT_ORDER, AEParams, ScaleOutputs,
                                                   adjust_people, aggregate_outputs, group_people,
                                                   match_by_tag, munkres_assignment,
@@ -336,7 +336,7 @@ def test_params_validation():
 # ----------------------------------------------------------------------------- pipeline
 
 def bottomup_card(**spec) -> ModelCard:
-    return ModelCard(
+    return make_card(
         name="fake_bottomup", task="bottomup_pose", input_size=(None, None),
         inputs=[TensorSpec(name="image", dims=[3, -1, -1])],
         outputs=[TensorSpec(name="stage_1_4", dims=[2 * K, -1, -1]),

@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks.eval import main as eval_main
 from service.boxes import parse_boxes
-from service.cards import ModelCard
+from service.cards import ModelCard, load_card
 from service.codecs import build_codec
 from service.datasets import get_pose_dataset
 from service.geometry import keypoints_to_image
@@ -37,7 +37,7 @@ def coco_dir(shared):
 def _reference(repo, image, boxes_xywh):
     """19-keypoint decode with the 19-set flip, by hand; returns (keypoints (N, 19, 2) image px,
     scores (N, 19))."""
-    card = ModelCard.load(repo / NAME)
+    card = load_card(repo / NAME)
     h, w = image.shape[:2]
     xyxy, _ = parse_boxes(json.dumps(boxes_xywh), "xywh", (w, h), 100)
     centers, scales, crops = crop_inputs(image, xyxy, card)

@@ -305,13 +305,13 @@ def test_seg_entry_validation():
 
 def test_entries_make_valid_model_cards():
     """Every entry + its metainfo fills the shared card schema (service.cards) without error."""
-    from service.cards import CodecSpec, ModelCard, Normalization, SegTestPipeline, TensorSpec
+    from service.cards import CodecSpec, ModelCard, Normalization, SegTestPipeline, TensorSpec, make_card
     norm = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
     for e in list_entries():
         if e.task == "topdown_pose":
             info = get_pose_dataset(e.dataset)
             w, h = e.input_size
-            card = ModelCard(
+            card = make_card(
                 name=e.name, task=e.task, input_size=e.input_size, normalization=norm,
                 inputs=[TensorSpec(name="input", dims=[3, h, w])],
                 outputs=[TensorSpec(name="heatmaps",
@@ -329,7 +329,7 @@ def test_entries_make_valid_model_cards():
             assert card.bottomup is not None and card.bottomup.num_joints == e.num_outputs
         else:
             info = get_seg_dataset(e.dataset)
-            card = ModelCard(
+            card = make_card(
                 name=e.name, task=e.task, input_size=(None, None), normalization=norm,
                 inputs=[TensorSpec(name="input", dims=[3, -1, -1])],
                 outputs=[TensorSpec(name="logits", dims=[e.num_outputs, -1, -1])],

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..backends.base import Backend
-from ..cards import ModelCard
+from ..cards import BottomUpCard
 from ..codecs.associative_embedding import (AEParams, ScaleOutputs, aggregate_outputs,
                                             group_people, people_to_image)
 from ..geometry import get_multi_scale_size, resize_align_multi_scale
@@ -65,7 +65,7 @@ def check_scales(scales: Optional[Sequence[float]], default: Sequence[float]) ->
     return sorted((float(s) for s in values), reverse=True)
 
 
-async def estimate_poses_bottomup(image_bgr: np.ndarray, card: ModelCard, backend: Backend, *,
+async def estimate_poses_bottomup(image_bgr: np.ndarray, card: BottomUpCard, backend: Backend, *,
                                   flip_test: bool, scales: Optional[Sequence[float]] = None,
                                   timer: StageTimer | None = None) -> BottomUpResult:
     """All people of one image with a bottom-up (associative-embedding) model.
@@ -85,14 +85,12 @@ async def estimate_poses_bottomup(image_bgr: np.ndarray, card: ModelCard, backen
         upstream's order (creation order of the grouping).
 
     Raises:
-        ValueError: bad scales, a card without ``bottomup``, ``use_udp`` (not implemented), flip
+        ValueError: bad scales, ``use_udp`` (not implemented), flip
             test without flip indices, or outputs that do not fit the card.
         BackendError / BackendUnavailable: from the backend.
     """
     timer = timer or StageTimer()
     spec = card.bottomup
-    if spec is None:
-        raise ValueError(f"model {card.name!r} has no bottom-up test parameters")
     if spec.use_udp:
         raise ValueError("UDP bottom-up decoding (use_udp) is not implemented")
     if flip_test and not card.flip_indices:
@@ -126,7 +124,7 @@ async def estimate_poses_bottomup(image_bgr: np.ndarray, card: ModelCard, backen
         return await asyncio.to_thread(_group, heatmaps, tags, spec, center, scale)
 
 
-def _preprocess(image_bgr: np.ndarray, card: ModelCard, s: float, min_scale: float,
+def _preprocess(image_bgr: np.ndarray, card: BottomUpCard, s: float, min_scale: float,
                 flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Network input ``(1 or 2, 3, h, w)`` of one scale, with that scale's center/scale."""
     spec = card.bottomup

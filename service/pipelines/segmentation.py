@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from ..backends.base import Backend, BackendError
-from ..cards import ModelCard, SegTestPipeline
+from ..cards import SegmentationCard, SegTestPipeline
 from ..forms import validate_ratios
 from ..geometry import rescale_size, scale_size
 from .common import StageTimer, to_input_tensor
@@ -369,7 +369,7 @@ def plan_augmentations(size_wh: tuple[int, int], spec: SegTestPipeline, *,
     return views
 
 
-def _slide_geometry(card: ModelCard) -> tuple[tuple[int, int], tuple[int, int]]:
+def _slide_geometry(card: SegmentationCard) -> tuple[tuple[int, int], tuple[int, int]]:
     """Slide ``(crop, stride)`` as ``(h, w)``: the card's; a crop without stride strides 3/4 of
     it; no crop: :data:`DEFAULT_CROP` / :data:`DEFAULT_STRIDE`."""
     spec = card.test_pipeline or SegTestPipeline()
@@ -379,7 +379,7 @@ def _slide_geometry(card: ModelCard) -> tuple[tuple[int, int], tuple[int, int]]:
     return crop, stride  # type: ignore[return-value]
 
 
-async def _infer(backend: Backend, card: ModelCard, x: np.ndarray) -> np.ndarray:
+async def _infer(backend: Backend, card: SegmentationCard, x: np.ndarray) -> np.ndarray:
     """Run the model on ``(N, 3, h, w)`` (one call; the backend splits by ``max_batch_size``);
     returns ``(N, h', w', C)`` float32. Raises BackendError on an output of the wrong shape."""
     in_spec, out_name = card.inputs[0], card.outputs[0].name
@@ -396,7 +396,7 @@ async def _infer(backend: Backend, card: ModelCard, x: np.ndarray) -> np.ndarray
     return np.ascontiguousarray(y.transpose(0, 2, 3, 1), dtype=np.float32)
 
 
-async def _infer_bounded(backend: Backend, card: ModelCard, x: np.ndarray,
+async def _infer_bounded(backend: Backend, card: SegmentationCard, x: np.ndarray,
                          max_pixels: Optional[int]) -> np.ndarray:
     """:func:`_infer` in consecutive calls of at most ``max(1, max_pixels // (h * w))`` images
     (``x``: ``(N, 3, h, w)``), so no single backend call holds more than ``max_pixels`` network-input
@@ -409,7 +409,7 @@ async def _infer_bounded(backend: Backend, card: ModelCard, x: np.ndarray,
 
 
 def _prepare(image_bgr: np.ndarray, size_wh: tuple[int, int], flips: Sequence[bool],
-             card: ModelCard) -> np.ndarray:
+             card: SegmentationCard) -> np.ndarray:
     """Resize (cv2 INTER_LINEAR, as mmcv ``imresize``), mirror, normalise: ``(len(flips), 3, h, w)``."""
     h0, w0 = image_bgr.shape[:2]
     img = image_bgr if (w0, h0) == tuple(size_wh) else cv2.resize(
@@ -484,7 +484,7 @@ def _argmax_rows(acc: np.ndarray, label: np.ndarray) -> None:
         label[lo:lo + step] = acc[lo:lo + step].argmax(axis=-1)
 
 
-async def segment(image_bgr: np.ndarray, card: ModelCard, backend: Backend, *,
+async def segment(image_bgr: np.ndarray, card: SegmentationCard, backend: Backend, *,
                   mode: Optional[str] = None, flip: bool = False,
                   scales: Optional[Sequence[float] | str] = None,
                   slide_pixels: Optional[int] = None, max_input_pixels: Optional[int] = None,

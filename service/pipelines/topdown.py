@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends.base import Backend
-from ..cards import ModelCard
+from ..cards import TopDownCard
 from ..codecs import build_codec
 from ..codecs.flip import flip_heatmaps
 from ..geometry import bbox_xyxy2cs, crop_persons, fix_aspect_ratio, keypoints_to_image
@@ -40,7 +40,7 @@ class PoseResult:
 
 
 async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scores: np.ndarray,
-                         card: ModelCard, backend: Backend, *, flip_test: bool,
+                         card: TopDownCard, backend: Backend, *, flip_test: bool,
                          timer: StageTimer | None = None) -> PoseResult:
     """Keypoints for every box of one image, all crops in one backend call.
 
@@ -51,8 +51,6 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
     (:func:`service.geometry.warp_matrices`), BackendError / BackendUnavailable from the backend.
     """
     timer = timer or StageTimer()
-    codec_spec = card.codec
-    assert codec_spec is not None
     n = len(boxes_xyxy)
     k = len(card.output_keypoints)
     if n == 0:
@@ -74,7 +72,7 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
 
 
 def crop_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray,
-                card: ModelCard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                card: TopDownCard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The model-input crops of the boxes, as MMPose's ``GetBBoxCenterScale`` + ``TopdownAffine``.
 
     ``image_bgr``: (H, W, 3) uint8; ``boxes_xyxy``: (N, 4) image pixels, cast to float32 (the
@@ -83,14 +81,14 @@ def crop_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray,
     uint8)``, all float arithmetic in upstream's dtypes and order, so the crops are bit-identical
     to MMPose 1.x's for the same image and box. Raises ValueError for a non-positive box scale.
     """
-    in_w, in_h = card.codec.input_size  # type: ignore[union-attr]
+    in_w, in_h = card.codec.input_size
     centers, scales = bbox_xyxy2cs(np.asarray(boxes_xyxy, np.float32), padding=card.bbox_padding)
     scales = fix_aspect_ratio(scales, aspect_ratio=in_w / in_h)
     crops = crop_persons(image_bgr, centers, scales, (in_w, in_h), use_udp=card.use_udp)
     return centers, scales, crops
 
 
-def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: ModelCard,
+def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownCard,
                 flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centers/scales ``(N, 2)`` (aspect-fixed) and the network input ``(N or 2N, 3, h, w)``."""
     centers, scales, crops = crop_inputs(image_bgr, boxes_xyxy, card)
@@ -101,11 +99,10 @@ def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: ModelCard,
 
 
 def _decode(heatmaps: np.ndarray, n: int, centers: np.ndarray, scales: np.ndarray,
-            box_scores: np.ndarray, card: ModelCard,
+            box_scores: np.ndarray, card: TopDownCard,
             flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flip-merge, codec decode, back to image pixels, rescoring (see :func:`estimate_poses`)."""
     codec_spec = card.codec
-    assert codec_spec is not None
     if flip_test:
         flipped = flip_heatmaps(heatmaps[n:], card.flip_indices, shift_heatmap=card.shift_heatmap)
         heatmaps = (heatmaps[:n] + flipped) * 0.5

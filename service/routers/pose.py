@@ -16,6 +16,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from ..boxes import parse_boxes
+from ..cards import BottomUpCard, TopDownCard
 from ..errors import InvalidParameter, WrongTask
 from ..forms import parse_scales_field
 from ..limits import endpoint_slot
@@ -75,11 +76,10 @@ async def pose(
     timer = StageTimer()
     name = model or settings.default_pose_model
     card = repo.get(name)
-    if card.task not in ("topdown_pose", "bottomup_pose"):
+    if not isinstance(card, (TopDownCard, BottomUpCard)):
         raise WrongTask(f"model '{name}' is a {card.task} model, not a pose model")
     given = boxes is not None and boxes.strip() != ""
-    bottomup = card.task == "bottomup_pose"
-    if bottomup:
+    if isinstance(card, BottomUpCard):
         extra = [f for f, v in (("boxes", given), ("detector", detector),
                                 ("score_threshold", score_threshold is not None)) if v]
         if extra:
@@ -107,7 +107,7 @@ async def pose(
             img = await read_image(image, settings)
         h, w = img.shape[:2]
 
-        if bottomup:
+        if isinstance(card, BottomUpCard):
             result = await estimate_poses_bottomup(img, card, backend, flip_test=use_flip,
                                                    scales=test_scales, timer=timer)
             xyxy, box_scores, source = result.boxes, result.person_scores, "bottomup"
