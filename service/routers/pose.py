@@ -14,7 +14,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from ..boxes import parse_boxes
 from ..errors import InvalidParameter
 from ..limits import endpoint_slot
-from ..pipelines.common import StageTimer
+from ..observability import note, request_timer
 from ..pipelines.detector import detect_persons
 from ..pipelines.topdown import estimate_poses
 from ..schemas import ErrorResponse, Person, PoseResponse
@@ -47,8 +47,9 @@ async def pose(
     """
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
-    timer = StageTimer()
+    timer = request_timer(request)
     card = repo.get(model or settings.default_pose_model, task="topdown_pose")
+    note(request, model=card.name)
     if boxes is None or boxes.strip() == "":
         if score_threshold is not None and not (0.0 <= score_threshold <= 1.0):
             raise InvalidParameter(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -75,6 +76,7 @@ async def pose(
             xyxy, box_scores = dets.boxes, dets.scores
             source = "detector"
 
+        note(request, box_source=source, boxes=len(xyxy))
         result = await estimate_poses(img, xyxy, box_scores, card, backend, flip_test=use_flip,
                                       timer=timer)
 
@@ -88,6 +90,7 @@ async def pose(
             persons = [Person(bbox=b, bbox_score=s, keypoints=k, score=p) for b, s, k, p in zip(
                 xywh.round(3).tolist(), box_scores.astype(np.float64).round(6).tolist(),
                 kpts.tolist(), result.person_scores.astype(np.float64).round(6).tolist())]
+    note(request, people=len(persons))
     return PoseResponse(model=card.name, image_size=[w, h], flip_test=use_flip, box_source=source,
                         keypoint_names=card.output_keypoint_names,
                         skeleton=[list(s) for s in card.output_skeleton], persons=persons,

@@ -1,0 +1,72 @@
+"""Optional API-key check (``HRNET_API_KEY``), as a FastAPI dependency.
+
+With no key configured every request passes. With one or several keys (``HRNET_API_KEY=k1,k2``)
+a request must send one of them as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``;
+otherwise it gets a JSON ``401 unauthorized`` with ``WWW-Authenticate: Bearer``. Keys are compared
+in constant time (``hmac.compare_digest`` on SHA-256 digests, so neither the content nor the
+length of a key leaks through timing), always against every configured key.
+
+The routers that need a key declare ``dependencies=[Depends(require_api_key)]`` (the app adds it
+to ``/pose``, ``/segment``, ``/models`` and, by setting, ``/metrics``); ``/healthz`` and
+``/readyz`` stay open. Both schemes appear in the OpenAPI spec (``/docs``) as security schemes.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Optional
+
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from .errors import Unauthorized
+
+API_KEY_HEADER = "X-API-Key"
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="BearerKey",
+                     description="the gateway's API key (HRNET_API_KEY) as a bearer token")
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="ApiKeyHeader",
+                               description="the gateway's API key (HRNET_API_KEY)")
+
+
+def configured_keys(settings) -> list[str]:
+    """The API keys of ``settings.api_key`` (comma-separated, blanks ignored); [] = open."""
+    secret = getattr(settings, "api_key", None)
+    if secret is None:
+        return []
+    return [k.strip() for k in secret.get_secret_value().split(",") if k.strip()]
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def key_matches(given: str, keys: list[str]) -> bool:
+    """True when ``given`` equals one of ``keys``; constant time in the key contents and lengths
+    (each key is compared, no early exit)."""
+    d = _digest(given)
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(d, _digest(key))
+    return ok
+
+
+async def require_api_key(
+        request: Request,
+        bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
+        api_key: Optional[str] = Security(_api_key_header)) -> None:
+    """FastAPI dependency: passes when no key is configured or a configured key was sent.
+
+    Raises :class:`service.errors.Unauthorized` (401, JSON error, ``WWW-Authenticate: Bearer``)
+    when the key is missing or wrong. Reads the keys from ``request.app.state.settings``.
+    """
+    keys = configured_keys(request.app.state.settings)
+    if not keys:
+        return
+    given = [c for c in (bearer.credentials if bearer else None, api_key) if c]
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if not given:
+        raise Unauthorized(f"an API key is required: send 'Authorization: Bearer <key>' or "
+                           f"'{API_KEY_HEADER}: <key>'", headers=challenge)
+    if not any(key_matches(g, keys) for g in given):
+        raise Unauthorized("the API key is not valid", headers=challenge)
