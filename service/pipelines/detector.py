@@ -101,7 +101,8 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.
 
 def _prepare(image_bgr: np.ndarray, card: ModelCard) -> tuple[np.ndarray, float, float]:
     spec = card.detector
-    assert spec is not None
+    if spec is None:  # a detection card always has one (ModelCard's validator)
+        raise ValueError(f"model '{card.name}' has no detector parameters")
     w_in, h_in = card.input_size
     canvas, (sx, sy) = letterbox(image_bgr, (int(w_in), int(h_in)), spec.pad_value)
     return to_input_tensor(canvas[None], card.normalization), sx, sy
@@ -146,7 +147,8 @@ async def detect_persons(image_bgr: np.ndarray, card: ModelCard, backend: Backen
     thread. Raises BackendError / BackendUnavailable from the backend.
     """
     spec = card.detector
-    assert spec is not None
+    if spec is None:  # a detection card always has one (ModelCard's validator)
+        raise ValueError(f"model '{card.name}' has no detector parameters")
     thr = spec.score_threshold if score_threshold is None else score_threshold
     x, sx, sy = await asyncio.to_thread(_prepare, image_bgr, card)
     out = await backend.infer(card.name, {card.inputs[0].name: x})

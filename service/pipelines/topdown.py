@@ -52,7 +52,8 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
     """
     timer = timer or StageTimer()
     codec_spec = card.codec
-    assert codec_spec is not None
+    if codec_spec is None:  # a topdown_pose card always has one (ModelCard's validator)
+        raise ValueError(f"model '{card.name}' has no codec")
     n = len(boxes_xyxy)
     k = len(card.output_keypoints)
     if n == 0:
@@ -105,7 +106,8 @@ def _decode(heatmaps: np.ndarray, n: int, centers: np.ndarray, scales: np.ndarra
             flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flip-merge, codec decode, back to image pixels, rescoring (see :func:`estimate_poses`)."""
     codec_spec = card.codec
-    assert codec_spec is not None
+    if codec_spec is None:  # a topdown_pose card always has one (ModelCard's validator)
+        raise ValueError(f"model '{card.name}' has no codec")
     if flip_test:
         flipped = flip_heatmaps(heatmaps[n:], card.flip_indices, shift_heatmap=card.shift_heatmap)
         heatmaps = (heatmaps[:n] + flipped) * 0.5
