@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.eval_client import api_key_headers
+
 STAGES = ("decode_image", "detect", "preprocess", "inference", "decode_heatmaps", "serialise", "total")
 
 
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hrnet-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="live gateway URL; default: start one in-process")
+    p.add_argument("--api-key", help="the gateway's API key, if it needs one (default: the first "
+                                     "key of $HRNET_API_KEY)")
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--shared-dir", type=Path, default=_default_shared())
     p.add_argument("--model", default=None, help="pose model (default: the gateway's)")
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if url is None:
         url, _server = start_local_gateway(args.model_repository)
     results = []
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120, headers=api_key_headers(args.api_key)) as client:
         for n_boxes in (1, 8, None):
             for flip in (False, True):
                 run_scenario(client, url, images, n_boxes, flip, args.warmup, args.model)

@@ -194,6 +194,17 @@ def test_a_right_key_passes(keyed, headers):
     assert keyed.get("/models", headers=headers).status_code == 200
 
 
+def test_eval_and_bench_clients_send_the_key(keyed, monkeypatch):
+    from benchmarks.eval_client import api_key_headers
+
+    monkeypatch.setenv("HRNET_API_KEY", " key-two ,key-one")
+    headers = api_key_headers()
+    assert headers == {"X-API-Key": "key-two"} and api_key_headers("x") == {"X-API-Key": "x"}
+    assert keyed.get("/models", headers=headers).status_code == 200
+    monkeypatch.delenv("HRNET_API_KEY")
+    assert api_key_headers() == {}
+
+
 def test_health_ready_metrics_docs_stay_open(keyed, repo):
     assert keyed.get("/healthz").status_code == 200
     assert keyed.get("/readyz").status_code == 503  # not ready (broken model), but not 401
