@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -38,6 +39,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, timeout_s: float = 30.0, alive=lambda: True) -> None:
+    """Poll ``url/readyz`` until it answers 200; raises RuntimeError after ``timeout_s`` seconds or
+    as soon as ``alive()`` turns false (a gateway process that died)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gateway at {url} did not become ready")
+
+
 def start_local_gateway(model_repository: Path) -> tuple[str, object]:
     """Start the gateway in a background thread on a free loopback port; returns (url, server)."""
     import uvicorn
@@ -50,14 +65,35 @@ def start_local_gateway(model_repository: Path) -> tuple[str, object]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return url, server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("local gateway did not become ready")
+    wait_ready(url)
+    return url, server
+
+
+def start_gateway_process(model_repository: Path, env: dict[str, str] | None = None,
+                          timeout_s: float = 60.0, log_path: Path | None = None,
+                          ) -> tuple[str, subprocess.Popen]:
+    """Start ``python -m service.cli`` (what ``hrnet-serve`` runs) as a child process on a free
+    loopback port with ``env`` added to this environment; returns (url, process) once
+    ``/readyz`` is 200. Its output goes to ``log_path`` (default: discarded). Raises RuntimeError
+    (after killing it) if it is not ready within ``timeout_s`` seconds. The caller stops it
+    (SIGTERM, then ``wait``)."""
+    port = _free_port()
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "--model-repository", str(model_repository),
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
+        env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1])
+    if log_path:
+        out.close()  # the child holds its own copy
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout_s, alive=lambda: proc.poll() is None)
+    except RuntimeError:
+        proc.kill()
+        proc.wait()
+        raise
+    return url, proc
 
 
 def load_images(shared: Path) -> list[tuple[str, bytes, list[list[float]]]]:

@@ -10,6 +10,10 @@ with (MMPose 1.x ``TopdownPoseEstimator`` / MMSeg 1.x ``EncoderDecoder``):
   DARK configs, ``UDPHeatmap`` for UDP configs; MMPose's default ``blur_kernel_size=11``, which
   every HRNet DARK config keeps, 384x288 included); ``test_cfg`` ``flip_test=True``,
   ``flip_mode='heatmap'``, ``shift_heatmap`` True except UDP configs (False).
+* bottom-up pose (MMPose 0.x HigherHRNet): ``NormalizeTensor`` with the ImageNet mean/std on
+  0..1 RGB values (the same normalisation on 0..255 values), the config's associative-embedding
+  ``test_cfg`` (:class:`service.cards.BottomUpSpec`), flip test; any input size (multiples of
+  64), one output per resolution stage.
 * segmentation: ``SegDataPreProcessor`` with the same mean/std, RGB; test pipeline
   ``Resize(scale, keep_ratio=True)`` then ``test_cfg.mode`` whole or slide.
 
@@ -20,8 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from service.cards import (CodecSpec, ModelCard, Normalization, SegTestPipeline, SourceSpec,
-                           TensorSpec)
+from service.cards import (BottomUpSpec, CodecSpec, ModelCard, Normalization, SegTestPipeline,
+                           SourceSpec, TensorSpec)
 from service.datasets import get_pose_dataset, get_seg_dataset
 
 #: ImageNet mean/std on 0..255 RGB values (MMPose ``PoseDataPreprocessor`` / MMSeg
@@ -39,6 +43,15 @@ POSE_INPUT = "input"
 POSE_OUTPUT = "heatmaps"
 SEG_INPUT = "input"
 SEG_OUTPUT = "logits"
+BOTTOMUP_INPUT = "input"
+
+
+def bottomup_output_names(spec: BottomUpSpec) -> list[str]:
+    """Graph/card output names of a bottom-up model, one per resolution stage, lowest first:
+    ``heatmaps_tags_1_4`` (stage with tags, at 1/4 of the input) / ``heatmaps_1_2`` (heatmaps
+    only, at 1/2), from ``spec.with_ae``."""
+    return [("heatmaps_tags" if ae else "heatmaps") + f"_1_{4 // 2 ** s}"
+            for s, ae in enumerate(spec.with_ae)]
 
 
 def _dataset_and_width(entry: Any, task: str) -> tuple[Any, int]:
@@ -50,7 +63,7 @@ def _dataset_and_width(entry: Any, task: str) -> tuple[Any, int]:
     """
     if entry.task != task:
         raise ValueError(f"{entry.name} is a {entry.task} entry, not {task}")
-    if task == "topdown_pose":
+    if task in ("topdown_pose", "bottomup_pose"):
         info = get_pose_dataset(entry.dataset)
         count, what = len(info.keypoint_names), "keypoints"
     else:
@@ -113,6 +126,47 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     )
 
 
+def bottomup_spec(entry: Any) -> BottomUpSpec:
+    """The :class:`service.cards.BottomUpSpec` of a ``bottomup_pose`` registry entry: its
+    ``ae_test_cfg`` with ``input_size`` = the short side of ``entry.input_size`` (pixels).
+    Raises ``pydantic.ValidationError`` for a field BottomUpSpec does not know."""
+    return BottomUpSpec(input_size=int(min(entry.input_size)), **dict(entry.ae_test_cfg))
+
+
+def bottomup_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
+                  notes: Optional[str] = None, max_batch_size: int = 4,
+                  input_name: str = BOTTOMUP_INPUT) -> ModelCard:
+    """Card for a ``bottomup_pose`` registry entry (HigherHRNet).
+
+    Input ``input_name`` FP32 ``[3, -1, -1]`` (the resized image; both sides multiples of 64);
+    outputs named by :func:`bottomup_output_names`, in stage order (lowest resolution first):
+    FP32 ``[K + K, -1, -1]`` (heatmaps then tags, 1/4 of the input) and ``[K, -1, -1]``
+    (heatmaps, 1/2), their widths from ``bottomup.with_ae``/``tag_per_joint``. ``bottomup`` from
+    :func:`bottomup_spec`; keypoint names, skeleton, flip indices and OKS sigmas from
+    ``get_pose_dataset(entry.dataset)``; ``max_batch_size`` 4 (an image and its flip per call).
+
+    Raises ``ValueError`` if the entry is not bottom-up or its joints differ from the dataset's
+    keypoints; ``KeyError`` for an unknown dataset.
+    """
+    info, k = _dataset_and_width(entry, "bottomup_pose")
+    spec = bottomup_spec(entry)
+    tags = k if spec.tag_per_joint else 1
+    outputs = [TensorSpec(name=n, dtype="FP32", dims=[k + (tags if ae else 0), -1, -1])
+               for n, ae in zip(bottomup_output_names(spec), spec.with_ae)]
+    return ModelCard(
+        name=name, task="bottomup_pose", input_size=(None, None),
+        inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, -1, -1])],
+        outputs=outputs, max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
+        flip_test=bool(entry.flip_test), bottomup=spec,
+        keypoint_names=list(info.keypoint_names),
+        skeleton=[(int(a), int(b)) for a, b in info.skeleton],
+        flip_indices=[int(i) for i in info.flip_indices],
+        sigmas=[float(s) for s in info.sigmas],
+        dataset=entry.dataset,
+        source=_source(entry, checkpoint, notes),
+    )
+
+
 def seg_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
              notes: Optional[str] = None, max_batch_size: int = 8,
              input_name: str = SEG_INPUT, output_name: str = SEG_OUTPUT) -> ModelCard:
@@ -152,9 +206,10 @@ def card_for_entry(entry: Any, name: str, *, checkpoint: Optional[str] = None,
                    notes: Optional[str] = None, max_batch_size: Optional[int] = None) -> ModelCard:
     """The card of registry ``entry`` served as model ``name`` (Triton model / folder name).
 
-    Dispatches on ``entry.task`` to :func:`pose_card` or :func:`seg_card`. ``checkpoint`` (file
-    or URL the weights were loaded from) and ``notes`` go to ``card.source``;
-    ``max_batch_size`` defaults to 32 (pose) / 8 (segmentation). Raises ``ValueError`` for an
+    Dispatches on ``entry.task`` to :func:`pose_card`, :func:`bottomup_card` or
+    :func:`seg_card`. ``checkpoint`` (file or URL the weights were loaded from) and ``notes`` go
+    to ``card.source``; ``max_batch_size`` defaults to 32 (top-down) / 4 (bottom-up) / 8
+    (segmentation). Raises ``ValueError`` for an
     unsupported task, see the builders for the rest.
     """
     kw: dict[str, Any] = dict(checkpoint=checkpoint, notes=notes)
@@ -162,10 +217,12 @@ def card_for_entry(entry: Any, name: str, *, checkpoint: Optional[str] = None,
         kw["max_batch_size"] = int(max_batch_size)
     if entry.task == "topdown_pose":
         return pose_card(entry, name, **kw)
+    if entry.task == "bottomup_pose":
+        return bottomup_card(entry, name, **kw)
     if entry.task == "segmentation":
         return seg_card(entry, name, **kw)
     raise ValueError(f"no card builder for task {entry.task!r} ({entry.name})")
 
 
-__all__ = ["BBOX_PADDING", "DEFAULT_BLUR_KERNEL", "IMAGENET_RGB", "card_for_entry", "pose_card",
-           "seg_card"]
+__all__ = ["BBOX_PADDING", "DEFAULT_BLUR_KERNEL", "IMAGENET_RGB", "bottomup_card",
+           "bottomup_output_names", "bottomup_spec", "card_for_entry", "pose_card", "seg_card"]

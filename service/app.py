@@ -2,12 +2,14 @@
 
 ``create_app()`` builds the app; the lifespan opens the backend at start-up (ONNX Runtime sessions
 or the Triton connection) and closes it at shut-down (also when start-up fails), and creates the
-per-endpoint concurrency limits. Request bodies above ``max_upload_bytes`` + 1 MiB are refused
-with 413 before they are read (:class:`service.limits.BodySizeLimit`). Every request gets an
-``X-Request-ID``, a JSON access-log line and its metrics (:mod:`service.observability`);
-``/pose``, ``/segment``, ``/models`` (and, by setting, ``/metrics``) need the API key when one is
-configured (:mod:`service.auth`); CORS is off unless ``cors_allow_origins`` lists origins. Data
-flows one way per request: request -> preprocess -> backend -> decode -> response.
+per-endpoint concurrency limits and the model reloader (``POST /admin/reload``, SIGHUP:
+service/reload.py). SIGTERM drains before uvicorn's graceful shutdown (service/lifecycle.py).
+Request bodies above ``max_upload_bytes`` + 1 MiB are refused with 413 before they are read
+(:class:`service.limits.BodySizeLimit`). Every request gets an ``X-Request-ID``, a JSON access-log
+line and its metrics (:mod:`service.observability`); ``/pose``, ``/segment``, ``/models`` (and, by
+setting, ``/metrics``) need the API key when one is configured, ``/admin/*`` the admin key
+(:mod:`service.auth`); CORS is off unless ``cors_allow_origins`` lists origins. Data flows one way
+per request: request -> preprocess -> backend -> decode -> response.
 """
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from .auth import API_KEY_HEADER, require_api_key
 from .backends.base import Backend
 from .errors import install_error_handlers
+from .lifecycle import Drain, DrainMiddleware
 from .limits import BODY_OVERHEAD_BYTES, BodySizeLimit, make_endpoint_limits
 from .observability import REQUEST_ID_HEADER, install_observability
+from .reload import ModelReloader, listen_for_sighup, stop_listening
 from .repository import ModelRepository
 from .settings import Settings
 
@@ -48,22 +53,35 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         repo = ModelRepository(settings.model_repository)
-        be = backend or make_backend(settings, repo)
+        app.state.backend = be = backend or make_backend(settings, repo)
+        sighup = False
         try:  # close() runs even when start() fails (no leaked connection / shared memory)
             start = getattr(be, "start", None)
             if start is not None:
                 await start(repo.cards)
-            app.state.settings, app.state.repository, app.state.backend = settings, repo, be
+            app.state.settings, app.state.repository = settings, repo
             app.state.endpoint_limits = make_endpoint_limits(settings)
+            app.state.reloader = await ModelReloader.create(repo)
+            sighup = listen_for_sighup(app.state.reloader, app.state)
             log.info("gateway ready: backend=%s models=%s", be.name, list(repo.cards))
             yield
         finally:
-            await be.close()
+            if sighup:
+                stop_listening()
+            # the newest backend (a reload makes new ones that share the old one's resources)
+            await app.state.backend.close()
 
-    app = FastAPI(title="HRNet serving gateway", version="0.1.0", lifespan=lifespan,
-                  description="Top-down pose and semantic segmentation with HRNet-family models.")
+    # /docs (Swagger UI) and /redoc load their JS/CSS from the gateway itself (fastapi-offline
+    # ships them, under /static-offline-docs), not from a CDN: they work without internet
+    app = FastAPIOffline(title="HRNet serving gateway", version="0.1.0", lifespan=lifespan,
+                         description="Top-down pose and semantic segmentation with HRNet-family "
+                                     "models.")
     install_error_handlers(app)
+    app.state.drain = Drain()  # set by SIGTERM (service.lifecycle.GatewayServer)
 
+    # innermost of the middlewares: the observability middleware counts the 503s it answers
+    # while draining
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     # before the observability middleware, so that refused bodies are counted (added later = outer)
     app.add_middleware(BodySizeLimit,
                        max_bytes=lambda: settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
@@ -80,10 +98,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    from .routers import meta, pose
+    from .routers import admin, meta, pose
     keyed = [Depends(require_api_key)]
     app.include_router(meta.router)
     app.include_router(pose.router, dependencies=keyed)
+    app.include_router(admin.router)  # behind the admin key (its router's dependency)
     try:
         from .routers import segment
         app.include_router(segment.router, dependencies=keyed)

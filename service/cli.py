@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
 from .observability import configure_logging
 from .settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags (defaults from HRNET_* env), then serve until interrupted; returns 0."""
+    """Parse flags (defaults from HRNET_* env), then serve until SIGTERM/SIGINT; returns 0 after
+    the graceful shutdown (:func:`service.lifecycle.serve`)."""
     defaults = Settings()
     p = argparse.ArgumentParser(prog="hrnet-serve", description=__doc__)
     p.add_argument("--model-repository", default=str(defaults.model_repository),
@@ -30,11 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         "triton_url": args.triton_url, "host": args.host, "port": args.port,
         "log_level": args.log_level, "log_format": args.log_format})
     from .app import create_app
-    # uvicorn keeps the logging set up above (log_config=None); the gateway writes its own
-    # access line per request (service.access), so uvicorn's is off
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=args.log_level, log_config=None, access_log=False)
-    return 0
+    from .lifecycle import serve
+    return serve(create_app(settings), settings, log_level=args.log_level)
 
 
 if __name__ == "__main__":  # pragma: no cover

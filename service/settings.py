@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     seg_max_concurrency: int = 1
     pose_max_concurrency: int = 4
 
+    # graceful shutdown (service/lifecycle.py): after SIGTERM, /readyz and new requests answer 503
+    # for shutdown_drain_s seconds (the listener stays open so load balancers notice), then the
+    # gateway stops accepting and waits at most shutdown_timeout_s seconds for in-flight requests
+    shutdown_drain_s: float = 5.0
+    shutdown_timeout_s: float = 30.0
+
+    # POST /admin/reload needs this key ("X-API-Key: <key>" or "Authorization: Bearer <key>"; one
+    # or several, comma-separated); unset: the endpoint answers 403
+    # (SIGHUP reloads the model repository either way)
+    admin_api_key: Optional[SecretStr] = None
+
     # embedded ONNX Runtime
     ort_intra_op_threads: int = 0  # 0 = ORT default
     ort_providers: Optional[str] = None  # comma list; default CUDA if available, else CPU

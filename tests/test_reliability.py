@@ -1,7 +1,7 @@
 """Failure isolation, API keys, CORS, model-name safety, request ids, access logs and metrics,
 through the real gateway app and the real embedded ONNX Runtime backend on tiny hand-made models.
 
-``toy_pose`` (ONNX built below) pools the 16x12 input to 8x6 heatmaps and adds
+``toy_pose`` (:func:`tests.tiny_onnx.write_failing_pose_onnx`) pools the 16x12 input to 8x6 heatmaps and adds
 ``[0.0][peak > 250]``: a crop with a pixel above 250 makes ONNX Runtime's Gather index its
 one-element table out of bounds, a genuine ORT runtime error for that request only.
 ``broken`` is a model whose ONNX file ONNX Runtime refuses to load.
@@ -26,35 +26,9 @@ from service.cards import CodecSpec, Normalization, TensorSpec
 from service.observability import JsonFormatter, accepted_request_id
 from service.settings import Settings
 from tests.fake_cards import pose_card, seg_card, write_repository
+from tests.tiny_onnx import write_failing_pose_onnx
 
 onnx = pytest.importorskip("onnx")
-
-
-def toy_pose_onnx(path: Path) -> None:
-    """``heatmaps = avgpool2x2(image)[:, :2] + [0.0][max(image) > 250]`` (ORT fails when bright)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [
-        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Slice", ["pooled", "starts", "ends", "axes"], ["hm"]),
-        helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),
-        helper.make_node("Greater", ["peak", "limit"], ["bright"]),
-        helper.make_node("Cast", ["bright"], ["index"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["table", "index"], ["offset"], axis=0),
-        helper.make_node("Add", ["hm", "offset"], ["heatmaps"]),
-    ]
-    consts = {"starts": np.array([0], np.int64), "ends": np.array([2], np.int64),
-              "axes": np.array([1], np.int64), "limit": np.array(250.0, np.float32),
-              "table": np.array([0.0], np.float32)}
-    graph = helper.make_graph(
-        nodes, "toy_pose",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 16, 12])],
-        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", 2, 8, 6])],
-        [numpy_helper.from_array(v, k) for k, v in consts.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
 
 
 def _toy_card(name: str):
@@ -70,7 +44,7 @@ def repo(tmp_path_factory) -> Path:
     root = write_repository(tmp_path_factory.mktemp("reliability_repo"),
                             [_toy_card("toy_pose"), _toy_card("broken"),
                              seg_card("toy_seg", ["a", "b"], scale=(64, 64))])
-    toy_pose_onnx(root / "toy_pose" / "1" / "model.onnx")
+    write_failing_pose_onnx(root / "toy_pose" / "1" / "model.onnx")
     (root / "broken" / "1").mkdir()
     (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an ONNX model")
     return root
@@ -265,7 +239,7 @@ def outside_model(repo, tmp_path):
     """A loadable model outside the repository (card + ONNX), which a name that reached the file
     system could address."""
     root = write_repository(tmp_path, [_toy_card("evil_model")])
-    toy_pose_onnx(root / "evil_model" / "1" / "model.onnx")
+    write_failing_pose_onnx(root / "evil_model" / "1" / "model.onnx")
     return root / "evil_model"
 
 

@@ -8,8 +8,13 @@ segmentation) only ever see this interface, so they run unchanged on either.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..cards import ModelCard
+    from ..repository import ModelRepository
 
 
 class BackendError(RuntimeError):
@@ -27,6 +32,10 @@ class BackendUnavailable(BackendError):
     def __init__(self, message: str, retry_after_s: float = 1.0, model: str | None = None):
         super().__init__(message, model=model)
         self.retry_after_s = retry_after_s
+
+
+class ReloadNotSupported(BackendError):
+    """This backend cannot load model-repository changes while running (``/admin/reload``: 501)."""
 
 
 class Backend(ABC):
@@ -50,3 +59,18 @@ class Backend(ABC):
 
     async def close(self) -> None:  # pragma: no cover - default no-op
         """Release sessions/connections."""
+
+    async def load_models(self, cards: dict[str, "ModelCard"]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Load the models of ``cards`` (new or changed repository entries) beside the running
+        ones, changing nothing that serves: returns ``(staged, refused)``, the loaded models for
+        :meth:`with_models` and, by name, why each model that could not be loaded was refused.
+        Raises :class:`ReloadNotSupported` where the backend cannot (the default)."""
+        raise ReloadNotSupported(f"the {self.name} backend does not reload models while running; "
+                                 "restart the gateway")
+
+    def with_models(self, repository: "ModelRepository", staged: dict[str, Any]) -> "Backend":
+        """A new backend serving ``repository``: the ``staged`` models of :meth:`load_models`,
+        this one's for the other names (models no longer in ``repository`` are dropped). This one
+        keeps serving the requests that hold it; both share their worker threads, so only the
+        newest one is ever closed."""
+        raise ReloadNotSupported(f"the {self.name} backend does not reload models while running")

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnxruntime as ort
 
+from ..cards import ModelCard
 from ..repository import ModelRepository
 from .base import Backend, BackendError, BackendUnavailable
 
@@ -21,7 +22,9 @@ def default_providers() -> list[str]:
 
 
 class OnnxRuntimeBackend(Backend):
-    """One ``InferenceSession`` per model of the repository, created at start-up.
+    """One ``InferenceSession`` per model of the repository, created at start-up; a reload
+    (:meth:`load_models`, :meth:`with_models`) makes a new backend object with new sessions for
+    the changed models, sharing the rest and the worker threads.
 
     ``infer`` runs in a worker thread (ORT releases the GIL) so the event loop stays free;
     batches above the card's ``max_batch_size`` are split and concatenated. Raises
@@ -39,9 +42,9 @@ class OnnxRuntimeBackend(Backend):
         self.sessions: dict[str, ort.InferenceSession] = {}
         #: why a carded model has no session (ONNX file missing, or ONNX Runtime refused it)
         self.load_errors: dict[str, str] = {}
-        opts = ort.SessionOptions()
+        self._opts = ort.SessionOptions()
         if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
+            self._opts.intra_op_num_threads = intra_op_threads
         for name in (models if models is not None else list(repository.cards)):
             path = repository.onnx_path(name)
             if not path.exists():
@@ -49,12 +52,56 @@ class OnnxRuntimeBackend(Backend):
                 self.load_errors[name] = f"{path} was missing at start-up"
                 continue
             try:  # one unloadable model must not take the others (or the gateway) down
-                self.sessions[name] = ort.InferenceSession(str(path), sess_options=opts,
-                                                           providers=self.providers)
+                self.sessions[name] = self._open(path)
             except Exception as exc:  # onnxruntime raises its own exception types
                 log.error("model %s: ONNX Runtime cannot load %s: %s", name, path, exc)
                 self.load_errors[name] = f"ONNX Runtime could not load it at start-up ({exc})"
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort")
+
+    def _open(self, path) -> ort.InferenceSession:
+        return ort.InferenceSession(str(path), sess_options=self._opts, providers=self.providers)
+
+    def _load(self, cards: dict[str, ModelCard]) -> tuple[dict[str, ort.InferenceSession],
+                                                          dict[str, str]]:
+        staged, refused = {}, {}
+        for name, card in cards.items():
+            path = self.repository.onnx_path(name)
+            if not path.exists():
+                refused[name] = f"{path} is missing"
+                continue
+            try:
+                sess = self._open(path)
+            except Exception as exc:  # onnxruntime's own exception types
+                refused[name] = f"ONNX Runtime cannot load {path}: {exc}"
+                continue
+            have_in = {i.name for i in sess.get_inputs()}
+            have_out = {o.name for o in sess.get_outputs()}
+            missing = ([t.name for t in card.inputs if t.name not in have_in]
+                       + [t.name for t in card.outputs if t.name not in have_out])
+            if missing:
+                refused[name] = (f"{path} lacks the tensors {', '.join(missing)} named by its card "
+                                 f"(inputs {sorted(have_in)}, outputs {sorted(have_out)})")
+                continue
+            staged[name] = sess
+        return staged, refused
+
+    async def load_models(self, cards: dict[str, ModelCard]) -> tuple[dict[str, ort.InferenceSession],
+                                                                       dict[str, str]]:
+        """New sessions for ``cards`` (opened in a worker thread while serving goes on); an entry
+        is refused when its ``model.onnx`` is missing, does not load, or lacks a tensor its card
+        names."""
+        return await asyncio.to_thread(self._load, cards)
+
+    def with_models(self, repository: ModelRepository,
+                    staged: dict[str, ort.InferenceSession]) -> "OnnxRuntimeBackend":
+        new = object.__new__(type(self))
+        new.repository, new.providers, new._opts, new._pool = (
+            repository, self.providers, self._opts, self._pool)
+        new.sessions = {n: s for n, s in self.sessions.items() if n in repository.cards}
+        new.sessions.update(staged)
+        new.load_errors = {n: e for n, e in self.load_errors.items()
+                           if n in repository.cards and n not in new.sessions}
+        return new
 
     def _run(self, model: str, inputs: dict[str, np.ndarray],
              outputs: list[str] | None) -> dict[str, np.ndarray]:

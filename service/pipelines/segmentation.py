@@ -37,7 +37,6 @@ where mmcv's rounding would give 0 and MMSeg would fail).
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
@@ -46,6 +45,7 @@ import numpy as np
 
 from ..backends.base import Backend, BackendError
 from ..cards import ModelCard, SegTestPipeline
+from ..forms import validate_ratios
 from ..geometry import rescale_size, scale_size
 from .common import StageTimer, to_input_tensor
 
@@ -53,9 +53,6 @@ from .common import StageTimer, to_input_tensor
 MS_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 #: Named scale presets accepted wherever a list of TTA ratios is.
 SCALE_PRESETS: dict[str, tuple[float, ...]] = {"ms": MS_RATIOS}
-#: Limits on TTA ratios (each in (0, MAX_SCALE_RATIO], at most MAX_SCALES of them).
-MAX_SCALES = 8
-MAX_SCALE_RATIO = 4.0
 #: Slide window used when slide inference is needed but the card names no crop (h, w): the
 #: Cityscapes slide configs' 1024x1024 crop with a 768 stride.
 DEFAULT_CROP = (1024, 1024)
@@ -99,35 +96,9 @@ def tta_resize_size(size_wh: tuple[int, int], ratio: float) -> tuple[int, int]:
 
 
 def parse_scales(value: Sequence[float] | str | None) -> Optional[tuple[float, ...]]:
-    """Validate TTA ratios: a preset name (``"ms"``) or up to 8 finite floats in (0, 4].
-
-    Returns the ratios (None for None). Raises ValueError with the reason otherwise (also for an
-    integer too large for a float, which ``float()`` reports as ``OverflowError``).
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value not in SCALE_PRESETS:
-            raise ValueError(f"unknown scale preset '{value}'; known: {', '.join(SCALE_PRESETS)}")
-        return SCALE_PRESETS[value]
-    ratios = list(value)
-    if not ratios:
-        raise ValueError("scales must hold at least one ratio")
-    if len(ratios) > MAX_SCALES:
-        raise ValueError(f"at most {MAX_SCALES} scales are allowed, got {len(ratios)}")
-    out = []
-    for r in ratios:
-        if isinstance(r, bool) or not isinstance(r, (int, float)):
-            raise ValueError(f"scale {str(r)[:40]!r} is not a number")
-        try:
-            r = float(r)
-        except OverflowError:  # an integer too large for a float, e.g. 10**400
-            raise ValueError(f"scale {str(r)[:20]}... is too large; it must be a finite number in "
-                             f"(0, {MAX_SCALE_RATIO:g}]") from None
-        if not math.isfinite(r) or not 0.0 < r <= MAX_SCALE_RATIO:
-            raise ValueError(f"scale {r} must be a finite number in (0, {MAX_SCALE_RATIO:g}]")
-        out.append(r)
-    return tuple(out)
+    """Validate TTA ratios: a preset name (``"ms"``) or up to 8 finite floats in (0, 4]
+    (:func:`service.forms.validate_ratios` with :data:`SCALE_PRESETS`). Raises ValueError."""
+    return validate_ratios(value, SCALE_PRESETS)
 
 
 # --------------------------------------------------------------------------------------------

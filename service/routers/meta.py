@@ -27,9 +27,13 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready (a model or the backend), or "
+                                                      "draining after SIGTERM; see Retry-After"}})
 async def readyz(request: Request) -> JSONResponse:
-    """200 when the backend and every model of the repository are ready, else 503 with the list."""
+    """200 when the backend and every model of the repository are ready, else 503 with the list
+    (503 ``draining`` from SIGTERM on)."""
+    if request.app.state.drain.active:
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "1"})
     repo, backend = request.app.state.repository, request.app.state.backend
     try:
         not_ready = [n for n in sorted(repo.cards) if not await backend.ready(n)]

@@ -1,0 +1,90 @@
+"""Tiny ONNX models written on the fly (``onnx`` package, no torch) for tests that need real
+ONNX Runtime sessions but not real networks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_constant_pose_onnx(path: Path, value: float, keypoints: int = 2,
+                             input_name: str = "image") -> Path:
+    """A top-down pose model for :func:`tests.fake_cards.pose_card`: input ``(N, 3, 256, 192)``
+    named ``input_name``, output ``heatmaps`` ``(N, keypoints, 64, 48)`` equal to ``value``
+    everywhere (AveragePool 4x4 then a 1x1 convolution with zero weights and bias ``value``), so
+    every decoded keypoint score is ``value``. Writes ``path`` (parents created) and returns it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((keypoints, 3, 1, 1), np.float32), "w")
+    bias = numpy_helper.from_array(np.full((keypoints,), value, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", [input_name], ["pooled"], kernel_shape=[4, 4],
+                          strides=[4, 4]),
+         helper.make_node("Conv", ["pooled", "w", "b"], ["heatmaps"])],
+        "constant_pose",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 3, 256, 192])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", keypoints, 64, 48])],
+        initializer=[weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_conv_seg_onnx(path: Path, classes: int = 3, seed: int = 0) -> Path:
+    """A segmentation model for :func:`tests.fake_cards.seg_card` with ``classes`` classes: input
+    ``input`` ``(N, 3, H, W)``, output ``logits`` ``(N, classes, ceil(H/4), ceil(W/4))``, a fixed
+    random 1x1 convolution of every 4th pixel (stride 4, so any H, W >= 1 works, like the
+    stride-4 logits of HRNetV2). Writes ``path`` (parents created) and returns it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(rng.standard_normal((classes, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["logits"], strides=[4, 4])],
+        "conv_seg",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "h", "w"])],
+        initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_failing_pose_onnx(path: Path) -> Path:
+    """A top-down pose model that ONNX Runtime fails on for bright inputs: input ``image``
+    ``(N, 3, 16, 12)``, output ``heatmaps`` ``(N, 2, 8, 6)`` = ``avgpool2x2(image)[:, :2] +
+    [0.0][max(image) > 250]``: any input value above 250 makes Gather index its one-element table
+    out of bounds, a genuine ORT runtime error. Writes ``path`` (parents created), returns it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Slice", ["pooled", "starts", "ends", "axes"], ["hm"]),
+        helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),
+        helper.make_node("Greater", ["peak", "limit"], ["bright"]),
+        helper.make_node("Cast", ["bright"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["offset"], axis=0),
+        helper.make_node("Add", ["hm", "offset"], ["heatmaps"]),
+    ]
+    consts = {"starts": np.array([0], np.int64), "ends": np.array([2], np.int64),
+              "axes": np.array([1], np.int64), "limit": np.array(250.0, np.float32),
+              "table": np.array([0.0], np.float32)}
+    graph = helper.make_graph(
+        nodes, "toy_pose",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 16, 12])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", 2, 8, 6])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
