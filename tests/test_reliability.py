@@ -365,3 +365,16 @@ def test_stage_histograms_and_error_counters(client):
     text = client.get("/metrics").text
     assert 'hrnet_stage_seconds_bucket{le="0.001",route="/pose",stage="inference"}' in text
     assert 'hrnet_errors_total{code="invalid_boxes",route="/pose"}' in text
+
+
+def test_admin_key_is_its_own_secret_sent_either_way(repo):
+    settings = _settings(repo, api_key="client-key", admin_api_key="admin-key")
+    with TestClient(create_app(settings)) as c:
+        _error(c.post("/admin/reload", headers={"X-API-Key": "client-key"}), 401, "unauthorized")
+        _error(c.post("/admin/reload"), 401, "unauthorized")
+        for headers in ({"X-API-Key": "admin-key"}, {"Authorization": "Bearer admin-key"}):
+            r = c.post("/admin/reload", headers=headers)
+            assert r.status_code == 200, r.text
+            assert r.json()["unchanged"] == ["broken", "toy_pose", "toy_seg"]
+        # the admin key is not a client key
+        _error(c.get("/models", headers={"X-API-Key": "admin-key"}), 401, "unauthorized")
