@@ -16,7 +16,7 @@ import json
 import os
 import socket
 import statistics
-import subprocess
+import subprocess  # starts hrnet-serve for the benchmark; no shell, fixed argv  # nosec B404
 import sys
 import threading
 import time
@@ -79,7 +79,8 @@ def start_gateway_process(model_repository: Path, env: dict[str, str] | None = N
     (SIGTERM, then ``wait``)."""
     port = _free_port()
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(
+    # argv: this Python running service.cli with our own repository path and port, no shell
+    proc = subprocess.Popen(  # nosec B603
         [sys.executable, "-m", "service.cli", "--model-repository", str(model_repository),
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
         env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
