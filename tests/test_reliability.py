@@ -1,9 +1,10 @@
 """Failure isolation, API keys, CORS, model-name safety, request ids, access logs and metrics,
 through the real gateway app and the real embedded ONNX Runtime backend on tiny hand-made models.
 
-``toy_pose`` (:func:`tests.tiny_onnx.write_failing_pose_onnx`) pools the 16x12 input to 8x6 heatmaps and adds
-``[0.0][peak > 250]``: a crop with a pixel above 250 makes ONNX Runtime's Gather index its
-one-element table out of bounds, a genuine ORT runtime error for that request only.
+``toy_pose`` (:func:`tests.tiny_onnx.write_failing_pose_onnx`) pools the 16x12 input to 8x6
+heatmaps and adds ``[0.0][peak > 250]``: a crop with a pixel above 250 makes ONNX Runtime's
+Gather index its one-element table out of bounds, a genuine ORT runtime error for that request
+only.
 ``broken`` is a model whose ONNX file ONNX Runtime refuses to load.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from service.settings import Settings
 from tests.fake_cards import pose_card, seg_card, write_repository
 from tests.tiny_onnx import write_failing_pose_onnx
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 
 
 def _toy_card(name: str):
@@ -99,7 +100,7 @@ def test_ort_error_fails_that_request_only(client):
     assert _sample("hrnet_errors_total", route="/pose", code="inference_failed") == before + 5
 
 
-def test_unloadable_model_is_503_and_the_others_serve(client, caplog):
+def test_unloadable_model_is_503_and_the_others_serve(client):
     r = _pose(client, 100, model="broken")
     assert "'broken' is not loaded" in _error(r, 503, "backend_unavailable")
     assert r.headers["Retry-After"] == "30"
@@ -152,8 +153,7 @@ def test_missing_or_wrong_key_is_401(keyed, headers, message):
     assert message in _error(r, 401, "unauthorized")
     assert r.headers["WWW-Authenticate"] == "Bearer"
     assert _sample("hrnet_errors_total", route="/pose", code="unauthorized") == before + 1
-    for path in ("/models",):
-        _error(keyed.get(path, headers=headers), 401, "unauthorized")
+    _error(keyed.get("/models", headers=headers), 401, "unauthorized")
     _error(keyed.post("/segment", files={"image": ("x.png", _png(100))}, headers=headers), 401,
            "unauthorized")
 
@@ -161,7 +161,7 @@ def test_missing_or_wrong_key_is_401(keyed, headers, message):
 @pytest.mark.parametrize("headers", [{"Authorization": "Bearer key-two"}, {"X-API-Key": "key-one"},
                                      {"Authorization": "Bearer wrong", "X-API-Key": "key-two"}])
 def test_a_right_key_passes(keyed, headers):
-    assert _pose(keyed, 100, **{}).status_code == 401  # no key sent
+    assert _pose(keyed, 100).status_code == 401  # no key sent
     r = keyed.post("/pose", files={"image": ("x.png", _png(100))}, data={"boxes": "[[8,8,24,32]]"},
                    headers=headers)
     assert r.status_code == 200, r.text
