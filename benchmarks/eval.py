@@ -40,7 +40,8 @@ from typing import Any, Optional, Sequence
 import httpx
 import numpy as np
 
-from benchmarks.eval_client import RequestFailed, RetryPolicy, get_json, post_form
+from benchmarks.eval_client import (RequestFailed, RetryPolicy, api_key_headers, get_json,
+                                    post_form)
 from benchmarks.eval_data import (POSE_DATASETS, SEG_DATASETS, DataError, PoseItem, SegItem,
                                   build_pose_items, build_seg_items, evaluate_coco_bottomup,
                                   evaluate_coco_style,
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a running HRNet gateway on a dataset and compare with the "
                     "published metrics.")
     p.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api-key", help="the gateway's API key, if it needs one (default: the first "
+                                     "key of $HRNET_API_KEY)")
     p.add_argument("--model", required=True, help="model name as served (GET /models)")
     p.add_argument("--dataset", required=True, choices=POSE_DATASETS + SEG_DATASETS)
     p.add_argument("--ann", help="COCO keypoint annotation json (pose); label folder "
@@ -350,7 +353,7 @@ async def _run(args: argparse.Namespace) -> int:
     limits = httpx.Limits(max_connections=max(1, args.concurrency),
                           max_keepalive_connections=max(1, args.concurrency))
     async with httpx.AsyncClient(base_url=args.url.rstrip("/"), timeout=args.timeout,
-                                 limits=limits) as client:
+                                 limits=limits, headers=api_key_headers(args.api_key)) as client:
         card = await _fetch_card(client, policy, args.model)
         want = ("topdown_pose", "bottomup_pose") if pose else ("segmentation",)
         if card.get("task") not in want:

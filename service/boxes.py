@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .errors import InvalidBoxes
+from .errors import InvalidBoxes, show_value
 from .forms import load_json_field
 from .geometry import bbox_xywh2xyxy
 
@@ -22,12 +22,6 @@ def _finite_float(v: object) -> float:
         return float(v)  # type: ignore[arg-type]
     except OverflowError:
         return math.inf if v > 0 else -math.inf  # type: ignore[operator]
-
-
-def _show(v: object, limit: int = 120) -> str:
-    """``repr(v)`` cut to ``limit`` characters for error messages."""
-    r = repr(v)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
@@ -68,9 +62,9 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
     rows = []
     for i, box in enumerate(data):
         if not isinstance(box, list) or len(box) not in (4, 5):
-            raise InvalidBoxes(f"box {i} must be a list of 4 numbers (or 5 with a score), got {_show(box)}")
+            raise InvalidBoxes(f"box {i} must be a list of 4 numbers (or 5 with a score), got {show_value(box)}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
-            raise InvalidBoxes(f"box {i} has a non-numeric value: {_show(box)}")
+            raise InvalidBoxes(f"box {i} has a non-numeric value: {show_value(box)}")
         rows.append([_finite_float(v) for v in box] + ([1.0] if len(box) == 4 else []))
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
     xyxy = arr[:, :4].copy()
@@ -89,7 +83,7 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
     for i, cause in enumerate(causes):
         if cause is not None:
             img_w, img_h = image_size
-            what = f"box {i} ({box_format} {_show(data[i])})"
+            what = f"box {i} ({box_format} {show_value(data[i])})"
             raise InvalidBoxes({
                 "non_finite_box": f"{what} has a non-finite value (or one too large for a float)",
                 "coordinate_too_large": f"{what} has a coordinate beyond ±{MAX_COORDINATE:g} pixels",

@@ -138,3 +138,20 @@ def test_warp_matrices_are_opencvs_bit_for_bit():
     udp = warp_matrices(centers, scales, (IN_W, IN_H), use_udp=True)
     for i in range(len(boxes)):
         np.testing.assert_array_equal(udp[i], upstream_matrix(centers[i], scales[i], True))
+
+
+def test_normalisation_divides_like_mmengine():
+    """``to_input_tensor`` gives MMEngine's ``(x - mean) / std`` float32 values exactly, for every
+    0..255 value of each channel; multiplying by ``1 / std`` would differ in the last bit."""
+    from service.cards import Normalization
+    from service.pipelines.common import to_input_tensor
+
+    mean = np.array([123.675, 116.28, 103.53], np.float32)
+    std = np.array([58.395, 57.12, 57.375], np.float32)
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None, None], 3, axis=2)  # (1,256,3,1)
+    bgr = np.ascontiguousarray(levels.transpose(0, 1, 3, 2))  # (1, 256, 1, 3): every grey level
+    got = to_input_tensor(bgr, Normalization(mean=tuple(mean), std=tuple(std)))
+    rgb = bgr[..., ::-1].astype(np.float32)
+    want = ((rgb - mean) / std).transpose(0, 3, 1, 2)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert not np.array_equal(want, ((rgb - mean) * (1 / std)).transpose(0, 3, 1, 2))

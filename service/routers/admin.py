@@ -4,16 +4,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from ..auth import require_admin_key
 from ..backends.base import ReloadNotSupported
-from ..errors import error_body
+from ..errors import error_body, error_response
 from ..schemas import ReloadResponse, error_responses
-from ..security import require_admin_key
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
 @router.post("/reload", response_model=ReloadResponse, responses={
-    **error_responses({401: "missing or wrong X-API-Key (unauthorized)",
+    **error_responses({401: "missing or wrong admin key (unauthorized)",
                        403: "no admin key configured (admin_disabled)",
                        501: "the backend cannot reload while running (reload_not_supported)",
                        503: "the gateway is shutting down (shutting_down)"}),
@@ -31,9 +31,10 @@ async def reload_models(request: Request) -> JSONResponse:
     try:
         report = await request.app.state.reloader.reload(request.app.state)
     except ReloadNotSupported as exc:
-        return JSONResponse(error_body("reload_not_supported", str(exc)), status_code=501)
+        return error_response(request, "reload_not_supported", str(exc), 501)
     body = report.as_dict()
     if report.refused:
+        request.state.error_code = "reload_refused"  # the cause counted in /metrics
         reasons = "; ".join(f"{name}: {why}" for name, why in report.refused.items())
         return JSONResponse({**error_body("reload_refused", f"refused entries kept their previous "
                                           f"version (if any): {reasons}"), **body}, status_code=422)

@@ -20,8 +20,8 @@ from ..cards import BottomUpCard, TopDownCard
 from ..errors import InvalidParameter, WrongTask
 from ..forms import parse_scales_field
 from ..limits import endpoint_slot
+from ..observability import note, request_timer
 from ..pipelines.bottomup import check_scales, estimate_poses_bottomup
-from ..pipelines.common import StageTimer
 from ..pipelines.detector import detect_persons
 from ..pipelines.topdown import estimate_poses
 from ..pose_rendering import render_poses_png
@@ -73,9 +73,10 @@ async def pose(
     """
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
-    timer = StageTimer()
+    timer = request_timer(request)
     name = model or settings.default_pose_model
     card = repo.get(name)
+    note(request, model=card.name)
     if not isinstance(card, (TopDownCard, BottomUpCard)):
         raise WrongTask(f"model '{name}' is a {card.task} model, not a pose model")
     given = boxes is not None and boxes.strip() != ""
@@ -126,6 +127,8 @@ async def pose(
             result = await estimate_poses(img, xyxy, box_scores, card, backend,
                                           flip_test=use_flip, timer=timer)
 
+        # one person per box (top-down), one box around each person found (bottom-up)
+        note(request, box_source=source, boxes=len(xyxy), people=len(xyxy))
         if render:
             with timer("render"):
                 png = await asyncio.to_thread(render_poses_png, img, result.keypoints,

@@ -26,6 +26,7 @@ from ..cards import SegTestPipeline
 from ..errors import InvalidParameter, PayloadTooLarge
 from ..forms import parse_scales_field
 from ..limits import endpoint_slot
+from ..observability import note, request_timer
 from ..pipelines.common import StageTimer
 from ..pipelines.segmentation import (MODES, SCALE_PRESETS, InputTooLarge, plan_augmentations,
                                       segment as run_segmentation)
@@ -91,7 +92,7 @@ async def segment(
     """
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
-    timer = StageTimer()
+    timer = request_timer(request)
 
     name = model or settings.default_segment_model
     if not name:
@@ -101,6 +102,7 @@ async def segment(
                                    f"available: {', '.join(seg_models) or 'none'}")
         name = seg_models[0]
     card = repo.get(name, task="segmentation")
+    note(request, model=card.name)
 
     if mode is not None and mode.strip() == "":
         mode = None
