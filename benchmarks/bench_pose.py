@@ -16,13 +16,15 @@ import json
 import os
 import socket
 import statistics
-import subprocess
+import subprocess  # starts hrnet-serve for the benchmark; no shell, fixed argv  # nosec B404
 import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+
+from benchmarks.eval_client import api_key_headers
 
 STAGES = ("decode_image", "detect", "preprocess", "inference", "decode_heatmaps", "serialise", "total")
 
@@ -77,7 +79,8 @@ def start_gateway_process(model_repository: Path, env: dict[str, str] | None = N
     (SIGTERM, then ``wait``)."""
     port = _free_port()
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(
+    # argv: this Python running service.cli with our own repository path and port, no shell
+    proc = subprocess.Popen(  # nosec B603
         [sys.executable, "-m", "service.cli", "--model-repository", str(model_repository),
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
         env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hrnet-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="live gateway URL; default: start one in-process")
+    p.add_argument("--api-key", help="the gateway's API key, if it needs one (default: the first "
+                                     "key of $HRNET_API_KEY)")
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--shared-dir", type=Path, default=_default_shared())
     p.add_argument("--model", default=None, help="pose model (default: the gateway's)")
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if url is None:
         url, _server = start_local_gateway(args.model_repository)
     results = []
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120, headers=api_key_headers(args.api_key)) as client:
         for n_boxes in (1, 8, None):
             for flip in (False, True):
                 run_scenario(client, url, images, n_boxes, flip, args.warmup, args.model)

@@ -2,7 +2,8 @@
 
 Reads a dataset in its standard format, sends every image to the gateway (``POST /pose`` with
 the detection file's boxes, the ground-truth boxes or none — the service's detector; ``POST
-/segment`` with the image alone), gathers the predictions, computes the metric with the shared
+/segment`` with the image alone; a bottom-up model gets the image alone too), gathers the
+predictions, computes the metric with the shared
 :mod:`service.metrics` code (MMPose ``CocoMetric`` for COCO / MacaquePose / ATRW, PCK@0.3 + NME
 for Horse-10, MMSeg ``IoUMetric`` for Cityscapes) and prints ours / published / diff.
 
@@ -39,9 +40,11 @@ from typing import Any, Optional, Sequence
 import httpx
 import numpy as np
 
-from benchmarks.eval_client import RequestFailed, RetryPolicy, get_json, post_form
+from benchmarks.eval_client import (RequestFailed, RetryPolicy, api_key_headers, get_json,
+                                    post_form)
 from benchmarks.eval_data import (POSE_DATASETS, SEG_DATASETS, DataError, PoseItem, SegItem,
-                                  build_pose_items, build_seg_items, evaluate_coco_style,
+                                  build_pose_items, build_seg_items, evaluate_coco_bottomup,
+                                  evaluate_coco_style,
                                   evaluate_horse10, evaluate_segmentation, keypoint_selection,
                                   load_json)
 from benchmarks.eval_io import PredictionLog, atomic_write_json
@@ -62,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a running HRNet gateway on a dataset and compare with the "
                     "published metrics.")
     p.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api-key", help="the gateway's API key, if it needs one (default: the first "
+                                     "key of $HRNET_API_KEY)")
     p.add_argument("--model", required=True, help="model name as served (GET /models)")
     p.add_argument("--dataset", required=True, choices=POSE_DATASETS + SEG_DATASETS)
     p.add_argument("--ann", help="COCO keypoint annotation json (pose); label folder "
@@ -110,7 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _box_source(args: argparse.Namespace) -> str:
+def _box_source(args: argparse.Namespace, task: str = "topdown_pose") -> str:
+    """``"bottomup"`` (a bottom-up model: no boxes are sent), ``"det"``, ``"detector"`` or
+    ``"gt"``. Raises SetupError when boxes are asked for with a bottom-up model."""
+    if task == "bottomup_pose":
+        if args.boxes or args.detector:
+            raise SetupError("bottom-up models take no boxes: drop --boxes / --detector")
+        return "bottomup"
     if args.boxes:
         return "det"
     if args.detector:
@@ -118,12 +129,12 @@ def _box_source(args: argparse.Namespace) -> str:
     return "gt"
 
 
-def _run_config(args: argparse.Namespace) -> dict:
+def _run_config(args: argparse.Namespace, box_source: str = "") -> dict:
     cfg = {"model": args.model, "dataset": args.dataset, "images": str(Path(args.images).resolve()),
            "ann": str(Path(args.ann).resolve()) if args.ann else None,
            "flip_test": args.flip_test}
     if args.dataset in POSE_DATASETS:
-        cfg.update(box_source=_box_source(args),
+        cfg.update(box_source=box_source or _box_source(args),
                    boxes=str(Path(args.boxes).resolve()) if args.boxes else None,
                    bbox_score_thr=args.bbox_score_thr, clip_boxes=args.clip_boxes,
                    detector_model=args.detector_model,
@@ -241,7 +252,7 @@ class Runner:
                     box = [x, y, x + w, y + h]
                     pid = j
                 persons.append({"id": pid, "bbox_xyxy": box, "bbox_score": float(p["bbox_score"]),
-                                "keypoints": p["keypoints"]})
+                                "score": float(p["score"]), "keypoints": p["keypoints"]})
         return {"key": item.key, "image_id": item.image_id, "persons": persons}
 
     # ---------------------------------------------------------------- segmentation
@@ -299,10 +310,10 @@ async def _fetch_card(client, policy: RetryPolicy, model: str) -> dict:
     raise SetupError(f"model {model!r} is not served; the gateway has {names}")
 
 
-def _prepare_out(args: argparse.Namespace) -> Path:
+def _prepare_out(args: argparse.Namespace, box_source: str = "") -> Path:
     out = Path(args.out or f"runs/eval/{args.model}_{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = _run_config(args)
+    cfg = _run_config(args, box_source)
     cfg_path = out / "run.json"
     preds = out / "predictions.jsonl"
     if args.restart and preds.exists():
@@ -329,31 +340,36 @@ async def _run(args: argparse.Namespace) -> int:
     if args.dataset == "horse10" and _box_source(args) != "gt":
         raise SetupError("horse10 is evaluated with ground-truth boxes only (--gt-boxes)")
 
-    # dataset first: fail fast on bad files
+    # dataset files first: fail fast on bad files
     skipped: Counter = Counter()
     if pose:
         coco = load_json(args.ann)
-        items, skipped, image_ids = build_pose_items(
-            coco, args.images, args.dataset, box_source=_box_source(args), det_file=args.boxes,
-            bbox_score_thr=args.bbox_score_thr, limit=args.limit, clip_gt_boxes=args.clip_boxes)
     else:
         items, skipped = build_seg_items(args.images, args.ann, limit=args.limit)
-    if not items:
-        raise SetupError("nothing to evaluate: no images (or no boxes) found")
-    out = _prepare_out(args)
+        if not items:
+            raise SetupError("nothing to evaluate: no images found")
 
     policy = RetryPolicy(retries=max(0, args.retries), backoff=max(0.0, args.backoff))
     limits = httpx.Limits(max_connections=max(1, args.concurrency),
                           max_keepalive_connections=max(1, args.concurrency))
     async with httpx.AsyncClient(base_url=args.url.rstrip("/"), timeout=args.timeout,
-                                 limits=limits) as client:
+                                 limits=limits, headers=api_key_headers(args.api_key)) as client:
         card = await _fetch_card(client, policy, args.model)
-        want = "topdown_pose" if pose else "segmentation"
-        if card.get("task") != want:
+        want = ("topdown_pose", "bottomup_pose") if pose else ("segmentation",)
+        if card.get("task") not in want:
             raise SetupError(f"model {args.model!r} is a {card.get('task')} model; "
-                             f"{args.dataset} needs {want}")
+                             f"{args.dataset} needs {' or '.join(want)}")
         if not pose and not card.get("classes"):
             raise SetupError(f"card of {args.model!r} lists no classes")
+        source = _box_source(args, card["task"]) if pose else ""
+        if pose:
+            items, skipped, image_ids = build_pose_items(
+                coco, args.images, args.dataset, box_source=source, det_file=args.boxes,
+                bbox_score_thr=args.bbox_score_thr, limit=args.limit,
+                clip_gt_boxes=args.clip_boxes)
+            if not items:
+                raise SetupError("nothing to evaluate: no images (or no boxes) found")
+        out = _prepare_out(args, source)
 
         with PredictionLog(out / "predictions.jsonl") as log:
             done = log.load()
@@ -395,8 +411,10 @@ async def _run(args: argparse.Namespace) -> int:
             raise SetupError("the gateway returned no person at all")
         sigmas, ds_names = _pose_metainfo(args.dataset, card, coco)
         k_ds = len(sigmas) if sigmas else (len(ds_names) or k_model)
-        sel = None if k_model == k_ds else keypoint_selection(card.get("keypoint_names") or [],
-                                                              ds_names)
+        served = card.get("keypoint_names") or []
+        if card.get("output_keypoint_indices") is not None:  # e.g. COCO-AIC combine: COCO's 17
+            served = [served[i] for i in card["output_keypoint_indices"]]
+        sel = None if k_model == k_ds else keypoint_selection(served, ds_names)
         if args.dataset == "horse10":
             metrics, results = evaluate_horse10(records, coco, keypoint_index=sel)
             kind = "horse10"
@@ -414,11 +432,15 @@ async def _run(args: argparse.Namespace) -> int:
             elif args.limit is not None:
                 eval_ids = list(image_ids)
             summary["scored_images"] = len(eval_ids if eval_ids is not None else coco["images"])
-            metrics, results = evaluate_coco_style(
-                records, coco, sigmas, input_size=card.get("input_size") or (192, 256),
-                padding=float(card.get("bbox_padding", 1.25)), keypoint_index=sel,
-                image_ids=eval_ids, use_area=args.use_area,
-                gt_boxes=_box_source(args) == "gt")
+            if source == "bottomup":
+                metrics, results = evaluate_coco_bottomup(
+                    records, coco, sigmas, keypoint_index=sel, image_ids=eval_ids,
+                    use_area=args.use_area)
+            else:
+                metrics, results = evaluate_coco_style(
+                    records, coco, sigmas, input_size=card.get("input_size") or (192, 256),
+                    padding=float(card.get("bbox_padding", 1.25)), keypoint_index=sel,
+                    image_ids=eval_ids, use_area=args.use_area, gt_boxes=source == "gt")
             kind = "coco"
         results_obj: Any = results
     else:
@@ -432,7 +454,7 @@ async def _run(args: argparse.Namespace) -> int:
     rows, all_ok = compare(metrics, refs, kind, args.tolerance)
     atomic_write_json(out / "results.json", results_obj, indent=None)
     atomic_write_json(out / "metrics.json", {
-        "model": args.model, "dataset": args.dataset, "config": _run_config(args),
+        "model": args.model, "dataset": args.dataset, "config": _run_config(args, source),
         "metrics": metrics, "references": refs, "reference_origin": origin,
         "comparison": rows, "tolerance": args.tolerance, "tolerance_unit": "fraction",
         "within_tolerance": all_ok,
@@ -440,7 +462,8 @@ async def _run(args: argparse.Namespace) -> int:
         "wall_seconds": round(time.perf_counter() - t0, 3)})
 
     src = {"gt": "ground-truth boxes", "det": f"boxes from {args.boxes}",
-           "detector": "the service's detector"}.get(_box_source(args), "") if pose else \
+           "detector": "the service's detector",
+           "bottomup": "bottom-up, no boxes"}.get(source, "") if pose else \
         ("ms+flip" if args.ms and args.flip_test else "ms" if args.ms else
          "flip" if args.flip_test else "single scale")
     print(f"\n{args.model} on {args.dataset} ({len(records)}/{len(items)} images, {src}; "

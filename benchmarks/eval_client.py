@@ -10,6 +10,7 @@ class name (``ConnectError``, ``ReadTimeout`` ...).
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -17,6 +18,18 @@ import httpx
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 MAX_DELAY_S = 30.0
+
+
+def api_key_headers(key: Optional[str] = None) -> dict[str, str]:
+    """Headers for a gateway that needs an API key (``service.auth``): ``{"X-API-Key": key}``.
+
+    ``key`` None: the first of the comma-separated keys in ``$HRNET_API_KEY`` (the gateway's own
+    variable), if any. Returns {} when there is no key.
+    """
+    if key is None:
+        key = next((k.strip() for k in os.environ.get("HRNET_API_KEY", "").split(",")
+                    if k.strip()), None)
+    return {"X-API-Key": key} if key else {}
 
 
 class RequestFailed(Exception):

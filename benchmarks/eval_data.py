@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from service.boxes import box_rejections
+from service.geometry import bbox_xywh2xyxy
 from service.metrics import (CocoKeypointEvaluator, IoUAccumulator, horse10_metrics, mean_oks,
                              topdown_bbox_areas)
 
@@ -99,7 +100,8 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
         coco: the loaded COCO keypoint annotation dict.
         images_dir: folder holding the images' ``file_name``.
         dataset: one of :data:`POSE_DATASETS`.
-        box_source: ``"gt"``, ``"det"`` or ``"detector"``.
+        box_source: ``"gt"``, ``"det"``, ``"detector"`` (the service's detector) or
+            ``"bottomup"`` (a bottom-up model); the last two send no boxes.
         det_file: detection json (``box_source="det"``).
         bbox_score_thr: drop detections with ``score < thr`` (MMPose ``filter_cfg``).
         limit: only the first ``limit`` images (sorted by id).
@@ -187,24 +189,25 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
             im = img_by_id.get(image_id)
             if im is None:  # outside --limit
                 continue
-            xyxy = np.concatenate([xywh[:2], xywh[:2] + xywh[2:]])
+            # float32 first, then xywh -> xyxy in float32: MMPose's _load_detection_results
+            xyxy = bbox_xywh2xyxy(xywh[None])[0]
             bad = box_rejection(*xyxy.tolist(), int(im["width"]), int(im["height"]), score)
             if bad:
                 skipped[bad] += 1
                 continue
             boxes[image_id].append(xyxy.tolist() + [score])
             ids[image_id].append(inst_id)
-    elif box_source != "detector":
+    elif box_source not in ("detector", "bottomup"):
         raise ValueError(f"unknown box source {box_source!r}")
 
+    no_boxes = box_source in ("detector", "bottomup")  # every image is sent, without boxes
     items = []
     for im in images:
         i = im["id"]
-        if box_source != "detector" and not boxes[i]:
+        if not no_boxes and not boxes[i]:
             continue
         items.append(PoseItem(key=str(i), image_id=i, path=images_dir / im["file_name"],
-                              boxes=None if box_source == "detector" else boxes[i],
-                              box_ids=ids[i]))
+                              boxes=None if no_boxes else boxes[i], box_ids=ids[i]))
     return items, skipped, [im["id"] for im in images]
 
 
@@ -274,6 +277,31 @@ def evaluate_coco_style(records: Sequence[dict], coco: dict, sigmas: Sequence[fl
         if m is not None:
             metrics["meanOKS"] = m
     return metrics, results
+
+
+def evaluate_coco_bottomup(records: Sequence[dict], coco: dict, sigmas: Sequence[float], *,
+                           keypoint_index: Optional[list[int]] = None,
+                           image_ids: Optional[Sequence[Any]] = None,
+                           use_area: bool = True) -> tuple[dict, list]:
+    """COCO keypoint AP/AR of bottom-up predictions, as MMPose 0.x ``BottomUpCocoDataset.evaluate``
+    scores them for the published HigherHRNet numbers: each person keeps the score the grouping
+    gave it (mean of its joint values, the response's ``score``; no box-score rescoring) and no
+    OKS-NMS is applied (the AE configs leave ``use_nms`` at its default, False); keypoints are
+    ``[x, y, joint value]`` in image pixels. Returns ``(metrics, coco_results)`` (fractions; COCO
+    keypoint results). Raises DataError when no person was predicted at all.
+    """
+    ev = CocoKeypointEvaluator(coco, sigmas, use_area=use_area, score_mode="bbox",
+                               nms_mode="none")
+    for rec in records:
+        kp, _, _, ids = _record_arrays(rec, keypoint_index)
+        if not len(ids):
+            continue
+        ev.add(rec["image_id"], kp, np.array([p["score"] for p in rec["persons"]], np.float32),
+               ids=ids)
+    results = ev.coco_results()
+    if not results:
+        raise DataError("no predictions to evaluate")
+    return ev.evaluate(results, image_ids=image_ids), results
 
 
 def _gt_pairs(records: Sequence[dict], coco: dict, sel: Optional[list[int]]):

@@ -79,7 +79,7 @@ def registry_metrics(names: Sequence[str]) -> dict[str, float]:
             continue
         try:
             entry = get_entry(n)
-        except Exception:
+        except KeyError:  # not a registry name: try the next one
             continue
         m = getattr(entry, "metrics", None)
         if m is None and isinstance(entry, Mapping):

@@ -36,6 +36,7 @@ import httpx
 import psutil
 
 from .bench_pose import _default_shared, load_images, start_gateway_process
+from .eval_client import api_key_headers
 
 QUANTILES = (50, 95, 99)
 
@@ -66,8 +67,10 @@ class RequestMix:
 
     KINDS = ("pose_boxes", "pose_detector", "segment")
 
-    def __init__(self, url: str, shared: Path, pose_model: str | None, segment_model: str | None):
+    def __init__(self, url: str, shared: Path, pose_model: str | None, segment_model: str | None,
+                 headers: dict[str, str] | None = None):
         self.url = url
+        self.headers = headers or {}
         self.images = load_images(shared)
         self.pose_model, self.segment_model = pose_model, segment_model
 
@@ -89,7 +92,8 @@ class RequestMix:
                 form["boxes"] = json.dumps(boxes)
         t0 = time.perf_counter()
         try:
-            status = client.post(self.url + path, files=files, data=form).status_code
+            status = client.post(self.url + path, files=files, data=form,
+                                 headers=self.headers).status_code
         except httpx.HTTPError:
             status = 0
         return kind, status, time.perf_counter() - t0
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="live gateway URL; default: start one on --model-repository")
     p.add_argument("--pid", type=int, help="with --url: the gateway's process id (for its RSS)")
+    p.add_argument("--api-key", help="the gateway's API key, if it needs one (default: the first "
+                                     "key of $HRNET_API_KEY)")
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--shared-dir", type=Path, default=_default_shared())
     p.add_argument("--pose-model", help="default: the gateway's")
@@ -202,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         url, proc = start_gateway_process(args.model_repository, env=env, timeout_s=120)
         pid = proc.pid
     try:
-        mix = RequestMix(url, args.shared_dir, args.pose_model, args.segment_model)
+        mix = RequestMix(url, args.shared_dir, args.pose_model, args.segment_model,
+                         api_key_headers(args.api_key))
         rate = args.rate
         if rate is None:
             rate = calibrate(mix, args.calibrate_s)

@@ -10,6 +10,10 @@ with (MMPose 1.x ``TopdownPoseEstimator`` / MMSeg 1.x ``EncoderDecoder``):
   DARK configs, ``UDPHeatmap`` for UDP configs; MMPose's default ``blur_kernel_size=11``, which
   every HRNet DARK config keeps, 384x288 included); ``test_cfg`` ``flip_test=True``,
   ``flip_mode='heatmap'``, ``shift_heatmap`` True except UDP configs (False).
+* bottom-up pose (MMPose 0.x HigherHRNet): ``NormalizeTensor`` with the ImageNet mean/std on
+  0..1 RGB values (the same normalisation on 0..255 values), the config's associative-embedding
+  ``test_cfg`` (:class:`service.cards.BottomUpSpec`), flip test; any input size (multiples of
+  64), one output per resolution stage.
 * segmentation: ``SegDataPreProcessor`` with the same mean/std, RGB; test pipeline
   ``Resize(scale, keep_ratio=True)`` then ``test_cfg.mode`` whole or slide.
 
@@ -20,14 +24,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from service.cards import (CodecSpec, ModelCard, Normalization, SegTestPipeline, SourceSpec,
-                           TensorSpec)
+from service.cards import (BottomUpCard, BottomUpSpec, CodecSpec, ModelCard, Normalization,
+                           SegmentationCard, SegTestPipeline, TopDownCard,
+                           SourceSpec, TensorSpec)
 from service.datasets import get_pose_dataset, get_seg_dataset
+from service.pipelines.common import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
-#: ImageNet mean/std on 0..255 RGB values (MMPose ``PoseDataPreprocessor`` / MMSeg
-#: ``SegDataPreProcessor`` in every HRNet config, with ``bgr_to_rgb=True``).
-IMAGENET_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
-                             channel_order="rgb")
+#: The ImageNet RGB normalisation of every HRNet config (values in :mod:`service.pipelines.common`).
+IMAGENET_RGB = Normalization(mean=IMAGENET_MEAN_RGB, std=IMAGENET_STD_RGB, channel_order="rgb")
 
 #: ``GetBBoxCenterScale`` default padding in the MMPose 1.x top-down configs.
 BBOX_PADDING = 1.25
@@ -39,6 +43,15 @@ POSE_INPUT = "input"
 POSE_OUTPUT = "heatmaps"
 SEG_INPUT = "input"
 SEG_OUTPUT = "logits"
+BOTTOMUP_INPUT = "input"
+
+
+def bottomup_output_names(spec: BottomUpSpec) -> list[str]:
+    """Graph/card output names of a bottom-up model, one per resolution stage, lowest first:
+    ``heatmaps_tags_1_4`` (stage with tags, at 1/4 of the input) / ``heatmaps_1_2`` (heatmaps
+    only, at 1/2), from ``spec.with_ae``."""
+    return [("heatmaps_tags" if ae else "heatmaps") + f"_1_{4 // 2 ** s}"
+            for s, ae in enumerate(spec.with_ae)]
 
 
 def _dataset_and_width(entry: Any, task: str) -> tuple[Any, int]:
@@ -50,7 +63,7 @@ def _dataset_and_width(entry: Any, task: str) -> tuple[Any, int]:
     """
     if entry.task != task:
         raise ValueError(f"{entry.name} is a {entry.task} entry, not {task}")
-    if task == "topdown_pose":
+    if task in ("topdown_pose", "bottomup_pose"):
         info = get_pose_dataset(entry.dataset)
         count, what = len(info.keypoint_names), "keypoints"
     else:
@@ -81,7 +94,9 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     entry.heatmap_size`` (heatmap pixels). Codec ``entry.codec`` with ``entry.sigma``,
     ``unbiased=entry.dark``; ``use_udp``/``flip_test``/``shift_heatmap`` from the entry (MMPose:
     UDP configs set ``TopdownAffine(use_udp=True)`` and ``shift_heatmap=False``). Keypoint names,
-    skeleton, flip indices and OKS sigmas come from ``get_pose_dataset(entry.dataset)``.
+    skeleton, flip indices and OKS sigmas come from ``get_pose_dataset(entry.dataset)`` (the
+    head's keypoints); ``output_keypoint_indices`` from the entry (MMPose ``test_cfg``: the
+    keypoints served, e.g. the COCO 17 of the 19-keypoint COCO-AIC combine head).
 
     Raises ``ValueError`` if the entry is not pose or its head width ``num_outputs`` differs from
     the dataset's keypoint count; ``KeyError`` for an unknown dataset.
@@ -92,12 +107,8 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     codec = CodecSpec(type=entry.codec, input_size=(w, h), heatmap_size=(hw, hh),
                       sigma=float(entry.sigma), unbiased=bool(entry.dark),
                       blur_kernel_size=DEFAULT_BLUR_KERNEL)
-    extra = None
     indices = entry.output_keypoint_indices
-    if indices is not None:
-        extra = (f"test_cfg.output_keypoint_indices={list(indices)}: the head predicts {k} "
-                 f"keypoints, upstream reports only these.")
-    return ModelCard(
+    return TopDownCard(
         name=name, task="topdown_pose", input_size=(w, h),
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, h, w])],
         outputs=[TensorSpec(name=output_name, dtype="FP32", dims=[k, hh, hw])],
@@ -110,7 +121,49 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
         flip_indices=[int(i) for i in info.flip_indices],
         sigmas=[float(s) for s in info.sigmas],
         dataset=entry.dataset,
-        source=_source(entry, checkpoint, " ".join(n for n in (extra, notes) if n) or None),
+        output_keypoint_indices=None if indices is None else [int(i) for i in indices],
+        source=_source(entry, checkpoint, notes),
+    )
+
+
+def bottomup_spec(entry: Any) -> BottomUpSpec:
+    """The :class:`service.cards.BottomUpSpec` of a ``bottomup_pose`` registry entry: its
+    ``ae_test_cfg`` with ``input_size`` = the short side of ``entry.input_size`` (pixels).
+    Raises ``pydantic.ValidationError`` for a field BottomUpSpec does not know."""
+    return BottomUpSpec(input_size=int(min(entry.input_size)), **dict(entry.ae_test_cfg))
+
+
+def bottomup_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
+                  notes: Optional[str] = None, max_batch_size: int = 4,
+                  input_name: str = BOTTOMUP_INPUT) -> ModelCard:
+    """Card for a ``bottomup_pose`` registry entry (HigherHRNet).
+
+    Input ``input_name`` FP32 ``[3, -1, -1]`` (the resized image; both sides multiples of 64);
+    outputs named by :func:`bottomup_output_names`, in stage order (lowest resolution first):
+    FP32 ``[K + K, -1, -1]`` (heatmaps then tags, 1/4 of the input) and ``[K, -1, -1]``
+    (heatmaps, 1/2), their widths from ``bottomup.with_ae``/``tag_per_joint``. ``bottomup`` from
+    :func:`bottomup_spec`; keypoint names, skeleton, flip indices and OKS sigmas from
+    ``get_pose_dataset(entry.dataset)``; ``max_batch_size`` 4 (an image and its flip per call).
+
+    Raises ``ValueError`` if the entry is not bottom-up or its joints differ from the dataset's
+    keypoints; ``KeyError`` for an unknown dataset.
+    """
+    info, k = _dataset_and_width(entry, "bottomup_pose")
+    spec = bottomup_spec(entry)
+    tags = k if spec.tag_per_joint else 1
+    outputs = [TensorSpec(name=n, dtype="FP32", dims=[k + (tags if ae else 0), -1, -1])
+               for n, ae in zip(bottomup_output_names(spec), spec.with_ae)]
+    return BottomUpCard(
+        name=name, task="bottomup_pose", input_size=(None, None),
+        inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, -1, -1])],
+        outputs=outputs, max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
+        flip_test=bool(entry.flip_test), bottomup=spec,
+        keypoint_names=list(info.keypoint_names),
+        skeleton=[(int(a), int(b)) for a, b in info.skeleton],
+        flip_indices=[int(i) for i in info.flip_indices],
+        sigmas=[float(s) for s in info.sigmas],
+        dataset=entry.dataset,
+        source=_source(entry, checkpoint, notes),
     )
 
 
@@ -136,7 +189,7 @@ def seg_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     pipeline = SegTestPipeline(scale=pair(entry.test_scale), keep_ratio=True,
                                mode=entry.test_mode, crop_size=pair(entry.test_crop),
                                stride=pair(entry.test_stride))
-    return ModelCard(
+    return SegmentationCard(
         name=name, task="segmentation", input_size=(None, None),
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, -1, -1])],
         outputs=[TensorSpec(name=output_name, dtype="FP32", dims=[c, -1, -1])],
@@ -153,9 +206,10 @@ def card_for_entry(entry: Any, name: str, *, checkpoint: Optional[str] = None,
                    notes: Optional[str] = None, max_batch_size: Optional[int] = None) -> ModelCard:
     """The card of registry ``entry`` served as model ``name`` (Triton model / folder name).
 
-    Dispatches on ``entry.task`` to :func:`pose_card` or :func:`seg_card`. ``checkpoint`` (file
-    or URL the weights were loaded from) and ``notes`` go to ``card.source``;
-    ``max_batch_size`` defaults to 32 (pose) / 8 (segmentation). Raises ``ValueError`` for an
+    Dispatches on ``entry.task`` to :func:`pose_card`, :func:`bottomup_card` or
+    :func:`seg_card`. ``checkpoint`` (file or URL the weights were loaded from) and ``notes`` go
+    to ``card.source``; ``max_batch_size`` defaults to 32 (top-down) / 4 (bottom-up) / 8
+    (segmentation). Raises ``ValueError`` for an
     unsupported task, see the builders for the rest.
     """
     kw: dict[str, Any] = dict(checkpoint=checkpoint, notes=notes)
@@ -163,10 +217,12 @@ def card_for_entry(entry: Any, name: str, *, checkpoint: Optional[str] = None,
         kw["max_batch_size"] = int(max_batch_size)
     if entry.task == "topdown_pose":
         return pose_card(entry, name, **kw)
+    if entry.task == "bottomup_pose":
+        return bottomup_card(entry, name, **kw)
     if entry.task == "segmentation":
         return seg_card(entry, name, **kw)
     raise ValueError(f"no card builder for task {entry.task!r} ({entry.name})")
 
 
-__all__ = ["BBOX_PADDING", "DEFAULT_BLUR_KERNEL", "IMAGENET_RGB", "card_for_entry", "pose_card",
-           "seg_card"]
+__all__ = ["BBOX_PADDING", "DEFAULT_BLUR_KERNEL", "IMAGENET_RGB", "bottomup_card",
+           "bottomup_output_names", "bottomup_spec", "card_for_entry", "pose_card", "seg_card"]

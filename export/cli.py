@@ -120,8 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "largest |output| of PyTorch on that input (default 1e-5; float32 error "
                      "grows with the logits' magnitude)")
     exp.add_argument("--check-size", action="append", type=_parse_hw, metavar="HxW",
-                     help="segmentation parity sizes in pixels (repeatable; default: half the "
-                     "training crop and a size that is not a multiple of 32), batch 2")
+                     help="segmentation and bottom-up parity sizes in pixels (repeatable). "
+                     "Segmentation: batch 2, default half the training crop and a size that is "
+                     "not a multiple of 32; bottom-up: batches 1 and 2, default SxS*3/2 and "
+                     "(S+128)xS for the test size S (512x768 and 640x512 at 512), multiples of "
+                     "64 as upstream's resize gives")
     p.add_argument("-v", "--verbose", action="store_true", default=None, help="log progress")
     return p
 
@@ -259,7 +262,7 @@ def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
-    from service.cards import ModelCard
+    from service.cards import load_card
 
     from .repository import write_entry
 
@@ -272,7 +275,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
     if not card_path.exists():
         raise CLIError(f"card file not found: {card_path}")
     try:
-        card = ModelCard.load(card_path)
+        card = load_card(card_path)
     except ValueError as exc:  # pydantic ValidationError, JSON errors
         raise CLIError(f"invalid card {card_path}: {exc}") from exc
     name = args.name or card.name
@@ -322,16 +325,24 @@ def _run_export(args: argparse.Namespace) -> int:
     from training.checkpoint import load_checkpoint
     from training.models import create_model
 
-    from .cards import card_for_entry
+    from .cards import bottomup_output_names, bottomup_spec, card_for_entry
     from .onnx_export import (_format_shape, calibrate_batchnorm, check_parity, export_onnx,
                               generic_spatial_size, onnx_metadata)
     from .repository import write_entry
 
     pose = entry.task == "topdown_pose"
+    output_name: str | list[str] = "heatmaps" if pose else "logits"
     if pose:
         w, h = entry.input_size
         sample = (2, 3, int(h), int(w))
         checks = [(1, 3, int(h), int(w)), (5, 3, int(h), int(w))]
+    elif entry.task == "bottomup_pose":
+        # dynamic H, W: traced at a small non-square size; checked at image-like sizes
+        sample = (2, 3, 128, 192)
+        s = int(min(entry.input_size))
+        sizes = args.check_size or [(s, -(-s * 3 // 2 // 64) * 64), (s + 128, s)]
+        checks = [(n, 3, int(hh), int(ww)) for hh, ww in sizes for n in (1, 2)]
+        output_name = bottomup_output_names(bottomup_spec(entry))
     else:
         sample = (2, 3, *generic_spatial_size(96, 96))
         crop_h, crop_w = entry.crop_size
@@ -357,9 +368,8 @@ def _run_export(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="hrnet-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model, onnx_path, input_shape=sample, dynamic_batch=True,
-                    dynamic_spatial=not pose, input_name="input",
-                    output_name="heatmaps" if pose else "logits", opset=args.opset,
-                    exporter=args.exporter)
+                    dynamic_spatial=not pose, input_name="input", output_name=output_name,
+                    opset=args.opset, exporter=args.exporter)
         exporter = onnx_metadata(onnx_path).get("exporter", "?")
         print(f"exported {entry.name} ({entry.arch}, {entry.task}) with the torch.onnx "
               f"{exporter} exporter, opset {args.opset}")
@@ -367,12 +377,14 @@ def _run_export(args: argparse.Namespace) -> int:
         if not args.no_check:
             stats = check_parity(model, onnx_path, checks, seed=args.seed, atol=args.atol,
                                  rtol=args.rtol)
+            multi = not isinstance(output_name, str)
             for shape, st in stats.items():
-                print(f"parity {_format_shape(shape)}: max abs err {st.max_abs_err:.3g} "
-                      f"(max |torch| {st.ref_max_abs:.3g}, allowed {st.bound:.3g})")
+                for out, err, mag, bound in st.per_output:
+                    print(f"parity {_format_shape(shape)}{f' {out}' if multi else ''}: max abs "
+                          f"err {err:.3g} (max |torch| {mag:.3g}, allowed {bound:.3g})")
             parity_note = ("ONNX Runtime vs PyTorch max abs err " + ", ".join(
-                f"{_format_shape(s)}: {st.max_abs_err:.2g} (max |output| {st.ref_max_abs:.2g})"
-                for s, st in stats.items()))
+                f"{_format_shape(s)}{f' {out}' if multi else ''}: {err:.2g} (max |output| "
+                f"{mag:.2g})" for s, st in stats.items() for out, err, mag, _ in st.per_output))
         card = card_for_entry(entry, name, checkpoint=source,
                               notes=f"{notes} Exported with torch.onnx ({exporter}), opset "
                                     f"{args.opset}; {parity_note}.")

@@ -38,13 +38,19 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple, Sequence
+from typing import Any, Iterable, Literal, NamedTuple, Sequence, Union
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 Exporter = Literal["auto", "dynamo", "legacy"]
+#: one output name, or one per output of a multi-output model (HigherHRNet: one per stage)
+OutputNames = Union[str, Sequence[str]]
+
+
+def _output_list(output_name: OutputNames) -> list[str]:
+    return [output_name] if isinstance(output_name, str) else [str(n) for n in output_name]
 
 
 class ExportError(RuntimeError):
@@ -60,16 +66,23 @@ def _format_shape(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def _axis_names(dynamic_batch: bool, dynamic_spatial: bool) -> tuple[dict[int, str], dict[int, str]]:
-    """``(input axes, output axes)``: symbolic name per dynamic axis of the NCHW input and output
-    (``batch``; ``height``/``width`` and ``out_height``/``out_width``)."""
+def _axis_names(dynamic_batch: bool, dynamic_spatial: bool,
+                outputs: Sequence[str] = ("output",)) -> tuple[dict[int, str], list[dict[int, str]]]:
+    """``(input axes, [axes of each output])``: symbolic name per dynamic axis of the NCHW input
+    and outputs (``batch``; ``height``/``width``, and ``out_height``/``out_width`` for a single
+    output or ``<output>_height``/``<output>_width`` for each of several, whose sizes differ)."""
     in_names: dict[int, str] = {}
-    out_names: dict[int, str] = {}
     if dynamic_batch:
-        in_names[0] = out_names[0] = "batch"
+        in_names[0] = "batch"
     if dynamic_spatial:
         in_names.update({2: "height", 3: "width"})
-        out_names.update({2: "out_height", 3: "out_width"})
+    out_names = []
+    for name in outputs:
+        axes = {0: "batch"} if dynamic_batch else {}
+        if dynamic_spatial:
+            prefix = "out" if len(outputs) == 1 else name
+            axes.update({2: f"{prefix}_height", 3: f"{prefix}_width"})
+        out_names.append(axes)
     return in_names, out_names
 
 
@@ -84,7 +97,7 @@ def onnx_metadata(path: Path | str) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _finalise_graph(path: Path, *, input_name: str, output_name: str, dynamic_batch: bool,
+def _finalise_graph(path: Path, *, input_name: str, output_name: OutputNames, dynamic_batch: bool,
                     dynamic_spatial: bool, metadata: dict[str, str]) -> None:
     """Name the dynamic axes uniformly (batch/height/width), add metadata, check the graph."""
     import onnx
@@ -95,9 +108,10 @@ def _finalise_graph(path: Path, *, input_name: str, output_name: str, dynamic_ba
     if len(inputs) != 1 or inputs[0].name != input_name:
         raise ExportError(f"exported graph has inputs {[i.name for i in inputs]}, "
                           f"expected exactly [{input_name!r}]")
-    if len(graph.output) != 1 or graph.output[0].name != output_name:
+    outputs = _output_list(output_name)
+    if [o.name for o in graph.output] != outputs:
         raise ExportError(f"exported graph has outputs {[o.name for o in graph.output]}, "
-                          f"expected exactly [{output_name!r}]")
+                          f"expected exactly {outputs}")
 
     def rename(value_info, names: dict[int, str]) -> None:
         dims = value_info.type.tensor_type.shape.dim
@@ -105,12 +119,13 @@ def _finalise_graph(path: Path, *, input_name: str, output_name: str, dynamic_ba
             if axis < len(dims) and not dims[axis].HasField("dim_value"):
                 dims[axis].dim_param = sym
 
-    in_names, out_names = _axis_names(dynamic_batch, dynamic_spatial)
+    in_names, out_names = _axis_names(dynamic_batch, dynamic_spatial, outputs)
     rename(inputs[0], in_names)
-    rename(graph.output[0], out_names)
+    for vi, names in zip(graph.output, out_names):
+        rename(vi, names)
 
     # the contract: batch (and spatial, if asked) axes symbolic, everything else static
-    for vi, wanted in ((inputs[0], in_names), (graph.output[0], out_names)):
+    for vi, wanted in ((inputs[0], in_names), *zip(graph.output, out_names)):
         dims = vi.type.tensor_type.shape.dim
         for axis in wanted:
             if axis < len(dims) and dims[axis].HasField("dim_value"):
@@ -145,7 +160,7 @@ def _quiet_loggers(*names: str, level: int = logging.ERROR):
             lg.setLevel(lvl)
 
 
-def _export_dynamo(model, sample, path: Path, *, input_name: str, output_name: str, opset: int,
+def _export_dynamo(model, sample, path: Path, *, input_name: str, output_name: OutputNames, opset: int,
                    dynamic_batch: bool, dynamic_spatial: bool) -> None:
     import torch
     from torch.export import Dim
@@ -165,29 +180,32 @@ def _export_dynamo(model, sample, path: Path, *, input_name: str, output_name: s
         program = torch.export.export(model, (sample,), dynamic_shapes=(axes,), strict=False)
         onnx_program = torch.onnx.export(
             program, (sample,), None, dynamo=True, input_names=[input_name],
-            output_names=[output_name], opset_version=opset, external_data=False,
+            output_names=_output_list(output_name), opset_version=opset, external_data=False,
             optimize=True, verbose=False, report=False)
         onnx_program.save(str(path), external_data=False)
 
 
-def _export_legacy(model, sample, path: Path, *, input_name: str, output_name: str, opset: int,
-                   dynamic_batch: bool, dynamic_spatial: bool) -> None:
+def _export_legacy(model, sample, path: Path, *, input_name: str, output_name: OutputNames,
+                   opset: int, dynamic_batch: bool, dynamic_spatial: bool) -> None:
     import torch
 
-    in_axes, out_axes = _axis_names(dynamic_batch, dynamic_spatial)
+    outputs = _output_list(output_name)
+    in_axes, out_axes = _axis_names(dynamic_batch, dynamic_spatial, outputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (sample,), str(path), dynamo=False, input_names=[input_name],
-            output_names=[output_name], opset_version=opset, do_constant_folding=True,
-            dynamic_axes={input_name: in_axes, output_name: out_axes} if in_axes else None)
+            output_names=outputs, opset_version=opset, do_constant_folding=True,
+            dynamic_axes={input_name: in_axes, **dict(zip(outputs, out_axes))}
+            if in_axes else None)
 
 
 def export_onnx(model, path: Path | str, *, input_shape: Sequence[int], dynamic_batch: bool = True,
                 dynamic_spatial: bool = False, input_name: str = "input",
-                output_name: str = "heatmaps", opset: int = 17,
+                output_name: OutputNames = "heatmaps", opset: int = 17,
                 exporter: Exporter = "auto") -> Path:
-    """Export ``model`` (an ``nn.Module`` mapping one float32 NCHW tensor to one tensor) to ONNX.
+    """Export ``model`` (an ``nn.Module`` mapping one float32 NCHW tensor to one tensor, or to a
+    tuple of tensors) to ONNX.
 
     Args:
         model: put in ``eval()`` mode and moved to CPU (in place) before tracing.
@@ -200,7 +218,9 @@ def export_onnx(model, path: Path | str, *, input_shape: Sequence[int], dynamic_
             axes are ``"out_height"``/``"out_width"``) — segmentation models. Any example
             ``H, W`` works for HRNet; check the graph at other sizes with :func:`check_parity`.
         input_name / output_name: graph tensor names (``"heatmaps"`` for pose, ``"logits"``
-            for segmentation); they become the Triton/card tensor names.
+            for segmentation; a list of names, in order, for a model returning a tuple, e.g.
+            the HigherHRNet stages); they become the Triton/card tensor names. Several outputs
+            get their own spatial axis names ``<output>_height``/``<output>_width``.
         opset: ONNX opset. The dynamo exporter builds at >= 18 and down-converts.
         exporter: ``"auto"`` (dynamo, else legacy), ``"dynamo"`` or ``"legacy"``.
 
@@ -321,12 +341,16 @@ class ParityStats(NamedTuple):
     or logits).
 
     ``max_abs_err``: ``max |ort - torch|``; ``ref_max_abs``: ``max |torch|`` (the reference
-    magnitude); ``bound``: the allowed error ``atol + rtol * ref_max_abs``.
+    magnitude); ``bound``: the allowed error ``atol + rtol * ref_max_abs``. For a model with
+    several outputs these describe the one closest to (or furthest past) its own bound, named
+    by ``output``, and ``per_output`` holds ``(name, max_abs_err, ref_max_abs, bound)`` of each.
     """
 
     max_abs_err: float
     ref_max_abs: float
     bound: float
+    output: str = ""
+    per_output: tuple[tuple[str, float, float, float], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -341,7 +365,8 @@ def check_parity(model, onnx_path: Path | str, shapes: Iterable[Sequence[int]], 
     For each ``shape`` ``(N, 3, H, W)`` an input is drawn from a standard normal
     (``numpy.random.default_rng(seed)``, float32 — the range of a mean/std-normalised image) and
     fed to ``model`` (in ``eval()`` mode, ``torch.no_grad``) and to the ONNX graph. Outputs are
-    matched by position (first ONNX output vs. the module's tensor output).
+    matched by position: every ONNX output against the module's tensor or tuple of tensors
+    (their counts must agree); each output is held to its own bound.
 
     The criterion scales with the output's magnitude, since float32 rounding error does:
     ``max|ort - torch| <= atol + rtol * max|torch|`` per shape (one ``rtol * max`` for the whole
@@ -353,7 +378,8 @@ def check_parity(model, onnx_path: Path | str, shapes: Iterable[Sequence[int]], 
     Returns ``{shape: ParityStats(max_abs_err, ref_max_abs, bound)}``.
 
     Raises:
-        ExportError: an output shape differs, or some shape's ``max_abs_err`` exceeds its bound
+        ExportError: the output count or an output shape differs, or some shape's
+            ``max_abs_err`` exceeds its bound
             (the message lists every shape with its error, reference magnitude and bound); also
             if ONNX Runtime cannot load/run the file.
         ValueError: a negative ``atol`` or ``rtol``.
@@ -369,35 +395,42 @@ def check_parity(model, onnx_path: Path | str, shapes: Iterable[Sequence[int]], 
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
     in_name = session.get_inputs()[0].name
-    out_name = session.get_outputs()[0].name
+    out_names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
     stats: dict[tuple[int, ...], ParityStats] = {}
     for shape in shapes:
         key = _shape_key(shape)
         x = rng.standard_normal(key, dtype=np.float32)
         with torch.no_grad():
-            ref = model(torch.from_numpy(x))
-        if isinstance(ref, (tuple, list)):
-            ref = ref[0]
-        ref = ref.detach().cpu().numpy().astype(np.float64)
+            refs = model(torch.from_numpy(x))
+        refs = list(refs) if isinstance(refs, (tuple, list)) else [refs]
         try:
-            got = session.run([out_name], {in_name: x})[0]
+            gots = session.run(out_names, {in_name: x})
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"ONNX Runtime failed on input {_format_shape(key)}: {exc}") from exc
-        if got.shape != ref.shape:
-            raise ExportError(f"output shape mismatch on input {_format_shape(key)}: "
-                              f"onnx {got.shape} vs torch {ref.shape}")
-        err = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
-        mag = float(np.max(np.abs(ref))) if ref.size else 0.0
-        stats[key] = ParityStats(err, mag, float(atol + rtol * mag))
+        if len(gots) != len(refs):
+            raise ExportError(f"the ONNX graph has {len(gots)} outputs {out_names}, the model "
+                              f"returns {len(refs)}")
+        per_output = []
+        for name, got, ref in zip(out_names, gots, refs):
+            ref = ref.detach().cpu().numpy().astype(np.float64)
+            if got.shape != ref.shape:
+                raise ExportError(f"output {name!r} shape mismatch on input "
+                                  f"{_format_shape(key)}: onnx {got.shape} vs torch {ref.shape}")
+            err = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
+            mag = float(np.max(np.abs(ref))) if ref.size else 0.0
+            per_output.append((name, err, mag, float(atol + rtol * mag)))
+        # the output nearest its bound (NaN errors first) speaks for the shape
+        worst = max(per_output, key=lambda o: np.inf if np.isnan(o[1]) else o[1] / max(o[3], 1e-300))
+        stats[key] = ParityStats(worst[1], worst[2], worst[3], worst[0], tuple(per_output))
     if not all(s.ok for s in stats.values()):
-        detail = ", ".join(f"{_format_shape(k)}: max abs err {s.max_abs_err:.3g} "
-                           f"(max |torch| {s.ref_max_abs:.3g}, allowed {s.bound:.3g})"
-                           for k, s in stats.items())
+        detail = ", ".join(f"{_format_shape(k)}{f' {name}' if len(s.per_output) > 1 else ''}: "
+                           f"max abs err {err:.3g} (max |torch| {mag:.3g}, allowed {bound:.3g})"
+                           for k, s in stats.items() for name, err, mag, bound in s.per_output)
         raise ExportError(f"ONNX/PyTorch parity above atol={atol:g} + rtol={rtol:g} * "
                           f"max|torch| ({detail})")
     return stats
 
 
-__all__ = ["ExportError", "Exporter", "ParityStats", "calibrate_batchnorm", "check_parity",
+__all__ = ["ExportError", "Exporter", "OutputNames", "ParityStats", "calibrate_batchnorm", "check_parity",
            "export_onnx", "generic_spatial_size", "onnx_metadata"]

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
-from service.cards import CARD_FILENAME, ModelCard, TensorSpec
+from service.cards import CARD_FILENAME, ModelCard, TensorSpec, parse_card
 
 from .onnx_export import ExportError
 
@@ -216,7 +216,7 @@ def write_entry(repo_dir: Path | str, name: str, onnx_src_or_bytes: OnnxSource, 
     updates: dict[str, Any] = {"name": name}
     if config_kw.get("max_batch_size") is not None:
         updates["max_batch_size"] = int(config_kw["max_batch_size"])
-    card = ModelCard.model_validate(card.model_copy(update=updates).model_dump())
+    card = parse_card(card.model_copy(update=updates).model_dump())
 
     from .triton_config import write_config  # lazy: keeps import of this module light
 

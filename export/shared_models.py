@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service.cards import (CodecSpec, DetectorSpec, ModelCard, Normalization, SourceSpec,
+from service.cards import (CodecSpec, DetectorCard, DetectorSpec, ModelCard, TopDownCard, Normalization, SourceSpec,
                            TensorSpec)
 from service.datasets import get_pose_dataset
 
@@ -52,7 +52,7 @@ def pp_tinypose_card(name: str = PP_TINYPOSE) -> ModelCard:
     metainfo from :func:`service.datasets.get_pose_dataset`.
     """
     coco = get_pose_dataset("coco")
-    return ModelCard(
+    return TopDownCard(
         name=name, task="topdown_pose", input_size=(192, 256),
         inputs=[TensorSpec(name="image", dtype="FP32", dims=[3, 256, 192])],
         outputs=[TensorSpec(name="heatmaps", dtype="FP32", dims=[17, 64, 48])],
@@ -83,7 +83,7 @@ def rtmdet_nano_card(name: str = RTMDET_NANO) -> ModelCard:
     :class:`DetectorSpec` pad value 114, person label 0, at most 100 detections;
     ``max_batch_size = 1`` (the graph's NMS rejects larger batches).
     """
-    return ModelCard(
+    return DetectorCard(
         name=name, task="detection", input_size=(320, 320),
         inputs=[TensorSpec(name="input", dtype="FP32", dims=[3, 320, 320])],
         outputs=[TensorSpec(name="dets", dtype="FP32", dims=[-1, 5]),

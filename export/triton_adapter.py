@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from service.cards import CARD_FILENAME, ModelCard
+from service.cards import CARD_FILENAME, ModelCard, load_card
 
 from .triton_config import write_config
 
@@ -145,7 +145,7 @@ def convert_repository(source: Path | str, destination: Path | str, *,
         if not card_path.is_file() or not onnx_path.is_file():
             raise FileNotFoundError(f"{source / name} lacks {CARD_FILENAME} or "
                                     f"{version}/model.onnx")
-        write_python_entry(ModelCard.load(card_path), onnx_path, destination, version=version,
+        write_python_entry(load_card(card_path), onnx_path, destination, version=version,
                            link=link)
     return sorted(names)
 

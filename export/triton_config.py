@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from service.cards import ModelCard, TensorSpec
+from service.cards import ModelCard, SegmentationCard, TensorSpec, load_card
 
 CONFIG_FILENAME = "config.pbtxt"
 
@@ -259,7 +259,7 @@ def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int,
     """
     from service.pipelines.segmentation import MS_RATIOS
 
-    tp = card.test_pipeline
+    tp = card.test_pipeline if isinstance(card, SegmentationCard) else None
     if tp is not None and tp.mode == "slide" and tp.crop_size:
         opt = (int(tp.crop_size[0]), int(tp.crop_size[1]))
     elif tp is not None and tp.scale:
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                           help=f"{which} (height, width) of dynamic spatial inputs, pixels")
     args = p.parse_args(argv)
 
-    card = ModelCard.load(args.model_dir)
+    card = load_card(args.model_dir)
     kw: dict[str, Any] = dict(instance_kind=args.instance_kind, instance_count=args.instance_count,
                               max_queue_delay_us=args.max_queue_delay_us)
     if args.preferred_batch_sizes:

@@ -5,33 +5,34 @@ or the Triton connection) and closes it at shut-down (also when start-up fails),
 per-endpoint concurrency limits and the model reloader (``POST /admin/reload``, SIGHUP:
 service/reload.py). SIGTERM drains before uvicorn's graceful shutdown (service/lifecycle.py).
 Request bodies above ``max_upload_bytes`` + 1 MiB are refused with 413 before they are read
-(:class:`service.limits.BodySizeLimit`). Data flows one way per request: request -> preprocess ->
-backend -> decode -> response.
+(:class:`service.limits.BodySizeLimit`). Every request gets an ``X-Request-ID``, a JSON access-log
+line and its metrics (:mod:`service.observability`); ``/pose``, ``/segment``, ``/models`` (and, by
+setting, ``/metrics``) need the API key when one is configured, ``/admin/*`` the admin key
+(:mod:`service.auth`); CORS is off unless ``cors_allow_origins`` lists origins. Data flows one way
+per request: request -> preprocess -> backend -> decode -> response.
 """
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from .backends.base import Backend, BackendError, BackendUnavailable
-from .errors import error_body, install_error_handlers
+from .auth import API_KEY_HEADER, require_api_key
+from .backends.base import Backend
+from .errors import install_error_handlers
 from .lifecycle import Drain, DrainMiddleware
 from .limits import BODY_OVERHEAD_BYTES, BodySizeLimit, make_endpoint_limits
+from .observability import REQUEST_ID_HEADER, install_observability
 from .reload import ModelReloader, listen_for_sighup, stop_listening
 from .repository import ModelRepository
 from .settings import Settings
 
 log = logging.getLogger("service")
-
-REQUESTS = Counter("hrnet_requests_total", "HTTP requests", ["path", "status"])
-LATENCY = Histogram("hrnet_request_seconds", "HTTP request latency", ["path"])
 
 
 def make_backend(settings: Settings, repository: ModelRepository) -> Backend:
@@ -78,49 +79,33 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     install_error_handlers(app)
     app.state.drain = Drain()  # set by SIGTERM (service.lifecycle.GatewayServer)
 
-    # innermost of the middlewares: the metrics middleware counts the 503s it answers while draining
+    # innermost of the middlewares: the observability middleware counts the 503s it answers
+    # while draining
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
-
-    @app.exception_handler(BackendUnavailable)
-    async def _unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
-        return JSONResponse(error_body("backend_unavailable", str(exc)), status_code=503,
-                            headers={"Retry-After": str(max(1, round(exc.retry_after_s)))})
-
-    @app.exception_handler(BackendError)
-    async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
-        log.error("inference failed: %s", exc)
-        return JSONResponse(error_body("inference_failed", str(exc)), status_code=500)
-
-    # before the metrics middleware, so that refused bodies are counted (added later = outer)
+    # before the observability middleware, so that refused bodies are counted (added later = outer)
     app.add_middleware(BodySizeLimit,
                        max_bytes=lambda: settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
+    install_observability(app)
+    origins = [o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()]
+    if origins:  # outermost: preflights are answered before anything else runs
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", API_KEY_HEADER, REQUEST_ID_HEADER],
+                           expose_headers=[REQUEST_ID_HEADER, "X-Inference-Mode", "Retry-After"])
 
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next):
-        t0 = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # last resort: a JSON 500, never a dropped connection
-            log.exception("unhandled error on %s", request.url.path)
-            response = JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"),
-                                    status_code=500)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "other")
-        REQUESTS.labels(path, str(response.status_code)).inc()
-        LATENCY.labels(path).observe(time.perf_counter() - t0)
-        return response
+    metrics_deps = [Depends(require_api_key)] if settings.metrics_require_api_key else []
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=metrics_deps)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     from .routers import admin, meta, pose
+    keyed = [Depends(require_api_key)]
     app.include_router(meta.router)
-    app.include_router(pose.router)
-    app.include_router(admin.router)
+    app.include_router(pose.router, dependencies=keyed)
+    app.include_router(admin.router)  # behind the admin key (its router's dependency)
     try:
         from .routers import segment
-        app.include_router(segment.router)
+        app.include_router(segment.router, dependencies=keyed)
     except ImportError as exc:  # pragma: no cover - segmentation router is optional during builds
         log.warning("segmentation endpoint unavailable: %s", exc)
     return app

@@ -5,8 +5,9 @@ import math
 
 import numpy as np
 
-from .errors import InvalidBoxes
+from .errors import InvalidBoxes, show_value
 from .forms import load_json_field
+from .geometry import bbox_xywh2xyxy
 
 MAX_COORDINATE = 1e6  # pixels; beyond this a box is a client bug, and float32 maths degrades
 MIN_BOX_SIDE = 1.0  # pixels
@@ -23,12 +24,6 @@ def _finite_float(v: object) -> float:
         return math.inf if v > 0 else -math.inf  # type: ignore[operator]
 
 
-def _show(v: object, limit: int = 120) -> str:
-    """``repr(v)`` cut to ``limit`` characters for error messages."""
-    r = repr(v)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
-
-
 def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
                 max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
     """Parse the ``boxes`` form field.
@@ -37,7 +32,10 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
     ``[x1, y1, x2, y2]`` (``"xyxy"``), image pixels, optionally with a 5th value, the box score in
     [0, 1] (default 1.0). ``image_size``: (width, height).
 
-    Returns ``(boxes_xyxy (N, 4) float32, scores (N,) float32)``. Raises :class:`InvalidBoxes`
+    Returns ``(boxes_xyxy (N, 4) float32, scores (N,) float32)``. Each number is cast to float32
+    first and ``xywh`` boxes are then converted in float32 (``x2 = float32(x) + float32(w)``), the
+    dtypes and order of MMPose 1.x ``BaseCocoStyleDataset._load_detection_results`` +
+    ``bbox_xywh2xyxy``: a detection file's boxes sent as given give bit-identical crops. Raises :class:`InvalidBoxes`
     (422) naming the offending box for: invalid JSON, wrong nesting or length, non-finite values,
     a coordinate beyond ±``MAX_COORDINATE`` px, zero or negative area, a side shorter than
     ``MIN_BOX_SIDE`` px, a box entirely outside the image, a score outside [0, 1], or more than
@@ -64,9 +62,9 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
     rows = []
     for i, box in enumerate(data):
         if not isinstance(box, list) or len(box) not in (4, 5):
-            raise InvalidBoxes(f"box {i} must be a list of 4 numbers (or 5 with a score), got {_show(box)}")
+            raise InvalidBoxes(f"box {i} must be a list of 4 numbers (or 5 with a score), got {show_value(box)}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
-            raise InvalidBoxes(f"box {i} has a non-numeric value: {_show(box)}")
+            raise InvalidBoxes(f"box {i} has a non-numeric value: {show_value(box)}")
         rows.append([_finite_float(v) for v in box] + ([1.0] if len(box) == 4 else []))
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
     xyxy = arr[:, :4].copy()
@@ -74,10 +72,18 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
         xyxy[:, 2:] += xyxy[:, :2]
     scores = arr[:, 4]
     causes = box_rejections(xyxy, scores, image_size)
+    if not any(causes):
+        # The box served: float32 first, then xywh -> xyxy in float32, as MMPose's COCO dataset
+        # does with a detection file's JSON boxes. Its float64 twin above only names the rule a
+        # box breaks; rechecking the float32 box catches the rare box that rounding pushes over.
+        xyxy = arr[:, :4].astype(np.float32)
+        if box_format == "xywh":
+            xyxy = bbox_xywh2xyxy(xyxy)
+        causes = box_rejections(xyxy, scores, image_size)
     for i, cause in enumerate(causes):
         if cause is not None:
             img_w, img_h = image_size
-            what = f"box {i} ({box_format} {_show(data[i])})"
+            what = f"box {i} ({box_format} {show_value(data[i])})"
             raise InvalidBoxes({
                 "non_finite_box": f"{what} has a non-finite value (or one too large for a float)",
                 "coordinate_too_large": f"{what} has a coordinate beyond ±{MAX_COORDINATE:g} pixels",
@@ -86,7 +92,7 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
                 "box_outside_image": f"{what} lies entirely outside the {img_w}x{img_h} image",
                 "score_out_of_range": f"{what} has score {scores[i]} outside [0, 1]",
             }[cause])
-    return xyxy.astype(np.float32), scores.astype(np.float32)
+    return xyxy, scores.astype(np.float32)
 
 
 def box_rejections(xyxy: np.ndarray, scores: np.ndarray,

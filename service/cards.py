@@ -6,15 +6,18 @@ gateway everything it needs to run the model the way it was trained: the task, t
 dataset metainfo (keypoint names, skeleton, flip pairs, OKS sigmas, classes, palette), and where
 the weights came from with their published metrics.
 
-``export/`` writes cards, ``service/`` reads them; both use this one schema.
+``export/`` writes cards, ``service/`` reads them; both use this one schema. A card is typed by
+its task: :class:`TopDownCard`, :class:`BottomUpCard`, :class:`DetectorCard`,
+:class:`SegmentationCard` (:data:`ModelCard` is their discriminated union; :func:`parse_card` and
+:func:`load_card` return the right one).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 CARD_FILENAME = "card.json"
 
@@ -140,85 +143,36 @@ class SourceSpec(_Strict):
     notes: Optional[str] = None
 
 
-class ModelCard(_Strict):
-    """Everything the gateway needs to serve one model.
+class _CardBase(_Strict):
+    """Fields every card has, whatever its task.
 
     Sizes: ``input_size`` is ``(width, height)`` of the network input in pixels (``None`` entries
-    mean dynamic, as for segmentation). Pose fields (``codec``, ``keypoint_names``, ...) are required
-    for ``topdown_pose``; ``classes``/``palette``/``test_pipeline`` for ``segmentation``;
-    ``detector`` for ``detection``. Raises ``pydantic.ValidationError`` on a malformed card.
+    mean dynamic, as for segmentation and bottom-up pose). ``inputs``/``outputs`` name the graph's
+    tensors (Triton ``config.pbtxt`` dims, batch axis excluded).
     """
 
     name: str
-    task: Task
     input_size: tuple[Optional[int], Optional[int]]
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     max_batch_size: int = 32
     normalization: Normalization
-
-    # top-down pose
-    codec: Optional[CodecSpec] = None
-    bbox_padding: float = 1.25
-    use_udp: bool = False  # UDP affine transform (TopdownAffine(use_udp=True))
-    flip_test: bool = True
-    shift_heatmap: bool = True
-    keypoint_names: list[str] = Field(default_factory=list)
-    skeleton: list[tuple[int, int]] = Field(default_factory=list)
-    flip_indices: list[int] = Field(default_factory=list)
-    sigmas: list[float] = Field(default_factory=list)
-    dataset: Optional[str] = None
-
-    # bottom-up pose (also uses keypoint_names, skeleton, flip_indices, sigmas, flip_test above)
-    bottomup: Optional[BottomUpSpec] = None
-
-    # detection
-    detector: Optional[DetectorSpec] = None
-
-    # segmentation
-    classes: list[str] = Field(default_factory=list)
-    palette: list[tuple[int, int, int]] = Field(default_factory=list)
-    test_pipeline: Optional[SegTestPipeline] = None
-    align_corners: bool = False
-
+    dataset: Optional[str] = None  # metainfo key (service.datasets), e.g. "coco", "cityscapes"
     source: SourceSpec = Field(default_factory=SourceSpec)
 
-    @model_validator(mode="after")
-    def _check_task_fields(self) -> "ModelCard":
-        if self.task == "topdown_pose":
-            if self.codec is None:
-                raise ValueError("topdown_pose card needs 'codec'")
-            k = len(self.keypoint_names)
-            if k == 0:
-                raise ValueError("topdown_pose card needs 'keypoint_names'")
-            for field in ("flip_indices", "sigmas"):
-                v = getattr(self, field)
-                if v and len(v) != k:
-                    raise ValueError(f"'{field}' has {len(v)} entries, expected {k} (one per keypoint)")
-            if self.flip_indices and sorted(self.flip_indices) != list(range(k)):
-                raise ValueError("'flip_indices' must be a permutation of range(num_keypoints)")
-            for a, b in self.skeleton:
-                if not (0 <= a < k and 0 <= b < k):
-                    raise ValueError(f"skeleton link ({a}, {b}) out of range for {k} keypoints")
-        if self.task == "bottomup_pose":
-            if self.bottomup is None:
-                raise ValueError("bottomup_pose card needs 'bottomup'")
-            if len(self.keypoint_names) != self.bottomup.num_joints:
-                raise ValueError(f"'keypoint_names' has {len(self.keypoint_names)} entries, "
-                                 f"'bottomup.num_joints' is {self.bottomup.num_joints}")
-        if self.task == "segmentation":
-            if not self.classes:
-                raise ValueError("segmentation card needs 'classes'")
-            if self.palette and len(self.palette) != len(self.classes):
-                raise ValueError(
-                    f"'palette' has {len(self.palette)} colours for {len(self.classes)} classes")
-        if self.task == "detection" and self.detector is None:
-            raise ValueError("detection card needs 'detector'")
-        return self
-
-    @property
-    def num_keypoints(self) -> int:
-        return len(self.keypoint_names)
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_other_tasks_defaults(cls, data: Any) -> Any:
+        """Cards written before cards were typed per task carry every task's fields at their
+        defaults (``"classes": []`` in a pose card, ``"bbox_padding": 1.25`` in a segmentation
+        card ...). Such a field is dropped when it holds its default; any other value of a field
+        this task does not have stays and is refused (``extra="forbid"``) naming it."""
+        if not isinstance(data, dict):
+            return data
+        own = cls.model_fields
+        return {k: v for k, v in data.items()
+                if k in own or k not in _FOREIGN_DEFAULTS
+                or (v not in (None, []) and _FOREIGN_DEFAULTS[k] != v)}
 
     def save(self, directory: Path | str) -> Path:
         """Write ``<directory>/card.json`` and return its path."""
@@ -226,10 +180,170 @@ class ModelCard(_Strict):
         path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
         return path
 
-    @classmethod
-    def load(cls, path: Path | str) -> "ModelCard":
-        """Read a card from ``card.json`` (or a directory holding one)."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / CARD_FILENAME
-        return cls.model_validate_json(p.read_text())
+
+class _PoseCard(_CardBase):
+    """Keypoint metainfo shared by top-down and bottom-up pose cards: the head's keypoints in
+    channel order, skeleton links, flip pairs as a permutation (``flip_indices``), OKS sigmas
+    and the flip-test default."""
+
+    flip_test: bool = True
+    keypoint_names: list[str]
+    skeleton: list[tuple[int, int]] = Field(default_factory=list)
+    flip_indices: list[int] = Field(default_factory=list)
+    sigmas: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_keypoints(self) -> "_PoseCard":
+        k = len(self.keypoint_names)
+        if k == 0:
+            raise ValueError(f"{self.task} card needs 'keypoint_names'")  # type: ignore[attr-defined]
+        for field in ("flip_indices", "sigmas"):
+            v = getattr(self, field)
+            if v and len(v) != k:
+                raise ValueError(f"'{field}' has {len(v)} entries, expected {k} (one per keypoint)")
+        if self.flip_indices and sorted(self.flip_indices) != list(range(k)):
+            raise ValueError("'flip_indices' must be a permutation of range(num_keypoints)")
+        for a, b in self.skeleton:
+            if not (0 <= a < k and 0 <= b < k):
+                raise ValueError(f"skeleton link ({a}, {b}) out of range for {k} keypoints")
+        return self
+
+    @property
+    def num_keypoints(self) -> int:
+        """Keypoints the head predicts (heatmap channels of a pose model)."""
+        return len(self.keypoint_names)
+
+    @property
+    def output_keypoints(self) -> list[int]:
+        """Indices of the served keypoints among the head's (all of them unless a top-down card
+        selects some with ``output_keypoint_indices``)."""
+        return list(range(self.num_keypoints))
+
+    @property
+    def output_keypoint_names(self) -> list[str]:
+        """Names of the served keypoints, in response order."""
+        return [self.keypoint_names[i] for i in self.output_keypoints]
+
+    @property
+    def output_skeleton(self) -> list[tuple[int, int]]:
+        """The skeleton links whose two ends are both served, renumbered to response indices."""
+        pos = {k: j for j, k in enumerate(self.output_keypoints)}
+        return [(pos[a], pos[b]) for a, b in self.skeleton if a in pos and b in pos]
+
+
+class TopDownCard(_PoseCard):
+    """A top-down pose model (MMPose 1.x ``TopdownPoseEstimator``): one person crop in, heatmaps
+    out, decoded by ``codec``. ``bbox_padding`` is ``GetBBoxCenterScale``'s padding, ``use_udp``
+    ``TopdownAffine(use_udp=True)``, ``shift_heatmap`` the flip test's one-pixel shift."""
+
+    task: Literal["topdown_pose"]
+    codec: CodecSpec
+    bbox_padding: float = 1.25
+    use_udp: bool = False
+    shift_heatmap: bool = True
+    # MMPose ``test_cfg.output_keypoint_indices``: the head's keypoints that are served, in this
+    # order (None: all). The keypoint fields describe the head's keypoints (flip test needs them).
+    output_keypoint_indices: Optional[list[int]] = None
+
+    @model_validator(mode="after")
+    def _check_selection(self) -> "TopDownCard":
+        sel, k = self.output_keypoint_indices, self.num_keypoints
+        if sel is not None and (not sel or len(set(sel)) != len(sel)
+                                or not all(0 <= i < k for i in sel)):
+            raise ValueError(f"'output_keypoint_indices' must be distinct indices in "
+                             f"range({k}), at least one; got {sel}")
+        return self
+
+    @property
+    def output_keypoints(self) -> list[int]:
+        """``output_keypoint_indices``, else all of ``range(num_keypoints)``."""
+        if self.output_keypoint_indices is None:
+            return list(range(self.num_keypoints))
+        return list(self.output_keypoint_indices)
+
+
+class BottomUpCard(_PoseCard):
+    """A bottom-up pose model (HigherHRNet, associative embedding): the whole image in, one
+    output per resolution stage, grouped with the test parameters of ``bottomup``."""
+
+    task: Literal["bottomup_pose"]
+    bottomup: BottomUpSpec
+
+    @model_validator(mode="after")
+    def _check_joints(self) -> "BottomUpCard":
+        if self.num_keypoints != self.bottomup.num_joints:
+            raise ValueError(f"'keypoint_names' has {self.num_keypoints} entries, "
+                             f"'bottomup.num_joints' is {self.bottomup.num_joints}")
+        return self
+
+
+class DetectorCard(_CardBase):
+    """A person detector (RTMDet as exported by MMDeploy, NMS inside the graph)."""
+
+    task: Literal["detection"]
+    detector: DetectorSpec
+
+
+class SegmentationCard(_CardBase):
+    """A semantic segmentation model (MMSeg 1.x ``EncoderDecoder``): class names, RGB palette,
+    test pipeline, and the ``align_corners`` of its resizes."""
+
+    task: Literal["segmentation"]
+    classes: list[str]
+    palette: list[tuple[int, int, int]] = Field(default_factory=list)
+    test_pipeline: Optional[SegTestPipeline] = None
+    align_corners: bool = False
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> "SegmentationCard":
+        if not self.classes:
+            raise ValueError("segmentation card needs 'classes'")
+        if self.palette and len(self.palette) != len(self.classes):
+            raise ValueError(
+                f"'palette' has {len(self.palette)} colours for {len(self.classes)} classes")
+        return self
+
+
+#: Any card, told apart by its ``task`` (a pydantic discriminated union): each pipeline takes the
+#: one type whose fields its task has.
+ModelCard = Annotated[Union[TopDownCard, BottomUpCard, DetectorCard, SegmentationCard],
+                      Field(discriminator="task")]
+PoseCard = Union[TopDownCard, BottomUpCard]
+CARD_TYPES: dict[str, type[_CardBase]] = {"topdown_pose": TopDownCard,
+                                          "bottomup_pose": BottomUpCard,
+                                          "detection": DetectorCard,
+                                          "segmentation": SegmentationCard}
+_ADAPTER: TypeAdapter = TypeAdapter(ModelCard)
+
+# field name -> default, for the fields some task's card has and others do not (see
+# _CardBase._drop_other_tasks_defaults; required fields were None or [] in untyped cards)
+_FOREIGN_DEFAULTS: dict[str, Any] = {
+    name: (None if f.is_required() else
+           f.default_factory() if f.default_factory is not None else f.default)  # type: ignore[call-arg]
+    for t in CARD_TYPES.values() for name, f in t.model_fields.items()
+    if name not in _CardBase.model_fields and name != "task"}
+
+
+def parse_card(data: Any) -> ModelCard:
+    """The card of the right type for ``data["task"]`` (a dict, or a card to copy).
+
+    Raises ``pydantic.ValidationError`` naming the bad field, an unknown task, or a field the
+    task's card does not have.
+    """
+    if isinstance(data, _CardBase):
+        data = data.model_dump()
+    return _ADAPTER.validate_python(data)
+
+
+def load_card(path: Path | str) -> ModelCard:
+    """Read a card from ``card.json`` (or a directory holding one); raises
+    ``pydantic.ValidationError`` for a malformed card, OSError when it cannot be read."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CARD_FILENAME
+    return _ADAPTER.validate_json(p.read_text())
+
+
+def make_card(**fields: Any) -> ModelCard:
+    """:func:`parse_card` of keyword fields: ``make_card(name=..., task="segmentation", ...)``."""
+    return parse_card(fields)

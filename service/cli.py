@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
+from .observability import configure_logging
 from .settings import Settings
 
 
@@ -19,13 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-url", default=defaults.triton_url, help="HRNET_TRITON_URL")
     p.add_argument("--host", default=defaults.host, help="HRNET_HOST")
     p.add_argument("--port", type=int, default=defaults.port, help="HRNET_PORT")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default=defaults.log_level, help="HRNET_LOG_LEVEL")
+    p.add_argument("--log-format", choices=["json", "text"], default=defaults.log_format,
+                   help="json: one JSON object per line, one line per request (HRNET_LOG_FORMAT)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     settings = defaults.model_copy(update={
         "model_repository": args.model_repository, "backend": args.backend,
-        "triton_url": args.triton_url, "host": args.host, "port": args.port})
+        "triton_url": args.triton_url, "host": args.host, "port": args.port,
+        "log_level": args.log_level, "log_format": args.log_format})
     from .app import create_app
     from .lifecycle import serve
     return serve(create_app(settings), settings, log_level=args.log_level)

@@ -2,15 +2,24 @@
 
 The JSON body is ``{"error": {"code": "<machine code>", "message": "<what is wrong>"}}``.
 The FastAPI app registers :func:`install_error_handlers`, so raising an :class:`APIError` anywhere
-on the request path ends the request cleanly; nothing reaches the client as a bare 500. Starlette's
+on the request path ends the request cleanly; nothing reaches the client as a bare 500. Backend
+failures (:class:`~service.backends.base.BackendError`) answer that one request with a JSON 500
+``inference_failed`` (503 ``backend_unavailable`` when the backend cannot serve now). Starlette's
 HTTP errors get the same format; its "field/part exceeded maximum size" (400) becomes 413.
 """
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+import logging
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # FastAPI is imported where the handlers are installed, so the error classes
+    # stay importable without it (service.boxes in the torch/GPU tooling, e.g. benchmarks.gpu_bench)
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+from .backends.base import BackendError, BackendUnavailable
+
+log = logging.getLogger("service")
 
 
 class APIError(Exception):
@@ -60,6 +69,12 @@ class WrongTask(APIError):
     status_code, code = 422, "wrong_task"
 
 
+class Unauthorized(APIError):
+    """401: an API key is required (``HRNET_API_KEY`` is set) and none or a wrong one was sent."""
+
+    status_code, code = 401, "unauthorized"
+
+
 class PayloadTooLarge(APIError):
     """413: the file, image or network input exceeds a configured limit."""
 
@@ -71,28 +86,63 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
+def error_response(request: Request, code: str, message: str, status_code: int,
+                   headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    """The JSON error response; also notes ``code`` on ``request.state.error_code``, where the
+    observability middleware reads the cause for its error counter and the request's log line."""
+    from fastapi.responses import JSONResponse
+
+    request.state.error_code = code
+    return JSONResponse(error_body(code, message), status_code=status_code, headers=headers)
+
+
+def show_value(v: object, limit: int = 120) -> str:
+    """``repr(v)`` cut to ``limit`` characters, for client input quoted in error messages."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map APIError and request-validation errors to JSON 4xx responses."""
+    """Map APIError, HTTP and request-validation errors to JSON 4xx responses, and backend
+    failures to 503 ``backend_unavailable`` (+ ``Retry-After``) / 500 ``inference_failed``."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status_code,
-                            headers=exc.headers)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(request, exc.code, exc.message, exc.status_code, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status, detail = exc.status_code, str(exc.detail)
         if status == 400 and "exceeded maximum size" in detail:
             # Starlette's multipart parser: a form field / part over its size limit (1 MiB)
             status = 413
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        return JSONResponse(error_body(codes.get(status, "http_error"), detail),
-                            status_code=status, headers=getattr(exc, "headers", None))
+        return error_response(request, codes.get(status, "http_error"), detail, status,
+                              getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
-        return JSONResponse(error_body("invalid_request", "; ".join(parts)), status_code=422)
+        return error_response(request, "invalid_request", "; ".join(parts), 422)
+
+    @app.exception_handler(BackendUnavailable)
+    async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
+        return error_response(request, "backend_unavailable", str(exc), 503,
+                              {"Retry-After": str(max(1, round(exc.retry_after_s)))})
+
+    @app.exception_handler(BackendError)
+    async def _backend_error(request: Request, exc: BackendError) -> JSONResponse:
+        # This request only: the process, the other requests and the other models go on. The
+        # backend's own words (ONNX Runtime / Triton internals) go to the log, not to the client.
+        log.error("inference failed: %s", exc, exc_info=exc.__cause__ is not None)
+        where = f" on model '{exc.model}'" if exc.model else ""
+        return error_response(request, "inference_failed",
+                              f"inference failed{where}; the gateway log has the details "
+                              f"(request id {getattr(request.state, 'request_id', '-')})", 500)

@@ -31,6 +31,9 @@ __all__ = [
     "crop_persons",
     "keypoints_to_image",
     "affine_transform_points",
+    "get_multi_scale_size",
+    "get_bottomup_warp_matrix",
+    "resize_align_multi_scale",
 ]
 
 
@@ -257,11 +260,11 @@ def get_udp_warp_matrix(center, scale, rot: float, output_size: Sequence[float])
 
 
 def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool = False) -> np.ndarray:
-    """Image-to-crop matrices for many boxes at once (rotation 0), vectorised.
+    """Image-to-crop matrices for many boxes at once (rotation 0).
 
-    Equals :func:`get_warp_matrix` (``use_udp=False``; to float64 rounding, since the same
-    float32-rounded three point pairs are solved in closed form instead of by OpenCV) or
-    :func:`get_udp_warp_matrix` (``use_udp=True``) applied box by box.
+    Bit-identical to :func:`get_warp_matrix` (``use_udp=False``; it is called box by box) or
+    :func:`get_udp_warp_matrix` (``use_udp=True``, vectorised with the same float64 operations in
+    the same order) applied box by box.
 
     Args:
         centers: ``(N, 2)`` box centers, image pixels.
@@ -270,7 +273,8 @@ def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool =
         use_udp: UDP matrix (``TopdownAffine(use_udp=True)``).
 
     Returns:
-        ``(N, 2, 3)`` float64 (standard) or float32 (UDP) matrices.
+        ``(N, 2, 3)`` float64 (standard, from ``cv2.getAffineTransform``) or float32 (UDP)
+        matrices.
 
     Raises:
         ValueError: wrong shapes, a non-positive output size, or a box scale that is not finite
@@ -294,21 +298,13 @@ def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool =
         m[:, 1, 2] = sy * (0.5 * s[:, 1] - c[:, 1])
         return m.astype(np.float32)
 
-    # The same float32 points (and float32 arithmetic for the third one) as get_warp_matrix, rot 0.
-    p0 = c.astype(np.float32)
-    p1 = (c - np.stack([0.5 * s[:, 0], np.zeros(n)], axis=1)).astype(np.float32)
-    p2 = _perp_third_point(p0, p1)
-    d0 = np.array([0.5 * out_w, 0.5 * out_h], dtype=np.float32)
-    d1 = np.array([0.0, 0.5 * out_h], dtype=np.float32)
-    d2 = _perp_third_point(d0, d1)
-    # Solve [x y 1] @ M.T = dst for the three points: M = (dst.T) @ inv(src_h.T).
-    src_h = np.stack([p0, p1, p2], axis=1).astype(np.float64)  # (N, 3, 2)
-    src_h = np.concatenate([src_h, np.ones((n, 3, 1))], axis=2)  # (N, 3, 3)
-    dst = np.broadcast_to(np.stack([d0, d1, d2]).astype(np.float64), (n, 3, 2))
-    if n == 0:
-        return np.zeros((0, 2, 3), dtype=np.float64)
-    sol = np.linalg.solve(src_h, dst)  # (N, 3, 2): columns are the rows of M
-    return np.ascontiguousarray(np.swapaxes(sol, 1, 2))
+    # Box by box through get_warp_matrix, i.e. cv2.getAffineTransform on upstream's float32 point
+    # triples: a closed-form float64 solve differs from OpenCV's in the last bits, which moves
+    # warpAffine's fixed-point rounding for about 2% of crops.
+    m = np.zeros((n, 2, 3), dtype=np.float64)
+    for i in range(n):
+        m[i] = get_warp_matrix(c[i], s[i], 0.0, (out_w, out_h))
+    return m
 
 
 def crop_persons(image: np.ndarray, centers, scales, output_size: Sequence[int],
@@ -442,3 +438,137 @@ def rescale_size(size_wh: tuple[int, int],
         factor = min(long_edge / max(h, w), short_edge / min(h, w))
     new_w, new_h = scale_size((w, h), factor)
     return (max(new_w, 1), max(new_h, 1)), factor
+
+
+# ------------------------------------------------------------------ bottom-up (whole-image) resize
+
+def _ceil_to_multiple(x: float, divisor: int) -> int:
+    """``int((x + divisor - 1) // divisor * divisor)``: the HigherHRNet repo's rounding up.
+
+    For a non-integer ``x`` whose fraction above a multiple is below 1 this rounds *down*
+    (``x = 768.5`` -> 768 with divisor 64), as upstream's ``(x + 63) // 64 * 64`` does; MMPose 0.x's
+    ``_ceil_to_multiples_of`` (``ceil(x / 64) * 64``) would give 832 there.
+    """
+    return int((x + divisor - 1) // divisor * divisor)
+
+
+def get_multi_scale_size(image_wh: tuple[int, int], input_size: int, current_scale: float,
+                         min_scale: float, size_divisor: int = 64
+                         ) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """Network input size, center and scale of one test scale of a bottom-up (whole-image) model.
+
+    Follows ``get_multi_scale_size`` of the HigherHRNet repo (``lib/utils/transforms.py``): at the
+    smallest test scale the short side becomes ``min_input = ceil64(min_scale * input_size)`` and
+    the long side ``ceil64(min_input / short * long)`` (``ceil64`` = :func:`_ceil_to_multiple` with
+    ``size_divisor``); other scales multiply both by ``current_scale / min_scale`` (``int()``
+    truncation). So at scale 1 with one test scale, a 640x425 photo at ``input_size`` 512 becomes
+    832x512 (``512 / 425 * 640 = 770.8`` -> 832).
+
+    Args:
+        image_wh: image ``(width, height)`` in pixels.
+        input_size: short side at scale 1 (the card's ``bottomup.input_size``, 512 or 640).
+        current_scale: this test scale (e.g. 2, 1 or 0.5).
+        min_scale: the smallest of the request's test scales.
+        size_divisor: both sides are multiples of it at ``min_scale`` (64 upstream).
+
+    Returns:
+        ``((w_resized, h_resized), center, scale)``: ``center`` ``(2,)`` float64 image pixels,
+        ``(int(w / 2 + 0.5), int(h / 2 + 0.5))`` (rounded half up; MMPose 0.x uses Python's
+        half-to-even ``round``, which differs for odd sides such as 425 -> 212 vs ours 213);
+        ``scale`` ``(2,)`` float64 image pixels covered by the resized image, ``(w, h_r / w_r * w)``
+        for a portrait image and ``(w_r / h_r * h, h)`` otherwise -- upstream's scale (units of 200
+        px) times 200, computed in upstream's order so the float values match.
+
+    Raises:
+        ValueError: non-positive image size, scales or input size.
+    """
+    w, h = (int(v) for v in image_wh)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image size must be positive, got {image_wh}")
+    if not (current_scale > 0 and min_scale > 0 and input_size > 0 and size_divisor > 0):
+        raise ValueError(f"input_size, scales and size_divisor must be positive, got input_size="
+                         f"{input_size}, current_scale={current_scale}, min_scale={min_scale}, "
+                         f"size_divisor={size_divisor}")
+    center = np.array([int(w / 2.0 + 0.5), int(h / 2.0 + 0.5)], dtype=np.float64)
+    min_input = _ceil_to_multiple(min_scale * input_size, size_divisor)
+    ratio = current_scale / min_scale
+    if w < h:
+        w_r = int(min_input * ratio)
+        h_r = int(_ceil_to_multiple(min_input / w * h, size_divisor) * ratio)
+        scale = np.array([w / 200.0, h_r / w_r * w / 200.0]) * 200.0
+    else:
+        h_r = int(min_input * ratio)
+        w_r = int(_ceil_to_multiple(min_input / h * w, size_divisor) * ratio)
+        scale = np.array([w_r / h_r * h / 200.0, h / 200.0]) * 200.0
+    if w_r <= 0 or h_r <= 0:
+        raise ValueError(f"scale {current_scale} gives an empty input ({w_r}x{h_r})")
+    return (w_r, h_r), center, scale
+
+
+def get_bottomup_warp_matrix(center, scale, output_size: Sequence[float],
+                             inv: bool = False) -> np.ndarray:
+    """The whole-image affine matrix of the HigherHRNet repo (``get_affine_transform``, rotation 0).
+
+    The same similarity transform as :func:`get_warp_matrix` (zoom ``output_w / scale_w`` on both
+    axes, ``center`` -> output center), but built from upstream's point triple: the second point
+    lies half a *width* above the center (``center + (0, -scale_w / 2)`` -> ``(w/2, h/2 - w/2)``)
+    instead of to its left. The float32 points then round as upstream's do, so the matrix equals
+    upstream's exactly (the MMPose 1.x triple differs by up to 5e-4 px for some sizes).
+
+    Args:
+        center: ``(2,)`` image pixels. scale: ``(2,)`` image pixels covered (``(w, h)``).
+        output_size: ``(w, h)`` of the resized image / heatmap in pixels.
+        inv: False -> image-to-output; True -> output-to-image (``transform_preds``).
+
+    Returns:
+        ``(2, 3)`` float64 matrix.
+
+    Raises:
+        ValueError: wrong lengths, non-positive output size or scale.
+    """
+    center = np.asarray(center, dtype=np.float64).reshape(-1)
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+    if center.shape != (2,) or scale.shape != (2,):
+        raise ValueError("center and scale must each have 2 values")
+    _check_scales(scale)
+    dst_w, dst_h = _size2(output_size, "output_size")
+    src = np.zeros((3, 2), dtype=np.float32)
+    src[0] = center
+    src[1] = center + np.array([0.0, -0.5 * scale[0]])
+    src[2] = _perp_third_point(src[0], src[1])
+    dst = np.zeros((3, 2), dtype=np.float32)
+    dst[0] = (0.5 * dst_w, 0.5 * dst_h)
+    dst[1] = np.array([0.5 * dst_w, 0.5 * dst_h]) + np.array([0.0, -0.5 * dst_w], np.float32)
+    dst[2] = _perp_third_point(dst[0], dst[1])
+    if inv:
+        return cv2.getAffineTransform(dst, src)
+    return cv2.getAffineTransform(src, dst)
+
+
+def resize_align_multi_scale(image: np.ndarray, input_size: int, current_scale: float,
+                             min_scale: float, size_divisor: int = 64
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize a whole image for one bottom-up test scale (HigherHRNet ``resize_align_multi_scale``).
+
+    The image is warped with :func:`get_bottomup_warp_matrix` (center/scale from
+    :func:`get_multi_scale_size`, rotation 0) by ``cv2.warpAffine`` with bilinear interpolation
+    and a constant 0 border, as upstream; the resized image keeps the aspect ratio, so the part
+    beyond the photo's long side (the rounding up to ``size_divisor``) is black.
+
+    Args:
+        image: ``(H, W, C)`` uint8 image (channel order untouched).
+        input_size, current_scale, min_scale, size_divisor: see :func:`get_multi_scale_size`.
+
+    Returns:
+        ``(resized (h_r, w_r, C) uint8, center (2,), scale (2,))``, center/scale in image pixels.
+
+    Raises:
+        ValueError: not an ``(H, W, C)`` image, or invalid sizes/scales.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3:
+        raise ValueError(f"image must have shape (H, W, C), got {img.shape}")
+    size, center, scale = get_multi_scale_size((img.shape[1], img.shape[0]), input_size,
+                                               current_scale, min_scale, size_divisor)
+    m = get_bottomup_warp_matrix(center, scale, size)
+    return cv2.warpAffine(img, m, size, flags=cv2.INTER_LINEAR), center, scale

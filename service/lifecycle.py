@@ -79,6 +79,7 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         if self.drain.active:
+            scope.setdefault("state", {})["error_code"] = "shutting_down"  # for the metrics
             payload = json.dumps(error_body(
                 "shutting_down", "the gateway is shutting down; retry on another replica")).encode()
             await send({"type": "http.response.start", "status": 503,
@@ -140,8 +141,11 @@ def serve(app, settings, log_level: str = "info") -> int:
     default action (death by signal) applies; a no-op handler is installed first, so the re-raised
     SIGTERM/SIGINT is absorbed and the process ends with 0 instead.
     """
+    # uvicorn keeps the logging hrnet-serve set up (log_config=None: JSON lines by default); the
+    # gateway writes its own access line per request (service.observability), so uvicorn's is off
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+                            log_config=None, access_log=False)
     server = GatewayServer(config, app.state.drain, settings.shutdown_drain_s)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _absorb)

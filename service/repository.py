@@ -13,8 +13,8 @@ import hashlib
 import logging
 from pathlib import Path
 
-from .cards import CARD_FILENAME, ModelCard
-from .errors import UnknownModel, WrongTask
+from .cards import CARD_FILENAME, ModelCard, load_card
+from .errors import UnknownModel, WrongTask, show_value
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def _load_card(card_path: Path) -> ModelCard:
     """The card at ``card_path``; raises RepositoryError when it does not validate or names
     another model than its folder."""
     try:
-        card = ModelCard.load(card_path)
+        card = load_card(card_path)
     except Exception as exc:  # pydantic.ValidationError, JSON errors
         raise RepositoryError(f"invalid model card {card_path}: {exc}") from exc
     if card.name != card_path.parent.name:
@@ -85,11 +85,14 @@ class ModelRepository:
         log.info("model repository %s: %s", self.root, ", ".join(self.cards) or "(empty)")
 
     def get(self, name: str, task: str | None = None) -> ModelCard:
-        """The card of ``name``; raises UnknownModel (404) or WrongTask (422) if ``task`` differs."""
+        """The card of ``name``; raises UnknownModel (404) or WrongTask (422) if ``task`` differs.
+
+        ``name`` is only ever a key of the cards loaded at start-up: a client's model name never
+        reaches the file system (``../x``, absolute paths, NUL are simply unknown names)."""
         card = self.cards.get(name)
         if card is None:
             known = ", ".join(sorted(self.cards)) or "none"
-            raise UnknownModel(f"unknown model '{name}'; available: {known}")
+            raise UnknownModel(f"unknown model {show_value(name)}; available: {known}")
         if task is not None and card.task != task:
             raise WrongTask(f"model '{name}' is a {card.task} model, not {task}")
         return card

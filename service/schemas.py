@@ -9,10 +9,13 @@ from pydantic import BaseModel, Field
 class Person(BaseModel):
     """One person: box, box score, K keypoints and the person score (image pixels)."""
 
-    bbox: list[float] = Field(description="person box [x, y, w, h] in image pixels")
-    bbox_score: float = Field(description="given box score (1.0 if none) or detector score")
+    bbox: list[float] = Field(description="person box [x, y, w, h] in image pixels (bottom-up: "
+                                          "the box around the person's found keypoints)")
+    bbox_score: float = Field(description="given box score (1.0 if none) or detector score "
+                                          "(bottom-up: the person score)")
     keypoints: list[list[float]] = Field(description="K x [x, y, score], image pixels")
-    score: float = Field(description="bbox_score x mean of keypoint scores above 0.2 (MMPose)")
+    score: float = Field(description="top-down: bbox_score x mean of keypoint scores above 0.2 "
+                                     "(MMPose); bottom-up: mean joint value of the grouping")
 
 
 class PoseResponse(BaseModel):
@@ -21,7 +24,8 @@ class PoseResponse(BaseModel):
     model: str
     image_size: list[int] = Field(description="[width, height] of the decoded image")
     flip_test: bool
-    box_source: Literal["given", "detector"]
+    box_source: Literal["given", "detector", "bottomup"] = Field(
+        description="given boxes, the person detector's boxes, or a bottom-up model's people")
     keypoint_names: list[str]
     skeleton: list[list[int]]
     persons: list[Person]

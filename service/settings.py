@@ -59,14 +59,28 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = 5.0
     shutdown_timeout_s: float = 30.0
 
+    # POST /admin/reload needs this key ("X-API-Key: <key>" or "Authorization: Bearer <key>"; one
+    # or several, comma-separated); unset: the endpoint answers 403
+    # (SIGHUP reloads the model repository either way)
+    admin_api_key: Optional[SecretStr] = None
+
     # embedded ONNX Runtime
     ort_intra_op_threads: int = 0  # 0 = ORT default
     ort_providers: Optional[str] = None  # comma list; default CUDA if available, else CPU
 
     # security
-    # API key(s), comma-separated (service/security.py; the reliability branch's service/auth.py
-    # reads the same setting); POST /admin/reload needs one, and is disabled (403) while unset
+    # API key(s), comma-separated; unset or empty = no key needed. When set, every endpoint but
+    # /healthz, /readyz, /docs, /openapi.json (and /metrics unless metrics_require_api_key) needs
+    # "Authorization: Bearer <key>" or "X-API-Key: <key>" (else 401)
     api_key: Optional[SecretStr] = None
+    metrics_require_api_key: bool = False
+    # CORS: comma-separated allowed origins ("https://a.example,https://b.example", or "*");
+    # empty = CORS off (no Access-Control-* headers, browsers refuse cross-origin calls)
+    cors_allow_origins: str = ""
+
+    # logging: "json" = one JSON object per line (one line per request on logger service.access)
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "info"
 
     # Triton
     triton_url: str = "127.0.0.1:8001"

@@ -56,6 +56,7 @@ def random_gateway(random_repo):
 # registry config -> served name of the fixed-seed random-weight models exported for end-to-end tests
 RANDOM_MODELS = {
     "td-hm_hrnet-w32_8xb64-210e_coco-256x192": "hrnet_w32_coco_random",
+    "td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-combine": "hrnet_w32_coco_aic_combine_random",
     "hrnet_w32_horse10_256x256-split1": "hrnet_w32_horse10_random",
     "hrnet_w32_macaque_256x192": "hrnet_w32_macaque_random",
     "hrnet_w32_atrw_256x256": "hrnet_w32_atrw_random",
@@ -66,7 +67,8 @@ RANDOM_MODELS = {
 @pytest.fixture(scope="session")
 def random_repo(shared, tmp_path_factory) -> Path:
     """A model repository with the shared real models plus fixed-seed random HRNet models
-    (:data:`RANDOM_MODELS`: COCO W32, Horse-10 / MacaquePose / ATRW W32, Cityscapes fcn_hr18s),
+    (:data:`RANDOM_MODELS`: COCO W32, COCO-AIC combine W32 (19 heatmaps), Horse-10 / MacaquePose /
+    ATRW W32, Cityscapes fcn_hr18s),
     exported once per session by ``hrnet-export --random-init`` (parity checks are covered by
     tests/test_export*.py, so skipped here)."""
     from export.cli import main as export_main

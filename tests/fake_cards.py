@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from service.cards import CodecSpec, ModelCard, Normalization, SegTestPipeline, TensorSpec
+from service.cards import CodecSpec, ModelCard, Normalization, SegTestPipeline, TensorSpec, make_card
 
 #: ImageNet mean / std on 0..255 RGB values (MMPose / MMSeg HRNet ``data_preprocessor``).
 MEAN = (123.675, 116.28, 103.53)
@@ -24,7 +24,7 @@ def pose_card(name: str = "fake_pose", **fields: Any) -> ModelCard:
         codec=CodecSpec(input_size=(192, 256), heatmap_size=(48, 64)),
         keypoint_names=["a", "b"])
     base.update(fields)
-    return ModelCard(**base)
+    return make_card(**base)
 
 
 def seg_card(name: str, classes: Sequence[str],
@@ -32,7 +32,7 @@ def seg_card(name: str, classes: Sequence[str],
              **pipeline: Any) -> ModelCard:
     """A segmentation card with dynamic input ``(3, -1, -1)`` and logits ``(C, -1, -1)``,
     ``C = len(classes)``; ``pipeline`` are :class:`SegTestPipeline` fields."""
-    return ModelCard(
+    return make_card(
         name=name, task="segmentation", input_size=(None, None),
         inputs=[TensorSpec(name="input", dims=[3, -1, -1])],
         outputs=[TensorSpec(name="logits", dims=[len(classes), -1, -1])],

@@ -113,7 +113,7 @@ def test_convert_state_dict_renames_per_layout(small_pose):
 def test_segmentation_checkpoint_is_refused_by_pose_model(tmp_path):
     seg = build_model("hrnet_w18_small", "segmentation", 19, seed=0)
     path = save_checkpoint(seg, tmp_path / "seg.pth", layout="mmseg")
-    with pytest.raises(CheckpointError, match="'mmseg' checkpoint cannot be loaded into a top-down pose"):
+    with pytest.raises(CheckpointError, match="'mmseg' checkpoint cannot be loaded into a topdown_pose model"):
         load_checkpoint(build_model("hrnet_w18_small", "topdown_pose", 17), path)
 
 

@@ -305,13 +305,13 @@ FAKE_EXPORT = """#!/usr/bin/env python3
 # stand-in for hrnet-export: writes a card and a placeholder model.onnx
 import sys
 from pathlib import Path
-from service.cards import ModelCard
+from service.cards import ModelCard, make_card
 args = sys.argv[1:]
 name, repo = args[args.index("--arch") + 1], Path(args[args.index("--model-repository") + 1])
 assert args[args.index("--checkpoint") + 1].startswith("https://"), args
 assert args[args.index("--instance-kind") + 1] in ("KIND_CPU", "KIND_GPU"), args
 (repo / name / "1").mkdir(parents=True, exist_ok=True)
-ModelCard(name=name, task="segmentation", input_size=(None, None),
+make_card(name=name, task="segmentation", input_size=(None, None),
           inputs=[{"name": "input", "dims": [3, -1, -1]}],
           outputs=[{"name": "logits", "dims": [19, -1, -1]}], max_batch_size=2,
           normalization={"mean": (0, 0, 0), "std": (1, 1, 1)}, classes=["a"]).save(repo / name)

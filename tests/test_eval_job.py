@@ -49,6 +49,10 @@ class FakeGateway:
         self.fail_503_first: int = 0           # 503 for the first n tries of each image
         self.tries: dict[str, int] = {}
         self.labels: dict[str, Path] = {}
+        self.boxes_sent: list = []              # the 'boxes' field of every /pose request
+        # bottom-up answers (no boxes): a score per annotation, extra persons per image
+        self.person_score = lambda ann: 1.0
+        self.extra_persons: dict[str, list[dict]] = {}
 
     def load_coco(self, ann_path: Path) -> None:
         data = json.loads(ann_path.read_text())
@@ -75,6 +79,19 @@ class FakeGateway:
         assert best is not None and best_d < 1e-2, (fname, box)
         return best
 
+    def _bottomup_persons(self, fname: str) -> list[dict]:
+        """GT keypoints of the labelled, non-crowd people with joint values 0.1 (a top-down
+        rescoring would zero every person) and the person score of ``self.person_score``."""
+        persons = []
+        for a in self.anns.get(fname, []):
+            if a["num_keypoints"] == 0 or a.get("iscrowd", 0):
+                continue
+            kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
+            s = self.person_score(a)
+            persons.append({"bbox": a["bbox"], "bbox_score": s, "score": s,
+                            "keypoints": np.column_stack([kp[:, :2], np.full(len(kp), 0.1)]).tolist()})
+        return persons + self.extra_persons.get(fname, [])
+
     def _build(self) -> FastAPI:
         app = FastAPI()
 
@@ -96,6 +113,11 @@ class FakeGateway:
             if self.tries[fname] <= self.fail_503_first:
                 return JSONResponse({"error": {"code": "unavailable", "message": "busy"}}, 503,
                                     headers={"Retry-After": "0"})
+            self.boxes_sent.append(boxes)
+            if boxes is None:  # a bottom-up model: every labelled person of the image
+                return {"model": model, "image_size": [1, 1], "flip_test": False,
+                        "box_source": "bottomup", "keypoint_names": COCO_NAMES, "skeleton": [],
+                        "persons": self._bottomup_persons(fname), "timing_ms": {}}
             assert box_format == "xyxy"
             persons = []
             for b in json.loads(boxes):
@@ -609,3 +631,47 @@ def test_boxes_the_gateway_refuses_are_skipped_by_cause(tmp_path):
     items, skipped, _ = build_pose_items(coco, tmp_path, "coco", box_source="gt",
                                          clip_gt_boxes=False)
     assert skipped == {"box_too_small": 1} and items[0].box_ids == [8]
+
+
+def test_bottomup_model_sends_no_boxes_and_scores_as_mmpose_0x(coco, gateway, tmp_path):
+    """A bottom-up card: no boxes are sent, every image of the file is asked, persons keep the
+    grouping's score and no OKS-NMS runs (MMPose 0.x BottomUpCocoDataset, use_nms False).
+
+    Ranking: 6 true persons at 0.9, one far-off false person at 0.8, 6 true at 0.7, and a copy of a
+    true person at 0.6. Precision is 1 up to recall 0.5 and 12/13 beyond (the copy comes after the
+    last true person), at every OKS threshold: AP = (51 + 50 * 12/13) / 101 on COCO's 101 recall
+    points. Top-down rescoring (joint values 0.1 < 0.2) would zero every score; OKS-NMS would drop
+    the copy.
+    """
+    ann, images = coco
+    gateway.cards = [{**pose_card(), "task": "bottomup_pose"}]
+    labelled = sorted(a["id"] for anns in gateway.anns.values() for a in anns
+                      if a["num_keypoints"] > 0 and not a.get("iscrowd", 0))
+    assert len(labelled) == 12
+    first = set(labelled[:6])
+    gateway.person_score = lambda a: 0.9 if a["id"] in first else 0.7
+    fname = sorted(gateway.anns)[0]
+    far = [[1.0, 1.0, 0.1]] * 17
+    true = next(a for a in gateway.anns[fname] if a["num_keypoints"] > 0)
+    copy = np.asarray(true["keypoints"], float).reshape(-1, 3)
+    copy[:, 2] = 0.1
+    gateway.extra_persons = {fname: [
+        {"bbox": [1, 1, 1, 1], "bbox_score": 0.8, "score": 0.8, "keypoints": far},
+        {"bbox": true["bbox"], "bbox_score": 0.6, "score": 0.6, "keypoints": copy.tolist()}]}
+    rc = run(gateway, ann, images, tmp_path / "b")
+    assert rc == 0
+    m = metrics_of(tmp_path / "b")
+    assert m["config"]["box_source"] == "bottomup"
+    assert gateway.boxes_sent and all(b is None for b in gateway.boxes_sent)
+    assert sorted(set(gateway.pose_calls)) == sorted(gateway.images)
+    expected = (51 + 50 * 12 / 13) / 101
+    for k in ("AP", "AP50", "AP75"):
+        assert m["metrics"][k] == pytest.approx(expected, abs=1e-9), k
+    assert m["metrics"]["AR"] == pytest.approx(1.0)
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert len(results) == 14  # 12 + the false person + the copy: nothing suppressed
+    assert sorted({r["score"] for r in results}) == pytest.approx([0.6, 0.7, 0.8, 0.9])
+    # boxes with a bottom-up model are refused before anything is sent
+    n = len(gateway.pose_calls)
+    assert run(gateway, ann, images, tmp_path / "c", "--boxes", str(images / "x.json")) == 2
+    assert len(gateway.pose_calls) == n

@@ -20,7 +20,8 @@ from export.onnx_export import (ExportError, calibrate_batchnorm, check_parity, 
 from export.repository import card_mismatches, onnx_signature, write_entry
 from export.shared_models import (PP_TINYPOSE, RTMDET_NANO, pp_tinypose_card, rtmdet_nano_card,
                                   shared_model_path)
-from service.cards import ModelCard, TensorSpec
+from service.cards import ModelCard, TensorSpec, load_card
+from service.datasets import get_pose_dataset
 
 torch = pytest.importorskip("torch")
 
@@ -219,7 +220,14 @@ def test_card_coco_aic_combine_has_19_heatmaps():
     card = card_for_entry(_entry("td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-combine"), "aic")
     assert card.outputs[0].dims == [19, 64, 48]
     assert len(card.keypoint_names) == 19 and card.keypoint_names[17:] == ["head_top", "neck"]
-    assert "output_keypoint_indices" in card.source.notes
+    # flip test runs on the head's 19 keypoints: head_top and neck are their own mirrors
+    assert card.flip_indices[:3] == [0, 2, 1] and card.flip_indices[17:] == [17, 18]
+    # served: the COCO 17 (test_cfg.output_keypoint_indices), COCO's skeleton without head-neck
+    assert card.output_keypoint_indices == list(range(17))
+    coco = get_pose_dataset("coco")
+    assert card.output_keypoint_names == list(coco.keypoint_names)
+    assert card.output_skeleton == [tuple(link) for link in coco.skeleton]
+    assert len(card.skeleton) == len(coco.skeleton) + 1
 
 
 def test_card_segmentation_whole_and_slide():
@@ -246,7 +254,7 @@ def test_card_segmentation_whole_and_slide():
 def test_card_round_trip(tmp_path):
     card = card_for_entry(_entry("td-hm_hrnet-w32_dark-8xb64-210e_coco-256x192"), "rt")
     card.save(tmp_path)
-    assert ModelCard.load(tmp_path) == card
+    assert load_card(tmp_path) == card
 
 
 # ------------------------------------------------------------------- shared models vs graphs
@@ -329,7 +337,7 @@ def test_write_entry_layout_idempotence_and_update(shared, tmp_path):
     assert cfg.name == "tiny" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 32
     assert cfg.input[0].name == "image" and list(cfg.input[0].dims) == [3, 256, 192]
     assert cfg.output[0].name == "heatmaps" and list(cfg.output[0].dims) == [17, 64, 48]
-    card = ModelCard.load(entry)
+    card = load_card(entry)
     assert card.name == "tiny" and card.codec.unbiased is True
     assert ModelRepository(repo).get("tiny").name == "tiny"
 
@@ -340,7 +348,7 @@ def test_write_entry_layout_idempotence_and_update(shared, tmp_path):
     write_entry(repo, "tiny", src.read_bytes(), pp_tinypose_card(), max_batch_size=8,
                 instance_kind="KIND_CPU")
     assert parse_config((entry / "config.pbtxt").read_text()).max_batch_size == 8
-    assert ModelCard.load(entry).max_batch_size == 8  # card and config agree
+    assert load_card(entry).max_batch_size == 8  # card and config agree
 
 
 def test_write_entry_refuses_mismatched_card_and_keeps_old_entry(shared, tmp_path):

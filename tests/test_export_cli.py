@@ -12,7 +12,7 @@ import pytest
 
 from export.cli import main
 from export.shared_models import PP_TINYPOSE, RTMDET_NANO, pp_tinypose_card
-from service.cards import ModelCard
+from service.cards import ModelCard, load_card
 from tests.export_fixtures import clear_export_env, register_small_pose_entry
 
 torch = pytest.importorskip("torch")
@@ -59,7 +59,7 @@ def test_checkpoint_export_writes_full_entry(small_entry, clean_env, tmp_path, c
     cfg = _parse_config(entry)
     assert cfg.name == "small_pose" and cfg.max_batch_size == 8
     assert list(cfg.input[0].dims) == [3, 96, 64] and list(cfg.output[0].dims) == [17, 24, 16]
-    card = ModelCard.load(entry)
+    card = load_card(entry)
     assert card.name == "small_pose" and card.max_batch_size == 8
     assert card.source.checkpoint == str(ckpt) and card.source.metrics == {"AP": 0.5}
     assert card.codec.heatmap_size == (16, 24)
@@ -84,7 +84,7 @@ def test_random_init_from_environment(small_entry, clean_env, tmp_path, monkeypa
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "legacy exporter" in out and "parity" not in out
-    card = ModelCard.load(repo / SMALL)
+    card = load_card(repo / SMALL)
     assert "RANDOM WEIGHTS" in card.source.notes
     # published URL/metrics describe other weights: dropped for a random model
     assert card.source.url is None and card.source.metrics == {}
@@ -115,7 +115,7 @@ def test_register_existing_onnx_with_card(shared, clean_env, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     cfg = _parse_config(repo / "tiny_cpu")
     assert cfg.name == "tiny_cpu" and cfg.instance_group[0].kind == 2  # KIND_CPU
-    assert ModelCard.load(repo / "tiny_cpu").name == "tiny_cpu"
+    assert load_card(repo / "tiny_cpu").name == "tiny_cpu"
     assert (repo / "tiny_cpu" / "1" / "model.onnx").read_bytes() == onnx_file.read_bytes()
 
 

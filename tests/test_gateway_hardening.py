@@ -28,7 +28,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.backends.base import Backend, BackendError, BackendUnavailable
 from service.boxes import parse_boxes
-from service.cards import CodecSpec, DetectorSpec, ModelCard, Normalization, SegTestPipeline, TensorSpec
+from service.cards import (CodecSpec, DetectorSpec, ModelCard, Normalization, SegTestPipeline,
+                           TensorSpec, make_card, parse_card)
 from service.errors import InvalidBoxes
 from service.geometry import crop_persons, get_udp_warp_matrix, get_warp_matrix, warp_matrices
 from service.imaging import decode_image, header_size, jpeg_is_complete, jpeg_scan
@@ -46,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------- fake models
 
 def _det_card() -> ModelCard:
-    return ModelCard(
+    return make_card(
         name="fake_det", task="detection", input_size=(320, 320),
         inputs=[TensorSpec(name="input", dims=[3, 320, 320])],
         outputs=[TensorSpec(name="dets", dims=[-1, 5]),
@@ -281,7 +282,7 @@ def test_detector_spec_nms_threshold_default_and_old_cards():
     # a card written before the field existed still loads (and gets the default)
     d = _det_card().model_dump(mode="json")
     del d["detector"]["nms_threshold"]
-    assert ModelCard.model_validate(d).detector.nms_threshold == 0.3
+    assert parse_card(d).detector.nms_threshold == 0.3
 
 
 def test_real_detector_boxes_overlap_at_most_nms_threshold(shared, shared_repo):
@@ -623,7 +624,7 @@ def test_lifespan_closes_the_backend_when_start_fails(repo):
 
 
 def _toy_pose_card() -> ModelCard:
-    return ModelCard(name="toy_pose", task="topdown_pose", input_size=(12, 16),
+    return make_card(name="toy_pose", task="topdown_pose", input_size=(12, 16),
                      inputs=[TensorSpec(name="image", dims=[3, 16, 12])],
                      outputs=[TensorSpec(name="heatmaps", dims=[4, 8, 6])], max_batch_size=4,
                      normalization=Normalization(mean=(0, 0, 0), std=(1, 1, 1)),

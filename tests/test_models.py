@@ -314,7 +314,7 @@ def test_build_model_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown arch"):
         build_model("hrnet_w64", "topdown_pose", 17)
     with pytest.raises(ValueError, match="unknown task"):
-        build_model("hrnet_w32", "bottomup_pose", 17)
+        build_model("hrnet_w32", "keypoints_3d", 17)
     with pytest.raises(ValueError, match="num_outputs"):
         build_model("hrnet_w32", "topdown_pose", 0)
 

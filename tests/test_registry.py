@@ -54,8 +54,9 @@ def test_counts_per_table():
     seg = list_entries(task="segmentation")
     assert Counter(_table_of(e) for e in pose) == POSE_TABLES
     assert Counter(e.dataset for e in seg) == SEG_TABLE
-    assert len(pose) == 28 and len(seg) == 25
-    assert len(list_entries()) == 53
+    bottomup = list_entries(task="bottomup_pose")  # HigherHRNet rows: test_higher_hrnet.py
+    assert len(pose) == 28 and len(seg) == 25 and len(bottomup) == 3
+    assert len(list_entries()) == 56
 
 
 def test_seg_rows_cover_arch_x_schedule_grid():
@@ -276,7 +277,7 @@ def test_register_and_duplicate():
             register("my_hrnet")  # type: ignore[arg-type]
     finally:
         registry._REGISTRY.pop("my_hrnet", None)
-    assert len(list_entries()) == 53
+    assert len(list_entries()) == 56
 
 
 @pytest.mark.parametrize("over", [
@@ -304,13 +305,13 @@ def test_seg_entry_validation():
 
 def test_entries_make_valid_model_cards():
     """Every entry + its metainfo fills the shared card schema (service.cards) without error."""
-    from service.cards import CodecSpec, ModelCard, Normalization, SegTestPipeline, TensorSpec
+    from service.cards import CodecSpec, ModelCard, Normalization, SegTestPipeline, TensorSpec, make_card
     norm = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
     for e in list_entries():
         if e.task == "topdown_pose":
             info = get_pose_dataset(e.dataset)
             w, h = e.input_size
-            card = ModelCard(
+            card = make_card(
                 name=e.name, task=e.task, input_size=e.input_size, normalization=norm,
                 inputs=[TensorSpec(name="input", dims=[3, h, w])],
                 outputs=[TensorSpec(name="heatmaps",
@@ -322,9 +323,13 @@ def test_entries_make_valid_model_cards():
                 flip_indices=list(info.flip_indices), sigmas=list(info.sigmas),
                 dataset=e.dataset)
             assert card.num_keypoints == e.num_outputs
+        elif e.task == "bottomup_pose":  # its card builder is pinned in test_higher_hrnet.py
+            from export.cards import card_for_entry
+            card = card_for_entry(e, e.name)
+            assert card.bottomup is not None and card.bottomup.num_joints == e.num_outputs
         else:
             info = get_seg_dataset(e.dataset)
-            card = ModelCard(
+            card = make_card(
                 name=e.name, task=e.task, input_size=(None, None), normalization=norm,
                 inputs=[TensorSpec(name="input", dims=[3, -1, -1])],
                 outputs=[TensorSpec(name="logits", dims=[e.num_outputs, -1, -1])],

@@ -50,7 +50,7 @@ def repo(tmp_path):
 
 def _app(repo, **kw):
     return create_app(Settings(model_repository=repo, default_pose_model="pose_a",
-                               default_detector_model="", api_key="s3cret",
+                               default_detector_model="", admin_api_key="s3cret",
                                pose_max_concurrency=1, **kw))
 
 

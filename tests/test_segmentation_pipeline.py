@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from service.backends.base import Backend, BackendError
-from service.cards import ModelCard, Normalization, SegTestPipeline, TensorSpec
+from service.cards import ModelCard, Normalization, SegTestPipeline, TensorSpec, make_card
 from service.datasets.segmentation import CITYSCAPES
 from service.pipelines.segmentation import (MS_RATIOS, InputTooLarge, parse_scales, plan_augmentations,
                                             rescale_size, resize_logits, segment, slide_merge,
@@ -62,7 +62,7 @@ def seg_card(num_classes=19, scale=(160, 80), mode="whole", crop=None, stride=No
     classes = [c for c, _ in CITYSCAPES][:num_classes] if num_classes <= 19 else \
         [f"class{i}" for i in range(num_classes)]
     palette = [p for _, p in CITYSCAPES][:num_classes] if num_classes <= 19 else []
-    return ModelCard(
+    return make_card(
         name=name, task="segmentation", input_size=(None, None),
         inputs=[TensorSpec(name="input", dims=[3, -1, -1])],
         outputs=[TensorSpec(name="logits", dims=[num_classes, -1, -1])],

@@ -23,7 +23,7 @@ from export.triton_adapter import write_python_entry
 from service.backends.base import BackendError, BackendUnavailable
 from service.backends.triton import (TritonBackend, TritonModelConfig, TritonModelMismatch,
                                      check_model_config)
-from service.cards import ModelCard
+from service.cards import ModelCard, make_card
 from tests.triton_fixtures import triton_factory, triton_factory_module  # noqa: F401
 
 NORM = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
@@ -40,7 +40,7 @@ def pose_card(**kw) -> ModelCard:
              codec={"input_size": (12, 16), "heatmap_size": (6, 8)},
              keypoint_names=["a", "b", "c", "d"])
     d.update(kw)
-    return ModelCard(**d)
+    return make_card(**d)
 
 
 def det_card(**kw) -> ModelCard:
@@ -50,7 +50,7 @@ def det_card(**kw) -> ModelCard:
                       {"name": "labels", "dtype": "INT64", "dims": [-1]}],
              max_batch_size=8, normalization=NORM, detector={})
     d.update(kw)
-    return ModelCard(**d)
+    return make_card(**d)
 
 
 def seg_card(**kw) -> ModelCard:
@@ -59,7 +59,7 @@ def seg_card(**kw) -> ModelCard:
              outputs=[{"name": "logits", "dims": [5, -1, -1]}],
              max_batch_size=2, normalization=NORM, classes=list("abcde"))
     d.update(kw)
-    return ModelCard(**d)
+    return make_card(**d)
 
 
 def _save(graph, path: Path) -> Path:

@@ -15,13 +15,13 @@ from export.triton_adapter import MODEL_PY, convert_repository, write_python_ent
 from export.triton_config import (build_tensorrt_plan, default_preferred_batch_sizes,
                                   default_spatial_ranges, parse_config, profile_shapes,
                                   render_config, write_config)
-from service.cards import ModelCard
+from service.cards import ModelCard, load_card, make_card
 
 NORM = {"mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375)}
 
 
 def pose_card() -> ModelCard:
-    return ModelCard(name="pp_tinypose_256x192", task="topdown_pose", input_size=(192, 256),
+    return make_card(name="pp_tinypose_256x192", task="topdown_pose", input_size=(192, 256),
                      inputs=[{"name": "image", "dims": [3, 256, 192]}],
                      outputs=[{"name": "heatmaps", "dims": [17, 64, 48]}],
                      max_batch_size=32, normalization=NORM,
@@ -30,7 +30,7 @@ def pose_card() -> ModelCard:
 
 
 def det_card() -> ModelCard:
-    return ModelCard(name="rtmdet_nano_person_320", task="detection", input_size=(320, 320),
+    return make_card(name="rtmdet_nano_person_320", task="detection", input_size=(320, 320),
                      inputs=[{"name": "input", "dims": [3, 320, 320]}],
                      outputs=[{"name": "dets", "dims": [-1, 5]},
                               {"name": "labels", "dtype": "INT64", "dims": [-1]}],
@@ -39,7 +39,7 @@ def det_card() -> ModelCard:
 
 
 def seg_card(mode: str = "slide") -> ModelCard:
-    return ModelCard(name="fcn_hr18_cityscapes", task="segmentation", input_size=(None, None),
+    return make_card(name="fcn_hr18_cityscapes", task="segmentation", input_size=(None, None),
                      inputs=[{"name": "input", "dims": [3, -1, -1]}],
                      outputs=[{"name": "logits", "dims": [19, -1, -1]}],
                      max_batch_size=4, normalization=NORM, classes=[f"c{i}" for i in range(19)],
@@ -160,7 +160,7 @@ def test_default_spatial_ranges():
     # fixed-size pose input: (h, w) = (256, 192)
     assert default_spatial_ranges(pose_card())[1] == (256, 192)
     # ceil: a 520-pixel scale (Pascal Context) at 1.75 is 910; 1.75 * 517 = 904.75 -> 905
-    ctx = ModelCard(**{**seg_card("whole").model_dump(), "test_pipeline": {"scale": (517, 517)}})
+    ctx = make_card(**{**seg_card("whole").model_dump(), "test_pipeline": {"scale": (517, 517)}})
     assert default_spatial_ranges(ctx)[2] == (905, 905)
 
 
@@ -199,7 +199,7 @@ def test_python_entry_mirrors_production_entry(tmp_path):
     assert model_dir == tmp_path / "repo" / "rtmdet_nano_person_320"
     assert (model_dir / "1" / "model.onnx").resolve() == onnx_path.resolve()
     assert (model_dir / "1" / "model.py").read_text() == MODEL_PY
-    assert ModelCard.load(model_dir) == card
+    assert load_card(model_dir) == card
 
     py = parse_config((model_dir / "config.pbtxt").read_text())
     prod = parse_config(render_config(card))

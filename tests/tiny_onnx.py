@@ -57,3 +57,35 @@ def write_conv_seg_onnx(path: Path, classes: int = 3, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "h", "w"])],
         initializer=[weight])
     return _save(graph, path)
+
+
+def write_failing_pose_onnx(path: Path) -> Path:
+    """A top-down pose model that ONNX Runtime fails on for bright inputs: input ``image``
+    ``(N, 3, 16, 12)``, output ``heatmaps`` ``(N, 2, 8, 6)`` = ``avgpool2x2(image)[:, :2] +
+    [0.0][max(image) > 250]``: any input value above 250 makes Gather index its one-element table
+    out of bounds, a genuine ORT runtime error. Writes ``path`` (parents created), returns it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Slice", ["pooled", "starts", "ends", "axes"], ["hm"]),
+        helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),
+        helper.make_node("Greater", ["peak", "limit"], ["bright"]),
+        helper.make_node("Cast", ["bright"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["offset"], axis=0),
+        helper.make_node("Add", ["hm", "offset"], ["heatmaps"]),
+    ]
+    consts = {"starts": np.array([0], np.int64), "ends": np.array([2], np.int64),
+              "axes": np.array([1], np.int64), "limit": np.array(250.0, np.float32),
+              "table": np.array([0.0], np.float32)}
+    graph = helper.make_graph(
+        nodes, "toy_pose",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 16, 12])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", 2, 8, 6])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -10,12 +10,18 @@ Published layouts (``state_dict`` keys; ``<bb>`` = the HRNet backbone keys of
               (MMPose 0.x, ``TopdownHeatmapSimpleHead`` with no deconv/extra conv layers)
 ``hrnet``     a bare state_dict ``{"<bb>", "final_layer.*"}`` (leoxiaobin/
               deep-high-resolution-net.pytorch ``PoseHighResolutionNet``)
+``mmpose0``   (bottom-up) ``{"meta", "state_dict": {"backbone.<bb>",
+              "keypoint_head.final_layers.*", "keypoint_head.deconv_layers.*"}}``
+              (MMPose 0.x ``AEHigherResolutionHead``)
+``higherhrnet`` a bare state_dict ``{"<bb>", "final_layers.*", "deconv_layers.*"}``
+              (HRNet/HigherHRNet-Human-Pose-Estimation ``PoseHigherResolutionNet``)
 ``mmseg``     ``{"meta": {...}, "state_dict": {"backbone.<bb>", "decode_head.convs.0.conv.weight",
               "decode_head.convs.0.bn.*", "decode_head.conv_seg.*"}}`` (MMSeg 0.x and 1.x
               ``FCNHead``; FCN-HRNet configs have no ``auxiliary_head``)
 ============  =================================================================================
 
-Our own key names (``model.state_dict()``) are the ``mmpose1`` ones for pose and the
+Our own key names (``model.state_dict()``) are the ``mmpose1`` ones for pose (``backbone.*`` +
+``head.*``, also for the bottom-up HigherHRNet, whose head has no MMPose 1.x checkpoint) and the
 ``mmseg`` ones for segmentation. A uniform ``module.`` prefix (DataParallel) is stripped.
 BatchNorm ``num_batches_tracked`` counters absent from a file are taken from the model
 (old files lack them; they do not affect inference); every other key must match exactly.
@@ -44,6 +50,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "LAYOUTS",
+    "TASK_LAYOUTS",
     "CheckpointError",
     "numpy_safe_globals",
     "read_checkpoint",
@@ -59,8 +66,13 @@ __all__ = [
     "default_cache_dir",
 ]
 
-LAYOUTS = ("mmpose1", "mmpose0", "hrnet", "mmseg")
-_POSE_LAYOUTS = ("mmpose1", "mmpose0", "hrnet")
+LAYOUTS = ("mmpose1", "mmpose0", "hrnet", "higherhrnet", "mmseg")
+#: the layouts each task's models load and save (HigherHRNet has MMPose 0.x and original files)
+TASK_LAYOUTS = {"topdown_pose": ("mmpose1", "mmpose0", "hrnet"),
+                "bottomup_pose": ("mmpose0", "higherhrnet"),
+                "segmentation": ("mmseg",)}
+#: bare (prefix-free) layouts: the head's top-level module names in the file
+_BARE_HEADS = {"hrnet": ("final_layer",), "higherhrnet": ("final_layers", "deconv_layers")}
 
 
 class CheckpointError(RuntimeError):
@@ -158,8 +170,8 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
 
     ``backbone.*`` with ``head.*`` -> ``mmpose1``; with ``keypoint_head.*`` -> ``mmpose0``;
     with ``decode_head.*`` -> ``mmseg``; bare backbone keys (``conv1.weight``) with
-    ``final_layer.*`` -> ``hrnet``. Raises :class:`CheckpointError` (naming sample keys) for
-    anything else.
+    ``final_layer.*`` -> ``hrnet``, with ``final_layers.*`` -> ``higherhrnet``. Raises
+    :class:`CheckpointError` (naming sample keys) for anything else.
     """
     keys = list(state_dict)
     tops = {k.split(".", 1)[0] for k in keys}
@@ -171,12 +183,14 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
         what = "no head keys" if not heads else f"several heads {heads}"
         raise CheckpointError(f"unrecognised checkpoint layout: backbone.* keys with {what}; "
                               f"top-level prefixes: {sorted(tops)}")
-    if "conv1.weight" in state_dict and "final_layer" in tops:
-        return "hrnet"
+    if "conv1.weight" in state_dict:
+        for layout, heads in _BARE_HEADS.items():
+            if heads[0] in tops:
+                return layout
     raise CheckpointError(
         "unrecognised checkpoint layout (expected backbone.* + head.*/keypoint_head.*/decode_head.*, "
-        f"or bare HRNet keys + final_layer.*); top-level prefixes: {sorted(tops)[:12]}, "
-        f"first keys: {keys[:3]}")
+        "or bare HRNet keys + final_layer.*/final_layers.*); top-level prefixes: "
+        f"{sorted(tops)[:12]}, first keys: {keys[:3]}")
 
 
 def convert_state_dict(state_dict: Mapping[str, Tensor], task: str) -> dict[str, Tensor]:
@@ -184,7 +198,9 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], task: str) -> dict[str,
 
     ``task`` ``"topdown_pose"`` accepts ``mmpose1`` (unchanged), ``mmpose0``
     (``keypoint_head.`` -> ``head.``) and ``hrnet`` (``final_layer.*`` -> ``head.final_layer.*``,
-    every other key gets ``backbone.``); ``"segmentation"`` accepts ``mmseg`` (unchanged).
+    every other key gets ``backbone.``); ``"bottomup_pose"`` accepts ``mmpose0`` and
+    ``higherhrnet`` (``final_layers.*``/``deconv_layers.*`` -> ``head.*``, every other key gets
+    ``backbone.``); ``"segmentation"`` accepts ``mmseg`` (unchanged) (:data:`TASK_LAYOUTS`).
     Tensors are not copied. Raises :class:`CheckpointError` for an unknown task, an unrecognised
     layout (:func:`detect_layout`) or a layout of the other task.
     """
@@ -193,12 +209,11 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], task: str) -> dict[str,
 
 def _convert(state_dict: Mapping[str, Tensor], layout: str, task: str) -> dict[str, Tensor]:
     """:func:`convert_state_dict` with the layout already detected."""
-    if task not in ("topdown_pose", "segmentation"):
+    if task not in TASK_LAYOUTS:
         raise CheckpointError(f"unknown task {task!r}")
-    if task == "topdown_pose" and layout not in _POSE_LAYOUTS:
-        raise CheckpointError(f"a {layout!r} checkpoint cannot be loaded into a top-down pose model")
-    if task == "segmentation" and layout != "mmseg":
-        raise CheckpointError(f"a {layout!r} checkpoint cannot be loaded into a segmentation model")
+    if layout not in TASK_LAYOUTS[task]:
+        raise CheckpointError(f"a {layout!r} checkpoint cannot be loaded into a {task} model "
+                              f"(it takes {', '.join(TASK_LAYOUTS[task])})")
     return {_key_from_layout(k, layout): v for k, v in state_dict.items()}
 
 
@@ -206,8 +221,9 @@ def _key_from_layout(key: str, layout: str) -> str:
     """One published key of ``layout`` -> our key name."""
     if layout == "mmpose0" and key.startswith("keypoint_head."):
         return "head." + key[len("keypoint_head."):]
-    if layout == "hrnet":
-        return "head." + key if key.startswith("final_layer.") else "backbone." + key
+    if layout in _BARE_HEADS:
+        head = key.split(".", 1)[0] in _BARE_HEADS[layout]
+        return ("head." if head else "backbone.") + key
     return key
 
 
@@ -215,31 +231,38 @@ def _key_to_layout(key: str, layout: str) -> str:
     """Our key name -> the name it has in a ``layout`` file."""
     if layout == "mmpose0" and key.startswith("head."):
         return "keypoint_head." + key[len("head."):]
-    if layout == "hrnet":
+    if layout in _BARE_HEADS:
         for prefix in ("head.", "backbone."):
             if key.startswith(prefix):
                 return key[len(prefix):]
-        raise ValueError(f"unexpected key {key!r} for the hrnet layout")
+        raise ValueError(f"unexpected key {key!r} for the {layout} layout")
     return key
 
 
 def to_layout(state_dict: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
     """Rename our model's keys (``backbone.*`` + ``head.*``/``decode_head.*``) to ``layout``.
 
-    The inverse of :func:`convert_state_dict`. Raises ``ValueError`` for an unknown layout or a
-    layout of the other task.
+    The inverse of :func:`convert_state_dict`; the task is read from the keys
+    (``decode_head.*``: segmentation, ``head.final_layers.*``: bottom-up, else top-down). Raises
+    ``ValueError`` for an unknown layout or a layout of another task (:data:`TASK_LAYOUTS`).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    seg = any(k.startswith("decode_head.") for k in state_dict)
-    if seg != (layout == "mmseg"):
-        raise ValueError(f"layout {layout!r} does not fit a {'segmentation' if seg else 'pose'} model")
+    if any(k.startswith("decode_head.") for k in state_dict):
+        task = "segmentation"
+    elif any(k.startswith("head.final_layers.") for k in state_dict):
+        task = "bottomup_pose"
+    else:
+        task = "topdown_pose"
+    if layout not in TASK_LAYOUTS[task]:
+        raise ValueError(f"layout {layout!r} does not fit a {task} model "
+                         f"(it takes {', '.join(TASK_LAYOUTS[task])})")
     return {_key_to_layout(k, layout): v for k, v in state_dict.items()}
 
 
 def _model_task(model: nn.Module) -> str:
     task = getattr(model, "task", None)
-    if task in ("topdown_pose", "segmentation"):
+    if task in TASK_LAYOUTS:
         return task
     raise CheckpointError(f"cannot tell the task of a {type(model).__name__} (no .task attribute)")
 
@@ -331,8 +354,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str = "mm
 
     ``mmpose1``/``mmpose0``/``mmseg``: ``{"meta": meta or {}, "state_dict": OrderedDict}``
     written in torch's legacy (non-zip) format, as the OpenMMLab ``publish_model`` tools do;
-    ``hrnet``: the bare state_dict in the zip format. The file is written atomically (temp
-    file, then rename). Returns the path. Raises ``ValueError`` for an unknown layout or one
+    ``hrnet``/``higherhrnet``: the bare state_dict in the zip format. The file is written
+    atomically (temp file, then rename). Returns the path. Raises ``ValueError`` for an unknown layout or one
     of the other task.
     """
     path = Path(path)
@@ -347,7 +370,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str = "mm
             new = _key_to_layout(module_path + ".", layout)[:-1] if module_path else ""
             renamed.setdefault(new, value)
         state._metadata = renamed  # type: ignore[attr-defined]
-    if layout == "hrnet":
+    if layout in _BARE_HEADS:
         obj: Any = state
         legacy = False
     else:
@@ -423,7 +446,8 @@ def download_checkpoint(url: str, cache_dir: str | os.PathLike, progress: bool =
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                # scheme checked above: http, https or file only
+                with urllib.request.urlopen(url, timeout=timeout) as resp:  # nosec B310
                     total = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
                     bar = _progress_bar(progress, int(total) if total and total.isdigit() else None, name)
                     try:

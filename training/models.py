@@ -1,9 +1,10 @@
-"""HRNet models for serving/export: top-down pose (MMPose) and segmentation (MMSeg FCN-HRNetV2).
+"""HRNet models for serving/export: top-down pose (MMPose), bottom-up pose (HigherHRNet,
+:mod:`training.higher_hrnet`) and segmentation (MMSeg FCN-HRNetV2).
 
 Our module names are the MMPose 1.x / MMSeg 1.x ones, so ``model.state_dict()`` keys are
 exactly those of the published checkpoints' ``state_dict``: ``backbone.*`` + ``head.*``
 (pose) and ``backbone.*`` + ``decode_head.*`` (segmentation). :mod:`training.checkpoint` maps
-the other published layouts (MMPose 0.x, original HRNet repo) onto these names.
+the other published layouts (MMPose 0.x, original HRNet and HigherHRNet repos) onto these names.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .heads import FCNHead, HeatmapHead
+from .higher_hrnet import AEHigherResolutionHead, BottomUpPoseModel
 from .hrnet import HRNET_CONFIGS, HRNet, branch_channels, hrnet_config
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "TASKS",
     "TopdownPoseModel",
     "SegmentationModel",
+    "BottomUpPoseModel",
     "build_model",
     "create_model",
     "init_weights",
@@ -27,7 +30,7 @@ __all__ = [
 ]
 
 ARCHS = tuple(HRNET_CONFIGS)
-TASKS = ("topdown_pose", "segmentation")
+TASKS = ("topdown_pose", "bottomup_pose", "segmentation")
 
 
 class TopdownPoseModel(nn.Module):
@@ -71,13 +74,14 @@ class SegmentationModel(nn.Module):
 def init_weights(model: nn.Module) -> nn.Module:
     """Re-initialise ``model`` in place the way the upstream ``init_cfg`` defaults do.
 
-    Pose (MMPose ``HRNet`` and ``HeatmapHead`` defaults): every conv ``N(0, 0.001)``, bias 0;
-    BN weight 1, bias 0. Segmentation (MMSeg): backbone convs Kaiming normal (``fan_out``,
+    Pose (MMPose ``HRNet``, ``HeatmapHead`` and 0.x ``AEHigherResolutionHead`` defaults, also the
+    original HigherHRNet ``init_weights``): every conv and transposed conv ``N(0, 0.001)``,
+    bias 0; BN weight 1, bias 0. Segmentation (MMSeg): backbone convs Kaiming normal (``fan_out``,
     ReLU gain), BN 1/0; ``decode_head.convs`` Kaiming normal (mmcv ``ConvModule``);
     ``decode_head.conv_seg`` ``N(0, 0.01)``, bias 0. Uses the global torch RNG.
     Returns ``model``.
     """
-    def normal(m: nn.Conv2d, std: float) -> None:
+    def normal(m: nn.Conv2d | nn.ConvTranspose2d, std: float) -> None:
         nn.init.normal_(m.weight, 0.0, std)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
@@ -89,7 +93,9 @@ def init_weights(model: nn.Module) -> nn.Module:
 
     seg = getattr(model, "task", None) == "segmentation"
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.ConvTranspose2d) and not seg:
+            normal(m, 0.001)
+        elif isinstance(m, nn.Conv2d):
             if not seg:
                 normal(m, 0.001)
             elif name.endswith("conv_seg"):
@@ -108,9 +114,13 @@ def build_model(arch: str, task: str, num_outputs: int, seed: int | None = None)
     Args:
         arch: one of ``hrnet_w18_small``, ``hrnet_w18``, ``hrnet_w32``, ``hrnet_w48``.
         task: ``"topdown_pose"`` (MMPose: nearest fusion, single-scale last module,
-            ``HeatmapHead`` on branch 0) or ``"segmentation"`` (MMSeg: bilinear fusion, all
+            ``HeatmapHead`` on branch 0), ``"bottomup_pose"`` (the same backbone with the
+            HigherHRNet ``AEHigherResolutionHead`` of the published configs: tags per joint,
+            one deconv stage of ``width`` filters (32 / 48), kernel 4, 4 basic blocks, ``cat_output`` [True],
+            ``with_ae`` [True, False]) or ``"segmentation"`` (MMSeg: bilinear fusion, all
             four branches, ``FCNHead`` resize_concat).
-        num_outputs: K keypoints (pose) or C classes (segmentation), >= 1.
+        num_outputs: K keypoints (pose; bottom-up: K heatmaps + K tags at 1/4, K heatmaps at
+            1/2) or C classes (segmentation), >= 1.
         seed: if given, ``torch.manual_seed(seed)`` (inside ``torch.random.fork_rng``, so the
             caller's RNG state is untouched) before construction and init: same seed, same
             weights.
@@ -130,6 +140,11 @@ def build_model(arch: str, task: str, num_outputs: int, seed: int | None = None)
         if task == "topdown_pose":
             backbone = HRNet(extra, multiscale_output=False, upsample_mode="nearest")
             model: nn.Module = TopdownPoseModel(backbone, HeatmapHead(backbone.out_channels[0], num_outputs))
+        elif task == "bottomup_pose":
+            backbone = HRNet(extra, multiscale_output=False, upsample_mode="nearest")
+            width = backbone.out_channels[0]  # the configs' num_deconv_filters is [width]
+            model = BottomUpPoseModel(backbone, AEHigherResolutionHead(
+                width, num_outputs, num_deconv_filters=(width,)))
         else:
             backbone = HRNet(extra, multiscale_output=True, upsample_mode="bilinear")
             model = SegmentationModel(backbone, FCNHead(branch_channels(arch), num_outputs))

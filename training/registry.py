@@ -21,6 +21,9 @@ Sources (read from the upstream repositories, not copied):
 * The three ``hrnet_augmentation_coco.md`` rows are MMPose 1.x configs whose checkpoints are the
   MMPose 0.x ones (``mmpose/top_down/augmentation/``, 2021): ``upstream="mmpose-0.x"``, keys
   under ``keypoint_head.``.
+* MMPose 0.x ``configs/bottom_up/higherhrnet/coco/`` (``higherhrnet_coco.md``, later moved to
+  ``configs/body/2d_kpt_sview_rgb_img/associative_embedding/coco/``): HigherHRNet bottom-up
+  rows, single- and multi-scale COCO metrics; the later config names are :data:`ALIASES`.
 * MMSeg 1.x ``configs/hrnet/README.md`` and ``metafile.yaml`` (the checkpoints still carry their
   0.x file names under ``mmsegmentation/v0.5/hrnet/``).
 
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-TASKS = ("topdown_pose", "segmentation")
+TASKS = ("topdown_pose", "bottomup_pose", "segmentation")
 ARCHS = ("hrnet_w18_small", "hrnet_w18", "hrnet_w32", "hrnet_w48")
 CODECS = ("MSRAHeatmap", "UDPHeatmap")
 UPSTREAMS = ("mmpose-1.x", "mmpose-0.x", "mmseg-1.x")
@@ -47,6 +50,8 @@ UPSTREAMS = ("mmpose-1.x", "mmpose-0.x", "mmseg-1.x")
 COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "AR", "AR50")
 HORSE10_METRIC_KEYS = ("PCK@0.3", "NME")
 SEG_METRIC_KEYS = ("mIoU", "mIoU(ms+flip)")
+#: bottom-up COCO tables: single-scale, then multi-scale (test scales [2, 1, 0.5]) ``(ms)``
+BOTTOMUP_METRIC_KEYS = COCO_METRIC_KEYS + tuple(f"{k}(ms)" for k in COCO_METRIC_KEYS)
 
 
 @dataclass(frozen=True)
@@ -54,23 +59,27 @@ class ModelEntry:
     """One published model: what it is, where its weights are, how it was tested, how it scored.
 
     Attributes (sizes in pixels):
-        name: upstream config name without ``.py`` (unique registry key).
-        task: ``"topdown_pose"`` or ``"segmentation"``.
+        name: upstream config name without ``.py`` (unique registry key; :func:`get_entry`
+            also takes the :data:`ALIASES`).
+        task: ``"topdown_pose"``, ``"bottomup_pose"`` or ``"segmentation"``.
         arch: ``"hrnet_w18_small" | "hrnet_w18" | "hrnet_w32" | "hrnet_w48"``.
         dataset: metainfo key for :func:`service.datasets.get_pose_dataset` /
             :func:`service.datasets.get_seg_dataset`.
-        num_outputs: output channels of the head: ``K`` heatmaps (pose) or ``C`` logits (seg).
+        num_outputs: output channels of the head: ``K`` heatmaps (pose; bottom-up: ``K``
+            joints, the head adds ``K`` tag maps at 1/4) or ``C`` logits (seg).
         config: upstream config path, relative to the upstream repository root.
         url: checkpoint URL exactly as published (``https://download.openmmlab.com/...pth``).
         metrics: published numbers. Pose on COCO/MacaquePose/ATRW: ``AP, AP50, AP75, AR, AR50``
-            (fractions in 0..1); Horse-10: ``PCK@0.3`` (fraction), ``NME``; segmentation:
+            (fractions in 0..1); bottom-up: those and the multi-scale ``AP(ms)``... (see
+            :data:`BOTTOMUP_METRIC_KEYS`); Horse-10: ``PCK@0.3`` (fraction), ``NME``; segmentation:
             ``mIoU``, ``mIoU(ms+flip)`` (percent). Read-only mapping.
         upstream: ``"mmpose-1.x" | "mmpose-0.x" | "mmseg-1.x"``: the code base that wrote the
             checkpoint, which decides its key layout (see :attr:`head_prefix`). The config may
             still be a 1.x one: the 1.x augmentation rows link 0.x checkpoints.
         eval_set: what the metrics were measured on, in the upstream table's words.
 
-        input_size: pose only, network input ``(w, h)``.
+        input_size: pose only, network input ``(w, h)``; bottom-up: ``(s, s)`` with ``s`` the
+            short side the image is resized to at scale 1 (``data_cfg.image_size``, 512/640).
         heatmap_size: pose only, heatmap ``(w, h)`` (input / 4).
         sigma: pose only, Gaussian sigma of the training target in heatmap pixels (the codec's
             ``sigma``: 2 at 256x192 / 256x256, 3 at 384x288).
@@ -83,6 +92,11 @@ class ModelEntry:
             1.25 everywhere except MMPose 0.x ATRW, whose dataset uses ``padding=1.0``).
         output_keypoint_indices: pose only, ``test_cfg.output_keypoint_indices`` when the head
             predicts more keypoints than are reported (COCO-AIC combine: 0..16 of 19), else None.
+
+        ae_test_cfg: bottom-up only, the config's associative-embedding ``test_cfg`` under the
+            field names of :class:`service.cards.BottomUpSpec` (``max_num_people``,
+            ``detection_threshold``, ``tag_threshold``, ``nms_kernel``, ``adjust``, ``refine``,
+            ``joint_order``, ...). Read-only mapping.
 
         crop_size: seg only, training crop ``(h, w)``.
         test_scale: seg only, test ``Resize(scale=(w, h), keep_ratio=True)``.
@@ -118,6 +132,8 @@ class ModelEntry:
     shift_heatmap: bool = True
     bbox_padding: float = 1.25
     output_keypoint_indices: Optional[tuple[int, ...]] = None
+    # bottom-up pose
+    ae_test_cfg: Optional[Mapping[str, Any]] = field(default=None, hash=False, compare=False)
     # segmentation
     crop_size: Optional[tuple[int, int]] = None
     test_scale: Optional[tuple[int, int]] = None
@@ -129,6 +145,8 @@ class ModelEntry:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+        if self.ae_test_cfg is not None:
+            object.__setattr__(self, "ae_test_cfg", MappingProxyType(dict(self.ae_test_cfg)))
         bad = []
         if self.task not in TASKS:
             bad.append(f"task {self.task!r} not in {TASKS}")
@@ -154,6 +172,11 @@ class ModelEntry:
             if self.output_keypoint_indices is not None and (
                     max(self.output_keypoint_indices) >= self.num_outputs):
                 bad.append("output_keypoint_indices out of range")
+        elif self.task == "bottomup_pose":
+            if self.input_size is None or self.ae_test_cfg is None:
+                bad.append("bottom-up entry needs input_size and ae_test_cfg")
+            if self.codec is not None or self.test_mode is not None:
+                bad.append("bottom-up entry must not set top-down codec or segmentation fields")
         elif self.task == "segmentation":
             if self.test_mode not in ("whole", "slide"):
                 bad.append(f"test_mode {self.test_mode!r} not 'whole'/'slide'")
@@ -164,6 +187,8 @@ class ModelEntry:
                 bad.append("segmentation entry needs crop_size and test_scale")
             if self.codec is not None or self.input_size is not None:
                 bad.append("segmentation entry must not set pose fields")
+        if self.ae_test_cfg is not None and self.task != "bottomup_pose":
+            bad.append("ae_test_cfg is for bottom-up entries only")
         if bad:
             raise ValueError(f"ModelEntry {self.name!r}: " + "; ".join(bad))
 
@@ -184,7 +209,7 @@ class ModelEntry:
     def num_reported_keypoints(self) -> int:
         """Pose: keypoints in the served output (``len(output_keypoint_indices)`` or
         ``num_outputs``). Raises ``ValueError`` for a segmentation entry."""
-        if self.task != "topdown_pose":
+        if self.task == "segmentation":
             raise ValueError(f"{self.name} is not a pose model")
         if self.output_keypoint_indices is not None:
             return len(self.output_keypoint_indices)
@@ -192,6 +217,8 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+#: other names of registered entries (e.g. the config names a later upstream release uses)
+ALIASES: dict[str, str] = {}
 
 
 def register(entry: ModelEntry, *, overwrite: bool = False) -> ModelEntry:
@@ -211,10 +238,11 @@ def register(entry: ModelEntry, *, overwrite: bool = False) -> ModelEntry:
 def get_entry(name: str) -> ModelEntry:
     """The entry registered as ``name`` (an upstream config name without ``.py``).
 
-    A trailing ``.py`` is accepted. Raises ``KeyError`` whose message lists the closest
-    registered names (``difflib.get_close_matches``).
+    A trailing ``.py`` is accepted, and so are the later spellings in :data:`ALIASES`. Raises
+    ``KeyError`` whose message lists the closest registered names (``difflib.get_close_matches``).
     """
     key = name[:-3] if name.endswith(".py") else name
+    key = ALIASES.get(key, key)
     if key in _REGISTRY:
         return _REGISTRY[key]
     close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.5)
@@ -390,6 +418,47 @@ for _arch, _ds, _k, _size, _tail, _metrics in (
             _ANIMAL_EVAL[_ds])
 
 # --------------------------------------------------------------------------------------------
+# Bottom-up pose: MMPose 0.x HigherHRNet (associative embedding) on COCO
+# --------------------------------------------------------------------------------------------
+
+# higherhrnet_coco.md (0.x): checkpoints under mmpose/bottom_up/, published with the configs
+# configs/bottom_up/higherhrnet/coco/higher_hrnet{32,48}_coco_*.py; MMPose 0.x later moved them
+# to configs/body/2d_kpt_sview_rgb_img/associative_embedding/coco/higherhrnet_w{32,48}_coco_*.py
+# (same network, test_cfg and checkpoints), accepted here as aliases.
+# The test_cfg of all three configs (identical), in BottomUpSpec's field names, plus what the
+# test pipeline fixes outside test_cfg: both resized sides are multiples of 64
+# (BottomUpGetImgSize / BottomUpResizeAlign) and no UDP (non-_udp configs). joint_order is not
+# in the config either: MMPose 0.x's HeatmapParser (_Params) groups 17-joint models in the
+# 1-based order [1..7, 12, 13, 8..11, 14..17], as the original HigherHRNet's group.py does.
+_AE_TEST_CFG: dict[str, Any] = dict(
+    num_joints=17, max_num_people=30, scale_factor=[1.0], with_heatmaps=[True, True],
+    with_ae=[True, False], project2image=True, align_corners=False, nms_kernel=5,
+    nms_padding=2, tag_per_joint=True, detection_threshold=0.1, tag_threshold=1.0,
+    use_detection_val=True, ignore_too_much=False, adjust=True, refine=True, use_udp=False,
+    size_divisor=64, joint_order=[0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16])
+_BOTTOM_UP = "https://download.openmmlab.com/mmpose/bottom_up"
+_BOTTOM_UP_DIR = "configs/bottom_up/higherhrnet/coco"
+_BOTTOM_UP_EVAL = ("COCO val2017, flip test; single scale, and multi-scale (scales [2, 1, 0.5]) "
+                   "for the (ms) metrics")
+
+for _width, _size, _tail, _single, _multi in (
+        (32, 512, "8ae85183_20200713", (0.677, 0.870, 0.738, 0.723, 0.890),
+         (0.706, 0.881, 0.771, 0.747, 0.901)),
+        (32, 640, "a22fe938_20200712", (0.686, 0.871, 0.747, 0.733, 0.898),
+         (0.706, 0.880, 0.770, 0.749, 0.902)),
+        (48, 512, "60fedcbc_20200712", (0.686, 0.873, 0.741, 0.731, 0.892),
+         (0.716, 0.884, 0.775, 0.755, 0.901))):
+    _name = f"higher_hrnet{_width}_coco_{_size}x{_size}"
+    register(ModelEntry(
+        name=_name, task="bottomup_pose", arch=f"hrnet_w{_width}", dataset="coco",
+        num_outputs=17, config=f"{_BOTTOM_UP_DIR}/{_name}.py",
+        url=f"{_BOTTOM_UP}/{_name}-{_tail}.pth",
+        metrics=dict(zip(BOTTOMUP_METRIC_KEYS, _single + _multi)), upstream="mmpose-0.x",
+        eval_set=_BOTTOM_UP_EVAL, input_size=(_size, _size), flip_test=True,
+        ae_test_cfg=_AE_TEST_CFG))
+    ALIASES[f"higherhrnet_w{_width}_coco_{_size}x{_size}"] = _name
+
+# --------------------------------------------------------------------------------------------
 # Segmentation table (MMSeg 1.x configs/hrnet: FCN head on HRNetV2p)
 # --------------------------------------------------------------------------------------------
 
@@ -485,7 +554,9 @@ for _row in (
 ):
     _seg(*_row)
 
-del _row, _arch, _split, _pck, _nme, _tail, _aug, _metrics, _ds, _k, _size, _name
+del _row, _arch, _split, _pck, _nme, _tail, _aug, _metrics, _ds, _k, _size, _name, _width, \
+    _single, _multi
 
-__all__ = ["ModelEntry", "register", "get_entry", "list_entries", "TASKS", "ARCHS", "CODECS",
-           "UPSTREAMS", "COCO_METRIC_KEYS", "HORSE10_METRIC_KEYS", "SEG_METRIC_KEYS"]
+__all__ = ["ModelEntry", "register", "get_entry", "list_entries", "ALIASES", "TASKS", "ARCHS",
+           "CODECS", "UPSTREAMS", "COCO_METRIC_KEYS", "HORSE10_METRIC_KEYS", "SEG_METRIC_KEYS",
+           "BOTTOMUP_METRIC_KEYS"]

@@ -18,14 +18,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class BackendError(RuntimeError):
-    """Inference failed inside the backend (model error, bad tensor shape)."""
+    """Inference failed inside the backend (model error, bad tensor shape); ``model``: the model's
+    name where known (named in the client's error message, the backend's own words are logged)."""
+
+    def __init__(self, message: str, model: str | None = None):
+        super().__init__(message)
+        self.model = model
 
 
 class BackendUnavailable(BackendError):
     """The backend cannot serve right now (e.g. Triton is down); callers answer 503 + Retry-After."""
 
-    def __init__(self, message: str, retry_after_s: float = 1.0):
-        super().__init__(message)
+    def __init__(self, message: str, retry_after_s: float = 1.0, model: str | None = None):
+        super().__init__(message, model=model)
         self.retry_after_s = retry_after_s
 
 

@@ -28,8 +28,9 @@ class OnnxRuntimeBackend(Backend):
 
     ``infer`` runs in a worker thread (ORT releases the GIL) so the event loop stays free;
     batches above the card's ``max_batch_size`` are split and concatenated. Raises
-    :class:`BackendUnavailable` (503) for a carded model whose ONNX file was missing at start-up,
-    :class:`BackendError` for unknown models or ORT failures (e.g. a wrong input shape).
+    :class:`BackendUnavailable` (503) for a carded model whose ONNX file was missing or could not
+    be loaded at start-up (logged; the other models load and serve), :class:`BackendError` for
+    unknown models or ORT failures (e.g. a wrong input shape), which fail that request only.
     """
 
     name = "onnxruntime"
@@ -39,6 +40,8 @@ class OnnxRuntimeBackend(Backend):
         self.repository = repository
         self.providers = providers or default_providers()
         self.sessions: dict[str, ort.InferenceSession] = {}
+        #: why a carded model has no session (ONNX file missing, or ONNX Runtime refused it)
+        self.load_errors: dict[str, str] = {}
         self._opts = ort.SessionOptions()
         if intra_op_threads:
             self._opts.intra_op_num_threads = intra_op_threads
@@ -46,8 +49,13 @@ class OnnxRuntimeBackend(Backend):
             path = repository.onnx_path(name)
             if not path.exists():
                 log.warning("model %s has no %s; skipped by the embedded backend", name, path)
+                self.load_errors[name] = f"{path} was missing at start-up"
                 continue
-            self.sessions[name] = self._open(path)
+            try:  # one unloadable model must not take the others (or the gateway) down
+                self.sessions[name] = self._open(path)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                log.error("model %s: ONNX Runtime cannot load %s: %s", name, path, exc)
+                self.load_errors[name] = f"ONNX Runtime could not load it at start-up ({exc})"
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort")
 
     def _open(self, path) -> ort.InferenceSession:
@@ -91,17 +99,20 @@ class OnnxRuntimeBackend(Backend):
             repository, self.providers, self._opts, self._pool)
         new.sessions = {n: s for n, s in self.sessions.items() if n in repository.cards}
         new.sessions.update(staged)
+        new.load_errors = {n: e for n, e in self.load_errors.items()
+                           if n in repository.cards and n not in new.sessions}
         return new
 
     def _run(self, model: str, inputs: dict[str, np.ndarray],
              outputs: list[str] | None) -> dict[str, np.ndarray]:
         sess = self.sessions.get(model)
         if sess is None:
-            if model in self.repository.cards:  # carded, but its ONNX file was missing at start-up
-                raise BackendUnavailable(
-                    f"model '{model}' is not loaded in the ONNX Runtime backend: "
-                    f"{self.repository.onnx_path(model)} was missing at start-up", retry_after_s=30.0)
-            raise BackendError(f"model '{model}' is not loaded in the ONNX Runtime backend")
+            if model in self.repository.cards:  # carded, but missing or unloadable at start-up
+                log.error("model %s is not loaded: %s", model, self.load_errors.get(model, "?"))
+                raise BackendUnavailable(f"model '{model}' is not loaded in the ONNX Runtime "
+                                         f"backend", retry_after_s=30.0, model=model)
+            raise BackendError(f"model '{model}' is not loaded in the ONNX Runtime backend",
+                               model=model)
         names = outputs or [o.name for o in sess.get_outputs()]
         batch = next(iter(inputs.values())).shape[0]
         max_batch = self.repository.get(model).max_batch_size or batch
@@ -111,7 +122,8 @@ class OnnxRuntimeBackend(Backend):
                 feed = {k: np.ascontiguousarray(v[start:start + max_batch]) for k, v in inputs.items()}
                 chunks.append(sess.run(names, feed))
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise BackendError(f"ONNX Runtime failed on model '{model}': {exc}") from exc
+            raise BackendError(f"ONNX Runtime failed on model '{model}': {exc}",
+                               model=model) from exc
         if len(chunks) == 1:
             return dict(zip(names, chunks[0]))
         return {n: np.concatenate([c[i] for c in chunks], axis=0) for i, n in enumerate(names)}

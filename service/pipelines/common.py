@@ -1,26 +1,40 @@
-"""Pieces every pipeline shares: input normalisation and stage timing."""
+"""Pieces every pipeline shares: input normalisation and stage timing.
+
+Importable without pydantic/FastAPI (the card type is only an annotation here), so torch-side
+tools such as :mod:`benchmarks.gpu_bench` reuse the same normalisation.
+"""
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..cards import Normalization
+if TYPE_CHECKING:
+    from ..cards import Normalization
+
+#: ImageNet mean/std on 0..255 RGB values (MMPose ``PoseDataPreprocessor`` / MMSeg
+#: ``SegDataPreProcessor`` in every HRNet config, with ``bgr_to_rgb=True``).
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 
 
 def to_input_tensor(images_bgr: np.ndarray, norm: Normalization) -> np.ndarray:
     """Turn ``(N, H, W, 3) uint8`` BGR images into the model's ``(N, 3, H, W) float32`` input.
 
     Channels are reordered to ``norm.channel_order`` (as MMEngine's data preprocessor does with
-    ``bgr_to_rgb``), then ``(x - mean) / std`` per channel on 0..255 values.
+    ``bgr_to_rgb``), then ``(x - mean) / std`` per channel on 0..255 values, in float32. ``norm`` is a card's
+    :class:`~service.cards.Normalization` or any object with the same three attributes.
     """
     if images_bgr.ndim != 4 or images_bgr.shape[-1] != 3:
         raise ValueError(f"expected (N, H, W, 3) images, got shape {images_bgr.shape}")
     x = images_bgr[..., ::-1] if norm.channel_order == "rgb" else images_bgr
     mean = np.asarray(norm.mean, dtype=np.float32)
-    inv_std = 1.0 / np.asarray(norm.std, dtype=np.float32)
-    out = (x.astype(np.float32) - mean) * inv_std
+    std = np.asarray(norm.std, dtype=np.float32)
+    # a division, not a multiplication by 1/std: float32 values bit-identical to MMEngine's
+    # ImgDataPreprocessor ((x - mean) / std)
+    out = (x.astype(np.float32) - mean) / std
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 

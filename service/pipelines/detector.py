@@ -27,7 +27,7 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..boxes import MIN_BOX_SIDE
-from ..cards import ModelCard
+from ..cards import DetectorCard
 from ..geometry import rescale_size
 from .common import to_input_tensor
 
@@ -99,9 +99,8 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.
     return order[np.asarray(keep, np.int64)].astype(np.int64)
 
 
-def _prepare(image_bgr: np.ndarray, card: ModelCard) -> tuple[np.ndarray, float, float]:
+def _prepare(image_bgr: np.ndarray, card: DetectorCard) -> tuple[np.ndarray, float, float]:
     spec = card.detector
-    assert spec is not None
     w_in, h_in = card.input_size
     canvas, (sx, sy) = letterbox(image_bgr, (int(w_in), int(h_in)), spec.pad_value)
     return to_input_tensor(canvas[None], card.normalization), sx, sy
@@ -134,7 +133,7 @@ def filter_detections(dets: np.ndarray, labels: np.ndarray, scale_xy: tuple[floa
     return Detections(boxes[order].astype(np.float32), scores[order].astype(np.float32))
 
 
-async def detect_persons(image_bgr: np.ndarray, card: ModelCard, backend: Backend,
+async def detect_persons(image_bgr: np.ndarray, card: DetectorCard, backend: Backend,
                          score_threshold: float | None = None,
                          max_boxes: int | None = None) -> Detections:
     """Person boxes of one ``(H, W, 3) uint8`` BGR image (see :func:`filter_detections`).
@@ -146,7 +145,6 @@ async def detect_persons(image_bgr: np.ndarray, card: ModelCard, backend: Backen
     thread. Raises BackendError / BackendUnavailable from the backend.
     """
     spec = card.detector
-    assert spec is not None
     thr = spec.score_threshold if score_threshold is None else score_threshold
     x, sx, sy = await asyncio.to_thread(_prepare, image_bgr, card)
     out = await backend.infer(card.name, {card.inputs[0].name: x})

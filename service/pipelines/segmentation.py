@@ -37,7 +37,6 @@ where mmcv's rounding would give 0 and MMSeg would fail).
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
@@ -45,7 +44,8 @@ import cv2
 import numpy as np
 
 from ..backends.base import Backend, BackendError
-from ..cards import ModelCard, SegTestPipeline
+from ..cards import SegmentationCard, SegTestPipeline
+from ..forms import validate_ratios
 from ..geometry import rescale_size, scale_size
 from .common import StageTimer, to_input_tensor
 
@@ -53,9 +53,6 @@ from .common import StageTimer, to_input_tensor
 MS_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 #: Named scale presets accepted wherever a list of TTA ratios is.
 SCALE_PRESETS: dict[str, tuple[float, ...]] = {"ms": MS_RATIOS}
-#: Limits on TTA ratios (each in (0, MAX_SCALE_RATIO], at most MAX_SCALES of them).
-MAX_SCALES = 8
-MAX_SCALE_RATIO = 4.0
 #: Slide window used when slide inference is needed but the card names no crop (h, w): the
 #: Cityscapes slide configs' 1024x1024 crop with a 768 stride.
 DEFAULT_CROP = (1024, 1024)
@@ -99,35 +96,9 @@ def tta_resize_size(size_wh: tuple[int, int], ratio: float) -> tuple[int, int]:
 
 
 def parse_scales(value: Sequence[float] | str | None) -> Optional[tuple[float, ...]]:
-    """Validate TTA ratios: a preset name (``"ms"``) or up to 8 finite floats in (0, 4].
-
-    Returns the ratios (None for None). Raises ValueError with the reason otherwise (also for an
-    integer too large for a float, which ``float()`` reports as ``OverflowError``).
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value not in SCALE_PRESETS:
-            raise ValueError(f"unknown scale preset '{value}'; known: {', '.join(SCALE_PRESETS)}")
-        return SCALE_PRESETS[value]
-    ratios = list(value)
-    if not ratios:
-        raise ValueError("scales must hold at least one ratio")
-    if len(ratios) > MAX_SCALES:
-        raise ValueError(f"at most {MAX_SCALES} scales are allowed, got {len(ratios)}")
-    out = []
-    for r in ratios:
-        if isinstance(r, bool) or not isinstance(r, (int, float)):
-            raise ValueError(f"scale {str(r)[:40]!r} is not a number")
-        try:
-            r = float(r)
-        except OverflowError:  # an integer too large for a float, e.g. 10**400
-            raise ValueError(f"scale {str(r)[:20]}... is too large; it must be a finite number in "
-                             f"(0, {MAX_SCALE_RATIO:g}]") from None
-        if not math.isfinite(r) or not 0.0 < r <= MAX_SCALE_RATIO:
-            raise ValueError(f"scale {r} must be a finite number in (0, {MAX_SCALE_RATIO:g}]")
-        out.append(r)
-    return tuple(out)
+    """Validate TTA ratios: a preset name (``"ms"``) or up to 8 finite floats in (0, 4]
+    (:func:`service.forms.validate_ratios` with :data:`SCALE_PRESETS`). Raises ValueError."""
+    return validate_ratios(value, SCALE_PRESETS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,7 +369,7 @@ def plan_augmentations(size_wh: tuple[int, int], spec: SegTestPipeline, *,
     return views
 
 
-def _slide_geometry(card: ModelCard) -> tuple[tuple[int, int], tuple[int, int]]:
+def _slide_geometry(card: SegmentationCard) -> tuple[tuple[int, int], tuple[int, int]]:
     """Slide ``(crop, stride)`` as ``(h, w)``: the card's; a crop without stride strides 3/4 of
     it; no crop: :data:`DEFAULT_CROP` / :data:`DEFAULT_STRIDE`."""
     spec = card.test_pipeline or SegTestPipeline()
@@ -408,7 +379,7 @@ def _slide_geometry(card: ModelCard) -> tuple[tuple[int, int], tuple[int, int]]:
     return crop, stride  # type: ignore[return-value]
 
 
-async def _infer(backend: Backend, card: ModelCard, x: np.ndarray) -> np.ndarray:
+async def _infer(backend: Backend, card: SegmentationCard, x: np.ndarray) -> np.ndarray:
     """Run the model on ``(N, 3, h, w)`` (one call; the backend splits by ``max_batch_size``);
     returns ``(N, h', w', C)`` float32. Raises BackendError on an output of the wrong shape."""
     in_spec, out_name = card.inputs[0], card.outputs[0].name
@@ -425,7 +396,7 @@ async def _infer(backend: Backend, card: ModelCard, x: np.ndarray) -> np.ndarray
     return np.ascontiguousarray(y.transpose(0, 2, 3, 1), dtype=np.float32)
 
 
-async def _infer_bounded(backend: Backend, card: ModelCard, x: np.ndarray,
+async def _infer_bounded(backend: Backend, card: SegmentationCard, x: np.ndarray,
                          max_pixels: Optional[int]) -> np.ndarray:
     """:func:`_infer` in consecutive calls of at most ``max(1, max_pixels // (h * w))`` images
     (``x``: ``(N, 3, h, w)``), so no single backend call holds more than ``max_pixels`` network-input
@@ -438,7 +409,7 @@ async def _infer_bounded(backend: Backend, card: ModelCard, x: np.ndarray,
 
 
 def _prepare(image_bgr: np.ndarray, size_wh: tuple[int, int], flips: Sequence[bool],
-             card: ModelCard) -> np.ndarray:
+             card: SegmentationCard) -> np.ndarray:
     """Resize (cv2 INTER_LINEAR, as mmcv ``imresize``), mirror, normalise: ``(len(flips), 3, h, w)``."""
     h0, w0 = image_bgr.shape[:2]
     img = image_bgr if (w0, h0) == tuple(size_wh) else cv2.resize(
@@ -513,7 +484,7 @@ def _argmax_rows(acc: np.ndarray, label: np.ndarray) -> None:
         label[lo:lo + step] = acc[lo:lo + step].argmax(axis=-1)
 
 
-async def segment(image_bgr: np.ndarray, card: ModelCard, backend: Backend, *,
+async def segment(image_bgr: np.ndarray, card: SegmentationCard, backend: Backend, *,
                   mode: Optional[str] = None, flip: bool = False,
                   scales: Optional[Sequence[float] | str] = None,
                   slide_pixels: Optional[int] = None, max_input_pixels: Optional[int] = None,

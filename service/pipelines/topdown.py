@@ -9,7 +9,9 @@ Follows MMPose 1.x's top-down test path step for step:
    same batch; their heatmaps are flipped back, channels swapped by the flip pairs, shifted by one
    pixel when ``shift_heatmap`` is set, and averaged with the plain ones (``flip_heatmaps``);
 4. the card's codec decodes heatmaps to input-space keypoints (MSRA plain/DARK, or UDP);
-5. ``add_pred_to_datasample``: back to image pixels through center/scale.
+5. ``add_pred_to_datasample``: back to image pixels through center/scale, then only the
+   ``test_cfg.output_keypoint_indices`` keypoints (the card's ``output_keypoint_indices``; e.g.
+   the COCO 17 of the 19-keypoint COCO-AIC "combine" head) are kept, and rescored.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends.base import Backend
-from ..cards import ModelCard
+from ..cards import TopDownCard
 from ..codecs import build_codec
 from ..codecs.flip import flip_heatmaps
 from ..geometry import bbox_xyxy2cs, crop_persons, fix_aspect_ratio, keypoints_to_image
@@ -29,8 +31,8 @@ from .common import StageTimer, to_input_tensor
 
 @dataclass
 class PoseResult:
-    """Per person: ``keypoints`` (N, K, 2) float32 image pixels, ``keypoint_scores`` (N, K),
-    ``person_scores`` (N,) = box score × mean keypoint score above 0.2 (MMPose's COCO rescoring)."""
+    """Per person: ``keypoints`` (N, K, 2) float32 image pixels, ``keypoint_scores`` (N, K) with
+    ``K`` the served keypoints (``card.output_keypoints``), ``person_scores`` (N,) = box score × mean keypoint score above 0.2 (MMPose's COCO rescoring)."""
 
     keypoints: np.ndarray
     keypoint_scores: np.ndarray
@@ -38,7 +40,7 @@ class PoseResult:
 
 
 async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scores: np.ndarray,
-                         card: ModelCard, backend: Backend, *, flip_test: bool,
+                         card: TopDownCard, backend: Backend, *, flip_test: bool,
                          timer: StageTimer | None = None) -> PoseResult:
     """Keypoints for every box of one image, all crops in one backend call.
 
@@ -49,10 +51,8 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
     (:func:`service.geometry.warp_matrices`), BackendError / BackendUnavailable from the backend.
     """
     timer = timer or StageTimer()
-    codec_spec = card.codec
-    assert codec_spec is not None
     n = len(boxes_xyxy)
-    k = card.num_keypoints
+    k = len(card.output_keypoints)
     if n == 0:
         z = np.zeros((0, k), np.float32)
         return PoseResult(np.zeros((0, k, 2), np.float32), z, np.zeros((0,), np.float32))
@@ -71,13 +71,27 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
     return PoseResult(kpts, kpt_scores, person_scores)
 
 
-def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: ModelCard,
-                flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centers/scales ``(N, 2)`` (aspect-fixed) and the network input ``(N or 2N, 3, h, w)``."""
-    in_w, in_h = card.codec.input_size  # type: ignore[union-attr]
+def crop_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray,
+                card: TopDownCard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model-input crops of the boxes, as MMPose's ``GetBBoxCenterScale`` + ``TopdownAffine``.
+
+    ``image_bgr``: (H, W, 3) uint8; ``boxes_xyxy``: (N, 4) image pixels, cast to float32 (the
+    dtype of MMPose's ``bbox``; :func:`service.boxes.parse_boxes` already returns float32).
+    Returns ``(centers (N, 2) float32, scales (N, 2) float32 aspect-fixed, crops (N, h, w, 3)
+    uint8)``, all float arithmetic in upstream's dtypes and order, so the crops are bit-identical
+    to MMPose 1.x's for the same image and box. Raises ValueError for a non-positive box scale.
+    """
+    in_w, in_h = card.codec.input_size
     centers, scales = bbox_xyxy2cs(np.asarray(boxes_xyxy, np.float32), padding=card.bbox_padding)
     scales = fix_aspect_ratio(scales, aspect_ratio=in_w / in_h)
     crops = crop_persons(image_bgr, centers, scales, (in_w, in_h), use_udp=card.use_udp)
+    return centers, scales, crops
+
+
+def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownCard,
+                flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centers/scales ``(N, 2)`` (aspect-fixed) and the network input ``(N or 2N, 3, h, w)``."""
+    centers, scales, crops = crop_inputs(image_bgr, boxes_xyxy, card)
     x = to_input_tensor(crops, card.normalization)
     if flip_test:
         x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])], axis=0)
@@ -85,16 +99,18 @@ def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: ModelCard,
 
 
 def _decode(heatmaps: np.ndarray, n: int, centers: np.ndarray, scales: np.ndarray,
-            box_scores: np.ndarray, card: ModelCard,
+            box_scores: np.ndarray, card: TopDownCard,
             flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flip-merge, codec decode, back to image pixels, rescoring (see :func:`estimate_poses`)."""
     codec_spec = card.codec
-    assert codec_spec is not None
     if flip_test:
         flipped = flip_heatmaps(heatmaps[n:], card.flip_indices, shift_heatmap=card.shift_heatmap)
         heatmaps = (heatmaps[:n] + flipped) * 0.5
     kpts_input, kpt_scores = build_codec(codec_spec).decode(heatmaps)
     kpts = keypoints_to_image(kpts_input, centers, scales, codec_spec.input_size)
+    if card.output_keypoint_indices is not None:  # after the flip with the head's flip indices
+        sel = card.output_keypoint_indices
+        kpts, kpt_scores = kpts[:, sel], kpt_scores[:, sel]
     person_scores = rescore(np.asarray(box_scores, np.float32), kpt_scores, thr=0.2)
     return (kpts.astype(np.float32), kpt_scores.astype(np.float32),
             np.asarray(person_scores, np.float32))

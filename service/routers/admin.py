@@ -1,32 +1,19 @@
-"""Administrative endpoints, behind the API key: ``POST /admin/reload``.
-
-Unlike the API endpoints, which are open when no key is configured, ``/admin/*`` is then
-disabled (403): reloading models is never open to anyone who can reach the port.
-"""
+"""Administrative endpoints, behind the admin API key: ``POST /admin/reload``."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from ..auth import require_admin_key
 from ..backends.base import ReloadNotSupported
-from ..errors import APIError, error_body
+from ..errors import error_body, error_response
 from ..schemas import ReloadResponse, error_responses
-from ..security import configured_keys, require_api_key
 
-
-async def require_admin_enabled(request: Request) -> None:
-    """FastAPI dependency: APIError 403 ``admin_disabled`` when no API key is configured."""
-    if not configured_keys(request.app.state.settings):
-        raise APIError("administrative endpoints are disabled: no API key is configured "
-                       "(HRNET_API_KEY)", status_code=403, code="admin_disabled")
-
-
-router = APIRouter(prefix="/admin", tags=["admin"],
-                   dependencies=[Depends(require_admin_enabled), Depends(require_api_key)])
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
 @router.post("/reload", response_model=ReloadResponse, responses={
-    **error_responses({401: "missing or wrong API key (unauthorized)",
+    **error_responses({401: "missing or wrong admin key (unauthorized)",
                        403: "no admin key configured (admin_disabled)",
                        501: "the backend cannot reload while running (reload_not_supported)",
                        503: "the gateway is shutting down (shutting_down)"}),
@@ -44,9 +31,10 @@ async def reload_models(request: Request) -> JSONResponse:
     try:
         report = await request.app.state.reloader.reload(request.app.state)
     except ReloadNotSupported as exc:
-        return JSONResponse(error_body("reload_not_supported", str(exc)), status_code=501)
+        return error_response(request, "reload_not_supported", str(exc), 501)
     body = report.as_dict()
     if report.refused:
+        request.state.error_code = "reload_refused"  # the cause counted in /metrics
         reasons = "; ".join(f"{name}: {why}" for name, why in report.refused.items())
         return JSONResponse({**error_body("reload_refused", f"refused entries kept their previous "
                                           f"version (if any): {reasons}"), **body}, status_code=422)

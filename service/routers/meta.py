@@ -1,14 +1,17 @@
 """Service metadata: ``GET /models``, ``/healthz`` (process alive), ``/readyz`` (can serve)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+
+from ..auth import require_api_key
 
 router = APIRouter(tags=["meta"])
 
 
-@router.get("/models", responses={503: {"description": "the gateway is shutting down "
-                                                     "(shutting_down); see Retry-After"}})
+@router.get("/models", dependencies=[Depends(require_api_key)],
+            responses={503: {"description": "the gateway is shutting down (shutting_down); see "
+                                            "Retry-After"}})
 async def models(request: Request) -> dict:
     """Every model card in the repository, plus whether the backend has it loaded."""
     repo, backend = request.app.state.repository, request.app.state.backend

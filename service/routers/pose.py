@@ -1,28 +1,44 @@
-"""``POST /pose``: top-down keypoints for given boxes or for the detector's person boxes.
+"""``POST /pose``: keypoints of the people in a photo.
 
-Parameters are validated first; decoding, detection, pose estimation and serialisation then run
+A top-down model estimates one person per given box, or per box the person detector finds; a
+bottom-up model (HigherHRNet) finds every person itself and takes no boxes. Parameters are
+validated first; decoding, detection, pose estimation and serialisation then run
 under the endpoint's concurrency limit (``settings.pose_max_concurrency``), their CPU work in
 worker threads. Detector boxes are cut to the ``settings.max_boxes`` top-scoring ones.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+import asyncio
+from typing import Literal, Optional, Union
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
 
 from ..boxes import parse_boxes
-from ..errors import InvalidParameter
+from ..cards import BottomUpCard, TopDownCard
+from ..errors import InvalidParameter, WrongTask
+from ..forms import parse_scales_field
 from ..limits import endpoint_slot
-from ..pipelines.common import StageTimer
+from ..observability import note, request_timer
+from ..pipelines.bottomup import check_scales, estimate_poses_bottomup
 from ..pipelines.detector import detect_persons
 from ..pipelines.topdown import estimate_poses
+from ..pose_rendering import render_poses_png
 from ..schemas import INFERENCE_ERRORS, Person, PoseResponse
 from .uploads import read_image
 
 router = APIRouter(tags=["pose"])
 
-@router.post("/pose", response_model=PoseResponse, responses=INFERENCE_ERRORS)
+#: ``scales`` presets of bottom-up models: ``ms`` = the scales behind MMPose 0.x's published
+#: HigherHRNet multi-scale numbers
+BOTTOMUP_SCALE_PRESETS: dict[str, tuple[float, ...]] = {"ms": (2.0, 1.0, 0.5)}
+
+_PNG = {"content": {"image/png": {}},
+        "description": "render=true: the photo with boxes, skeleton and joints coloured by score"}
+
+
+@router.post("/pose", response_model=PoseResponse, responses={**INFERENCE_ERRORS, 200: _PNG})
 async def pose(
     request: Request,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
@@ -34,19 +50,50 @@ async def pose(
     detector: Optional[str] = Form(None, description="detector model name (default from settings)"),
     score_threshold: Optional[float] = Form(None, description="detector score threshold in [0, 1]: "
                                                                "boxes scoring above it are kept"),
-) -> PoseResponse:
+    render: Optional[bool] = Form(None, description="true: return the photo as PNG with boxes, "
+                                                    "skeleton and joints coloured by score"),
+    scales: Optional[str] = Form(None, description="bottom-up models only: test scales as a JSON "
+                                                   "list (e.g. [2, 1, 0.5]; 1 must be among "
+                                                   "several) or 'ms' = [2, 1, 0.5]; default: "
+                                                   "the card's"),
+) -> Union[PoseResponse, Response]:
     """Keypoints (image pixels) for each given box, or for each person the detector finds.
 
-    MMPose 1.x top-down test path: box -> center/scale (padding 1.25, aspect fix) -> affine crop
-    -> one batched inference (flipped crops too when ``flip_test``) -> heatmap decoding (the
-    card's codec) -> image pixels. Errors: 404 unknown model, 413 too large, 415 not an image,
-    422 invalid boxes/parameters or wrong task, 503 backend unavailable.
+    Top-down models (MMPose 1.x test path): box -> center/scale (padding 1.25, aspect fix) ->
+    affine crop -> one batched inference (flipped crops too when ``flip_test``) -> heatmap
+    decoding (the card's codec) -> image pixels. Bottom-up models (HigherHRNet, as the original
+    repo / MMPose 0.x test it): whole image per scale -> heatmaps + tags -> associative-embedding
+    grouping, adjust, refine (:mod:`service.pipelines.bottomup`); ``box_source`` is ``bottomup``,
+    each ``bbox`` encloses the person's found keypoints and ``bbox_score`` equals ``score``.
+    ``render=true`` answers with the photo as PNG instead of JSON (boxes, skeleton, joints
+    coloured by score; :mod:`service.pose_rendering`). Errors: 404 unknown model, 413 too large,
+    415 not an image, 422 invalid boxes/parameters (also boxes, detector or threshold with a
+    bottom-up model, scales with a top-down one) or wrong task, 500 inference failed, 503 backend
+    unavailable or draining.
     """
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
-    timer = StageTimer()
-    card = repo.get(model or settings.default_pose_model, task="topdown_pose")
-    if boxes is None or boxes.strip() == "":
+    timer = request_timer(request)
+    name = model or settings.default_pose_model
+    card = repo.get(name)
+    note(request, model=card.name)
+    if not isinstance(card, (TopDownCard, BottomUpCard)):
+        raise WrongTask(f"model '{name}' is a {card.task} model, not a pose model")
+    given = boxes is not None and boxes.strip() != ""
+    if isinstance(card, BottomUpCard):
+        extra = [f for f, v in (("boxes", given), ("detector", detector),
+                                ("score_threshold", score_threshold is not None)) if v]
+        if extra:
+            raise InvalidParameter(f"model '{name}' is bottom-up: it finds every person itself "
+                                   f"and takes no {', '.join(repr(f) for f in extra)}")
+        try:
+            test_scales = check_scales(parse_scales_field(scales, BOTTOMUP_SCALE_PRESETS),
+                                       card.bottomup.scale_factor)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None
+    elif scales is not None and scales.strip():
+        raise InvalidParameter(f"'scales' applies to bottom-up models; '{name}' is top-down")
+    elif not given:
         if score_threshold is not None and not (0.0 <= score_threshold <= 1.0):
             raise InvalidParameter(f"score_threshold must be in [0, 1], got {score_threshold}")
         det_name = detector or settings.default_detector_model
@@ -61,19 +108,33 @@ async def pose(
             img = await read_image(image, settings)
         h, w = img.shape[:2]
 
-        if boxes is not None and boxes.strip() != "":
-            xyxy, box_scores = parse_boxes(boxes, box_format, (w, h), settings.max_boxes)
-            source = "given"
+        if isinstance(card, BottomUpCard):
+            result = await estimate_poses_bottomup(img, card, backend, flip_test=use_flip,
+                                                   scales=test_scales, timer=timer)
+            xyxy, box_scores, source = result.boxes, result.person_scores, "bottomup"
         else:
-            thr = score_threshold if score_threshold is not None else settings.detector_score_threshold
-            with timer("detect"):
-                dets = await detect_persons(img, det_card, backend, score_threshold=thr,
-                                            max_boxes=settings.max_boxes)
-            xyxy, box_scores = dets.boxes, dets.scores
-            source = "detector"
+            if given:
+                xyxy, box_scores = parse_boxes(boxes, box_format, (w, h), settings.max_boxes)
+                source = "given"
+            else:
+                thr = (score_threshold if score_threshold is not None
+                       else settings.detector_score_threshold)
+                with timer("detect"):
+                    dets = await detect_persons(img, det_card, backend, score_threshold=thr,
+                                                max_boxes=settings.max_boxes)
+                xyxy, box_scores = dets.boxes, dets.scores
+                source = "detector"
+            result = await estimate_poses(img, xyxy, box_scores, card, backend,
+                                          flip_test=use_flip, timer=timer)
 
-        result = await estimate_poses(img, xyxy, box_scores, card, backend, flip_test=use_flip,
-                                      timer=timer)
+        # one person per box (top-down), one box around each person found (bottom-up)
+        note(request, box_source=source, boxes=len(xyxy), people=len(xyxy))
+        if render:
+            with timer("render"):
+                png = await asyncio.to_thread(render_poses_png, img, result.keypoints,
+                                              result.keypoint_scores, card.output_skeleton, xyxy)
+            return Response(content=png, media_type="image/png",
+                            headers={"X-Model": card.name, "X-Persons": str(len(xyxy))})
 
         with timer("serialise"):
             # float64 before rounding, so the JSON carries decimals, not float32 noise: coordinates
@@ -86,6 +147,6 @@ async def pose(
                 xywh.round(3).tolist(), box_scores.astype(np.float64).round(6).tolist(),
                 kpts.tolist(), result.person_scores.astype(np.float64).round(6).tolist())]
     return PoseResponse(model=card.name, image_size=[w, h], flip_test=use_flip, box_source=source,
-                        keypoint_names=card.keypoint_names,
-                        skeleton=[list(s) for s in card.skeleton], persons=persons,
+                        keypoint_names=card.output_keypoint_names,
+                        skeleton=[list(s) for s in card.output_skeleton], persons=persons,
                         timing_ms=timer.total())

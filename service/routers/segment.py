@@ -24,49 +24,21 @@ from fastapi.responses import Response
 
 from ..cards import SegTestPipeline
 from ..errors import InvalidParameter, PayloadTooLarge
-from ..forms import load_json_field
+from ..forms import parse_scales_field
 from ..limits import endpoint_slot
+from ..observability import note, request_timer
 from ..pipelines.common import StageTimer
-from ..pipelines.segmentation import (MODES, SCALE_PRESETS, InputTooLarge, parse_scales,
-                                      plan_augmentations, segment as run_segmentation)
+from ..pipelines.segmentation import (MODES, SCALE_PRESETS, InputTooLarge, plan_augmentations,
+                                      segment as run_segmentation)
 from ..rendering import encode_label_png, overlay, pixel_counts
 from ..schemas import INFERENCE_ERRORS, SegmentResponse
 from .uploads import read_image
 
 router = APIRouter(tags=["segmentation"])
 
-#: longest ``scales`` field accepted (8 ratios fit in far less)
-MAX_SCALES_CHARS = 1000
 _PNG = {"content": {"image/png": {}}, "description": "label map PNG (Accept: image/png) or "
                                                      "overlay PNG (render=true)"}
 
-
-def parse_scales_field(value: Optional[str]) -> Optional[tuple[float, ...]]:
-    """The ``scales`` form field: empty/None, a preset name (``ms``) or a JSON list of ratios.
-
-    Raises InvalidParameter (422) for anything else (also hostile JSON: nesting too deep, numbers
-    too long or too large, more than ``MAX_SCALES_CHARS`` characters), or ratios outside (0, 4] /
-    more than 8.
-    """
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    if text in SCALE_PRESETS:
-        return SCALE_PRESETS[text]
-    if len(text) > MAX_SCALES_CHARS:
-        raise InvalidParameter(f"scales is {len(text)} characters long; at most "
-                               f"{MAX_SCALES_CHARS} are accepted")
-    try:
-        parsed = load_json_field(text)
-    except ValueError as exc:
-        raise InvalidParameter(f"scales must be a JSON list of numbers or one of "
-                               f"{', '.join(SCALE_PRESETS)}; {text[:40]!r} is {exc}") from None
-    if not isinstance(parsed, list):
-        raise InvalidParameter(f"scales must be a JSON list of numbers, got {text!r}")
-    try:
-        return parse_scales(parsed)
-    except ValueError as exc:
-        raise InvalidParameter(f"scales: {exc}") from None
 
 
 def prefers_png(accept: Optional[str]) -> bool:
@@ -120,7 +92,7 @@ async def segment(
     """
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
-    timer = StageTimer()
+    timer = request_timer(request)
 
     name = model or settings.default_segment_model
     if not name:
@@ -130,12 +102,16 @@ async def segment(
                                    f"available: {', '.join(seg_models) or 'none'}")
         name = seg_models[0]
     card = repo.get(name, task="segmentation")
+    note(request, model=card.name)
 
     if mode is not None and mode.strip() == "":
         mode = None
     if mode is not None and mode not in MODES:
         raise InvalidParameter(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    ratios = parse_scales_field(scales)
+    try:
+        ratios = parse_scales_field(scales, SCALE_PRESETS)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from None
     use_flip = bool(flip)
 
     async with endpoint_slot(request, "segment"):
