@@ -36,8 +36,12 @@ def make_backend(settings: Settings, repository: ModelRepository) -> Backend:
         return TritonBackend.from_settings(settings, repository)
     from .backends.onnxruntime import OnnxRuntimeBackend
     providers = settings.ort_providers.split(",") if settings.ort_providers else None
+    from .batching import BatchConfig
     return OnnxRuntimeBackend(repository, providers=providers,
-                              intra_op_threads=settings.ort_intra_op_threads)
+                              intra_op_threads=settings.ort_intra_op_threads,
+                              inter_op_threads=settings.ort_inter_op_threads,
+                              concurrent_runs=settings.ort_concurrent_runs,
+                              batching=BatchConfig.from_settings(settings))
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
@@ -65,7 +69,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
-        return JSONResponse(error_body("backend_unavailable", str(exc)), status_code=503,
+        # code: "overloaded" for the dynamic batcher's refusals (service.batching.Overloaded)
+        code = getattr(exc, "code", "backend_unavailable")
+        return JSONResponse(error_body(code, str(exc)), status_code=503,
                             headers={"Retry-After": str(max(1, round(exc.retry_after_s)))})
 
     @app.exception_handler(BackendError)

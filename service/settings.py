@@ -48,12 +48,24 @@ class Settings(BaseSettings):
     # beyond it go in further calls, one at least): bounds the backend's activation memory
     seg_max_call_pixels: int = 1024 * 1024 * 2
     # requests doing their heavy work at once per endpoint (the rest wait); /segment holds
-    # full-resolution float32 logits, so one at a time by default
+    # full-resolution float32 logits, so one at a time by default. /pose: 16, so that the crops of
+    # that many requests can share batched runs (their queue is bounded by the batch_* settings)
     seg_max_concurrency: int = 1
-    pose_max_concurrency: int = 4
+    pose_max_concurrency: int = 16
 
     # embedded ONNX Runtime
-    ort_intra_op_threads: int = 0  # 0 = ORT default
+    ort_intra_op_threads: int = 0  # threads per ORT run; 0 = every core this process may use
+    ort_inter_op_threads: int = 0  # 0 = ORT default
+    ort_concurrent_runs: int = 1  # ORT runs at once (one shared pool): 1 = no oversubscription
+    # dynamic batching (embedded ONNX Runtime; Triton batches with its own dynamic batcher): crops
+    # of concurrent requests to one fixed-input-shape model share runs of up to the card's
+    # max_batch_size items (service.batching)
+    batching: bool = True
+    batch_max_queue_delay_ms: float = 2.0  # the oldest queued request waits this long for more
+    batch_preferred_sizes: list[int] = []  # sent at once when the queue can fill them
+    batch_queue_capacity: int = 256  # items queued per model; beyond: 503 + Retry-After at once
+    batch_deadline_s: float = 5.0  # expected wait from arrival beyond it: 503 at once; 0 = none
+    batch_instances: int = 1  # batches of one model in flight at once
     ort_providers: Optional[str] = None  # comma list; default CUDA if available, else CPU
 
     # Triton

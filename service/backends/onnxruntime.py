@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -11,7 +13,18 @@ import onnxruntime as ort
 from ..repository import ModelRepository
 from .base import Backend, BackendError, BackendUnavailable
 
+if TYPE_CHECKING:
+    from ..batching import BatchConfig, DynamicBatcher
+
 log = logging.getLogger(__name__)
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
 
 
 def default_providers() -> list[str]:
@@ -23,8 +36,14 @@ def default_providers() -> list[str]:
 class OnnxRuntimeBackend(Backend):
     """One ``InferenceSession`` per model of the repository, created at start-up.
 
-    ``infer`` runs in a worker thread (ORT releases the GIL) so the event loop stays free;
-    batches above the card's ``max_batch_size`` are split and concatenated. Raises
+    ``infer`` runs in one shared pool of ``concurrent_runs`` threads (ORT releases the GIL) so the
+    event loop stays free and at most that many ORT runs compete for the cores; each session uses
+    ``intra_op_threads`` threads (0: every core this process may use) and ``inter_op_threads``
+    (0: ORT's default). Batches above the card's ``max_batch_size`` are split and concatenated.
+    With ``batching`` (a :class:`service.batching.BatchConfig`), models whose inputs have a fixed
+    per-item shape go through a :class:`service.batching.DynamicBatcher` each (crops of concurrent
+    requests share runs; bounded queue, 503 :class:`service.batching.Overloaded` when full);
+    models with dynamic input dims (segmentation, bottom-up) run per call. Raises
     :class:`BackendUnavailable` (503) for a carded model whose ONNX file was missing at start-up,
     :class:`BackendError` for unknown models or ORT failures (e.g. a wrong input shape).
     """
@@ -32,13 +51,18 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, repository: ModelRepository, providers: list[str] | None = None,
-                 intra_op_threads: int = 0, models: list[str] | None = None):
+                 intra_op_threads: int = 0, models: list[str] | None = None, *,
+                 inter_op_threads: int = 0, concurrent_runs: int = 1,
+                 batching: Optional["BatchConfig"] = None):
         self.repository = repository
         self.providers = providers or default_providers()
         self.sessions: dict[str, ort.InferenceSession] = {}
+        self.batching = batching
+        self._batchers: dict[str, "DynamicBatcher"] = {}
         opts = ort.SessionOptions()
-        if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
+        opts.intra_op_num_threads = intra_op_threads or cpu_cores()
+        if inter_op_threads:
+            opts.inter_op_num_threads = inter_op_threads
         for name in (models if models is not None else list(repository.cards)):
             path = repository.onnx_path(name)
             if not path.exists():
@@ -46,7 +70,9 @@ class OnnxRuntimeBackend(Backend):
                 continue
             self.sessions[name] = ort.InferenceSession(str(path), sess_options=opts,
                                                        providers=self.providers)
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort")
+        if concurrent_runs < 1:
+            raise ValueError(f"concurrent_runs must be >= 1, got {concurrent_runs}")
+        self._pool = ThreadPoolExecutor(max_workers=concurrent_runs, thread_name_prefix="ort")
 
     def _run(self, model: str, inputs: dict[str, np.ndarray],
              outputs: list[str] | None) -> dict[str, np.ndarray]:
@@ -71,8 +97,29 @@ class OnnxRuntimeBackend(Backend):
             return dict(zip(names, chunks[0]))
         return {n: np.concatenate([c[i] for c in chunks], axis=0) for i, n in enumerate(names)}
 
+    def batcher(self, model: str) -> Optional["DynamicBatcher"]:
+        """The dynamic batcher of ``model`` (created on first use; the run looks the session up
+        by name each time, so a reloaded session is picked up); None when batching is off, the
+        model is not loaded or its input has a dynamic per-item shape."""
+        if self.batching is None or model not in self.sessions:
+            return None
+        b = self._batchers.get(model)
+        if b is None:
+            card = self.repository.get(model)
+            if card.max_batch_size < 1 or any(d < 0 for spec in card.inputs for d in spec.dims):
+                return None
+            from ..batching import DynamicBatcher
+
+            b = DynamicBatcher(model, lambda inputs, outputs: self._run(model, inputs, outputs),
+                               self._pool, card.max_batch_size, self.batching)
+            self._batchers[model] = b
+        return b
+
     async def infer(self, model: str, inputs: dict[str, np.ndarray],
                     outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        b = self.batcher(model)
+        if b is not None:
+            return await b.submit(inputs, outputs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._run, model, inputs, outputs)
 
@@ -80,5 +127,8 @@ class OnnxRuntimeBackend(Backend):
         return bool(self.sessions) if model is None else model in self.sessions
 
     async def close(self) -> None:
+        for b in self._batchers.values():
+            await b.close()
+        self._batchers.clear()
         self._pool.shutdown(wait=False)
         self.sessions.clear()

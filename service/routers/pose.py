@@ -1,8 +1,10 @@
 """``POST /pose``: top-down keypoints for given boxes or for the detector's person boxes.
 
-Parameters are validated first; decoding, detection, pose estimation and serialisation then run
-under the endpoint's concurrency limit (``settings.pose_max_concurrency``), their CPU work in
-worker threads. Detector boxes are cut to the ``settings.max_boxes`` top-scoring ones.
+Parameters are validated first; then the pose model's dynamic batcher admits the request or
+refuses it at once (503 ``overloaded`` + ``Retry-After``: queue full or deadline,
+:mod:`service.batching`); decoding, detection, pose estimation and serialisation then run under
+the endpoint's concurrency limit (``settings.pose_max_concurrency``), their CPU work in worker
+threads. Detector boxes are cut to the ``settings.max_boxes`` top-scoring ones.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
+from ..batching import admission
 from ..boxes import parse_boxes
 from ..errors import InvalidParameter
 from ..limits import endpoint_slot
@@ -51,7 +54,7 @@ async def pose(
     -> one batched inference (flipped crops too when ``flip_test``) -> heatmap decoding (the
     card's codec) -> image pixels. ``render=true`` answers with the photo as PNG instead of JSON
     (boxes, skeleton, joints coloured by score; :mod:`service.pose_rendering`). Errors: 404 unknown model, 413 too large, 415 not an image,
-    422 invalid boxes/parameters or wrong task, 503 backend unavailable.
+    422 invalid boxes/parameters or wrong task, 503 backend unavailable or overloaded.
     """
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
@@ -67,7 +70,8 @@ async def pose(
         det_card = repo.get(det_name, task="detection")
     use_flip = card.flip_test if flip_test is None else flip_test
 
-    async with endpoint_slot(request, "pose"):
+    # admission first: the model's dynamic batcher refuses (503 + Retry-After) before any work
+    async with admission(backend, card.name), endpoint_slot(request, "pose"):
         with timer("decode_image"):
             img = await read_image(image, settings)
         h, w = img.shape[:2]
