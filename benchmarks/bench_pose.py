@@ -8,14 +8,26 @@ Scenarios (each measured in the same run, side by side):
 
 each with flip test on (the HRNet default) and off. Against a live gateway (``--url``) or, by
 default, an in-process gateway on loopback started on ``--model-repository``.
+
+Concurrency mode (``--clients 1,8,200``): closed-loop load from N concurrent clients (asyncio,
+one connection each) for ``--duration`` seconds per level, over the shared photos, with
+``--boxes-per-request 1`` (one ground-truth box) or ``photo`` (the photo's det-json boxes scoring
+>= 0.3, ~8 a request); a client answered 503 waits its ``Retry-After`` (within the duration).
+Reported per level: requests and crops per second (200s), p50/p95/p99 latency of the 200s,
+status counts, the median per-stage ms and the gateway's RSS (idle after warm-up, peak under
+load). The gateways are subprocesses on loopback, one per ``--batching`` value (``on,off``: the
+batching-off gateway is the baseline in the same invocation); the 1-client level of each is the
+other baseline.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -94,6 +106,173 @@ def run_scenario(client: httpx.Client, url: str, images, n_boxes: int | None, fl
             "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v}}
 
 
+def load_photo_boxes(shared: Path, min_score: float = 0.3) -> dict[str, list[list[float]]]:
+    """Per photo file name: the det-json person boxes (xywh) scoring >= ``min_score``."""
+    root = shared / "data" / "mmpose_tests" / "coco"
+    names = {im["id"]: im["file_name"] for im in json.loads((root / "test_coco.json").read_text())["images"]}
+    out: dict[str, list] = {}
+    for d in json.loads((root / "test_coco_det_AP_H_56.json").read_text()):
+        if d["score"] >= min_score and d["image_id"] in names:
+            out.setdefault(names[d["image_id"]], []).append(d["bbox"])
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (Linux /proc; NaN elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def start_gateway_process(model_repository: Path, env: dict[str, str]) -> tuple[str, subprocess.Popen]:
+    """``python -m service.cli`` on a free loopback port with ``env`` added (HRNET_* settings);
+    returns (url, process) once /readyz answers 200. Raises RuntimeError if it does not start."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "service.cli", "--model-repository", str(model_repository),
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError("gateway did not become ready")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, round(q / 100 * len(v) + 0.5) - 1))]  # nearest rank
+
+
+async def _load(url: str, jobs: list[tuple[str, bytes, dict]], clients: int, duration_s: float,
+                max_requests: int, pid: int | None) -> dict:
+    """``clients`` closed-loop clients for ``duration_s`` (and at most ``max_requests`` in all)."""
+    lat: list[float] = []
+    status: dict[str, int] = {}
+    stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
+    crops = 0
+    sent = 0
+    peak = [rss_mb(pid) if pid else float("nan")]
+    t0 = time.perf_counter()
+    end = t0 + duration_s
+
+    async def client(i: int, http: httpx.AsyncClient) -> None:
+        nonlocal crops, sent
+        k = i
+        while time.perf_counter() < end and sent < max_requests:
+            sent += 1
+            name, data, form = jobs[k % len(jobs)]
+            k += clients
+            t = time.perf_counter()
+            try:
+                r = await http.post(url + "/pose", files={"image": (name, data)}, data=form)
+                code = str(r.status_code)
+            except httpx.HTTPError as exc:
+                r, code = None, type(exc).__name__
+            status[code] = status.get(code, 0) + 1
+            if r is not None and r.status_code == 200:
+                lat.append(time.perf_counter() - t)
+                body = r.json()
+                crops += len(body["persons"]) * (2 if body["flip_test"] else 1)
+                for s_, v in body["timing_ms"].items():
+                    stage_ms.setdefault(s_, []).append(v)
+            elif r is not None and r.status_code == 503:
+                wait = float(r.headers.get("retry-after", 1))
+                await asyncio.sleep(max(0.0, min(wait, end - time.perf_counter())))
+
+    async def sample() -> None:
+        while time.perf_counter() < end:
+            peak.append(rss_mb(pid))
+            await asyncio.sleep(0.25)
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        tasks = [client(i, http) for i in range(clients)] + ([sample()] if pid else [])
+        await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    ok = status.get("200", 0)
+    return {"clients": clients, "seconds": elapsed, "requests": sum(status.values()),
+            "status": status, "ok_per_s": ok / elapsed, "crops_per_s": crops / elapsed,
+            "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "p99_s": _percentile(lat, 99),
+            "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v},
+            "rss_peak_mb": max(peak), "rss_after_mb": rss_mb(pid) if pid else float("nan")}
+
+
+def make_jobs(images, photo_boxes: dict[str, list], boxes: str, flip: bool,
+              model: str | None) -> list[tuple[str, bytes, dict]]:
+    """One (file name, bytes, form) per photo: 1 ground-truth box, or the photo's det boxes."""
+    jobs = []
+    for name, data, gt in images:
+        chosen = gt[:1] if boxes == "1" else photo_boxes.get(name, gt)
+        form = {"flip_test": str(flip).lower(), "boxes": json.dumps(chosen)}
+        if model:
+            form["model"] = model
+        jobs.append((name, data, form))
+    return jobs
+
+
+def run_concurrency(args, images) -> list[dict]:
+    """Every (batching, boxes, flip, clients) level; gateways as subprocesses, one per batching."""
+    photo_boxes = load_photo_boxes(args.shared_dir)
+    results = []
+    for batching in args.batching.split(","):
+        env = {"HRNET_BATCHING": "true" if batching == "on" else "false"}
+        url, proc = start_gateway_process(args.model_repository, env)
+        try:
+            for boxes in args.boxes_per_request.split(","):
+                for flip in (f == "on" for f in args.flip.split(",")):
+                    jobs = make_jobs(images, photo_boxes, boxes, flip, args.model)
+                    asyncio.run(_load(url, jobs, 1, 3600, args.warmup, None))  # warm-up
+                    idle = rss_mb(proc.pid)
+                    for n in (int(c) for c in args.clients.split(",")):
+                        r = asyncio.run(_load(url, jobs, n, args.duration, args.max_requests,
+                                              proc.pid))
+                        r.update(batching=batching, boxes=boxes, flip_test=flip, rss_idle_mb=idle)
+                        results.append(r)
+                        print_level(r, results)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return results
+
+
+def print_level(r: dict, results: list[dict]) -> None:
+    """One table row; ratios to the 1-client level of the same gateway, and to batching off."""
+    def find(**kw):
+        return next((x for x in results if all(x[k] == v for k, v in kw.items())), None)
+
+    same = dict(boxes=r["boxes"], flip_test=r["flip_test"])
+    one = find(batching=r["batching"], clients=1, **same)
+    off = find(batching="off", clients=r["clients"], **same)
+    ratio_one = r["crops_per_s"] / one["crops_per_s"] if one and one["crops_per_s"] else float("nan")
+    ratio_off = r["crops_per_s"] / off["crops_per_s"] if off and off["crops_per_s"] else float("nan")
+    if len(results) == 1 or results[-2]["batching"] != r["batching"]:
+        print(f"{'batch':>5} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} {'503':>5} "
+              f"{'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xoff':>5} {'p50 s':>6} "
+              f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8}")
+    st = r["status"]
+    other = r["requests"] - st.get("200", 0) - st.get("503", 0)
+    print(f"{r['batching']:>5} {r['boxes']:>5} {str(r['flip_test']):>5} {r['clients']:>7} "
+          f"{r['requests']:>5} {st.get('200', 0):>5} {st.get('503', 0):>5} {other:>5} "
+          f"{r['ok_per_s']:6.2f} {r['crops_per_s']:7.1f} {ratio_one:5.2f} {ratio_off:5.2f} "
+          f"{r['p50_s']:6.2f} {r['p95_s']:6.2f} {r['p99_s']:6.2f} "
+          f"{r['stage_ms'].get('preprocess', float('nan')):7.1f} "
+          f"{r['stage_ms'].get('inference', float('nan')):7.1f} "
+          f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every scenario against ``--url`` (or an in-process gateway) and print the table."""
     p = argparse.ArgumentParser(prog="hrnet-bench", description=__doc__,
@@ -105,9 +284,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=20, help="requests per scenario")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the results here")
+    g = p.add_argument_group("concurrency mode")
+    g.add_argument("--clients", help="comma list of concurrent client counts, e.g. 1,8,200")
+    g.add_argument("--boxes-per-request", default="1,photo",
+                   help="comma list: 1 (one GT box) and/or photo (det boxes >= 0.3 of the photo)")
+    g.add_argument("--flip", default="on", help="comma list of on/off")
+    g.add_argument("--batching", default="on,off",
+                   help="comma list of on/off: one gateway subprocess each (HRNET_BATCHING)")
+    g.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
+    g.add_argument("--max-requests", type=int, default=5000, help="most requests per load level")
     args = p.parse_args(argv)
 
     images = load_images(args.shared_dir)
+    if args.clients:
+        if args.url:
+            p.error("--clients starts its own gateways; --url is not used with it")
+        results = run_concurrency(args, images)
+        print("(ok/s, crops/s: 200s only; x1cl: crops/s over the same gateway's 1-client level; "
+              "xoff: over batching off at the same level; p50-p99: latency of the 200s; "
+              "prep/inf: median stage ms; rss: gateway MiB, idle after warm-up and peak)")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     url = args.url
     if url is None:
         url, _server = start_local_gateway(args.model_repository)

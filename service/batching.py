@@ -83,6 +83,8 @@ class BatchConfig:
     into an empty queue). ``deadline_s``: seconds from arrival a request may wait before it runs
     (0 = none). ``preferred_sizes``: batch sizes sent as soon as the queue can fill them (empty:
     only the model's max batch size). ``instances``: batches of one model in flight at once.
+    ``max_size``: most items a batch (0: the model's ``max_batch_size``; a lower value caps it,
+    for models whose per-item time grows with the batch on this CPU).
     """
 
     max_queue_delay_s: float = 0.002
@@ -90,6 +92,7 @@ class BatchConfig:
     deadline_s: float = 5.0
     preferred_sizes: tuple[int, ...] = ()
     instances: int = 1
+    max_size: int = 0
 
     @classmethod
     def from_settings(cls, settings) -> Optional["BatchConfig"]:
@@ -100,7 +103,7 @@ class BatchConfig:
                    queue_capacity=settings.batch_queue_capacity,
                    deadline_s=settings.batch_deadline_s,
                    preferred_sizes=tuple(settings.batch_preferred_sizes),
-                   instances=settings.batch_instances)
+                   instances=settings.batch_instances, max_size=settings.batch_max_size)
 
 
 @dataclass(eq=False)
@@ -147,9 +150,10 @@ class DynamicBatcher:
         if config.queue_capacity < 1 or config.instances < 1:
             raise ValueError(f"queue_capacity and instances must be >= 1: {config}")
         self.model, self.run, self.executor = model, run, executor
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = min(max_batch_size, config.max_size) if config.max_size > 0 \
+            else max_batch_size
         self.config = config
-        self.preferred = sorted({p for p in config.preferred_sizes if 1 <= p <= max_batch_size})
+        self.preferred = sorted({p for p in config.preferred_sizes if 1 <= p <= self.max_batch_size})
         self._queue: deque[_Request] = deque()
         self.queued_items = 0  # not yet handed to a batch
         self.reserved_items = 0  # admitted requests that have not submitted yet

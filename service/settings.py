@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     batching: bool = True
     batch_max_queue_delay_ms: float = 2.0  # the oldest queued request waits this long for more
     batch_preferred_sizes: list[int] = []  # sent at once when the queue can fill them
+    batch_max_size: int = 0  # most items a run; 0 = the card's max_batch_size (lower caps it)
     batch_queue_capacity: int = 256  # items queued per model; beyond: 503 + Retry-After at once
     batch_deadline_s: float = 5.0  # expected wait from arrival beyond it: 503 at once; 0 = none
     batch_instances: int = 1  # batches of one model in flight at once

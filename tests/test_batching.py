@@ -93,9 +93,11 @@ def test_concurrent_requests_coalesce_and_results_go_to_their_request_in_order()
         np.testing.assert_array_equal(results[rid]["y"], tagged(rid, n)["x"] * 10 + 1)
 
 
-def test_request_larger_than_max_batch_is_split_and_reassembled():
+@pytest.mark.parametrize("max_size, runs", [(0, [8, 8, 4]), (6, [6, 6, 6, 2]), (16, [8, 8, 4])])
+def test_request_larger_than_max_batch_is_split_and_reassembled(max_size, runs):
+    """The card's max batch (8) or the lower ``max_size`` setting bounds every run."""
     async def main():
-        b, fake, pool = make(max_batch=8)
+        b, fake, pool = make(max_batch=8, max_size=max_size)
         fake.gate.set()
         out = await b.submit(tagged(7, 20))
         await b.close()
@@ -103,7 +105,7 @@ def test_request_larger_than_max_batch_is_split_and_reassembled():
         return fake, out
 
     fake, out = asyncio.run(main())
-    assert [len(x) for x in fake.batches] == [8, 8, 4]
+    assert [len(x) for x in fake.batches] == runs
     np.testing.assert_array_equal(out["y"], tagged(7, 20)["x"] * 10 + 1)
 
 
