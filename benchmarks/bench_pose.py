@@ -13,6 +13,7 @@ Concurrency mode (``--clients 1,8,200``): closed-loop load from N concurrent cli
 one connection each) for ``--duration`` seconds per level, over the shared photos, with
 ``--boxes-per-request 1`` (one ground-truth box) or ``photo`` (the photo's det-json boxes scoring
 >= 0.3, ~8 a request); a client answered 503 waits its ``Retry-After`` (within the duration).
+``--batching on,on:8,off`` compares batching (``on:8``: runs of at most 8 items) with none.
 Reported per level: requests and crops per second (200s), p50/p95/p99 latency of the 200s,
 status counts, the median per-stage ms and the gateway's RSS (idle after warm-up, peak under
 load). The gateways are subprocesses on loopback, one per ``--batching`` value (``on,off``: the
@@ -228,7 +229,10 @@ def run_concurrency(args, images) -> list[dict]:
     photo_boxes = load_photo_boxes(args.shared_dir)
     results = []
     for batching in args.batching.split(","):
-        env = {"HRNET_BATCHING": "true" if batching == "on" else "false"}
+        on, _, cap = batching.partition(":")
+        env = {"HRNET_BATCHING": "true" if on == "on" else "false"}
+        if cap:
+            env["HRNET_BATCH_MAX_SIZE"] = cap
         url, proc = start_gateway_process(args.model_repository, env)
         try:
             for boxes in args.boxes_per_request.split(","):
@@ -290,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list: 1 (one GT box) and/or photo (det boxes >= 0.3 of the photo)")
     g.add_argument("--flip", default="on", help="comma list of on/off")
     g.add_argument("--batching", default="on,off",
-                   help="comma list of on/off: one gateway subprocess each (HRNET_BATCHING)")
+                   help="comma list of on, on:MAX (HRNET_BATCH_MAX_SIZE=MAX) and off: one "
+                        "gateway subprocess each (HRNET_BATCHING)")
     g.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     g.add_argument("--max-requests", type=int, default=5000, help="most requests per load level")
     args = p.parse_args(argv)

@@ -352,6 +352,10 @@ class DynamicBatcher:
                 if bad:
                     raise BackendError(f"model '{self.model}' returned outputs {bad} for a batch "
                                        f"of {size} items")
+            except asyncio.CancelledError:  # closed while running: its requests get a 503
+                self._fail(batch, BackendUnavailable(
+                    f"the batcher of model '{self.model}' closed", retry_after_s=1.0))
+                raise
             except Exception as exc:  # the batch's requests fail, the worker goes on
                 self._fail(batch, exc)
                 continue

@@ -277,7 +277,7 @@ def test_admission_reserves_room_until_the_request_submits():
     np.testing.assert_array_equal(asyncio.run(main())["y"], tagged(1, 2)["x"] * 10 + 1)
 
 
-def test_closed_batcher_fails_queued_requests_with_503():
+def test_closed_batcher_fails_queued_and_running_requests_with_503():
     async def main():
         b, fake, pool = make(max_batch=8)
         blocker = await hold(b, fake)
@@ -289,7 +289,8 @@ def test_closed_batcher_fails_queued_requests_with_503():
             await t
         with pytest.raises(BackendUnavailable):
             await b.submit(tagged(2, 1))
-        blocker.cancel()
+        with pytest.raises(BackendUnavailable):  # it was running: its result is not awaited
+            await blocker
         pool.shutdown()
 
     asyncio.run(main())
@@ -344,10 +345,7 @@ def test_concurrent_pose_requests_are_batched_and_give_the_sequential_keypoints(
         backend._pool.submit(gate.wait, 30)  # the one ORT thread waits: requests queue up
         with ThreadPoolExecutor(len(coco)) as ex:
             futures = [ex.submit(post, r) for r in coco]
-            deadline = time.monotonic() + 60
-            while batcher.queued_items + batcher.inflight_items < 2 * len(coco):
-                assert time.monotonic() < deadline, "requests did not queue up"
-                time.sleep(0.01)
+            _wait_for(lambda: batcher.queued_items + batcher.inflight_items == 2 * len(coco))
             gate.set()
             concurrent = [f.result() for f in futures]
         runs = REGISTRY.get_sample_value("hrnet_batch_size_count", {"model": model}) - count0
@@ -362,3 +360,43 @@ def test_concurrent_pose_requests_are_batched_and_give_the_sequential_keypoints(
         worst_s = max(worst_s, float(np.abs(a[:, 2] - b[:, 2]).max()))
     print(f"batched vs sequential: max |dxy| = {worst_xy:.3g} px, max |dscore| = {worst_s:.3g}")
     assert worst_xy <= 1e-3 and worst_s <= 1e-5
+
+
+def test_gateway_answers_503_overloaded_with_retry_after_when_the_queue_is_full(shared_repo, coco):
+    """Queue capacity 2 items: one request running (held), one queued (1 box + flip = 2 items);
+    a third is refused before any work with 503 ``overloaded`` + Retry-After; /metrics shows it."""
+    model = "pp_tinypose_256x192"
+    settings = Settings(model_repository=shared_repo, batch_queue_capacity=2)
+    with TestClient(create_app(settings)) as c:
+        def post(req):
+            data, boxes = req
+            return c.post("/pose", files={"image": ("x.jpg", data)},
+                          data={"boxes": json.dumps(boxes), "flip_test": "true"})
+
+        backend = c.app.state.backend
+        batcher = backend.batcher(model)
+        gate = threading.Event()
+        backend._pool.submit(gate.wait, 30)
+        with ThreadPoolExecutor(2) as ex:
+            first = ex.submit(post, coco[0])
+            _wait_for(lambda: batcher.inflight_items == 2)
+            second = ex.submit(post, coco[1])
+            _wait_for(lambda: batcher.queued_items == 2)
+            r = post(coco[2])
+            gate.set()
+            assert first.result().status_code == 200 and second.result().status_code == 200
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "overloaded" and "queue" in r.json()["error"]["message"]
+        assert int(r.headers["Retry-After"]) >= 1
+        metrics = c.get("/metrics").text
+        assert f'hrnet_batch_rejections_total{{model="{model}",reason="queue_full"}}' in metrics
+        for name in ("hrnet_batch_queue_items", "hrnet_batch_size_bucket",
+                     "hrnet_batch_queue_wait_seconds_bucket"):
+            assert f'{name}{{' in metrics and model in metrics
+
+
+def _wait_for(condition, limit_s: float = 60.0) -> None:
+    end = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < end, "the gateway's batcher never reached the expected state"
+        time.sleep(0.01)
