@@ -150,6 +150,21 @@ def start_gateway_process(model_repository: Path, env: dict[str, str]) -> tuple[
     raise RuntimeError("gateway did not become ready")
 
 
+def scrape_batching(url: str) -> dict[str, float]:
+    """The gateway's dynamic-batcher counters from /metrics, summed over models: ``runs``,
+    ``items`` (batch size count and sum) and ``rejected_<reason>``; empty when it has none."""
+    out: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("hrnet_batch_size_count"):
+            out["runs"] = out.get("runs", 0) + float(line.split()[-1])
+        elif line.startswith("hrnet_batch_size_sum"):
+            out["items"] = out.get("items", 0) + float(line.split()[-1])
+        elif line.startswith("hrnet_batch_rejections_total{"):
+            reason = line.split('reason="')[1].split('"')[0]
+            out[f"rejected_{reason}"] = out.get(f"rejected_{reason}", 0) + float(line.split()[-1])
+    return out
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -241,8 +256,11 @@ def run_concurrency(args, images) -> list[dict]:
                     asyncio.run(_load(url, jobs, 1, 3600, args.warmup, None))  # warm-up
                     idle = rss_mb(proc.pid)
                     for n in (int(c) for c in args.clients.split(",")):
+                        before = scrape_batching(url)
                         r = asyncio.run(_load(url, jobs, n, args.duration, args.max_requests,
                                               proc.pid))
+                        after = scrape_batching(url)
+                        r["batcher"] = {k: v - before.get(k, 0) for k, v in after.items()}
                         r.update(batching=batching, boxes=boxes, flip_test=flip, rss_idle_mb=idle)
                         results.append(r)
                         print_level(r, results)
@@ -265,7 +283,8 @@ def print_level(r: dict, results: list[dict]) -> None:
     if len(results) == 1 or results[-2]["batching"] != r["batching"]:
         print(f"{'batch':>5} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} {'503':>5} "
               f"{'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xoff':>5} {'p50 s':>6} "
-              f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8}")
+              f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8}"
+              "  batcher (all models)")
     st = r["status"]
     other = r["requests"] - st.get("200", 0) - st.get("503", 0)
     print(f"{r['batching']:>5} {r['boxes']:>5} {str(r['flip_test']):>5} {r['clients']:>7} "
@@ -274,7 +293,17 @@ def print_level(r: dict, results: list[dict]) -> None:
           f"{r['p50_s']:6.2f} {r['p95_s']:6.2f} {r['p99_s']:6.2f} "
           f"{r['stage_ms'].get('preprocess', float('nan')):7.1f} "
           f"{r['stage_ms'].get('inference', float('nan')):7.1f} "
-          f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f}", flush=True)
+          f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f}  {_batcher_note(r['batcher'])}",
+          flush=True)
+
+
+def _batcher_note(b: dict) -> str:
+    """``mean batch 7.5 (40 runs); refused queue_full 3, deadline 2, expired 1`` (empty: none)."""
+    if not b.get("runs"):
+        return ""
+    refused = ", ".join(f"{k[9:]} {v:.0f}" for k, v in sorted(b.items()) if k.startswith("rejected_") and v)
+    return f"mean batch {b['items'] / b['runs']:.1f} ({b['runs']:.0f} runs)" + (
+        f"; refused {refused}" if refused else "")
 
 
 def main(argv: list[str] | None = None) -> int:

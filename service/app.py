@@ -41,6 +41,7 @@ def make_backend(settings: Settings, repository: ModelRepository) -> Backend:
                               intra_op_threads=settings.ort_intra_op_threads,
                               inter_op_threads=settings.ort_inter_op_threads,
                               concurrent_runs=settings.ort_concurrent_runs,
+                              allow_spinning=settings.ort_allow_spinning,
                               batching=BatchConfig.from_settings(settings))
 
 

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # embedded ONNX Runtime
     ort_intra_op_threads: int = 0  # threads per ORT run; 0 = every core this process may use
     ort_inter_op_threads: int = 0  # 0 = ORT default
+    # ORT's idle intra-op threads spin-wait by default; off here, because the gateway's own work
+    # (HTTP, decoding, crops) shares the cores and spinning threads starve it (PP-TinyPose, 2
+    # threads, 2 loaded cores: ~100 ms/crop spinning vs ~50 ms not)
+    ort_allow_spinning: bool = False
     ort_concurrent_runs: int = 1  # ORT runs at once (one shared pool): 1 = no oversubscription
     # dynamic batching (embedded ONNX Runtime; Triton batches with its own dynamic batcher): crops
     # of concurrent requests to one fixed-input-shape model share runs of up to the card's
