@@ -84,7 +84,8 @@ class BatchConfig:
     (0 = none). ``preferred_sizes``: batch sizes sent as soon as the queue can fill them (empty:
     only the model's max batch size). ``instances``: batches of one model in flight at once.
     ``max_size``: most items a batch (0: the model's ``max_batch_size``; a lower value caps it,
-    for models whose per-item time grows with the batch on this CPU).
+    for models whose per-item time grows with the batch on this CPU); ``max_sizes``: per-model
+    ``(name, cap)`` pairs overriding ``max_size``.
     """
 
     max_queue_delay_s: float = 0.002
@@ -93,6 +94,11 @@ class BatchConfig:
     preferred_sizes: tuple[int, ...] = ()
     instances: int = 1
     max_size: int = 0
+    max_sizes: tuple[tuple[str, int], ...] = ()
+
+    def max_size_for(self, model: str) -> int:
+        """The batch-size cap of ``model`` (0: none beyond its card)."""
+        return dict(self.max_sizes).get(model, self.max_size)
 
     @classmethod
     def from_settings(cls, settings) -> Optional["BatchConfig"]:
@@ -103,7 +109,8 @@ class BatchConfig:
                    queue_capacity=settings.batch_queue_capacity,
                    deadline_s=settings.batch_deadline_s,
                    preferred_sizes=tuple(settings.batch_preferred_sizes),
-                   instances=settings.batch_instances, max_size=settings.batch_max_size)
+                   instances=settings.batch_instances, max_size=settings.batch_max_size,
+                   max_sizes=tuple(sorted(settings.batch_max_sizes.items())))
 
 
 @dataclass(eq=False)
@@ -150,8 +157,8 @@ class DynamicBatcher:
         if config.queue_capacity < 1 or config.instances < 1:
             raise ValueError(f"queue_capacity and instances must be >= 1: {config}")
         self.model, self.run, self.executor = model, run, executor
-        self.max_batch_size = min(max_batch_size, config.max_size) if config.max_size > 0 \
-            else max_batch_size
+        cap = config.max_size_for(model)
+        self.max_batch_size = min(max_batch_size, cap) if cap > 0 else max_batch_size
         self.config = config
         self.preferred = sorted({p for p in config.preferred_sizes if 1 <= p <= self.max_batch_size})
         self._queue: deque[_Request] = deque()

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     batch_max_queue_delay_ms: float = 2.0  # the oldest queued request waits this long for more
     batch_preferred_sizes: list[int] = []  # sent at once when the queue can fill them
     batch_max_size: int = 0  # most items a run; 0 = the card's max_batch_size (lower caps it)
+    # per-model caps over batch_max_size, JSON in the environment, e.g. '{"pp_tinypose_256x192": 2}'
+    batch_max_sizes: dict[str, int] = {}
     batch_queue_capacity: int = 256  # items queued per model; beyond: 503 + Retry-After at once
     batch_deadline_s: float = 5.0  # expected wait from arrival beyond it: 503 at once; 0 = none
     batch_instances: int = 1  # batches of one model in flight at once

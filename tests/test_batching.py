@@ -93,11 +93,13 @@ def test_concurrent_requests_coalesce_and_results_go_to_their_request_in_order()
         np.testing.assert_array_equal(results[rid]["y"], tagged(rid, n)["x"] * 10 + 1)
 
 
-@pytest.mark.parametrize("max_size, runs", [(0, [8, 8, 4]), (6, [6, 6, 6, 2]), (16, [8, 8, 4])])
-def test_request_larger_than_max_batch_is_split_and_reassembled(max_size, runs):
-    """The card's max batch (8) or the lower ``max_size`` setting bounds every run."""
+@pytest.mark.parametrize("caps, runs", [
+    ({}, [8, 8, 4]), ({"max_size": 6}, [6, 6, 6, 2]), ({"max_size": 16}, [8, 8, 4]),
+    ({"max_size": 6, "max_sizes": (("fake", 3), ("other", 1))}, [3] * 6 + [2])])
+def test_request_larger_than_max_batch_is_split_and_reassembled(caps, runs):
+    """The card's max batch (8), or the lower ``max_size`` / per-model setting, bounds every run."""
     async def main():
-        b, fake, pool = make(max_batch=8, max_size=max_size)
+        b, fake, pool = make(max_batch=8, **caps)
         fake.gate.set()
         out = await b.submit(tagged(7, 20))
         await b.close()
