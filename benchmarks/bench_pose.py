@@ -61,14 +61,23 @@ def start_local_gateway(model_repository: Path) -> tuple[str, object]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    if not _wait_ready(url, 300, lambda: True):
+        raise RuntimeError("local gateway did not become ready")
+    return url, server
+
+
+def _wait_ready(url: str, tries: int, alive) -> bool:
+    """Poll ``url``/readyz every 0.1 s until 200 (True), ``alive()`` turns false or ``tries`` end."""
+    for _ in range(tries):
+        if not alive():
+            return False
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return url, server
+                return True
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError("local gateway did not become ready")
+    return False
 
 
 def load_images(shared: Path) -> list[tuple[str, bytes, list[list[float]]]]:
@@ -137,15 +146,10 @@ def start_gateway_process(model_repository: Path, env: dict[str, str]) -> tuple[
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    if _wait_ready(url, 600, lambda: proc.poll() is None):
+        return url, proc
+    if proc.poll() is not None:
+        raise RuntimeError(f"gateway exited with {proc.returncode}")
     proc.terminate()
     raise RuntimeError("gateway did not become ready")
 
