@@ -138,6 +138,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def start_gateway_process(model_repository: Path, env: dict[str, str]) -> tuple[str, subprocess.Popen]:
     """``python -m service.cli`` on a free loopback port with ``env`` added (HRNET_* settings);
     returns (url, process) once /readyz answers 200. Raises RuntimeError if it does not start."""
@@ -185,6 +194,7 @@ async def _load(url: str, jobs: list[tuple[str, bytes, dict]], clients: int, dur
     crops = 0
     sent = 0
     peak = [rss_mb(pid) if pid else float("nan")]
+    cpu0, own0 = (cpu_s(pid) if pid else float("nan")), time.process_time()
     t0 = time.perf_counter()
     end = t0 + duration_s
 
@@ -227,7 +237,9 @@ async def _load(url: str, jobs: list[tuple[str, bytes, dict]], clients: int, dur
             "status": status, "ok_per_s": ok / elapsed, "crops_per_s": crops / elapsed,
             "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "p99_s": _percentile(lat, 99),
             "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v},
-            "rss_peak_mb": max(peak), "rss_after_mb": rss_mb(pid) if pid else float("nan")}
+            "rss_peak_mb": max(peak), "rss_after_mb": rss_mb(pid) if pid else float("nan"),
+            "gateway_cpu_s": (cpu_s(pid) if pid else float("nan")) - cpu0,
+            "client_cpu_s": time.process_time() - own0}
 
 
 def make_jobs(images, photo_boxes: dict[str, list], boxes: str, flip: bool,
@@ -287,8 +299,8 @@ def print_level(r: dict, results: list[dict]) -> None:
     if len(results) == 1 or results[-2]["batching"] != r["batching"]:
         print(f"{'batch':>5} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} {'503':>5} "
               f"{'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xoff':>5} {'p50 s':>6} "
-              f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8}"
-              "  batcher (all models)")
+              f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8} "
+              f"{'g cpu':>5} {'c cpu':>5}  batcher (all models)")
     st = r["status"]
     other = r["requests"] - st.get("200", 0) - st.get("503", 0)
     print(f"{r['batching']:>5} {r['boxes']:>5} {str(r['flip_test']):>5} {r['clients']:>7} "
@@ -297,7 +309,9 @@ def print_level(r: dict, results: list[dict]) -> None:
           f"{r['p50_s']:6.2f} {r['p95_s']:6.2f} {r['p99_s']:6.2f} "
           f"{r['stage_ms'].get('preprocess', float('nan')):7.1f} "
           f"{r['stage_ms'].get('inference', float('nan')):7.1f} "
-          f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f}  {_batcher_note(r['batcher'])}",
+          f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f} "
+          f"{r['gateway_cpu_s'] / r['seconds']:5.2f} {r['client_cpu_s'] / r['seconds']:5.2f}  "
+          f"{_batcher_note(r['batcher'])}",
           flush=True)
 
 
@@ -340,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         results = run_concurrency(args, images)
         print("(ok/s, crops/s: 200s only; x1cl: crops/s over the same gateway's 1-client level; "
               "xoff: over batching off at the same level; p50-p99: latency of the 200s; "
-              "prep/inf: median stage ms; rss: gateway MiB, idle after warm-up and peak)")
+              "prep/inf: median stage ms; rss: gateway MiB, idle after warm-up and peak; g/c cpu: "
+              "CPU seconds per second of the gateway / of this load generator)")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
         return 0

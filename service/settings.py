@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     # per-model caps over batch_max_size, JSON in the environment, e.g. '{"pp_tinypose_256x192": 2}'
     batch_max_sizes: dict[str, int] = {}
     batch_queue_capacity: int = 256  # items queued per model; beyond: 503 + Retry-After at once
-    batch_deadline_s: float = 5.0  # expected wait from arrival beyond it: 503 at once; 0 = none
+    batch_deadline_s: float = 4.0  # expected wait from arrival beyond it: 503 at once; 0 = none
     batch_instances: int = 1  # batches of one model in flight at once
     ort_providers: Optional[str] = None  # comma list; default CUDA if available, else CPU
 
