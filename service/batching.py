@@ -90,7 +90,7 @@ class BatchConfig:
 
     max_queue_delay_s: float = 0.002
     queue_capacity: int = 256
-    deadline_s: float = 5.0
+    deadline_s: float = 4.0
     preferred_sizes: tuple[int, ...] = ()
     instances: int = 1
     max_size: int = 0

@@ -40,7 +40,8 @@ class OnnxRuntimeBackend(Backend):
     event loop stays free and at most that many ORT runs compete for the cores; each session uses
     ``intra_op_threads`` threads (0: every core this process may use) and ``inter_op_threads``
     (0: ORT's default); ``allow_spinning=False`` makes idle ORT threads sleep instead of
-    spin-waiting (for cores shared with other work). Batches above the card's ``max_batch_size`` are split and concatenated.
+    spin-waiting (for cores shared with other work). Batches above the card's ``max_batch_size``
+    are split and concatenated.
     With ``batching`` (a :class:`service.batching.BatchConfig`), models whose inputs have a fixed
     per-item shape go through a :class:`service.batching.DynamicBatcher` each (crops of concurrent
     requests share runs; bounded queue, 503 :class:`service.batching.Overloaded` when full);
@@ -64,7 +65,8 @@ class OnnxRuntimeBackend(Backend):
         opts.intra_op_num_threads = intra_op_threads or cpu_cores()
         if inter_op_threads:
             opts.inter_op_num_threads = inter_op_threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      "1" if allow_spinning else "0")
         for name in (models if models is not None else list(repository.cards)):
             path = repository.onnx_path(name)
             if not path.exists():
