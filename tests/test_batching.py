@@ -402,3 +402,37 @@ def _wait_for(condition, limit_s: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < end, "the gateway's batcher never reached the expected state"
         time.sleep(0.01)
+
+
+def test_a_reloaded_session_is_used_by_the_existing_batcher(shared_repo):
+    """Hot reload swaps ``backend.sessions[name]``: the model's batcher (keyed by name, made by
+    this backend instance) runs the new session from the next batch on."""
+    from service.backends.onnxruntime import OnnxRuntimeBackend
+    from service.repository import ModelRepository
+
+    model = "pp_tinypose_256x192"
+
+    class Doubled:  # the real session, outputs times 2
+        def __init__(self, sess):
+            self.sess = sess
+
+        def get_outputs(self):
+            return self.sess.get_outputs()
+
+        def run(self, names, feed):
+            return [2 * o for o in self.sess.run(names, feed)]
+
+    async def main():
+        be = OnnxRuntimeBackend(ModelRepository(shared_repo), models=[model],
+                                batching=BatchConfig())
+        x = np.random.default_rng(0).normal(size=(2, 3, 256, 192)).astype(np.float32)
+        before = (await be.infer(model, {"image": x}))["heatmaps"]
+        batcher = be.batcher(model)
+        be.sessions[model] = Doubled(be.sessions[model])
+        after = (await be.infer(model, {"image": x}))["heatmaps"]
+        assert be.batcher(model) is batcher
+        await be.close()
+        return before, after
+
+    before, after = asyncio.run(main())
+    np.testing.assert_allclose(after, 2 * before, rtol=1e-6)
