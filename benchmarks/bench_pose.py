@@ -16,9 +16,10 @@ one connection each) for ``--duration`` seconds per level, over the shared photo
 ``--batching on,on:8,off`` compares batching (``on:8``: runs of at most 8 items) with none.
 Reported per level: requests and crops per second (200s), p50/p95/p99 latency of the 200s,
 status counts, the median per-stage ms and the gateway's RSS (idle after warm-up, peak under
-load). The gateways are subprocesses on loopback, one per ``--batching`` value (``on,off``: the
-batching-off gateway is the baseline in the same invocation); the 1-client level of each is the
-other baseline.
+load), its CPU seconds per second and the load generator's, the batcher's mean batch and
+refusals by reason. The gateways are subprocesses on loopback, one per ``--batching`` value, all
+started at once and measured in turn level by level (``on,off``: the batching-off gateway is the
+baseline in the same invocation); the 1-client level of each is the other baseline.
 """
 from __future__ import annotations
 
@@ -257,34 +258,55 @@ def make_jobs(images, photo_boxes: dict[str, list], boxes: str, flip: bool,
 
 
 def run_concurrency(args, images) -> list[dict]:
-    """Every (batching, boxes, flip, clients) level; gateways as subprocesses, one per batching."""
+    """Every (boxes, flip, clients, batching) level. The gateways (subprocesses, one per
+    ``--batching`` value) all run from the start and take turns level by level, so the figures
+    compared are measured minutes, not a whole run, apart."""
     photo_boxes = load_photo_boxes(args.shared_dir)
+    gateways: dict[str, tuple[str, subprocess.Popen]] = {}
     results = []
-    for batching in args.batching.split(","):
-        on, _, cap = batching.partition(":")
-        env = {"HRNET_BATCHING": "true" if on == "on" else "false"}
-        if cap:
-            env["HRNET_BATCH_MAX_SIZE"] = cap
-        url, proc = start_gateway_process(args.model_repository, env)
-        try:
-            for boxes in args.boxes_per_request.split(","):
-                for flip in (f == "on" for f in args.flip.split(",")):
-                    jobs = make_jobs(images, photo_boxes, boxes, flip, args.model)
+    try:
+        for batching in args.batching.split(","):
+            on, _, cap = batching.partition(":")
+            env = {"HRNET_BATCHING": "true" if on == "on" else "false"}
+            if cap:
+                env["HRNET_BATCH_MAX_SIZE"] = cap
+            gateways[batching] = start_gateway_process(args.model_repository, env)
+        for boxes in args.boxes_per_request.split(","):
+            for flip in (f == "on" for f in args.flip.split(",")):
+                jobs = make_jobs(images, photo_boxes, boxes, flip, args.model)
+                idle = {}
+                for batching, (url, proc) in gateways.items():
                     asyncio.run(_load(url, jobs, 1, 3600, args.warmup, None))  # warm-up
-                    idle = rss_mb(proc.pid)
-                    for n in (int(c) for c in args.clients.split(",")):
+                    idle[batching] = rss_mb(proc.pid)
+                for n in (int(c) for c in args.clients.split(",")):
+                    for batching, (url, proc) in gateways.items():
                         before = scrape_batching(url)
                         r = asyncio.run(_load(url, jobs, n, args.duration, args.max_requests,
                                               proc.pid))
                         after = scrape_batching(url)
                         r["batcher"] = {k: v - before.get(k, 0) for k, v in after.items()}
-                        r.update(batching=batching, boxes=boxes, flip_test=flip, rss_idle_mb=idle)
+                        r.update(batching=batching, boxes=boxes, flip_test=flip,
+                                 rss_idle_mb=idle[batching])
                         results.append(r)
-                        print_level(r, results)
-        finally:
+                        print(f"# {batching} boxes={boxes} flip={flip} clients={n}: "
+                              f"{r['ok_per_s']:.2f} ok/s", file=sys.stderr, flush=True)
+    finally:
+        for _, proc in gateways.values():
             proc.terminate()
             proc.wait(30)
     return results
+
+
+def print_table(results: list[dict]) -> None:
+    """The table: one row per level; ratios to the 1-client level of the same gateway and to
+    batching off at the same level."""
+    print(f"{'batch':>5} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} {'503':>5} "
+          f"{'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xoff':>5} {'p50 s':>6} "
+          f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8} "
+          f"{'g cpu':>5} {'c cpu':>5}  batcher (all models)")
+    order = sorted(results, key=lambda r: (r["boxes"], r["flip_test"], r["batching"], r["clients"]))
+    for r in order:
+        print_level(r, results)
 
 
 def print_level(r: dict, results: list[dict]) -> None:
@@ -297,11 +319,6 @@ def print_level(r: dict, results: list[dict]) -> None:
     off = find(batching="off", clients=r["clients"], **same)
     ratio_one = r["crops_per_s"] / one["crops_per_s"] if one and one["crops_per_s"] else float("nan")
     ratio_off = r["crops_per_s"] / off["crops_per_s"] if off and off["crops_per_s"] else float("nan")
-    if len(results) == 1 or results[-2]["batching"] != r["batching"]:
-        print(f"{'batch':>5} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} {'503':>5} "
-              f"{'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xoff':>5} {'p50 s':>6} "
-              f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8} "
-              f"{'g cpu':>5} {'c cpu':>5}  batcher (all models)")
     st = r["status"]
     other = r["requests"] - st.get("200", 0) - st.get("503", 0)
     print(f"{r['batching']:>5} {r['boxes']:>5} {str(r['flip_test']):>5} {r['clients']:>7} "
@@ -353,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             p.error("--clients starts its own gateways; --url is not used with it")
         results = run_concurrency(args, images)
+        print_table(results)
         print("(ok/s, crops/s: 200s only; x1cl: crops/s over the same gateway's 1-client level; "
               "xoff: over batching off at the same level; p50-p99: latency of the 200s; "
               "prep/inf: median stage ms; rss: gateway MiB, idle after warm-up and peak; g/c cpu: "
