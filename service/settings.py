@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     pose_max_concurrency: int = 16
 
     # embedded ONNX Runtime
-    ort_intra_op_threads: int = 0  # threads per ORT run; 0 = every core this process may use
+    ort_intra_op_threads: int = 0  # threads per ORT run; 0 = the cores / ort_concurrent_runs
     ort_inter_op_threads: int = 0  # 0 = ORT default
     # ORT's idle intra-op threads spin-wait by default; off here, because the gateway's own work
     # (HTTP, decoding, crops) shares the cores and spinning threads starve it (PP-TinyPose, 2
@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     batch_max_sizes: dict[str, int] = {}
     batch_queue_capacity: int = 256  # items queued per model; beyond: 503 + Retry-After at once
     batch_deadline_s: float = 4.0  # expected wait from arrival beyond it: 503 at once; 0 = none
-    batch_instances: int = 1  # batches of one model in flight at once
+    # batches of one model in flight at once (Triton's instance count); 0 = ort_concurrent_runs
+    batch_instances: int = 0
     ort_providers: Optional[str] = None  # comma list; default CUDA if available, else CPU
 
     # Triton

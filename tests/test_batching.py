@@ -436,3 +436,13 @@ def test_a_reloaded_session_is_used_by_the_existing_batcher(shared_repo):
 
     before, after = asyncio.run(main())
     np.testing.assert_allclose(after, 2 * before, rtol=1e-6)
+
+
+def test_batch_config_from_settings(monkeypatch):
+    assert BatchConfig.from_settings(Settings(batching=False)) is None
+    monkeypatch.setenv("HRNET_BATCH_MAX_SIZES", '{"pp_tinypose_256x192": 2}')
+    monkeypatch.setenv("HRNET_BATCH_PREFERRED_SIZES", "[4, 8]")
+    cfg = BatchConfig.from_settings(Settings(ort_concurrent_runs=2, batch_max_queue_delay_ms=5))
+    assert cfg.instances == 2 and cfg.max_queue_delay_s == 0.005 and cfg.preferred_sizes == (4, 8)
+    assert cfg.max_size_for("pp_tinypose_256x192") == 2 and cfg.max_size_for("other") == 0
+    assert BatchConfig.from_settings(Settings(batch_instances=3)).instances == 3

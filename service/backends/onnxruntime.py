@@ -38,7 +38,7 @@ class OnnxRuntimeBackend(Backend):
 
     ``infer`` runs in one shared pool of ``concurrent_runs`` threads (ORT releases the GIL) so the
     event loop stays free and at most that many ORT runs compete for the cores; each session uses
-    ``intra_op_threads`` threads (0: every core this process may use) and ``inter_op_threads``
+    ``intra_op_threads`` threads (0: the cores this process may use / ``concurrent_runs``) and ``inter_op_threads``
     (0: ORT's default); ``allow_spinning=False`` makes idle ORT threads sleep instead of
     spin-waiting (for cores shared with other work). Batches above the card's ``max_batch_size``
     are split and concatenated.
@@ -62,7 +62,8 @@ class OnnxRuntimeBackend(Backend):
         self.batching = batching
         self._batchers: dict[str, "DynamicBatcher"] = {}
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads or cpu_cores()
+        runs = max(1, concurrent_runs)
+        opts.intra_op_num_threads = intra_op_threads or max(1, cpu_cores() // runs)
         if inter_op_threads:
             opts.inter_op_num_threads = inter_op_threads
         opts.add_session_config_entry("session.intra_op.allow_spinning",
