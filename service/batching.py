@@ -15,8 +15,8 @@ per model instance takes items from the head of a FIFO queue and runs them as on
 
 The queue is bounded (Triton's ``default_queue_policy``): a request is refused at once with
 :class:`Overloaded` (503 + ``Retry-After``) when its items do not fit in ``queue_capacity``
-(``reason="queue_full"``) or when the expected wait (items ahead of it times the recent per-item
-service time) would pass its deadline (``reason="deadline"``); a queued request whose deadline
+(``reason="queue_full"``) or when the expected wait before it runs (the items ahead of it times
+the recent per-item service time) would pass its deadline (``reason="deadline"``); a queued request whose deadline
 passes before any of its items ran is dropped with the same error (``reason="expired"``). The
 deadline runs from the request's arrival: :meth:`DynamicBatcher.admit` (called by the endpoint
 before it decodes the image, see :func:`admission`) reserves room for the request, so requests
@@ -183,17 +183,17 @@ class DynamicBatcher:
                           retry_after_s=math.ceil(self._expected_wait(0)))
 
     def _check(self, n: float, arrival: float) -> None:
-        """Raise :class:`Overloaded` unless ``n`` more items fit and would run before the deadline."""
+        """Raise :class:`Overloaded` unless ``n`` more items fit and would start before the deadline."""
         if self._closed:
             raise BackendUnavailable(f"the batcher of model '{self.model}' is closed")
         waiting = self.queued_items + self.reserved_items
         if waiting > 0 and waiting + n > self.config.queue_capacity:
             raise self._refuse("queue_full", f"{waiting:.0f} items queued, capacity "
                                              f"{self.config.queue_capacity}")
-        if self.config.deadline_s > 0:
-            left = arrival + self.config.deadline_s - time.monotonic()
-            wait = self._expected_wait(n)
-            if wait > left:
+        if self.config.deadline_s > 0:  # the wait before its first items run (an idle model
+            left = arrival + self.config.deadline_s - time.monotonic()  # always admits)
+            wait = self._expected_wait(0)
+            if wait > 0 and wait > left:
                 raise self._refuse("deadline", f"expected wait {wait:.2f} s exceeds the "
                                                f"{self.config.deadline_s:g} s deadline")
 

@@ -174,15 +174,17 @@ def test_expected_wait_beyond_deadline_is_refused_and_expired_requests_are_dropp
         blocker = await hold(b, fake)
         t1 = asyncio.create_task(b.submit(tagged(1, 3)))
         await queued(b, 3)
-        b.per_item_s = 0.9  # as if measured: 0.9 s per item
-        # ahead: 3 queued + 1 in flight; 2 more items -> 5.4 s > 5 s
-        with pytest.raises(Overloaded) as info:
-            await b.submit(tagged(2, 2))
-        assert info.value.reason == "deadline" and info.value.retry_after_s == 4  # ceil(4 items x 0.9 s)
-        t3 = asyncio.create_task(b.submit(tagged(3, 1)))  # 4.5 s: admitted
-        await queued(b, 4)
+        b.per_item_s = 1.2  # as if measured: 1.2 s per item
+        t2 = asyncio.create_task(b.submit(tagged(2, 2)))  # ahead: 3 queued + 1 running = 4.8 s
+        await queued(b, 5)
+        with pytest.raises(Overloaded) as info:  # ahead: 6 items = 7.2 s > 5 s
+            await b.submit(tagged(3, 1))
+        assert info.value.reason == "deadline" and info.value.retry_after_s == 8  # ceil(7.2 s)
         fake.gate.set()
-        await blocker, await t1, await t3
+        await blocker, await t1, await t2
+        b.per_item_s = 60.0  # an idle model admits even a request slower than the deadline
+        slow = await b.submit(tagged(4, 1))
+        np.testing.assert_array_equal(slow["y"], [[41, 1]])
         await b.close()
         pool.shutdown()
 
