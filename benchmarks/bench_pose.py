@@ -8,11 +8,25 @@ Scenarios (each measured in the same run, side by side):
 
 each with flip test on (the HRNet default) and off. Against a live gateway (``--url``) or, by
 default, an in-process gateway on loopback started on ``--model-repository``.
+
+Concurrency mode (``--clients 1,8,200``): closed-loop load from N concurrent clients (asyncio,
+one connection each) for ``--duration`` seconds per level, over the shared photos, with
+``--boxes-per-request 1`` (one ground-truth box) or ``photo`` (the photo's det-json boxes scoring
+>= 0.3, ~8 a request); a client answered 503 waits its ``Retry-After`` (within the duration).
+``--batching on,on:8,off`` compares batching (``on:8``: runs of at most 8 items) with none.
+Reported per level: requests and crops per second (200s), p50/p95/p99 latency of the 200s,
+status counts, the median per-stage ms and the gateway's RSS (idle after warm-up, peak under
+load), its CPU seconds per second and the load generator's, the batcher's mean batch and
+refusals by reason. The gateways are subprocesses on loopback, one per ``--batching`` value, all
+started at once and measured in turn level by level (``on,off``: the batching-off gateway is the
+baseline in the same invocation); the 1-client level of each is the other baseline.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import math
 import os
 import socket
 import statistics
@@ -133,6 +147,214 @@ def run_scenario(client: httpx.Client, url: str, images, n_boxes: int | None, fl
             "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v}}
 
 
+def load_photo_boxes(shared: Path, min_score: float = 0.3) -> dict[str, list[list[float]]]:
+    """Per photo file name: the det-json person boxes (xywh) scoring >= ``min_score``."""
+    root = shared / "data" / "mmpose_tests" / "coco"
+    names = {im["id"]: im["file_name"] for im in json.loads((root / "test_coco.json").read_text())["images"]}
+    out: dict[str, list] = {}
+    for d in json.loads((root / "test_coco_det_AP_H_56.json").read_text()):
+        if d["score"] >= min_score and d["image_id"] in names:
+            out.setdefault(names[d["image_id"]], []).append(d["bbox"])
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (Linux /proc; NaN elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def scrape_batching(url: str) -> dict[str, float]:
+    """The gateway's dynamic-batcher counters from /metrics, summed over models: ``runs``,
+    ``items`` (batch size count and sum) and ``rejected_<reason>``; empty when it has none."""
+    out: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("hrnet_batch_size_count"):
+            out["runs"] = out.get("runs", 0) + float(line.split()[-1])
+        elif line.startswith("hrnet_batch_size_sum"):
+            out["items"] = out.get("items", 0) + float(line.split()[-1])
+        elif line.startswith("hrnet_batch_rejections_total{"):
+            reason = line.split('reason="')[1].split('"')[0]
+            out[f"rejected_{reason}"] = out.get(f"rejected_{reason}", 0) + float(line.split()[-1])
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(q / 100 * len(v)) - 1))]  # nearest rank
+
+
+async def _load(url: str, jobs: list[tuple[str, bytes, dict]], clients: int, duration_s: float,
+                max_requests: int, pid: int | None) -> dict:
+    """``clients`` closed-loop clients for ``duration_s`` (and at most ``max_requests`` in all)."""
+    lat: list[float] = []
+    status: dict[str, int] = {}
+    stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
+    crops = 0
+    sent = 0
+    peak = [rss_mb(pid) if pid else float("nan")]
+    cpu0, own0 = (cpu_s(pid) if pid else float("nan")), time.process_time()
+    t0 = time.perf_counter()
+    end = t0 + duration_s
+
+    async def client(i: int, http: httpx.AsyncClient) -> None:
+        nonlocal crops, sent
+        k = i
+        while time.perf_counter() < end and sent < max_requests:
+            sent += 1
+            name, data, form = jobs[k % len(jobs)]
+            k += clients
+            t = time.perf_counter()
+            try:
+                r = await http.post(url + "/pose", files={"image": (name, data)}, data=form)
+                code = str(r.status_code)
+            except httpx.HTTPError as exc:
+                r, code = None, type(exc).__name__
+            status[code] = status.get(code, 0) + 1
+            if r is not None and r.status_code == 200:
+                lat.append(time.perf_counter() - t)
+                body = r.json()
+                crops += len(body["persons"]) * (2 if body["flip_test"] else 1)
+                for s_, v in body["timing_ms"].items():
+                    stage_ms.setdefault(s_, []).append(v)
+            elif r is not None and r.status_code == 503:
+                wait = float(r.headers.get("retry-after", 1))
+                await asyncio.sleep(max(0.0, min(wait, end - time.perf_counter())))
+
+    async def sample() -> None:
+        while time.perf_counter() < end:
+            peak.append(rss_mb(pid))
+            await asyncio.sleep(0.25)
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        tasks = [client(i, http) for i in range(clients)] + ([sample()] if pid else [])
+        await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    ok = status.get("200", 0)
+    return {"clients": clients, "seconds": elapsed, "requests": sum(status.values()),
+            "status": status, "ok_per_s": ok / elapsed, "crops_per_s": crops / elapsed,
+            "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "p99_s": _percentile(lat, 99),
+            "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v},
+            "rss_peak_mb": max(peak), "rss_after_mb": rss_mb(pid) if pid else float("nan"),
+            "gateway_cpu_s": (cpu_s(pid) if pid else float("nan")) - cpu0,
+            "client_cpu_s": time.process_time() - own0}
+
+
+def make_jobs(images, photo_boxes: dict[str, list], boxes: str, flip: bool,
+              model: str | None) -> list[tuple[str, bytes, dict]]:
+    """One (file name, bytes, form) per photo: 1 ground-truth box, or the photo's det boxes."""
+    jobs = []
+    for name, data, gt in images:
+        chosen = gt[:1] if boxes == "1" else photo_boxes.get(name, gt)
+        form = {"flip_test": str(flip).lower(), "boxes": json.dumps(chosen)}
+        if model:
+            form["model"] = model
+        jobs.append((name, data, form))
+    return jobs
+
+
+def run_concurrency(args, images) -> list[dict]:
+    """Every (boxes, flip, clients, batching) level. The gateways (subprocesses, one per
+    ``--batching`` value) all run from the start and take turns level by level, so the figures
+    compared are measured minutes, not a whole run, apart."""
+    photo_boxes = load_photo_boxes(args.shared_dir)
+    gateways: dict[str, tuple[str, subprocess.Popen]] = {}
+    results = []
+    try:
+        for batching in args.batching.split(","):
+            on, _, cap = batching.partition(":")
+            env = {"HRNET_BATCHING": "true" if on == "on" else "false"}
+            if cap:
+                env["HRNET_BATCH_MAX_SIZE"] = cap
+            gateways[batching] = start_gateway_process(args.model_repository, env)
+        for boxes in args.boxes_per_request.split(","):
+            for flip in (f == "on" for f in args.flip.split(",")):
+                jobs = make_jobs(images, photo_boxes, boxes, flip, args.model)
+                idle = {}
+                for batching, (url, proc) in gateways.items():
+                    asyncio.run(_load(url, jobs, 1, 3600, args.warmup, None))  # warm-up
+                    idle[batching] = rss_mb(proc.pid)
+                for n in (int(c) for c in args.clients.split(",")):
+                    for batching, (url, proc) in gateways.items():
+                        before = scrape_batching(url)
+                        r = asyncio.run(_load(url, jobs, n, args.duration, args.max_requests,
+                                              proc.pid))
+                        after = scrape_batching(url)
+                        r["batcher"] = {k: v - before.get(k, 0) for k, v in after.items()}
+                        r.update(batching=batching, boxes=boxes, flip_test=flip,
+                                 rss_idle_mb=idle[batching])
+                        results.append(r)
+                        print(f"# {batching} boxes={boxes} flip={flip} clients={n}: "
+                              f"{r['ok_per_s']:.2f} ok/s", file=sys.stderr, flush=True)
+    finally:
+        for _, proc in gateways.values():
+            proc.terminate()
+            proc.wait(30)
+    return results
+
+
+def print_table(results: list[dict]) -> None:
+    """The table: one row per level; ratios to the 1-client level of the same gateway and to
+    batching off at the same level."""
+    print(f"{'batch':>5} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} {'503':>5} "
+          f"{'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xoff':>5} {'p50 s':>6} "
+          f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8} "
+          f"{'g cpu':>5} {'c cpu':>5}  batcher (all models)")
+    order = sorted(results, key=lambda r: (r["boxes"], r["flip_test"], r["batching"], r["clients"]))
+    for r in order:
+        print_level(r, results)
+
+
+def print_level(r: dict, results: list[dict]) -> None:
+    """One table row; ratios to the 1-client level of the same gateway, and to batching off."""
+    def find(**kw):
+        return next((x for x in results if all(x[k] == v for k, v in kw.items())), None)
+
+    same = dict(boxes=r["boxes"], flip_test=r["flip_test"])
+    one = find(batching=r["batching"], clients=1, **same)
+    off = find(batching="off", clients=r["clients"], **same)
+    ratio_one = r["crops_per_s"] / one["crops_per_s"] if one and one["crops_per_s"] else float("nan")
+    ratio_off = r["crops_per_s"] / off["crops_per_s"] if off and off["crops_per_s"] else float("nan")
+    st = r["status"]
+    other = r["requests"] - st.get("200", 0) - st.get("503", 0)
+    print(f"{r['batching']:>5} {r['boxes']:>5} {str(r['flip_test']):>5} {r['clients']:>7} "
+          f"{r['requests']:>5} {st.get('200', 0):>5} {st.get('503', 0):>5} {other:>5} "
+          f"{r['ok_per_s']:6.2f} {r['crops_per_s']:7.1f} {ratio_one:5.2f} {ratio_off:5.2f} "
+          f"{r['p50_s']:6.2f} {r['p95_s']:6.2f} {r['p99_s']:6.2f} "
+          f"{r['stage_ms'].get('preprocess', float('nan')):7.1f} "
+          f"{r['stage_ms'].get('inference', float('nan')):7.1f} "
+          f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f} "
+          f"{r['gateway_cpu_s'] / r['seconds']:5.2f} {r['client_cpu_s'] / r['seconds']:5.2f}  "
+          f"{_batcher_note(r['batcher'])}",
+          flush=True)
+
+
+def _batcher_note(b: dict) -> str:
+    """``mean batch 7.5 (40 runs); refused queue_full 3, deadline 2, expired 1`` (empty: none)."""
+    if not b.get("runs"):
+        return ""
+    refused = ", ".join(f"{k[9:]} {v:.0f}" for k, v in sorted(b.items()) if k.startswith("rejected_") and v)
+    return f"mean batch {b['items'] / b['runs']:.1f} ({b['runs']:.0f} runs)" + (
+        f"; refused {refused}" if refused else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every scenario against ``--url`` (or an in-process gateway) and print the table."""
     p = argparse.ArgumentParser(prog="hrnet-bench", description=__doc__,
@@ -146,9 +368,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=20, help="requests per scenario")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the results here")
+    g = p.add_argument_group("concurrency mode")
+    g.add_argument("--clients", help="comma list of concurrent client counts, e.g. 1,8,200")
+    g.add_argument("--boxes-per-request", default="1,photo",
+                   help="comma list: 1 (one GT box) and/or photo (det boxes >= 0.3 of the photo)")
+    g.add_argument("--flip", default="on", help="comma list of on/off")
+    g.add_argument("--batching", default="on,off",
+                   help="comma list of on, on:MAX (HRNET_BATCH_MAX_SIZE=MAX) and off: one "
+                        "gateway subprocess each (HRNET_BATCHING)")
+    g.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
+    g.add_argument("--max-requests", type=int, default=5000, help="most requests per load level")
     args = p.parse_args(argv)
 
     images = load_images(args.shared_dir)
+    if args.clients:
+        if args.url:
+            p.error("--clients starts its own gateways; --url is not used with it")
+        results = run_concurrency(args, images)
+        print_table(results)
+        print("(ok/s, crops/s: 200s only; x1cl: crops/s over the same gateway's 1-client level; "
+              "xoff: over batching off at the same level; p50-p99: latency of the 200s; "
+              "prep/inf: median stage ms; rss: gateway MiB, idle after warm-up and peak; g/c cpu: "
+              "CPU seconds per second of the gateway / of this load generator)")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     url = args.url
     if url is None:
         url, _server = start_local_gateway(args.model_repository)

@@ -42,8 +42,13 @@ def make_backend(settings: Settings, repository: ModelRepository) -> Backend:
         return TritonBackend.from_settings(settings, repository)
     from .backends.onnxruntime import OnnxRuntimeBackend
     providers = settings.ort_providers.split(",") if settings.ort_providers else None
+    from .batching import BatchConfig
     return OnnxRuntimeBackend(repository, providers=providers,
-                              intra_op_threads=settings.ort_intra_op_threads)
+                              intra_op_threads=settings.ort_intra_op_threads,
+                              inter_op_threads=settings.ort_inter_op_threads,
+                              concurrent_runs=settings.ort_concurrent_runs,
+                              allow_spinning=settings.ort_allow_spinning,
+                              batching=BatchConfig.from_settings(settings))
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:

@@ -134,7 +134,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
-        return error_response(request, "backend_unavailable", str(exc), 503,
+        # "overloaded" for the dynamic batcher's refusals (service.batching.Overloaded)
+        return error_response(request, getattr(exc, "code", "backend_unavailable"), str(exc), 503,
                               {"Retry-After": str(max(1, round(exc.retry_after_s)))})
 
     @app.exception_handler(BackendError)

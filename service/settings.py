@@ -49,9 +49,10 @@ class Settings(BaseSettings):
     # beyond it go in further calls, one at least): bounds the backend's activation memory
     seg_max_call_pixels: int = 1024 * 1024 * 2
     # requests doing their heavy work at once per endpoint (the rest wait); /segment holds
-    # full-resolution float32 logits, so one at a time by default
+    # full-resolution float32 logits, so one at a time by default. /pose: 16, so that the crops of
+    # that many requests can share batched runs (their queue is bounded by the batch_* settings)
     seg_max_concurrency: int = 1
-    pose_max_concurrency: int = 4
+    pose_max_concurrency: int = 16
 
     # graceful shutdown (service/lifecycle.py): after SIGTERM, /readyz and new requests answer 503
     # for shutdown_drain_s seconds (the listener stays open so load balancers notice), then the
@@ -65,7 +66,27 @@ class Settings(BaseSettings):
     admin_api_key: Optional[SecretStr] = None
 
     # embedded ONNX Runtime
-    ort_intra_op_threads: int = 0  # 0 = ORT default
+    ort_intra_op_threads: int = 0  # threads per ORT run; 0 = the cores / ort_concurrent_runs
+    ort_inter_op_threads: int = 0  # 0 = ORT default
+    # ORT's idle intra-op threads spin-wait by default; off here, because the gateway's own work
+    # (HTTP, decoding, crops) shares the cores and spinning threads starve it (PP-TinyPose, 2
+    # threads, 2 loaded cores: ~100 ms/crop spinning vs ~50 ms not)
+    ort_allow_spinning: bool = False
+    ort_concurrent_runs: int = 1  # ORT runs at once (one shared pool): 1 = no oversubscription
+    # dynamic batching (embedded ONNX Runtime; Triton batches with its own dynamic batcher): crops
+    # of concurrent requests to one fixed-input-shape model share runs of up to the card's
+    # max_batch_size items (service.batching). Off by default: on the 2-core test machine it did
+    # not yet beat unbatched serving (issue 10); HRNET_BATCHING=true turns it on
+    batching: bool = False
+    batch_max_queue_delay_ms: float = 2.0  # the oldest queued request waits this long for more
+    batch_preferred_sizes: list[int] = []  # sent at once when the queue can fill them
+    batch_max_size: int = 0  # most items a run; 0 = the card's max_batch_size (lower caps it)
+    # per-model caps over batch_max_size, JSON in the environment, e.g. '{"pp_tinypose_256x192": 2}'
+    batch_max_sizes: dict[str, int] = {}
+    batch_queue_capacity: int = 256  # items queued per model; beyond: 503 + Retry-After at once
+    batch_deadline_s: float = 4.0  # expected wait from arrival beyond it: 503 at once; 0 = none
+    # batches of one model in flight at once (Triton's instance count); 0 = ort_concurrent_runs
+    batch_instances: int = 0
     ort_providers: Optional[str] = None  # comma list; default CUDA if available, else CPU
 
     # security

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +14,18 @@ from ..cards import ModelCard
 from ..repository import ModelRepository
 from .base import Backend, BackendError, BackendUnavailable
 
+if TYPE_CHECKING:
+    from ..batching import BatchConfig, DynamicBatcher
+
 log = logging.getLogger(__name__)
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
 
 
 def default_providers() -> list[str]:
@@ -26,8 +39,16 @@ class OnnxRuntimeBackend(Backend):
     (:meth:`load_models`, :meth:`with_models`) makes a new backend object with new sessions for
     the changed models, sharing the rest and the worker threads.
 
-    ``infer`` runs in a worker thread (ORT releases the GIL) so the event loop stays free;
-    batches above the card's ``max_batch_size`` are split and concatenated. Raises
+    ``infer`` runs in one shared pool of ``concurrent_runs`` threads (ORT releases the GIL) so the
+    event loop stays free and at most that many ORT runs compete for the cores; each session uses
+    ``intra_op_threads`` threads (0: the cores this process may use / ``concurrent_runs``) and
+    ``inter_op_threads`` (0: ORT's default); ``allow_spinning=False`` makes idle ORT threads sleep
+    instead of spin-waiting (for cores shared with other work). Batches above the card's
+    ``max_batch_size`` are split and concatenated.
+    With ``batching`` (a :class:`service.batching.BatchConfig`), models whose inputs have a fixed
+    per-item shape go through a :class:`service.batching.DynamicBatcher` each (crops of concurrent
+    requests share runs; bounded queue, 503 :class:`service.batching.Overloaded` when full);
+    models with dynamic input dims (segmentation, bottom-up) run per call. Raises
     :class:`BackendUnavailable` (503) for a carded model whose ONNX file was missing or could not
     be loaded at start-up (logged; the other models load and serve), :class:`BackendError` for
     unknown models or ORT failures (e.g. a wrong input shape), which fail that request only.
@@ -36,15 +57,24 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, repository: ModelRepository, providers: list[str] | None = None,
-                 intra_op_threads: int = 0, models: list[str] | None = None):
+                 intra_op_threads: int = 0, models: list[str] | None = None, *,
+                 inter_op_threads: int = 0, concurrent_runs: int = 1, allow_spinning: bool = True,
+                 batching: Optional["BatchConfig"] = None):
+        if concurrent_runs < 1:
+            raise ValueError(f"concurrent_runs must be >= 1, got {concurrent_runs}")
         self.repository = repository
         self.providers = providers or default_providers()
         self.sessions: dict[str, ort.InferenceSession] = {}
         #: why a carded model has no session (ONNX file missing, or ONNX Runtime refused it)
         self.load_errors: dict[str, str] = {}
+        self.batching = batching
+        self._batchers: dict[str, "DynamicBatcher"] = {}
         self._opts = ort.SessionOptions()
-        if intra_op_threads:
-            self._opts.intra_op_num_threads = intra_op_threads
+        self._opts.intra_op_num_threads = intra_op_threads or max(1, cpu_cores() // concurrent_runs)
+        if inter_op_threads:
+            self._opts.inter_op_num_threads = inter_op_threads
+        self._opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                            "1" if allow_spinning else "0")
         for name in (models if models is not None else list(repository.cards)):
             path = repository.onnx_path(name)
             if not path.exists():
@@ -56,7 +86,7 @@ class OnnxRuntimeBackend(Backend):
             except Exception as exc:  # onnxruntime raises its own exception types
                 log.error("model %s: ONNX Runtime cannot load %s: %s", name, path, exc)
                 self.load_errors[name] = f"ONNX Runtime could not load it at start-up ({exc})"
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ort")
+        self._pool = ThreadPoolExecutor(max_workers=concurrent_runs, thread_name_prefix="ort")
 
     def _open(self, path) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), sess_options=self._opts, providers=self.providers)
@@ -95,8 +125,11 @@ class OnnxRuntimeBackend(Backend):
     def with_models(self, repository: ModelRepository,
                     staged: dict[str, ort.InferenceSession]) -> "OnnxRuntimeBackend":
         new = object.__new__(type(self))
-        new.repository, new.providers, new._opts, new._pool = (
-            repository, self.providers, self._opts, self._pool)
+        new.repository, new.providers, new._opts, new._pool, new.batching = (
+            repository, self.providers, self._opts, self._pool, self.batching)
+        # unchanged models keep their batchers (same sessions); changed ones get new batchers
+        new._batchers = {n: b for n, b in self._batchers.items()
+                         if n in repository.cards and n not in staged}
         new.sessions = {n: s for n, s in self.sessions.items() if n in repository.cards}
         new.sessions.update(staged)
         new.load_errors = {n: e for n, e in self.load_errors.items()
@@ -128,8 +161,28 @@ class OnnxRuntimeBackend(Backend):
             return dict(zip(names, chunks[0]))
         return {n: np.concatenate([c[i] for c in chunks], axis=0) for i, n in enumerate(names)}
 
+    def batcher(self, model: str) -> Optional["DynamicBatcher"]:
+        """The dynamic batcher of ``model`` (created on first use); None when batching is off, the
+        model is not loaded or its input has a dynamic per-item shape."""
+        if self.batching is None or model not in self.sessions:
+            return None
+        b = self._batchers.get(model)
+        if b is None:
+            card = self.repository.get(model)
+            if card.max_batch_size < 1 or any(d < 0 for spec in card.inputs for d in spec.dims):
+                return None
+            from ..batching import DynamicBatcher
+
+            b = DynamicBatcher(model, lambda inputs, outputs: self._run(model, inputs, outputs),
+                               self._pool, card.max_batch_size, self.batching)
+            self._batchers[model] = b
+        return b
+
     async def infer(self, model: str, inputs: dict[str, np.ndarray],
                     outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        b = self.batcher(model)
+        if b is not None:
+            return await b.submit(inputs, outputs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._run, model, inputs, outputs)
 
@@ -137,5 +190,8 @@ class OnnxRuntimeBackend(Backend):
         return bool(self.sessions) if model is None else model in self.sessions
 
     async def close(self) -> None:
+        for b in self._batchers.values():
+            await b.close()
+        self._batchers.clear()
         self._pool.shutdown(wait=False)
         self.sessions.clear()

@@ -2,7 +2,9 @@
 
 A top-down model estimates one person per given box, or per box the person detector finds; a
 bottom-up model (HigherHRNet) finds every person itself and takes no boxes. Parameters are
-validated first; decoding, detection, pose estimation and serialisation then run
+validated first; then the model's dynamic batcher (when enabled) admits the request or
+refuses it at once (503 ``overloaded`` + ``Retry-After``: queue full or deadline,
+:mod:`service.batching`); decoding, detection, pose estimation and serialisation then run
 under the endpoint's concurrency limit (``settings.pose_max_concurrency``), their CPU work in
 worker threads. Detector boxes are cut to the ``settings.max_boxes`` top-scoring ones.
 """
@@ -15,6 +17,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
+from ..batching import admission
 from ..boxes import parse_boxes
 from ..cards import BottomUpCard, TopDownCard
 from ..errors import InvalidParameter, WrongTask
@@ -69,7 +72,7 @@ async def pose(
     coloured by score; :mod:`service.pose_rendering`). Errors: 404 unknown model, 413 too large,
     415 not an image, 422 invalid boxes/parameters (also boxes, detector or threshold with a
     bottom-up model, scales with a top-down one) or wrong task, 500 inference failed, 503 backend
-    unavailable or draining.
+    unavailable, overloaded or draining.
     """
     state = request.app.state
     settings, repo, backend = state.settings, state.repository, state.backend
@@ -103,7 +106,8 @@ async def pose(
         det_card = repo.get(det_name, task="detection")
     use_flip = card.flip_test if flip_test is None else flip_test
 
-    async with endpoint_slot(request, "pose"):
+    # admission first: the model's dynamic batcher refuses (503 + Retry-After) before any work
+    async with admission(backend, card.name), endpoint_slot(request, "pose"):
         with timer("decode_image"):
             img = await read_image(image, settings)
         h, w = img.shape[:2]
