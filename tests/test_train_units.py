@@ -151,3 +151,15 @@ def test_recipes_follow_the_mmpose_coco_configs(tmp_path):
         get_recipe(bad)
     with pytest.raises(KeyError):
         get_recipe("no-such-model")
+
+
+def test_pixel_error_metrics_hand_case():
+    from service.metrics import pixel_error_metrics
+
+    pred = np.array([[[0.0, 0.0], [3.0, 4.0], [10.0, 10.0]]])
+    gt = np.zeros((1, 3, 2))
+    m = pixel_error_metrics(pred, gt, np.array([[1, 1, 0]]), np.array([[0.0, 0.0, 20.0, 10.0]]))
+    # distances 0 and 5 px (the third keypoint is unlabelled); PCK threshold 0.2 * 20 = 4 px
+    assert m["EPE"] == pytest.approx(2.5)
+    assert m["RMSE"] == pytest.approx(math.sqrt(12.5))
+    assert m["PCK@0.2"] == pytest.approx(0.5) and m["count"] == 2
