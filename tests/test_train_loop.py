@@ -113,6 +113,8 @@ def test_dlc_flow_train_export_serve_eval(dlc_small, tmp_path):
 
     from .conftest import _serve
 
+    small_entry(DLC_SMALL)  # the exporter below looks the row up in this process
+
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
     work = tmp_path / "work"
     # the CLI's own main in a fresh interpreter (the small test row registered first)
