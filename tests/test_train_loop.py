@@ -18,9 +18,10 @@ from training.recipes import DataLayout, TrainRecipe
 from training.trainer import Trainer
 from training.transforms import AugmentConfig
 
-from .train_fixtures import quick_options, small_entry
+from .train_fixtures import quick_options, small_entry, small_rows  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("small_rows")
 DLC_SMALL = "test-td-hm_hrnet-w18-small_dlc-64x64"
 
 

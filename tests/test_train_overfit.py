@@ -17,9 +17,10 @@ from training.recipes import DataLayout, TrainRecipe
 from training.trainer import Trainer
 from training.transforms import AugmentConfig
 
-from .train_fixtures import coco_subset, quick_options, small_entry
+from .train_fixtures import coco_subset, quick_options, small_entry, small_rows  # noqa: F401
 
 pytestmark = [
+    pytest.mark.usefixtures("small_rows"),
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("HRNET_TRAIN_OVERFIT") != "1",
                        reason="opt-in: set HRNET_TRAIN_OVERFIT=1 (minutes of CPU)"),

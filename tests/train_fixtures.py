@@ -5,6 +5,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
+from training import registry
 from training.registry import ModelEntry, get_entry, register
 
 #: ``(name, dataset, K, (w, h))`` of the small test models (hrnet_w18_small, MSRA, sigma 2)
@@ -26,6 +29,15 @@ def small_entry(name: str) -> ModelEntry:
         name=name, task="topdown_pose", arch="hrnet_w18_small", dataset=dataset, num_outputs=k,
         config="", url="", input_size=(w, h), heatmap_size=(w // 4, h // 4), sigma=2.0,
         codec="MSRAHeatmap"))
+
+
+@pytest.fixture(scope="module")
+def small_rows():
+    """Module fixture: the small test rows are removed from the registry afterwards, so the
+    registry's own tests see only the real rows."""
+    yield
+    for name in SMALL:
+        registry._REGISTRY.pop(name, None)
 
 
 def coco_subset(ann_file: Path, out_root: Path, images_dir: Path, n_people: int,
