@@ -5,7 +5,8 @@ the detection file's boxes, the ground-truth boxes or none — the service's det
 /segment`` with the image alone; a bottom-up model gets the image alone too), gathers the
 predictions, computes the metric with the shared
 :mod:`service.metrics` code (MMPose ``CocoMetric`` for COCO / MacaquePose / ATRW, PCK@0.3 + NME
-for Horse-10, MMSeg ``IoUMetric`` for Cityscapes) and prints ours / published / diff.
+for Horse-10, pixel error (EPE/RMSE) + box-normalised PCK@0.2 for the DeepLabCut example
+(``dlc_openfield``), MMSeg ``IoUMetric`` for Cityscapes) and prints ours / published / diff.
 
     hrnet-eval --url http://127.0.0.1:8000 --model pp_tinypose_256x192 --dataset coco \\
         --ann person_keypoints_val2017.json --images val2017/ \\
@@ -42,10 +43,10 @@ import numpy as np
 
 from benchmarks.eval_client import (RequestFailed, RetryPolicy, api_key_headers, get_json,
                                     post_form)
-from benchmarks.eval_data import (POSE_DATASETS, SEG_DATASETS, DataError, PoseItem, SegItem,
-                                  build_pose_items, build_seg_items, evaluate_coco_bottomup,
-                                  evaluate_coco_style,
-                                  evaluate_horse10, evaluate_segmentation, keypoint_selection,
+from benchmarks.eval_data import (PIXEL_ERROR_DATASETS, POSE_DATASETS, SEG_DATASETS, DataError,
+                                  PoseItem, SegItem, build_pose_items, build_seg_items,
+                                  evaluate_coco_bottomup, evaluate_coco_style, evaluate_horse10,
+                                  evaluate_pixel_error, evaluate_segmentation, keypoint_selection,
                                   load_json)
 from benchmarks.eval_io import PredictionLog, atomic_write_json
 from benchmarks.eval_report import compare, format_table, gather_references, parse_reference_args
@@ -337,8 +338,8 @@ async def _run(args: argparse.Namespace) -> int:
     pose = args.dataset in POSE_DATASETS
     if pose and not args.ann:
         raise SetupError("--ann (COCO keypoint json) is required for pose datasets")
-    if args.dataset == "horse10" and _box_source(args) != "gt":
-        raise SetupError("horse10 is evaluated with ground-truth boxes only (--gt-boxes)")
+    if args.dataset in ("horse10",) + PIXEL_ERROR_DATASETS and _box_source(args) != "gt":
+        raise SetupError(f"{args.dataset} is evaluated with ground-truth boxes only (--gt-boxes)")
 
     # dataset files first: fail fast on bad files
     skipped: Counter = Counter()
@@ -418,6 +419,9 @@ async def _run(args: argparse.Namespace) -> int:
         if args.dataset == "horse10":
             metrics, results = evaluate_horse10(records, coco, keypoint_index=sel)
             kind = "horse10"
+        elif args.dataset in PIXEL_ERROR_DATASETS:
+            metrics, results = evaluate_pixel_error(records, coco, keypoint_index=sel)
+            kind = "pixel"
         else:
             if not sigmas:
                 raise SetupError(f"no OKS sigmas for dataset {args.dataset!r} "

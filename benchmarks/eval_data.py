@@ -34,9 +34,11 @@ import numpy as np
 from service.boxes import box_rejections
 from service.geometry import bbox_xywh2xyxy
 from service.metrics import (CocoKeypointEvaluator, IoUAccumulator, horse10_metrics, mean_oks,
-                             topdown_bbox_areas)
+                             pixel_error_metrics, topdown_bbox_areas)
 
-POSE_DATASETS = ("coco", "macaque", "atrw", "horse10")
+POSE_DATASETS = ("coco", "macaque", "atrw", "horse10", "dlc_openfield")
+#: pose datasets scored by pixel error + box-normalised PCK (no OKS sigmas)
+PIXEL_ERROR_DATASETS = ("dlc_openfield",)
 SEG_DATASETS = ("cityscapes",)
 
 
@@ -334,6 +336,49 @@ def _mean_oks_gt(records, coco, sigmas, sel) -> Optional[float]:
     return None if np.isnan(m) else m
 
 
+def _gt_boxes(records: Sequence[dict], coco: dict, sel: Optional[list[int]]) -> np.ndarray:
+    """``(P, 4)`` xyxy boxes of the annotations the predictions carry the ids of, in the order
+    of :func:`_gt_pairs` (ground-truth boxes, unclipped)."""
+    ann_by_id = {a["id"]: a for a in coco.get("annotations", [])}
+    out = []
+    for rec in records:
+        _, _, _, ids = _record_arrays(rec, sel)
+        for aid in ids:
+            if aid in ann_by_id:
+                x, y, w, h = (float(v) for v in ann_by_id[aid]["bbox"][:4])
+                out.append([x, y, x + w, y + h])
+    return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+
+
+def _per_instance_results(records: Sequence[dict], sel: Optional[list[int]]) -> list:
+    results = []
+    for rec in records:
+        kp, _, _, ids = _record_arrays(rec, sel)
+        for i, aid in enumerate(ids):
+            results.append({"image_id": rec["image_id"], "id": aid,
+                            "keypoints": kp[i].reshape(-1).tolist()})
+    return results
+
+
+def evaluate_pixel_error(records: Sequence[dict], coco: dict, *,
+                         keypoint_index: Optional[list[int]] = None,
+                         thr: float = 0.2) -> tuple[dict, list]:
+    """``EPE``/``RMSE`` (pixels) and ``PCK@thr`` (normalised by the annotated box's longer
+    side) of ground-truth-box predictions, over labelled keypoints
+    (:func:`service.metrics.pixel_error_metrics`). Returns ``(metrics, results)`` like
+    :func:`evaluate_horse10`.
+
+    Raises:
+        DataError: when no prediction matches an annotation id, or keypoint counts differ.
+    """
+    pred, gt, vis, _ = _gt_pairs(records, coco, keypoint_index)
+    if not pred:
+        raise DataError("no predictions to evaluate")
+    metrics = pixel_error_metrics(np.stack(pred), np.stack(gt), np.stack(vis) > 0,
+                                  _gt_boxes(records, coco, keypoint_index), thr=thr)
+    return metrics, _per_instance_results(records, keypoint_index)
+
+
 def evaluate_horse10(records: Sequence[dict], coco: dict, *,
                      keypoint_index: Optional[list[int]] = None,
                      thr: float = 0.3) -> tuple[dict, list]:
@@ -348,13 +393,7 @@ def evaluate_horse10(records: Sequence[dict], coco: dict, *,
     if not pred:
         raise DataError("no predictions to evaluate")
     metrics = horse10_metrics(np.stack(pred), np.stack(gt), np.stack(vis) > 0, thr=thr)
-    results = []
-    for rec in records:
-        kp, _, _, ids = _record_arrays(rec, keypoint_index)
-        for i, aid in enumerate(ids):
-            results.append({"image_id": rec["image_id"], "id": aid,
-                            "keypoints": kp[i].reshape(-1).tolist()})
-    return metrics, results
+    return metrics, _per_instance_results(records, keypoint_index)
 
 
 # ----------------------------------------------------------------------------- segmentation

@@ -33,6 +33,7 @@ PERCENT_METRICS = {"aAcc", "mIoU", "mAcc", MS_FLIP_MIOU}
 TABLE_ROWS = {
     "coco": ("AP", "AP50", "AP75", "AR", "AR50"),
     "horse10": ("PCK", "NME"),
+    "pixel": ("EPE", "RMSE", "PCK@0.2"),
     "seg": ("mIoU", "mAcc", "aAcc"),
 }
 

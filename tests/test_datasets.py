@@ -21,7 +21,8 @@ from service.datasets import (PoseDatasetInfo, SegDatasetInfo, get_pose_dataset,
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-POSE_COUNTS = {"coco": 17, "coco_aic": 19, "horse10": 22, "macaque": 17, "atrw": 15}
+POSE_COUNTS = {"coco": 17, "coco_aic": 19, "horse10": 22, "macaque": 17, "atrw": 15,
+               "dlc_openfield": 4}
 SEG_COUNTS = {"cityscapes": 19, "ade20k": 150, "voc": 21, "pascal_context": 60,
               "pascal_context_59": 59}
 

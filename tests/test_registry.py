@@ -26,13 +26,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 POSE_TABLES = {
     "hrnet_coco": 4, "hrnet_fp16_coco": 1, "hrnet_augmentation_coco": 3, "hrnet_coco_aic": 2,
     "hrnet_dark_coco": 4, "hrnet_udp_coco": 4, "hrnet_horse10": 6, "hrnet_macaque": 2,
-    "hrnet_atrw": 2,
+    "hrnet_atrw": 2, "project": 1,
 }
 SEG_TABLE = {"cityscapes": 9, "ade20k": 6, "voc": 6, "pascal_context": 2, "pascal_context_59": 2}
 
 
 def _table_of(e: ModelEntry) -> str:
     n = e.name
+    if not e.url:  # project rows (hrnet-train recipes), no upstream table
+        return "project"
     if e.upstream == "mmpose-0.x" and e.dataset != "coco":  # the 0.x animal tables
         return f"hrnet_{e.dataset}"
     if "coco-aic" in n:
@@ -55,8 +57,8 @@ def test_counts_per_table():
     assert Counter(_table_of(e) for e in pose) == POSE_TABLES
     assert Counter(e.dataset for e in seg) == SEG_TABLE
     bottomup = list_entries(task="bottomup_pose")  # HigherHRNet rows: test_higher_hrnet.py
-    assert len(pose) == 28 and len(seg) == 25 and len(bottomup) == 3
-    assert len(list_entries()) == 56
+    assert len(pose) == 29 and len(seg) == 25 and len(bottomup) == 3
+    assert len(list_entries()) == 57
 
 
 def test_seg_rows_cover_arch_x_schedule_grid():
@@ -79,6 +81,12 @@ def test_seg_rows_cover_arch_x_schedule_grid():
 def test_names_urls_and_configs_unique_and_well_formed():
     entries = list_entries()
     assert len({e.name for e in entries}) == len(entries)
+    # project rows (trained with hrnet-train) have no URL and no upstream config, only a recipe
+    from training.recipes import RECIPES
+    project = [e for e in entries if not e.url]
+    assert [e.name for e in project] == ["td-hm_hrnet-w18-small_dlc-openfield-128x128"]
+    assert all(e.config == "" and e.name in RECIPES for e in project)
+    entries = [e for e in entries if e.url]
     assert len({e.url for e in entries}) == len(entries)
     for e in entries:
         assert e.url.startswith("https://download.openmmlab.com/"), e.name
@@ -99,7 +107,7 @@ def test_every_entry_matches_its_dataset_metainfo():
 
 def test_pose_geometry():
     expected = {"256x192": ((192, 256), 2.0), "384x288": ((288, 384), 3.0),
-                "256x256": ((256, 256), 2.0)}
+                "256x256": ((256, 256), 2.0), "128x128": ((128, 128), 2.0)}
     for e in list_entries(task="topdown_pose"):
         size = re.findall(r"\d{3}x\d{3}", e.name)[-1]  # upstream writes HxW in the name
         (w, h), sigma = expected[size]
@@ -113,7 +121,8 @@ def test_pose_codec_flags():
         assert e.dark == ("_dark-" in e.name), e.name
         assert (e.codec == "UDPHeatmap") == ("_udp-" in e.name) == e.use_udp, e.name
         assert e.shift_heatmap == (not e.use_udp) and e.flip_test
-        assert e.arch == ("hrnet_w48" if "w48" in e.name else "hrnet_w32")
+        assert e.arch == ("hrnet_w48" if "w48" in e.name else "hrnet_w18_small"
+                          if "w18-small" in e.name else "hrnet_w32")
         assert e.head_prefix == ("keypoint_head." if e.upstream == "mmpose-0.x" else "head.")
         assert e.test_mode is None and e.crop_size is None
 
@@ -140,6 +149,9 @@ def test_seg_test_settings():
 
 def test_metric_keys_and_ranges():
     for e in list_entries(task="topdown_pose"):
+        if not e.url:  # project rows publish no metrics
+            assert dict(e.metrics) == {}, e.name
+            continue
         keys = HORSE10_METRIC_KEYS if e.dataset == "horse10" else COCO_METRIC_KEYS
         assert tuple(e.metrics) == keys, e.name
         assert all(0 < v < 1 for v in e.metrics.values()), e.name
@@ -277,7 +289,7 @@ def test_register_and_duplicate():
             register("my_hrnet")  # type: ignore[arg-type]
     finally:
         registry._REGISTRY.pop("my_hrnet", None)
-    assert len(list_entries()) == 56
+    assert len(list_entries()) == 57
 
 
 @pytest.mark.parametrize("over", [

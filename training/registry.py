@@ -67,8 +67,10 @@ class ModelEntry:
             :func:`service.datasets.get_seg_dataset`.
         num_outputs: output channels of the head: ``K`` heatmaps (pose; bottom-up: ``K``
             joints, the head adds ``K`` tag maps at 1/4) or ``C`` logits (seg).
-        config: upstream config path, relative to the upstream repository root.
-        url: checkpoint URL exactly as published (``https://download.openmmlab.com/...pth``).
+        config: upstream config path, relative to the upstream repository root; empty for a
+            project model with no upstream config (its recipe is in :mod:`training.recipes`).
+        url: checkpoint URL exactly as published (``https://download.openmmlab.com/...pth``);
+            empty when nothing is published (project models, trained with ``hrnet-train``).
         metrics: published numbers. Pose on COCO/MacaquePose/ATRW: ``AP, AP50, AP75, AR, AR50``
             (fractions in 0..1); bottom-up: those and the multi-scale ``AP(ms)``... (see
             :data:`BOTTOMUP_METRIC_KEYS`); Horse-10: ``PCK@0.3`` (fraction), ``NME``; segmentation:
@@ -156,7 +158,7 @@ class ModelEntry:
             bad.append(f"upstream {self.upstream!r} not in {UPSTREAMS}")
         if self.num_outputs <= 0:
             bad.append("num_outputs must be positive")
-        if not self.config.endswith(f"/{self.name}.py"):
+        if self.config and not self.config.endswith(f"/{self.name}.py"):
             bad.append(f"config {self.config!r} is not <dir>/{self.name}.py")
         if self.task == "topdown_pose":
             if self.codec not in CODECS:
@@ -268,6 +270,7 @@ def list_entries(task: Optional[str] = None, dataset: Optional[str] = None) -> l
 # Upstream writes input sizes as HxW; the codec wants (w, h). Heatmaps are input / 4.
 # sigma: 2 for 256x192 and 256x256 configs, 3 for 384x288 configs (checked in every config).
 _POSE_GEOMETRY = {
+    "128x128": ((128, 128), (32, 32), 2.0),
     "256x192": ((192, 256), (48, 64), 2.0),
     "384x288": ((288, 384), (72, 96), 3.0),
     "256x256": ((256, 256), (64, 64), 2.0),
@@ -287,7 +290,7 @@ def _pose(name: str, arch: str, dataset: str, k: int, size: str, url: str,
     udp = codec == "UDPHeatmap"
     register(ModelEntry(
         name=name, task="topdown_pose", arch=arch, dataset=dataset, num_outputs=k,
-        config=f"{directory}/{name}.py", url=url, metrics=metrics, upstream=upstream,
+        config=f"{directory}/{name}.py" if directory else "", url=url, metrics=metrics, upstream=upstream,
         eval_set=eval_set, input_size=inp, heatmap_size=hm, sigma=sigma, codec=codec, dark=dark,
         use_udp=udp, flip_test=True, shift_heatmap=not udp, bbox_padding=bbox_padding,
         output_keypoint_indices=output_keypoint_indices, notes=notes))
@@ -416,6 +419,13 @@ for _arch, _ds, _k, _size, _tail, _metrics in (
     _name = f"hrnet_{_arch}_{_ds}_{_size}"
     _animal(_name, f"hrnet_{_arch}", _ds, _k, _size, f"{_ANIMAL}/{_name}-{_tail}.pth", _metrics,
             _ANIMAL_EVAL[_ds])
+
+# Project model (no upstream checkpoint): the README's DeepLabCut worked example, trained here
+# with hrnet-train (training.recipes). Boxes are the keypoints' extent plus a margin
+# (training.dlc), so padding 1.25 as the COCO configs.
+_pose("td-hm_hrnet-w18-small_dlc-openfield-128x128", "hrnet_w18_small", "dlc_openfield", 4,
+      "128x128", "", {}, directory="", eval_set="DeepLabCut openfield example, held-out frames",
+      notes="project recipe (hrnet-train); no published checkpoint")
 
 # --------------------------------------------------------------------------------------------
 # Bottom-up pose: MMPose 0.x HigherHRNet (associative embedding) on COCO

@@ -1,4 +1,5 @@
-"""Animal keypoint datasets: Horse-10 (22), MacaquePose (17), ATRW tigers (15).
+"""Animal keypoint datasets: Horse-10 (22), MacaquePose (17), ATRW tigers (15), DeepLabCut's
+open-field mouse (4).
 
 Facts from MMPose ``configs/_base_/datasets/horse10.py``, ``macaque.py`` and ``atrw.py`` (identical
 in the 0.x and 1.x branches): keypoint order, mirrors (``swap``), OKS sigmas, skeleton links and
@@ -98,6 +99,22 @@ ATRW_LINKS: tuple[LinkRow, ...] = (
     ("left_hip", "tail", (0, 255, 0)),
 )
 
+# DeepLabCut's open-field example (``examples/openfield-Pranav-2018-10-30``, ``config.yaml``
+# ``bodyparts``): a top-view mouse; the ears mirror each other. DeepLabCut defines no OKS sigmas
+# (its metric is the pixel error), so none are given; the links are for drawing only.
+DLC_OPENFIELD_KEYPOINTS: tuple[KeypointRow, ...] = (
+    ("snout", None, None, (255, 0, 0)),
+    ("leftear", "rightear", None, (0, 255, 0)),
+    ("rightear", "leftear", None, (255, 128, 0)),
+    ("tailbase", None, None, (0, 0, 255)),
+)
+DLC_OPENFIELD_LINKS: tuple[LinkRow, ...] = (
+    ("snout", "leftear", (0, 255, 0)),
+    ("snout", "rightear", (255, 128, 0)),
+    ("leftear", "tailbase", (0, 255, 0)),
+    ("rightear", "tailbase", (255, 128, 0)),
+)
+
 HORSE10 = PoseDatasetInfo.from_rows(
     "horse10", HORSE10_KEYPOINTS, HORSE10_LINKS, source="mmpose configs/_base_/datasets/horse10.py")
 MACAQUE = PoseDatasetInfo.from_rows(
@@ -105,4 +122,8 @@ MACAQUE = PoseDatasetInfo.from_rows(
 ATRW = PoseDatasetInfo.from_rows(
     "atrw", ATRW_KEYPOINTS, ATRW_LINKS, source="mmpose configs/_base_/datasets/atrw.py")
 
-POSE_DATASETS = (HORSE10, MACAQUE, ATRW)
+DLC_OPENFIELD = PoseDatasetInfo.from_rows(
+    "dlc_openfield", DLC_OPENFIELD_KEYPOINTS, DLC_OPENFIELD_LINKS,
+    source="DeepLabCut examples/openfield-Pranav-2018-10-30/config.yaml")
+
+POSE_DATASETS = (HORSE10, MACAQUE, ATRW, DLC_OPENFIELD)

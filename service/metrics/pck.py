@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["horse10_metrics", "keypoint_distance_norm", "nme", "normalized_distances",
-           "pck_accuracy"]
+           "pck_accuracy", "bbox_size_norm", "pixel_error_metrics"]
 
 #: Horse-10 normalisation pair: keypoint 0 ``Nose`` and 1 ``Eye``.
 HORSE10_NORM_INDICES = (0, 1)
@@ -127,3 +127,40 @@ def horse10_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
     norm = keypoint_distance_norm(gt, HORSE10_NORM_INDICES)
     _, pck, _ = pck_accuracy(pred, gt, mask, thr, norm)
     return {"PCK": pck, "NME": nme(pred, gt, mask, norm)}
+
+
+def bbox_size_norm(bboxes_xyxy: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` PCK normalisation by box size: the longer side ``max(x2 - x1, y2 - y1)`` of
+    each ``(N, 4)`` xyxy box, for both axes (MMPose ``PCKAccuracy(norm_item='bbox')``)."""
+    b = np.asarray(bboxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    side = np.max(b[:, 2:4] - b[:, 0:2], axis=1, keepdims=True)
+    return np.tile(side, (1, 2))
+
+
+def pixel_error_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
+                        bboxes_xyxy: np.ndarray, thr: float = 0.2) -> dict[str, float]:
+    """Pixel errors of labelled keypoints, DeepLabCut-style, plus box-normalised PCK.
+
+    * ``EPE``: mean Euclidean distance in pixels over all labelled (instance, keypoint) pairs
+      (MMPose ``keypoint_epe``; what DeepLabCut reports as its train/test "error" in pixels);
+    * ``RMSE``: ``sqrt(mean(d^2))`` over the same pairs, pixels;
+    * ``PCK@{thr}``: :func:`pck_accuracy` with :func:`bbox_size_norm` of ``bboxes_xyxy``
+      (MMPose ``PCKAccuracy(thr, norm_item='bbox')``), fraction, mean over keypoint types.
+
+    Args:
+        pred, gt: ``(N, K, 2)`` pixels; mask: ``(N, K)`` labelled flags; bboxes_xyxy: ``(N, 4)``.
+
+    Returns ``{"EPE", "RMSE", "PCK@<thr>", "count"}`` (``count`` = labelled pairs). Raises
+    ``ValueError`` when nothing is labelled or shapes disagree.
+    """
+    p = np.asarray(pred, dtype=np.float64)
+    g = np.asarray(gt, dtype=np.float64)
+    m = np.asarray(mask).reshape(p.shape[:2]) > 0
+    if p.shape != g.shape or p.ndim != 3:
+        raise ValueError(f"pred {p.shape} and gt {g.shape} must both be (N, K, 2)")
+    if not m.any():
+        raise ValueError("no labelled keypoint to score")
+    d = np.linalg.norm(p[..., :2] - g[..., :2], axis=-1)[m]
+    _, pck, _ = pck_accuracy(p, g, m, thr, bbox_size_norm(bboxes_xyxy))
+    return {"EPE": float(d.mean()), "RMSE": float(np.sqrt((d ** 2).mean())),
+            f"PCK@{thr:g}": float(pck), "count": int(d.size)}

@@ -1,0 +1,64 @@
+"""torchrun worker of ``test_train_ddp``: one DDP step of the small model on this rank's half of
+a fixed batch (BatchNorm in eval mode, so the statistics do not depend on how the batch is
+split; PyTorch's SyncBatchNorm refuses CPU tensors), then rank 0 saves the averaged gradients.
+
+    python -m torch.distributed.run --nproc-per-node 2 tests/ddp_grad_worker.py OUT.pt
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from training.losses import KeypointMSELoss  # noqa: E402
+from training.models import build_model  # noqa: E402
+from training.trainer import train_step  # noqa: E402
+
+
+def fixed_batch(n: int = 4, k: int = 4, size: int = 64) -> dict[str, torch.Tensor]:
+    """A fixed batch: seeded normal inputs, random heatmaps and 0/1 weights."""
+    g = torch.Generator().manual_seed(123)
+    return {"inputs": torch.randn(n, 3, size, size, generator=g),
+            "heatmaps": torch.rand(n, k, size // 4, size // 4, generator=g),
+            "weights": (torch.rand(n, k, generator=g) > 0.3).float()}
+
+
+def grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gradients of one :func:`training.trainer.train_step` (SGD with lr 0: weights unchanged)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    train_step(model, batch, KeypointMSELoss(), opt)
+    inner = model.module if hasattr(model, "module") else model
+    return {n: p.grad.detach().clone() for n, p in inner.named_parameters()}
+
+
+def small_model() -> torch.nn.Module:
+    """hrnet_w18_small, 4 keypoints, fixed seed, BatchNorm frozen (eval)."""
+    m = build_model("hrnet_w18_small", "topdown_pose", 4, seed=0)
+    m.train()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eval()
+    return m
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    batch = fixed_batch()
+    per = batch["inputs"].shape[0] // world
+    mine = {k: v[rank * per:(rank + 1) * per] for k, v in batch.items()}
+    model = torch.nn.parallel.DistributedDataParallel(small_model())
+    g = grads(model, mine)
+    if rank == 0:
+        torch.save(g, sys.argv[1])
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__" and "RANK" in os.environ:
+    main()

@@ -1,0 +1,216 @@
+"""Training recipes: how each registry model is trained (timm's pretrained-config idea: the
+registry entry says *what* the model is and how it is tested, its recipe says how it is made).
+
+``RECIPES`` is keyed by the same names as :mod:`training.registry` (``hrnet-export --list``).
+A user's own dataset gets a recipe file (TOML or YAML) naming a registry model and overriding
+any field::
+
+    model = "td-hm_hrnet-w18-small_dlc-openfield-160x160"   # a registry name
+    max_epochs = 60
+    batch_size = 16
+    lr = 1e-3
+    [augment]
+    rotate_factor = 30.0
+    [data]            # paths relative to --data-root
+    train_ann = "annotations/train.json"
+    train_images = "images"
+
+Top-down COCO recipes follow MMPose 1.x ``td-hm_hrnet-*_coco-*.py``: Adam lr 5e-4 for a global
+batch of 512 (``auto_scale_lr.base_batch_size``; the LR is scaled linearly to the actual global
+batch), ``LinearLR`` warm-up over 500 iterations from factor 0.001, ``MultiStepLR`` x0.1 at epochs
+170 and 200, 210 epochs, validation and checkpoints every 10 epochs, best checkpoint by
+``coco/AP`` (greater). Later slices (augmentation variants, COCO-AIC, animals, segmentation,
+bottom-up) add recipe rows and ``task``-specific fields next to these.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .registry import get_entry, list_entries
+from .transforms import AugmentConfig
+
+__all__ = ["DataLayout", "TrainRecipe", "RECIPES", "get_recipe", "load_recipe_file",
+           "COCO_UPPER_BODY"]
+
+#: COCO upper-body keypoints (MMPose ``coco.py`` ``upper_body_ids``: nose .. right wrist).
+COCO_UPPER_BODY = tuple(range(11))
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """Where a dataset's files are, relative to ``--data-root`` (MMPose layout by default).
+
+    ``val_ann``/``val_images`` may be missing on disk: validation is then skipped with a warning.
+    """
+
+    train_ann: str = "annotations/person_keypoints_train2017.json"
+    train_images: str = "train2017"
+    val_ann: str = "annotations/person_keypoints_val2017.json"
+    val_images: str = "val2017"
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How to train one registry model (top-down heatmap).
+
+    Attributes:
+        model: registry name (:func:`training.registry.get_entry`): architecture, dataset
+            metainfo, input/heatmap size, codec, test-time settings.
+        lr: Adam learning rate for ``base_batch_size`` samples per step; the trainer uses
+            ``lr * global_batch / base_batch_size`` (MMEngine ``auto_scale_lr``).
+        base_batch_size: the global batch ``lr`` is meant for (upstream: 8 GPUs x 64 = 512).
+        batch_size: samples per process per step (upstream: 64 for W32, 32 for W48).
+        weight_decay: Adam weight decay (0 upstream).
+        warmup_iters, warmup_factor: ``LinearLR(start_factor, begin=0, end=warmup_iters,
+            by_epoch=False)``.
+        milestones, gamma: ``MultiStepLR`` (epochs, by_epoch=True).
+        max_epochs: training length in epochs (``--max-epochs``/``--max-iters`` override).
+        val_interval: validate every N epochs (and at the end).
+        checkpoint_interval: save ``epoch_N.pth`` every N epochs (and at the end).
+        best_metric, best_rule: ``save_best`` metric and ``'greater'``/``'less'``.
+        bbox_padding: ``GetBBoxCenterScale`` padding.
+        augment: the random steps (:class:`training.transforms.AugmentConfig`).
+        data: file layout under ``--data-root``.
+        num_workers: DataLoader workers per process.
+    """
+
+    model: str
+    lr: float = 5e-4
+    base_batch_size: int = 512
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    warmup_iters: int = 500
+    warmup_factor: float = 0.001
+    milestones: tuple[int, ...] = (170, 200)
+    gamma: float = 0.1
+    max_epochs: int = 210
+    val_interval: int = 10
+    checkpoint_interval: int = 10
+    best_metric: str = "AP"
+    best_rule: str = "greater"
+    bbox_padding: float = 1.25
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataLayout = field(default_factory=DataLayout)
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        entry = get_entry(self.model)  # KeyError for an unknown model
+        if entry.task != "topdown_pose":
+            raise ValueError(f"{self.model}: only top-down pose recipes are supported so far "
+                             f"(task {entry.task!r})")
+        if self.best_rule not in ("greater", "less"):
+            raise ValueError(f"best_rule must be 'greater' or 'less', got {self.best_rule!r}")
+        if self.batch_size < 1 or self.base_batch_size < 1 or self.max_epochs < 1:
+            raise ValueError("batch_size, base_batch_size and max_epochs must be positive")
+        if not self.lr > 0 or not 0 < self.warmup_factor <= 1:
+            raise ValueError("lr must be positive and warmup_factor in (0, 1]")
+
+    @property
+    def entry(self):
+        """The registry :class:`~training.registry.ModelEntry` of :attr:`model`."""
+        return get_entry(self.model)
+
+
+def _coco_recipe(name: str) -> TrainRecipe:
+    """MMPose 1.x top-down COCO HRNet recipe: W48 configs use 8 x 32 (same lr 5e-4 for 512)."""
+    per_gpu = 32 if "_8xb32-" in name else 64
+    return TrainRecipe(model=name, batch_size=per_gpu,
+                       augment=AugmentConfig(upper_body_ids=COCO_UPPER_BODY))
+
+
+def _dlc_recipe(name: str) -> TrainRecipe:
+    """The DeepLabCut open-field mouse example (README): 4 keypoints, a small HRNet trained from
+    scratch on a 2-core CPU. Faster warm-up and a larger LR than COCO's (a 16-image global batch
+    from scratch), milder rotation (top view: any heading is plausible, but 80 degrees on tiny
+    data slows convergence), no half-body (4 keypoints)."""
+    return TrainRecipe(
+        model=name, lr=2e-3, base_batch_size=16, batch_size=16, warmup_iters=50,
+        milestones=(40, 55), max_epochs=60, val_interval=5, checkpoint_interval=5,
+        best_metric="EPE", best_rule="less",
+        augment=AugmentConfig(half_body_prob=0.0, rotate_factor=45.0, rotate_prob=0.6,
+                              scale_factor=(0.75, 1.25)),
+        data=DataLayout(train_ann="annotations/train.json", train_images="images",
+                        val_ann="annotations/test.json", val_images="images"),
+        num_workers=1)
+
+
+def _build_table() -> dict[str, TrainRecipe]:
+    table: dict[str, TrainRecipe] = {}
+    for e in list_entries(task="topdown_pose"):
+        if (e.dataset == "coco" and e.upstream == "mmpose-1.x"
+                and re.search(r"_(8xb64|8xb32)-210e_coco-(256x192|384x288)$", e.name)):
+            table[e.name] = _coco_recipe(e.name)
+        elif e.dataset == "dlc_openfield":
+            table[e.name] = _dlc_recipe(e.name)
+    return table
+
+
+#: Registry name -> recipe (top-down COCO MMPose 1.x rows and the DLC example).
+RECIPES: Mapping[str, TrainRecipe] = _build_table()
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".toml":
+        return tomllib.loads(text)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml  # optional: only recipe files need it
+
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a recipe file must hold a mapping")
+        return data
+    raise ValueError(f"{path}: recipe files are .toml, .yaml or .yml")
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _sub(cls, data: Any, where: str):
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must be a table/mapping")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} keys: {', '.join(unknown)}")
+    return {k: _tuples(v) for k, v in data.items()}
+
+
+def load_recipe_file(path: str | Path) -> TrainRecipe:
+    """A :class:`TrainRecipe` from a TOML/YAML file: ``model`` (registry name) is required;
+    other top-level keys override :class:`TrainRecipe` fields of the model's built-in recipe
+    (or the defaults when it has none); ``[augment]`` and ``[data]`` override
+    :class:`AugmentConfig` / :class:`DataLayout` fields. Lists become tuples.
+
+    Raises ``ValueError`` for a bad file or unknown keys, ``KeyError`` for an unknown model,
+    ``FileNotFoundError`` for a missing file.
+    """
+    path = Path(path)
+    raw = _read_mapping(path)
+    if "model" not in raw:
+        raise ValueError(f"{path}: recipe needs a 'model' (registry name)")
+    base = RECIPES.get(raw["model"]) or TrainRecipe(model=raw["model"])
+    top = _sub(TrainRecipe, {k: v for k, v in raw.items() if k not in ("augment", "data")},
+               "recipe")
+    augment = replace(base.augment, **_sub(AugmentConfig, raw.get("augment", {}), "[augment]"))
+    data = replace(base.data, **_sub(DataLayout, raw.get("data", {}), "[data]"))
+    return replace(base, **top, augment=augment, data=data)
+
+
+def get_recipe(name_or_path: str | Path) -> TrainRecipe:
+    """The recipe of registry model ``name_or_path``, or one loaded from a ``.toml``/``.yaml``
+    file. Raises ``KeyError`` naming the models that have recipes when neither applies."""
+    p = Path(str(name_or_path))
+    if p.suffix.lower() in (".toml", ".yaml", ".yml"):
+        return load_recipe_file(p)
+    try:
+        return RECIPES[str(name_or_path)]
+    except KeyError:
+        raise KeyError(f"no training recipe for {name_or_path!r}; recipes exist for: "
+                       f"{', '.join(sorted(RECIPES))}") from None
