@@ -79,8 +79,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     # /docs (Swagger UI) and /redoc load their JS/CSS from the gateway itself (fastapi-offline
     # ships them, under /static-offline-docs), not from a CDN: they work without internet
     app = FastAPIOffline(title="HRNet serving gateway", version="0.1.0", lifespan=lifespan,
-                         description="Top-down pose and semantic segmentation with HRNet-family "
-                                     "models.")
+                         description="Top-down and bottom-up pose and semantic segmentation with "
+                                     "HRNet-family models.")
     install_error_handlers(app)
     app.state.drain = Drain()  # set by SIGTERM (service.lifecycle.GatewayServer)
 

@@ -60,7 +60,8 @@ async def pose(
                                                    "several) or 'ms' = [2, 1, 0.5]; default: "
                                                    "the card's"),
 ) -> Union[PoseResponse, Response]:
-    """Keypoints (image pixels) for each given box, or for each person the detector finds.
+    """Keypoints (image pixels) for each given box, each person the detector finds, or each person
+    a bottom-up model finds.
 
     Top-down models (MMPose 1.x test path): box -> center/scale (padding 1.25, aspect fix) ->
     affine crop -> one batched inference (flipped crops too when ``flip_test``) -> heatmap
