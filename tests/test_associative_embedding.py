@@ -219,7 +219,7 @@ def test_munkres_assignment_hand_traced():
 
 
 def test_munkres_assignment_equals_munkres_package_on_ties():
-    munkres = pytest.importorskip("munkres")
+    munkres = pytest.importorskip("munkres")  # the dev extra pins 1.1.4, upstream's version
     rng = np.random.default_rng(0)
     for t in range(300):
         n = int(rng.integers(1, 9))
