@@ -24,8 +24,9 @@ def to_input_tensor(images_bgr: np.ndarray, norm: Normalization) -> np.ndarray:
     """Turn ``(N, H, W, 3) uint8`` BGR images into the model's ``(N, 3, H, W) float32`` input.
 
     Channels are reordered to ``norm.channel_order`` (as MMEngine's data preprocessor does with
-    ``bgr_to_rgb``), then ``(x - mean) / std`` per channel on 0..255 values, in float32. ``norm`` is a card's
-    :class:`~service.cards.Normalization` or any object with the same three attributes.
+    ``bgr_to_rgb``), then ``(x - mean) / std`` per channel on 0..255 values, in float32.
+    ``norm`` is a card's :class:`~service.cards.Normalization` or any object with the same three
+    attributes.
     """
     if images_bgr.ndim != 4 or images_bgr.shape[-1] != 3:
         raise ValueError(f"expected (N, H, W, 3) images, got shape {images_bgr.shape}")
