@@ -13,6 +13,7 @@ from training.registry import ModelEntry, get_entry, register
 #: ``(name, dataset, K, (w, h))`` of the small test models (hrnet_w18_small, MSRA, sigma 2)
 SMALL = {
     "test-td-hm_hrnet-w18-small_coco-96x64": ("coco", 17, (64, 96)),
+    "test-td-hm_hrnet-w18-small_coco-128x96": ("coco", 17, (96, 128)),
     "test-td-hm_hrnet-w18-small_dlc-64x64": ("dlc_openfield", 4, (64, 64)),
 }
 
