@@ -32,7 +32,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from service.codecs.associative_embedding import (AEParams, ScaleOutputs, adjust_people,
+from service.cards import BottomUpSpec
+from service.codecs.associative_embedding import (ScaleOutputs, adjust_people,
                                                   aggregate_outputs, match_by_tag, max_pool,
                                                   munkres_assignment, people_to_image,
                                                   refine_people, top_k_candidates)
@@ -150,7 +151,7 @@ def synthetic_outputs(rng: np.random.Generator, people: np.ndarray, image_wh: tu
 
 # ----------------------------------------------------------------------------- the baseline
 
-def loop_group(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams) -> tuple[np.ndarray, np.ndarray]:
+def loop_group(heatmaps: np.ndarray, tags: np.ndarray, params: BottomUpSpec) -> tuple[np.ndarray, np.ndarray]:
     """The same grouping, adjust, scoring and refine as ours, written person by person.
 
     Upstream's structure (``HeatmapParser.match`` / ``adjust`` / ``refine``) in plain numpy with
@@ -168,7 +169,7 @@ def loop_group(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams) -> tupl
     n_tag = tags.shape[-1]
     joint_dict: dict[float, np.ndarray] = {}
     tag_dict: dict[float, list] = {}
-    for i, idx in enumerate(params.order()):
+    for i, idx in enumerate(params.grouping_order()):
         n = int(counts[idx])
         joints = np.concatenate([loc_k[idx, :n], val_k[idx, :n, None], tag_k[idx, :n]], 1)
         if n == 0:
@@ -302,7 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.onnx:
         import onnxruntime as ort
         session = ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"])
-    params = AEParams()
+    params = BottomUpSpec()
     rng = np.random.default_rng(args.seed)
     print(f"{'photo':<17} {'input':>9} {'net ms':>7} {'agg ms':>7} {'topk ms':>7} {'match ms':>8} "
           f"{'refine ms':>9} {'ours ms':>8} {'loop ms':>8} {'speedup':>7} {'people':>6} {'same':>4} "

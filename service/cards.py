@@ -82,6 +82,11 @@ class DetectorSpec(_Strict):
     max_detections: int = 100
 
 
+#: Upstream's grouping order for the 17 COCO keypoints, 0-based: nose, eyes, ears, shoulders, hips,
+#: elbows, wrists, knees, ankles (the HigherHRNet repo's / MMPose 0.x ``HeatmapParser``).
+COCO_JOINT_ORDER = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
+
+
 class BottomUpSpec(_Strict):
     """Bottom-up (associative-embedding) test-time parameters, as MMPose 0.x ``AEHigherResolutionHead``
     configs' ``test_cfg`` / ``data_cfg`` and the original HigherHRNet repo's ``TEST`` section.
@@ -91,7 +96,9 @@ class BottomUpSpec(_Strict):
     order, one tensor per resolution stage, lowest resolution first (HigherHRNet: 1/4 with
     ``num_joints`` heatmaps + tag maps, then 1/2 with heatmaps only); ``with_heatmaps`` /
     ``with_ae`` say which stages carry heatmaps / tags. ``joint_order`` is the order in which
-    joints are grouped (COCO: upstream's ``[0,1,2,3,4,5,6,11,12,7,8,9,10,13,14,15,16]``).
+    joints are grouped (empty: :meth:`grouping_order`'s upstream default). Invalid grouping
+    parameters (even NMS kernel, negative detection threshold, a joint order that is not a
+    permutation) are refused when the card is loaded, so requests never meet them.
     ``scale_factor`` lists the test scales (``[1.0]`` single scale; ``[2, 1, 0.5]`` for the
     published multi-scale numbers).
     """
@@ -117,6 +124,27 @@ class BottomUpSpec(_Strict):
     use_udp: bool = False
     scale_factor: list[float] = Field(default_factory=lambda: [1.0])
     joint_order: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_grouping(self) -> "BottomUpSpec":
+        if self.nms_kernel < 1 or self.nms_kernel % 2 == 0 or self.nms_padding != self.nms_kernel // 2:
+            raise ValueError(f"nms_kernel must be odd with nms_padding = nms_kernel // 2 (the peak "
+                             f"map keeps the heatmap size), got {self.nms_kernel}, {self.nms_padding}")
+        if not self.detection_threshold >= 0:  # below 0 upstream would keep zeroed non-peaks too
+            raise ValueError(f"detection_threshold must be >= 0, got {self.detection_threshold}")
+        if self.max_num_people < 1:
+            raise ValueError(f"max_num_people must be >= 1, got {self.max_num_people}")
+        if self.joint_order and sorted(self.joint_order) != list(range(self.num_joints)):
+            raise ValueError(f"joint_order must be a permutation of range({self.num_joints}), "
+                             f"got {self.joint_order}")
+        return self
+
+    def grouping_order(self) -> tuple[int, ...]:
+        """The joint order of the grouping: ``joint_order``, or upstream's default when empty
+        (MMPose 0.x ``_Params``: :data:`COCO_JOINT_ORDER` for 17 joints, else index order)."""
+        if self.joint_order:
+            return tuple(self.joint_order)
+        return COCO_JOINT_ORDER if self.num_joints == 17 else tuple(range(self.num_joints))
 
 
 class SegTestPipeline(_Strict):

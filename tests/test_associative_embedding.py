@@ -12,13 +12,15 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.cards import BottomUpSpec, ModelCard, Normalization, TensorSpec, make_card
-from service.codecs.associative_embedding import (COCO_JOINT_ORDER, AEParams, ScaleOutputs,
+from service.cards import (COCO_JOINT_ORDER, BottomUpSpec, ModelCard, Normalization, TensorSpec,
+                           make_card)
+from service.codecs.associative_embedding import (ScaleOutputs,
                                                   adjust_people, aggregate_outputs, group_people,
                                                   match_by_tag, munkres_assignment,
-                                                  people_to_image, refine_people, resize_bilinear,
+                                                  people_to_image, refine_people,
                                                   top_k_candidates)
 from service.datasets.coco import COCO
+from service.interpolate import resize_bilinear
 from service.geometry import (get_bottomup_warp_matrix, get_multi_scale_size, get_warp_matrix,
                               resize_align_multi_scale)
 
@@ -109,7 +111,7 @@ def test_top_k_peak_test_plateau_and_threshold():
     hm[0, 15, 3] = hm[0, 15, 4] = 0.4     # a plateau of equal maxima: both survive, index order
     hm[0, 2, 17] = 0.1                    # not above the 0.1 detection threshold
     tags = np.arange(K * 400, dtype=np.float32).reshape(K, 20, 20, 1)
-    val, loc, tag, cnt = top_k_candidates(hm, tags, AEParams())
+    val, loc, tag, cnt = top_k_candidates(hm, tags, BottomUpSpec())
     assert cnt[0] == 3 and cnt[1:].sum() == 0
     np.testing.assert_allclose(val[0, :3], [0.9, 0.4, 0.4])
     np.testing.assert_array_equal(loc[0, :3], [[5, 5], [3, 15], [4, 15]])
@@ -125,10 +127,10 @@ def test_more_than_30_candidates_keeps_the_30_strongest():
         y, x = 2 + 4 * (i // 9), 2 + 4 * (i % 9)
         hm[0, y, x] = 0.2 + 0.02 * i
         tags[0, y, x, 0] = 10.0 * i  # far apart: every candidate is its own person
-    val, loc, _, cnt = top_k_candidates(hm, tags, AEParams())
+    val, loc, _, cnt = top_k_candidates(hm, tags, BottomUpSpec())
     assert cnt[0] == 30
     np.testing.assert_allclose(val[0], 0.2 + 0.02 * np.arange(34, 4, -1), rtol=1e-6)
-    people = match_by_tag(val, loc, *top_k_candidates(hm, tags, AEParams())[2:], AEParams())
+    people = match_by_tag(val, loc, *top_k_candidates(hm, tags, BottomUpSpec())[2:], BottomUpSpec())
     assert people.shape == (30, K, 4)
     np.testing.assert_allclose(people[:, 0, 2], 0.2 + 0.02 * np.arange(34, 4, -1), rtol=1e-6)
     np.testing.assert_allclose(people[:, 0, 3], 10.0 * np.arange(34, 4, -1))
@@ -156,7 +158,7 @@ def _two_people(missing_joint: int | None = None, size: int = 64):
 
 def test_two_people_with_separable_tags():
     hm, tags = _two_people()
-    g = group_people(hm, tags, AEParams())
+    g = group_people(hm, tags, BottomUpSpec())
     # joint order starts with the nose: A (0.9) is created before B (0.8)
     assert g.people.shape == (2, K, 4)
     xs = 4 + 3 * np.arange(K)
@@ -172,9 +174,9 @@ def test_two_people_with_separable_tags():
 def test_missing_joint_recovered_by_refine():
     j = 9  # left wrist: its 0.05 peak is below the detection threshold
     hm, tags = _two_people(missing_joint=j)
-    no_refine = group_people(hm, tags, AEParams(refine=False))
+    no_refine = group_people(hm, tags, BottomUpSpec(refine=False))
     assert no_refine.people[0, j, 2] == 0
-    g = group_people(hm, tags, AEParams())
+    g = group_people(hm, tags, BottomUpSpec())
     # person score is computed before refine: A has 16 joints of 0.9 and one 0
     np.testing.assert_allclose(g.scores, [0.9 * 16 / 17, 0.8], rtol=1e-6)
     # refine for A: joint 9's map scores value - round(|tag - 0|): 0.05 at A's weak peak
@@ -201,7 +203,7 @@ def test_tie_follows_munkres():
     val[0, :2], tag[0, :2, 0], loc[0, :2] = (0.9, 0.8), (0.0, 1.6), ((1, 1), (20, 1))
     val[1, :2], tag[1, :2, 0], loc[1, :2] = (0.75, 0.5), (0.2, -0.8), ((2, 2), (21, 2))
     cnt[:2] = 2
-    people = match_by_tag(val, loc, tag, cnt, AEParams())
+    people = match_by_tag(val, loc, tag, cnt, BottomUpSpec())
     assert people.shape[0] == 3
     np.testing.assert_array_equal(people[:, 1, :3], [[2, 2, 0.75], [0, 0, 0], [21, 2, 0.5]])
     np.testing.assert_array_equal(people[:, 0, 2] > 0, [True, True, False])
@@ -324,13 +326,13 @@ def test_people_to_image_inverts_the_resize():
 
 def test_params_validation():
     with pytest.raises(ValueError):
-        AEParams(nms_kernel=4).check()
+        BottomUpSpec(nms_kernel=4)
     with pytest.raises(ValueError):
-        AEParams(detection_threshold=-0.1).check()
+        BottomUpSpec(detection_threshold=-0.1)
     with pytest.raises(ValueError):
-        AEParams(joint_order=(0, 0)).order()
-    assert AEParams().order() == COCO_JOINT_ORDER
-    assert AEParams(num_joints=3).order() == (0, 1, 2)
+        BottomUpSpec(joint_order=[0, 0])
+    assert BottomUpSpec().grouping_order() == COCO_JOINT_ORDER
+    assert BottomUpSpec(num_joints=3).grouping_order() == (0, 1, 2)
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -11,7 +11,7 @@ Follows the test path of the HigherHRNet repo (``HRNet/HigherHRNet-Human-Pose-Es
    are resized the same way, mirrored back along W and their channels swapped by the flip indices.
    With ``project2image`` both are resized to the resized image (``base_size``); heatmaps are
    averaged over plain/flipped and over scales, tags of scale 1 are stacked on a last axis
-   (``L`` = 2 with flip test). Resizing is :func:`resize_bilinear`, torch's
+   (``L`` = 2 with flip test). Resizing is :func:`service.interpolate.resize_bilinear`, torch's
    ``F.interpolate(mode='bilinear')`` semantics without torch.
 2. **candidates** (:func:`top_k_candidates`): the max-pool peak test (kernel 5, padding 2: a pixel
    survives when it equals the maximum of its 5x5 window, ``-inf`` outside the map), then the
@@ -56,20 +56,21 @@ with ``project2image``) until step 7. Tie behaviour where upstream calls torch o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..geometry import affine_transform_points, get_bottomup_warp_matrix
+from ..interpolate import resize_bilinear
+
+if TYPE_CHECKING:  # grouping parameters: the card's spec (validated when the card is loaded)
+    from ..cards import BottomUpSpec
 
 __all__ = [
-    "COCO_JOINT_ORDER",
-    "AEParams",
     "ScaleOutputs",
     "GroupedPeople",
-    "resize_bilinear",
     "aggregate_outputs",
     "max_pool",
     "top_k_candidates",
@@ -80,64 +81,6 @@ __all__ = [
     "group_people",
     "people_to_image",
 ]
-
-#: Upstream's grouping order for the 17 COCO keypoints, 0-based: nose, eyes, ears, shoulders, hips,
-#: elbows, wrists, knees, ankles.
-COCO_JOINT_ORDER = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
-
-
-@dataclass(frozen=True)
-class AEParams:
-    """Grouping parameters (the card's :class:`service.cards.BottomUpSpec` fields of the same name;
-    MMPose 0.x ``test_cfg`` / the HigherHRNet repo's ``TEST`` section). Whether tags are per joint
-    is read off the tag maps' first axis (``K`` or 1).
-
-    ``joint_order`` empty means upstream's default: :data:`COCO_JOINT_ORDER` for 17 joints,
-    ``range(num_joints)`` otherwise (MMPose 0.x ``_Params``).
-    """
-
-    num_joints: int = 17
-    max_num_people: int = 30
-    detection_threshold: float = 0.1
-    tag_threshold: float = 1.0
-    use_detection_val: bool = True
-    ignore_too_much: bool = False
-    nms_kernel: int = 5
-    nms_padding: int = 2
-    adjust: bool = True
-    refine: bool = True
-    joint_order: tuple[int, ...] = ()
-
-    @classmethod
-    def from_spec(cls, spec) -> "AEParams":
-        """From a ``BottomUpSpec`` (or any object with the same attributes)."""
-        return cls(num_joints=spec.num_joints, max_num_people=spec.max_num_people,
-                   detection_threshold=spec.detection_threshold, tag_threshold=spec.tag_threshold,
-                   use_detection_val=spec.use_detection_val, ignore_too_much=spec.ignore_too_much,
-                   nms_kernel=spec.nms_kernel, nms_padding=spec.nms_padding,
-                   adjust=spec.adjust, refine=spec.refine,
-                   joint_order=tuple(spec.joint_order))
-
-    def order(self) -> tuple[int, ...]:
-        """The joint order used for grouping; raises ValueError unless a permutation."""
-        order = self.joint_order or (COCO_JOINT_ORDER if self.num_joints == 17
-                                     else tuple(range(self.num_joints)))
-        if sorted(order) != list(range(self.num_joints)):
-            raise ValueError(f"joint_order must be a permutation of range({self.num_joints}), "
-                             f"got {list(order)}")
-        return tuple(int(i) for i in order)
-
-    def check(self) -> None:
-        """Raise ValueError for parameters this implementation (or upstream) cannot honour."""
-        if self.nms_kernel < 1 or self.nms_kernel % 2 == 0 or self.nms_padding != self.nms_kernel // 2:
-            raise ValueError(f"nms_kernel must be odd with nms_padding = nms_kernel // 2 (the peak "
-                             f"map keeps the heatmap size), got {self.nms_kernel}, {self.nms_padding}")
-        if not self.detection_threshold >= 0:
-            raise ValueError(f"detection_threshold must be >= 0, got {self.detection_threshold}")
-        if self.max_num_people < 1:
-            raise ValueError(f"max_num_people must be >= 1, got {self.max_num_people}")
-        self.order()
-
 
 @dataclass
 class ScaleOutputs:
@@ -164,72 +107,6 @@ class GroupedPeople:
 
     people: np.ndarray
     scores: np.ndarray
-
-
-# ----------------------------------------------------------------------------- resizing
-
-def _linear_weights(n_in: int, n_out: int, align_corners: bool):
-    """Source indices and weights of torch's 1-D linear interpolation (float32 arithmetic)."""
-    dst = np.arange(n_out, dtype=np.float32)
-    if align_corners:
-        scale = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)
-        src = dst * scale
-    else:
-        scale = np.float32(n_in) / np.float32(n_out)
-        src = np.maximum((dst + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0))
-    i0 = src.astype(np.int64)  # src >= 0, so truncation is floor
-    i0 = np.minimum(i0, n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = (src - i0.astype(np.float32)).astype(np.float32)
-    w0 = (np.float32(1) - w1).astype(np.float32)
-    return i0, i1, w0, w1
-
-
-def resize_bilinear(maps: np.ndarray, size_hw: tuple[int, int],
-                    align_corners: bool = False) -> np.ndarray:
-    """Bilinear resize of ``(..., H, W)`` maps, as ``torch.nn.functional.interpolate(mode='bilinear')``.
-
-    Source coordinate of output pixel ``d``: ``(d + 0.5) * in / out - 0.5`` clamped at 0
-    (``align_corners=False``) or ``d * (in - 1) / (out - 1)`` (True); the two neighbours are
-    ``floor`` and ``floor + 1`` (clamped to the last pixel); upstream uses it for every resize of
-    the test path (stages, projection to the image, scales). ``align_corners=False`` (HigherHRNet)
-    runs ``cv2.resize(INTER_LINEAR)``, whose float32 path uses the same coordinates and weights;
-    ``True`` runs numpy with torch's float32 arithmetic (W first, then ``h0 * top + h1 * bottom``).
-    Against torch 2.x on N(0, 1) maps both differ by at most 7.2e-7 (a few float32 ulps: torch's
-    kernel contracts to fused multiply-adds; ``tests/test_associative_embedding.py`` pins 2e-6).
-    OpenCV is 10-25x faster than the numpy path here.
-
-    Args:
-        maps: ``(..., H, W)`` float array (converted to float32).
-        size_hw: output ``(height, width)`` in pixels.
-        align_corners: torch's ``align_corners``.
-
-    Returns:
-        New ``(..., height, width)`` float32 array (the input itself, as float32, when the size is
-        unchanged, as upstream skips resizing then).
-
-    Raises:
-        ValueError: fewer than 2 dims or a non-positive size.
-    """
-    x = np.asarray(maps, dtype=np.float32)
-    if x.ndim < 2:
-        raise ValueError(f"maps must have shape (..., H, W), got {x.shape}")
-    h_out, w_out = (int(v) for v in size_hw)
-    if h_out < 1 or w_out < 1:
-        raise ValueError(f"size must be positive, got {size_hw}")
-    h_in, w_in = x.shape[-2:]
-    if (h_in, w_in) == (h_out, w_out):
-        return x
-    if not align_corners:  # OpenCV's INTER_LINEAR uses the same half-pixel source coordinates
-        flat = x.reshape(-1, h_in, w_in)
-        out = np.empty((flat.shape[0], h_out, w_out), np.float32)
-        for i, m in enumerate(flat):
-            cv2.resize(m, (w_out, h_out), dst=out[i], interpolation=cv2.INTER_LINEAR)
-        return out.reshape(x.shape[:-2] + (h_out, w_out))
-    j0, j1, a0, a1 = _linear_weights(w_in, w_out, align_corners)
-    i0, i1, b0, b1 = _linear_weights(h_in, h_out, align_corners)
-    rows = x[..., j0] * a0 + x[..., j1] * a1  # (..., H_in, W_out)
-    return rows[..., i0, :] * b0[:, None] + rows[..., i1, :] * b1[:, None]
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -377,7 +254,7 @@ def max_pool(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
     return pooled
 
 
-def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams,
+def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: BottomUpSpec,
                      pooled: Optional[np.ndarray] = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per joint, the ``max_num_people`` strongest peaks above ``detection_threshold``.
@@ -390,7 +267,7 @@ def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams,
     Args:
         heatmaps: ``(K, H, W)`` float32 aggregated heatmaps.
         tags: ``(K or 1, H, W, L)`` float32 tag maps.
-        params: grouping parameters.
+        params: the card's grouping parameters (:class:`service.cards.BottomUpSpec`).
         pooled: :func:`max_pool` of the heatmaps with ``params.nms_kernel`` (computed if None).
 
     Returns:
@@ -401,7 +278,6 @@ def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams,
     Raises:
         ValueError: bad shapes or parameters.
     """
-    params.check()
     hm = np.ascontiguousarray(heatmaps, dtype=np.float32)
     if hm.ndim != 3 or hm.shape[0] != params.num_joints:
         raise ValueError(f"heatmaps must be ({params.num_joints}, H, W), got {hm.shape}")
@@ -535,10 +411,11 @@ def munkres_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts: np.ndarray,
-                 params: AEParams, solver: str = "munkres") -> np.ndarray:
+                 params: BottomUpSpec, solver: str = "munkres") -> np.ndarray:
     """Group candidates into people, HigherHRNet's ``match_by_tag`` (vectorised per joint).
 
-    For each joint in ``params.order()``: its candidates (the first ``counts[j]`` entries) start
+    For each joint in ``params.grouping_order()``: its candidates (the first ``counts[j]``
+    entries) start
     one person each if nobody exists yet; otherwise the cost of candidate ``i`` joining person
     ``g`` is ``round(|tag_i - mean_tag_g|) * 100 - value_i`` (``use_detection_val``; the plain
     distance otherwise), padded with 1e10 columns to a square when there are more candidates than
@@ -553,7 +430,7 @@ def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts
 
     Args:
         val_k, loc_k, tag_k, counts: from :func:`top_k_candidates`.
-        params: grouping parameters.
+        params: the card's grouping parameters (:class:`service.cards.BottomUpSpec`).
         solver: ``"munkres"`` (default, upstream's tie choices) or ``"scipy"``.
 
     Returns:
@@ -566,7 +443,7 @@ def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts
     if solver not in ("munkres", "scipy"):
         raise ValueError(f"solver must be 'munkres' or 'scipy', got {solver!r}")
     solve = munkres_assignment if solver == "munkres" else linear_sum_assignment
-    order = params.order()
+    order = params.grouping_order()
     k, m, n_tag = tag_k.shape
     width = 3 + n_tag
     cand = np.concatenate([loc_k.astype(np.float64), val_k[..., None].astype(np.float64),
@@ -836,13 +713,14 @@ def _refine_best(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray,
     return best, idx
 
 
-def group_people(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams) -> GroupedPeople:
+def group_people(heatmaps: np.ndarray, tags: np.ndarray, params: BottomUpSpec) -> GroupedPeople:
     """Candidates, grouping, adjust, scores and refine: upstream ``HeatmapParser.parse``.
 
     Args:
         heatmaps: ``(K, H, W)`` float32 aggregated heatmaps (:func:`aggregate_outputs`).
         tags: ``(K or 1, H, W, L)`` float32 tag maps.
-        params: grouping parameters (``adjust`` / ``refine`` switch those steps).
+        params: the card's :class:`service.cards.BottomUpSpec` (``adjust`` / ``refine`` switch
+            those steps).
 
     Returns:
         :class:`GroupedPeople` in heatmap space; scores are computed after adjust and before
@@ -853,7 +731,6 @@ def group_people(heatmaps: np.ndarray, tags: np.ndarray, params: AEParams) -> Gr
     """
     heatmaps = np.ascontiguousarray(heatmaps, dtype=np.float32)
     tags = np.ascontiguousarray(tags, dtype=np.float32)
-    params.check()
     pooled = max_pool(heatmaps, params.nms_kernel)
     people = match_by_tag(*top_k_candidates(heatmaps, tags, params, pooled), params)
     if params.adjust:

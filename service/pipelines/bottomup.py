@@ -25,7 +25,7 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..cards import BottomUpCard
-from ..codecs.associative_embedding import (AEParams, ScaleOutputs, aggregate_outputs,
+from ..codecs.associative_embedding import (ScaleOutputs, aggregate_outputs,
                                             group_people, people_to_image)
 from ..geometry import get_multi_scale_size, resize_align_multi_scale
 from .common import StageTimer, to_input_tensor
@@ -138,7 +138,7 @@ def _preprocess(image_bgr: np.ndarray, card: BottomUpCard, s: float, min_scale: 
 
 def _group(heatmaps: np.ndarray, tags: np.ndarray, spec, center: np.ndarray,
            scale: np.ndarray) -> BottomUpResult:
-    grouped = group_people(heatmaps, tags, AEParams.from_spec(spec))
+    grouped = group_people(heatmaps, tags, spec)
     people = grouped.people
     kpts = people_to_image(people[..., :2], center, scale, (heatmaps.shape[2], heatmaps.shape[1]))
     scores = people[..., 2].astype(np.float32)

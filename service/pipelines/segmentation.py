@@ -47,6 +47,7 @@ from ..backends.base import Backend, BackendError
 from ..cards import SegmentationCard, SegTestPipeline
 from ..forms import validate_ratios
 from ..geometry import rescale_size, scale_size
+from ..interpolate import linear_taps
 from .common import StageTimer, to_input_tensor
 
 #: MMSeg 1.x ``configs/_base_/datasets/*.py`` ``img_ratios`` of the multi-scale TTA pipeline.
@@ -177,27 +178,6 @@ def slide_merge(crop_logits, windows: np.ndarray, height: int, width: int) -> np
 # bilinear resize (torch.nn.functional.interpolate, mode='bilinear')
 
 
-def _taps(n_in: int, n_out: int, align_corners: bool):
-    """Source indices and weights of 1-D linear interpolation ``n_in -> n_out`` (torch's rule).
-
-    align_corners: ``src = d * (n_in - 1) / (n_out - 1)``; otherwise
-    ``src = max((d + 0.5) * n_in / n_out - 0.5, 0)``. Computed in float32 like torch's CPU kernel.
-    Returns ``(i0, i1, w0, w1)``: value = ``w0 * x[i0] + w1 * x[i1]``.
-    """
-    d = np.arange(n_out, dtype=np.float32)
-    if align_corners:
-        scale = (np.float32(n_in - 1) / np.float32(n_out - 1)) if n_out > 1 else np.float32(0.0)
-        src = d * scale
-    else:
-        scale = np.float32(n_in) / np.float32(n_out)
-        src = np.maximum((d + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0.0))
-    i0 = np.minimum(src.astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = (src - i0.astype(np.float32)).astype(np.float32)
-    w0 = (np.float32(1.0) - w1).astype(np.float32)
-    return i0, i1, w0, w1
-
-
 class _Rows(Protocol):
     """Lazily computed ``(height, width, C)`` float32 map, read in row ranges."""
 
@@ -241,8 +221,8 @@ class _ResizedRows:
         self.align_corners = bool(align_corners)
         self.same_w = self.width == src.width
         self.same_h = self.height == src.height
-        self.hx = None if self.same_w else _taps(src.width, self.width, align_corners)
-        self.vy = None if self.same_h else _taps(src.height, self.height, align_corners)
+        self.hx = None if self.same_w else linear_taps(src.width, self.width, align_corners)
+        self.vy = None if self.same_h else linear_taps(src.height, self.height, align_corners)
 
     def _horizontal(self, x: np.ndarray) -> np.ndarray:
         if self.hx is None:
