@@ -17,7 +17,6 @@ Follows the HigherHRNet repo's test loop (``tools/valid.py``), which MMPose 0.x'
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -25,8 +24,10 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..cards import BottomUpCard
-from ..codecs.associative_embedding import (ScaleOutputs, aggregate_outputs,
-                                            group_people, people_to_image)
+from ..codecs.associative_embedding import (ScaleOutputs, aggregate_outputs, group_people,
+                                            people_to_image)
+from ..codecs.flip import flip_images
+from ..forms import validate_ratios
 from ..geometry import get_multi_scale_size, resize_align_multi_scale
 from .common import StageTimer, to_input_tensor
 from .topdown import PoseResult
@@ -47,22 +48,16 @@ class BottomUpResult(PoseResult):
 def check_scales(scales: Optional[Sequence[float]], default: Sequence[float]) -> list[float]:
     """The test scales of a request, largest first (upstream's processing order).
 
-    ``None`` or empty -> the card's ``scale_factor``. Raises ValueError for a non-finite or
-    non-positive scale, more than 8 scales, or several scales without 1 among them (upstream takes
-    tags at scale 1 only).
+    ``None`` or empty -> the card's ``scale_factor``. The numbers follow the gateway's one rule for
+    test-time ratios (:func:`service.forms.validate_ratios`: at most 8, finite, in (0, 4]); on top,
+    several scales must include 1 (upstream takes the tags at scale 1 only). Raises ValueError
+    naming the problem.
     """
-    values = list(scales) if scales else list(default)
-    if not values:
-        raise ValueError("no test scales")
-    if len(values) > 8:
-        raise ValueError(f"at most 8 test scales, got {len(values)}")
-    for s in values:
-        if not (isinstance(s, (int, float)) and math.isfinite(s) and 0 < s <= 4):
-            raise ValueError(f"test scales must be numbers in (0, 4], got {s!r}")
+    values = validate_ratios(list(scales) if scales else list(default), {})
     if len(values) > 1 and 1 not in values:
         raise ValueError(f"multi-scale testing needs scale 1 among the scales (tags come from "
-                         f"scale 1), got {values}")
-    return sorted((float(s) for s in values), reverse=True)
+                         f"scale 1), got {list(values)}")
+    return sorted(values, reverse=True)
 
 
 async def estimate_poses_bottomup(image_bgr: np.ndarray, card: BottomUpCard, backend: Backend, *,
@@ -132,7 +127,7 @@ def _preprocess(image_bgr: np.ndarray, card: BottomUpCard, s: float, min_scale: 
                                                       spec.size_divisor)
     x = to_input_tensor(resized[None], card.normalization)
     if flip_test:
-        x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])], axis=0)
+        x = np.concatenate([x, flip_images(x, layout="nchw")], axis=0)
     return x, center, scale
 
 

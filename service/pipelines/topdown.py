@@ -23,7 +23,7 @@ import numpy as np
 from ..backends.base import Backend
 from ..cards import TopDownCard
 from ..codecs import build_codec
-from ..codecs.flip import flip_heatmaps
+from ..codecs.flip import flip_heatmaps, flip_images
 from ..geometry import bbox_xyxy2cs, crop_persons, fix_aspect_ratio, keypoints_to_image
 from ..metrics.coco_keypoints import rescore
 from .common import StageTimer, to_input_tensor
@@ -32,7 +32,8 @@ from .common import StageTimer, to_input_tensor
 @dataclass
 class PoseResult:
     """Per person: ``keypoints`` (N, K, 2) float32 image pixels, ``keypoint_scores`` (N, K) with
-    ``K`` the served keypoints (``card.output_keypoints``), ``person_scores`` (N,) = box score × mean keypoint score above 0.2 (MMPose's COCO rescoring)."""
+    ``K`` the served keypoints (``card.output_keypoints``), ``person_scores`` (N,) = box score x
+    mean keypoint score above 0.2 (MMPose's COCO rescoring)."""
 
     keypoints: np.ndarray
     keypoint_scores: np.ndarray
@@ -94,7 +95,7 @@ def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownCard
     centers, scales, crops = crop_inputs(image_bgr, boxes_xyxy, card)
     x = to_input_tensor(crops, card.normalization)
     if flip_test:
-        x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])], axis=0)
+        x = np.concatenate([x, flip_images(x, layout="nchw")], axis=0)
     return centers, scales, x
 
 
