@@ -536,8 +536,8 @@ def test_cpu_stages_run_off_the_event_loop(client, backend, monkeypatch):
             return fn(*a, **k)
         monkeypatch.setattr(module, name, wrapper)
 
-    for module, name in [(uploads, "decode_image"), (det, "_prepare"), (td, "_preprocess"),
-                         (td, "_decode"), (seg, "_prepare"), (seg, "_finish_view"),
+    for module, name in [(uploads, "decode_image"), (det, "_prepare"), (td, "prepare_inputs"),
+                         (td, "decode_outputs"), (seg, "_prepare"), (seg, "_finish_view"),
                          (seg, "_cut_windows"), (seg_router, "overlay"),
                          (seg_router, "_encode_json_parts")]:
         spy(module, name)
@@ -546,7 +546,7 @@ def test_cpu_stages_run_off_the_event_loop(client, backend, monkeypatch):
                        data={"model": "fake_seg_slide", "mode": "slide"}).status_code == 200
     assert client.post("/segment", files={"image": ("x.png", _png(8, 8))},
                        data={"model": "fake_seg_slide", "render": "true"}).status_code == 200
-    assert set(threads) == {"decode_image", "_prepare", "_preprocess", "_decode", "_finish_view",
+    assert set(threads) == {"decode_image", "_prepare", "prepare_inputs", "decode_outputs", "_finish_view",
                             "_cut_windows", "overlay", "_encode_json_parts"}
     loop = backend.loop_threads
     assert len(loop) == 1
@@ -559,14 +559,14 @@ def test_healthz_answers_while_pose_preprocessing_is_busy(client, monkeypatch):
 
     entered, released = threading.Event(), threading.Event()
     answered_in_time = []
-    original = td._preprocess
+    original = td.prepare_inputs
 
     def blocking(*a, **k):
         entered.set()
         answered_in_time.append(released.wait(10))  # on the event loop this would block /healthz
         return original(*a, **k)
 
-    monkeypatch.setattr(td, "_preprocess", blocking)
+    monkeypatch.setattr(td, "prepare_inputs", blocking)
     with ThreadPoolExecutor(1) as ex:
         fut = ex.submit(client.post, "/pose", files={"image": ("x.png", _png())},
                         data={"boxes": "[[10, 10, 50, 80]]"})

@@ -19,15 +19,15 @@ from torch import nn
 
 from benchmarks.eval_data import (PIXEL_ERROR_DATASETS, build_pose_items, evaluate_coco_style,
                                   evaluate_horse10, evaluate_pixel_error, load_json)
-from service.cards import ModelCard
+from service.cards import TopDownCard
 from service.datasets import get_pose_dataset
-from service.pipelines.topdown import _decode, _preprocess
+from service.pipelines.topdown import decode_outputs, prepare_inputs
 
 __all__ = ["predict_records", "evaluate_model"]
 
 
 @torch.no_grad()
-def predict_records(model: nn.Module, card: ModelCard, coco: dict, images_dir: str | Path,
+def predict_records(model: nn.Module, card: TopDownCard, coco: dict, images_dir: str | Path,
                     dataset: str, flip_test: bool = True, batch_size: int = 32,
                     device: str | torch.device = "cpu") -> list[dict]:
     """Predictions for every ground-truth box, in ``hrnet-eval``'s record format
@@ -44,10 +44,10 @@ def predict_records(model: nn.Module, card: ModelCard, coco: dict, images_dir: s
             if img is None:
                 raise FileNotFoundError(f"cannot read image {it.path}")
             boxes = np.asarray(it.boxes, dtype=np.float32)
-            centers, scales, x = _preprocess(img, boxes[:, :4], card, flip_test)
+            centers, scales, x = prepare_inputs(img, boxes[:, :4], card, flip_test)
             outs = [model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy()
                     for i in range(0, len(x), batch_size)]
-            kpts, kscores, _ = _decode(np.concatenate(outs), len(boxes), centers, scales,
+            kpts, kscores, _ = decode_outputs(np.concatenate(outs), len(boxes), centers, scales,
                                        boxes[:, 4], card, flip_test)
             persons = [{"id": aid, "bbox_xyxy": boxes[j, :4].tolist(),
                         "bbox_score": float(boxes[j, 4]),
@@ -59,7 +59,7 @@ def predict_records(model: nn.Module, card: ModelCard, coco: dict, images_dir: s
     return records
 
 
-def evaluate_model(model: nn.Module, card: ModelCard, ann_file: str | Path,
+def evaluate_model(model: nn.Module, card: TopDownCard, ann_file: str | Path,
                    images_dir: str | Path, flip_test: bool = True,
                    device: str | torch.device = "cpu") -> dict[str, Any]:
     """Metrics of ``model`` on a COCO-style keypoint file with ground-truth boxes.

@@ -59,7 +59,7 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
         return PoseResult(np.zeros((0, k, 2), np.float32), z, np.zeros((0,), np.float32))
 
     with timer("preprocess"):  # crops + normalisation off the event loop
-        centers, scales, x = await asyncio.to_thread(_preprocess, image_bgr, boxes_xyxy, card,
+        centers, scales, x = await asyncio.to_thread(prepare_inputs, image_bgr, boxes_xyxy, card,
                                                      flip_test)
 
     with timer("inference"):
@@ -68,7 +68,7 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
 
     with timer("decode_heatmaps"):
         kpts, kpt_scores, person_scores = await asyncio.to_thread(
-            _decode, heatmaps, n, centers, scales, box_scores, card, flip_test)
+            decode_outputs, heatmaps, n, centers, scales, box_scores, card, flip_test)
     return PoseResult(kpts, kpt_scores, person_scores)
 
 
@@ -89,9 +89,12 @@ def crop_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray,
     return centers, scales, crops
 
 
-def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownCard,
-                flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centers/scales ``(N, 2)`` (aspect-fixed) and the network input ``(N or 2N, 3, h, w)``."""
+def prepare_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownCard,
+                   flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centers/scales ``(N, 2)`` float32 (aspect-fixed, image pixels) and the network input
+    ``(N or 2N, 3, h, w)`` float32 (the flipped crops after the plain ones with ``flip_test``):
+    :func:`crop_inputs` then the card's normalisation. Shared by :func:`estimate_poses` and the
+    trainer's validation (``training.validate``). Raises ValueError for a non-positive box scale."""
     centers, scales, crops = crop_inputs(image_bgr, boxes_xyxy, card)
     x = to_input_tensor(crops, card.normalization)
     if flip_test:
@@ -99,10 +102,14 @@ def _preprocess(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownCard
     return centers, scales, x
 
 
-def _decode(heatmaps: np.ndarray, n: int, centers: np.ndarray, scales: np.ndarray,
-            box_scores: np.ndarray, card: TopDownCard,
-            flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flip-merge, codec decode, back to image pixels, rescoring (see :func:`estimate_poses`)."""
+def decode_outputs(heatmaps: np.ndarray, n: int, centers: np.ndarray, scales: np.ndarray,
+                   box_scores: np.ndarray, card: TopDownCard,
+                   flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heatmaps ``(N or 2N, K_head, h, w)`` -> ``(keypoints (N, K, 2) float32 image pixels,
+    keypoint scores (N, K), person scores (N,))``: MMPose's ``flip_heatmaps`` merge (the head's
+    flip indices, one-pixel shift), the card's codec, back through center/scale, then the
+    ``output_keypoint_indices`` selection and COCO rescoring (``box score x mean(score > 0.2)``).
+    ``n`` is the number of boxes; ``K`` the served keypoints. Shared with ``training.validate``."""
     codec_spec = card.codec
     if flip_test:
         flipped = flip_heatmaps(heatmaps[n:], card.flip_indices, shift_heatmap=card.shift_heatmap)
