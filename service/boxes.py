@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from .errors import InvalidBoxes, show_value
-from .forms import load_json_field
+from .forms import load_json_list_field
 from .geometry import bbox_xywh2xyxy
 
 MAX_COORDINATE = 1e6  # pixels; beyond this a box is a client bug, and float32 maths degrades
@@ -47,16 +47,11 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
         raise InvalidBoxes(f"box_format must be 'xywh' or 'xyxy', got '{box_format}'")
     if not isinstance(text, str):
         raise InvalidBoxes("'boxes' must be a JSON text")
-    limit = MAX_CHARS_PER_BOX * max(1, max_boxes)
-    if len(text) > limit:
-        raise InvalidBoxes(f"'boxes' is {len(text)} characters long; at most {limit} are accepted "
-                           f"(at most {max_boxes} boxes per request)")
     try:
-        data = load_json_field(text)
+        data = load_json_list_field(text, "boxes", MAX_CHARS_PER_BOX * max(1, max_boxes), "boxes",
+                                    f" (at most {max_boxes} boxes per request)")
     except ValueError as exc:
-        raise InvalidBoxes(f"'boxes' is {exc}") from None
-    if not isinstance(data, list):
-        raise InvalidBoxes("'boxes' must be a JSON list of boxes")
+        raise InvalidBoxes(str(exc)) from None
     if len(data) > max_boxes:
         raise InvalidBoxes(f"{len(data)} boxes given; at most {max_boxes} per request")
     rows = []

@@ -67,6 +67,26 @@ def validate_ratios(value: Sequence[float] | str | None,
     return tuple(out)
 
 
+def load_json_list_field(text: str, field: str, max_chars: int, what: str = "values",
+                         note: str = "") -> list:
+    """A form field that must hold a JSON list (``boxes``, ``scales``): at most ``max_chars``
+    characters (checked before parsing), valid JSON (:func:`load_json_field`), a list.
+
+    Raises ValueError naming ``field`` for each failure (``what`` names the list's items and
+    ``note`` is appended to the length message); routers turn it into a 422.
+    """
+    if len(text) > max_chars:
+        raise ValueError(f"'{field}' is {len(text)} characters long; at most {max_chars} are "
+                         f"accepted{note}")
+    try:
+        parsed = load_json_field(text)
+    except ValueError as exc:
+        raise ValueError(f"'{field}' must be a JSON list of {what}; {text[:40]!r} is {exc}") from None
+    if not isinstance(parsed, list):
+        raise ValueError(f"'{field}' must be a JSON list of {what}, got {text[:40]!r}")
+    return parsed
+
+
 def parse_scales_field(value: Optional[str],
                        presets: Mapping[str, tuple[float, ...]]) -> Optional[tuple[float, ...]]:
     """The ``scales`` form field: empty/None, a preset name or a JSON list of ratios.
@@ -80,16 +100,8 @@ def parse_scales_field(value: Optional[str],
     text = value.strip()
     if text in presets:
         return presets[text]
-    if len(text) > MAX_SCALES_CHARS:
-        raise ValueError(f"scales is {len(text)} characters long; at most "
-                         f"{MAX_SCALES_CHARS} are accepted")
-    try:
-        parsed = load_json_field(text)
-    except ValueError as exc:
-        raise ValueError(f"scales must be a JSON list of numbers or one of "
-                         f"{', '.join(presets)}; {text[:40]!r} is {exc}") from None
-    if not isinstance(parsed, list):
-        raise ValueError(f"scales must be a JSON list of numbers, got {text[:40]!r}")
+    names = f" or one of {', '.join(presets)}" if presets else ""
+    parsed = load_json_list_field(text, "scales", MAX_SCALES_CHARS, f"numbers{names}")
     try:
         return validate_ratios(parsed, presets)
     except ValueError as exc:
