@@ -113,6 +113,9 @@ class AEHigherResolutionHead(nn.Module):
             ch = planes
 
     def forward(self, feats: Sequence[Tensor] | Tensor) -> list[Tensor]:
+        """``feats``: the backbone's highest-resolution branch ``(N, C, H/4, W/4)`` (or a sequence
+        whose first item it is). Returns ``[(N, K + K, H/4, W/4), (N, K, H/2, W/2), ...]``, one
+        tensor per stage, lowest resolution first (the original repo's ``final_outputs``)."""
         x = feats if isinstance(feats, Tensor) else feats[0]
         y = self.final_layers[0](x)
         outputs = [y]

@@ -124,6 +124,10 @@ class OnnxRuntimeBackend(Backend):
 
     def with_models(self, repository: ModelRepository,
                     staged: dict[str, ort.InferenceSession]) -> "OnnxRuntimeBackend":
+        """A new backend serving ``repository`` (a reload's result): ``staged`` sessions (from
+        :meth:`load_models`) for new or changed models, this backend's sessions for the rest;
+        the thread pool, options and unchanged models' batchers are shared, so requests already
+        running on this backend finish on their old sessions."""
         new = object.__new__(type(self))
         new.repository, new.providers, new._opts, new._pool, new.batching = (
             repository, self.providers, self._opts, self._pool, self.batching)
