@@ -47,8 +47,8 @@ with ``project2image``) until step 7. Tie behaviour where upstream calls torch o
   order reaches; :func:`munkres_assignment` replays those steps (equal to the package on random
   tie-heavy matrices, ``tests/test_associative_embedding.py``). ``scipy.optimize.
   linear_sum_assignment`` (``solver="scipy"``) returns an optimum of the same cost but not always
-  the same one: on synthetic crowded photos it differed in 4 of 27 matchings and changed the
-  people found on 2 of 84 photos, so it is not the default.
+  the same one: on synthetic outputs of the 84 shared COCO photos it changed the people found on
+  8 of them (``python -m benchmarks.bench_grouping``), so it is not the default.
 * Tag means are float32 sums in joint order divided by the count; upstream's ``np.mean`` gives the
   same value except when numpy's pairwise summation kicks in (one tag dimension and >= 8 joints),
   an ulp apart, which only matters for a distance within ~1e-7 of a half-integer.
