@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from functools import lru_cache
 from typing import Optional
 
 from fastapi import Request, Security
@@ -48,13 +49,19 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
+@lru_cache(maxsize=8)
+def _digests(keys: tuple[str, ...]) -> tuple[bytes, ...]:
+    """SHA-256 of each configured key, once per key set (not per request)."""
+    return tuple(_digest(k) for k in keys)
+
+
 def key_matches(given: str, keys: list[str]) -> bool:
     """True when ``given`` equals one of ``keys``; constant time in the key contents and lengths
-    (each key is compared, no early exit)."""
+    (each key's digest is compared, no early exit)."""
     d = _digest(given)
     ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(d, _digest(key))
+    for kd in _digests(tuple(keys)):
+        ok |= hmac.compare_digest(d, kd)
     return ok
 
 
