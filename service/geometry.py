@@ -205,16 +205,21 @@ def get_warp_matrix(center, scale, rot: float, output_size: Sequence[float],
     rot_rad = math.radians(rot)
 
     src_dir = _rotate(np.array([-0.5 * scale[0], 0.0]), rot_rad)
+    return _triple_transform(center + scale * shift, center + src_dir + scale * shift,
+                             (0.5 * dst_w, 0.5 * dst_h), (0.0, 0.5 * dst_h), inv)
+
+
+def _triple_transform(src0, src1, dst0, dst1, inv: bool) -> np.ndarray:
+    """``cv2.getAffineTransform`` of two point pairs plus the third points perpendicular to them,
+    every point rounded to float32 first, as upstream's ``get_affine_transform`` /
+    ``get_warp_matrix`` do (the rounding decides the matrix's last bits). ``(2, 3)`` float64;
+    ``inv`` swaps source and destination."""
     src = np.zeros((3, 2), dtype=np.float32)
-    src[0] = center + scale * shift
-    src[1] = center + src_dir + scale * shift
+    src[0], src[1] = src0, src1
     src[2] = _perp_third_point(src[0], src[1])
-
     dst = np.zeros((3, 2), dtype=np.float32)
-    dst[0] = (0.5 * dst_w, 0.5 * dst_h)
-    dst[1] = (0.0, 0.5 * dst_h)
+    dst[0], dst[1] = dst0, dst1
     dst[2] = _perp_third_point(dst[0], dst[1])
-
     if inv:
         return cv2.getAffineTransform(dst, src)
     return cv2.getAffineTransform(src, dst)
@@ -532,17 +537,10 @@ def get_bottomup_warp_matrix(center, scale, output_size: Sequence[float],
         raise ValueError("center and scale must each have 2 values")
     _check_scales(scale)
     dst_w, dst_h = _size2(output_size, "output_size")
-    src = np.zeros((3, 2), dtype=np.float32)
-    src[0] = center
-    src[1] = center + np.array([0.0, -0.5 * scale[0]])
-    src[2] = _perp_third_point(src[0], src[1])
-    dst = np.zeros((3, 2), dtype=np.float32)
-    dst[0] = (0.5 * dst_w, 0.5 * dst_h)
-    dst[1] = np.array([0.5 * dst_w, 0.5 * dst_h]) + np.array([0.0, -0.5 * dst_w], np.float32)
-    dst[2] = _perp_third_point(dst[0], dst[1])
-    if inv:
-        return cv2.getAffineTransform(dst, src)
-    return cv2.getAffineTransform(src, dst)
+    return _triple_transform(center, center + np.array([0.0, -0.5 * scale[0]]),
+                             (0.5 * dst_w, 0.5 * dst_h),
+                             np.array([0.5 * dst_w, 0.5 * dst_h]) + np.array([0.0, -0.5 * dst_w]),
+                             inv)
 
 
 def resize_align_multi_scale(image: np.ndarray, input_size: int, current_scale: float,
