@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -39,6 +39,8 @@ from service.codecs.associative_embedding import (ScaleOutputs, adjust_people,
                                                   refine_people, top_k_candidates)
 from service.datasets.coco import COCO
 from service.geometry import affine_transform_points, get_bottomup_warp_matrix, get_multi_scale_size
+
+T = TypeVar("T")
 
 STAGE_STRIDES = (4, 2)  # HigherHRNet: 1/4 (heatmaps + tags), 1/2 (heatmaps)
 
@@ -222,10 +224,10 @@ def loop_group(heatmaps: np.ndarray, tags: np.ndarray, params: BottomUpSpec) -> 
                     continue
                 t = tags[j if tags.shape[0] == k else 0]
                 score = heatmaps[j] - np.round(((t - mean_tag[None, None]) ** 2).sum(axis=2) ** 0.5)
-                y, x = np.unravel_index(np.argmax(score), score.shape)
-                if heatmaps[j, y, x] > 0:
-                    dx, dy = quarter(heatmaps[j], int(x), int(y))
-                    person[j, :3] = (x + 0.5 + dx, y + 0.5 + dy, heatmaps[j, y, x])
+                yy, xx = np.unravel_index(np.argmax(score), score.shape)
+                if heatmaps[j, yy, xx] > 0:
+                    dx, dy = quarter(heatmaps[j], int(xx), int(yy))
+                    person[j, :3] = (xx + 0.5 + dx, yy + 0.5 + dy, heatmaps[j, yy, xx])
     out = np.array(people, np.float32).reshape(-1, k, 3 + n_tag)
     return out, scores
 
@@ -255,9 +257,12 @@ def coco_photos(shared: Path) -> list[tuple[str, Path, int, np.ndarray]]:
     return photos
 
 
-def _best_ms(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
+def _best_ms(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
+    """Best-of-``repeat`` wall time of ``fn()`` in ms, and its last result (``repeat`` >= 1)."""
+    t = time.perf_counter()
+    out = fn()
+    best = (time.perf_counter() - t) * 1e3
+    for _ in range(repeat - 1):
         t = time.perf_counter()
         out = fn()
         best = min(best, (time.perf_counter() - t) * 1e3)
@@ -312,6 +317,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     by_solver: dict[str, dict[str, list]] = {"munkres": {}, "scipy": {}}
     for ann_file, path, image_id, annotated in photos:
         img = cv2.imread(str(path))
+        if img is None:
+            print(f"cannot read {path}", file=sys.stderr)
+            return 2
         h, w = img.shape[:2]
         (w_in, h_in), center, scale = get_multi_scale_size((w, h), args.input_size, 1.0, 1.0)
         net_ms = float("nan")
@@ -324,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         agg_ms, (heatmaps, tags) = _best_ms(lambda: aggregate_outputs(
             [ScaleOutputs(1.0, plain, flipped)], num_joints=17, flip_indices=COCO.flip_indices,
             with_heatmaps=[True, True], with_ae=[True, False], base_size=(w_in, h_in)), 1)
-        def peaks():
+        def peaks() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
             pooled = max_pool(heatmaps, params.nms_kernel)
             return pooled, top_k_candidates(heatmaps, tags, params, pooled)
 

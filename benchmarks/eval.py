@@ -364,10 +364,11 @@ async def _run(args: argparse.Namespace) -> int:
             raise SetupError(f"card of {args.model!r} lists no classes")
         source = _box_source(args, card["task"]) if pose else ""
         if pose:
-            items, skipped, image_ids = build_pose_items(
+            pose_items, skipped, image_ids = build_pose_items(
                 coco, args.images, args.dataset, box_source=source, det_file=args.boxes,
                 bbox_score_thr=args.bbox_score_thr, limit=args.limit,
                 clip_gt_boxes=args.clip_boxes)
+            items = pose_items
             if not items:
                 raise SetupError("nothing to evaluate: no images (or no boxes) found")
         out = _prepare_out(args, source)
@@ -429,7 +430,7 @@ async def _run(args: argparse.Namespace) -> int:
             # COCOeval scores every image of its image set: a failed image left in it would
             # count its people as misses. Score the evaluated images only (those of --limit,
             # less the failed ones); images with no box to send stay in (nothing was asked).
-            failed_ids = {it.image_id for it in items if it.key not in done}
+            failed_ids = {it.image_id for it in pose_items if it.key not in done}
             eval_ids: Optional[list] = None
             if failed_ids:
                 eval_ids = [i for i in image_ids if i not in failed_ids]

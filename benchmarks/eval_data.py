@@ -84,11 +84,11 @@ def load_json(path: Path | str) -> Any:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
 
 
-def box_rejection(x1: float, y1: float, x2: float, y2: float, w: int, h: int,
-                  score: float = 1.0) -> Optional[str]:
-    """Why the gateway would refuse the xyxy box (image pixels) on a ``w`` x ``h`` image, or None:
-    :func:`service.boxes.box_rejections` (the gateway's own rule set) for one box."""
-    return box_rejections(np.array([[x1, y1, x2, y2]]), np.array([score]), (w, h))[0]
+def box_rejection(xyxy: Sequence[float], w: int, h: int, score: float = 1.0) -> Optional[str]:
+    """Why the gateway would refuse the box ``xyxy`` (4 values, image pixels) on a ``w`` x ``h``
+    image, or None: :func:`service.boxes.box_rejections` (the gateway's own rule set) for one box."""
+    return box_rejections(np.asarray(xyxy, dtype=np.float64).reshape(1, 4), np.array([score]),
+                          (w, h))[0]
 
 
 def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
@@ -157,7 +157,7 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
                 xyxy = np.array([np.clip(x, 0, W - 1), np.clip(y, 0, H - 1),
                                  np.clip(x + w, 0, W - 1), np.clip(y + h, 0, H - 1)],
                                 dtype=np.float32)
-            bad = box_rejection(*xyxy.tolist(), W, H)
+            bad = box_rejection(xyxy.tolist(), W, H)
             if bad:
                 skipped[bad] += 1
                 continue
@@ -193,7 +193,7 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
                 continue
             # float32 first, then xywh -> xyxy in float32: MMPose's _load_detection_results
             xyxy = bbox_xywh2xyxy(xywh[None])[0]
-            bad = box_rejection(*xyxy.tolist(), int(im["width"]), int(im["height"]), score)
+            bad = box_rejection(xyxy.tolist(), int(im["width"]), int(im["height"]), score)
             if bad:
                 skipped[bad] += 1
                 continue
@@ -269,7 +269,8 @@ def evaluate_coco_style(records: Sequence[dict], coco: dict, sigmas: Sequence[fl
         if not len(ids):
             continue
         ev.add(rec["image_id"], kp, scores,
-               areas=topdown_bbox_areas(boxes, tuple(input_size), padding), ids=ids)
+               areas=topdown_bbox_areas(boxes, (int(input_size[0]), int(input_size[1])), padding),
+               ids=ids)
     results = ev.coco_results()
     if not results:
         raise DataError("no predictions to evaluate")
@@ -419,7 +420,8 @@ def build_seg_items(images_dir: Path | str, ann_dir: Optional[Path | str] = None
     if not ann_dir.is_dir():
         raise DataError(f"label folder not found: {ann_dir}")
     labels = {p.name: p for p in ann_dir.rglob(f"*{LABEL_SUFFIX}")}
-    items, skipped = [], Counter()
+    items: list[SegItem] = []
+    skipped: Counter[str] = Counter()
     for p in sorted(images_dir.rglob(f"*{IMAGE_SUFFIX}")):
         lab = labels.get(p.name[: -len(IMAGE_SUFFIX)] + LABEL_SUFFIX)
         if lab is None:

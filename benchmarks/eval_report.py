@@ -72,7 +72,7 @@ def registry_metrics(names: Sequence[str]) -> dict[str, float]:
     """Published metrics of the first of ``names`` the training registry knows ({} if none, or
     if ``training.registry`` cannot be imported)."""
     try:
-        from training.registry import get_entry  # type: ignore[import-not-found]
+        from training.registry import get_entry
     except Exception:
         return {}
     for n in names:
@@ -119,7 +119,7 @@ def gather_references(model: str, card: Mapping[str, Any], cli: Mapping[str, flo
     # (random weights, hrnet-export --random-init) serves other weights
     published = bool(source.get("url"))
     layers = [
-        ("registry", registry_metrics([model, source.get("config"), source.get("arch")])
+        ("registry", registry_metrics([n for n in (model, source.get("config"), source.get("arch")) if n])
          if published else {}),
         ("card", dict(source.get("metrics") or {})),
         ("cli", dict(cli)),

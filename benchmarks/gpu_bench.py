@@ -77,7 +77,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence, cast
 
 import numpy as np
 
@@ -339,9 +339,9 @@ class TorchEngine(Engine):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         m = copy.deepcopy(model).to(device).eval()
         if channels_last:
-            m = m.to(memory_format=torch.channels_last)
-        self.model = m
-        self.fn: Callable = torch.compile(m, dynamic=False) if compile else m
+            m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing in torch's stub
+        self.model: Optional[torch.nn.Module] = m
+        self.fn: Optional[Callable] = torch.compile(m, dynamic=False) if compile else m
         self.x: Optional[torch.Tensor] = None
         self.y: list[torch.Tensor] = []
 
@@ -350,13 +350,20 @@ class TorchEngine(Engine):
             if self.dtype is not None:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype,
                                                    cache_enabled=self.autocast_cache))
+            if self.fn is None:
+                raise RuntimeError("engine closed")
             return as_outputs(self.fn(x))
 
     def load(self, x: np.ndarray) -> None:
         self.x = torch.from_numpy(x).to(self.device).contiguous(memory_format=self.memory_format)
 
+    def _loaded(self) -> torch.Tensor:
+        if self.x is None:
+            raise RuntimeError("no batch loaded (call load first)")
+        return self.x
+
     def step(self) -> None:
-        self.y = self._forward(self.x)
+        self.y = self._forward(self._loaded())
 
     def outputs(self) -> list[np.ndarray]:
         return _to_numpy(self.y)
@@ -382,13 +389,15 @@ class CudaGraphEngine(TorchEngine):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self._forward(self.x)
+                self._forward(self._loaded())
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.y = self._forward(self.x)
+            self.y = self._forward(self._loaded())
 
     def step(self) -> None:
+        if self.graph is None:
+            raise RuntimeError("no graph captured (call load first)")
         self.graph.replay()
 
     def close(self) -> None:
@@ -653,7 +662,8 @@ class Runner:
         h, w = self.size(bm)
         names = {"segmentation": "logits", "bottomup": ["heatmaps_tags_1_4", "heatmaps_1_2"]}
         export_onnx(copy.deepcopy(model), path, input_shape=(2, 3, h, w), dynamic_batch=True,
-                    output_name=names.get(bm.kind, "heatmaps"), exporter=self.cfg.exporter)
+                    output_name=names.get(bm.kind, "heatmaps"),
+                    exporter=cast(Literal["auto", "dynamo", "legacy"], self.cfg.exporter))
         return path
 
     def make_engine(self, name: str, bm: BenchModel, model: torch.nn.Module, max_batch: int) -> Engine:

@@ -182,6 +182,8 @@ def _export_dynamo(model, sample, path: Path, *, input_name: str, output_name: O
             program, (sample,), None, dynamo=True, input_names=[input_name],
             output_names=_output_list(output_name), opset_version=opset, external_data=False,
             optimize=True, verbose=False, report=False)
+        if onnx_program is None:
+            raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
         onnx_program.save(str(path), external_data=False)
 
 
@@ -243,8 +245,8 @@ def export_onnx(model, path: Path | str, *, input_shape: Sequence[int], dynamic_
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     sample = torch.zeros(_shape_key(input_shape), dtype=torch.float32)
-    kw = dict(input_name=input_name, output_name=output_name, opset=opset,
-              dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial)
+    kw: dict[str, Any] = dict(input_name=input_name, output_name=output_name, opset=opset,
+                              dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial)
     errors: list[str] = []
     for name in order[exporter]:
         fn = _export_dynamo if name == "dynamo" else _export_legacy

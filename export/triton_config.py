@@ -231,13 +231,17 @@ def profile_shapes(card: ModelCard, spec: TensorSpec, *, min_batch: int, opt_bat
     rank = len(spec.dims)
     for axis, d in enumerate(spec.dims):
         if d >= 0:
-            lo.append(d), mid.append(d), hi.append(d)
+            lo.append(d)
+            mid.append(d)
+            hi.append(d)
             continue
         spatial = axis - (rank - 2)
         if rank < 2 or spatial < 0:
             raise ValueError(f"input '{spec.name}' of '{card.name}' has a dynamic non-spatial "
                              f"axis {axis} (dims {spec.dims}); TensorRT needs a range for it")
-        lo.append(min_hw[spatial]), mid.append(opt_hw[spatial]), hi.append(max_hw[spatial])
+        lo.append(min_hw[spatial])
+        mid.append(opt_hw[spatial])
+        hi.append(max_hw[spatial])
     return tuple(lo), tuple(mid), tuple(hi)
 
 
@@ -264,7 +268,7 @@ def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int,
         opt = (int(tp.crop_size[0]), int(tp.crop_size[1]))
     elif tp is not None and tp.scale:
         opt = (int(min(tp.scale)), int(max(tp.scale)))
-    elif all(card.input_size):
+    elif card.input_size[0] and card.input_size[1]:
         opt = (int(card.input_size[1]), int(card.input_size[0]))
     else:
         opt = (512, 1024)

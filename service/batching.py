@@ -251,7 +251,7 @@ class DynamicBatcher:
         self._queue.append(req)
         self.queued_items += n
         self._update_gauge()
-        self._event.set()
+        self._wake().set()
         return await req.future  # cancelled: the worker skips it
 
     async def _run_now(self, inputs, outputs):
@@ -259,9 +259,14 @@ class DynamicBatcher:
                                                                 outputs)
 
     # ------------------------------------------------------------------ worker
-    def _start(self) -> None:
+    def _wake(self) -> asyncio.Event:
+        """The worker's wake-up event, made on first use inside the running loop."""
         if self._event is None:
             self._event = asyncio.Event()
+        return self._event
+
+    def _start(self) -> None:
+        self._wake()
         self._workers = [t for t in self._workers if not t.done()]
         while len(self._workers) < self.config.instances:
             self._workers.append(asyncio.get_running_loop().create_task(
@@ -301,8 +306,8 @@ class DynamicBatcher:
             now = time.monotonic()
             self._prune(now)
             if not self._queue:
-                self._event.clear()
-                await self._event.wait()
+                self._wake().clear()
+                await self._wake().wait()
                 continue
             avail, blocked = self._available()
             fits = [p for p in self.preferred if p <= avail]
@@ -312,9 +317,9 @@ class DynamicBatcher:
             elif avail >= self.max_batch_size or blocked or delay_left <= 0:
                 size = avail
             else:
-                self._event.clear()
+                self._wake().clear()
                 try:
-                    await asyncio.wait_for(self._event.wait(), delay_left)
+                    await asyncio.wait_for(self._wake().wait(), delay_left)
                 except asyncio.TimeoutError:
                     pass
                 continue

@@ -42,7 +42,8 @@ def default_palette(num_classes: int) -> np.ndarray:
     return rng.integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
 
 
-def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def colorize(label: np.ndarray,
+             palette: Sequence[Sequence[int]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Colour image of a label map: ``(H, W, 3)`` uint8 **BGR** and the ``(H, W)`` bool mask of
     pixels that got a colour (label < ``len(palette)``). ``palette``: RGB triples per class id.
     """
@@ -75,8 +76,9 @@ def overlay_image(image_bgr: np.ndarray, label: np.ndarray,
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if palette is None or len(palette) == 0:
         present = label[label != IGNORE_INDEX]
-        palette = default_palette(int(present.max()) + 1 if present.size else 0)
-    colour, mask = colorize(label, palette)
+        colour, mask = colorize(label, default_palette(int(present.max()) + 1 if present.size else 0))
+    else:
+        colour, mask = colorize(label, palette)
     blended = (image_bgr * (1.0 - alpha) + colour * alpha).astype(np.uint8)
     return np.where(mask[..., None], blended, image_bgr)
 

@@ -594,7 +594,7 @@ def test_box_rules_mirror_the_gateway():
         ([10, float("nan"), 50, 50, 1.0], "non_finite_box"),
     ]
     for box, cause in cases:
-        assert box_rejection(*box[:4], W, H, box[4]) == cause, box
+        assert box_rejection(box[:4], W, H, box[4]) == cause, box
         if cause is None:
             parse_boxes(json.dumps([box]), "xyxy", (W, H), 10)
         else:

@@ -56,7 +56,7 @@ def load_records(ann_file: str | Path, images_dir: str | Path, dataset: str = "c
     anns = {a["id"]: a for a in coco.get("annotations", [])}
     out: list[Record] = []
     for it in items:
-        for box, aid in zip(it.boxes, it.box_ids):
+        for box, aid in zip(it.boxes or [], it.box_ids):
             kp = np.asarray(anns[aid]["keypoints"], dtype=np.float32).reshape(-1, 3)
             out.append(Record(it.path, it.image_id, aid, np.asarray(box[:4], np.float32),
                               kp[:, :2].copy(), np.minimum(1.0, kp[:, 2]).astype(np.float32)))

@@ -118,12 +118,11 @@ def convert(project: str | Path, out: str | Path, train_fraction: float = 0.95,
     csvs = sorted(project.glob("labeled-data/*/CollectedData_*.csv"))
     if not csvs:
         raise FileNotFoundError(f"no labeled-data/*/CollectedData_*.csv under {project}")
-    parts, images, xys = None, [], []
+    parts, images, xys = read_dlc_csv(csvs[0])[0], [], []
     for c in csvs:
         p, im, xy = read_dlc_csv(c)
-        if parts is not None and p != parts:
+        if p != parts:
             raise ValueError(f"{c}: body parts {p} differ from {parts}")
-        parts = p
         images += im
         xys.append(xy)
     xy = np.concatenate(xys)

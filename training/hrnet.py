@@ -33,7 +33,7 @@ Two upstream variants differ only in the fusion upsampling and in the last modul
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -164,7 +164,8 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-_BLOCKS = {"BASIC": BasicBlock, "BOTTLENECK": Bottleneck}
+Block = type[BasicBlock] | type[Bottleneck]
+_BLOCKS: dict[str, Block] = {"BASIC": BasicBlock, "BOTTLENECK": Bottleneck}
 
 
 class _FuseUpsample(nn.Module):
@@ -214,7 +215,7 @@ class HRModule(nn.Module):
     Input/output: a list of ``(N, C_i, H_i, W_i)`` float tensors, ``H_i = H_0 / 2**i``.
     """
 
-    def __init__(self, num_branches: int, block: type[nn.Module], num_blocks: Sequence[int],
+    def __init__(self, num_branches: int, block: Block, num_blocks: Sequence[int],
                  in_channels: Sequence[int], num_channels: Sequence[int],
                  multiscale_output: bool = True, upsample_mode: str = "nearest"):
         super().__init__()
@@ -231,7 +232,7 @@ class HRModule(nn.Module):
         self.fuse_layers = self._make_fuse_layers()
         self.relu = nn.ReLU(inplace=False)
 
-    def _make_branch(self, i: int, block: type[nn.Module], num_blocks: int,
+    def _make_branch(self, i: int, block: Block, num_blocks: int,
                      channels: int) -> nn.Sequential:
         out_ch = channels * block.expansion
         downsample = None
@@ -255,7 +256,7 @@ class HRModule(nn.Module):
                     row.append(nn.Sequential(_conv1x1(ch[j], ch[i]), nn.BatchNorm2d(ch[i]),
                                              _FuseUpsample(2 ** (j - i), self.upsample_mode)))
                 elif j == i:
-                    row.append(None)
+                    row.append(None)  # type: ignore[arg-type]  # upstream's placeholder, never called
                 else:
                     steps = []
                     for k in range(i - j):
@@ -273,7 +274,9 @@ class HRModule(nn.Module):
             return [self.branches[0](x[0])]
         x = [branch(xi) for branch, xi in zip(self.branches, x)]
         out = []
-        for i, row in enumerate(self.fuse_layers):
+        if self.fuse_layers is None:
+            raise RuntimeError("a multi-branch HRModule without fuse layers")
+        for i, row in enumerate(cast(Sequence[nn.ModuleList], self.fuse_layers)):
             y = x[i] if i == 0 else row[0](x[0])
             for j in range(1, self.num_branches):
                 if j == i:
@@ -352,7 +355,7 @@ class HRNet(nn.Module):
         layers = nn.ModuleList()
         for i, c in enumerate(cur):
             if i < len(pre):
-                layers.append(None if c == pre[i] else nn.Sequential(
+                layers.append(None if c == pre[i] else nn.Sequential(  # type: ignore[arg-type]
                     _conv3x3(pre[i], c), nn.BatchNorm2d(c), nn.ReLU(inplace=True)))
             else:  # a new, lower-resolution branch from the last existing one
                 steps = []

@@ -308,8 +308,10 @@ def _v1(name: str, tail: str, metrics: dict[str, float], *, dataset: str = "coco
     """Register an MMPose 1.x COCO row: the arch (``hrnet-w32`` -> ``hrnet_w32``) and the input
     size (first ``HxW``) are read from ``name``; the URL is ``<_MMPOSE_V1>/<name>-<tail>.pth``
     (``tail`` = ``<sha256[:8]>_<date>``). ``kw`` go to :func:`_pose`."""
-    arch = "hrnet_" + re.search(r"hrnet-(w\d+)", name).group(1)
-    size = re.search(r"\d+x\d+", name).group(0)
+    arch_m, size_m = re.search(r"hrnet-(w\d+)", name), re.search(r"\d+x\d+", name)
+    if arch_m is None or size_m is None:
+        raise ValueError(f"{name}: no hrnet-wNN arch or HxW size in the name")
+    arch, size = "hrnet_" + arch_m.group(1), size_m.group(0)
     _pose(name, arch, dataset, k, size, f"{_MMPOSE_V1}/{name}-{tail}.pth", metrics, **kw)
 
 _README_NOT_YML = ("metrics from hrnet_coco.md (README, updated 2022-10); "

@@ -69,6 +69,9 @@ def evaluate_model(model: nn.Module, card: TopDownCard, ann_file: str | Path,
     :class:`benchmarks.eval_data.DataError` for bad files or no predictions.
     """
     dataset = card.dataset
+    w, h = card.input_size
+    if dataset is None or w is None or h is None:
+        raise ValueError(f"card {card.name!r} needs a dataset and a fixed input_size")
     coco = load_json(ann_file)
     records = predict_records(model, card, coco, images_dir, dataset, flip_test, device=device)
     if dataset in PIXEL_ERROR_DATASETS:
@@ -76,5 +79,5 @@ def evaluate_model(model: nn.Module, card: TopDownCard, ann_file: str | Path,
     if dataset == "horse10":
         return evaluate_horse10(records, coco)[0]
     sigmas = get_pose_dataset(dataset).sigmas
-    return evaluate_coco_style(records, coco, sigmas, input_size=card.input_size,
+    return evaluate_coco_style(records, coco, sigmas, input_size=(w, h),
                                padding=card.bbox_padding, gt_boxes=True)[0]

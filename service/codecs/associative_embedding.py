@@ -189,6 +189,7 @@ def aggregate_outputs(scale_outputs: Sequence[ScaleOutputs], *, num_joints: int,
         raise ValueError("no network outputs to aggregate")
     if project2image and base_size is None:
         raise ValueError("project2image needs base_size")
+    size_hw = (base_size[1], base_size[0]) if base_size is not None else None
     single = len(scale_outputs) == 1
     final = None
     tag_list: list[np.ndarray] = []
@@ -202,10 +203,11 @@ def aggregate_outputs(scale_outputs: Sequence[ScaleOutputs], *, num_joints: int,
             idx = _flip_permutation(flip_indices, num_joints)
             hm_f, tags_f = _stage_average(so.outputs_flipped, num_joints, with_heatmaps, with_ae,
                                           align_corners, flip=True)
+            if hm_f is None:
+                raise ValueError("no flipped output stage carries heatmaps")
             heatmaps.append(hm_f[idx])
             tags = tags + [t[idx] if tag_per_joint else t for t in tags_f]
-        if project2image:
-            size_hw = (base_size[1], base_size[0])
+        if size_hw is not None and project2image:
             heatmaps = [resize_bilinear(h, size_hw, align_corners) for h in heatmaps]
             tags = [resize_bilinear(t, size_hw, align_corners) for t in tags]
         if so.scale == 1 or single:

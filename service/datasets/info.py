@@ -15,7 +15,7 @@ Torch-free: only the standard library (and numpy for the array helpers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import numpy as np
 
@@ -149,15 +149,15 @@ class PoseDatasetInfo:
         sig = [r[2] for r in keypoints]
         if any(s is None for s in sig) and not all(s is None for s in sig):
             raise ValueError(f"{name}: sigmas given for only some keypoints")
-        sigmas = () if sig and sig[0] is None else tuple(float(s) for s in sig)
+        sigmas = tuple(float(s) for s in sig if s is not None)
         return cls(
             name=name,
             keypoint_names=names,
             skeleton=tuple((idx(a), idx(b)) for a, b, _ in links),
             flip_indices=flip,
             sigmas=sigmas,
-            keypoint_colors=tuple(tuple(r[3]) for r in keypoints),
-            link_colors=tuple(tuple(c) for _, _, c in links),
+            keypoint_colors=tuple(cast(RGB, tuple(r[3])) for r in keypoints),
+            link_colors=tuple(cast(RGB, tuple(c)) for _, _, c in links),
             source=source,
         )
 
@@ -211,7 +211,7 @@ class SegDatasetInfo:
     def from_rows(cls, name: str, rows: Sequence[ClassRow], **kwargs) -> "SegDatasetInfo":
         """Build from ``(class name, rgb)`` rows in channel order; ``kwargs`` go to the record."""
         return cls(name=name, classes=tuple(r[0] for r in rows),
-                   palette=tuple(tuple(r[1]) for r in rows), **kwargs)
+                   palette=tuple(cast(RGB, tuple(r[1])) for r in rows), **kwargs)
 
 
 __all__ = ["PoseDatasetInfo", "SegDatasetInfo", "KeypointRow", "LinkRow", "ClassRow", "RGB"]

@@ -53,7 +53,7 @@ def check_scales(scales: Optional[Sequence[float]], default: Sequence[float]) ->
     several scales must include 1 (upstream takes the tags at scale 1 only). Raises ValueError
     naming the problem.
     """
-    values = validate_ratios(list(scales) if scales else list(default), {})
+    values = validate_ratios(list(scales) if scales else list(default), {}) or ()
     if len(values) > 1 and 1 not in values:
         raise ValueError(f"multi-scale testing needs scale 1 among the scales (tags come from "
                          f"scale 1), got {list(values)}")

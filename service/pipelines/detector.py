@@ -102,6 +102,8 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.
 def _prepare(image_bgr: np.ndarray, card: DetectorCard) -> tuple[np.ndarray, float, float]:
     spec = card.detector
     w_in, h_in = card.input_size
+    if w_in is None or h_in is None:
+        raise ValueError(f"detector card {card.name!r} needs a fixed input_size, got {card.input_size}")
     canvas, (sx, sy) = letterbox(image_bgr, (int(w_in), int(h_in)), spec.pad_value)
     return to_input_tensor(canvas[None], card.normalization), sx, sy
 
