@@ -146,3 +146,34 @@ def test_train_on_coco_plus_aic_reload_strict_and_export(data_root, tmp_path, na
     assert card["outputs"][0]["dims"][0] == entry.num_outputs
     assert card.get("output_keypoint_indices") == \
         (list(range(17)) if name == COMBINE else None)
+
+
+def test_recipe_file_sources_and_missing_mapping_errors(data_root, tmp_path):
+    """A recipe file's ``[[data.sources]]`` (mapping by name or as pairs) reads the same
+    instances as the built-in recipe; a 14-keypoint file without a mapping is refused."""
+    from training.recipes import load_recipe_file
+
+    f = tmp_path / "r.toml"
+    f.write_text(f'''model = "{MERGE}"
+[[data.sources]]
+ann = "coco/annotations/person_keypoints_train2017.json"
+images = "coco/train2017"
+[[data.sources]]
+ann = "aic/annotations/aic_train.json"
+images = "{AIC_IMAGES}"
+dataset = "aic"
+mapping = [[0, 6], [1, 8], [2, 10], [3, 5], [4, 7], [5, 9], [6, 12], [7, 14], [8, 16],
+           [9, 11], [10, 13], [11, 15]]
+''')
+    r = load_recipe_file(f)
+    assert r.data.sources[1].mapping[0] == (0, 6)
+    ours = load_sources(data_root, r.data.sources, 17)
+    ref = load_sources(data_root, RECIPES[MERGE].data.sources, 17)
+    assert len(ours) == len(ref) == 12
+    assert all(np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.visible, b.visible)
+               for a, b in zip(ours, ref))
+    bad = (replace(r.data.sources[1], mapping=None),)
+    with pytest.raises(ValueError, match="annotations have 14 keypoints, the model predicts 17"):
+        load_sources(data_root, bad, 17)
+    with pytest.raises(ValueError, match="gives 19 keypoints, the model predicts 17"):
+        load_sources(data_root, (replace(bad[0], mapping="aic_to_coco_aic"),), 17)
