@@ -222,8 +222,9 @@ def _animal_recipe(name: str) -> TrainRecipe:
     ``RandomHalfBody`` / ``RandomBBoxTransform`` (the translation MMPose 1.x itself made of the
     same 0.x animal pipeline, e.g. ``ap10k/td-hm_hrnet-w32_8xb64-210e_ap10k-256x256.py``:
     rotation ``truncnorm x 80`` for 0.x's ``clip(N(0, 40), -80, 80)``), and the box jitter
-    distributions are 1.x's. The 0.x configs set no ``auto_scale_lr``: the base batch is taken
-    as the 8-GPU one of the checkpoint names (8 x 64 = 512)."""
+    distributions are 1.x's. The 0.x configs set no ``auto_scale_lr`` and do not say how many
+    GPUs trained them: the base batch assumes 8 (as every 1.x HRNet config), i.e. 8 x the
+    config's per-GPU batch (512 for W32, 256 for W48) gets the configs' lr 5e-4."""
     e = get_entry(name)
     per_gpu = 32 if e.arch == "hrnet_w48" else 64
     if e.dataset == "horse10":
