@@ -15,6 +15,14 @@ SMALL = {
     "test-td-hm_hrnet-w18-small_coco-96x64": ("coco", 17, (64, 96)),
     "test-td-hm_hrnet-w18-small_coco-128x96": ("coco", 17, (96, 128)),
     "test-td-hm_hrnet-w18-small_dlc-64x64": ("dlc_openfield", 4, (64, 64)),
+    # COCO-AIC merge (17) and combine (19 predicted, COCO's 17 served) at test size
+    "test-td-hm_hrnet-w18-small_coco-aic-merge-96x64": ("coco", 17, (64, 96)),
+    "test-td-hm_hrnet-w18-small_coco-aic-combine-96x64": (
+        "coco_aic", 19, (64, 96), {"output_keypoint_indices": tuple(range(17))}),
+    # animal rows at test size (Horse-10 22, MacaquePose 17, ATRW 15 with box padding 1.0)
+    "test-hrnet_w18-small_horse10_64x64": ("horse10", 22, (64, 64)),
+    "test-hrnet_w18-small_macaque_96x64": ("macaque", 17, (64, 96)),
+    "test-hrnet_w18-small_atrw_64x64": ("atrw", 15, (64, 64), {"bbox_padding": 1.0}),
 }
 
 
@@ -25,11 +33,11 @@ def small_entry(name: str) -> ModelEntry:
         return get_entry(name)
     except KeyError:
         pass
-    dataset, k, (w, h) = SMALL[name]
+    dataset, k, (w, h), *extra = SMALL[name]
     return register(ModelEntry(
         name=name, task="topdown_pose", arch="hrnet_w18_small", dataset=dataset, num_outputs=k,
         config="", url="", input_size=(w, h), heatmap_size=(w // 4, h // 4), sigma=2.0,
-        codec="MSRAHeatmap"))
+        codec="MSRAHeatmap", **(extra[0] if extra else {})))
 
 
 @pytest.fixture(scope="module")

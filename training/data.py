@@ -24,9 +24,10 @@ from service.cards import Normalization
 from service.codecs import MSRAHeatmap, UDPHeatmap
 from service.pipelines.common import to_input_tensor
 
+from .keypoint_mapping import KeypointMapping, get_mapping
 from .transforms import AugmentConfig, Instance, apply_train_pipeline, get_bbox_center_scale
 
-__all__ = ["Record", "load_records", "TopdownDataset", "sample_rng"]
+__all__ = ["Record", "load_records", "load_sources", "TopdownDataset", "sample_rng"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,53 @@ def load_records(ann_file: str | Path, images_dir: str | Path, dataset: str = "c
             out.append(Record(it.path, it.image_id, aid, np.asarray(box[:4], np.float32),
                               kp[:, :2].copy(), np.minimum(1.0, kp[:, 2]).astype(np.float32)))
     return out[:limit] if limit is not None else out
+
+
+def _mapping(spec: Any, num_keypoints: int) -> Optional[KeypointMapping]:
+    if spec is None or isinstance(spec, KeypointMapping):
+        return spec
+    if isinstance(spec, str):
+        m = get_mapping(spec)
+        if m.num_keypoints != num_keypoints:
+            raise ValueError(f"keypoint mapping {spec!r} gives {m.num_keypoints} keypoints, "
+                             f"the model predicts {num_keypoints}")
+        return m
+    return KeypointMapping(num_keypoints, tuple(spec))
+
+
+def load_sources(root: str | Path, sources: Sequence[Any], num_keypoints: int) -> list[Record]:
+    """Training instances of several COCO-style files combined in order (MMPose
+    ``CombinedDataset``: index ``i`` runs through the first file's instances, then the next),
+    each mapped onto the model's keypoints by its ``KeypointConverter``.
+
+    Args:
+        root: ``--data-root``; each source's ``ann``/``images`` are relative to it.
+        sources: :class:`training.recipes.DataSource` rows (``ann``, ``images``, ``dataset``:
+            reading rules as :func:`load_records`, ``mapping``: ``None``, a
+            :data:`training.keypoint_mapping.MAPPINGS` name or ``(source, target)`` pairs).
+        num_keypoints: ``K`` of the model (target of every mapping).
+
+    Returns records whose ``keypoints``/``visible`` have ``K`` rows (unmapped targets: position
+    0, visibility 0). Raises ``FileNotFoundError`` for a missing annotation file, ``ValueError``
+    when a source without mapping does not have ``K`` keypoints or a mapping does not fit,
+    ``KeyError`` for an unknown mapping name.
+    """
+    out: list[Record] = []
+    for src in sources:
+        ann = Path(root) / src.ann
+        if not ann.is_file():
+            raise FileNotFoundError(f"training annotations not found: {ann}")
+        mapping = _mapping(src.mapping, num_keypoints)
+        records = load_records(ann, Path(root) / src.images, src.dataset)
+        for rec in records:
+            if mapping is not None:
+                kp, vis, _ = mapping(rec.keypoints[None], rec.visible[None])
+                rec = Record(rec.path, rec.image_id, rec.ann_id, rec.bbox, kp[0], vis[0])
+            if len(rec.keypoints) != num_keypoints:
+                raise ValueError(f"{ann}: annotations have {len(rec.keypoints)} keypoints, the "
+                                 f"model predicts {num_keypoints} (give the source a mapping)")
+            out.append(rec)
+    return out
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

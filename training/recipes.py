@@ -14,13 +14,20 @@ any field::
     [data]            # paths relative to --data-root
     train_ann = "annotations/train.json"
     train_images = "images"
+    # or several training files combined, each mapped onto the model's keypoints:
+    # [[data.sources]]
+    # ann = "aic/annotations/aic_train.json"
+    # images = "aic/images"
+    # mapping = "aic_to_coco"      # training.keypoint_mapping.MAPPINGS name, or [[src, dst], ...]
 
 Top-down COCO recipes follow MMPose 1.x ``td-hm_hrnet-*_coco-*.py``: Adam lr 5e-4 for a global
 batch of 512 (``auto_scale_lr.base_batch_size``; the LR is scaled linearly to the actual global
 batch), ``LinearLR`` warm-up over 500 iterations from factor 0.001, ``MultiStepLR`` x0.1 at epochs
 170 and 200, 210 epochs, validation and checkpoints every 10 epochs, best checkpoint by
-``coco/AP`` (greater). Later slices (augmentation variants, COCO-AIC, animals, segmentation,
-bottom-up) add recipe rows and ``task``-specific fields next to these.
+``coco/AP`` (greater). The COCO-AIC merge/combine rows (seed 003) train on COCO + AI Challenger
+combined through keypoint mappings (:mod:`training.keypoint_mapping`); the Horse-10,
+MacaquePose and ATRW rows (seed 001) follow the MMPose 0.x animal configs. Later slices add
+recipe rows and ``task``-specific fields next to these.
 """
 from __future__ import annotations
 
@@ -34,11 +41,37 @@ from typing import Any, Mapping, Optional
 from .registry import get_entry, list_entries
 from .transforms import AugmentConfig
 
-__all__ = ["DataLayout", "TrainRecipe", "RECIPES", "get_recipe", "load_recipe_file",
-           "COCO_UPPER_BODY"]
+__all__ = ["DataLayout", "DataSource", "TrainRecipe", "RECIPES", "get_recipe",
+           "load_recipe_file", "COCO_UPPER_BODY", "COCO_AIC_UPPER_BODY", "ATRW_UPPER_BODY"]
 
 #: COCO upper-body keypoints (MMPose ``coco.py`` ``upper_body_ids``: nose .. right wrist).
+#: MacaquePose uses the COCO keypoints and types unchanged (``macaque.py``).
 COCO_UPPER_BODY = tuple(range(11))
+#: COCO-AIC (``coco_aic.py``): COCO's upper body plus head_top (17) and neck (18).
+COCO_AIC_UPPER_BODY = COCO_UPPER_BODY + (17, 18)
+#: ATRW (``atrw.py``, ``type='upper'``): ears, nose, shoulders, front paws (0..6).
+ATRW_UPPER_BODY = tuple(range(7))
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One training annotation file of a combined training set (MMPose ``CombinedDataset``
+    member), relative to ``--data-root``.
+
+    Attributes:
+        ann: COCO-style keypoint json.
+        images: folder of its images' ``file_name``.
+        dataset: whose reading rules apply (:func:`training.data.load_records`; the MMPose
+            AIC reader is the COCO one: ``"aic"`` reads as ``"coco"``).
+        mapping: ``None`` (the file already has the model's keypoints), a name of
+            :data:`training.keypoint_mapping.MAPPINGS`, or ``(source, target)`` pairs
+            (MMPose ``KeypointConverter(num_keypoints=<model's K>, mapping=...)``).
+    """
+
+    ann: str
+    images: str
+    dataset: str = "coco"
+    mapping: Optional[Any] = None
 
 
 @dataclass(frozen=True)
@@ -46,12 +79,15 @@ class DataLayout:
     """Where a dataset's files are, relative to ``--data-root`` (MMPose layout by default).
 
     ``val_ann``/``val_images`` may be missing on disk: validation is then skipped with a warning.
+    ``sources``: when given, the training set is these files combined in order (each with its
+    keypoint mapping) and ``train_ann``/``train_images`` are not used (COCO-AIC recipes).
     """
 
     train_ann: str = "annotations/person_keypoints_train2017.json"
     train_images: str = "train2017"
     val_ann: str = "annotations/person_keypoints_val2017.json"
     val_images: str = "val2017"
+    sources: tuple[DataSource, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,18 +175,92 @@ def _dlc_recipe(name: str) -> TrainRecipe:
         num_workers=1)
 
 
+#: AI Challenger training split in MMPose's layout (``data/aic/`` of the COCO-AIC configs).
+AIC_TRAIN = DataSource(
+    ann="aic/annotations/aic_train.json",
+    images="aic/ai_challenger_keypoint_train_20170902/keypoint_train_images_20170902",
+    dataset="aic")
+
+
+def _coco_aic_recipe(name: str) -> TrainRecipe:
+    """MMPose 1.x ``td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-{merge,combine}.py``: the COCO
+    recipe on COCO train2017 + AIC train combined (``CombinedDataset``, COCO first). Merge: AIC
+    mapped onto COCO's 17 (``AIC_TO_COCO``), 17-channel head. Combine: both mapped onto the 19
+    COCO-AIC keypoints (``COCO_TO_COCO_AIC``, ``AIC_TO_COCO_AIC``), 19-channel head, upper body
+    including head_top and neck; validation on COCO val2017 (the combine card reports the 17
+    COCO keypoints through ``output_keypoint_indices``). ``--data-root`` holds MMPose's
+    ``data/coco`` and ``data/aic`` side by side as ``coco/`` and ``aic/``."""
+    combine = name.endswith("-combine")
+    coco = DataSource(ann="coco/annotations/person_keypoints_train2017.json",
+                      images="coco/train2017", mapping="coco_to_coco_aic" if combine else None)
+    aic = replace(AIC_TRAIN, mapping="aic_to_coco_aic" if combine else "aic_to_coco")
+    return TrainRecipe(
+        model=name, batch_size=64,
+        augment=AugmentConfig(upper_body_ids=COCO_AIC_UPPER_BODY if combine else COCO_UPPER_BODY),
+        data=DataLayout(train_ann="", train_images="",
+                        val_ann="coco/annotations/person_keypoints_val2017.json",
+                        val_images="coco/val2017", sources=(coco, aic)))
+
+
+#: ``--data-root`` layouts of the animal datasets (MMPose 0.x configs' ``data/<name>/``).
+_ANIMAL_LAYOUTS = {
+    "macaque": DataLayout("annotations/macaque_train.json", "images",
+                          "annotations/macaque_test.json", "images"),
+    "atrw": DataLayout("annotations/keypoint_train.json", "images/train",
+                       "annotations/keypoint_val.json", "images/val"),
+}
+
+
+def _animal_recipe(name: str) -> TrainRecipe:
+    """MMPose 0.x ``configs/animal/2d_kpt_sview_rgb_img/topdown_heatmap/{horse10,macaque,atrw}``
+    HRNet configs: Adam 5e-4, linear warm-up 500 iterations from 0.001, steps at epochs 170 and
+    200, 210 epochs, 64 images per GPU (W48: 32), sigma 2, flip 0.5, box shift 0.16 with p0.3
+    (ATRW: 0.2), scale 0.5-1.5, rotation with p0.6; half-body (p0.3, more than 8 visible
+    keypoints) for MacaquePose and ATRW, none for Horse-10; box padding 1.25 (ATRW 1.0).
+    Validation every 10 epochs: Horse-10 PCK@0.3 (best ``PCK``), the others COCO-style AP
+    (best ``AP``). The 0.x random steps are expressed as MMPose 1.x's ``RandomFlip`` /
+    ``RandomHalfBody`` / ``RandomBBoxTransform`` (the translation MMPose 1.x itself made of the
+    same 0.x animal pipeline, e.g. ``ap10k/td-hm_hrnet-w32_8xb64-210e_ap10k-256x256.py``:
+    rotation ``truncnorm x 80`` for 0.x's ``clip(N(0, 40), -80, 80)``), and the box jitter
+    distributions are 1.x's. The 0.x configs set no ``auto_scale_lr`` and do not say how many
+    GPUs trained them: the base batch assumes 8 (as every 1.x HRNet config), i.e. 8 x the
+    config's per-GPU batch (512 for W32, 256 for W48) gets the configs' lr 5e-4."""
+    e = get_entry(name)
+    per_gpu = 32 if e.arch == "hrnet_w48" else 64
+    if e.dataset == "horse10":
+        split = re.search(r"split(\d)$", name).group(1)
+        data = DataLayout(f"annotations/horse10-train-split{split}.json", ".",
+                          f"annotations/horse10-test-split{split}.json", ".")
+        augment = AugmentConfig(half_body_prob=0.0)
+        best = "PCK"
+    else:
+        data = _ANIMAL_LAYOUTS[e.dataset]
+        upper = ATRW_UPPER_BODY if e.dataset == "atrw" else COCO_UPPER_BODY
+        augment = AugmentConfig(upper_body_ids=upper,
+                                shift_factor=0.2 if e.dataset == "atrw" else 0.16)
+        best = "AP"
+    return TrainRecipe(model=name, batch_size=per_gpu, base_batch_size=8 * per_gpu,
+                       best_metric=best, bbox_padding=e.bbox_padding, augment=augment,
+                       data=data)
+
+
 def _build_table() -> dict[str, TrainRecipe]:
     table: dict[str, TrainRecipe] = {}
     for e in list_entries(task="topdown_pose"):
         if (e.dataset == "coco" and e.upstream == "mmpose-1.x"
                 and re.search(r"_(8xb64|8xb32)-210e_coco-(256x192|384x288)$", e.name)):
             table[e.name] = _coco_recipe(e.name)
+        elif re.search(r"_8xb64-210e_coco-aic-256x192-(merge|combine)$", e.name):
+            table[e.name] = _coco_aic_recipe(e.name)
+        elif e.dataset in ("horse10", "macaque", "atrw"):
+            table[e.name] = _animal_recipe(e.name)
         elif e.dataset == "dlc_openfield":
             table[e.name] = _dlc_recipe(e.name)
     return table
 
 
-#: Registry name -> recipe (top-down COCO MMPose 1.x rows and the DLC example).
+#: Registry name -> recipe (top-down COCO and COCO-AIC MMPose 1.x rows, the MMPose 0.x animal
+#: rows and the DLC example).
 RECIPES: Mapping[str, TrainRecipe] = _build_table()
 
 
@@ -199,7 +309,11 @@ def load_recipe_file(path: str | Path) -> TrainRecipe:
     top = _sub(TrainRecipe, {k: v for k, v in raw.items() if k not in ("augment", "data")},
                "recipe")
     augment = replace(base.augment, **_sub(AugmentConfig, raw.get("augment", {}), "[augment]"))
-    data = replace(base.data, **_sub(DataLayout, raw.get("data", {}), "[data]"))
+    data_kw = _sub(DataLayout, raw.get("data", {}), "[data]")
+    if "sources" in data_kw:  # [[data.sources]] tables
+        data_kw["sources"] = tuple(DataSource(**_sub(DataSource, src, "[[data.sources]]"))
+                                   for src in data_kw["sources"])
+    data = replace(base.data, **data_kw)
     return replace(base, **top, augment=augment, data=data)
 
 

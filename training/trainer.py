@@ -39,11 +39,11 @@ from export.cards import pose_card
 from service.codecs import build_codec
 
 from . import checkpoint as ckpt
-from .data import TopdownDataset, load_records
+from .data import TopdownDataset, load_sources
 from .losses import KeypointMSELoss
 from .models import build_model
 from .optim import WarmupMultiStep, build_optimizer, scaled_lr
-from .recipes import TrainRecipe
+from .recipes import DataSource, TrainRecipe
 
 __all__ = ["TrainOptions", "ShardedShuffle", "Trainer", "train_step"]
 
@@ -172,10 +172,9 @@ class Trainer:
         self.codec = build_codec(self.card.codec)
         root = Path(opts.data_root)
         data = recipe.data
-        train_ann = root / data.train_ann
-        if not train_ann.is_file():
-            raise FileNotFoundError(f"training annotations not found: {train_ann}")
-        records = load_records(train_ann, root / data.train_images, self.entry.dataset)
+        sources = data.sources or (DataSource(data.train_ann, data.train_images,
+                                              self.entry.dataset),)
+        records = load_sources(root, sources, self.entry.num_outputs)
         self.dataset = TopdownDataset(
             records, self.codec, self.card.normalization, self.card.flip_indices,
             augment=recipe.augment if opts.augment else None, padding=recipe.bbox_padding,

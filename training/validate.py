@@ -64,6 +64,8 @@ def evaluate_model(model: nn.Module, card: TopDownCard, ann_file: str | Path,
                    device: str | torch.device = "cpu") -> dict[str, Any]:
     """Metrics of ``model`` on a COCO-style keypoint file with ground-truth boxes.
 
+    Only the card's served keypoints (``output_keypoint_indices``) are predicted and scored, so
+    the COCO-AIC combine model is validated on a COCO file's 17 keypoints.
     Returns the metric dict of the dataset's kind: COCO ``AP``..``ARl`` (+ ``meanOKS``),
     Horse-10 ``PCK``/``NME``, or ``EPE``/``RMSE`` (pixels) and ``PCK@0.2``. Raises
     :class:`benchmarks.eval_data.DataError` for bad files or no predictions.
@@ -78,6 +80,7 @@ def evaluate_model(model: nn.Module, card: TopDownCard, ann_file: str | Path,
         return evaluate_pixel_error(records, coco)[0]
     if dataset == "horse10":
         return evaluate_horse10(records, coco)[0]
-    sigmas = get_pose_dataset(dataset).sigmas
+    # OKS sigmas of the served keypoints (the COCO 17 of the COCO-AIC combine head's 19)
+    sigmas = np.asarray(get_pose_dataset(dataset).sigmas)[card.output_keypoints]
     return evaluate_coco_style(records, coco, sigmas, input_size=(w, h),
                                padding=card.bbox_padding, gt_boxes=True)[0]
