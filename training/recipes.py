@@ -19,8 +19,10 @@ Top-down COCO recipes follow MMPose 1.x ``td-hm_hrnet-*_coco-*.py``: Adam lr 5e-
 batch of 512 (``auto_scale_lr.base_batch_size``; the LR is scaled linearly to the actual global
 batch), ``LinearLR`` warm-up over 500 iterations from factor 0.001, ``MultiStepLR`` x0.1 at epochs
 170 and 200, 210 epochs, validation and checkpoints every 10 epochs, best checkpoint by
-``coco/AP`` (greater). Later slices (augmentation variants, COCO-AIC, animals, segmentation,
-bottom-up) add recipe rows and ``task``-specific fields next to these.
+``coco/AP`` (greater). The seed-000 variants (``td-hm_hrnet-w32_{coarsedropout,gridmask,
+photometric}-8xb64-210e_coco-256x192``) are the W32 256x192 recipe plus
+``AugmentConfig.pixel_variants``. Segmentation rows get a
+:class:`~training.seg_recipes.SegTrainRecipe` (MMSeg, iteration-based).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .registry import get_entry, list_entries
+from .seg_recipes import SegTrainRecipe, seg_recipes
 from .transforms import AugmentConfig
 
 __all__ = ["DataLayout", "TrainRecipe", "RECIPES", "get_recipe", "load_recipe_file",
@@ -139,10 +142,25 @@ def _dlc_recipe(name: str) -> TrainRecipe:
         num_workers=1)
 
 
+def _variant_recipe(name: str, variant: str) -> TrainRecipe:
+    """MMPose 1.x ``td-hm_hrnet-w32_<variant>-8xb64-210e_coco-256x192`` (seed 000): the COCO
+    recipe plus one pixel variant after ``TopdownAffine`` (:data:`training.augment.PIXEL_VARIANTS`:
+    ``coarsedropout``, ``gridmask``, ``photometric``)."""
+    base = _coco_recipe(name)
+    return replace(base, augment=replace(base.augment, pixel_variants=(variant,)))
+
+
+_VARIANT_NAME = re.compile(r"^td-hm_hrnet-w32_(coarsedropout|gridmask|photometric)"
+                           r"-8xb64-210e_coco-256x192$")
+
+
 def _build_table() -> dict[str, TrainRecipe]:
     table: dict[str, TrainRecipe] = {}
     for e in list_entries(task="topdown_pose"):
-        if (e.dataset == "coco" and e.upstream == "mmpose-1.x"
+        variant = _VARIANT_NAME.match(e.name)
+        if variant:
+            table[e.name] = _variant_recipe(e.name, variant.group(1))
+        elif (e.dataset == "coco" and e.upstream == "mmpose-1.x"
                 and re.search(r"_(8xb64|8xb32)-210e_coco-(256x192|384x288)$", e.name)):
             table[e.name] = _coco_recipe(e.name)
         elif e.dataset == "dlc_openfield":
@@ -150,8 +168,9 @@ def _build_table() -> dict[str, TrainRecipe]:
     return table
 
 
-#: Registry name -> recipe (top-down COCO MMPose 1.x rows and the DLC example).
-RECIPES: Mapping[str, TrainRecipe] = _build_table()
+#: Registry name -> recipe: top-down COCO MMPose 1.x rows (with the seed-000 augmentation
+#: variants), the DLC example, and the MMSeg segmentation rows (:mod:`training.seg_recipes`).
+RECIPES: Mapping[str, TrainRecipe | SegTrainRecipe] = {**_build_table(), **seg_recipes()}
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -182,11 +201,13 @@ def _sub(cls, data: Any, where: str):
     return {k: _tuples(v) for k, v in data.items()}
 
 
-def load_recipe_file(path: str | Path) -> TrainRecipe:
-    """A :class:`TrainRecipe` from a TOML/YAML file: ``model`` (registry name) is required;
-    other top-level keys override :class:`TrainRecipe` fields of the model's built-in recipe
+def load_recipe_file(path: str | Path) -> TrainRecipe | SegTrainRecipe:
+    """A :class:`TrainRecipe` (or, for a segmentation model, a
+    :class:`~training.seg_recipes.SegTrainRecipe`) from a TOML/YAML file: ``model`` (registry
+    name) is required; other top-level keys override the fields of the model's built-in recipe
     (or the defaults when it has none); ``[augment]`` and ``[data]`` override
-    :class:`AugmentConfig` / :class:`DataLayout` fields. Lists become tuples.
+    :class:`AugmentConfig` (:class:`~training.seg_transforms.SegAugmentConfig`) /
+    :class:`DataLayout` fields (``[data]``: top-down only). Lists become tuples.
 
     Raises ``ValueError`` for a bad file or unknown keys, ``KeyError`` for an unknown model,
     ``FileNotFoundError`` for a missing file.
@@ -195,15 +216,24 @@ def load_recipe_file(path: str | Path) -> TrainRecipe:
     raw = _read_mapping(path)
     if "model" not in raw:
         raise ValueError(f"{path}: recipe needs a 'model' (registry name)")
-    base = RECIPES.get(raw["model"]) or TrainRecipe(model=raw["model"])
-    top = _sub(TrainRecipe, {k: v for k, v in raw.items() if k not in ("augment", "data")},
+    base = RECIPES.get(raw["model"])
+    if base is None:
+        seg = get_entry(raw["model"]).task == "segmentation"
+        base = (SegTrainRecipe if seg else TrainRecipe)(model=raw["model"])
+    top = _sub(type(base), {k: v for k, v in raw.items() if k not in ("augment", "data")},
                "recipe")
-    augment = replace(base.augment, **_sub(AugmentConfig, raw.get("augment", {}), "[augment]"))
+    augment = replace(base.augment, **_sub(type(base.augment), raw.get("augment", {}),
+                                           "[augment]"))
+    if isinstance(base, SegTrainRecipe):  # [data] tables of SegSplit fields: not overridable
+        if "data" in raw:
+            raise ValueError(f"{path}: segmentation recipes take their layout from the dataset "
+                             "(MMSeg layout); [data] is for top-down recipes")
+        return replace(base, **top, augment=augment)
     data = replace(base.data, **_sub(DataLayout, raw.get("data", {}), "[data]"))
     return replace(base, **top, augment=augment, data=data)
 
 
-def get_recipe(name_or_path: str | Path) -> TrainRecipe:
+def get_recipe(name_or_path: str | Path) -> TrainRecipe | SegTrainRecipe:
     """The recipe of registry model ``name_or_path``, or one loaded from a ``.toml``/``.yaml``
     file. Raises ``KeyError`` naming the models that have recipes when neither applies."""
     p = Path(str(name_or_path))
