@@ -87,6 +87,15 @@ def test_photometric_deterministic_and_bounded(shared):
         assert (out == out[0, 0, 0]).all()
         values.add(int(out[0, 0, 0]))
     assert min(values) >= 34 and max(values) <= 198 and len(values) > 10 and 100 in values
+    # MMPose's variant applies its one contrast factor twice (before and after the HSV step,
+    # upstream's code tests mode 1 twice): 100 -> within [(100 - 32) * 0.5^2, (100 + 32) * 1.5^2]
+    # = [17, 297 -> 255], and outside MMSeg's range for some seeds (measured: 24..237 over 200)
+    mmpose = PhotometricConfig(upstream="mmpose")
+    twice = [int(photometric_distortion(grey, np.random.default_rng(s), mmpose)[0, 0, 0])
+             for s in range(200)]
+    assert min(twice) >= 17 and (min(twice) < 34 or max(twice) > 198)
+    with pytest.raises(ValueError, match="upstream"):
+        PhotometricConfig(upstream="mmdet")
     with pytest.raises(ValueError, match="uint8"):
         photometric_distortion(img.astype(np.float32), np.random.default_rng(0))
 
@@ -165,8 +174,8 @@ def test_segmentation_uses_the_same_photometric(monkeypatch):
     st.apply_seg_pipeline(img, np.zeros((32, 64), np.uint8), (64, 32), (16, 16),
                           st.SegAugmentConfig(), np.random.default_rng(0))
     assert st.photometric_distortion is spy and real is photometric_distortion
-    assert calls == [PhotometricConfig()]  # MMSeg: no channel swap
-    assert PIXEL_VARIANTS["photometric"].photometric_cfg.channel_swap  # MMPose: swap
+    assert calls == [PhotometricConfig()] and calls[0].upstream == "mmseg"
+    assert PIXEL_VARIANTS["photometric"].photometric_cfg.upstream == "mmpose"
 
 
 def test_resume_bit_exact_with_variants(shared, tmp_path, small_rows):  # noqa: F811
