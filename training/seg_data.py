@@ -88,13 +88,15 @@ def list_pairs(root: str | Path, split: SegSplit) -> list[tuple[Path, Path]]:
 def read_label(path: str | Path, reduce_zero_label: bool = False) -> np.ndarray:
     """Class-id map ``(H, W)`` uint8 of a label PNG (pillow: palette images give indices);
     ``reduce_zero_label``: 0 -> 255, others minus 1 (MMSeg ``LoadAnnotations``). Raises
-    ``ValueError`` for a label that is not single-channel."""
+    ``ValueError`` for a label that is not single-channel or holds ids outside 0..255."""
     from PIL import Image
 
     with Image.open(path) as im:
         label = np.asarray(im)
     if label.ndim != 2:
         raise ValueError(f"{path}: a label map must be single-channel, got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"{path}: class ids must be 0..255, got {label.min()}..{label.max()}")
     label = label.astype(np.uint8)
     if reduce_zero_label:
         label = label.copy()
