@@ -177,6 +177,7 @@ def test_seg_recipes_follow_mmseg_configs():
 
 # ------------------------------------------------------------------ training on the real frame
 
+@pytest.mark.slow
 def test_cli_trains_checkpoints_reloads_and_exports(seg_row, cityscapes_root, tmp_path):
     """A few iterations at 64x128 crops through ``hrnet-train`` (a recipe file naming the small
     row): loss goes down, ``iter_N.pth`` in the MMSeg layout, strict reload, hrnet-export takes
@@ -220,7 +221,7 @@ def test_cli_trains_checkpoints_reloads_and_exports(seg_row, cityscapes_root, tm
     val = dict(zip(*[line.split(",") for line in (work / "val.csv").read_text().splitlines()]))
     repo = tmp_path / "repo"
     assert export_main(["--arch", SEG_SMALL, "--checkpoint", str(ck), "--name", "seg_small",
-                        "--model-repository", str(repo)]) == 0
+                        "--model-repository", str(repo), "--check-size", "128x256"]) == 0
     repository = ModelRepository(repo)
     card = repository.get("seg_small")
     backend = OnnxRuntimeBackend(repository, models=["seg_small"])
@@ -235,6 +236,7 @@ def test_cli_trains_checkpoints_reloads_and_exports(seg_row, cityscapes_root, tm
     assert acc.compute()["mIoU"] == pytest.approx(float(val["mIoU"]), abs=0.02)
 
 
+@pytest.mark.slow
 def test_overfit_one_frame_lifts_miou(seg_row, cityscapes_root, tmp_path):
     """60 iterations on the whole 256x128 frame (no augmentation, lr 0.05): mIoU on that frame
     from 0.47 untrained to 53.96 (measured, seed 0, 2-core CPU: 43 s)."""
