@@ -16,7 +16,7 @@ from training import registry
 from training.optim import PolyFactor
 from training.registry import ModelEntry, get_entry, register
 from training.seg_losses import SegCrossEntropyLoss
-from training.seg_transforms import random_crop, random_resize, pad_to
+from training.seg_transforms import pad_to, random_crop, random_resize
 
 SEG_SMALL = "test-fcn_hr18s_cityscapes-128x256"
 FRAME = "frankfurt_000000_000294"

@@ -15,9 +15,10 @@ From the configs and their bases (``_base_/models/fcn_hr18.py``, ``_base_/datase
   ``RandomFlip(0.5)``, ``PhotoMetricDistortion``, padding to the crop (0 / 255);
 * ``CrossEntropyLoss`` (``avg_non_ignore=False``), ignore index 255, logits resized to the
   label size first; best checkpoint by ``mIoU``;
-* SyncBN in the configs (``--sync-bn`` on CUDA), ImageNet-pretrained backbones
-  (``open-mmlab://msra/hrnetv2_w18``...: give ``--load-from``; without it training starts
-  from MMSeg's initialisation).
+* SyncBN in the configs (``--sync-bn`` on CUDA) and ImageNet-pretrained backbones
+  (``open-mmlab://msra/hrnetv2_w18``...), which ``--load-from`` cannot take (it loads whole
+  checkpoints strictly): training starts from MMSeg's initialisation
+  (:func:`training.models.init_weights`).
 """
 from __future__ import annotations
 
