@@ -7,8 +7,10 @@
                 [--device cpu|cuda] [--seed N] [--sync-bn] [--workers N]
     python -m torch.distributed.run --nproc-per-node 2 -m training.cli RECIPE ...   # DDP
 
-``RECIPE`` is a name of :data:`training.recipes.RECIPES` (``--list`` prints them) or a
-``.toml``/``.yaml`` recipe file. Exit status: 0 done, 2 bad arguments/files.
+``RECIPE`` is a name of :data:`training.recipes.RECIPES` (``--list`` prints them: top-down
+pose, the seed-000 augmentation variants, MMSeg ``fcn_hr*`` segmentation rows) or a
+``.toml``/``.yaml`` recipe file. Segmentation recipes are iteration-based (``--max-iters``).
+Exit status: 0 done, 2 bad arguments/files.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The ``hrnet-train`` argument parser."""
     p = argparse.ArgumentParser(prog="hrnet-train", description="Train an HRNet top-down pose "
-                                "model from a registry recipe or a recipe file.")
+                                "or FCN-HRNetV2 segmentation model from a registry recipe or a "
+                                "recipe file.")
     p.add_argument("recipe", nargs="?", help="registry name (see --list) or a .toml/.yaml file")
     p.add_argument("--list", action="store_true", help="list the registry names with recipes")
-    p.add_argument("--data-root", type=Path, help="dataset folder (MMPose layout)")
+    p.add_argument("--data-root", type=Path, help="dataset folder (MMPose layout; "
+                   "MMSeg layout for segmentation)")
     p.add_argument("--work-dir", type=Path, help="checkpoints and logs go here")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--max-epochs", type=int, help="override the recipe's epochs")

@@ -10,6 +10,9 @@ The MMPose configs chain two MMEngine schedulers:
 Both multiply the base LR, so the LR at (iteration ``t``, epoch ``e``) is
 ``lr * warmup(t) * gamma ** drops(e)``; :class:`WarmupMultiStep` computes it in closed form
 (one ``LambdaLR`` stepped every iteration), which makes resuming exact.
+
+The segmentation recipes (MMSeg) use SGD with ``PolyLR`` by iteration: :func:`build_sgd`,
+:class:`PolyFactor`.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-__all__ = ["scaled_lr", "build_optimizer", "WarmupMultiStep"]
+__all__ = ["scaled_lr", "build_optimizer", "WarmupMultiStep", "build_sgd", "PolyFactor"]
 
 
 def scaled_lr(base_lr: float, global_batch: int, base_batch_size: int) -> float:
@@ -59,3 +62,37 @@ class WarmupMultiStep:
                     self.warmup_factor + (1.0 - self.warmup_factor) * min(t, n) / n)
         epoch = t // self.iters_per_epoch
         return warm * self.gamma ** bisect.bisect_right(self.milestones, epoch)
+
+
+def build_sgd(params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.9,
+              weight_decay: float = 5e-4) -> torch.optim.SGD:
+    """``torch.optim.SGD(params, lr, momentum, weight_decay)`` (MMSeg schedules:
+    ``optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0005)``, no nesterov,
+    no dampening)."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class PolyFactor:
+    """LR factor of iteration ``t`` (0-based) for MMEngine ``PolyLR(eta_min, power, begin=0,
+    end=total, by_epoch=False)`` on base LR ``base_lr``: with ``T = total - 1`` (MMEngine's
+    ``total_iters = end - begin - 1``),
+    ``lr(t) = (base_lr - eta_min) * (1 - min(t, T) / T) ** power + eta_min``, returned as
+    ``lr(t) / base_lr`` for ``LambdaLR``. This is the closed form of MMEngine's recursive
+    update (equal up to float rounding). Callable, picklable.
+
+    Raises ``ValueError`` for ``total < 1`` or a non-positive ``base_lr``.
+    """
+
+    def __init__(self, base_lr: float, total: int, eta_min: float = 1e-4,
+                 power: float = 0.9) -> None:
+        if total < 1 or not base_lr > 0:
+            raise ValueError("PolyFactor needs total >= 1 and base_lr > 0")
+        self.base_lr = float(base_lr)
+        self.total = int(total)
+        self.eta_min = float(eta_min)
+        self.power = float(power)
+
+    def __call__(self, t: int) -> float:
+        span = self.total - 1
+        frac = 1.0 if span <= 0 else 1.0 - min(t, span) / span
+        return ((self.base_lr - self.eta_min) * frac ** self.power + self.eta_min) / self.base_lr

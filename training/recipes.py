@@ -24,10 +24,12 @@ Top-down COCO recipes follow MMPose 1.x ``td-hm_hrnet-*_coco-*.py``: Adam lr 5e-
 batch of 512 (``auto_scale_lr.base_batch_size``; the LR is scaled linearly to the actual global
 batch), ``LinearLR`` warm-up over 500 iterations from factor 0.001, ``MultiStepLR`` x0.1 at epochs
 170 and 200, 210 epochs, validation and checkpoints every 10 epochs, best checkpoint by
-``coco/AP`` (greater). The COCO-AIC merge/combine rows (seed 003) train on COCO + AI Challenger
-combined through keypoint mappings (:mod:`training.keypoint_mapping`); the Horse-10,
-MacaquePose and ATRW rows (seed 001) follow the MMPose 0.x animal configs. Later slices add
-recipe rows and ``task``-specific fields next to these.
+``coco/AP`` (greater). The seed-000 variants (``td-hm_hrnet-w32_{coarsedropout,gridmask,
+photometric}-8xb64-210e_coco-256x192``) are the W32 256x192 recipe plus
+``AugmentConfig.pixel_variants``. The COCO-AIC merge/combine rows (seed 003) train on COCO + AI
+Challenger combined through keypoint mappings (:mod:`training.keypoint_mapping`); the Horse-10,
+MacaquePose and ATRW rows (seed 001) follow the MMPose 0.x animal configs. Segmentation rows get a
+:class:`~training.seg_recipes.SegTrainRecipe` (MMSeg, iteration-based).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .registry import get_entry, list_entries
+from .seg_recipes import SegTrainRecipe, seg_recipes
 from .transforms import AugmentConfig
 
 __all__ = ["DataLayout", "DataSource", "TrainRecipe", "RECIPES", "get_recipe",
@@ -242,12 +245,25 @@ def _animal_recipe(name: str) -> TrainRecipe:
     return TrainRecipe(model=name, batch_size=per_gpu, base_batch_size=8 * per_gpu,
                        best_metric=best, bbox_padding=e.bbox_padding, augment=augment,
                        data=data)
+def _variant_recipe(name: str, variant: str) -> TrainRecipe:
+    """MMPose 1.x ``td-hm_hrnet-w32_<variant>-8xb64-210e_coco-256x192`` (seed 000): the COCO
+    recipe plus one pixel variant after ``TopdownAffine`` (:data:`training.augment.PIXEL_VARIANTS`:
+    ``coarsedropout``, ``gridmask``, ``photometric``)."""
+    base = _coco_recipe(name)
+    return replace(base, augment=replace(base.augment, pixel_variants=(variant,)))
+
+
+_VARIANT_NAME = re.compile(r"^td-hm_hrnet-w32_(coarsedropout|gridmask|photometric)"
+                           r"-8xb64-210e_coco-256x192$")
 
 
 def _build_table() -> dict[str, TrainRecipe]:
     table: dict[str, TrainRecipe] = {}
     for e in list_entries(task="topdown_pose"):
-        if (e.dataset == "coco" and e.upstream == "mmpose-1.x"
+        variant = _VARIANT_NAME.match(e.name)
+        if variant:
+            table[e.name] = _variant_recipe(e.name, variant.group(1))
+        elif (e.dataset == "coco" and e.upstream == "mmpose-1.x"
                 and re.search(r"_(8xb64|8xb32)-210e_coco-(256x192|384x288)$", e.name)):
             table[e.name] = _coco_recipe(e.name)
         elif re.search(r"_8xb64-210e_coco-aic-256x192-(merge|combine)$", e.name):
@@ -259,9 +275,10 @@ def _build_table() -> dict[str, TrainRecipe]:
     return table
 
 
-#: Registry name -> recipe (top-down COCO and COCO-AIC MMPose 1.x rows, the MMPose 0.x animal
-#: rows and the DLC example).
-RECIPES: Mapping[str, TrainRecipe] = _build_table()
+#: Registry name -> recipe: top-down COCO MMPose 1.x rows (with the seed-000 augmentation
+#: variants), COCO-AIC rows, the MMPose 0.x animal rows, the DLC example, and the MMSeg
+#: segmentation rows (:mod:`training.seg_recipes`).
+RECIPES: Mapping[str, TrainRecipe | SegTrainRecipe] = {**_build_table(), **seg_recipes()}
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -292,11 +309,13 @@ def _sub(cls, data: Any, where: str):
     return {k: _tuples(v) for k, v in data.items()}
 
 
-def load_recipe_file(path: str | Path) -> TrainRecipe:
-    """A :class:`TrainRecipe` from a TOML/YAML file: ``model`` (registry name) is required;
-    other top-level keys override :class:`TrainRecipe` fields of the model's built-in recipe
+def load_recipe_file(path: str | Path) -> TrainRecipe | SegTrainRecipe:
+    """A :class:`TrainRecipe` (or, for a segmentation model, a
+    :class:`~training.seg_recipes.SegTrainRecipe`) from a TOML/YAML file: ``model`` (registry
+    name) is required; other top-level keys override the fields of the model's built-in recipe
     (or the defaults when it has none); ``[augment]`` and ``[data]`` override
-    :class:`AugmentConfig` / :class:`DataLayout` fields. Lists become tuples.
+    :class:`AugmentConfig` (:class:`~training.seg_transforms.SegAugmentConfig`) /
+    :class:`DataLayout` fields (``[data]``: top-down only). Lists become tuples.
 
     Raises ``ValueError`` for a bad file or unknown keys, ``KeyError`` for an unknown model,
     ``FileNotFoundError`` for a missing file.
@@ -305,10 +324,19 @@ def load_recipe_file(path: str | Path) -> TrainRecipe:
     raw = _read_mapping(path)
     if "model" not in raw:
         raise ValueError(f"{path}: recipe needs a 'model' (registry name)")
-    base = RECIPES.get(raw["model"]) or TrainRecipe(model=raw["model"])
-    top = _sub(TrainRecipe, {k: v for k, v in raw.items() if k not in ("augment", "data")},
+    base = RECIPES.get(raw["model"])
+    if base is None:
+        seg = get_entry(raw["model"]).task == "segmentation"
+        base = (SegTrainRecipe if seg else TrainRecipe)(model=raw["model"])
+    top = _sub(type(base), {k: v for k, v in raw.items() if k not in ("augment", "data")},
                "recipe")
-    augment = replace(base.augment, **_sub(AugmentConfig, raw.get("augment", {}), "[augment]"))
+    augment = replace(base.augment, **_sub(type(base.augment), raw.get("augment", {}),
+                                           "[augment]"))
+    if isinstance(base, SegTrainRecipe):  # [data] tables of SegSplit fields: not overridable
+        if "data" in raw:
+            raise ValueError(f"{path}: segmentation recipes take their layout from the dataset "
+                             "(MMSeg layout); [data] is for top-down recipes")
+        return replace(base, **top, augment=augment)
     data_kw = _sub(DataLayout, raw.get("data", {}), "[data]")
     if "sources" in data_kw:  # [[data.sources]] tables
         data_kw["sources"] = tuple(DataSource(**_sub(DataSource, src, "[[data.sources]]"))
@@ -317,7 +345,7 @@ def load_recipe_file(path: str | Path) -> TrainRecipe:
     return replace(base, **top, augment=augment, data=data)
 
 
-def get_recipe(name_or_path: str | Path) -> TrainRecipe:
+def get_recipe(name_or_path: str | Path) -> TrainRecipe | SegTrainRecipe:
     """The recipe of registry model ``name_or_path``, or one loaded from a ``.toml``/``.yaml``
     file. Raises ``KeyError`` naming the models that have recipes when neither applies."""
     p = Path(str(name_or_path))

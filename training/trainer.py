@@ -1,5 +1,13 @@
-"""``hrnet-train``'s loop for top-down heatmap models: data, DDP, AMP, schedule, checkpoints,
-validation, logs.
+"""``hrnet-train``'s loop for top-down heatmap models and segmentation models: data, DDP, AMP,
+schedule, checkpoints, validation, logs.
+
+Segmentation recipes (:class:`~training.seg_recipes.SegTrainRecipe`) share everything but the
+task parts: MMSeg-layout data (:class:`~training.seg_data.SegDataset`), the MMSeg cross
+entropy (:class:`~training.seg_losses.SegCrossEntropyLoss`), SGD + poly LR by iteration
+(:func:`~training.optim.build_sgd`, :class:`~training.optim.PolyFactor`), checkpoints in
+the MMSeg layout (``backbone.*``/``decode_head.*``) and mIoU validation through the gateway's
+segmentation path (:func:`~training.seg_validate.evaluate_seg_model`). Their validation and
+checkpoint intervals are iterations, rounded up to whole epochs of the data.
 
 One process, or one per rank under ``torchrun`` (``WORLD_SIZE`` set): DistributedDataParallel
 over gloo (CPU) or NCCL (CUDA), optional SyncBatchNorm (CUDA only: PyTorch's SyncBatchNorm
@@ -35,15 +43,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from export.cards import pose_card
+from export.cards import pose_card, seg_card
 from service.codecs import build_codec
 
 from . import checkpoint as ckpt
 from .data import TopdownDataset, load_sources
 from .losses import KeypointMSELoss
 from .models import build_model
-from .optim import WarmupMultiStep, build_optimizer, scaled_lr
+from .optim import PolyFactor, WarmupMultiStep, build_optimizer, build_sgd, scaled_lr
 from .recipes import DataSource, TrainRecipe
+from .seg_data import SegDataset, list_pairs
+from .seg_losses import SegCrossEntropyLoss
+from .seg_recipes import SegTrainRecipe
 
 __all__ = ["TrainOptions", "ShardedShuffle", "Trainer", "train_step"]
 
@@ -109,21 +120,22 @@ class ShardedShuffle(Sampler[int]):
 
 def train_step(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: nn.Module,
                optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None,
-               amp: str = "off", device: str | torch.device = "cpu") -> torch.Tensor:
+               amp: str = "off", device: str | torch.device = "cpu",
+               target_keys: tuple[str, ...] = ("heatmaps", "weights")) -> torch.Tensor:
     """One optimisation step: forward (under autocast for ``amp`` ``"bf16"``/``"fp16"``),
-    :class:`KeypointMSELoss` against ``batch["heatmaps"]`` with ``batch["weights"]``, backward
-    (through ``scaler`` when given), optimiser step, gradients zeroed first. Returns the
-    detached loss (float32 scalar)."""
+    ``loss_fn(pred.float(), *batch[target_keys])`` (top-down: :class:`KeypointMSELoss` against
+    ``batch["heatmaps"]`` with ``batch["weights"]``; segmentation: ``target_keys=("labels",)``
+    and :class:`~training.seg_losses.SegCrossEntropyLoss`), backward (through ``scaler`` when
+    given), optimiser step, gradients zeroed first. Returns the detached loss (float32 scalar)."""
     device = torch.device(device)
     x = batch["inputs"].to(device, non_blocking=True)
-    target = batch["heatmaps"].to(device, non_blocking=True)
-    weights = batch["weights"].to(device, non_blocking=True)
+    targets = [batch[k].to(device, non_blocking=True) for k in target_keys]
     optimizer.zero_grad(set_to_none=True)
     ctx = (torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
            if amp in ("bf16", "fp16") else nullcontext())
     with ctx:
         pred = model(x)
-    loss = loss_fn(pred.float(), target, weights)
+    loss = loss_fn(pred.float(), *targets)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -146,7 +158,7 @@ class Trainer:
     ``--load-from``/``--resume`` file.
     """
 
-    def __init__(self, recipe: TrainRecipe, opts: TrainOptions) -> None:
+    def __init__(self, recipe: TrainRecipe | SegTrainRecipe, opts: TrainOptions) -> None:
         self.recipe, self.opts = recipe, opts
         self.entry = recipe.entry
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -168,37 +180,50 @@ class Trainer:
         if self.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
 
-        self.card = pose_card(self.entry, self.entry.name)
-        self.codec = build_codec(self.card.codec)
         root = Path(opts.data_root)
-        data = recipe.data
-        sources = data.sources or (DataSource(data.train_ann, data.train_images,
-                                              self.entry.dataset),)
-        records = load_sources(root, sources, self.entry.num_outputs)
-        self.dataset = TopdownDataset(
-            records, self.codec, self.card.normalization, self.card.flip_indices,
-            augment=recipe.augment if opts.augment else None, padding=recipe.bbox_padding,
-            use_udp=self.entry.use_udp, seed=opts.seed)
-        self.val_ann = root / data.val_ann
-        self.val_images = root / data.val_images
-        self.validate = self.val_ann.is_file()
-        if not self.validate and self.is_main:
-            warnings.warn(f"no validation split ({self.val_ann} missing): validation skipped",
-                          stacklevel=2)
+        self.segmentation = self.entry.task == "segmentation"
+        self.target_keys: tuple[str, ...] = ("heatmaps", "weights")
+        self.layout = "mmpose1"
+        if self.segmentation:
+            self._setup_segmentation(root)
+        else:
+            self.card = pose_card(self.entry, self.entry.name)
+            self.codec = build_codec(self.card.codec)
+            data = recipe.data
+            sources = data.sources or (DataSource(data.train_ann, data.train_images,
+                                                  self.entry.dataset),)
+            records = load_sources(root, sources, self.entry.num_outputs)
+            self.dataset = TopdownDataset(
+                records, self.codec, self.card.normalization, self.card.flip_indices,
+                augment=recipe.augment if opts.augment else None, padding=recipe.bbox_padding,
+                use_udp=self.entry.use_udp, seed=opts.seed)
+            self.val_ann = root / data.val_ann
+            self.val_images = root / data.val_images
+            self.validate = self.val_ann.is_file()
+            if not self.validate and self.is_main:
+                warnings.warn(f"no validation split ({self.val_ann} missing): validation "
+                              "skipped", stacklevel=2)
 
         self.batch_size = opts.batch_size or recipe.batch_size
         self.sampler = ShardedShuffle(len(self.dataset), self.world, self.rank, opts.seed,
                                       shuffle=opts.shuffle)
         self.iters_per_epoch = math.ceil(math.ceil(len(self.dataset) / self.world)
                                          / self.batch_size)
-        if opts.max_iters is not None:
-            self.max_iters = int(opts.max_iters)
+        recipe_iters = recipe.max_iters if self.segmentation else None  # MMSeg: by iteration
+        if opts.max_iters is not None or (recipe_iters and opts.max_epochs is None):
+            self.max_iters = int(opts.max_iters if opts.max_iters is not None else recipe_iters)
             self.max_epochs = math.ceil(self.max_iters / self.iters_per_epoch)
         else:
             self.max_epochs = int(opts.max_epochs or recipe.max_epochs)
             self.max_iters = self.max_epochs * self.iters_per_epoch
-        self.val_interval = opts.val_interval or recipe.val_interval
-        self.ckpt_interval = opts.checkpoint_interval or recipe.checkpoint_interval
+        if self.segmentation:  # recipe intervals in iterations -> whole epochs of this data
+            self.val_interval = opts.val_interval or math.ceil(
+                recipe.val_interval / self.iters_per_epoch)
+            self.ckpt_interval = opts.checkpoint_interval or math.ceil(
+                recipe.checkpoint_interval / self.iters_per_epoch)
+        else:
+            self.val_interval = opts.val_interval or recipe.val_interval
+            self.ckpt_interval = opts.checkpoint_interval or recipe.checkpoint_interval
 
         torch.manual_seed(opts.seed)
         model = build_model(self.entry.arch, self.entry.task, self.entry.num_outputs,
@@ -212,11 +237,21 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = model
-        self.loss_fn = KeypointMSELoss(use_target_weight=True)
-        self.lr = scaled_lr(recipe.lr, self.batch_size * self.world, recipe.base_batch_size)
-        self.optimizer = build_optimizer(model.parameters(), self.lr, recipe.weight_decay)
-        self.lr_factor = WarmupMultiStep(self.iters_per_epoch, recipe.warmup_iters,
-                                         recipe.warmup_factor, recipe.milestones, recipe.gamma)
+        if self.segmentation:
+            self.loss_fn: nn.Module = SegCrossEntropyLoss(
+                recipe.ignore_index, recipe.avg_non_ignore,
+                align_corners=bool(self.entry.align_corners))
+            self.lr = float(recipe.lr)  # MMSeg configs: no auto_scale_lr
+            self.optimizer = build_sgd(model.parameters(), self.lr, recipe.momentum,
+                                       recipe.weight_decay)
+            self.lr_factor = PolyFactor(self.lr, self.max_iters, recipe.eta_min, recipe.power)
+        else:
+            self.loss_fn = KeypointMSELoss(use_target_weight=True)
+            self.lr = scaled_lr(recipe.lr, self.batch_size * self.world, recipe.base_batch_size)
+            self.optimizer = build_optimizer(model.parameters(), self.lr, recipe.weight_decay)
+            self.lr_factor = WarmupMultiStep(self.iters_per_epoch, recipe.warmup_iters,
+                                             recipe.warmup_factor, recipe.milestones,
+                                             recipe.gamma)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
         self.iter = 0
@@ -225,6 +260,30 @@ class Trainer:
         if opts.resume:
             self._resume()
 
+    def _setup_segmentation(self, root: Path) -> None:
+        """Card, training set and validation pairs of a segmentation recipe (MMSeg layout,
+        :mod:`training.seg_data`); validation is skipped with a warning when the recipe's
+        validation folder is missing."""
+        recipe, opts = self.recipe, self.opts
+        self.card = seg_card(self.entry, self.entry.name)
+        self.target_keys = ("labels",)
+        self.layout = "mmseg"
+        layout = recipe.data
+        pairs = [p for split in layout.train for p in list_pairs(root, split)]
+        if not pairs:
+            raise FileNotFoundError(f"no training images under {root} for {recipe.model}")
+        self.dataset = SegDataset(pairs, self.card.normalization, recipe.train_scale,
+                                  recipe.train_crop, recipe.augment if opts.augment else None,
+                                  layout.reduce_zero_label, seed=opts.seed)
+        self.val_pairs: list = []
+        if layout.val is not None and (root / layout.val.img_dir).is_dir():
+            self.val_pairs = list_pairs(root, layout.val)
+        self.validate = bool(self.val_pairs)
+        if not self.validate and self.is_main:
+            where = root / layout.val.img_dir if layout.val is not None else root
+            warnings.warn(f"no validation split ({where} missing): validation skipped",
+                          stacklevel=3)
+
     # ------------------------------------------------------------------ checkpoints
     def _meta(self, epoch: int) -> dict[str, Any]:
         return {"arch": self.entry.name, "dataset": self.entry.dataset, "epoch": epoch,
@@ -232,11 +291,12 @@ class Trainer:
                 "recipe": dataclasses.asdict(self.recipe), "trainer": "hrnet-train"}
 
     def save(self, name: str, epoch: int) -> Path:
-        """Write ``work_dir/name`` (rank 0 only): MMPose 1.x layout + resume state."""
+        """Write ``work_dir/name`` (rank 0 only): MMPose 1.x layout (MMSeg's for segmentation)
+        + resume state."""
         path = self.work_dir / name
         model = _unwrap(self.model)
         state = {k: v.detach().cpu().clone() for k, v in
-                 ckpt.to_layout(model.state_dict(), "mmpose1").items()}
+                 ckpt.to_layout(model.state_dict(), self.layout).items()}
         obj = {"meta": self._meta(epoch), "state_dict": state,
                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -262,10 +322,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def _validate(self, epoch: int) -> Optional[dict[str, Any]]:
-        from .validate import evaluate_model
+        if self.segmentation:
+            from .seg_validate import evaluate_seg_model
 
-        metrics = evaluate_model(_unwrap(self.model), self.card, self.val_ann, self.val_images,
-                                 flip_test=self.card.flip_test, device=self.device)
+            metrics = evaluate_seg_model(_unwrap(self.model), self.card, self.val_pairs,
+                                         self.recipe.data.reduce_zero_label, self.device)
+        else:
+            from .validate import evaluate_model
+
+            metrics = evaluate_model(_unwrap(self.model), self.card, self.val_ann,
+                                     self.val_images, flip_test=self.card.flip_test,
+                                     device=self.device)
         key = self.recipe.best_metric
         value = metrics.get(key)
         if value is not None:
@@ -273,7 +340,8 @@ class Trainer:
                       (value > self.best["value"] if self.recipe.best_rule == "greater"
                        else value < self.best["value"]))
             if better:
-                name = f"best_{key.replace('@', '')}_epoch_{epoch}.pth"
+                name = (f"best_{key}_iter_{self.iter}.pth" if self.segmentation  # MMEngine's
+                        else f"best_{key.replace('@', '')}_epoch_{epoch}.pth")
                 if self.best is not None:
                     (self.work_dir / self.best["file"]).unlink(missing_ok=True)
                 self.best = {"metric": key, "value": float(value), "epoch": epoch, "file": name}
@@ -317,7 +385,7 @@ class Trainer:
                         break
                     lr = self.optimizer.param_groups[0]["lr"]
                     loss = train_step(self.model, batch, self.loss_fn, self.optimizer,
-                                      self.scaler, self.opts.amp, self.device)
+                                      self.scaler, self.opts.amp, self.device, self.target_keys)
                     self.scheduler.step()
                     self.iter += 1
                     if self.world > 1:
@@ -344,8 +412,8 @@ class Trainer:
                         metrics = self._validate(done_epoch)
                         self._log_val(done_epoch, metrics)
                     if done_epoch % self.ckpt_interval == 0 or last:
-                        name = (f"epoch_{done_epoch}.pth" if self.iter % self.iters_per_epoch == 0
-                                else f"iter_{self.iter}.pth")
+                        name = (f"epoch_{done_epoch}.pth" if self.iter % self.iters_per_epoch
+                                == 0 and not self.segmentation else f"iter_{self.iter}.pth")
                         self.save(name, done_epoch)
                 if self.world > 1:
                     dist.barrier()

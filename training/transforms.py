@@ -27,6 +27,8 @@ import numpy as np
 from service.geometry import (affine_transform_points, bbox_xyxy2cs, fix_aspect_ratio,
                               get_udp_warp_matrix, get_warp_matrix)
 
+from .augment import apply_pixel_augment, pixel_augment
+
 __all__ = ["Instance", "AugmentConfig", "get_bbox_center_scale", "random_flip",
            "random_half_body", "random_bbox_transform", "topdown_affine", "truncnorm",
            "apply_train_pipeline"]
@@ -73,6 +75,9 @@ class AugmentConfig:
         shift_factor, shift_prob: ``RandomBBoxTransform`` shift (fraction of the box size).
         scale_factor, scale_prob: box scale range ``(min, max)`` and its probability.
         rotate_factor, rotate_prob: rotation in degrees and its probability.
+        pixel_variants: seed-000 variant steps after ``TopdownAffine``, names of
+            :data:`training.augment.PIXEL_VARIANTS` (``"coarsedropout"``, ``"gridmask"``,
+            ``"photometric"``); ``()`` = none (the plain recipes).
     """
 
     flip_prob: float = 0.5
@@ -89,6 +94,10 @@ class AugmentConfig:
     scale_prob: float = 1.0
     rotate_factor: float = 80.0
     rotate_prob: float = 0.6
+    pixel_variants: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        pixel_augment(self.pixel_variants)  # ValueError for an unknown name
 
 
 def truncnorm(rng: np.random.Generator, size: Sequence[int] | int = ()) -> np.ndarray:
@@ -200,10 +209,15 @@ def topdown_affine(inst: Instance, input_size: Sequence[int], use_udp: bool = Fa
 def apply_train_pipeline(inst: Instance, cfg: AugmentConfig, flip_indices: Sequence[int],
                          input_size: Sequence[int], use_udp: bool,
                          rng: Optional[np.random.Generator]) -> Instance:
-    """The whole random part plus the affine: flip, half-body, box jitter, affine. With
-    ``rng=None`` only the affine runs (validation-style crop, rotation 0)."""
+    """The whole random part plus the affine: flip, half-body, box jitter, affine, then the
+    recipe's pixel variants (``cfg.pixel_variants``, :func:`training.augment.apply_pixel_augment`:
+    the crop's pixels only, keypoints untouched). With ``rng=None`` only the affine runs
+    (validation-style crop, rotation 0)."""
     if rng is not None:
         random_flip(inst, flip_indices, cfg.flip_prob, rng)
         random_half_body(inst, cfg, rng)
         random_bbox_transform(inst, cfg, rng)
-    return topdown_affine(inst, input_size, use_udp)
+    topdown_affine(inst, input_size, use_udp)
+    if rng is not None and cfg.pixel_variants:
+        inst.image = apply_pixel_augment(inst.image, pixel_augment(cfg.pixel_variants), rng)
+    return inst

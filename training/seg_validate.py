@@ -1,0 +1,75 @@
+"""Validation of segmentation models during training: the gateway's own test path in process.
+
+Each validation image goes through :func:`service.pipelines.segmentation.segment` (MMSeg's
+keep-ratio test resize, whole/slide inference, logits resized back to the image, argmax) driven
+by the model's card (:func:`export.cards.seg_card`); only the network runs in PyTorch, behind
+:class:`TorchBackend` instead of ONNX Runtime. Scores are the eval job's mIoU
+(:class:`service.metrics.segmentation.IoUAccumulator`, MMSeg ``IoUMetric``).
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from service.backends.base import Backend
+from service.cards import SegmentationCard
+from service.metrics.segmentation import IoUAccumulator
+from service.pipelines.segmentation import segment
+
+from .seg_data import read_label
+
+__all__ = ["TorchBackend", "evaluate_seg_model"]
+
+
+class TorchBackend(Backend):
+    """A :class:`service.backends.base.Backend` running one PyTorch model in process (no
+    gradients, the model's current mode): ``infer`` maps the card's single float32 NCHW input to
+    its single output (``(N, C, h, w)`` logits), in batches of at most ``max_batch``."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, output_name: str,
+                 device: str | torch.device = "cpu", max_batch: int = 4) -> None:
+        self.model, self.output_name = model, output_name
+        self.device, self.max_batch = torch.device(device), max(1, int(max_batch))
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray],
+                    outputs: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+        (x,) = inputs.values()
+        with torch.no_grad():
+            parts = [self.model(torch.from_numpy(np.ascontiguousarray(x[i:i + self.max_batch]))
+                                .to(self.device)).float().cpu().numpy()
+                     for i in range(0, len(x), self.max_batch)]
+        return {self.output_name: np.concatenate(parts)}
+
+    async def ready(self, model: Optional[str] = None) -> bool:
+        return True
+
+
+def evaluate_seg_model(model: nn.Module, card: SegmentationCard,
+                       pairs: Sequence[tuple[Path, Path]], reduce_zero_label: bool = False,
+                       device: str | torch.device = "cpu") -> dict[str, Any]:
+    """mIoU of ``model`` over ``(image, label)`` pairs, through the gateway's segmentation path
+    with ``card``'s test settings (no flip, no multi-scale). The model is put in eval mode and
+    back. Returns ``aAcc``, ``mIoU``, ``mAcc`` (percent, 2 decimals) and the per-class dicts.
+    Raises ``FileNotFoundError`` for an unreadable image."""
+    acc = IoUAccumulator(len(card.classes), 255, card.classes)
+    backend = TorchBackend(model, card.outputs[0].name, device)
+    was_training = model.training
+    model.eval()
+    try:
+        for img_path, label_path in pairs:
+            img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+            if img is None:
+                raise FileNotFoundError(f"cannot read image {img_path}")
+            result = asyncio.run(segment(img, card, backend))
+            acc.update(result.label_map, read_label(label_path, reduce_zero_label))
+    finally:
+        model.train(was_training)
+    return acc.compute()
