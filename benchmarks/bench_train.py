@@ -73,9 +73,11 @@ def bench_data(recipe_name: str, data_root: Path, workers: int, samples: int,
     from export.cards import pose_card
     from service.codecs import build_codec
     from training.data import TopdownDataset, load_records
-    from training.recipes import get_recipe
+    from training.recipes import TrainRecipe, get_recipe
 
     recipe = get_recipe(recipe_name)
+    if not isinstance(recipe, TrainRecipe):
+        raise ValueError(f"{recipe_name}: the data-pipeline benchmark is for top-down pose recipes")
     entry = recipe.entry
     card = pose_card(entry, entry.name)
     records = load_records(data_root / recipe.data.train_ann,

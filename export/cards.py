@@ -86,7 +86,7 @@ def _source(entry: Any, checkpoint: Optional[str], notes: Optional[str]) -> Sour
 
 def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
               notes: Optional[str] = None, max_batch_size: int = 32,
-              input_name: str = POSE_INPUT, output_name: str = POSE_OUTPUT) -> ModelCard:
+              input_name: str = POSE_INPUT, output_name: str = POSE_OUTPUT) -> TopDownCard:
     """Card for a ``topdown_pose`` registry entry.
 
     Input ``input_name`` FP32 ``[3, H, W]`` with ``(W, H) = entry.input_size`` (pixels); output
@@ -169,7 +169,7 @@ def bottomup_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
 
 def seg_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
              notes: Optional[str] = None, max_batch_size: int = 8,
-             input_name: str = SEG_INPUT, output_name: str = SEG_OUTPUT) -> ModelCard:
+             input_name: str = SEG_INPUT, output_name: str = SEG_OUTPUT) -> SegmentationCard:
     """Card for a ``segmentation`` registry entry.
 
     Input ``input_name`` FP32 ``[3, -1, -1]`` (any ``H, W``); output ``output_name`` FP32
