@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="activation ranges from the crops: minmax (default; memory stays "
                       "small), percentile (99.999th of |x|) or entropy; the last two hold every "
                       "activation of every crop in memory (HRNet-W32 256x192: ~0.2 GB a crop)")
+    prec.add_argument("--fp32-nodes", metavar="NAMES", help="comma list of node names left in "
+                      "fp32 (mixed precision); unnamed nodes are named <op_type>_<index> after "
+                      "ONNX Runtime's pre-processing (export.quantize.name_nodes)")
     prec.add_argument("--min-agreement", type=float, help="keypoint agreement (mean OKS of the "
                       "reduced graph's keypoints vs the fp32 graph's on the calibration crops, "
                       "1 = identical) an int8 entry needs (default 0.95)")
@@ -309,6 +312,7 @@ def _write_reduced(args: argparse.Namespace, name: str, onnx_path: Path, card,
         card, agreement = reduce_precision(
             onnx_path, reduced, card, crops, precision=args.precision,
             calibration_source=str(args.calibration), method=args.calibration_method,
+            exclude_nodes=[n for n in (args.fp32_nodes or "").split(",") if n],
             min_agreement=args.min_agreement)
         print(f"{args.precision} {name}: keypoint agreement with fp32 {agreement.mean_oks:.4f} "
               f"(mean OKS, {agreement.crops} calibration crops; required "

@@ -163,3 +163,23 @@ def test_precision_usage_errors(tmp_path, capsys, argv, message):
     assert rc == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_unnamed_nodes_get_stable_names_and_excluded_nodes_stay_fp32(tmp_path):
+    """The tiny pose graph has unnamed nodes (as converted graphs do): they are named
+    <op_type>_<index>, and --fp32-nodes' names then keep that node's weights in float."""
+    import shutil
+
+    from export.quantize import name_nodes
+
+    src = write_conv_pose_onnx(tmp_path / "pose.onnx", keypoints=2, seed=0)
+    copy = tmp_path / "named.onnx"
+    shutil.copy(src, copy)
+    assert name_nodes(copy) == ["AveragePool_0", "Conv_1", "Relu_2", "Conv_3"]
+    x = np.random.default_rng(0).normal(0, 1, (8, 3, 256, 192)).astype(np.float32)
+    quantize_int8(src, tmp_path / "all.onnx", x)
+    quantize_int8(src, tmp_path / "mixed.onnx", x, exclude_nodes=["Conv_3"])
+    full, mixed = _initializers(tmp_path / "all.onnx"), _initializers(tmp_path / "mixed.onnx")
+    assert {"w1_quantized", "w2_quantized"} <= set(full)
+    assert "w1_quantized" in mixed and "w2_quantized" not in mixed
+    assert mixed["w2"].dtype == np.float32
