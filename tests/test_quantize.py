@@ -43,8 +43,9 @@ def test_int8_pointwise_conv_error_within_the_quantisation_step_bound(tmp_path):
     q = _initializers(dst)
     s_x, s_y, s_w = float(q["x_scale"]), float(q["y_scale"]), q["w_scale"].astype(np.float64)
     assert s_w.shape == (3,)  # per output channel
-    assert q["w_quantized"].dtype == np.int8 and q["x_zero_point"].dtype == np.int8
-    # min-max ranges (always including 0): 255 int8 steps over [min(x, 0), max(x, 0)]
+    # U8S8: int8 weights, uint8 activations (ONNX Runtime's fast x86 kernels)
+    assert q["w_quantized"].dtype == np.int8 and q["x_zero_point"].dtype == np.uint8
+    # min-max ranges (always including 0): 255 steps over [min(x, 0), max(x, 0)]
     assert s_x == pytest.approx((x.max() - min(x.min(), 0)) / 255, rel=1e-6)
 
     w = _initializers(src)["w"].reshape(3, 4).astype(np.float64)
