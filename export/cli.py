@@ -136,8 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "under DIR/annotations/ or DIR, images by file_name) whose ground-truth "
                       "boxes give the calibration crops, e.g. ../shared/data/coco_mini")
     prec.add_argument("--calibration-crops", type=int, help="at most this many calibration "
-                      "crops (default 128; histogram methods keep every activation of every "
-                      "crop in memory)")
+                      "crops (default 128)")
     prec.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"),
                       help="activation ranges from the crops: minmax (default; memory stays "
                       "small), percentile (99.999th of |x|) or entropy; the last two hold every "
@@ -300,9 +299,10 @@ def _check_precision_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--calibration-crops must be >= 1, got {args.calibration_crops}")
 
 
-def _write_reduced(args: argparse.Namespace, name: str, onnx_path: Path, card,
-                   link: str = "copy") -> Path:
-    """Quantise fp32 ``onnx_path`` (export.quantize), check it, and write entry ``name``."""
+def _write_reduced(args: argparse.Namespace, name: str, onnx_path: Path, card) -> Path:
+    """Quantise fp32 ``onnx_path`` to ``args.precision`` (:func:`export.quantize.reduce_precision`
+    on ``--calibration`` crops), print the accuracy check and write entry ``name`` (copied);
+    raises :class:`export.quantize.PrecisionRefused` before writing when the check fails."""
     from .quantize import calibration_crops, reduce_precision
     from .repository import write_entry
 
