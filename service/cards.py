@@ -176,7 +176,7 @@ class QuantizationSpec(_Strict):
     (written by ``hrnet-export --precision``, :mod:`export.quantize`).
 
     ``method``: the quantiser and its settings (e.g. ONNX Runtime static QDQ, per-channel int8
-    weights, int8 activations calibrated by percentile); ``calibration``: where the calibration
+    weights, uint8 activations calibrated by min-max); ``calibration``: where the calibration
     crops came from and how many; ``excluded_nodes``: nodes left in fp32 (mixed precision);
     ``check``: the accuracy check against the fp32 model on the calibration crops (keypoint
     agreement as mean OKS, heatmap argmax agreement, largest heatmap difference), ``threshold``:
