@@ -184,3 +184,22 @@ def test_unnamed_nodes_get_stable_names_and_excluded_nodes_stay_fp32(tmp_path):
     assert {"w1_quantized", "w2_quantized"} <= set(full)
     assert "w1_quantized" in mixed and "w2_quantized" not in mixed
     assert mixed["w2"].dtype == np.float32
+
+
+@pytest.mark.slow
+def test_shared_models_int8_pp_tinypose_is_refused(tmp_path, shared, capsys):
+    """PP-TinyPose (Lite-HRNet) does not survive int8 (keypoint agreement ~0.45 on coco_mini
+    crops, see README "Reduced precision"): ``--shared-models --precision int8`` writes the two
+    fp32 entries, refuses ``pp_tinypose_256x192_int8`` with the figure, and exits 2."""
+    from export.cli import main
+
+    rc = main(["--shared-models", "--shared-dir", str(shared), "--model-repository",
+               str(tmp_path), "--precision", "int8", "--calibration",
+               str(shared / "data" / "coco_mini"), "--calibration-crops", "16"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "'pp_tinypose_256x192' refused" in err and "below the required 0.95" in err
+    agreement = float(err.split("keypoint agreement (mean OKS vs fp32) ")[1].split(",")[0])
+    assert agreement < 0.8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pp_tinypose_256x192",
+                                                          "rtmdet_nano_person_320"]
