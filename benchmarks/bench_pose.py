@@ -355,6 +355,32 @@ def _batcher_note(b: dict) -> str:
         f"; refused {refused}" if refused else "")
 
 
+def _run_precision(args, images) -> int:
+    """``--models``: :func:`benchmarks.bench_precision.compare` over the photos' det boxes."""
+    from benchmarks.bench_precision import compare, eager_runner, format_table
+    from service.cards import load_card
+
+    models = args.models.split(",")
+    url = args.url
+    if url is None:
+        url, _server = start_local_gateway(args.model_repository)
+    photo_boxes = load_photo_boxes(args.shared_dir)
+    jobs = [(name, data, photo_boxes.get(name, gt)) for name, data, gt in images]
+    eager = None
+    if args.eager_arch:
+        card = load_card(args.model_repository / models[0] / "card.json")
+        eager = (card, eager_runner(args.eager_arch, seed=args.eager_seed))
+    flips = [f == "on" for f in args.flip.split(",")]
+    tallies = compare(url, models, jobs, flips, args.rounds, eager=eager, warmup=1,
+                      headers=api_key_headers(args.api_key))
+    print("\n".join(format_table(tallies)))
+    print(f"(one client, {sum(len(b) for _, _, b in jobs)} crops over {len(jobs)} photos per "
+          f"round, {args.rounds} rounds, variants in turns photo by photo; crops/s end to end)")
+    if args.json:
+        args.json.write_text(json.dumps([vars(t) for t in tallies], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every scenario against ``--url`` (or an in-process gateway) and print the table."""
     p = argparse.ArgumentParser(prog="hrnet-bench", description=__doc__,
@@ -378,9 +404,20 @@ def main(argv: list[str] | None = None) -> int:
                         "gateway subprocess each (HRNET_BATCHING)")
     g.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     g.add_argument("--max-requests", type=int, default=5000, help="most requests per load level")
+    q = p.add_argument_group("precision mode (benchmarks/bench_precision.py)")
+    q.add_argument("--models", help="comma list of pose models compared side by side (e.g. the "
+                   "fp32 and int8 entries of one network), one client, the photos' det boxes; "
+                   "ratios to the first and to --eager-arch")
+    q.add_argument("--eager-arch", help="baseline: this registry model in PyTorch eager mode, one "
+                   "forward per photo (MMPose's way), with hrnet-export --random-init's weights "
+                   "(--eager-seed); its card is the first model's")
+    q.add_argument("--eager-seed", type=int, default=0)
+    q.add_argument("--rounds", type=int, default=5, help="passes over the 4 photos per variant")
     args = p.parse_args(argv)
 
     images = load_images(args.shared_dir)
+    if args.models:
+        return _run_precision(args, images)
     if args.clients:
         if args.url:
             p.error("--clients starts its own gateways; --url is not used with it")

@@ -125,6 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
                      "not a multiple of 32; bottom-up: batches 1 and 2, default SxS*3/2 and "
                      "(S+128)xS for the test size S (512x768 and 640x512 at 512), multiples of "
                      "64 as upstream's resize gives")
+    prec = p.add_argument_group("reduced precision (export.quantize; top-down pose models)")
+    prec.add_argument("--precision", choices=("fp32", "int8"),
+                      help="fp32 (default) or int8: ONNX Runtime static QDQ int8, calibrated on "
+                      "person crops of --calibration; refused (nothing written) when its keypoint "
+                      "agreement with the fp32 graph on those crops is below --min-agreement. "
+                      "With --shared-models the int8 PP-TinyPose is added as "
+                      "<name>_int8 beside the fp32 entries")
+    prec.add_argument("--calibration", metavar="DIR", help="COCO-style folder (annotation json "
+                      "under DIR/annotations/ or DIR, images by file_name) whose ground-truth "
+                      "boxes give the calibration crops, e.g. ../shared/data/coco_mini")
+    prec.add_argument("--calibration-crops", type=int, help="at most this many calibration "
+                      "crops (default 128)")
+    prec.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"),
+                      help="activation ranges from the crops: minmax (default; memory stays "
+                      "small), percentile (99.999th of |x|) or entropy; the last two hold every "
+                      "activation of every crop in memory (HRNet-W32 256x192: ~0.2 GB a crop)")
+    prec.add_argument("--fp32-nodes", metavar="NAMES", help="comma list of node names left in "
+                      "fp32 (mixed precision); unnamed nodes are named <op_type>_<index> after "
+                      "ONNX Runtime's pre-processing (export.quantize.name_nodes)")
+    prec.add_argument("--min-agreement", type=float, help="keypoint agreement (mean OKS of the "
+                      "reduced graph's keypoints vs the fp32 graph's on the calibration crops, "
+                      "1 = identical) an int8 entry needs (default 0.95)")
     p.add_argument("-v", "--verbose", action="store_true", default=None, help="log progress")
     return p
 
@@ -132,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 _DEFAULTS = dict(random_init=False, shared_models=False, list_archs=False, opset=17,
                  exporter="auto", seed=0, no_check=False, atol=1e-4, rtol=1e-5,
                  instance_kind="KIND_GPU",
-                 instance_count=1, trt=False, link="copy", verbose=False)
+                 instance_count=1, trt=False, link="copy", verbose=False, precision="fp32",
+                 calibration_crops=128, calibration_method="minmax", min_agreement=0.95)
 
 
 def _env_value(action: argparse.Action, raw: str):
@@ -233,6 +256,11 @@ def _run_shared(args: argparse.Namespace) -> int:
                                      **_config_kw(args))
     for name, path in written.items():
         print(f"registered {name}: {path}")
+    if args.precision != "fp32":
+        from .shared_models import PP_TINYPOSE, pp_tinypose_card, shared_model_path
+
+        _write_reduced(args, f"{PP_TINYPOSE}_{args.precision}",
+                       shared_model_path(shared, PP_TINYPOSE), pp_tinypose_card())
     for arch in args.zoo or []:
         _export_zoo_best_effort(args, arch)
     return 0
@@ -261,6 +289,40 @@ def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
         print(f"skipped {arch}: {exc}")
 
 
+def _check_precision_args(args: argparse.Namespace) -> None:
+    if args.precision == "fp32":
+        return
+    if not args.calibration:
+        raise CLIError(f"--precision {args.precision} needs --calibration DIR (person photos "
+                       "with a COCO-style box annotation json, e.g. ../shared/data/coco_mini)")
+    if args.calibration_crops < 1:
+        raise CLIError(f"--calibration-crops must be >= 1, got {args.calibration_crops}")
+
+
+def _write_reduced(args: argparse.Namespace, name: str, onnx_path: Path, card) -> Path:
+    """Quantise fp32 ``onnx_path`` to ``args.precision`` (:func:`export.quantize.reduce_precision`
+    on ``--calibration`` crops), print the accuracy check and write entry ``name`` (copied);
+    raises :class:`export.quantize.PrecisionRefused` before writing when the check fails."""
+    from .quantize import calibration_crops, reduce_precision
+    from .repository import write_entry
+
+    crops = calibration_crops(args.calibration, card, limit=args.calibration_crops)
+    with tempfile.TemporaryDirectory(prefix="hrnet-quant-") as tmp:
+        reduced = Path(tmp) / "model.onnx"
+        card, agreement = reduce_precision(
+            onnx_path, reduced, card, crops, precision=args.precision,
+            calibration_source=str(args.calibration), method=args.calibration_method,
+            exclude_nodes=[n for n in (args.fp32_nodes or "").split(",") if n],
+            min_agreement=args.min_agreement)
+        print(f"{args.precision} {name}: keypoint agreement with fp32 {agreement.mean_oks:.4f} "
+              f"(mean OKS, {agreement.crops} calibration crops; required "
+              f"{args.min_agreement:g}), argmax agreement {agreement.argmax_agreement:.4f}")
+        path = write_entry(_repository(args), name, reduced, card, link="copy",
+                           **_config_kw(args))
+    print(f"registered {name}: {path}")
+    return path
+
+
 def _run_onnx(args: argparse.Namespace) -> int:
     from service.cards import load_card
 
@@ -279,6 +341,9 @@ def _run_onnx(args: argparse.Namespace) -> int:
     except ValueError as exc:  # pydantic ValidationError, JSON errors
         raise CLIError(f"invalid card {card_path}: {exc}") from exc
     name = args.name or card.name
+    if args.precision != "fp32":
+        _write_reduced(args, name, onnx_path, card)
+        return 0
     path = write_entry(_repository(args), name, onnx_path, card, link=args.link,
                        **_config_kw(args))
     print(f"registered {name}: {path}")
@@ -391,6 +456,9 @@ def _run_export(args: argparse.Namespace) -> int:
         if args.random_init:  # the published URL/metrics describe weights we did not use
             card = card.model_copy(update={"source": card.source.model_copy(
                 update={"url": None, "metrics": {}})})
+        if args.precision != "fp32":
+            _write_reduced(args, name, onnx_path, card)
+            return 0
         path = write_entry(repo, name, onnx_path, card, link="copy", **_config_kw(args))
     print(f"registered {name}: {path}")
     return 0
@@ -409,6 +477,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError("choose exactly one of --arch (export a checkpoint), --onnx (register an "
                        "ONNX file) or --shared-models" + (f"; got {' and '.join(modes)}"
                                                           if modes else ""))
+    _check_precision_args(args)
     if args.shared_models:
         return _run_shared(args)
     if args.onnx:

@@ -171,6 +171,25 @@ class SourceSpec(_Strict):
     notes: Optional[str] = None
 
 
+class QuantizationSpec(_Strict):
+    """How a reduced-precision graph was made from its fp32 model and how its accuracy was checked
+    (written by ``hrnet-export --precision``, :mod:`export.quantize`).
+
+    ``method``: the quantiser and its settings (e.g. ONNX Runtime static QDQ, per-channel int8
+    weights, uint8 activations calibrated by min-max); ``calibration``: where the calibration
+    crops came from and how many; ``excluded_nodes``: nodes left in fp32 (mixed precision);
+    ``check``: the accuracy check against the fp32 model on the calibration crops (keypoint
+    agreement as mean OKS, heatmap argmax agreement, largest heatmap difference), ``threshold``:
+    the agreement the export required (the entry is only written when the check reaches it).
+    """
+
+    method: str
+    calibration: str
+    excluded_nodes: list[str] = Field(default_factory=list)
+    check: dict[str, float] = Field(default_factory=dict)
+    threshold: Optional[float] = None
+
+
 class _CardBase(_Strict):
     """Fields every card has, whatever its task.
 
@@ -187,6 +206,9 @@ class _CardBase(_Strict):
     normalization: Normalization
     dataset: Optional[str] = None  # metainfo key (service.datasets), e.g. "coco", "cityscapes"
     source: SourceSpec = Field(default_factory=SourceSpec)
+    # arithmetic of the served graph: "int8" = a QDQ graph (ONNX Runtime runs it natively)
+    precision: Literal["fp32", "int8"] = "fp32"
+    quantization: Optional[QuantizationSpec] = None
 
     @model_validator(mode="before")
     @classmethod

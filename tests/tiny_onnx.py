@@ -89,3 +89,43 @@ def write_failing_pose_onnx(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def write_conv_pose_onnx(path: Path, keypoints: int = 2, seed: int = 0) -> Path:
+    """A small top-down pose network for :func:`tests.fake_cards.pose_card` with real structure
+    (for quantisation tests): input ``image`` ``(N, 3, 256, 192)`` -> 4x4 average pool -> 3x3
+    convolution to 8 channels -> ReLU -> 1x1 convolution -> ``heatmaps``
+    ``(N, keypoints, 64, 48)``, fixed random weights of ``seed``. Writes ``path``, returns it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.5, (keypoints, 8, 1, 1)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
+         helper.make_node("Conv", ["pooled", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2"], ["heatmaps"])],
+        "conv_pose",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 256, 192])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", keypoints, 64, 48])],
+        initializer=[w1, b1, w2])
+    return _save(graph, path)
+
+
+def write_pointwise_conv_onnx(path: Path, cin: int = 4, cout: int = 3, seed: int = 0) -> Path:
+    """One 1x1 convolution with bias, ``x`` ``(N, cin, H, W)`` -> ``y`` ``(N, cout, H, W)``,
+    fixed random weights of ``seed`` (a per-pixel matrix product: its int8 error has a closed
+    form). Writes ``path``, returns it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 1, (cout, cin, 1, 1)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(0, 1, (cout,)).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"])], "pointwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", cout, "H", "W"])],
+        initializer=[w, b])
+    return _save(graph, path)
