@@ -19,8 +19,10 @@ Top-down COCO recipes follow MMPose 1.x ``td-hm_hrnet-*_coco-*.py``: Adam lr 5e-
 batch of 512 (``auto_scale_lr.base_batch_size``; the LR is scaled linearly to the actual global
 batch), ``LinearLR`` warm-up over 500 iterations from factor 0.001, ``MultiStepLR`` x0.1 at epochs
 170 and 200, 210 epochs, validation and checkpoints every 10 epochs, best checkpoint by
-``coco/AP`` (greater). Later slices (augmentation variants, COCO-AIC, animals, segmentation,
-bottom-up) add recipe rows and ``task``-specific fields next to these.
+``coco/AP`` (greater). Bottom-up HigherHRNet rows follow MMPose 0.x's configs
+(:func:`_bottomup_recipe`, :class:`BottomUpTrainConfig`; a recipe file overrides them in a
+``[bottomup]`` table with ``[bottomup.augment]``). Later slices (augmentation variants, COCO-AIC,
+animals, segmentation) add recipe rows and ``task``-specific fields next to these.
 """
 from __future__ import annotations
 
@@ -31,11 +33,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from .bottomup_transforms import BottomUpAugment
 from .registry import get_entry, list_entries
 from .transforms import AugmentConfig
 
 __all__ = ["DataLayout", "TrainRecipe", "RECIPES", "get_recipe", "load_recipe_file",
-           "COCO_UPPER_BODY"]
+           "COCO_UPPER_BODY", "BottomUpTrainConfig"]
 
 #: COCO upper-body keypoints (MMPose ``coco.py`` ``upper_body_ids``: nose .. right wrist).
 COCO_UPPER_BODY = tuple(range(11))
@@ -52,6 +55,35 @@ class DataLayout:
     train_images: str = "train2017"
     val_ann: str = "annotations/person_keypoints_val2017.json"
     val_images: str = "val2017"
+
+
+@dataclass(frozen=True)
+class BottomUpTrainConfig:
+    """The bottom-up (HigherHRNet) part of a recipe: MMPose 0.x ``higherhrnet_w32_coco_512x512.py``
+    ``data_cfg``, train pipeline and ``MultiLossFactory`` (``with_ae_loss`` comes from the model's
+    stages, :class:`service.cards.BottomUpSpec` ``with_ae``).
+
+    Attributes:
+        input_size: square training input ``S`` (multiple of 32); None = the registry entry's
+            (512 / 640). Stage heatmaps are ``S / 4``, ``S / 2``; validation resizes the short
+            side to ``S`` too.
+        sigma: target Gaussian sigma (heatmap pixels, every stage).
+        max_num_people: people per image in the tag-joint array (``max_num_people``).
+        augment: :class:`training.bottomup_transforms.BottomUpAugment`.
+        heatmaps_loss_factor, push_loss_factor, pull_loss_factor: per stage.
+        ae_loss_type: ``'exp'`` or ``'max'``.
+        supervise_empty: heatmap loss on channels without any joint too.
+    """
+
+    input_size: Optional[int] = None
+    sigma: float = 2.0
+    max_num_people: int = 30
+    augment: BottomUpAugment = field(default_factory=BottomUpAugment)
+    heatmaps_loss_factor: tuple[float, ...] = (1.0, 1.0)
+    push_loss_factor: tuple[float, ...] = (0.001, 0.001)
+    pull_loss_factor: tuple[float, ...] = (0.001, 0.001)
+    ae_loss_type: str = "exp"
+    supervise_empty: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,6 +109,9 @@ class TrainRecipe:
         augment: the random steps (:class:`training.transforms.AugmentConfig`).
         data: file layout under ``--data-root``.
         num_workers: DataLoader workers per process.
+        warmup_style: ``"mmengine"`` (MMPose 1.x ``LinearLR``) or ``"mmcv"`` (MMPose 0.x
+            ``warmup='linear'``), see :class:`training.optim.WarmupMultiStep`.
+        bottomup: bottom-up models only (:class:`BottomUpTrainConfig`; required for them).
     """
 
     model: str
@@ -97,12 +132,20 @@ class TrainRecipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: DataLayout = field(default_factory=DataLayout)
     num_workers: int = 2
+    warmup_style: str = "mmengine"
+    bottomup: Optional[BottomUpTrainConfig] = None
 
     def __post_init__(self) -> None:
         entry = get_entry(self.model)  # KeyError for an unknown model
-        if entry.task != "topdown_pose":
-            raise ValueError(f"{self.model}: only top-down pose recipes are supported so far "
+        if entry.task not in ("topdown_pose", "bottomup_pose"):
+            raise ValueError(f"{self.model}: only pose recipes are supported so far "
                              f"(task {entry.task!r})")
+        if (entry.task == "bottomup_pose") != (self.bottomup is not None):
+            raise ValueError(f"{self.model}: a 'bottomup' section is needed exactly for "
+                             f"bottom-up models (task {entry.task!r})")
+        if self.warmup_style not in ("mmengine", "mmcv"):
+            raise ValueError(f"warmup_style must be 'mmengine' or 'mmcv', got "
+                             f"{self.warmup_style!r}")
         if self.best_rule not in ("greater", "less"):
             raise ValueError(f"best_rule must be 'greater' or 'less', got {self.best_rule!r}")
         if self.batch_size < 1 or self.base_batch_size < 1 or self.max_epochs < 1:
@@ -139,8 +182,23 @@ def _dlc_recipe(name: str) -> TrainRecipe:
         num_workers=1)
 
 
+def _bottomup_recipe(name: str) -> TrainRecipe:
+    """MMPose 0.x ``higherhrnet_w{32,48}_coco_{512,640}.py``: Adam 1.5e-3 for 8 GPUs x 24 images,
+    MMCV linear warm-up over 500 iterations from 0.001, x0.1 at epochs 200 and 260, 300 epochs,
+    validation and checkpoints every 50 epochs, best by AP; BottomUpRandomAffine (rotation 30,
+    scale 0.75-1.5, 'short', translation 40), flip 0.5, sigma 2, 30 people, heatmap loss 1.0 per
+    stage, push/pull 0.001 where the stage has tags."""
+    return TrainRecipe(
+        model=name, lr=1.5e-3, base_batch_size=192, batch_size=24, warmup_iters=500,
+        warmup_factor=0.001, milestones=(200, 260), max_epochs=300, val_interval=50,
+        checkpoint_interval=50, best_metric="AP", best_rule="greater", warmup_style="mmcv",
+        bottomup=BottomUpTrainConfig())
+
+
 def _build_table() -> dict[str, TrainRecipe]:
     table: dict[str, TrainRecipe] = {}
+    for e in list_entries(task="bottomup_pose"):
+        table[e.name] = _bottomup_recipe(e.name)
     for e in list_entries(task="topdown_pose"):
         if (e.dataset == "coco" and e.upstream == "mmpose-1.x"
                 and re.search(r"_(8xb64|8xb32)-210e_coco-(256x192|384x288)$", e.name)):
@@ -196,11 +254,18 @@ def load_recipe_file(path: str | Path) -> TrainRecipe:
     if "model" not in raw:
         raise ValueError(f"{path}: recipe needs a 'model' (registry name)")
     base = RECIPES.get(raw["model"]) or TrainRecipe(model=raw["model"])
-    top = _sub(TrainRecipe, {k: v for k, v in raw.items() if k not in ("augment", "data")},
-               "recipe")
+    top = _sub(TrainRecipe, {k: v for k, v in raw.items()
+                             if k not in ("augment", "data", "bottomup")}, "recipe")
     augment = replace(base.augment, **_sub(AugmentConfig, raw.get("augment", {}), "[augment]"))
     data = replace(base.data, **_sub(DataLayout, raw.get("data", {}), "[data]"))
-    return replace(base, **top, augment=augment, data=data)
+    extra = {}
+    if "bottomup" in raw:
+        bu = _sub(BottomUpTrainConfig, raw["bottomup"], "[bottomup]")
+        base_bu = base.bottomup or BottomUpTrainConfig()
+        aug = replace(base_bu.augment, **_sub(BottomUpAugment, bu.pop("augment", {}),
+                                              "[bottomup.augment]"))
+        extra["bottomup"] = replace(base_bu, **bu, augment=aug)
+    return replace(base, **top, augment=augment, data=data, **extra)
 
 
 def get_recipe(name_or_path: str | Path) -> TrainRecipe:

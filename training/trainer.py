@@ -1,5 +1,11 @@
-"""``hrnet-train``'s loop for top-down heatmap models: data, DDP, AMP, schedule, checkpoints,
-validation, logs.
+"""``hrnet-train``'s loop for top-down heatmap and bottom-up (HigherHRNet) models: data, DDP, AMP,
+schedule, checkpoints, validation, logs.
+
+The task decides the data (:class:`training.data.TopdownDataset` /
+:class:`training.bottomup_data.BottomUpDataset`), the loss (:class:`KeypointMSELoss` /
+:class:`training.ae_loss.BottomUpLoss`), the validation (:mod:`training.validate` /
+:mod:`training.bottomup_validate`) and the checkpoint layout (MMPose 1.x / MMPose 0.x, the only
+upstream with HigherHRNet); everything else is shared.
 
 One process, or one per rank under ``torchrun`` (``WORLD_SIZE`` set): DistributedDataParallel
 over gloo (CPU) or NCCL (CUDA), optional SyncBatchNorm (CUDA only: PyTorch's SyncBatchNorm
@@ -16,6 +22,7 @@ batches skipped) continues exactly as the uninterrupted run (bit-exact on CPU).
 Checkpoints (atomic: temp file + rename) use the MMPose 1.x layout ``{"meta", "state_dict":
 {"backbone.*", "head.*"}}`` so ``hrnet-export --checkpoint`` and MMPose read them as they are,
 plus ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch`` and ``iter`` for ``--resume``.
+Bottom-up checkpoints use the MMPose 0.x layout ``{"backbone.*", "keypoint_head.*"}``.
 """
 from __future__ import annotations
 
@@ -35,10 +42,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from export.cards import pose_card
+from export.cards import bottomup_card, pose_card
 from service.codecs import build_codec
+from service.codecs.associative_embedding_targets import AssociativeEmbeddingTargets
 
 from . import checkpoint as ckpt
+from .ae_loss import BottomUpLoss
+from .bottomup_data import BottomUpDataset, load_bottomup_records, stage_sizes
 from .data import TopdownDataset, load_records
 from .losses import KeypointMSELoss
 from .models import build_model
@@ -110,20 +120,24 @@ class ShardedShuffle(Sampler[int]):
 def train_step(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: nn.Module,
                optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None,
                amp: str = "off", device: str | torch.device = "cpu") -> torch.Tensor:
-    """One optimisation step: forward (under autocast for ``amp`` ``"bf16"``/``"fp16"``),
-    :class:`KeypointMSELoss` against ``batch["heatmaps"]`` with ``batch["weights"]``, backward
-    (through ``scaler`` when given), optimiser step, gradients zeroed first. Returns the
-    detached loss (float32 scalar)."""
+    """One optimisation step: forward (under autocast for ``amp`` ``"bf16"``/``"fp16"``), the
+    loss, backward (through ``scaler`` when given), optimiser step, gradients zeroed first. The
+    loss is :class:`KeypointMSELoss` against ``batch["heatmaps"]`` with ``batch["weights"]``, or,
+    for a loss with a ``batch_loss(outputs, batch, device)`` method (bottom-up
+    :class:`~training.ae_loss.BottomUpLoss`), that. Returns the detached loss (float32 scalar)."""
     device = torch.device(device)
     x = batch["inputs"].to(device, non_blocking=True)
-    target = batch["heatmaps"].to(device, non_blocking=True)
-    weights = batch["weights"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
     ctx = (torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
            if amp in ("bf16", "fp16") else nullcontext())
     with ctx:
         pred = model(x)
-    loss = loss_fn(pred.float(), target, weights)
+    if hasattr(loss_fn, "batch_loss"):
+        loss = loss_fn.batch_loss(pred, batch, device)
+    else:
+        target = batch["heatmaps"].to(device, non_blocking=True)
+        weights = batch["weights"].to(device, non_blocking=True)
+        loss = loss_fn(pred.float(), target, weights)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -168,18 +182,22 @@ class Trainer:
         if self.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
 
-        self.card = pose_card(self.entry, self.entry.name)
-        self.codec = build_codec(self.card.codec)
         root = Path(opts.data_root)
         data = recipe.data
         train_ann = root / data.train_ann
         if not train_ann.is_file():
             raise FileNotFoundError(f"training annotations not found: {train_ann}")
-        records = load_records(train_ann, root / data.train_images, self.entry.dataset)
-        self.dataset = TopdownDataset(
-            records, self.codec, self.card.normalization, self.card.flip_indices,
-            augment=recipe.augment if opts.augment else None, padding=recipe.bbox_padding,
-            use_udp=self.entry.use_udp, seed=opts.seed)
+        self.bottomup = self.entry.task == "bottomup_pose"
+        if self.bottomup:
+            self._build_bottomup_data(train_ann, root / data.train_images)
+        else:
+            self.card = pose_card(self.entry, self.entry.name)
+            self.codec = build_codec(self.card.codec)
+            records = load_records(train_ann, root / data.train_images, self.entry.dataset)
+            self.dataset = TopdownDataset(
+                records, self.codec, self.card.normalization, self.card.flip_indices,
+                augment=recipe.augment if opts.augment else None, padding=recipe.bbox_padding,
+                use_udp=self.entry.use_udp, seed=opts.seed)
         self.val_ann = root / data.val_ann
         self.val_images = root / data.val_images
         self.validate = self.val_ann.is_file()
@@ -213,11 +231,13 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = model
-        self.loss_fn = KeypointMSELoss(use_target_weight=True)
+        self.loss_fn = self._bottomup_loss() if self.bottomup else \
+            KeypointMSELoss(use_target_weight=True)
         self.lr = scaled_lr(recipe.lr, self.batch_size * self.world, recipe.base_batch_size)
         self.optimizer = build_optimizer(model.parameters(), self.lr, recipe.weight_decay)
         self.lr_factor = WarmupMultiStep(self.iters_per_epoch, recipe.warmup_iters,
-                                         recipe.warmup_factor, recipe.milestones, recipe.gamma)
+                                         recipe.warmup_factor, recipe.milestones, recipe.gamma,
+                                         style=recipe.warmup_style)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
         self.iter = 0
@@ -226,6 +246,32 @@ class Trainer:
         if opts.resume:
             self._resume()
 
+    # ------------------------------------------------------------------ bottom-up
+    def _build_bottomup_data(self, train_ann: Path, train_images: Path) -> None:
+        """Card (its short side set to the training input size), targets and dataset of a
+        bottom-up recipe."""
+        cfg = self.recipe.bottomup
+        card = bottomup_card(self.entry, self.entry.name)
+        size = int(cfg.input_size or card.bottomup.input_size)
+        self.card = card.model_copy(update={
+            "bottomup": card.bottomup.model_copy(update={"input_size": size})})
+        sizes = stage_sizes(size, len(self.card.bottomup.with_ae))
+        self.targets = AssociativeEmbeddingTargets(
+            tuple((s, s) for s in sizes), sigma=cfg.sigma, max_num_people=cfg.max_num_people,
+            tag_per_joint=self.card.bottomup.tag_per_joint)
+        records = load_bottomup_records(train_ann, train_images, self.entry.num_outputs)
+        self.dataset = BottomUpDataset(
+            records, size, self.targets, self.card.normalization, self.card.flip_indices,
+            augment=cfg.augment if self.opts.augment else None, seed=self.opts.seed)
+
+    def _bottomup_loss(self) -> BottomUpLoss:
+        cfg, spec = self.recipe.bottomup, self.card.bottomup
+        return BottomUpLoss(
+            spec.num_joints, with_heatmaps_loss=spec.with_heatmaps,
+            heatmaps_loss_factor=cfg.heatmaps_loss_factor, with_ae_loss=spec.with_ae,
+            push_loss_factor=cfg.push_loss_factor, pull_loss_factor=cfg.pull_loss_factor,
+            ae_loss_type=cfg.ae_loss_type, supervise_empty=cfg.supervise_empty)
+
     # ------------------------------------------------------------------ checkpoints
     def _meta(self, epoch: int) -> dict[str, Any]:
         return {"arch": self.entry.name, "dataset": self.entry.dataset, "epoch": epoch,
@@ -233,11 +279,13 @@ class Trainer:
                 "recipe": dataclasses.asdict(self.recipe), "trainer": "hrnet-train"}
 
     def save(self, name: str, epoch: int) -> Path:
-        """Write ``work_dir/name`` (rank 0 only): MMPose 1.x layout + resume state."""
+        """Write ``work_dir/name`` (rank 0 only): MMPose 1.x layout (bottom-up: 0.x) + resume
+        state."""
         path = self.work_dir / name
         model = _unwrap(self.model)
+        layout = "mmpose0" if self.bottomup else "mmpose1"
         state = {k: v.detach().cpu().clone() for k, v in
-                 ckpt.to_layout(model.state_dict(), "mmpose1").items()}
+                 ckpt.to_layout(model.state_dict(), layout).items()}
         obj = {"meta": self._meta(epoch), "state_dict": state,
                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -263,10 +311,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def _validate(self, epoch: int) -> Optional[dict[str, Any]]:
-        from .validate import evaluate_model
+        if self.bottomup:
+            from .bottomup_validate import evaluate_bottomup as evaluate
+        else:
+            from .validate import evaluate_model as evaluate
 
-        metrics = evaluate_model(_unwrap(self.model), self.card, self.val_ann, self.val_images,
-                                 flip_test=self.card.flip_test, device=self.device)
+        metrics = evaluate(_unwrap(self.model), self.card, self.val_ann, self.val_images,
+                           flip_test=self.card.flip_test, device=self.device)
         key = self.recipe.best_metric
         value = metrics.get(key)
         if value is not None:
