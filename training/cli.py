@@ -22,7 +22,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``hrnet-train`` argument parser."""
-    p = argparse.ArgumentParser(prog="hrnet-train", description="Train an HRNet top-down pose "
+    p = argparse.ArgumentParser(prog="hrnet-train", description="Train an HRNet pose "
                                 "model from a registry recipe or a recipe file.")
     p.add_argument("recipe", nargs="?", help="registry name (see --list) or a .toml/.yaml file")
     p.add_argument("--list", action="store_true", help="list the registry names with recipes")
