@@ -14,7 +14,6 @@ import asyncio
 from pathlib import Path
 from typing import Any, Optional
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -24,6 +23,8 @@ from service.backends.base import Backend
 from service.cards import BottomUpCard
 from service.datasets import get_pose_dataset
 from service.pipelines.bottomup import estimate_poses_bottomup
+
+from .validate import predict_images
 
 __all__ = ["TorchBackend", "predict_bottomup", "evaluate_bottomup"]
 
@@ -60,25 +61,16 @@ def predict_bottomup(model: nn.Module, card: BottomUpCard, coco: dict, images_di
     unreadable image."""
     items, _, _ = build_pose_items(coco, images_dir, card.dataset, box_source="bottomup")
     backend = TorchBackend(model, [o.name for o in card.outputs], device)
-    was_training = model.training
-    model.eval()
-    records = []
-    try:
-        for it in items:
-            img = cv2.imread(str(it.path), cv2.IMREAD_COLOR)
-            if img is None:
-                raise FileNotFoundError(f"cannot read image {it.path}")
-            res = asyncio.run(estimate_poses_bottomup(img, card, backend, flip_test=flip_test))
-            persons = []
-            for j in range(len(res.person_scores)):
-                kp = np.concatenate([res.keypoints[j], res.keypoint_scores[j][:, None]], 1)
-                persons.append({"id": j, "bbox_xyxy": res.boxes[j].tolist(),
-                                "bbox_score": float(res.person_scores[j]),
-                                "score": float(res.person_scores[j]), "keypoints": kp.tolist()})
-            records.append({"key": it.key, "image_id": it.image_id, "persons": persons})
-    finally:
-        model.train(was_training)
-    return records
+
+    def persons_of(img: np.ndarray, it: Any) -> list[dict]:
+        res = asyncio.run(estimate_poses_bottomup(img, card, backend, flip_test=flip_test))
+        return [{"id": j, "bbox_xyxy": res.boxes[j].tolist(),
+                 "bbox_score": float(res.person_scores[j]), "score": float(res.person_scores[j]),
+                 "keypoints": np.concatenate([res.keypoints[j], res.keypoint_scores[j][:, None]],
+                                             1).tolist()}
+                for j in range(len(res.person_scores))]
+
+    return predict_images(model, items, persons_of)
 
 
 def evaluate_bottomup(model: nn.Module, card: BottomUpCard, ann_file: str | Path,
