@@ -88,7 +88,7 @@ class BottomUpTrainConfig:
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """How to train one registry model (top-down heatmap).
+    """How to train one registry model (top-down heatmap, or bottom-up with ``bottomup``).
 
     Attributes:
         model: registry name (:func:`training.registry.get_entry`): architecture, dataset
