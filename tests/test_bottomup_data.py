@@ -103,6 +103,8 @@ def test_ignore_mask_crowd_rle_and_unlabelled_polygon():
     poly = {"iscrowd": 0, "num_keypoints": 0, "segmentation": [[1, 1, 3, 1, 3, 3, 1, 3]]}
     m = ignore_mask(BottomUpRecord(Path("x"), 1, 5, 4, np.zeros((0, 3, 3)), (poly,)))
     assert np.count_nonzero(~m) == 4 and (~m[1:3, 1:3]).all()
+    empty = {"iscrowd": 0, "num_keypoints": 0, "segmentation": []}
+    assert ignore_mask(BottomUpRecord(Path("x"), 1, 5, 4, np.zeros((0, 3, 3)), (empty,))).all()
 
 
 def test_records_rules(tmp_path):

@@ -37,6 +37,8 @@ def test_recipe_follows_mmpose_0x_config():
     assert f(0) == pytest.approx(0.001) and f(250) == pytest.approx(0.5005) and f(500) == 1.0
     assert f(200 * 100) == pytest.approx(0.1) and f(260 * 100) == pytest.approx(0.01)
     assert WarmupMultiStep(100, 500, 0.001, (), 0.1)(499) == 1.0
+    with pytest.raises(ValueError, match="style"):
+        WarmupMultiStep(100, 500, 0.001, (), 0.1, style="linear")
     with pytest.raises(ValueError):
         dataclasses.replace(r, bottomup=None)
 

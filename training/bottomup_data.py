@@ -108,6 +108,8 @@ def ignore_mask(record: BottomUpRecord) -> np.ndarray:
     h, w = record.height, record.width
     m = np.zeros((h, w), dtype=np.float32)
     for ann in record.ignored:
+        if not ann["segmentation"]:  # an empty polygon list covers nothing (upstream: no RLE)
+            continue
         rle = mask_utils.frPyObjects(ann["segmentation"], h, w)
         decoded = mask_utils.decode(rle)
         m += decoded.reshape(h, w, -1).sum(axis=2)
