@@ -141,3 +141,34 @@ def test_resume_is_bit_exact(mini_bottomup, tmp_path):
     a = ckpt.read_checkpoint(tmp_path / "full" / "epoch_2.pth")["state_dict"]
     b = ckpt.read_checkpoint(tmp_path / "cut" / "epoch_2.pth")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_two_ranks_bottomup_gradients_equal_doubled_batch(tmp_path):
+    """DDP over gloo: each rank's batch-mean heatmap + AE loss, gradients averaged over the two
+    ranks, equal one process's gradients on the 4 images (BN frozen, as ``test_train_ddp``)."""
+    import os
+    import subprocess
+    import sys
+
+    from .ddp_grad_worker import fixed_bottomup_batch, grads, small_model, split
+    from training.ae_loss import BottomUpLoss
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "grads.pt"
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node", "2", str(repo / "tests" / "ddp_grad_worker.py"),
+                        str(out), "bottomup"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ddp = torch.load(out, weights_only=True)
+    torch.set_num_threads(1)
+    batch = fixed_bottomup_batch()
+    single = grads(small_model("bottomup_pose"), batch, BottomUpLoss(4))
+    assert ddp.keys() == single.keys() and len(single) > 100
+    worst = max(float((ddp[k] - single[k]).abs().max() / (single[k].abs().max() + 1e-12))
+                for k in single)
+    assert worst < 1e-4, worst
+    half = grads(small_model("bottomup_pose"), split(batch, 0, 2), BottomUpLoss(4))
+    k = "head.final_layers.0.weight"
+    assert float((half[k] - single[k]).abs().max()) > 1e-3 * float(single[k].abs().max())
