@@ -41,6 +41,10 @@ def test_recipe_follows_mmpose_0x_config():
         WarmupMultiStep(100, 500, 0.001, (), 0.1, style="linear")
     with pytest.raises(ValueError):
         dataclasses.replace(r, bottomup=None)
+    # the W32 640 and W48 512 configs: samples_per_gpu 16, the same lr 1.5e-3
+    for other in ("higher_hrnet32_coco_640x640", "higher_hrnet48_coco_512x512"):
+        o = get_recipe(other)
+        assert (o.lr, o.base_batch_size, o.batch_size, o.max_epochs) == (1.5e-3, 128, 16, 300)
 
 
 def test_recipe_file_bottomup_table(tmp_path):

@@ -183,13 +183,15 @@ def _dlc_recipe(name: str) -> TrainRecipe:
 
 
 def _bottomup_recipe(name: str) -> TrainRecipe:
-    """MMPose 0.x ``higherhrnet_w{32,48}_coco_{512,640}.py``: Adam 1.5e-3 for 8 GPUs x 24 images,
+    """MMPose 0.x ``higherhrnet_w{32,48}_coco_{512,640}.py``: Adam 1.5e-3 for 8 GPUs x 24 images
+    (W32 512; the W32 640 and W48 512 configs: 8 x 16, the same lr),
     MMCV linear warm-up over 500 iterations from 0.001, x0.1 at epochs 200 and 260, 300 epochs,
     validation and checkpoints every 50 epochs, best by AP; BottomUpRandomAffine (rotation 30,
     scale 0.75-1.5, 'short', translation 40), flip 0.5, sigma 2, 30 people, heatmap loss 1.0 per
     stage, push/pull 0.001 where the stage has tags."""
+    per_gpu = 24 if name == "higher_hrnet32_coco_512x512" else 16
     return TrainRecipe(
-        model=name, lr=1.5e-3, base_batch_size=192, batch_size=24, warmup_iters=500,
+        model=name, lr=1.5e-3, base_batch_size=8 * per_gpu, batch_size=per_gpu, warmup_iters=500,
         warmup_factor=0.001, milestones=(200, 260), max_epochs=300, val_interval=50,
         checkpoint_interval=50, best_metric="AP", best_rule="greater", warmup_style="mmcv",
         bottomup=BottomUpTrainConfig())
