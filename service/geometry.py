@@ -511,8 +511,8 @@ def get_multi_scale_size(image_wh: tuple[int, int], input_size: int, current_sca
 
 
 def get_bottomup_warp_matrix(center, scale, output_size: Sequence[float],
-                             inv: bool = False) -> np.ndarray:
-    """The whole-image affine matrix of the HigherHRNet repo (``get_affine_transform``, rotation 0).
+                             inv: bool = False, rot: float = 0.0) -> np.ndarray:
+    """The whole-image affine matrix of the HigherHRNet repo (``get_affine_transform``).
 
     The same similarity transform as :func:`get_warp_matrix` (zoom ``output_w / scale_w`` on both
     axes, ``center`` -> output center), but built from upstream's point triple: the second point
@@ -524,6 +524,9 @@ def get_bottomup_warp_matrix(center, scale, output_size: Sequence[float],
         center: ``(2,)`` image pixels. scale: ``(2,)`` image pixels covered (``(w, h)``).
         output_size: ``(w, h)`` of the resized image / heatmap in pixels.
         inv: False -> image-to-output; True -> output-to-image (``transform_preds``).
+        rot: rotation in degrees (training's ``BottomUpRandomAffine``; 0 at test time): the
+            second source point is turned by ``rot`` about the center as upstream's
+            ``rotate_point`` (angle ``pi * rot / 180``).
 
     Returns:
         ``(2, 3)`` float64 matrix.
@@ -537,7 +540,11 @@ def get_bottomup_warp_matrix(center, scale, output_size: Sequence[float],
         raise ValueError("center and scale must each have 2 values")
     _check_scales(scale)
     dst_w, dst_h = _size2(output_size, "output_size")
-    return _triple_transform(center, center + np.array([0.0, -0.5 * scale[0]]),
+    rot_rad = np.pi * rot / 180
+    half = -0.5 * scale[0]  # upstream rotates (0, -scale_w / 2)
+    src_dir = np.array([0.0 * np.cos(rot_rad) - half * np.sin(rot_rad),
+                        0.0 * np.sin(rot_rad) + half * np.cos(rot_rad)])
+    return _triple_transform(center, center + src_dir,
                              (0.5 * dst_w, 0.5 * dst_h),
                              np.array([0.5 * dst_w, 0.5 * dst_h]) + np.array([0.0, -0.5 * dst_w]),
                              inv)

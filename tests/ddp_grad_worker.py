@@ -2,7 +2,9 @@
 a fixed batch (BatchNorm in eval mode, so the statistics do not depend on how the batch is
 split; PyTorch's SyncBatchNorm refuses CPU tensors), then rank 0 saves the averaged gradients.
 
-    python -m torch.distributed.run --nproc-per-node 2 tests/ddp_grad_worker.py OUT.pt
+    python -m torch.distributed.run --nproc-per-node 2 tests/ddp_grad_worker.py OUT.pt [bottomup]
+
+``bottomup``: the same with a small HigherHRNet and :class:`training.ae_loss.BottomUpLoss`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from training.ae_loss import BottomUpLoss  # noqa: E402
 from training.losses import KeypointMSELoss  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.trainer import train_step  # noqa: E402
@@ -28,17 +31,38 @@ def fixed_batch(n: int = 4, k: int = 4, size: int = 64) -> dict[str, torch.Tenso
             "weights": (torch.rand(n, k, generator=g) > 0.3).float()}
 
 
-def grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Gradients of one :func:`training.trainer.train_step` (SGD with lr 0: weights unchanged)."""
+def fixed_bottomup_batch(n: int = 4, k: int = 4, size: int = 64) -> dict:
+    """A fixed bottom-up batch: inputs, per-stage (1/4, 1/2) random heatmaps and 0/1 masks, and
+    tag joints of 3 people per image (random pixels of the 1/4 tag maps, some unlabelled)."""
+    g = torch.Generator().manual_seed(321)
+    sizes = (size // 4, size // 2)
+    joints = torch.zeros(n, 5, k, 2, dtype=torch.int64)
+    joints[:, :3, :, 0] = torch.randint(0, k * sizes[0] ** 2, (n, 3, k), generator=g)
+    joints[:, :3, :, 1] = (torch.rand(n, 3, k, generator=g) > 0.2).long()
+    return {"inputs": torch.randn(n, 3, size, size, generator=g),
+            "heatmaps": [torch.rand(n, k, s, s, generator=g) for s in sizes],
+            "masks": [(torch.rand(n, s, s, generator=g) > 0.1).float() for s in sizes],
+            "joints": [joints, torch.zeros(n, 5, k, 2, dtype=torch.int64)]}
+
+
+def split(batch: dict, start: int, stop: int) -> dict:
+    """Images ``start:stop`` of a batch (per-stage lists split item by item)."""
+    return {key: [t[start:stop] for t in v] if isinstance(v, list) else v[start:stop]
+            for key, v in batch.items()}
+
+
+def grads(model: torch.nn.Module, batch: dict, loss_fn=None) -> dict[str, torch.Tensor]:
+    """Gradients of one :func:`training.trainer.train_step` (SGD with lr 0: weights unchanged);
+    ``loss_fn`` defaults to :class:`KeypointMSELoss`."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    train_step(model, batch, KeypointMSELoss(), opt)
+    train_step(model, batch, loss_fn or KeypointMSELoss(), opt)
     inner = model.module if hasattr(model, "module") else model
     return {n: p.grad.detach().clone() for n, p in inner.named_parameters()}
 
 
-def small_model() -> torch.nn.Module:
+def small_model(task: str = "topdown_pose") -> torch.nn.Module:
     """hrnet_w18_small, 4 keypoints, fixed seed, BatchNorm frozen (eval)."""
-    m = build_model("hrnet_w18_small", "topdown_pose", 4, seed=0)
+    m = build_model("hrnet_w18_small", task, 4, seed=0)
     m.train()
     for mod in m.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
@@ -50,11 +74,13 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    batch = fixed_batch()
+    bottomup = sys.argv[2:] == ["bottomup"]
+    batch = fixed_bottomup_batch() if bottomup else fixed_batch()
     per = batch["inputs"].shape[0] // world
-    mine = {k: v[rank * per:(rank + 1) * per] for k, v in batch.items()}
-    model = torch.nn.parallel.DistributedDataParallel(small_model())
-    g = grads(model, mine)
+    mine = split(batch, rank * per, (rank + 1) * per)
+    model = torch.nn.parallel.DistributedDataParallel(
+        small_model("bottomup_pose" if bottomup else "topdown_pose"))
+    g = grads(model, mine, BottomUpLoss(4) if bottomup else None)
     if rank == 0:
         torch.save(g, sys.argv[1])
     dist.destroy_process_group()

@@ -24,9 +24,9 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``hrnet-train`` argument parser."""
-    p = argparse.ArgumentParser(prog="hrnet-train", description="Train an HRNet top-down pose "
-                                "or FCN-HRNetV2 segmentation model from a registry recipe or a "
-                                "recipe file.")
+    p = argparse.ArgumentParser(prog="hrnet-train", description="Train an HRNet top-down pose, "
+                                "HigherHRNet bottom-up pose or FCN-HRNetV2 segmentation model "
+                                "from a registry recipe or a recipe file.")
     p.add_argument("recipe", nargs="?", help="registry name (see --list) or a .toml/.yaml file")
     p.add_argument("--list", action="store_true", help="list the registry names with recipes")
     p.add_argument("--data-root", type=Path, help="dataset folder (MMPose layout; "

@@ -41,13 +41,20 @@ class WarmupMultiStep:
     epoch: linear warm-up over ``warmup_iters`` from ``warmup_factor`` then step decay by
     ``gamma`` at each epoch of ``milestones``. Callable, picklable (``LambdaLR`` state).
 
-    Raises ``ValueError`` for ``iters_per_epoch < 1``.
+    ``style="mmcv"`` is MMPose 0.x's ``lr_config(warmup='linear')`` (MMCV ``LrUpdaterHook``):
+    ``f + (1 - f) * t / N`` for ``t < N``, i.e. the same line reaching 1 at ``N`` instead of
+    ``N - 1``.
+
+    Raises ``ValueError`` for ``iters_per_epoch < 1`` or an unknown ``style``.
     """
 
     def __init__(self, iters_per_epoch: int, warmup_iters: int, warmup_factor: float,
-                 milestones: Sequence[int], gamma: float) -> None:
+                 milestones: Sequence[int], gamma: float, style: str = "mmengine") -> None:
         if iters_per_epoch < 1:
             raise ValueError("iters_per_epoch must be >= 1")
+        if style not in ("mmengine", "mmcv"):
+            raise ValueError(f"style must be 'mmengine' or 'mmcv', got {style!r}")
+        self.style = style
         self.iters_per_epoch = int(iters_per_epoch)
         self.warmup_iters = int(warmup_iters)
         self.warmup_factor = float(warmup_factor)
@@ -55,7 +62,7 @@ class WarmupMultiStep:
         self.gamma = float(gamma)
 
     def __call__(self, t: int) -> float:
-        n = self.warmup_iters - 1
+        n = self.warmup_iters - (1 if self.style == "mmengine" else 0)
         warm = 1.0
         if self.warmup_iters > 0:
             warm = (self.warmup_factor if n <= 0 else

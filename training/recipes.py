@@ -28,8 +28,11 @@ batch), ``LinearLR`` warm-up over 500 iterations from factor 0.001, ``MultiStepL
 photometric}-8xb64-210e_coco-256x192``) are the W32 256x192 recipe plus
 ``AugmentConfig.pixel_variants``. The COCO-AIC merge/combine rows (seed 003) train on COCO + AI
 Challenger combined through keypoint mappings (:mod:`training.keypoint_mapping`); the Horse-10,
-MacaquePose and ATRW rows (seed 001) follow the MMPose 0.x animal configs. Segmentation rows get a
-:class:`~training.seg_recipes.SegTrainRecipe` (MMSeg, iteration-based).
+MacaquePose and ATRW rows (seed 001) follow the MMPose 0.x animal configs. Bottom-up HigherHRNet
+rows (seed 004) follow MMPose 0.x's configs (:func:`_bottomup_recipe`,
+:class:`BottomUpTrainConfig`; a recipe file overrides them in a ``[bottomup]`` table with
+``[bottomup.augment]``). Segmentation rows get a :class:`~training.seg_recipes.SegTrainRecipe`
+(MMSeg, iteration-based).
 """
 from __future__ import annotations
 
@@ -40,12 +43,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from .bottomup_transforms import BottomUpAugment
 from .registry import get_entry, list_entries
 from .seg_recipes import SegTrainRecipe, seg_recipes
 from .transforms import AugmentConfig
 
 __all__ = ["DataLayout", "DataSource", "TrainRecipe", "RECIPES", "get_recipe",
-           "load_recipe_file", "COCO_UPPER_BODY", "COCO_AIC_UPPER_BODY", "ATRW_UPPER_BODY"]
+           "load_recipe_file", "COCO_UPPER_BODY", "COCO_AIC_UPPER_BODY", "ATRW_UPPER_BODY",
+           "BottomUpTrainConfig"]
 
 #: COCO upper-body keypoints (MMPose ``coco.py`` ``upper_body_ids``: nose .. right wrist).
 #: MacaquePose uses the COCO keypoints and types unchanged (``macaque.py``).
@@ -94,8 +99,37 @@ class DataLayout:
 
 
 @dataclass(frozen=True)
+class BottomUpTrainConfig:
+    """The bottom-up (HigherHRNet) part of a recipe: MMPose 0.x ``higherhrnet_w32_coco_512x512.py``
+    ``data_cfg``, train pipeline and ``MultiLossFactory`` (``with_ae_loss`` comes from the model's
+    stages, :class:`service.cards.BottomUpSpec` ``with_ae``).
+
+    Attributes:
+        input_size: square training input ``S`` (multiple of 32); None = the registry entry's
+            (512 / 640). Stage heatmaps are ``S / 4``, ``S / 2``; validation resizes the short
+            side to ``S`` too.
+        sigma: target Gaussian sigma (heatmap pixels, every stage).
+        max_num_people: people per image in the tag-joint array (``max_num_people``).
+        augment: :class:`training.bottomup_transforms.BottomUpAugment`.
+        heatmaps_loss_factor, push_loss_factor, pull_loss_factor: per stage.
+        ae_loss_type: ``'exp'`` or ``'max'``.
+        supervise_empty: heatmap loss on channels without any joint too.
+    """
+
+    input_size: Optional[int] = None
+    sigma: float = 2.0
+    max_num_people: int = 30
+    augment: BottomUpAugment = field(default_factory=BottomUpAugment)
+    heatmaps_loss_factor: tuple[float, ...] = (1.0, 1.0)
+    push_loss_factor: tuple[float, ...] = (0.001, 0.001)
+    pull_loss_factor: tuple[float, ...] = (0.001, 0.001)
+    ae_loss_type: str = "exp"
+    supervise_empty: bool = True
+
+
+@dataclass(frozen=True)
 class TrainRecipe:
-    """How to train one registry model (top-down heatmap).
+    """How to train one registry model (top-down heatmap, or bottom-up with ``bottomup``).
 
     Attributes:
         model: registry name (:func:`training.registry.get_entry`): architecture, dataset
@@ -116,6 +150,9 @@ class TrainRecipe:
         augment: the random steps (:class:`training.transforms.AugmentConfig`).
         data: file layout under ``--data-root``.
         num_workers: DataLoader workers per process.
+        warmup_style: ``"mmengine"`` (MMPose 1.x ``LinearLR``) or ``"mmcv"`` (MMPose 0.x
+            ``warmup='linear'``), see :class:`training.optim.WarmupMultiStep`.
+        bottomup: bottom-up models only (:class:`BottomUpTrainConfig`; required for them).
     """
 
     model: str
@@ -136,12 +173,20 @@ class TrainRecipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: DataLayout = field(default_factory=DataLayout)
     num_workers: int = 2
+    warmup_style: str = "mmengine"
+    bottomup: Optional[BottomUpTrainConfig] = None
 
     def __post_init__(self) -> None:
         entry = get_entry(self.model)  # KeyError for an unknown model
-        if entry.task != "topdown_pose":
-            raise ValueError(f"{self.model}: only top-down pose recipes are supported so far "
+        if entry.task not in ("topdown_pose", "bottomup_pose"):
+            raise ValueError(f"{self.model}: only pose recipes are supported so far "
                              f"(task {entry.task!r})")
+        if (entry.task == "bottomup_pose") != (self.bottomup is not None):
+            raise ValueError(f"{self.model}: a 'bottomup' section is needed exactly for "
+                             f"bottom-up models (task {entry.task!r})")
+        if self.warmup_style not in ("mmengine", "mmcv"):
+            raise ValueError(f"warmup_style must be 'mmengine' or 'mmcv', got "
+                             f"{self.warmup_style!r}")
         if self.best_rule not in ("greater", "less"):
             raise ValueError(f"best_rule must be 'greater' or 'less', got {self.best_rule!r}")
         if self.batch_size < 1 or self.base_batch_size < 1 or self.max_epochs < 1:
@@ -255,10 +300,25 @@ def _variant_recipe(name: str, variant: str) -> TrainRecipe:
 
 _VARIANT_NAME = re.compile(r"^td-hm_hrnet-w32_(coarsedropout|gridmask|photometric)"
                            r"-8xb64-210e_coco-256x192$")
+def _bottomup_recipe(name: str) -> TrainRecipe:
+    """MMPose 0.x ``higherhrnet_w{32,48}_coco_{512,640}.py``: Adam 1.5e-3 for 8 GPUs x 24 images
+    (W32 512; the W32 640 and W48 512 configs: 8 x 16, the same lr),
+    MMCV linear warm-up over 500 iterations from 0.001, x0.1 at epochs 200 and 260, 300 epochs,
+    validation and checkpoints every 50 epochs, best by AP; BottomUpRandomAffine (rotation 30,
+    scale 0.75-1.5, 'short', translation 40), flip 0.5, sigma 2, 30 people, heatmap loss 1.0 per
+    stage, push/pull 0.001 where the stage has tags."""
+    per_gpu = 24 if name == "higher_hrnet32_coco_512x512" else 16
+    return TrainRecipe(
+        model=name, lr=1.5e-3, base_batch_size=8 * per_gpu, batch_size=per_gpu, warmup_iters=500,
+        warmup_factor=0.001, milestones=(200, 260), max_epochs=300, val_interval=50,
+        checkpoint_interval=50, best_metric="AP", best_rule="greater", warmup_style="mmcv",
+        bottomup=BottomUpTrainConfig())
 
 
 def _build_table() -> dict[str, TrainRecipe]:
     table: dict[str, TrainRecipe] = {}
+    for e in list_entries(task="bottomup_pose"):
+        table[e.name] = _bottomup_recipe(e.name)
     for e in list_entries(task="topdown_pose"):
         variant = _VARIANT_NAME.match(e.name)
         if variant:
@@ -328,21 +388,28 @@ def load_recipe_file(path: str | Path) -> TrainRecipe | SegTrainRecipe:
     if base is None:
         seg = get_entry(raw["model"]).task == "segmentation"
         base = (SegTrainRecipe if seg else TrainRecipe)(model=raw["model"])
-    top = _sub(type(base), {k: v for k, v in raw.items() if k not in ("augment", "data")},
-               "recipe")
+    top = _sub(type(base), {k: v for k, v in raw.items()
+                            if k not in ("augment", "data", "bottomup")}, "recipe")
     augment = replace(base.augment, **_sub(type(base.augment), raw.get("augment", {}),
                                            "[augment]"))
     if isinstance(base, SegTrainRecipe):  # [data] tables of SegSplit fields: not overridable
-        if "data" in raw:
+        if "data" in raw or "bottomup" in raw:
             raise ValueError(f"{path}: segmentation recipes take their layout from the dataset "
-                             "(MMSeg layout); [data] is for top-down recipes")
+                             "(MMSeg layout); [data] and [bottomup] are for pose recipes")
         return replace(base, **top, augment=augment)
     data_kw = _sub(DataLayout, raw.get("data", {}), "[data]")
     if "sources" in data_kw:  # [[data.sources]] tables
         data_kw["sources"] = tuple(DataSource(**_sub(DataSource, src, "[[data.sources]]"))
                                    for src in data_kw["sources"])
     data = replace(base.data, **data_kw)
-    return replace(base, **top, augment=augment, data=data)
+    extra = {}
+    if "bottomup" in raw:
+        bu = _sub(BottomUpTrainConfig, raw["bottomup"], "[bottomup]")
+        base_bu = base.bottomup or BottomUpTrainConfig()
+        aug = replace(base_bu.augment, **_sub(BottomUpAugment, bu.pop("augment", {}),
+                                              "[bottomup.augment]"))
+        extra["bottomup"] = replace(base_bu, **bu, augment=aug)
+    return replace(base, **top, augment=augment, data=data, **extra)
 
 
 def get_recipe(name_or_path: str | Path) -> TrainRecipe | SegTrainRecipe:

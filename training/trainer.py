@@ -1,13 +1,16 @@
-"""``hrnet-train``'s loop for top-down heatmap models and segmentation models: data, DDP, AMP,
-schedule, checkpoints, validation, logs.
+"""``hrnet-train``'s loop for top-down heatmap, bottom-up (HigherHRNet) and segmentation models:
+data, DDP, AMP, schedule, checkpoints, validation, logs.
 
-Segmentation recipes (:class:`~training.seg_recipes.SegTrainRecipe`) share everything but the
-task parts: MMSeg-layout data (:class:`~training.seg_data.SegDataset`), the MMSeg cross
-entropy (:class:`~training.seg_losses.SegCrossEntropyLoss`), SGD + poly LR by iteration
-(:func:`~training.optim.build_sgd`, :class:`~training.optim.PolyFactor`), checkpoints in
-the MMSeg layout (``backbone.*``/``decode_head.*``) and mIoU validation through the gateway's
-segmentation path (:func:`~training.seg_validate.evaluate_seg_model`). Their validation and
-checkpoint intervals are iterations, rounded up to whole epochs of the data.
+The task decides the data (:class:`training.data.TopdownDataset` /
+:class:`training.bottomup_data.BottomUpDataset` / :class:`~training.seg_data.SegDataset`), the
+loss (:class:`KeypointMSELoss` / :class:`training.ae_loss.BottomUpLoss` /
+:class:`~training.seg_losses.SegCrossEntropyLoss`), the validation (:mod:`training.validate` /
+:mod:`training.bottomup_validate` / :mod:`training.seg_validate`) and the checkpoint layout
+(MMPose 1.x / MMPose 0.x, the only upstream with HigherHRNet / MMSeg); everything else is shared.
+
+Segmentation recipes (:class:`~training.seg_recipes.SegTrainRecipe`) train with SGD + poly LR by
+iteration (:func:`~training.optim.build_sgd`, :class:`~training.optim.PolyFactor`); their
+validation and checkpoint intervals are iterations, rounded up to whole epochs of the data.
 
 One process, or one per rank under ``torchrun`` (``WORLD_SIZE`` set): DistributedDataParallel
 over gloo (CPU) or NCCL (CUDA), optional SyncBatchNorm (CUDA only: PyTorch's SyncBatchNorm
@@ -24,6 +27,7 @@ batches skipped) continues exactly as the uninterrupted run (bit-exact on CPU).
 Checkpoints (atomic: temp file + rename) use the MMPose 1.x layout ``{"meta", "state_dict":
 {"backbone.*", "head.*"}}`` so ``hrnet-export --checkpoint`` and MMPose read them as they are,
 plus ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch`` and ``iter`` for ``--resume``.
+Bottom-up checkpoints use the MMPose 0.x layout ``{"backbone.*", "keypoint_head.*"}``.
 """
 from __future__ import annotations
 
@@ -43,10 +47,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from export.cards import pose_card, seg_card
+from export.cards import bottomup_card, pose_card, seg_card
 from service.codecs import build_codec
+from service.codecs.associative_embedding_targets import AssociativeEmbeddingTargets
 
 from . import checkpoint as ckpt
+from .ae_loss import BottomUpLoss
+from .bottomup_data import BottomUpDataset, load_bottomup_records, stage_sizes
 from .data import TopdownDataset, load_sources
 from .losses import KeypointMSELoss
 from .models import build_model
@@ -122,20 +129,25 @@ def train_step(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: nn.Mod
                optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None,
                amp: str = "off", device: str | torch.device = "cpu",
                target_keys: tuple[str, ...] = ("heatmaps", "weights")) -> torch.Tensor:
-    """One optimisation step: forward (under autocast for ``amp`` ``"bf16"``/``"fp16"``),
-    ``loss_fn(pred.float(), *batch[target_keys])`` (top-down: :class:`KeypointMSELoss` against
-    ``batch["heatmaps"]`` with ``batch["weights"]``; segmentation: ``target_keys=("labels",)``
-    and :class:`~training.seg_losses.SegCrossEntropyLoss`), backward (through ``scaler`` when
-    given), optimiser step, gradients zeroed first. Returns the detached loss (float32 scalar)."""
+    """One optimisation step: forward (under autocast for ``amp`` ``"bf16"``/``"fp16"``), the
+    loss, backward (through ``scaler`` when given), optimiser step, gradients zeroed first. The
+    loss is ``loss_fn(pred.float(), *batch[target_keys])`` (top-down: :class:`KeypointMSELoss`
+    against ``batch["heatmaps"]`` with ``batch["weights"]``; segmentation:
+    ``target_keys=("labels",)`` and :class:`~training.seg_losses.SegCrossEntropyLoss`), or, for a
+    loss with a ``batch_loss(outputs, batch, device)`` method (bottom-up
+    :class:`~training.ae_loss.BottomUpLoss`), that. Returns the detached loss (float32 scalar)."""
     device = torch.device(device)
     x = batch["inputs"].to(device, non_blocking=True)
-    targets = [batch[k].to(device, non_blocking=True) for k in target_keys]
     optimizer.zero_grad(set_to_none=True)
     ctx = (torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
            if amp in ("bf16", "fp16") else nullcontext())
     with ctx:
         pred = model(x)
-    loss = loss_fn(pred.float(), *targets)
+    if hasattr(loss_fn, "batch_loss"):
+        loss = loss_fn.batch_loss(pred, batch, device)
+    else:
+        targets = [batch[k].to(device, non_blocking=True) for k in target_keys]
+        loss = loss_fn(pred.float(), *targets)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -182,10 +194,17 @@ class Trainer:
 
         root = Path(opts.data_root)
         self.segmentation = self.entry.task == "segmentation"
+        self.bottomup = self.entry.task == "bottomup_pose"
         self.target_keys: tuple[str, ...] = ("heatmaps", "weights")
-        self.layout = "mmpose1"
+        self.layout = "mmpose0" if self.bottomup else "mmpose1"
         if self.segmentation:
             self._setup_segmentation(root)
+        elif self.bottomup:
+            data = recipe.data
+            train_ann = root / data.train_ann
+            if not train_ann.is_file():
+                raise FileNotFoundError(f"training annotations not found: {train_ann}")
+            self._build_bottomup_data(train_ann, root / data.train_images)
         else:
             self.card = pose_card(self.entry, self.entry.name)
             self.codec = build_codec(self.card.codec)
@@ -197,6 +216,7 @@ class Trainer:
                 records, self.codec, self.card.normalization, self.card.flip_indices,
                 augment=recipe.augment if opts.augment else None, padding=recipe.bbox_padding,
                 use_udp=self.entry.use_udp, seed=opts.seed)
+        if not self.segmentation:
             self.val_ann = root / data.val_ann
             self.val_images = root / data.val_images
             self.validate = self.val_ann.is_file()
@@ -246,12 +266,13 @@ class Trainer:
                                        recipe.weight_decay)
             self.lr_factor = PolyFactor(self.lr, self.max_iters, recipe.eta_min, recipe.power)
         else:
-            self.loss_fn = KeypointMSELoss(use_target_weight=True)
+            self.loss_fn = self._bottomup_loss() if self.bottomup else \
+                KeypointMSELoss(use_target_weight=True)
             self.lr = scaled_lr(recipe.lr, self.batch_size * self.world, recipe.base_batch_size)
             self.optimizer = build_optimizer(model.parameters(), self.lr, recipe.weight_decay)
             self.lr_factor = WarmupMultiStep(self.iters_per_epoch, recipe.warmup_iters,
                                              recipe.warmup_factor, recipe.milestones,
-                                             recipe.gamma)
+                                             recipe.gamma, style=recipe.warmup_style)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
         self.iter = 0
@@ -283,6 +304,31 @@ class Trainer:
             where = root / layout.val.img_dir if layout.val is not None else root
             warnings.warn(f"no validation split ({where} missing): validation skipped",
                           stacklevel=3)
+    # ------------------------------------------------------------------ bottom-up
+    def _build_bottomup_data(self, train_ann: Path, train_images: Path) -> None:
+        """Card (its short side set to the training input size), targets and dataset of a
+        bottom-up recipe."""
+        cfg = self.recipe.bottomup
+        card = bottomup_card(self.entry, self.entry.name)
+        size = int(cfg.input_size or card.bottomup.input_size)
+        self.card = card.model_copy(update={
+            "bottomup": card.bottomup.model_copy(update={"input_size": size})})
+        sizes = stage_sizes(size, len(self.card.bottomup.with_ae))
+        self.targets = AssociativeEmbeddingTargets(
+            tuple((s, s) for s in sizes), sigma=cfg.sigma, max_num_people=cfg.max_num_people,
+            tag_per_joint=self.card.bottomup.tag_per_joint)
+        records = load_bottomup_records(train_ann, train_images, self.entry.num_outputs)
+        self.dataset = BottomUpDataset(
+            records, size, self.targets, self.card.normalization, self.card.flip_indices,
+            augment=cfg.augment if self.opts.augment else None, seed=self.opts.seed)
+
+    def _bottomup_loss(self) -> BottomUpLoss:
+        cfg, spec = self.recipe.bottomup, self.card.bottomup
+        return BottomUpLoss(
+            spec.num_joints, with_heatmaps_loss=spec.with_heatmaps,
+            heatmaps_loss_factor=cfg.heatmaps_loss_factor, with_ae_loss=spec.with_ae,
+            push_loss_factor=cfg.push_loss_factor, pull_loss_factor=cfg.pull_loss_factor,
+            ae_loss_type=cfg.ae_loss_type, supervise_empty=cfg.supervise_empty)
 
     # ------------------------------------------------------------------ checkpoints
     def _meta(self, epoch: int) -> dict[str, Any]:
@@ -291,8 +337,8 @@ class Trainer:
                 "recipe": dataclasses.asdict(self.recipe), "trainer": "hrnet-train"}
 
     def save(self, name: str, epoch: int) -> Path:
-        """Write ``work_dir/name`` (rank 0 only): MMPose 1.x layout (MMSeg's for segmentation)
-        + resume state."""
+        """Write ``work_dir/name`` (rank 0 only): MMPose 1.x layout (bottom-up: 0.x; segmentation:
+        MMSeg's) + resume state."""
         path = self.work_dir / name
         model = _unwrap(self.model)
         state = {k: v.detach().cpu().clone() for k, v in
@@ -328,11 +374,13 @@ class Trainer:
             metrics = evaluate_seg_model(_unwrap(self.model), self.card, self.val_pairs,
                                          self.recipe.data.reduce_zero_label, self.device)
         else:
-            from .validate import evaluate_model
+            if self.bottomup:
+                from .bottomup_validate import evaluate_bottomup as evaluate
+            else:
+                from .validate import evaluate_model as evaluate
 
-            metrics = evaluate_model(_unwrap(self.model), self.card, self.val_ann,
-                                     self.val_images, flip_test=self.card.flip_test,
-                                     device=self.device)
+            metrics = evaluate(_unwrap(self.model), self.card, self.val_ann, self.val_images,
+                               flip_test=self.card.flip_test, device=self.device)
         key = self.recipe.best_metric
         value = metrics.get(key)
         if value is not None:

@@ -10,7 +10,7 @@ Horse-10 PCK/NME, and EPE/RMSE/PCK@0.2 for pixel-error datasets (the DeepLabCut 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -23,7 +23,28 @@ from service.cards import TopDownCard
 from service.datasets import get_pose_dataset
 from service.pipelines.topdown import decode_outputs, prepare_inputs
 
-__all__ = ["predict_records", "evaluate_model"]
+__all__ = ["predict_images", "predict_records", "evaluate_model"]
+
+
+def predict_images(model: nn.Module, items: Sequence[Any],
+                   persons_of: Callable[[np.ndarray, Any], list[dict]]) -> list[dict]:
+    """``hrnet-eval`` records (``{"key", "image_id", "persons"}``) of ``items``
+    (:class:`benchmarks.eval_data.PoseItem`): each image is read (BGR) and
+    ``persons_of(image, item)`` gives its persons, with ``model`` in eval mode (its mode is
+    restored afterwards). Raises ``FileNotFoundError`` for an unreadable image."""
+    was_training = model.training
+    model.eval()
+    records = []
+    try:
+        for it in items:
+            img = cv2.imread(str(it.path), cv2.IMREAD_COLOR)
+            if img is None:
+                raise FileNotFoundError(f"cannot read image {it.path}")
+            records.append({"key": it.key, "image_id": it.image_id,
+                            "persons": persons_of(img, it)})
+    finally:
+        model.train(was_training)
+    return records
 
 
 @torch.no_grad()
@@ -35,28 +56,19 @@ def predict_records(model: nn.Module, card: TopDownCard, coco: dict, images_dir:
     keypoints ``[x, y, score]`` image pixels). The model is put in eval mode and back.
     Raises ``FileNotFoundError`` for an unreadable image."""
     items, _, _ = build_pose_items(coco, images_dir, dataset, box_source="gt")
-    was_training = model.training
-    model.eval()
-    records = []
-    try:
-        for it in items:
-            img = cv2.imread(str(it.path), cv2.IMREAD_COLOR)
-            if img is None:
-                raise FileNotFoundError(f"cannot read image {it.path}")
-            boxes = np.asarray(it.boxes, dtype=np.float32)
-            centers, scales, x = prepare_inputs(img, boxes[:, :4], card, flip_test)
-            outs = [model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy()
-                    for i in range(0, len(x), batch_size)]
-            kpts, kscores, _ = decode_outputs(np.concatenate(outs), len(boxes), centers, scales,
-                                       boxes[:, 4], card, flip_test)
-            persons = [{"id": aid, "bbox_xyxy": boxes[j, :4].tolist(),
-                        "bbox_score": float(boxes[j, 4]),
-                        "keypoints": np.concatenate([kpts[j], kscores[j, :, None]], 1).tolist()}
-                       for j, aid in enumerate(it.box_ids)]
-            records.append({"key": it.key, "image_id": it.image_id, "persons": persons})
-    finally:
-        model.train(was_training)
-    return records
+
+    def persons_of(img: np.ndarray, it: Any) -> list[dict]:
+        boxes = np.asarray(it.boxes, dtype=np.float32)
+        centers, scales, x = prepare_inputs(img, boxes[:, :4], card, flip_test)
+        outs = [model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy()
+                for i in range(0, len(x), batch_size)]
+        kpts, kscores, _ = decode_outputs(np.concatenate(outs), len(boxes), centers, scales,
+                                          boxes[:, 4], card, flip_test)
+        return [{"id": aid, "bbox_xyxy": boxes[j, :4].tolist(), "bbox_score": float(boxes[j, 4]),
+                 "keypoints": np.concatenate([kpts[j], kscores[j, :, None]], 1).tolist()}
+                for j, aid in enumerate(it.box_ids)]
+
+    return predict_images(model, items, persons_of)
 
 
 def evaluate_model(model: nn.Module, card: TopDownCard, ann_file: str | Path,

@@ -1,0 +1,92 @@
+"""Validation of a bottom-up model during training: the gateway's own bottom-up path, in process,
+scored like ``hrnet-eval --dataset coco`` against a bottom-up model.
+
+Every image of the annotation file (``build_pose_items(box_source="bottomup")``) goes through
+:func:`service.pipelines.bottomup.estimate_poses_bottomup` (resize to the card's short side,
+flip test, stage/flip aggregation, grouping, adjust, refine, back to the image) with the network
+run in PyTorch by :class:`TorchBackend` instead of ONNX Runtime; the people are scored by
+:func:`benchmarks.eval_data.evaluate_coco_bottomup` (MMPose 0.x ``BottomUpCocoDataset.evaluate``:
+grouping scores, no OKS-NMS).
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.eval_data import build_pose_items, evaluate_coco_bottomup, load_json
+from service.backends.base import Backend
+from service.cards import BottomUpCard
+from service.datasets import get_pose_dataset
+from service.pipelines.bottomup import estimate_poses_bottomup
+
+from .validate import predict_images
+
+__all__ = ["TorchBackend", "predict_bottomup", "evaluate_bottomup"]
+
+
+class TorchBackend(Backend):
+    """A :class:`service.backends.base.Backend` over one in-process torch model: ``infer`` feeds
+    the card's single input and returns the model's outputs under ``output_names`` (in order),
+    float32 numpy, without gradients."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, output_names: list[str],
+                 device: str | torch.device = "cpu") -> None:
+        self.model = model
+        self.output_names = list(output_names)
+        self.device = torch.device(device)
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray],
+                    outputs: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+        (x,) = inputs.values()
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
+        return {n: o.float().cpu().numpy() for n, o in zip(self.output_names, out)}
+
+    async def ready(self, model: Optional[str] = None) -> bool:
+        return True
+
+
+def predict_bottomup(model: nn.Module, card: BottomUpCard, coco: dict, images_dir: str | Path,
+                     flip_test: bool = True, device: str | torch.device = "cpu") -> list[dict]:
+    """Predictions for every image of ``coco``, in ``hrnet-eval``'s record format (``persons``
+    with ``id``, ``bbox_xyxy``, ``bbox_score``, ``score``, ``keypoints [x, y, value]`` image
+    pixels). The model is put in eval mode and back. Raises ``FileNotFoundError`` for an
+    unreadable image."""
+    items, _, _ = build_pose_items(coco, images_dir, card.dataset, box_source="bottomup")
+    backend = TorchBackend(model, [o.name for o in card.outputs], device)
+
+    def persons_of(img: np.ndarray, it: Any) -> list[dict]:
+        res = asyncio.run(estimate_poses_bottomup(img, card, backend, flip_test=flip_test))
+        return [{"id": j, "bbox_xyxy": res.boxes[j].tolist(),
+                 "bbox_score": float(res.person_scores[j]), "score": float(res.person_scores[j]),
+                 "keypoints": np.concatenate([res.keypoints[j], res.keypoint_scores[j][:, None]],
+                                             1).tolist()}
+                for j in range(len(res.person_scores))]
+
+    return predict_images(model, items, persons_of)
+
+
+def evaluate_bottomup(model: nn.Module, card: BottomUpCard, ann_file: str | Path,
+                      images_dir: str | Path, flip_test: bool = True,
+                      device: str | torch.device = "cpu") -> dict[str, Any]:
+    """COCO ``AP``..``ARl`` of ``model`` on a keypoint file, bottom-up (no boxes). When no
+    person was found at all (an early model: no peak above ``detection_threshold``) it returns
+    ``{"AP": 0.0, "AR": 0.0}``, what COCOeval gives for no predictions. Raises
+    :class:`benchmarks.eval_data.DataError` for bad files."""
+    from benchmarks.eval_data import DataError
+
+    coco = load_json(ann_file)
+    records = predict_bottomup(model, card, coco, images_dir, flip_test, device)
+    try:
+        return evaluate_coco_bottomup(records, coco, get_pose_dataset(card.dataset).sigmas)[0]
+    except DataError:
+        if any(r["persons"] for r in records):
+            raise
+        return {"AP": 0.0, "AR": 0.0}
