@@ -249,7 +249,7 @@ def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int,
     Min is 64 x 64.
 
     Max covers the gateway's multi-scale TTA (``/segment`` ``scales=ms``): MMSeg 1.x applies the
-    ratios :data:`service.pipelines.segmentation.MS_RATIOS` (up to 1.75) to the *original* image
+    ratios :data:`service.pipelines.seg_plan.MS_RATIOS` (up to 1.75) to the *original* image
     (``tta_resize_size``), so an image of the card's test size (e.g. a 2048 x 1024 Cityscapes
     frame) reaches ``ceil(1.75 * 2048) = 3584`` pixels on its long side. Max is therefore
     ``ceil(max(MS_RATIOS) * L)`` on both axes (either orientation), ``L`` the long side of
@@ -257,7 +257,7 @@ def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int,
     custom ratios up to ``MAX_SCALE_RATIO``) are outside the profile: pass ``max_hw`` to
     :func:`build_tensorrt_plan` (``--max-hw H W``) or keep the ONNX Runtime entry.
     """
-    from service.pipelines.segmentation import MS_RATIOS
+    from service.pipelines.seg_plan import MS_RATIOS
 
     tp = card.test_pipeline if isinstance(card, SegmentationCard) else None
     if tp is not None and tp.mode == "slide" and tp.crop_size:

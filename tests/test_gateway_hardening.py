@@ -31,11 +31,12 @@ from service.boxes import parse_boxes
 from service.cards import (CodecSpec, DetectorSpec, ModelCard, Normalization, SegTestPipeline,
                            TensorSpec, make_card, parse_card)
 from service.errors import InvalidBoxes
-from service.geometry import crop_persons, get_udp_warp_matrix, get_warp_matrix, warp_matrices
+from service.geometry import (crop_persons, get_udp_warp_matrix, get_warp_matrix, rescale_size,
+                              warp_matrices)
 from service.imaging import decode_image, header_size, jpeg_is_complete, jpeg_scan
 from service.limits import BodySizeLimit
 from service.pipelines.detector import filter_detections, nms
-from service.pipelines.segmentation import parse_scales, plan_augmentations, rescale_size
+from service.pipelines.seg_plan import parse_scales, plan_augmentations
 from service.repository import ModelRepository
 from service.settings import Settings
 
@@ -538,7 +539,7 @@ def test_cpu_stages_run_off_the_event_loop(client, backend, monkeypatch):
 
     for module, name in [(uploads, "decode_image"), (det, "_prepare"), (td, "prepare_inputs"),
                          (td, "decode_outputs"), (seg, "_prepare"), (seg, "_finish_view"),
-                         (seg, "_cut_windows"), (seg_router, "overlay"),
+                         (seg, "cut_windows"), (seg_router, "overlay"),
                          (seg_router, "_encode_json_parts")]:
         spy(module, name)
     assert client.post("/pose", files={"image": ("x.png", _png())}).status_code == 200
@@ -547,7 +548,7 @@ def test_cpu_stages_run_off_the_event_loop(client, backend, monkeypatch):
     assert client.post("/segment", files={"image": ("x.png", _png(8, 8))},
                        data={"model": "fake_seg_slide", "render": "true"}).status_code == 200
     assert set(threads) == {"decode_image", "_prepare", "prepare_inputs", "decode_outputs", "_finish_view",
-                            "_cut_windows", "overlay", "_encode_json_parts"}
+                            "cut_windows", "overlay", "_encode_json_parts"}
     loop = backend.loop_threads
     assert len(loop) == 1
     for name, ids in threads.items():

@@ -15,10 +15,12 @@ import pytest
 from service.backends.base import Backend, BackendError
 from service.cards import ModelCard, Normalization, SegTestPipeline, TensorSpec, make_card
 from service.datasets.segmentation import CITYSCAPES
-from service.pipelines.segmentation import (MS_RATIOS, InputTooLarge, parse_scales, plan_augmentations,
-                                            rescale_size, resize_logits, segment, slide_merge,
-                                            slide_windows, network_input_size, tta_resize_size,
-                                            window_counts)
+from service.geometry import rescale_size
+from service.interpolate import resize_logits
+from service.pipelines.seg_plan import (MS_RATIOS, InputTooLarge, network_input_size, parse_scales,
+                                        plan_augmentations, tta_resize_size)
+from service.pipelines.segmentation import segment
+from service.pipelines.slide import slide_merge, slide_windows, window_counts
 from service.rendering import encode_label_png, overlay, overlay_image, pixel_counts
 
 MEAN = (123.675, 116.28, 103.53)

@@ -167,7 +167,7 @@ def test_default_spatial_ranges():
 def test_default_max_covers_every_ms_view_of_a_test_size_image():
     """Every ``scales=ms`` view the gateway builds for an image of the card's test size (both
     orientations) fits the TensorRT profile."""
-    from service.pipelines.segmentation import MS_RATIOS, tta_resize_size
+    from service.pipelines.seg_plan import MS_RATIOS, tta_resize_size
 
     assert max(MS_RATIOS) == 1.75  # MMSeg 1.x img_ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     for mode in ("slide", "whole"):
