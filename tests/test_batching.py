@@ -427,6 +427,7 @@ def test_a_reloaded_session_is_used_by_the_existing_batcher(shared_repo):
     async def main():
         be = OnnxRuntimeBackend(ModelRepository(shared_repo), models=[model],
                                 batching=BatchConfig())
+        await be.start()
         x = np.random.default_rng(0).normal(size=(2, 3, 256, 192)).astype(np.float32)
         before = (await be.infer(model, {"image": x}))["heatmaps"]
         batcher = be.batcher(model)

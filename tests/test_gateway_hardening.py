@@ -294,6 +294,7 @@ def test_real_detector_boxes_overlap_at_most_nms_threshold(shared, shared_repo):
 
     repo = ModelRepository(shared_repo)
     be = OnnxRuntimeBackend(repo, models=["rtmdet_nano_person_320"])
+    asyncio.run(be.start())
     card = repo.get("rtmdet_nano_person_320")
     no_nms = card.model_copy(deep=True)
     no_nms.detector.nms_threshold = 1.0
@@ -774,6 +775,7 @@ def test_unknown_model_in_ort_backend_is_still_a_backend_error(repo):
     from service.backends.onnxruntime import OnnxRuntimeBackend
 
     be = OnnxRuntimeBackend(ModelRepository(repo))
+    asyncio.run(be.start())
     with pytest.raises(BackendUnavailable):
         asyncio.run(be.infer("fake_pose", {"image": np.zeros((1, 3, 256, 192), np.float32)}))
     with pytest.raises(BackendError) as exc:

@@ -50,6 +50,7 @@ def run_variant(shared, repo_dir, which, variant):
     if udp:
         card.codec.type, card.use_udp, card.shift_heatmap = "UDPHeatmap", True, False
     backend = OnnxRuntimeBackend(repo, models=[card.name])
+    asyncio.run(backend.start())
     img_dir, ann_file = _dataset(shared, which)
     ann = json.loads(ann_file.read_text())
     ev = CocoKeypointEvaluator(ann, card.sigmas)
