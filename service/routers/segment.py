@@ -22,6 +22,7 @@ from typing import Optional
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
+from ..dependencies import BackendDep, RepositoryDep, SettingsDep
 from ..errors import InvalidParameter, PayloadTooLarge
 from ..forms import parse_scales_field
 from ..limits import endpoint_slot
@@ -73,6 +74,9 @@ def prefers_png(accept: Optional[str]) -> bool:
 async def segment(
     request: Request,
     response: Response,
+    settings: SettingsDep,
+    repo: RepositoryDep,
+    backend: BackendDep,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
     model: Optional[str] = Form(None, description="segmentation model name (default from settings)"),
     mode: Optional[str] = Form(None, description="'whole' or 'slide' (default: the model card's)"),
@@ -89,8 +93,6 @@ async def segment(
     Errors: 404 unknown model, 413 too large, 415 not an image, 422 bad parameters or wrong task,
     503 backend unavailable.
     """
-    state = request.app.state
-    settings, repo, backend = state.settings, state.repository, state.backend
     timer = request_timer(request)
 
     name = model or settings.default_segment_model
