@@ -26,7 +26,7 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.backends.base import Backend, BackendError, BackendUnavailable
+from service.backends.base import BackendError, BackendUnavailable
 from service.boxes import parse_boxes
 from service.cards import (CodecSpec, DetectorSpec, ModelCard, Normalization, SegTestPipeline,
                            TensorSpec, make_card, parse_card)
@@ -41,6 +41,8 @@ from service.repository import ModelRepository
 from service.settings import Settings
 
 from tests.fake_cards import pose_card, seg_card, write_repository
+from tests.support.fake_backend import FakeBackend as SupportFakeBackend
+from tests.support.fake_backend import conv_1x1_every_4th
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,30 +74,24 @@ RAW_DETS = np.array([
 RAW_LABELS = np.array([0, 0, 0, 1, 0, 0, 0], np.int64)
 
 
-class FakeBackend(Backend):
+class FakeBackend(SupportFakeBackend):
     """Detector: :data:`RAW_DETS`; pose: all-zero heatmaps; segmentation: a fixed 1x1 conv of
     every 4th pixel, ``(N,3,h,w) -> (N,3,ceil(h/4),ceil(w/4))``. Records calls and the loop thread;
     with ``seg_wait_s`` a segmentation call waits (up to that long) until two have been in flight
     at once, and ``max_active`` tells how many were."""
 
-    name = "fake"
-
     def __init__(self):
-        self.calls: list[tuple[str, tuple[int, ...]]] = []
-        self.loop_threads: set[int] = set()
-        self.weight = np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32)
+        super().__init__(conv_1x1_every_4th(3), models={
+            "fake_det": lambda x: {"dets": RAW_DETS[None].copy(), "labels": RAW_LABELS[None].copy()},
+            "fake_pose": lambda x: {"heatmaps": np.zeros((len(x), 2, 64, 48), np.float32)}})
         self.active = self.max_active = 0
         self.seg_wait_s = 0.0
-        self.closed = False
 
     async def infer(self, model, inputs, outputs=None):
+        if model in self.models:
+            return await super().infer(model, inputs, outputs)
         (x,) = inputs.values()
-        self.calls.append((model, tuple(x.shape)))
-        self.loop_threads.add(threading.get_ident())
-        if model == "fake_det":
-            return {"dets": RAW_DETS[None].copy(), "labels": RAW_LABELS[None].copy()}
-        if model == "fake_pose":
-            return {"heatmaps": np.zeros((len(x), 2, 64, 48), np.float32)}
+        self.record(model, x)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -105,13 +101,7 @@ class FakeBackend(Backend):
                 waited += 0.01
         finally:
             self.active -= 1
-        return {"logits": np.einsum("kc,nchw->nkhw", self.weight, x[:, :, ::4, ::4]).astype(np.float32)}
-
-    async def ready(self, model=None):
-        return True
-
-    async def close(self):
-        self.closed = True
+        return {self.output: self.fn(np.asarray(x))}
 
 
 @pytest.fixture(scope="module")

@@ -9,29 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.backends.base import Backend
 from service.datasets.segmentation import CITYSCAPES
 from service.settings import Settings
 from tests.fake_cards import pose_card, seg_card, write_repository
-
-
-class ConvBackend(Backend):
-    """A fixed random 1x1 conv on every 4th pixel: (N,3,h,w) -> (N,19,ceil(h/4),ceil(w/4))."""
-
-    name = "fake"
-
-    def __init__(self, num_classes=19):
-        rng = np.random.default_rng(0)
-        self.weight = rng.standard_normal((num_classes, 3)).astype(np.float32)
-        self.calls = []
-
-    async def infer(self, model, inputs, outputs=None):
-        (x,) = inputs.values()
-        self.calls.append((model, tuple(x.shape)))
-        return {"logits": np.einsum("kc,nchw->nkhw", self.weight, x[:, :, ::4, ::4]).astype(np.float32)}
-
-    async def ready(self, model=None):
-        return True
+from tests.support.fake_backend import FakeBackend, conv_1x1_every_4th
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +25,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend():
-    return ConvBackend()
+    return FakeBackend(conv_1x1_every_4th(19))
 
 
 @pytest.fixture(scope="module")

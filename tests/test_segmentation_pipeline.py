@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.backends.base import Backend, BackendError
+from service.backends.base import BackendError
 from service.cards import ModelCard, Normalization, SegTestPipeline, TensorSpec, make_card
 from service.datasets.segmentation import CITYSCAPES
 from service.geometry import rescale_size
@@ -22,6 +22,7 @@ from service.pipelines.seg_plan import (MS_RATIOS, InputTooLarge, network_input_
 from service.pipelines.segmentation import segment
 from service.pipelines.slide import slide_merge, slide_windows, window_counts
 from service.rendering import encode_label_png, overlay, overlay_image, pixel_counts
+from tests.support.fake_backend import FakeBackend, conv_1x1_every_4th
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -29,34 +30,11 @@ STD = (58.395, 57.12, 57.375)
 
 # ----------------------------------------------------------------------------- fakes
 
-class FakeBackend(Backend):
-    """Runs a numpy function as the model and records every call's input shape."""
-
-    name = "fake"
-
-    def __init__(self, fn, output="logits"):
-        self.fn, self.output, self.calls = fn, output, []
-
-    async def infer(self, model, inputs, outputs=None):
-        (x,) = inputs.values()
-        self.calls.append(tuple(x.shape))
-        return {self.output: self.fn(np.asarray(x))}
-
-    async def ready(self, model=None):
-        return True
-
-
 def conv_model(num_classes: int, seed: int = 0):
-    """A fixed random 1x1 conv on every 4th pixel: (N,3,h,w) -> (N,C,ceil(h/4),ceil(w/4))."""
-    rng = np.random.default_rng(seed)
-    weight = rng.standard_normal((num_classes, 3)).astype(np.float32)
-    bias = rng.standard_normal(num_classes).astype(np.float32)
-
-    def fn(x):
-        sub = x[:, :, ::4, ::4]
-        return (np.einsum("kc,nchw->nkhw", weight, sub) + bias[None, :, None, None]).astype(np.float32)
-
-    return fn, weight, bias
+    """A fixed random 1x1 conv (with bias) on every 4th pixel: (N,3,h,w) -> (N,C,ceil(h/4),ceil(w/4));
+    returns ``(fn, weight, bias)``."""
+    fn = conv_1x1_every_4th(num_classes, seed, bias=True)
+    return fn, fn.weight, fn.bias
 
 
 def seg_card(num_classes=19, scale=(160, 80), mode="whole", crop=None, stride=None,
@@ -296,7 +274,7 @@ def test_whole_inference_matches_torch_reference(align_corners):
     img = random_image(50, 90)
     res = run(segment(img, card, backend, return_logits=True))
     # (90, 50) at scale (160, 80): factor min(160/90, 80/50) = 1.6 -> network input 144 x 80
-    assert backend.calls == [(1, 3, 80, 144)]
+    assert backend.shapes == [(1, 3, 80, 144)]
     assert res.label_map.shape == (50, 90) and res.label_map.dtype == np.uint8
     ref = _torch_reference(img, card, weight, bias, [((144, 80), False)], "whole")
     np.testing.assert_allclose(res.logits, ref, atol=1e-4, rtol=0)
@@ -310,7 +288,7 @@ def test_slide_inference_matches_torch_reference():
     img = random_image(50, 90, seed=2)
     res = run(segment(img, card, backend, return_logits=True))
     # 80 x 144 input: rows max(80-48+31,0)//32+1 = 2, cols max(144-64+39,0)//40+1 = 3 -> 6 windows
-    assert backend.calls == [(6, 3, 48, 64)] and res.windows == [6]
+    assert backend.shapes == [(6, 3, 48, 64)] and res.windows == [6]
     ref = _torch_reference(img, card, weight, bias, [((144, 80), False)], "slide",
                            crop=(48, 64), stride=(32, 40))
     np.testing.assert_allclose(res.logits, ref, atol=1e-4, rtol=0)
@@ -324,7 +302,7 @@ def test_multiscale_flip_tta_matches_torch_reference():
     img = random_image(50, 90, seed=3)
     res = run(segment(img, card, backend, flip=True, scales=[0.5, 1.25], return_logits=True))
     # per ratio one call holding the image and its mirror: (45, 25) and (113, 63) (see sizes test)
-    assert backend.calls == [(2, 3, 25, 45), (2, 3, 63, 113)]
+    assert backend.shapes == [(2, 3, 25, 45), (2, 3, 63, 113)]
     views = [((45, 25), False), ((45, 25), True), ((113, 63), False), ((113, 63), True)]
     ref = _torch_reference(img, card, weight, bias, views, "whole")
     np.testing.assert_allclose(res.logits, ref, atol=1e-5, rtol=0)
@@ -359,7 +337,7 @@ def test_overlapping_windows_of_a_pointwise_model_equal_whole():
     slide = run(segment(img, card, backend, return_logits=True))
     # rows max(40-24+7,0)//8+1 = 3, cols max(60-32+11,0)//12+1 = 4: 12 windows in chunks of 4
     # all 12 windows in one backend call (the backend splits by max_batch_size)
-    assert backend.calls == [(12, 3, 24, 32)] and slide.windows == [12]
+    assert backend.shapes == [(12, 3, 24, 32)] and slide.windows == [12]
     np.testing.assert_allclose(slide.logits, whole.logits, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(slide.label_map, whole.label_map)
 
@@ -414,7 +392,7 @@ def test_demo_photo_label_map_has_the_original_size(shared):
     fn, _, _ = conv_model(19)
     backend = FakeBackend(fn)
     res = run(segment(img, card, backend))
-    assert backend.calls == [(1, 3, 1024, 2048)]  # Resize((2048, 1024), keep_ratio) doubles it
+    assert backend.shapes == [(1, 3, 1024, 2048)]  # Resize((2048, 1024), keep_ratio) doubles it
     assert res.label_map.shape == (512, 1024) and res.label_map.dtype == np.uint8
     assert res.label_map.max() < 19
     assert set(res.timing_ms) >= {"preprocess", "inference", "postprocess"}
