@@ -29,11 +29,11 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-PROG = "hrnet-export"
+from .pipeline import PROG, ExportInputError, export_model, registry_entry
+
 ENV_PREFIX = "HRNET_EXPORT_"
 #: options whose environment variable is project-wide rather than ``HRNET_EXPORT_*``
 SHARED_ENV = {"model_repository": "HRNET_MODEL_REPOSITORY", "cache_dir": "HRNET_CACHE_DIR",
@@ -245,18 +245,16 @@ def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
     sha256 mismatch, a file that does not load) is skipped (the gateway then serves the other
     models); an unknown ``arch`` and any other failure are errors like anywhere else.
     """
-    entry = _registry_entry(arch)
+    entry = registry_entry(arch)
     try:
         import torch  # noqa: F401
     except ImportError:
         print(f"skipped {arch}: torch is not installed (pip install -e '.[train]')")
         return
-    sub = argparse.Namespace(**{**vars(args), "arch": arch, "checkpoint": entry.url,
-                                "random_init": False, "name": None})
     from training.checkpoint import CheckpointError  # torch is importable here
 
     try:
-        _run_export(sub)
+        export_model(arch, _repository(args), checkpoint=entry.url, **_export_kw(args))
     except CheckpointError as exc:  # download_checkpoint wraps network errors and bad hashes
         print(f"skipped {arch}: {exc}")
 
@@ -285,114 +283,16 @@ def _run_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_checkpoint(args: argparse.Namespace) -> Path:
-    src = args.checkpoint
-    if "://" in src:
-        from training.checkpoint import default_cache_dir, download_checkpoint
-
-        cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-        return download_checkpoint(src, cache)
-    path = Path(src)
-    if not path.is_file():
-        raise CLIError(f"checkpoint file not found: {path}")
-    return path
-
-
-def _registry_entry(arch: str):
-    """``training.registry.get_entry(arch)``; an unknown name raises :class:`CLIError` with the
-    registry's close matches."""
-    from training.registry import get_entry
-
-    try:
-        return get_entry(arch)
-    except KeyError as exc:
-        msg = exc.args[0] if exc.args else str(exc)
-        raise CLIError(f"unknown arch {arch!r}: {msg} (see '{PROG} --list')") from None
+def _export_kw(args: argparse.Namespace) -> dict:
+    """Keywords of :func:`export.pipeline.export_model` from the parsed options."""
+    return dict(cache_dir=args.cache_dir, seed=args.seed, opset=args.opset,
+                exporter=args.exporter, check=not args.no_check, atol=args.atol, rtol=args.rtol,
+                check_sizes=args.check_size, config_kw=_config_kw(args))
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    entry = _registry_entry(args.arch)
-    if args.random_init and args.checkpoint:
-        raise CLIError("give either --checkpoint or --random-init, not both")
-    if not args.random_init and not args.checkpoint:
-        hint = f" (published: {entry.url})" if entry.url else ""
-        raise CLIError(f"no weights: give --checkpoint FILE_OR_URL{hint} or --random-init")
-    if not args.no_check and not (args.atol >= 0 and args.rtol >= 0):
-        raise CLIError(f"--atol and --rtol must be >= 0, got {args.atol:g} and {args.rtol:g}")
-    repo = _repository(args)
-    name = args.name or entry.name
-
-    from training.checkpoint import load_checkpoint
-    from training.models import create_model
-
-    from .cards import bottomup_output_names, bottomup_spec, card_for_entry
-    from .onnx_export import (_format_shape, calibrate_batchnorm, check_parity, export_onnx,
-                              generic_spatial_size, onnx_metadata)
-    from .repository import write_entry
-
-    pose = entry.task == "topdown_pose"
-    output_name: str | list[str] = "heatmaps" if pose else "logits"
-    if pose:
-        w, h = entry.input_size
-        sample = (2, 3, int(h), int(w))
-        checks = [(1, 3, int(h), int(w)), (5, 3, int(h), int(w))]
-    elif entry.task == "bottomup_pose":
-        # dynamic H, W: traced at a small non-square size; checked at image-like sizes
-        sample = (2, 3, 128, 192)
-        s = int(min(entry.input_size))
-        sizes = args.check_size or [(s, -(-s * 3 // 2 // 64) * 64), (s + 128, s)]
-        checks = [(n, 3, int(hh), int(ww)) for hh, ww in sizes for n in (1, 2)]
-        output_name = bottomup_output_names(bottomup_spec(entry))
-    else:
-        sample = (2, 3, *generic_spatial_size(96, 96))
-        crop_h, crop_w = entry.crop_size
-        sizes = args.check_size or [(max(32, crop_h // 64 * 32), max(32, crop_w // 64 * 32)),
-                                    generic_spatial_size(max(33, crop_h // 3),
-                                                         max(33, crop_w // 3))]
-        checks = [(2, 3, int(hh), int(ww)) for hh, ww in sizes]
-
-    if args.random_init:
-        model = create_model(entry.name, seed=args.seed)
-        calibrate_batchnorm(model, sample, seed=args.seed)
-        source = None
-        notes = (f"RANDOM WEIGHTS (seed {args.seed}, BatchNorm statistics calibrated on random "
-                 "input): not a trained model; for tests and demos only.")
-    else:
-        ckpt = _resolve_checkpoint(args)
-        model = create_model(entry.name, seed=args.seed)
-        info = load_checkpoint(model, ckpt, strict=True)
-        source = args.checkpoint
-        notes = f"Weights from {ckpt.name} ({info.get('layout')} layout, strict load)."
-    model.eval()
-
-    with tempfile.TemporaryDirectory(prefix="hrnet-export-") as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(model, onnx_path, input_shape=sample, dynamic_batch=True,
-                    dynamic_spatial=not pose, input_name="input", output_name=output_name,
-                    opset=args.opset, exporter=args.exporter)
-        exporter = onnx_metadata(onnx_path).get("exporter", "?")
-        print(f"exported {entry.name} ({entry.arch}, {entry.task}) with the torch.onnx "
-              f"{exporter} exporter, opset {args.opset}")
-        parity_note = "parity not checked"
-        if not args.no_check:
-            stats = check_parity(model, onnx_path, checks, seed=args.seed, atol=args.atol,
-                                 rtol=args.rtol)
-            multi = not isinstance(output_name, str)
-            for shape, st in stats.items():
-                for out, err, mag, bound in st.per_output:
-                    print(f"parity {_format_shape(shape)}{f' {out}' if multi else ''}: max abs "
-                          f"err {err:.3g} (max |torch| {mag:.3g}, allowed {bound:.3g})")
-            parity_note = ("ONNX Runtime vs PyTorch max abs err " + ", ".join(
-                f"{_format_shape(s)}{f' {out}' if multi else ''}: {err:.2g} (max |output| "
-                f"{mag:.2g})" for s, st in stats.items() for out, err, mag, _ in st.per_output))
-        card = card_for_entry(entry, name, checkpoint=source,
-                              notes=f"{notes} Exported with torch.onnx ({exporter}), opset "
-                                    f"{args.opset}; {parity_note}.")
-        if args.random_init:  # the published URL/metrics describe weights we did not use
-            card = card.model_copy(update={"source": card.source.model_copy(
-                update={"url": None, "metrics": {}})})
-        path = write_entry(repo, name, onnx_path, card, link="copy", **_config_kw(args))
-    print(f"registered {name}: {path}")
+    export_model(args.arch, _repository(args), name=args.name, checkpoint=args.checkpoint,
+                 random_init=bool(args.random_init), **_export_kw(args))
     return 0
 
 
@@ -416,6 +316,18 @@ def _run(args: argparse.Namespace) -> int:
     return _run_export(args)
 
 
+def _reported_errors() -> tuple[type[BaseException], ...]:
+    """Exception types printed as ``Type: message`` (exit 2) rather than a traceback: ValueError
+    (pydantic's ValidationError is one: card validation, config values) and, where torch is
+    installed, ``training.checkpoint.CheckpointError``."""
+    errors: list[type[BaseException]] = [ValueError]
+    try:
+        from training.checkpoint import CheckpointError
+    except ImportError:  # the torch-free install: no checkpoints are read
+        return tuple(errors)
+    return (*errors, CheckpointError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point ``hrnet-export``; returns the exit status (0 ok, 2 error)."""
     try:
@@ -431,15 +343,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return _run(args)
-    except CLIError as exc:
+    except (CLIError, ExportInputError) as exc:
         msg = str(exc)
     except ExportError as exc:
         msg = f"export failed: {exc}"
     except FileNotFoundError as exc:
         msg = f"file not found: {exc.filename or exc}"
-    except Exception as exc:  # noqa: BLE001 - CheckpointError, card validation, config values
-        if type(exc).__name__ not in ("CheckpointError", "ValidationError", "ValueError"):
-            raise
+    except _reported_errors() as exc:  # CheckpointError, card validation, config values
         msg = f"{type(exc).__name__}: {exc}"
     print(f"{PROG}: error: {msg}", file=sys.stderr)
     return 2
