@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 __all__ = ["linear_taps", "resize_bilinear", "RowSource", "ArrayRows", "FlippedRows", "ResizedRows",
-           "resize_logits", "STRIP_ELEMENTS"]
+           "STRIP_ELEMENTS"]
 
 
 def linear_taps(n_in: int, n_out: int, align_corners: bool):
@@ -163,23 +163,3 @@ class ResizedRows:
         out = t[i0 - a] * w0[:, None, None]
         out += t[i1 - a] * w1[:, None, None]
         return out
-
-
-def resize_logits(logits: np.ndarray, size_hw: tuple[int, int], align_corners: bool = False,
-                  channels_last: bool = False) -> np.ndarray:
-    """Bilinear resize of a logit map, as ``F.interpolate(mode='bilinear', align_corners=...)``.
-
-    ``logits``: ``(C, h, w)`` float (or ``(h, w, C)`` with ``channels_last``); ``size_hw``: the
-    output ``(H, W)`` in pixels. Returns float32 in the same layout. Follows MMSeg's
-    ``mmseg.models.utils.wrappers.resize`` (a thin wrapper of torch's interpolate); any number of
-    channels. Raises ValueError for a non-3-D input or an empty size.
-    """
-    x = np.asarray(logits, dtype=np.float32)
-    if x.ndim != 3:
-        raise ValueError(f"expected a 3-D logit map, got shape {x.shape}")
-    if min(size_hw) <= 0:
-        raise ValueError(f"output size must be positive, got {size_hw}")
-    hwc = x if channels_last else np.ascontiguousarray(x.transpose(1, 2, 0))
-    out = ResizedRows(ArrayRows(hwc), size_hw[0], size_hw[1], align_corners).rows(0, size_hw[0])
-    out = np.ascontiguousarray(out, dtype=np.float32)
-    return out if channels_last else np.ascontiguousarray(out.transpose(2, 0, 1))

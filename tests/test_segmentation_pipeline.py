@@ -16,16 +16,72 @@ from service.backends.base import BackendError
 from service.cards import ModelCard, Normalization, SegTestPipeline, TensorSpec, make_card
 from service.datasets.segmentation import CITYSCAPES
 from service.geometry import rescale_size
-from service.interpolate import resize_logits
+from service.interpolate import ArrayRows, ResizedRows
 from service.pipelines.seg_plan import (MS_RATIOS, InputTooLarge, network_input_size, parse_scales,
                                         plan_augmentations, tta_resize_size)
 from service.pipelines.segmentation import segment
-from service.pipelines.slide import slide_merge, slide_windows, window_counts
+from service.pipelines.slide import merge_windows, slide_windows, window_counts
 from service.rendering import encode_label_png, overlay, overlay_image, pixel_counts
 from tests.support.fake_backend import FakeBackend, conv_1x1_every_4th
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
+
+
+# ----------------------------------------------------------------------------- references
+
+def resize_logits(logits: np.ndarray, size_hw: tuple[int, int], align_corners: bool = False,
+                  channels_last: bool = False) -> np.ndarray:
+    """Bilinear resize of a whole logit map through the pipeline's row-strip resizer
+    (:class:`service.interpolate.ResizedRows`), as ``F.interpolate(mode='bilinear', ...)``.
+
+    ``logits``: ``(C, h, w)`` float (or ``(h, w, C)`` with ``channels_last``); ``size_hw``: the
+    output ``(H, W)`` in pixels. Returns float32 in the same layout. Follows MMSeg's
+    ``mmseg.models.utils.wrappers.resize`` (a thin wrapper of torch's interpolate); any number of
+    channels. Raises ValueError for a non-3-D input or an empty size.
+    """
+    x = np.asarray(logits, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"expected a 3-D logit map, got shape {x.shape}")
+    if min(size_hw) <= 0:
+        raise ValueError(f"output size must be positive, got {size_hw}")
+    hwc = x if channels_last else np.ascontiguousarray(x.transpose(1, 2, 0))
+    out = ResizedRows(ArrayRows(hwc), size_hw[0], size_hw[1], align_corners).rows(0, size_hw[0])
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    return out if channels_last else np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def slide_merge(crop_logits, windows: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reference: average overlapping window logits into one canvas (``slide_inference``'s sum /
+    count), the full-size version of :func:`service.pipelines.slide.merge_windows`.
+
+    ``crop_logits``: ``(M, h_c, w_c, C)`` float32 channels-last array, or any iterable of ``M``
+    ``(h_c, w_c, C)`` arrays, each already resized to its window's size (summed in window order,
+    as MMSeg does); ``windows``: ``(M, 4)`` ``[x1, y1, x2, y2]`` from :func:`slide_windows`.
+    Returns ``(H, W, C)`` float32 = sum of the windows covering a pixel / their number.
+    Raises ValueError if the counts disagree, a window's size does not match its logits, or a
+    pixel is covered by no window.
+    """
+    windows = np.asarray(windows, np.int64)
+    preds = None
+    n = 0
+    for k, logit in enumerate(crop_logits):
+        if k >= len(windows):
+            raise ValueError(f"more window logits than the {len(windows)} windows")
+        x1, y1, x2, y2 = (int(v) for v in windows[k])
+        if tuple(logit.shape[:2]) != (y2 - y1, x2 - x1):
+            raise ValueError(f"window {k} is {y2 - y1}x{x2 - x1}, its logits {tuple(logit.shape[:2])}")
+        if preds is None:
+            preds = np.zeros((height, width, logit.shape[2]), np.float32)
+        preds[y1:y2, x1:x2] += logit
+        n += 1
+    if n != len(windows) or preds is None:
+        raise ValueError(f"{n} window logits for {len(windows)} windows")
+    count = window_counts(height, width, windows)
+    if (count == 0).any():
+        raise ValueError("some pixels are covered by no window")
+    preds /= count[..., None]
+    return preds
 
 
 # ----------------------------------------------------------------------------- fakes
@@ -164,12 +220,16 @@ def test_window_counts_and_overlap_normalisation():
                       [2.5, 3.75, 5.0],           # rows 2-3: w0,w2 | all four | w1,w3
                       [4.0, 6.0, 8.0]])           # rows 4-5: w2 | w2,w3 | w3
     np.testing.assert_allclose(merged, np.kron(block, np.ones((2, 2))), rtol=0, atol=0)
+    # the pipeline's strip-wise canvas (window-sized heads: the resize is a copy) gives the same
+    np.testing.assert_array_equal(merge_windows(crops, windows, 6, 6, False)[..., 0], merged)
 
 
 def test_slide_merge_rejects_gaps_and_mismatches():
     windows = np.array([[0, 0, 2, 2]])
     with pytest.raises(ValueError):
         slide_merge(np.zeros((1, 2, 2, 1), np.float32), windows, 3, 3)  # pixels left uncovered
+    with pytest.raises(ValueError, match="covered by no window"):
+        merge_windows(np.zeros((1, 2, 2, 1), np.float32), windows, 3, 3, False)
     with pytest.raises(ValueError):
         slide_merge(np.zeros((1, 3, 2, 1), np.float32), windows, 2, 2)  # wrong window size
     with pytest.raises(ValueError):

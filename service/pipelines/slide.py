@@ -58,34 +58,6 @@ def window_counts(height: int, width: int, windows: np.ndarray) -> np.ndarray:
     return count
 
 
-def slide_merge(crop_logits, windows: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Average overlapping window logits into one canvas (``slide_inference``'s sum / count).
-
-    ``crop_logits``: ``(M, h_c, w_c, C)`` float32 channels-last array, or any iterable of ``M``
-    ``(h_c, w_c, C)`` arrays, each already resized to its window's size (summed in window order,
-    as MMSeg does); ``windows``: ``(M, 4)`` ``[x1, y1, x2, y2]`` from :func:`slide_windows`.
-    Returns ``(H, W, C)`` float32 = sum of the windows covering a pixel / their number.
-    Raises ValueError if the counts disagree, a window's size does not match its logits, or a
-    pixel is covered by no window.
-    """
-    windows = np.asarray(windows, np.int64)
-    preds = None
-    n = 0
-    for k, logit in enumerate(crop_logits):
-        if k >= len(windows):
-            raise ValueError(f"more window logits than the {len(windows)} windows")
-        x1, y1, x2, y2 = (int(v) for v in windows[k])
-        if tuple(logit.shape[:2]) != (y2 - y1, x2 - x1):
-            raise ValueError(f"window {k} is {y2 - y1}x{x2 - x1}, its logits {tuple(logit.shape[:2])}")
-        if preds is None:
-            preds = np.zeros((height, width, logit.shape[2]), np.float32)
-        preds[y1:y2, x1:x2] += logit
-        n += 1
-    if n != len(windows) or preds is None:
-        raise ValueError(f"{n} window logits for {len(windows)} windows")
-    return _divide_by_counts(preds, windows)
-
-
 def _divide_by_counts(preds: np.ndarray, windows: np.ndarray) -> np.ndarray:
     """``preds`` (``(H, W, C)`` window sums) divided in place by :func:`window_counts`.
     Raises ValueError when a pixel is covered by no window."""
@@ -124,9 +96,11 @@ def merge_windows(head: np.ndarray, windows: np.ndarray, h: int, w: int,
                   align_corners: bool) -> np.ndarray:
     """Slide canvas ``(h, w, C)`` from per-window head outputs ``(M, h', w', C)``.
 
-    Same numbers as :func:`slide_merge` of the windows' logits resized to their size (the same
-    additions in the same window order, then the division by the window count), but each window's
-    resize is added strip by strip, so no full-size window logit map is materialised.
+    MMSeg's ``slide_inference`` canvas: each window's logits resized bilinearly to the window's
+    size (torch semantics, :class:`service.interpolate.ResizedRows`) and added in window order,
+    then divided by the window count; each window's resize is added strip by strip, so no
+    full-size window logit map is materialised. Raises ValueError when a pixel is covered by no
+    window.
     """
     windows = np.asarray(windows, np.int64)
     n_cls = head.shape[-1]
