@@ -8,6 +8,8 @@ import pytest
 from benchmarks.eval import main as eval_main
 from tests.coco_by_hand import pycocotools_keypoint_stats
 
+pytestmark = pytest.mark.slow  # end-to-end: a live gateway on real models
+
 
 @pytest.mark.parametrize("which,boxes", [
     ("coco", "gt"), ("coco", "det"), ("coco", "detector"), ("coco_mini", "gt"),

@@ -18,6 +18,8 @@ from service.metrics.coco_keypoints import CocoKeypointEvaluator, mean_oks, topd
 from service.pipelines.topdown import estimate_poses
 from service.repository import ModelRepository
 
+pytestmark = pytest.mark.slow  # end-to-end: a real model over the shared datasets
+
 # (set, variant) -> (mean OKS, AP, AP50, AP75, AR, AR50) from ../shared/README.md
 REFERENCE = {
     ("coco", "plain"): (0.8933, 0.8139, 1.0000, 0.9043, 0.8500, 1.0000),

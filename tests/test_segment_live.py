@@ -13,6 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end: live gateway / real models
+
 MODEL = "fcn_hr18s_cityscapes_random"
 W, H = 1024, 512
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from .ddp_grad_worker import fixed_batch, grads, small_model
+
+pytestmark = pytest.mark.slow  # end-to-end: a two-process DDP training run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -260,6 +260,7 @@ def test_start_fails_fast_when_triton_unreachable():
 
 # ----------------------------------------------------------------------------- real tritonserver
 
+@pytest.mark.slow  # a real tritonserver
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_outputs_equal_onnxruntime(models, server, protocol):
     rng = np.random.default_rng(1)
@@ -299,6 +300,7 @@ def test_outputs_equal_onnxruntime(models, server, protocol):
     np.testing.assert_allclose(pose64["heatmaps"], pose["heatmaps"][:2], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # a real tritonserver
 def test_shared_memory_inputs(models, server):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(6, 3, 16, 12)).astype(np.float32)
@@ -332,6 +334,7 @@ def test_shared_memory_inputs(models, server):
     assert_same(big, models.reference("toy_seg", {"input": seg_x}))
 
 
+@pytest.mark.slow  # a real tritonserver
 def test_start_refuses_cards_that_disagree_with_triton(models, server):
     bad = dict(models.cards)
     bad["toy_pose"] = pose_card(inputs=[{"name": "image", "dims": [3, 16, 13]}])
@@ -353,6 +356,7 @@ def test_start_refuses_cards_that_disagree_with_triton(models, server):
     assert "toy_seg" not in msg
 
 
+@pytest.mark.slow  # a real tritonserver
 def test_start_reports_model_triton_does_not_serve(models, server):
     cards = dict(models.cards)
     cards["ghost"] = pose_card(name="ghost")
@@ -368,6 +372,7 @@ def test_start_reports_model_triton_does_not_serve(models, server):
         run(go())
 
 
+@pytest.mark.slow  # a real tritonserver
 def test_bad_input_is_a_backend_error_not_unavailable(models, server):
     async def go():
         backend = TritonBackend(server.grpc_url, timeout_s=10)
@@ -385,6 +390,7 @@ def test_bad_input_is_a_backend_error_not_unavailable(models, server):
     assert not isinstance(e1, BackendUnavailable) and not isinstance(e2, BackendUnavailable)
 
 
+@pytest.mark.slow  # a real tritonserver
 @pytest.mark.parametrize("protocol, shm", [("grpc", False), ("http", False), ("grpc", True)])
 def test_kill_gives_unavailable_and_restart_recovers(models, triton_factory, protocol, shm):
     server = triton_factory(models.repository(f"repo_kill_{protocol}_{shm}"))
@@ -431,6 +437,7 @@ def test_kill_gives_unavailable_and_restart_recovers(models, triton_factory, pro
     assert_same(after, want)
 
 
+@pytest.mark.slow  # a real tritonserver
 def test_hung_triton_times_out_as_unavailable(models, triton_factory):
     server = triton_factory(models.repository("repo_hung"))
     x = np.zeros((1, 3, 16, 12), np.float32)

@@ -31,6 +31,8 @@ from service.app import create_app
 from service.settings import Settings
 from tests.triton_fixtures import find_tritonserver, triton_factory_module  # noqa: F401
 
+pytestmark = pytest.mark.slow  # end-to-end: a real tritonserver behind a live gateway
+
 if find_tritonserver() is None and os.environ.get("HRNET_REQUIRE_TRITON", "") in ("", "0"):
     # before the session's random_repo export (minutes), which is useless without a server
     pytest.skip("tritonserver not installed: run tests/triton_env.sh (or set HRNET_TRITONSERVER)",
