@@ -46,7 +46,8 @@ def resize_bilinear(maps: np.ndarray, size_hw: tuple[int, int],
     runs ``cv2.resize(INTER_LINEAR)``, whose float32 path uses the same coordinates and weights;
     ``True`` runs numpy with torch's float32 arithmetic (W first, then ``h0 * top + h1 * bottom``).
     Against torch 2.x on N(0, 1) maps both differ by at most 7.2e-7 (a few float32 ulps: torch's
-    kernel contracts to fused multiply-adds; ``tests/test_associative_embedding.py`` pins 2e-6).
+    kernel contracts to fused multiply-adds; ``tests/service/test_associative_embedding.py``
+    pins 2e-6).
     OpenCV is 10-25x faster than the numpy path here.
 
     Args:

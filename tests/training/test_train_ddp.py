@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from .ddp_grad_worker import fixed_batch, grads, small_model
+from tests.ddp_grad_worker import fixed_batch, grads, small_model
 
 pytestmark = pytest.mark.slow  # end-to-end: a two-process DDP training run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_torchrun_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 from service.datasets import (PoseDatasetInfo, SegDatasetInfo, get_pose_dataset, get_seg_dataset,
                               list_pose_datasets, list_seg_datasets)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 POSE_COUNTS = {"coco": 17, "coco_aic": 19, "horse10": 22, "macaque": 17, "atrw": 15,
                "dlc_openfield": 4}

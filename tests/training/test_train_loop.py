@@ -18,9 +18,9 @@ from training.recipes import DataLayout, TrainRecipe
 from training.trainer import Trainer
 from training.transforms import AugmentConfig
 
-from .train_fixtures import quick_options, small_entry, small_rows  # noqa: F401
+from tests.train_fixtures import quick_options, small_entry, small_rows  # noqa: F401
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("small_rows")
 DLC_SMALL = "test-td-hm_hrnet-w18-small_dlc-64x64"
 
@@ -112,7 +112,7 @@ def test_dlc_flow_train_export_serve_eval(dlc_small, tmp_path):
     checkpoint goes through hrnet-export, the gateway and hrnet-eval unchanged."""
     from export.cli import main as export_main
 
-    from .conftest import _serve
+    from tests.conftest import _serve
 
     small_entry(DLC_SMALL)  # the exporter below looks the row up in this process
 

@@ -20,7 +20,7 @@ from training import registry
 from training.registry import (COCO_METRIC_KEYS, HORSE10_METRIC_KEYS, SEG_METRIC_KEYS, ModelEntry,
                                get_entry, list_entries, register)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # rows per upstream table
 POSE_TABLES = {

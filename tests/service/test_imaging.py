@@ -18,7 +18,7 @@ from service.imaging import decode_image, header_size, jpeg_is_complete, jpeg_sc
 
 from tests.support.gateway import error_of, backend, client, repo  # noqa: F401 (fixtures)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _webp(fourcc: bytes, body: bytes) -> bytes:

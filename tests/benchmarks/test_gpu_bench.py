@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime")
 
 from benchmarks import gpu_bench  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: Packages absent on the GPU machine; the benchmark must run without them.
 BLOCKED = ("fastapi", "uvicorn", "starlette", "httpx", "pydantic", "pydantic_core", "pydantic_settings")

@@ -19,7 +19,7 @@ from export.cli import main  # noqa: E402
 from service.cards import ModelCard, load_card  # noqa: E402
 from service.datasets import get_pose_dataset  # noqa: E402
 from tests.export_fixtures import clear_export_env  # noqa: E402
-from tests.test_checkpoint import _randomize  # noqa: E402
+from tests.training.test_checkpoint import _randomize  # noqa: E402
 from training.checkpoint import (CheckpointError, detect_layout, load_checkpoint,  # noqa: E402
                                  read_checkpoint, save_checkpoint)
 from training.higher_hrnet import AEHigherResolutionHead, deconv_padding  # noqa: E402

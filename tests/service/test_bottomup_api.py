@@ -2,8 +2,8 @@
 ``hrnet-export``, served by the embedded ONNX Runtime backend, asked by ``POST /pose`` without boxes,
 rendered, and evaluated end to end by ``hrnet-eval`` on the shared COCO photos.
 
-Grouping itself is pinned by hand-made cases in tests/test_associative_embedding.py; here the
-wiring is checked: parameters, response contract, boxes around the found keypoints, render, eval.
+Grouping itself is pinned by hand-made cases in tests/service/test_associative_embedding.py; here
+the wiring is checked: parameters, response contract, boxes around the found keypoints, render, eval.
 """
 from __future__ import annotations
 

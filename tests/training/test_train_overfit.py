@@ -17,7 +17,7 @@ from training.recipes import DataLayout, TrainRecipe
 from training.trainer import Trainer
 from training.transforms import AugmentConfig
 
-from .train_fixtures import coco_subset, quick_options, small_entry, small_rows  # noqa: F401
+from tests.train_fixtures import coco_subset, quick_options, small_entry, small_rows  # noqa: F401
 
 pytestmark = [
     pytest.mark.usefixtures("small_rows"),
