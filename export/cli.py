@@ -64,68 +64,78 @@ def _parse_hw(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (defaults are filled from the environment by :func:`parse_args`)."""
+    """The argument parser (defaults are filled from the environment by :func:`parse_args`).
+
+    Every option's :class:`argparse.Action` is listed, with whether it repeats (``append``), in
+    the parser's ``env_options`` (what :func:`parse_args` fills from the environment).
+    """
     p = argparse.ArgumentParser(
         prog=PROG, description="Export HRNet checkpoints to ONNX and write Triton model-repository "
         "entries (config.pbtxt + card.json + 1/model.onnx).",
         epilog="Each option may be set by environment: HRNET_MODEL_REPOSITORY, HRNET_CACHE_DIR, "
         "HRNET_SHARED_DIR, otherwise HRNET_EXPORT_<OPTION> (e.g. HRNET_EXPORT_ARCH).")
+    options: list[tuple[argparse.Action, bool]] = []
+
+    def add(group, *flags: str, **kw) -> None:
+        options.append((group.add_argument(*flags, **kw), kw.get("action") == "append"))
+
     mode = p.add_argument_group("what to register")
-    mode.add_argument("--arch", help="registry model name (training.registry), e.g. "
-                      "td-hm_hrnet-w32_8xb64-210e_coco-256x192")
-    mode.add_argument("--checkpoint", help="checkpoint file or http(s)/file URL (published "
-                      "MMPose 1.x/0.x, MMSeg or original-HRNet layout; loaded strictly)")
-    mode.add_argument("--random-init", action="store_true", default=None,
-                      help="no checkpoint: fixed-seed random weights (tests/demos)")
-    mode.add_argument("--onnx", help="register this existing ONNX file (needs --card)")
-    mode.add_argument("--card", help="card.json for --onnx")
-    mode.add_argument("--shared-models", action="store_true", default=None,
-                      help="register the shared PP-TinyPose and RTMDet-nano ONNX models")
-    mode.add_argument("--shared-dir", help="shared data folder (default: ../shared beside the "
-                      "project root of the current directory)")
-    mode.add_argument("--zoo", action="append", metavar="ARCH",
-                      help="with --shared-models: also export this registry model from its "
-                      "published checkpoint URL, best effort (skipped with a message when torch "
-                      "is not installed or the URL cannot be reached); repeatable")
-    mode.add_argument("--list", action="store_true", default=None, dest="list_archs",
-                      help="list the registry model names and exit")
+    add(mode, "--arch", help="registry model name (training.registry), e.g. "
+              "td-hm_hrnet-w32_8xb64-210e_coco-256x192")
+    add(mode, "--checkpoint", help="checkpoint file or http(s)/file URL (published "
+              "MMPose 1.x/0.x, MMSeg or original-HRNet layout; loaded strictly)")
+    add(mode, "--random-init", action="store_true", default=None,
+              help="no checkpoint: fixed-seed random weights (tests/demos)")
+    add(mode, "--onnx", help="register this existing ONNX file (needs --card)")
+    add(mode, "--card", help="card.json for --onnx")
+    add(mode, "--shared-models", action="store_true", default=None,
+              help="register the shared PP-TinyPose and RTMDet-nano ONNX models")
+    add(mode, "--shared-dir", help="shared data folder (default: ../shared beside the "
+              "project root of the current directory)")
+    add(mode, "--zoo", action="append", metavar="ARCH",
+              help="with --shared-models: also export this registry model from its "
+              "published checkpoint URL, best effort (skipped with a message when torch "
+              "is not installed or the URL cannot be reached); repeatable")
+    add(mode, "--list", action="store_true", default=None, dest="list_archs",
+              help="list the registry model names and exit")
 
     out = p.add_argument_group("where and how")
-    out.add_argument("--name", help="model name in the repository (default: --arch, or the "
-                     "card's name with --onnx)")
-    out.add_argument("--model-repository", help="Triton model repository folder")
-    out.add_argument("--cache-dir", help="download cache for checkpoint URLs")
-    out.add_argument("--max-batch-size", type=int, help="Triton max_batch_size (default 32 for "
-                     "pose, 8 for segmentation, the card's value with --onnx)")
-    out.add_argument("--instance-kind", choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
-                     help="Triton instance_group kind (default KIND_GPU)")
-    out.add_argument("--instance-count", type=int, help="Triton instances per device (default 1)")
-    out.add_argument("--trt", action="store_true", default=None,
-                     help="enable ONNX Runtime's TensorRT execution accelerator in config.pbtxt")
-    out.add_argument("--link", choices=("copy", "hardlink", "symlink"),
-                     help="how model.onnx gets into the repository (default copy)")
+    add(out, "--name", help="model name in the repository (default: --arch, or the "
+             "card's name with --onnx)")
+    add(out, "--model-repository", help="Triton model repository folder")
+    add(out, "--cache-dir", help="download cache for checkpoint URLs")
+    add(out, "--max-batch-size", type=int, help="Triton max_batch_size (default 32 for "
+             "pose, 8 for segmentation, the card's value with --onnx)")
+    add(out, "--instance-kind", choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
+             help="Triton instance_group kind (default KIND_GPU)")
+    add(out, "--instance-count", type=int, help="Triton instances per device (default 1)")
+    add(out, "--trt", action="store_true", default=None,
+             help="enable ONNX Runtime's TensorRT execution accelerator in config.pbtxt")
+    add(out, "--link", choices=("copy", "hardlink", "symlink"),
+             help="how model.onnx gets into the repository (default copy)")
 
     exp = p.add_argument_group("export")
-    exp.add_argument("--opset", type=int, help="ONNX opset (default 17)")
-    exp.add_argument("--exporter", choices=("auto", "dynamo", "legacy"),
-                     help="torch.onnx path: auto (default: dynamo, falling back to the legacy "
-                     "TorchScript exporter for batch-only graphs), dynamo, legacy")
-    exp.add_argument("--seed", type=int, help="seed of --random-init weights and parity inputs "
-                     "(default 0)")
-    exp.add_argument("--no-check", action="store_true", default=None,
-                     help="skip the ONNX Runtime vs PyTorch parity check")
-    exp.add_argument("--atol", type=float, help="parity tolerance, absolute part: passes when "
-                     "max|onnx - torch| <= atol + rtol * max|torch| (default 1e-4)")
-    exp.add_argument("--rtol", type=float, help="parity tolerance, relative part: times the "
-                     "largest |output| of PyTorch on that input (default 1e-5; float32 error "
-                     "grows with the logits' magnitude)")
-    exp.add_argument("--check-size", action="append", type=_parse_hw, metavar="HxW",
-                     help="segmentation and bottom-up parity sizes in pixels (repeatable). "
-                     "Segmentation: batch 2, default half the training crop and a size that is "
-                     "not a multiple of 32; bottom-up: batches 1 and 2, default SxS*3/2 and "
-                     "(S+128)xS for the test size S (512x768 and 640x512 at 512), multiples of "
-                     "64 as upstream's resize gives")
-    p.add_argument("-v", "--verbose", action="store_true", default=None, help="log progress")
+    add(exp, "--opset", type=int, help="ONNX opset (default 17)")
+    add(exp, "--exporter", choices=("auto", "dynamo", "legacy"),
+             help="torch.onnx path: auto (default: dynamo, falling back to the legacy "
+             "TorchScript exporter for batch-only graphs), dynamo, legacy")
+    add(exp, "--seed", type=int, help="seed of --random-init weights and parity inputs "
+             "(default 0)")
+    add(exp, "--no-check", action="store_true", default=None,
+             help="skip the ONNX Runtime vs PyTorch parity check")
+    add(exp, "--atol", type=float, help="parity tolerance, absolute part: passes when "
+             "max|onnx - torch| <= atol + rtol * max|torch| (default 1e-4)")
+    add(exp, "--rtol", type=float, help="parity tolerance, relative part: times the "
+             "largest |output| of PyTorch on that input (default 1e-5; float32 error "
+             "grows with the logits' magnitude)")
+    add(exp, "--check-size", action="append", type=_parse_hw, metavar="HxW",
+             help="segmentation and bottom-up parity sizes in pixels (repeatable). "
+             "Segmentation: batch 2, default half the training crop and a size that is "
+             "not a multiple of 32; bottom-up: batches 1 and 2, default SxS*3/2 and "
+             "(S+128)xS for the test size S (512x768 and 640x512 at 512), multiples of "
+             "64 as upstream's resize gives")
+    add(p, "-v", "--verbose", action="store_true", default=None, help="log progress")
+    p.env_options = options  # type: ignore[attr-defined]
     return p
 
 
@@ -135,7 +145,7 @@ _DEFAULTS = dict(random_init=False, shared_models=False, list_archs=False, opset
                  instance_count=1, trt=False, link="copy", verbose=False)
 
 
-def _env_value(action: argparse.Action, raw: str):
+def _env_value(action: argparse.Action, raw: str, append: bool = False):
     """Value of option ``action`` from its environment string ``raw``.
 
     Flags (``store_true``) take 1/0, true/false, yes/no, on/off. Repeatable (``append``) options
@@ -152,7 +162,6 @@ def _env_value(action: argparse.Action, raw: str):
         if v in _FALSE:
             return False
         raise CLIError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
-    append = isinstance(action, argparse._AppendAction)  # noqa: SLF001 - no public class
     parts = raw.replace(",", " ").split() if append else [raw]
     values = []
     for part in parts:
@@ -178,13 +187,11 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     environ = os.environ if environ is None else environ
     parser = build_parser()
     args = parser.parse_args(argv)
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public action list
-        if not action.dest or action.dest == "help":
-            continue
+    for action, append in parser.env_options:
         if getattr(args, action.dest, None) is None:
             raw = environ.get(env_name(action.dest))
             if raw is not None:
-                setattr(args, action.dest, _env_value(action, raw))
+                setattr(args, action.dest, _env_value(action, raw, append))
         if getattr(args, action.dest, None) is None and action.dest in _DEFAULTS:
             setattr(args, action.dest, _DEFAULTS[action.dest])
     return args
