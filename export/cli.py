@@ -22,6 +22,9 @@ over the environment.
 Exit status: 0 on success, 2 with a one-line ``hrnet-export: error: ...`` message on stderr for a
 usage error, an unknown arch, a missing file, a bad checkpoint, a failed parity check or a
 card that does not match its graph.
+
+This module only parses options; ``--arch`` runs :func:`export.pipeline.export_model`, which other
+code can call directly.
 """
 from __future__ import annotations
 
