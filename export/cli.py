@@ -22,6 +22,9 @@ over the environment.
 Exit status: 0 on success, 2 with a one-line ``hrnet-export: error: ...`` message on stderr for a
 usage error, an unknown arch, a missing file, a bad checkpoint, a failed parity check or a
 card that does not match its graph.
+
+This module only parses options; ``--arch`` runs :func:`export.pipeline.export_model`, which other
+code can call directly.
 """
 from __future__ import annotations
 
@@ -29,11 +32,14 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-PROG = "hrnet-export"
+from .pipeline import PROG, ExportInputError, export_model, registry_entry
+
+if TYPE_CHECKING:
+    from service.cards import ModelCard
+
 ENV_PREFIX = "HRNET_EXPORT_"
 #: options whose environment variable is project-wide rather than ``HRNET_EXPORT_*``
 SHARED_ENV = {"model_repository": "HRNET_MODEL_REPOSITORY", "cache_dir": "HRNET_CACHE_DIR",
@@ -64,90 +70,100 @@ def _parse_hw(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (defaults are filled from the environment by :func:`parse_args`)."""
+    """The argument parser (defaults are filled from the environment by :func:`parse_args`).
+
+    Every option's :class:`argparse.Action` is listed, with whether it repeats (``append``), in
+    the parser's ``env_options`` (what :func:`parse_args` fills from the environment).
+    """
     p = argparse.ArgumentParser(
         prog=PROG, description="Export HRNet checkpoints to ONNX and write Triton model-repository "
         "entries (config.pbtxt + card.json + 1/model.onnx).",
         epilog="Each option may be set by environment: HRNET_MODEL_REPOSITORY, HRNET_CACHE_DIR, "
         "HRNET_SHARED_DIR, otherwise HRNET_EXPORT_<OPTION> (e.g. HRNET_EXPORT_ARCH).")
+    options: list[tuple[argparse.Action, bool]] = []
+
+    def add(group, *flags: str, **kw) -> None:
+        options.append((group.add_argument(*flags, **kw), kw.get("action") == "append"))
+
     mode = p.add_argument_group("what to register")
-    mode.add_argument("--arch", help="registry model name (training.registry), e.g. "
-                      "td-hm_hrnet-w32_8xb64-210e_coco-256x192")
-    mode.add_argument("--checkpoint", help="checkpoint file or http(s)/file URL (published "
-                      "MMPose 1.x/0.x, MMSeg or original-HRNet layout; loaded strictly)")
-    mode.add_argument("--random-init", action="store_true", default=None,
-                      help="no checkpoint: fixed-seed random weights (tests/demos)")
-    mode.add_argument("--onnx", help="register this existing ONNX file (needs --card)")
-    mode.add_argument("--card", help="card.json for --onnx")
-    mode.add_argument("--shared-models", action="store_true", default=None,
-                      help="register the shared PP-TinyPose and RTMDet-nano ONNX models")
-    mode.add_argument("--shared-dir", help="shared data folder (default: ../shared beside the "
-                      "project root of the current directory)")
-    mode.add_argument("--zoo", action="append", metavar="ARCH",
-                      help="with --shared-models: also export this registry model from its "
-                      "published checkpoint URL, best effort (skipped with a message when torch "
-                      "is not installed or the URL cannot be reached); repeatable")
-    mode.add_argument("--list", action="store_true", default=None, dest="list_archs",
-                      help="list the registry model names and exit")
+    add(mode, "--arch", help="registry model name (training.registry), e.g. "
+              "td-hm_hrnet-w32_8xb64-210e_coco-256x192")
+    add(mode, "--checkpoint", help="checkpoint file or http(s)/file URL (published "
+              "MMPose 1.x/0.x, MMSeg or original-HRNet layout; loaded strictly)")
+    add(mode, "--random-init", action="store_true", default=None,
+              help="no checkpoint: fixed-seed random weights (tests/demos)")
+    add(mode, "--onnx", help="register this existing ONNX file (needs --card)")
+    add(mode, "--card", help="card.json for --onnx")
+    add(mode, "--shared-models", action="store_true", default=None,
+              help="register the shared PP-TinyPose and RTMDet-nano ONNX models")
+    add(mode, "--shared-dir", help="shared data folder (default: ../shared beside the "
+              "project root of the current directory)")
+    add(mode, "--zoo", action="append", metavar="ARCH",
+              help="with --shared-models: also export this registry model from its "
+              "published checkpoint URL, best effort (skipped with a message when torch "
+              "is not installed or the URL cannot be reached); repeatable")
+    add(mode, "--list", action="store_true", default=None, dest="list_archs",
+              help="list the registry model names and exit")
 
     out = p.add_argument_group("where and how")
-    out.add_argument("--name", help="model name in the repository (default: --arch, or the "
-                     "card's name with --onnx)")
-    out.add_argument("--model-repository", help="Triton model repository folder")
-    out.add_argument("--cache-dir", help="download cache for checkpoint URLs")
-    out.add_argument("--max-batch-size", type=int, help="Triton max_batch_size (default 32 for "
-                     "pose, 8 for segmentation, the card's value with --onnx)")
-    out.add_argument("--instance-kind", choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
-                     help="Triton instance_group kind (default KIND_GPU)")
-    out.add_argument("--instance-count", type=int, help="Triton instances per device (default 1)")
-    out.add_argument("--trt", action="store_true", default=None,
-                     help="enable ONNX Runtime's TensorRT execution accelerator in config.pbtxt")
-    out.add_argument("--link", choices=("copy", "hardlink", "symlink"),
-                     help="how model.onnx gets into the repository (default copy)")
+    add(out, "--name", help="model name in the repository (default: --arch, or the "
+             "card's name with --onnx)")
+    add(out, "--model-repository", help="Triton model repository folder")
+    add(out, "--cache-dir", help="download cache for checkpoint URLs")
+    add(out, "--max-batch-size", type=int, help="Triton max_batch_size (default 32 for "
+             "pose, 8 for segmentation, the card's value with --onnx)")
+    add(out, "--instance-kind", choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
+             help="Triton instance_group kind (default KIND_GPU)")
+    add(out, "--instance-count", type=int, help="Triton instances per device (default 1)")
+    add(out, "--trt", action="store_true", default=None,
+             help="enable ONNX Runtime's TensorRT execution accelerator in config.pbtxt")
+    add(out, "--link", choices=("copy", "hardlink", "symlink"),
+             help="how model.onnx gets into the repository (default copy)")
 
     exp = p.add_argument_group("export")
-    exp.add_argument("--opset", type=int, help="ONNX opset (default 17)")
-    exp.add_argument("--exporter", choices=("auto", "dynamo", "legacy"),
-                     help="torch.onnx path: auto (default: dynamo, falling back to the legacy "
-                     "TorchScript exporter for batch-only graphs), dynamo, legacy")
-    exp.add_argument("--seed", type=int, help="seed of --random-init weights and parity inputs "
-                     "(default 0)")
-    exp.add_argument("--no-check", action="store_true", default=None,
-                     help="skip the ONNX Runtime vs PyTorch parity check")
-    exp.add_argument("--atol", type=float, help="parity tolerance, absolute part: passes when "
-                     "max|onnx - torch| <= atol + rtol * max|torch| (default 1e-4)")
-    exp.add_argument("--rtol", type=float, help="parity tolerance, relative part: times the "
-                     "largest |output| of PyTorch on that input (default 1e-5; float32 error "
-                     "grows with the logits' magnitude)")
-    exp.add_argument("--check-size", action="append", type=_parse_hw, metavar="HxW",
-                     help="segmentation and bottom-up parity sizes in pixels (repeatable). "
-                     "Segmentation: batch 2, default half the training crop and a size that is "
-                     "not a multiple of 32; bottom-up: batches 1 and 2, default SxS*3/2 and "
-                     "(S+128)xS for the test size S (512x768 and 640x512 at 512), multiples of "
-                     "64 as upstream's resize gives")
+    add(exp, "--opset", type=int, help="ONNX opset (default 17)")
+    add(exp, "--exporter", choices=("auto", "dynamo", "legacy"),
+             help="torch.onnx path: auto (default: dynamo, falling back to the legacy "
+             "TorchScript exporter for batch-only graphs), dynamo, legacy")
+    add(exp, "--seed", type=int, help="seed of --random-init weights and parity inputs "
+             "(default 0)")
+    add(exp, "--no-check", action="store_true", default=None,
+             help="skip the ONNX Runtime vs PyTorch parity check")
+    add(exp, "--atol", type=float, help="parity tolerance, absolute part: passes when "
+             "max|onnx - torch| <= atol + rtol * max|torch| (default 1e-4)")
+    add(exp, "--rtol", type=float, help="parity tolerance, relative part: times the "
+             "largest |output| of PyTorch on that input (default 1e-5; float32 error "
+             "grows with the logits' magnitude)")
+    add(exp, "--check-size", action="append", type=_parse_hw, metavar="HxW",
+             help="segmentation and bottom-up parity sizes in pixels (repeatable). "
+             "Segmentation: batch 2, default half the training crop and a size that is "
+             "not a multiple of 32; bottom-up: batches 1 and 2, default SxS*3/2 and "
+             "(S+128)xS for the test size S (512x768 and 640x512 at 512), multiples of "
+             "64 as upstream's resize gives")
     prec = p.add_argument_group("reduced precision (export.quantize; top-down pose models)")
-    prec.add_argument("--precision", choices=("fp32", "int8"),
-                      help="fp32 (default) or int8: ONNX Runtime static QDQ int8, calibrated on "
-                      "person crops of --calibration; refused (nothing written) when its keypoint "
-                      "agreement with the fp32 graph on those crops is below --min-agreement. "
-                      "With --shared-models the int8 PP-TinyPose is added as "
-                      "<name>_int8 beside the fp32 entries")
-    prec.add_argument("--calibration", metavar="DIR", help="COCO-style folder (annotation json "
-                      "under DIR/annotations/ or DIR, images by file_name) whose ground-truth "
-                      "boxes give the calibration crops, e.g. ../shared/data/coco_mini")
-    prec.add_argument("--calibration-crops", type=int, help="at most this many calibration "
-                      "crops (default 128)")
-    prec.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"),
-                      help="activation ranges from the crops: minmax (default; memory stays "
-                      "small), percentile (99.999th of |x|) or entropy; the last two hold every "
-                      "activation of every crop in memory (HRNet-W32 256x192: ~0.2 GB a crop)")
-    prec.add_argument("--fp32-nodes", metavar="NAMES", help="comma list of node names left in "
-                      "fp32 (mixed precision); unnamed nodes are named <op_type>_<index> after "
-                      "ONNX Runtime's pre-processing (export.quantize.name_nodes)")
-    prec.add_argument("--min-agreement", type=float, help="keypoint agreement (mean OKS of the "
-                      "reduced graph's keypoints vs the fp32 graph's on the calibration crops, "
-                      "1 = identical) an int8 entry needs (default 0.95)")
-    p.add_argument("-v", "--verbose", action="store_true", default=None, help="log progress")
+    add(prec, "--precision", choices=("fp32", "int8"),
+              help="fp32 (default) or int8: ONNX Runtime static QDQ int8, calibrated on "
+              "person crops of --calibration; refused (nothing written) when its keypoint "
+              "agreement with the fp32 graph on those crops is below --min-agreement. "
+              "With --shared-models the int8 PP-TinyPose is added as "
+              "<name>_int8 beside the fp32 entries")
+    add(prec, "--calibration", metavar="DIR", help="COCO-style folder (annotation json "
+              "under DIR/annotations/ or DIR, images by file_name) whose ground-truth "
+              "boxes give the calibration crops, e.g. ../shared/data/coco_mini")
+    add(prec, "--calibration-crops", type=int, help="at most this many calibration "
+              "crops (default 128)")
+    add(prec, "--calibration-method", choices=("minmax", "percentile", "entropy"),
+              help="activation ranges from the crops: minmax (default; memory stays "
+              "small), percentile (99.999th of |x|) or entropy; the last two hold every "
+              "activation of every crop in memory (HRNet-W32 256x192: ~0.2 GB a crop)")
+    add(prec, "--fp32-nodes", metavar="NAMES", help="comma list of node names left in "
+              "fp32 (mixed precision); unnamed nodes are named <op_type>_<index> after "
+              "ONNX Runtime's pre-processing (export.quantize.name_nodes)")
+    add(prec, "--min-agreement", type=float, help="keypoint agreement (mean OKS of the "
+              "reduced graph's keypoints vs the fp32 graph's on the calibration crops, "
+              "1 = identical) an int8 entry needs (default 0.95)")
+    add(p, "-v", "--verbose", action="store_true", default=None, help="log progress")
+    p.env_options = options  # type: ignore[attr-defined]
     return p
 
 
@@ -158,7 +174,7 @@ _DEFAULTS = dict(random_init=False, shared_models=False, list_archs=False, opset
                  calibration_crops=128, calibration_method="minmax", min_agreement=0.95)
 
 
-def _env_value(action: argparse.Action, raw: str):
+def _env_value(action: argparse.Action, raw: str, append: bool = False):
     """Value of option ``action`` from its environment string ``raw``.
 
     Flags (``store_true``) take 1/0, true/false, yes/no, on/off. Repeatable (``append``) options
@@ -175,7 +191,6 @@ def _env_value(action: argparse.Action, raw: str):
         if v in _FALSE:
             return False
         raise CLIError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
-    append = isinstance(action, argparse._AppendAction)  # noqa: SLF001 - no public class
     parts = raw.replace(",", " ").split() if append else [raw]
     values = []
     for part in parts:
@@ -201,13 +216,11 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     environ = os.environ if environ is None else environ
     parser = build_parser()
     args = parser.parse_args(argv)
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public action list
-        if not action.dest or action.dest == "help":
-            continue
+    for action, append in parser.env_options:
         if getattr(args, action.dest, None) is None:
             raw = environ.get(env_name(action.dest))
             if raw is not None:
-                setattr(args, action.dest, _env_value(action, raw))
+                setattr(args, action.dest, _env_value(action, raw, append))
         if getattr(args, action.dest, None) is None and action.dest in _DEFAULTS:
             setattr(args, action.dest, _DEFAULTS[action.dest])
     return args
@@ -273,18 +286,16 @@ def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
     sha256 mismatch, a file that does not load) is skipped (the gateway then serves the other
     models); an unknown ``arch`` and any other failure are errors like anywhere else.
     """
-    entry = _registry_entry(arch)
+    entry = registry_entry(arch)
     try:
         import torch  # noqa: F401
     except ImportError:
         print(f"skipped {arch}: torch is not installed (pip install -e '.[train]')")
         return
-    sub = argparse.Namespace(**{**vars(args), "arch": arch, "checkpoint": entry.url,
-                                "random_init": False, "name": None})
     from training.checkpoint import CheckpointError  # torch is importable here
 
     try:
-        _run_export(sub)
+        export_model(arch, _repository(args), checkpoint=entry.url, **_export_kw(args))
     except CheckpointError as exc:  # download_checkpoint wraps network errors and bad hashes
         print(f"skipped {arch}: {exc}")
 
@@ -299,10 +310,12 @@ def _check_precision_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--calibration-crops must be >= 1, got {args.calibration_crops}")
 
 
-def _write_reduced(args: argparse.Namespace, name: str, onnx_path: Path, card) -> Path:
+def _write_reduced(args: argparse.Namespace, name: str, onnx_path: Path,
+                   card) -> tuple[Path, ModelCard]:
     """Quantise fp32 ``onnx_path`` to ``args.precision`` (:func:`export.quantize.reduce_precision`
-    on ``--calibration`` crops), print the accuracy check and write entry ``name`` (copied);
-    raises :class:`export.quantize.PrecisionRefused` before writing when the check fails."""
+    on ``--calibration`` crops), print the accuracy check and write entry ``name`` (copied).
+    Returns the entry's path and its card; raises :class:`export.quantize.PrecisionRefused`
+    before writing when the check fails."""
     from .quantize import calibration_crops, reduce_precision
     from .repository import write_entry
 
@@ -320,7 +333,7 @@ def _write_reduced(args: argparse.Namespace, name: str, onnx_path: Path, card) -
         path = write_entry(_repository(args), name, reduced, card, link="copy",
                            **_config_kw(args))
     print(f"registered {name}: {path}")
-    return path
+    return path, card
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
@@ -350,117 +363,20 @@ def _run_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_checkpoint(args: argparse.Namespace) -> Path:
-    src = args.checkpoint
-    if "://" in src:
-        from training.checkpoint import default_cache_dir, download_checkpoint
-
-        cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-        return download_checkpoint(src, cache)
-    path = Path(src)
-    if not path.is_file():
-        raise CLIError(f"checkpoint file not found: {path}")
-    return path
-
-
-def _registry_entry(arch: str):
-    """``training.registry.get_entry(arch)``; an unknown name raises :class:`CLIError` with the
-    registry's close matches."""
-    from training.registry import get_entry
-
-    try:
-        return get_entry(arch)
-    except KeyError as exc:
-        msg = exc.args[0] if exc.args else str(exc)
-        raise CLIError(f"unknown arch {arch!r}: {msg} (see '{PROG} --list')") from None
+def _export_kw(args: argparse.Namespace) -> dict:
+    """Keywords of :func:`export.pipeline.export_model` from the parsed options."""
+    return dict(cache_dir=args.cache_dir, seed=args.seed, opset=args.opset,
+                exporter=args.exporter, check=not args.no_check, atol=args.atol, rtol=args.rtol,
+                check_sizes=args.check_size, config_kw=_config_kw(args))
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    entry = _registry_entry(args.arch)
-    if args.random_init and args.checkpoint:
-        raise CLIError("give either --checkpoint or --random-init, not both")
-    if not args.random_init and not args.checkpoint:
-        hint = f" (published: {entry.url})" if entry.url else ""
-        raise CLIError(f"no weights: give --checkpoint FILE_OR_URL{hint} or --random-init")
-    if not args.no_check and not (args.atol >= 0 and args.rtol >= 0):
-        raise CLIError(f"--atol and --rtol must be >= 0, got {args.atol:g} and {args.rtol:g}")
-    repo = _repository(args)
-    name = args.name or entry.name
-
-    from training.checkpoint import load_checkpoint
-    from training.models import create_model
-
-    from .cards import bottomup_output_names, bottomup_spec, card_for_entry
-    from .onnx_export import (_format_shape, calibrate_batchnorm, check_parity, export_onnx,
-                              generic_spatial_size, onnx_metadata)
-    from .repository import write_entry
-
-    pose = entry.task == "topdown_pose"
-    output_name: str | list[str] = "heatmaps" if pose else "logits"
-    if pose:
-        w, h = entry.input_size
-        sample = (2, 3, int(h), int(w))
-        checks = [(1, 3, int(h), int(w)), (5, 3, int(h), int(w))]
-    elif entry.task == "bottomup_pose":
-        # dynamic H, W: traced at a small non-square size; checked at image-like sizes
-        sample = (2, 3, 128, 192)
-        s = int(min(entry.input_size))
-        sizes = args.check_size or [(s, -(-s * 3 // 2 // 64) * 64), (s + 128, s)]
-        checks = [(n, 3, int(hh), int(ww)) for hh, ww in sizes for n in (1, 2)]
-        output_name = bottomup_output_names(bottomup_spec(entry))
-    else:
-        sample = (2, 3, *generic_spatial_size(96, 96))
-        crop_h, crop_w = entry.crop_size
-        sizes = args.check_size or [(max(32, crop_h // 64 * 32), max(32, crop_w // 64 * 32)),
-                                    generic_spatial_size(max(33, crop_h // 3),
-                                                         max(33, crop_w // 3))]
-        checks = [(2, 3, int(hh), int(ww)) for hh, ww in sizes]
-
-    if args.random_init:
-        model = create_model(entry.name, seed=args.seed)
-        calibrate_batchnorm(model, sample, seed=args.seed)
-        source = None
-        notes = (f"RANDOM WEIGHTS (seed {args.seed}, BatchNorm statistics calibrated on random "
-                 "input): not a trained model; for tests and demos only.")
-    else:
-        ckpt = _resolve_checkpoint(args)
-        model = create_model(entry.name, seed=args.seed)
-        info = load_checkpoint(model, ckpt, strict=True)
-        source = args.checkpoint
-        notes = f"Weights from {ckpt.name} ({info.get('layout')} layout, strict load)."
-    model.eval()
-
-    with tempfile.TemporaryDirectory(prefix="hrnet-export-") as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(model, onnx_path, input_shape=sample, dynamic_batch=True,
-                    dynamic_spatial=not pose, input_name="input", output_name=output_name,
-                    opset=args.opset, exporter=args.exporter)
-        exporter = onnx_metadata(onnx_path).get("exporter", "?")
-        print(f"exported {entry.name} ({entry.arch}, {entry.task}) with the torch.onnx "
-              f"{exporter} exporter, opset {args.opset}")
-        parity_note = "parity not checked"
-        if not args.no_check:
-            stats = check_parity(model, onnx_path, checks, seed=args.seed, atol=args.atol,
-                                 rtol=args.rtol)
-            multi = not isinstance(output_name, str)
-            for shape, st in stats.items():
-                for out, err, mag, bound in st.per_output:
-                    print(f"parity {_format_shape(shape)}{f' {out}' if multi else ''}: max abs "
-                          f"err {err:.3g} (max |torch| {mag:.3g}, allowed {bound:.3g})")
-            parity_note = ("ONNX Runtime vs PyTorch max abs err " + ", ".join(
-                f"{_format_shape(s)}{f' {out}' if multi else ''}: {err:.2g} (max |output| "
-                f"{mag:.2g})" for s, st in stats.items() for out, err, mag, _ in st.per_output))
-        card = card_for_entry(entry, name, checkpoint=source,
-                              notes=f"{notes} Exported with torch.onnx ({exporter}), opset "
-                                    f"{args.opset}; {parity_note}.")
-        if args.random_init:  # the published URL/metrics describe weights we did not use
-            card = card.model_copy(update={"source": card.source.model_copy(
-                update={"url": None, "metrics": {}})})
-        if args.precision != "fp32":
-            _write_reduced(args, name, onnx_path, card)
-            return 0
-        path = write_entry(repo, name, onnx_path, card, link="copy", **_config_kw(args))
-    print(f"registered {name}: {path}")
+    write = None
+    if args.precision != "fp32":
+        def write(name: str, onnx_path: Path, card):  # the int8 graph instead of the fp32 one
+            return _write_reduced(args, name, onnx_path, card)
+    export_model(args.arch, _repository(args), name=args.name, checkpoint=args.checkpoint,
+                 random_init=bool(args.random_init), write=write, **_export_kw(args))
     return 0
 
 
@@ -485,6 +401,18 @@ def _run(args: argparse.Namespace) -> int:
     return _run_export(args)
 
 
+def _reported_errors() -> tuple[type[BaseException], ...]:
+    """Exception types printed as ``Type: message`` (exit 2) rather than a traceback: ValueError
+    (pydantic's ValidationError is one: card validation, config values) and, where torch is
+    installed, ``training.checkpoint.CheckpointError``."""
+    errors: list[type[BaseException]] = [ValueError]
+    try:
+        from training.checkpoint import CheckpointError
+    except ImportError:  # the torch-free install: no checkpoints are read
+        return tuple(errors)
+    return (*errors, CheckpointError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point ``hrnet-export``; returns the exit status (0 ok, 2 error)."""
     try:
@@ -500,15 +428,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return _run(args)
-    except CLIError as exc:
+    except (CLIError, ExportInputError) as exc:
         msg = str(exc)
     except ExportError as exc:
         msg = f"export failed: {exc}"
     except FileNotFoundError as exc:
         msg = f"file not found: {exc.filename or exc}"
-    except Exception as exc:  # noqa: BLE001 - CheckpointError, card validation, config values
-        if type(exc).__name__ not in ("CheckpointError", "ValidationError", "ValueError"):
-            raise
+    except _reported_errors() as exc:  # CheckpointError, card validation, config values
         msg = f"{type(exc).__name__}: {exc}"
     print(f"{PROG}: error: {msg}", file=sys.stderr)
     return 2

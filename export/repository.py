@@ -21,29 +21,20 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
-from service.cards import CARD_FILENAME, ModelCard, TensorSpec, parse_card
+from service.cards import ModelCard, TensorSpec, parse_card
+from service.dtypes import NUMPY_DTYPES, ORT_DTYPES
+from service.layout import CARD_FILENAME, CONFIG_FILENAME, MODEL_VERSION
+from service.layout import ONNX_FILENAME as MODEL_FILENAME
 
 from .onnx_export import ExportError
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "1"
-MODEL_FILENAME = "model.onnx"
 STAGING_DIRNAME = ".staging"
 
 LinkMode = Literal["copy", "hardlink", "symlink"]
 OnnxSource = Union[str, os.PathLike, bytes]
 
-#: ONNX Runtime type string -> card/Triton dtype
-ORT_DTYPES = {
-    "tensor(float)": "FP32",
-    "tensor(float16)": "FP16",
-    "tensor(int64)": "INT64",
-    "tensor(int32)": "INT32",
-    "tensor(uint8)": "UINT8",
-}
-_NP_DTYPES = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
-              "UINT8": np.uint8}
 
 
 def _session(onnx_path: Path | str):
@@ -125,7 +116,7 @@ def card_mismatches(card: ModelCard, onnx_path: Path | str, *, probe: bool = Tru
 
     if probe and not problems:
         feed = {s.name: np.zeros([1] + [d if d > 0 else 64 for d in s.dims],
-                                 dtype=_NP_DTYPES[s.dtype]) for s in card.inputs}
+                                 dtype=NUMPY_DTYPES[s.dtype]) for s in card.inputs}
         names = [s.name for s in card.outputs]
         try:
             outs = sess.run(names, feed)
@@ -169,7 +160,7 @@ def _place_model(src: OnnxSource, dst: Path, link: LinkMode) -> None:
 def _same_entry(a: Path, b: Path) -> bool:
     """True when entry folders ``a`` and ``b`` hold the same three files with the same bytes
     (a symlinked model counts as equal when both point at the same file)."""
-    rel = ("config.pbtxt", CARD_FILENAME, f"{MODEL_VERSION}/{MODEL_FILENAME}")
+    rel = (CONFIG_FILENAME, CARD_FILENAME, f"{MODEL_VERSION}/{MODEL_FILENAME}")
     for r in rel:
         fa, fb = a / r, b / r
         if not (fa.exists() and fb.exists()):

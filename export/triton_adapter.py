@@ -22,7 +22,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from service.cards import CARD_FILENAME, ModelCard, load_card
+from service.cards import ModelCard, load_card
+from service.layout import CARD_FILENAME, ONNX_FILENAME, PYTHON_FILENAME
 
 from .triton_config import write_config
 
@@ -110,8 +111,8 @@ def write_python_entry(card: ModelCard, onnx_path: Path | str, repository: Path 
                  preferred_batch_sizes=preferred_batch_sizes,
                  max_queue_delay_us=max_queue_delay_us)
     card.save(model_dir)
-    (version_dir / "model.py").write_text(MODEL_PY)
-    target = version_dir / "model.onnx"
+    (version_dir / PYTHON_FILENAME).write_text(MODEL_PY)
+    target = version_dir / ONNX_FILENAME
     if target.is_symlink() or target.exists():
         if target.resolve() == onnx_path:
             return model_dir
@@ -138,13 +139,13 @@ def convert_repository(source: Path | str, destination: Path | str, *,
     source, destination = Path(source), Path(destination)
     names = models if models is not None else sorted(
         p.parent.name for p in source.glob(f"*/{CARD_FILENAME}")
-        if (p.parent / str(version) / "model.onnx").is_file())
+        if (p.parent / str(version) / ONNX_FILENAME).is_file())
     for name in names:
         card_path = source / name / CARD_FILENAME
-        onnx_path = source / name / str(version) / "model.onnx"
+        onnx_path = source / name / str(version) / ONNX_FILENAME
         if not card_path.is_file() or not onnx_path.is_file():
             raise FileNotFoundError(f"{source / name} lacks {CARD_FILENAME} or "
-                                    f"{version}/model.onnx")
+                                    f"{version}/{ONNX_FILENAME}")
         write_python_entry(load_card(card_path), onnx_path, destination, version=version,
                            link=link)
     return sorted(names)

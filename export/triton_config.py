@@ -22,26 +22,27 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from service.cards import ModelCard, SegmentationCard, TensorSpec, load_card
-
-CONFIG_FILENAME = "config.pbtxt"
+from service.dtypes import config_dtype
+from service.layout import CONFIG_FILENAME, ONNX_FILENAME, PLAN_FILENAME, PYTHON_FILENAME
 
 #: platform -> default file name of the model inside ``<name>/<version>/``
 MODEL_FILENAMES = {
-    "onnxruntime_onnx": "model.onnx",
-    "tensorrt_plan": "model.plan",
+    "onnxruntime_onnx": ONNX_FILENAME,
+    "tensorrt_plan": PLAN_FILENAME,
 }
 #: backend -> default file name (Triton's Python backend runs ``model.py``)
 BACKEND_FILENAMES = {
-    "python": "model.py",
-    "onnxruntime": "model.onnx",
-    "tensorrt": "model.plan",
+    "python": PYTHON_FILENAME,
+    "onnxruntime": ONNX_FILENAME,
+    "tensorrt": PLAN_FILENAME,
 }
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL")
 
 
 def triton_dtype(dtype: str) -> str:
-    """Card dtype (``"FP32"``, ``"INT64"``, ...) -> Triton config data type (``"TYPE_FP32"``, ...)."""
-    return "TYPE_" + dtype
+    """Card dtype (``"FP32"``, ``"INT64"``, ...) -> Triton config data type (``"TYPE_FP32"``, ...);
+    :func:`service.dtypes.config_dtype`, the gateway's table."""
+    return config_dtype(dtype)
 
 
 def default_preferred_batch_sizes(max_batch_size: int) -> list[int]:
@@ -133,7 +134,7 @@ def render_config(card: ModelCard, *, platform: str = "onnxruntime_onnx",
         raise ValueError(f"card '{card.name}' lists no inputs or no outputs")
 
     if default_model_filename is None:
-        default_model_filename = (BACKEND_FILENAMES.get(backend, "model.py") if backend
+        default_model_filename = (BACKEND_FILENAMES.get(backend, PYTHON_FILENAME) if backend
                                   else MODEL_FILENAMES[platform])
 
     lines = [f"name: {_q(card.name)}"]
@@ -253,7 +254,7 @@ def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int,
     Min is 64 x 64.
 
     Max covers the gateway's multi-scale TTA (``/segment`` ``scales=ms``): MMSeg 1.x applies the
-    ratios :data:`service.pipelines.segmentation.MS_RATIOS` (up to 1.75) to the *original* image
+    ratios :data:`service.pipelines.seg_plan.MS_RATIOS` (up to 1.75) to the *original* image
     (``tta_resize_size``), so an image of the card's test size (e.g. a 2048 x 1024 Cityscapes
     frame) reaches ``ceil(1.75 * 2048) = 3584`` pixels on its long side. Max is therefore
     ``ceil(max(MS_RATIOS) * L)`` on both axes (either orientation), ``L`` the long side of
@@ -261,7 +262,7 @@ def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int,
     custom ratios up to ``MAX_SCALE_RATIO``) are outside the profile: pass ``max_hw`` to
     :func:`build_tensorrt_plan` (``--max-hw H W``) or keep the ONNX Runtime entry.
     """
-    from service.pipelines.segmentation import MS_RATIOS
+    from service.pipelines.seg_plan import MS_RATIOS
 
     tp = card.test_pipeline if isinstance(card, SegmentationCard) else None
     if tp is not None and tp.mode == "slide" and tp.crop_size:
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     vdir = args.model_dir / str(args.version)
     try:
-        build_tensorrt_plan(vdir / "model.onnx", vdir / "model.plan", card, fp16=args.fp16,
+        build_tensorrt_plan(vdir / ONNX_FILENAME, vdir / PLAN_FILENAME, card, fp16=args.fp16,
                             min_batch=args.min_batch, opt_batch=args.opt_batch,
                             min_hw=tuple(args.min_hw) if args.min_hw else None,
                             opt_hw=tuple(args.opt_hw) if args.opt_hw else None,

@@ -61,9 +61,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         app.state.backend = be = backend or make_backend(settings, repo)
         sighup = False
         try:  # close() runs even when start() fails (no leaked connection / shared memory)
-            start = getattr(be, "start", None)
-            if start is not None:
-                await start(repo.cards)
+            await be.start(repo.cards)
             app.state.settings, app.state.repository = settings, repo
             app.state.endpoint_limits = make_endpoint_limits(settings)
             app.state.reloader = await ModelReloader.create(repo)

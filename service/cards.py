@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-CARD_FILENAME = "card.json"
+from .layout import CARD_FILENAME
+
 
 Task = Literal["topdown_pose", "bottomup_pose", "detection", "segmentation"]
 

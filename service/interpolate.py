@@ -5,10 +5,13 @@ codec's stage / image projections (upstream: MMSeg ``resize``, the HigherHRNet r
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import cv2
 import numpy as np
 
-__all__ = ["linear_taps", "resize_bilinear"]
+__all__ = ["linear_taps", "resize_bilinear", "RowSource", "ArrayRows", "FlippedRows", "ResizedRows",
+           "STRIP_ELEMENTS"]
 
 
 def linear_taps(n_in: int, n_out: int, align_corners: bool):
@@ -43,7 +46,8 @@ def resize_bilinear(maps: np.ndarray, size_hw: tuple[int, int],
     runs ``cv2.resize(INTER_LINEAR)``, whose float32 path uses the same coordinates and weights;
     ``True`` runs numpy with torch's float32 arithmetic (W first, then ``h0 * top + h1 * bottom``).
     Against torch 2.x on N(0, 1) maps both differ by at most 7.2e-7 (a few float32 ulps: torch's
-    kernel contracts to fused multiply-adds; ``tests/test_associative_embedding.py`` pins 2e-6).
+    kernel contracts to fused multiply-adds; ``tests/service/test_associative_embedding.py``
+    pins 2e-6).
     OpenCV is 10-25x faster than the numpy path here.
 
     Args:
@@ -77,3 +81,86 @@ def resize_bilinear(maps: np.ndarray, size_hw: tuple[int, int],
     i0, i1, b0, b1 = linear_taps(h_in, h_out, align_corners)
     rows = x[..., j0] * a0 + x[..., j1] * a1  # (..., H_in, W_out)
     return rows[..., i0, :] * b0[:, None] + rows[..., i1, :] * b1[:, None]
+
+
+# --------------------------------------------------------------------------------------------
+# lazily evaluated row strips (the segmentation pipeline's logit resizes, channels last)
+
+#: Elements (rows x width x classes) per strip of a row-wise resize: small enough to stay in cache.
+STRIP_ELEMENTS = 1 << 20
+
+
+class RowSource(Protocol):
+    """Lazily computed ``(height, width, C)`` float32 map, read in row ranges."""
+
+    height: int
+    width: int
+
+    def rows(self, lo: int, hi: int) -> np.ndarray: ...
+
+
+class ArrayRows:
+    """Rows of a materialised ``(H, W, C)`` array."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.height, self.width = array.shape[:2]
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        return self.array[lo:hi]
+
+
+class FlippedRows:
+    """Rows of a source map mirrored left-right (flip-back of a flipped input's logits)."""
+
+    def __init__(self, src: RowSource):
+        self.src, self.height, self.width = src, src.height, src.width
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        return self.src.rows(lo, hi)[:, ::-1]
+
+
+class ResizedRows:
+    """Rows of a source map bilinearly resized to ``(height, width)`` (torch semantics).
+
+    Each requested row range reads only the source rows it needs; the horizontal pass runs first,
+    then the vertical one, the order of torch's ``upsample_bilinear2d`` arithmetic. Same size is a
+    copy, as in torch.
+    """
+
+    def __init__(self, src: RowSource, height: int, width: int, align_corners: bool):
+        self.src, self.height, self.width = src, int(height), int(width)
+        self.align_corners = bool(align_corners)
+        self.same_w = self.width == src.width
+        self.same_h = self.height == src.height
+        self.hx = None if self.same_w else linear_taps(src.width, self.width, align_corners)
+        self.vy = None if self.same_h else linear_taps(src.height, self.height, align_corners)
+
+    def _horizontal(self, x: np.ndarray) -> np.ndarray:
+        if self.hx is None:
+            return x
+        if not self.align_corners:
+            # rows are independent in a width-only resize, and OpenCV's INTER_LINEAR uses torch's
+            # half-pixel rule (``align_corners=False``) in float32: same numbers, several times
+            # faster than the numpy gathers. At most 512 channels per call (CV_CN_MAX).
+            n, _, c = x.shape
+            out = np.empty((n, self.width, c), np.float32)
+            for c0 in range(0, c, 512):
+                part = np.ascontiguousarray(x[:, :, c0:c0 + 512], dtype=np.float32)
+                out[:, :, c0:c0 + 512] = cv2.resize(part, (self.width, n), interpolation=cv2.INTER_LINEAR
+                                                    ).reshape(n, self.width, -1)
+            return out
+        i0, i1, w0, w1 = self.hx
+        out = x[:, i0] * w0[:, None]
+        out += x[:, i1] * w1[:, None]
+        return out
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        if self.vy is None:
+            return self._horizontal(self.src.rows(lo, hi))
+        i0, i1, w0, w1 = (a[lo:hi] for a in self.vy)
+        a, b = int(i0[0]), int(i1[-1]) + 1
+        t = self._horizontal(self.src.rows(a, b))
+        out = t[i0 - a] * w0[:, None, None]
+        out += t[i1 - a] * w1[:, None, None]
+        return out

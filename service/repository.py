@@ -13,7 +13,8 @@ import hashlib
 import logging
 from pathlib import Path
 
-from .cards import CARD_FILENAME, ModelCard, load_card
+from .cards import ModelCard, load_card
+from .layout import CARD_FILENAME, MODEL_VERSION, ONNX_FILENAME
 from .errors import UnknownModel, WrongTask, show_value
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,6 @@ class ModelRepository:
             raise WrongTask(f"model '{name}' is a {card.task} model, not {task}")
         return card
 
-    def onnx_path(self, name: str, version: int = 1) -> Path:
+    def onnx_path(self, name: str, version: int | str = MODEL_VERSION) -> Path:
         """Path of the ONNX file of ``name`` (``<root>/<name>/<version>/model.onnx``)."""
-        return self.root / name / str(version) / "model.onnx"
+        return self.root / name / str(version) / ONNX_FILENAME

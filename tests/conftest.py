@@ -70,14 +70,15 @@ def random_repo(shared, tmp_path_factory) -> Path:
     (:data:`RANDOM_MODELS`: COCO W32, COCO-AIC combine W32 (19 heatmaps), Horse-10 / MacaquePose /
     ATRW W32, Cityscapes fcn_hr18s),
     exported once per session by ``hrnet-export --random-init`` (parity checks are covered by
-    tests/test_export*.py, so skipped here)."""
+    tests/export/test_export*.py, so skipped here)."""
     from export.cli import main as export_main
 
     repo = tmp_path_factory.mktemp("random_repo")
     assert export_main(["--shared-models", "--shared-dir", str(shared),
                         "--model-repository", str(repo)]) == 0
     for arch, name in RANDOM_MODELS.items():
-        # legacy exporter: ~1 s per model; both exporters' parity is covered in tests/test_export.py
+        # legacy exporter: ~1 s per model; both exporters' parity is covered in
+        # tests/export/test_export.py
         rc = export_main(["--arch", arch, "--random-init", "--seed", "0", "--name", name,
                           "--model-repository", str(repo), "--no-check", "--exporter", "legacy",
                           "--instance-kind", "KIND_CPU", "--max-batch-size", "16"])

@@ -1,5 +1,5 @@
 """Model cards of small fake models, shared by the gateway tests that run the real app on a
-temporary model repository with a fake backend (``test_gateway_hardening``, ``test_segment_api``).
+temporary model repository with a fake backend (``tests.support.gateway``, ``test_segment_api``).
 """
 from __future__ import annotations
 

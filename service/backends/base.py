@@ -57,8 +57,13 @@ class Backend(ABC):
     async def ready(self, model: str | None = None) -> bool:
         """True when the backend (and ``model`` if given) can serve."""
 
-    async def close(self) -> None:  # pragma: no cover - default no-op
-        """Release sessions/connections."""
+    async def start(self, cards: dict[str, "ModelCard"] | None = None) -> None:
+        """Open what serving needs (ONNX Runtime sessions, the Triton connection) for ``cards``
+        (None: the backend's repository, where it has one). The app's lifespan calls it once
+        before serving and calls :meth:`close` even when it raises. Default: nothing to open."""
+
+    async def close(self) -> None:
+        """Release sessions/connections (also after a failed :meth:`start`). Default: nothing."""
 
     async def load_models(self, cards: dict[str, "ModelCard"]) -> tuple[dict[str, Any], dict[str, str]]:
         """Load the models of ``cards`` (new or changed repository entries) beside the running

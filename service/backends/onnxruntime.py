@@ -35,7 +35,7 @@ def default_providers() -> list[str]:
 
 
 class OnnxRuntimeBackend(Backend):
-    """One ``InferenceSession`` per model of the repository, created at start-up; a reload
+    """One ``InferenceSession`` per model of the repository, opened by :meth:`start`; a reload
     (:meth:`load_models`, :meth:`with_models`) makes a new backend object with new sessions for
     the changed models, sharing the rest and the worker threads.
 
@@ -75,8 +75,18 @@ class OnnxRuntimeBackend(Backend):
             self._opts.inter_op_num_threads = inter_op_threads
         self._opts.add_session_config_entry("session.intra_op.allow_spinning",
                                             "1" if allow_spinning else "0")
-        for name in (models if models is not None else list(repository.cards)):
-            path = repository.onnx_path(name)
+        self._models = models
+        self._pool = ThreadPoolExecutor(max_workers=concurrent_runs, thread_name_prefix="ort")
+
+    async def start(self, cards: dict[str, ModelCard] | None = None) -> None:
+        """Open one session per model (``<repository>/<name>/1/model.onnx``): the ``models``
+        given to the constructor, else every carded model of this backend's repository (the
+        lifespan's ``cards`` are that repository's; they are not needed here). A model whose ONNX
+        file is missing or that ONNX Runtime cannot load is logged and recorded in
+        :attr:`load_errors` (its requests get 503); the others load and serve."""
+        names = self._models if self._models is not None else list(self.repository.cards)
+        for name in names:
+            path = self.repository.onnx_path(name)
             if not path.exists():
                 log.warning("model %s has no %s; skipped by the embedded backend", name, path)
                 self.load_errors[name] = f"{path} was missing at start-up"
@@ -86,7 +96,6 @@ class OnnxRuntimeBackend(Backend):
             except Exception as exc:  # onnxruntime raises its own exception types
                 log.error("model %s: ONNX Runtime cannot load %s: %s", name, path, exc)
                 self.load_errors[name] = f"ONNX Runtime could not load it at start-up ({exc})"
-        self._pool = ThreadPoolExecutor(max_workers=concurrent_runs, thread_name_prefix="ort")
 
     def _open(self, path) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), sess_options=self._opts, providers=self.providers)
@@ -129,8 +138,8 @@ class OnnxRuntimeBackend(Backend):
         the thread pool, options and unchanged models' batchers are shared, so requests already
         running on this backend finish on their old sessions."""
         new = object.__new__(type(self))
-        new.repository, new.providers, new._opts, new._pool, new.batching = (
-            repository, self.providers, self._opts, self._pool, self.batching)
+        new.repository, new.providers, new._opts, new._pool, new.batching, new._models = (
+            repository, self.providers, self._opts, self._pool, self.batching, self._models)
         # unchanged models keep their batchers (same sessions); changed ones get new batchers
         new._batchers = {n: b for n, b in self._batchers.items()
                          if n in repository.cards and n not in staged}

@@ -24,193 +24,31 @@ Contract with the operator:
 Input tensors travel as raw binary (``raw_input_contents`` over gRPC, binary tensor extension over
 HTTP), never JSON; outputs are read with ``np.frombuffer`` and copied once into the preallocated
 full-batch result (which also joins split batches and makes the arrays writable, as ONNX Runtime's).
+
+Parts: the card check in :mod:`service.backends.triton_model_config`, the shared-memory pool in
+:mod:`service.backends.triton_shm`, everything protocol-specific in
+:mod:`service.backends.triton_transport`; this module is the :class:`Backend` built from them.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-import os
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import numpy as np
 
-from ..cards import ModelCard, TensorSpec
+from ..cards import ModelCard
+from ..dtypes import NUMPY_DTYPES
 from .base import Backend, BackendError, BackendUnavailable
+from .triton_model_config import TritonModelConfig, TritonModelMismatch, check_model_config
+from .triton_shm import ShmPool
+from .triton_transport import TRANSPORTS, TritonTransport, make_transport
+
+__all__ = ["TritonBackend", "TritonModelConfig", "TritonModelMismatch", "check_model_config"]
 
 log = logging.getLogger(__name__)
-
-#: card dtype -> numpy dtype (same names as Triton's datatype strings)
-NUMPY_DTYPES = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
-                "UINT8": np.uint8}
-
-#: gRPC status codes that mean "Triton cannot serve now" (503), as tritonclient reports them.
-#: NOT_FOUND: a model verified at start-up has gone (Triton restarting / reloading it).
-_GRPC_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED",
-                     "StatusCode.CANCELLED", "StatusCode.RESOURCE_EXHAUSTED",
-                     "StatusCode.NOT_FOUND", "StatusCode.ABORTED"}
-#: HTTP status codes with the same meaning (tritonclient.http puts them in ``status()``)
-_HTTP_UNAVAILABLE = {"408", "429", "502", "503", "504"}
-_INT32_MAX = 2**31 - 1
-
-
-class TritonModelMismatch(BackendError):
-    """A model card disagrees with the model Triton serves; the gateway must not start."""
-
-
-@dataclass(frozen=True)
-class _TensorConfig:
-    name: str
-    dtype: str  # "FP32", ...
-    dims: tuple[int, ...]  # batch axis excluded, -1 dynamic
-
-
-@dataclass(frozen=True)
-class TritonModelConfig:
-    """The parts of a Triton model configuration the gateway relies on (normalised from JSON)."""
-
-    name: str
-    max_batch_size: int
-    inputs: dict[str, _TensorConfig]
-    outputs: dict[str, _TensorConfig]
-    platform: str = ""
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TritonModelConfig":
-        """From ``get_model_config(as_json=True)`` (gRPC: ``{"config": {...}}``, int64 as strings)
-        or the HTTP client's dict. Unset protobuf fields are absent in JSON and mean 0/empty."""
-        cfg = data.get("config", data)
-
-        def tensors(key: str) -> dict[str, _TensorConfig]:
-            out = {}
-            for t in cfg.get(key, []):
-                dtype = str(t.get("data_type", "TYPE_INVALID")).removeprefix("TYPE_")
-                out[t["name"]] = _TensorConfig(t["name"], dtype, tuple(int(d) for d in t.get("dims", [])))
-            return out
-
-        return cls(name=cfg.get("name", ""), max_batch_size=int(cfg.get("max_batch_size", 0)),
-                   inputs=tensors("input"), outputs=tensors("output"),
-                   platform=cfg.get("platform") or cfg.get("backend", ""))
-
-
-def check_model_config(card: ModelCard, config: TritonModelConfig) -> list[str]:
-    """Every disagreement between ``card`` and Triton's ``config`` of the same model, as sentences.
-
-    Rules (dims exclude the batch axis, -1 = dynamic):
-
-    * ``max_batch_size`` must be >= 1 (the gateway always sends a batch axis) and equal the card's;
-    * every card input exists in Triton with the same dtype and rank; per axis Triton's dim is -1 or
-      equal to the card's (a card -1 against a fixed Triton dim is a mismatch: the gateway would send
-      sizes Triton refuses); Triton must not require inputs the card does not list;
-    * every card output exists in Triton with the same dtype and rank; axes fixed on both sides agree.
-
-    Returns an empty list when they agree.
-    """
-    problems: list[str] = []
-    where = f"model '{card.name}'"
-    if config.max_batch_size < 1:
-        problems.append(f"{where}: Triton max_batch_size is {config.max_batch_size} (no batching); "
-                        f"the card expects {card.max_batch_size}")
-    elif config.max_batch_size != card.max_batch_size:
-        problems.append(f"{where}: max_batch_size is {config.max_batch_size} in Triton but "
-                        f"{card.max_batch_size} in the card")
-
-    def compare(kind: str, spec: TensorSpec, tc: Optional[_TensorConfig], strict_card_dynamic: bool):
-        if tc is None:
-            have = config.inputs if kind == "input" else config.outputs
-            problems.append(f"{where}: {kind} '{spec.name}' of the card is not served by Triton "
-                            f"(Triton {kind}s: {sorted(have)})")
-            return
-        if tc.dtype != spec.dtype:
-            problems.append(f"{where}: {kind} '{spec.name}' is {tc.dtype} in Triton but {spec.dtype} "
-                            f"in the card")
-        if len(tc.dims) != len(spec.dims):
-            problems.append(f"{where}: {kind} '{spec.name}' has dims {list(tc.dims)} in Triton but "
-                            f"{spec.dims} in the card")
-            return
-        for axis, (t, c) in enumerate(zip(tc.dims, spec.dims)):
-            ok = t == c or t == -1 or (c == -1 and not strict_card_dynamic)
-            if not ok:
-                problems.append(f"{where}: {kind} '{spec.name}' has dims {list(tc.dims)} in Triton "
-                                f"but {spec.dims} in the card (axis {axis + 1} after the batch)")
-                break
-
-    for spec in card.inputs:
-        compare("input", spec, config.inputs.get(spec.name), strict_card_dynamic=True)
-    extra = sorted(set(config.inputs) - {s.name for s in card.inputs})
-    if extra:
-        problems.append(f"{where}: Triton requires inputs {extra} that the card does not list")
-    for spec in card.outputs:
-        compare("output", spec, config.outputs.get(spec.name), strict_card_dynamic=False)
-    return problems
-
-
-class _ShmPool:
-    """Fixed-size slots in one POSIX shared-memory region registered with Triton (inputs only).
-
-    A request takes a slot, writes its input arrays there (one copy), sends only offsets, and
-    returns the slot when the response has arrived. Requests bigger than a slot, or arriving
-    while every slot is busy, use the wire instead (no waiting for a slot).
-    """
-
-    def __init__(self, slot_bytes: int, slots: int):
-        from tritonclient.utils import shared_memory as shm
-
-        self._shm = shm
-        self.slot_bytes = int(slot_bytes)
-        self.slots = int(slots)
-        tag = f"hrnet_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        self.name, self.key = tag, "/" + tag
-        self.handle = shm.create_shared_memory_region(self.name, self.key,
-                                                      self.slot_bytes * self.slots, create_only=True)
-        self._free: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(self.slots):
-            self._free.put_nowait(i * self.slot_bytes)
-        self.registered = False
-        self._lock = asyncio.Lock()
-
-    async def ensure_registered(self, client: Any, timeout_s: float, grpc: bool) -> None:
-        if self.registered:
-            return
-        async with self._lock:
-            if self.registered:
-                return
-            kw = {"client_timeout": timeout_s} if grpc else {}
-            try:
-                await client.unregister_system_shared_memory(name=self.name, **kw)
-            except Exception:  # not registered yet: nothing to undo  # nosec B110
-                pass
-            await client.register_system_shared_memory(self.name, self.key,
-                                                       self.slot_bytes * self.slots, **kw)
-            self.registered = True
-
-    def try_acquire(self) -> Optional[int]:
-        """A free slot's byte offset, or None when all are in use (the caller uses the wire)."""
-        try:
-            return self._free.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
-
-    def release(self, offset: int) -> None:
-        self._free.put_nowait(offset)
-
-    def write(self, offset: int, arrays: list[np.ndarray]) -> list[tuple[int, int]]:
-        """Copy ``arrays`` into the slot at ``offset``; returns (offset, nbytes) of each."""
-        self._shm.set_shared_memory_region(self.handle, arrays, offset=offset)
-        spans, pos = [], offset
-        for a in arrays:
-            spans.append((pos, a.nbytes))
-            pos += a.nbytes
-        return spans
-
-    def destroy(self) -> None:
-        try:
-            self._shm.destroy_shared_memory_region(self.handle)
-        except Exception as exc:  # pragma: no cover - best effort at shutdown
-            log.warning("could not destroy shared memory region %s: %s", self.name, exc)
 
 
 class TritonBackend(Backend):
@@ -243,7 +81,7 @@ class TritonBackend(Backend):
                  shared_memory: bool = False, shm_slot_bytes: Optional[int] = None,
                  shm_slots: int = 4, model_version: str = "", reconnect_backoff_ms: int = 1000,
                  verbose: bool = False):
-        if protocol not in ("grpc", "http"):
+        if protocol not in TRANSPORTS:
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise ValueError(f"timeout_s must be a finite number > 0, got {timeout_s}")
@@ -255,6 +93,8 @@ class TritonBackend(Backend):
         for scheme in ("grpc://", "http://", "https://"):
             url = url.removeprefix(scheme)
         self.url = url.rstrip("/")
+        self.transport: TritonTransport = make_transport(protocol, self.url, timeout_s,
+                                                         reconnect_backoff_ms, verbose)
         self.protocol = protocol
         self.timeout_s = float(timeout_s)
         self.startup_timeout_s = float(startup_timeout_s)
@@ -269,7 +109,7 @@ class TritonBackend(Backend):
         self.cards: dict[str, ModelCard] = {}
         self.configs: dict[str, TritonModelConfig] = {}
         self._client: Any = None
-        self._shm: Optional[_ShmPool] = None
+        self._shm: Optional[ShmPool] = None
         self._down_since = -1e9  # monotonic time of the last failed readiness check
 
     # ------------------------------------------------------------------ construction
@@ -289,26 +129,7 @@ class TritonBackend(Backend):
         return backend
 
     def _make_client(self) -> Any:
-        if self.protocol == "grpc":
-            import tritonclient.grpc.aio as grpcaio
-
-            args = [
-                ("grpc.max_send_message_length", _INT32_MAX),
-                ("grpc.max_receive_message_length", _INT32_MAX),
-                # Reconnect soon after Triton comes back (gRPC's default backoff grows to 120 s).
-                ("grpc.initial_reconnect_backoff_ms", min(100, self.reconnect_backoff_ms)),
-                ("grpc.min_reconnect_backoff_ms", min(100, self.reconnect_backoff_ms)),
-                ("grpc.max_reconnect_backoff_ms", self.reconnect_backoff_ms),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", int(self.timeout_s * 1000)),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_pings_without_data", 0),
-            ]
-            return grpcaio.InferenceServerClient(self.url, verbose=self.verbose, channel_args=args)
-        import tritonclient.http.aio as httpaio
-
-        return httpaio.InferenceServerClient(self.url, verbose=self.verbose,
-                                             conn_timeout=self.timeout_s)
+        return self.transport.make_client()
 
     def _get_client(self) -> Any:
         if self._client is None:  # created inside the running event loop (grpc.aio needs it)
@@ -319,10 +140,7 @@ class TritonBackend(Backend):
                     **kw: Any) -> Any:
         """One client RPC under a deadline; tritonclient/transport errors are raised unchanged."""
         timeout = self.timeout_s if timeout is None else timeout
-        client = self._get_client()
-        if self.protocol == "grpc":
-            return await getattr(client, method)(*args, client_timeout=timeout, **kw)
-        return await asyncio.wait_for(getattr(client, method)(*args, **kw), timeout)
+        return await self.transport.call(self._get_client(), method, *args, timeout=timeout, **kw)
 
     # ------------------------------------------------------------------ errors
 
@@ -334,11 +152,7 @@ class TritonBackend(Backend):
         if isinstance(exc, InferenceServerException):
             status = str(exc.status() or "")
             msg = exc.message() or str(exc)
-            unavailable = (status in _GRPC_UNAVAILABLE or status in _HTTP_UNAVAILABLE
-                           or "not ready" in msg.lower() or "unavailable" in msg.lower())
-            if self.protocol == "http" and "unknown model" in msg.lower():
-                unavailable = True
-            if unavailable:
+            if self.transport.is_unavailable(status, msg):
                 self._mark_down()
                 return BackendUnavailable(f"{what} is unavailable: {status} {msg}".strip(),
                                           retry_after_s=self.retry_after_s)
@@ -357,6 +171,15 @@ class TritonBackend(Backend):
         # A restarted Triton has forgotten our shared-memory registration.
         if self._shm is not None:
             self._shm.registered = False
+
+    async def _register_shm(self, model: Optional[str]) -> None:
+        """Register the shared-memory pool with Triton if it is not (RPCs under ``timeout_s``);
+        a failure raises the mapped :class:`BackendError` / :class:`BackendUnavailable`."""
+        assert self._shm is not None  # nosec B101 - only called with shared memory on
+        try:
+            await self._shm.ensure_registered(self._call)
+        except Exception as exc:
+            raise self._map_error(exc, model) from exc
 
     # ------------------------------------------------------------------ start-up
 
@@ -408,8 +231,8 @@ class TritonBackend(Backend):
         configs: dict[str, TritonModelConfig] = {}
         for name, card in self.cards.items():
             try:
-                kw = {"as_json": True} if self.protocol == "grpc" else {}
-                raw = await self._call("get_model_config", name, self.model_version, **kw)
+                raw = await self._call("get_model_config", name, self.model_version,
+                                       **self.transport.config_kwargs())
             except Exception as exc:
                 raise self._map_error(exc, name) from exc
             configs[name] = TritonModelConfig.from_json(raw)
@@ -421,12 +244,8 @@ class TritonBackend(Backend):
                 + "\n  - ".join(problems))
         self.configs = configs
         if self.shared_memory:
-            self._shm = _ShmPool(self._default_slot_bytes(), self.shm_slots)
-            try:
-                await self._shm.ensure_registered(self._get_client(), self.timeout_s,
-                                                  self.protocol == "grpc")
-            except Exception as exc:
-                raise self._map_error(exc, None) from exc
+            self._shm = ShmPool(self._default_slot_bytes(), self.shm_slots)
+            await self._register_shm(None)
         log.info("Triton at %s (%s): %s verified against their cards%s", self.url, self.protocol,
                  ", ".join(f"{n} [{c.platform}, max_batch {c.max_batch_size}]"
                            for n, c in configs.items()) or "no models",
@@ -509,40 +328,25 @@ class TritonBackend(Backend):
 
     async def _infer_chunk(self, model: str, arrays: dict[str, np.ndarray],
                            names: list[str]) -> dict[str, np.ndarray]:
-        if self.protocol == "grpc":
-            import tritonclient.grpc as tc
-        else:
-            import tritonclient.http as tc  # type: ignore[no-redef]
         card = self.cards[model]
+        dtypes = {s.name: s.dtype for s in card.inputs}
         total = sum(a.nbytes for a in arrays.values())
         use_shm = self._shm is not None and total <= self._shm.slot_bytes
         slot = None
         try:
             if use_shm:
-                try:
-                    await self._shm.ensure_registered(self._get_client(), self.timeout_s,
-                                                      self.protocol == "grpc")
-                except Exception as exc:
-                    raise self._map_error(exc, model) from exc
+                await self._register_shm(model)
                 slot = self._shm.try_acquire()
             for attempt in (0, 1):
-                req_inputs = []
                 if slot is not None:
                     spans = self._shm.write(slot, list(arrays.values()))
-                for i, (name, a) in enumerate(arrays.items()):
-                    spec = next(s for s in card.inputs if s.name == name)
-                    ii = tc.InferInput(name, list(a.shape), spec.dtype)
-                    if slot is not None:
-                        ii.set_shared_memory(self._shm.name, spans[i][1], offset=spans[i][0])
-                    elif self.protocol == "grpc":
-                        ii.set_data_from_numpy(a)
-                    else:
-                        ii.set_data_from_numpy(a, binary_data=True)
-                    req_inputs.append(ii)
-                if self.protocol == "grpc":
-                    req_outputs = [tc.InferRequestedOutput(n) for n in names]
+                    req_inputs = [self.transport.shm_input(name, a.shape, dtypes[name],
+                                                           self._shm.name, spans[i])
+                                  for i, (name, a) in enumerate(arrays.items())]
                 else:
-                    req_outputs = [tc.InferRequestedOutput(n, binary_data=True) for n in names]
+                    req_inputs = [self.transport.wire_input(name, a, dtypes[name])
+                                  for name, a in arrays.items()]
+                req_outputs = [self.transport.requested_output(n) for n in names]
                 try:
                     res = await self._call("infer", model, req_inputs,
                                            model_version=self.model_version, outputs=req_outputs)
@@ -553,11 +357,7 @@ class TritonBackend(Backend):
                             and "shared memory" in str(err).lower()):
                         # Triton restarted and lost the registration: register again, retry once.
                         self._shm.registered = False
-                        try:
-                            await self._shm.ensure_registered(self._get_client(), self.timeout_s,
-                                                              self.protocol == "grpc")
-                        except Exception as exc2:
-                            raise self._map_error(exc2, model) from exc2
+                        await self._register_shm(model)
                         continue
                     raise err from exc
         finally:

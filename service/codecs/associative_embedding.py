@@ -45,7 +45,7 @@ with ``project2image``) until step 7. Tie behaviour where upstream calls torch o
   assignments often have the same minimum cost (exchange two candidates whose rounded distances
   to two people sum the same). Upstream's ``munkres`` package then returns the optimum its step
   order reaches; :func:`munkres_assignment` replays those steps (equal to the package on random
-  tie-heavy matrices, ``tests/test_associative_embedding.py``). ``scipy.optimize.
+  tie-heavy matrices, ``tests/service/test_associative_embedding.py``). ``scipy.optimize.
   linear_sum_assignment`` (``solver="scipy"``) returns an optimum of the same cost but not always
   the same one: on synthetic outputs of the 84 shared COCO photos it changed the people found on
   8 of them (``python -m benchmarks.bench_grouping``), so it is not the default.
@@ -606,8 +606,8 @@ def refine_people(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray,
     still leaves at most a quarter of the blocks in play, every block whose maximum reaches the
     smallest of those scores; the other people get one chunked scan of the whole map. No skipped
     pixel can reach a best score, ties included, so the answer equals a scan of the whole map
-    (``tests/test_associative_embedding.py`` checks it against one). A person whose tag matches
-    nothing strong (a one-joint person made of background) costs a full scan, as upstream.
+    (``tests/service/test_associative_embedding.py`` checks it against one). A person whose tag
+    matches nothing strong (a one-joint person made of background) costs a full scan, as upstream.
 
     Args:
         people: ``(P, K, 3 + L)`` float32 (after :func:`adjust_people`).

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ..auth import require_api_key
+from ..dependencies import BackendDep, RepositoryDep
 
 router = APIRouter(tags=["meta"])
 
@@ -12,9 +13,8 @@ router = APIRouter(tags=["meta"])
 @router.get("/models", dependencies=[Depends(require_api_key)],
             responses={503: {"description": "the gateway is shutting down (shutting_down); see "
                                             "Retry-After"}})
-async def models(request: Request) -> dict:
+async def models(repo: RepositoryDep, backend: BackendDep) -> dict:
     """Every model card in the repository, plus whether the backend has it loaded."""
-    repo, backend = request.app.state.repository, request.app.state.backend
     out = []
     for name, card in sorted(repo.cards.items()):
         d = card.model_dump(mode="json")
@@ -31,12 +31,11 @@ async def healthz() -> dict:
 
 @router.get("/readyz", responses={503: {"description": "not ready (a model or the backend), or "
                                                       "draining after SIGTERM; see Retry-After"}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request, repo: RepositoryDep, backend: BackendDep) -> JSONResponse:
     """200 when the backend and every model of the repository are ready, else 503 with the list
     (503 ``draining`` from SIGTERM on)."""
     if request.app.state.drain.active:
         return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "1"})
-    repo, backend = request.app.state.repository, request.app.state.backend
     try:
         not_ready = [n for n in sorted(repo.cards) if not await backend.ready(n)]
         server_ready = await backend.ready()

@@ -20,8 +20,10 @@ from fastapi.responses import Response
 from ..batching import admission
 from ..boxes import parse_boxes
 from ..cards import BottomUpCard, TopDownCard
+from ..dependencies import BackendDep, RepositoryDep, SettingsDep
 from ..errors import InvalidParameter, WrongTask
 from ..forms import parse_scales_field
+from ..geometry import bbox_xyxy2xywh
 from ..limits import endpoint_slot
 from ..observability import note, request_timer
 from ..pipelines.bottomup import check_scales, estimate_poses_bottomup
@@ -44,6 +46,9 @@ _PNG = {"content": {"image/png": {}},
 @router.post("/pose", response_model=PoseResponse, responses={**INFERENCE_ERRORS, 200: _PNG})
 async def pose(
     request: Request,
+    settings: SettingsDep,
+    repo: RepositoryDep,
+    backend: BackendDep,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
     boxes: Optional[str] = Form(None, description="JSON list of [x,y,w,h(,score)] boxes; "
                                                   "absent: the person detector finds them"),
@@ -75,8 +80,6 @@ async def pose(
     bottom-up model, scales with a top-down one) or wrong task, 500 inference failed, 503 backend
     unavailable, overloaded or draining.
     """
-    state = request.app.state
-    settings, repo, backend = state.settings, state.repository, state.backend
     timer = request_timer(request)
     name = model or settings.default_pose_model
     card = repo.get(name)
@@ -147,7 +150,7 @@ async def pose(
             xy = result.keypoints.astype(np.float64).round(4)
             ks = result.keypoint_scores.astype(np.float64).round(6)
             kpts = np.concatenate([xy, ks[..., None]], axis=-1)
-            xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).astype(np.float64)
+            xywh = bbox_xyxy2xywh(xyxy).astype(np.float64)
             persons = [Person(bbox=b, bbox_score=s, keypoints=k, score=p) for b, s, k, p in zip(
                 xywh.round(3).tolist(), box_scores.astype(np.float64).round(6).tolist(),
                 kpts.tolist(), result.person_scores.astype(np.float64).round(6).tolist())]

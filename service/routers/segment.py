@@ -22,14 +22,14 @@ from typing import Optional
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from ..cards import SegTestPipeline
+from ..dependencies import BackendDep, RepositoryDep, SettingsDep
 from ..errors import InvalidParameter, PayloadTooLarge
 from ..forms import parse_scales_field
 from ..limits import endpoint_slot
 from ..observability import note, request_timer
 from ..pipelines.common import StageTimer
-from ..pipelines.segmentation import (MODES, SCALE_PRESETS, InputTooLarge, plan_augmentations,
-                                      segment as run_segmentation)
+from ..pipelines.seg_plan import MODES, SCALE_PRESETS, InputTooLarge, SegOptions, plan_segmentation
+from ..pipelines.segmentation import run_segmentation
 from ..rendering import encode_label_png, overlay, pixel_counts
 from ..schemas import INFERENCE_ERRORS, SegmentResponse
 from .uploads import read_image
@@ -74,6 +74,9 @@ def prefers_png(accept: Optional[str]) -> bool:
 async def segment(
     request: Request,
     response: Response,
+    settings: SettingsDep,
+    repo: RepositoryDep,
+    backend: BackendDep,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
     model: Optional[str] = Form(None, description="segmentation model name (default from settings)"),
     mode: Optional[str] = Form(None, description="'whole' or 'slide' (default: the model card's)"),
@@ -90,8 +93,6 @@ async def segment(
     Errors: 404 unknown model, 413 too large, 415 not an image, 422 bad parameters or wrong task,
     503 backend unavailable.
     """
-    state = request.app.state
-    settings, repo, backend = state.settings, state.repository, state.backend
     timer = request_timer(request)
 
     name = model or settings.default_segment_model
@@ -112,24 +113,21 @@ async def segment(
         ratios = parse_scales_field(scales, SCALE_PRESETS)
     except ValueError as exc:
         raise InvalidParameter(str(exc)) from None
-    use_flip = bool(flip)
+    options = SegOptions(mode=mode, flip=bool(flip), ratios=ratios)
 
     async with endpoint_slot(request, "segment"):
         with timer("decode_image"):
             img = await read_image(image, settings)
         h, w = img.shape[:2]
-        max_input = settings.seg_max_input_pixels
-        try:  # the views' sizes for this image (a ratio may shrink it to nothing or blow it up)
-            plan_augmentations((w, h), card.test_pipeline or SegTestPipeline(), mode=mode,
-                               flip=use_flip, scales=ratios, max_input_pixels=max_input)
+        try:  # the views for this image (a ratio may shrink it to nothing or blow it up)
+            plan = plan_segmentation((w, h), card, options, slide_pixels=settings.seg_slide_pixels,
+                                     max_input_pixels=settings.seg_max_input_pixels)
         except InputTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
         except ValueError as exc:
             raise InvalidParameter(str(exc)) from None
 
-        result = await run_segmentation(img, card, backend, mode=mode, flip=use_flip,
-                                        scales=ratios, slide_pixels=settings.seg_slide_pixels,
-                                        max_input_pixels=max_input,
+        result = await run_segmentation(img, card, backend, plan,
                                         max_call_pixels=settings.seg_max_call_pixels, timer=timer)
         label = result.label_map
         modes = ",".join(sorted({a.mode for a in result.augmentations}))

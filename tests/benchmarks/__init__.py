@@ -1,0 +1,1 @@
+"""Tests of the ``benchmarks`` package (files mirror its modules)."""
