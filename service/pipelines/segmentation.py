@@ -271,7 +271,7 @@ async def run_segmentation(image_bgr: np.ndarray, card: SegmentationCard, backen
             x = await asyncio.to_thread(_prepare, image_bgr, (w, h), flips, card)
         if vmode == "whole":
             m = 1
-            head = await _infer_in_calls(backend, card, len(x), lambda lo, hi: x[lo:hi], h * w,
+            head = await _infer_in_calls(backend, card, len(x), lambda lo, hi, x=x: x[lo:hi], h * w,
                                          max_call_pixels, timer)
             n_windows += [0] * len(flips)
         else:
@@ -279,7 +279,7 @@ async def run_segmentation(image_bgr: np.ndarray, card: SegmentationCard, backen
             m = len(wins)
             win_px = int((wins[0, 2] - wins[0, 0]) * (wins[0, 3] - wins[0, 1]))
             head = await _infer_in_calls(backend, card, m * len(flips),
-                                         lambda lo, hi: cut_windows(x, wins, lo, hi), win_px,
+                                         lambda lo, hi, x=x, wins=wins: cut_windows(x, wins, lo, hi), win_px,
                                          max_call_pixels, timer)
             n_windows += [m] * len(flips)
         del x

@@ -141,6 +141,7 @@ def test_export_int8_entry_is_written_checked_and_served(tmp_path, shared, capsy
     assert 0.5 <= again.mean_oks < 1.0  # int8 moves some keypoints of this random network
 
     backend = OnnxRuntimeBackend(ModelRepository(repo))
+    asyncio.run(backend.start())
     out = asyncio.run(backend.infer("tiny_int8", {"image": crops[:2]}))
     assert out["heatmaps"].shape == (2, 2, 64, 48)
     asyncio.run(backend.close())

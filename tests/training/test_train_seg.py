@@ -225,6 +225,7 @@ def test_cli_trains_checkpoints_reloads_and_exports(seg_row, cityscapes_root, tm
     repository = ModelRepository(repo)
     card = repository.get("seg_small")
     backend = OnnxRuntimeBackend(repository, models=["seg_small"])
+    asyncio.run(backend.start())
     import cv2
 
     frame = cityscapes_root / "leftImg8bit" / "val" / "frankfurt" / f"{FRAME}_leftImg8bit.png"
