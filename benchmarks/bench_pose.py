@@ -21,6 +21,7 @@ refusals by reason. The gateways are subprocesses on loopback, one per ``--batch
 started at once and measured in turn level by level (``on,off``: the batching-off gateway is the
 baseline in the same invocation); the 1-client level of each is the other baseline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,21 @@ import httpx
 
 from benchmarks.eval_client import api_key_headers
 
-STAGES = ("decode_image", "detect", "preprocess", "inference", "decode_heatmaps", "serialise", "total")
+STAGES = (
+    "decode_image",
+    "detect",
+    "preprocess",
+    "inference",
+    "decode_heatmaps",
+    "serialise",
+    "total",
+)
 
 
 def _default_shared() -> Path:
-    return Path(os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
+    return Path(
+        os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared")
+    )
 
 
 def _free_port() -> int:
@@ -83,9 +94,12 @@ def start_local_gateway(model_repository: Path) -> tuple[str, object]:
     return url, server
 
 
-def start_gateway_process(model_repository: Path, env: dict[str, str] | None = None,
-                          timeout_s: float = 60.0, log_path: Path | None = None,
-                          ) -> tuple[str, subprocess.Popen]:
+def start_gateway_process(
+    model_repository: Path,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+    log_path: Path | None = None,
+) -> tuple[str, subprocess.Popen]:
     """Start ``python -m service.cli`` (what ``hrnet-serve`` runs) as a child process on a free
     loopback port with ``env`` added to this environment; returns (url, process) once
     ``/readyz`` is 200. Its output goes to ``log_path`` (default: discarded). Raises RuntimeError
@@ -95,10 +109,24 @@ def start_gateway_process(model_repository: Path, env: dict[str, str] | None = N
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     # argv: this Python running service.cli with our own repository path and port, no shell
     proc = subprocess.Popen(  # nosec B603
-        [sys.executable, "-m", "service.cli", "--model-repository", str(model_repository),
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
-        env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-        cwd=Path(__file__).resolve().parents[1])
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "--model-repository",
+            str(model_repository),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+        ],
+        env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     if log_path:
         out.close()  # the child holds its own copy
     url = f"http://127.0.0.1:{port}"
@@ -126,8 +154,15 @@ def load_images(shared: Path) -> list[tuple[str, bytes, list[list[float]]]]:
     return out
 
 
-def run_scenario(client: httpx.Client, url: str, images, n_boxes: int | None, flip: bool,
-                 requests: int, model: str | None) -> dict:
+def run_scenario(
+    client: httpx.Client,
+    url: str,
+    images,
+    n_boxes: int | None,
+    flip: bool,
+    requests: int,
+    model: str | None,
+) -> dict:
     """Send ``requests`` requests round-robin over ``images``; return req/s and stage medians."""
     stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
     t0 = time.perf_counter()
@@ -143,14 +178,19 @@ def run_scenario(client: httpx.Client, url: str, images, n_boxes: int | None, fl
         for k, v in r.json()["timing_ms"].items():
             stage_ms.setdefault(k, []).append(v)
     elapsed = time.perf_counter() - t0
-    return {"requests_per_s": requests / elapsed,
-            "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v}}
+    return {
+        "requests_per_s": requests / elapsed,
+        "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v},
+    }
 
 
 def load_photo_boxes(shared: Path, min_score: float = 0.3) -> dict[str, list[list[float]]]:
     """Per photo file name: the det-json person boxes (xywh) scoring >= ``min_score``."""
     root = shared / "data" / "mmpose_tests" / "coco"
-    names = {im["id"]: im["file_name"] for im in json.loads((root / "test_coco.json").read_text())["images"]}
+    names = {
+        im["id"]: im["file_name"]
+        for im in json.loads((root / "test_coco.json").read_text())["images"]
+    }
     out: dict[str, list] = {}
     for d in json.loads((root / "test_coco_det_AP_H_56.json").read_text()):
         if d["score"] >= min_score and d["image_id"] in names:
@@ -200,8 +240,14 @@ def _percentile(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, max(0, math.ceil(q / 100 * len(v)) - 1))]  # nearest rank
 
 
-async def _load(url: str, jobs: list[tuple[str, bytes, dict]], clients: int, duration_s: float,
-                max_requests: int, pid: int | None) -> dict:
+async def _load(
+    url: str,
+    jobs: list[tuple[str, bytes, dict]],
+    clients: int,
+    duration_s: float,
+    max_requests: int,
+    pid: int | None,
+) -> dict:
     """``clients`` closed-loop clients for ``duration_s`` (and at most ``max_requests`` in all)."""
     lat: list[float] = []
     status: dict[str, int] = {}
@@ -248,17 +294,27 @@ async def _load(url: str, jobs: list[tuple[str, bytes, dict]], clients: int, dur
         await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
     ok = status.get("200", 0)
-    return {"clients": clients, "seconds": elapsed, "requests": sum(status.values()),
-            "status": status, "ok_per_s": ok / elapsed, "crops_per_s": crops / elapsed,
-            "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "p99_s": _percentile(lat, 99),
-            "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v},
-            "rss_peak_mb": max(peak), "rss_after_mb": rss_mb(pid) if pid else float("nan"),
-            "gateway_cpu_s": (cpu_s(pid) if pid else float("nan")) - cpu0,
-            "client_cpu_s": time.process_time() - own0}
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": sum(status.values()),
+        "status": status,
+        "ok_per_s": ok / elapsed,
+        "crops_per_s": crops / elapsed,
+        "p50_s": _percentile(lat, 50),
+        "p95_s": _percentile(lat, 95),
+        "p99_s": _percentile(lat, 99),
+        "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v},
+        "rss_peak_mb": max(peak),
+        "rss_after_mb": rss_mb(pid) if pid else float("nan"),
+        "gateway_cpu_s": (cpu_s(pid) if pid else float("nan")) - cpu0,
+        "client_cpu_s": time.process_time() - own0,
+    }
 
 
-def make_jobs(images, photo_boxes: dict[str, list], boxes: str, flip: bool,
-              model: str | None) -> list[tuple[str, bytes, dict]]:
+def make_jobs(
+    images, photo_boxes: dict[str, list], boxes: str, flip: bool, model: str | None
+) -> list[tuple[str, bytes, dict]]:
     """One (file name, bytes, form) per photo: 1 ground-truth box, or the photo's det boxes."""
     jobs = []
     for name, data, gt in images:
@@ -294,15 +350,24 @@ def run_concurrency(args, images) -> list[dict]:
                 for n in (int(c) for c in args.clients.split(",")):
                     for batching, (url, proc) in gateways.items():
                         before = scrape_batching(url)
-                        r = asyncio.run(_load(url, jobs, n, args.duration, args.max_requests,
-                                              proc.pid))
+                        r = asyncio.run(
+                            _load(url, jobs, n, args.duration, args.max_requests, proc.pid)
+                        )
                         after = scrape_batching(url)
                         r["batcher"] = {k: v - before.get(k, 0) for k, v in after.items()}
-                        r.update(batching=batching, boxes=boxes, flip_test=flip,
-                                 rss_idle_mb=idle[batching])
+                        r.update(
+                            batching=batching,
+                            boxes=boxes,
+                            flip_test=flip,
+                            rss_idle_mb=idle[batching],
+                        )
                         results.append(r)
-                        print(f"# {batching} boxes={boxes} flip={flip} clients={n}: "
-                              f"{r['ok_per_s']:.2f} ok/s", file=sys.stderr, flush=True)
+                        print(
+                            f"# {batching} boxes={boxes} flip={flip} clients={n}: "
+                            f"{r['ok_per_s']:.2f} ok/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
     finally:
         for _, proc in gateways.values():
             proc.terminate()
@@ -313,10 +378,12 @@ def run_concurrency(args, images) -> list[dict]:
 def print_table(results: list[dict]) -> None:
     """The table: one row per level; ratios to the 1-client level of the same gateway and to
     batching off at the same level."""
-    print(f"{'batch':>5} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} {'503':>5} "
-          f"{'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xoff':>5} {'p50 s':>6} "
-          f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8} "
-          f"{'g cpu':>5} {'c cpu':>5}  batcher (all models)")
+    print(
+        f"{'batch':>5} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} {'503':>5} "
+        f"{'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xoff':>5} {'p50 s':>6} "
+        f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8} "
+        f"{'g cpu':>5} {'c cpu':>5}  batcher (all models)"
+    )
     order = sorted(results, key=lambda r: (r["boxes"], r["flip_test"], r["batching"], r["clients"]))
     for r in order:
         print_level(r, results)
@@ -324,35 +391,45 @@ def print_table(results: list[dict]) -> None:
 
 def print_level(r: dict, results: list[dict]) -> None:
     """One table row; ratios to the 1-client level of the same gateway, and to batching off."""
+
     def find(**kw):
         return next((x for x in results if all(x[k] == v for k, v in kw.items())), None)
 
     same = dict(boxes=r["boxes"], flip_test=r["flip_test"])
     one = find(batching=r["batching"], clients=1, **same)
     off = find(batching="off", clients=r["clients"], **same)
-    ratio_one = r["crops_per_s"] / one["crops_per_s"] if one and one["crops_per_s"] else float("nan")
-    ratio_off = r["crops_per_s"] / off["crops_per_s"] if off and off["crops_per_s"] else float("nan")
+    ratio_one = (
+        r["crops_per_s"] / one["crops_per_s"] if one and one["crops_per_s"] else float("nan")
+    )
+    ratio_off = (
+        r["crops_per_s"] / off["crops_per_s"] if off and off["crops_per_s"] else float("nan")
+    )
     st = r["status"]
     other = r["requests"] - st.get("200", 0) - st.get("503", 0)
-    print(f"{r['batching']:>5} {r['boxes']:>5} {str(r['flip_test']):>5} {r['clients']:>7} "
-          f"{r['requests']:>5} {st.get('200', 0):>5} {st.get('503', 0):>5} {other:>5} "
-          f"{r['ok_per_s']:6.2f} {r['crops_per_s']:7.1f} {ratio_one:5.2f} {ratio_off:5.2f} "
-          f"{r['p50_s']:6.2f} {r['p95_s']:6.2f} {r['p99_s']:6.2f} "
-          f"{r['stage_ms'].get('preprocess', float('nan')):7.1f} "
-          f"{r['stage_ms'].get('inference', float('nan')):7.1f} "
-          f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f} "
-          f"{r['gateway_cpu_s'] / r['seconds']:5.2f} {r['client_cpu_s'] / r['seconds']:5.2f}  "
-          f"{_batcher_note(r['batcher'])}",
-          flush=True)
+    print(
+        f"{r['batching']:>5} {r['boxes']:>5} {str(r['flip_test']):>5} {r['clients']:>7} "
+        f"{r['requests']:>5} {st.get('200', 0):>5} {st.get('503', 0):>5} {other:>5} "
+        f"{r['ok_per_s']:6.2f} {r['crops_per_s']:7.1f} {ratio_one:5.2f} {ratio_off:5.2f} "
+        f"{r['p50_s']:6.2f} {r['p95_s']:6.2f} {r['p99_s']:6.2f} "
+        f"{r['stage_ms'].get('preprocess', float('nan')):7.1f} "
+        f"{r['stage_ms'].get('inference', float('nan')):7.1f} "
+        f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f} "
+        f"{r['gateway_cpu_s'] / r['seconds']:5.2f} {r['client_cpu_s'] / r['seconds']:5.2f}  "
+        f"{_batcher_note(r['batcher'])}",
+        flush=True,
+    )
 
 
 def _batcher_note(b: dict) -> str:
     """``mean batch 7.5 (40 runs); refused queue_full 3, deadline 2, expired 1`` (empty: none)."""
     if not b.get("runs"):
         return ""
-    refused = ", ".join(f"{k[9:]} {v:.0f}" for k, v in sorted(b.items()) if k.startswith("rejected_") and v)
+    refused = ", ".join(
+        f"{k[9:]} {v:.0f}" for k, v in sorted(b.items()) if k.startswith("rejected_") and v
+    )
     return f"mean batch {b['items'] / b['runs']:.1f} ({b['runs']:.0f} runs)" + (
-        f"; refused {refused}" if refused else "")
+        f"; refused {refused}" if refused else ""
+    )
 
 
 def _run_precision(args, images) -> int:
@@ -371,11 +448,21 @@ def _run_precision(args, images) -> int:
         card = load_card(args.model_repository / models[0] / "card.json")
         eager = (card, eager_runner(args.eager_arch, seed=args.eager_seed))
     flips = [f == "on" for f in args.flip.split(",")]
-    tallies = compare(url, models, jobs, flips, args.rounds, eager=eager, warmup=1,
-                      headers=api_key_headers(args.api_key))
+    tallies = compare(
+        url,
+        models,
+        jobs,
+        flips,
+        args.rounds,
+        eager=eager,
+        warmup=1,
+        headers=api_key_headers(args.api_key),
+    )
     print("\n".join(format_table(tallies)))
-    print(f"(one client, {sum(len(b) for _, _, b in jobs)} crops over {len(jobs)} photos per "
-          f"round, {args.rounds} rounds, variants in turns photo by photo; crops/s end to end)")
+    print(
+        f"(one client, {sum(len(b) for _, _, b in jobs)} crops over {len(jobs)} photos per "
+        f"round, {args.rounds} rounds, variants in turns photo by photo; crops/s end to end)"
+    )
     if args.json:
         args.json.write_text(json.dumps([vars(t) for t in tallies], indent=2))
     return 0
@@ -383,11 +470,16 @@ def _run_precision(args, images) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run every scenario against ``--url`` (or an in-process gateway) and print the table."""
-    p = argparse.ArgumentParser(prog="hrnet-bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="hrnet-bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--url", help="live gateway URL; default: start one in-process")
-    p.add_argument("--api-key", help="the gateway's API key, if it needs one (default: the first "
-                                     "key of $HRNET_API_KEY)")
+    p.add_argument(
+        "--api-key",
+        help="the gateway's API key, if it needs one (default: the first key of $HRNET_API_KEY)",
+    )
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--shared-dir", type=Path, default=_default_shared())
     p.add_argument("--model", default=None, help="pose model (default: the gateway's)")
@@ -396,21 +488,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the results here")
     g = p.add_argument_group("concurrency mode")
     g.add_argument("--clients", help="comma list of concurrent client counts, e.g. 1,8,200")
-    g.add_argument("--boxes-per-request", default="1,photo",
-                   help="comma list: 1 (one GT box) and/or photo (det boxes >= 0.3 of the photo)")
+    g.add_argument(
+        "--boxes-per-request",
+        default="1,photo",
+        help="comma list: 1 (one GT box) and/or photo (det boxes >= 0.3 of the photo)",
+    )
     g.add_argument("--flip", default="on", help="comma list of on/off")
-    g.add_argument("--batching", default="on,off",
-                   help="comma list of on, on:MAX (HRNET_BATCH_MAX_SIZE=MAX) and off: one "
-                        "gateway subprocess each (HRNET_BATCHING)")
+    g.add_argument(
+        "--batching",
+        default="on,off",
+        help="comma list of on, on:MAX (HRNET_BATCH_MAX_SIZE=MAX) and off: one "
+        "gateway subprocess each (HRNET_BATCHING)",
+    )
     g.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     g.add_argument("--max-requests", type=int, default=5000, help="most requests per load level")
     q = p.add_argument_group("precision mode (benchmarks/bench_precision.py)")
-    q.add_argument("--models", help="comma list of pose models compared side by side (e.g. the "
-                   "fp32 and int8 entries of one network), one client, the photos' det boxes; "
-                   "ratios to the first and to --eager-arch")
-    q.add_argument("--eager-arch", help="baseline: this registry model in PyTorch eager mode, one "
-                   "forward per photo (MMPose's way), with hrnet-export --random-init's weights "
-                   "(--eager-seed); its card is the first model's")
+    q.add_argument(
+        "--models",
+        help="comma list of pose models compared side by side (e.g. the "
+        "fp32 and int8 entries of one network), one client, the photos' det boxes; "
+        "ratios to the first and to --eager-arch",
+    )
+    q.add_argument(
+        "--eager-arch",
+        help="baseline: this registry model in PyTorch eager mode, one "
+        "forward per photo (MMPose's way), with hrnet-export --random-init's weights "
+        "(--eager-seed); its card is the first model's",
+    )
     q.add_argument("--eager-seed", type=int, default=0)
     q.add_argument("--rounds", type=int, default=5, help="passes over the 4 photos per variant")
     args = p.parse_args(argv)
@@ -423,10 +527,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--clients starts its own gateways; --url is not used with it")
         results = run_concurrency(args, images)
         print_table(results)
-        print("(ok/s, crops/s: 200s only; x1cl: crops/s over the same gateway's 1-client level; "
-              "xoff: over batching off at the same level; p50-p99: latency of the 200s; "
-              "prep/inf: median stage ms; rss: gateway MiB, idle after warm-up and peak; g/c cpu: "
-              "CPU seconds per second of the gateway / of this load generator)")
+        print(
+            "(ok/s, crops/s: 200s only; x1cl: crops/s over the same gateway's 1-client level; "
+            "xoff: over batching off at the same level; p50-p99: latency of the 200s; "
+            "prep/inf: median stage ms; rss: gateway MiB, idle after warm-up and peak; g/c cpu: "
+            "CPU seconds per second of the gateway / of this load generator)"
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
         return 0

@@ -15,11 +15,12 @@ The variants take turns photo by photo for ``--rounds`` rounds, so load changes 
 hit them alike; every figure is crops/s and its ratio to the first model (``x first``) and to the
 eager baseline (``x eager``), measured side by side in one invocation.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import cv2
 import httpx
@@ -79,22 +80,36 @@ def eager_runner(arch: str, seed: int = 0, device: str = "cpu") -> Runner:
     return run
 
 
-def eager_pose(image_bytes: bytes, boxes_xywh: Sequence[Sequence[float]], card: TopDownCard,
-               runner: Runner, flip: bool) -> np.ndarray:
+def eager_pose(
+    image_bytes: bytes,
+    boxes_xywh: Sequence[Sequence[float]],
+    card: TopDownCard,
+    runner: Runner,
+    flip: bool,
+) -> np.ndarray:
     """One photo the MMPose way: decode, crop every box, one forward of the photo's crops (and
     their flips), decode the heatmaps; returns keypoints ``(N, K, 2)`` image pixels."""
     image = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR)
     b = np.asarray(boxes_xywh, np.float32).reshape(-1, 4)
     xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
     centers, scales, x = prepare_inputs(image, xyxy, card, flip)
-    kpts, _, _ = decode_outputs(runner(x), len(b), centers, scales, np.ones(len(b), np.float32),
-                                card, flip)
+    kpts, _, _ = decode_outputs(
+        runner(x), len(b), centers, scales, np.ones(len(b), np.float32), card, flip
+    )
     return kpts
 
 
-def compare(url: Optional[str], models: Sequence[str], jobs: Sequence[tuple[str, bytes, list]],
-            flips: Sequence[bool], rounds: int, *, eager: Optional[tuple[TopDownCard, Runner]] = None,
-            warmup: int = 1, headers: Optional[dict] = None) -> list[Tally]:
+def compare(
+    url: str | None,
+    models: Sequence[str],
+    jobs: Sequence[tuple[str, bytes, list]],
+    flips: Sequence[bool],
+    rounds: int,
+    *,
+    eager: tuple[TopDownCard, Runner] | None = None,
+    warmup: int = 1,
+    headers: dict | None = None,
+) -> list[Tally]:
     """Time every variant photo by photo, in turns, for ``rounds`` rounds after ``warmup``.
 
     ``jobs``: ``(file name, JPEG bytes, boxes xywh)`` per photo; ``models``: names served at
@@ -115,9 +130,15 @@ def compare(url: Optional[str], models: Sequence[str], jobs: Sequence[tuple[str,
                         if name == "eager":
                             eager_pose(data, boxes, eager[0], eager[1], flip)
                         else:
-                            resp = client.post(url + "/pose", files={"image": (file_name, data)},
-                                               data={"model": name, "flip_test": str(flip).lower(),
-                                                     "boxes": json.dumps(boxes)})
+                            resp = client.post(
+                                url + "/pose",
+                                files={"image": (file_name, data)},
+                                data={
+                                    "model": name,
+                                    "flip_test": str(flip).lower(),
+                                    "boxes": json.dumps(boxes),
+                                },
+                            )
                             resp.raise_for_status()
                         if r >= warmup:
                             tallies[(name, flip)].add(time.perf_counter() - t0, len(boxes))
@@ -127,16 +148,20 @@ def compare(url: Optional[str], models: Sequence[str], jobs: Sequence[tuple[str,
 def format_table(tallies: Sequence[Tally]) -> list[str]:
     """Table lines: variant, flip, requests, crops, crops/s, ratio to the first variant of the
     same flip setting (``x first``) and to ``eager`` (``x eager``; NaN without it)."""
-    lines = [f"{'variant':>28} {'flip':>5} {'reqs':>5} {'crops':>6} {'crops/s':>8} "
-             f"{'x first':>7} {'x eager':>7} {'median req s':>12}"]
+    lines = [
+        f"{'variant':>28} {'flip':>5} {'reqs':>5} {'crops':>6} {'crops/s':>8} "
+        f"{'x first':>7} {'x eager':>7} {'median req s':>12}"
+    ]
     for t in tallies:
         same = [u for u in tallies if u.flip == t.flip]
         first = same[0].crops_per_s
         eager = next((u.crops_per_s for u in same if u.name == "eager"), float("nan"))
         med = float(np.median(t.per_request_s)) if t.per_request_s else float("nan")
-        lines.append(f"{t.name:>28} {str(t.flip):>5} {t.requests:>5} {t.crops:>6} "
-                     f"{t.crops_per_s:8.2f} {t.crops_per_s / first:7.2f} "
-                     f"{t.crops_per_s / eager:7.2f} {med:12.3f}")
+        lines.append(
+            f"{t.name:>28} {str(t.flip):>5} {t.requests:>5} {t.crops:>6} "
+            f"{t.crops_per_s:8.2f} {t.crops_per_s / first:7.2f} "
+            f"{t.crops_per_s / eager:7.2f} {med:12.3f}"
+        )
     return lines
 
 

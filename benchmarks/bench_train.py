@@ -18,6 +18,7 @@ pipeline.
 Prints one line per measurement and optionally writes them as JSON. Numbers depend on the host
 and on what else runs there; report them with the thread count and load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -34,8 +35,9 @@ from torch.utils.data import DataLoader
 __all__ = ["bench_step", "bench_data", "main"]
 
 
-def bench_step(recipe_name: str, batch_size: int, steps: int, warmup: int, amp: str,
-               device: str = "cpu") -> float:
+def bench_step(
+    recipe_name: str, batch_size: int, steps: int, warmup: int, amp: str, device: str = "cpu"
+) -> float:
     """Samples per second of :func:`training.trainer.train_step` for the recipe's model on a
     random ``(batch_size, 3, h, w)`` batch (``amp``: ``off``/``bf16``/``fp16``)."""
     from training.losses import KeypointMSELoss
@@ -49,9 +51,11 @@ def bench_step(recipe_name: str, batch_size: int, steps: int, warmup: int, amp: 
     model = build_model(entry.arch, entry.task, entry.num_outputs, seed=0).train().to(device)
     opt = build_optimizer(model.parameters(), 5e-4)
     g = torch.Generator().manual_seed(0)
-    batch = {"inputs": torch.randn(batch_size, 3, h, w, generator=g),
-             "heatmaps": torch.rand(batch_size, entry.num_outputs, hh, hw, generator=g),
-             "weights": torch.ones(batch_size, entry.num_outputs)}
+    batch = {
+        "inputs": torch.randn(batch_size, 3, h, w, generator=g),
+        "heatmaps": torch.rand(batch_size, entry.num_outputs, hh, hw, generator=g),
+        "weights": torch.ones(batch_size, entry.num_outputs),
+    }
     loss_fn = KeypointMSELoss()
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     for _ in range(warmup):
@@ -66,8 +70,9 @@ def bench_step(recipe_name: str, batch_size: int, steps: int, warmup: int, amp: 
     return batch_size * steps / (time.perf_counter() - t)
 
 
-def bench_data(recipe_name: str, data_root: Path, workers: int, samples: int,
-               batch_size: int) -> float:
+def bench_data(
+    recipe_name: str, data_root: Path, workers: int, samples: int, batch_size: int
+) -> float:
     """Samples per second of the recipe's augmented training pipeline through a DataLoader
     with ``workers`` processes (first batch excluded: worker start-up)."""
     from export.cards import pose_card
@@ -80,14 +85,23 @@ def bench_data(recipe_name: str, data_root: Path, workers: int, samples: int,
         raise ValueError(f"{recipe_name}: the data-pipeline benchmark is for top-down pose recipes")
     entry = recipe.entry
     card = pose_card(entry, entry.name)
-    records = load_records(data_root / recipe.data.train_ann,
-                           data_root / recipe.data.train_images, entry.dataset)
-    ds = TopdownDataset(records, build_codec(card.codec), card.normalization, card.flip_indices,
-                        augment=recipe.augment, padding=recipe.bbox_padding,
-                        use_udp=entry.use_udp, seed=0)
+    records = load_records(
+        data_root / recipe.data.train_ann, data_root / recipe.data.train_images, entry.dataset
+    )
+    ds = TopdownDataset(
+        records,
+        build_codec(card.codec),
+        card.normalization,
+        card.flip_indices,
+        augment=recipe.augment,
+        padding=recipe.bbox_padding,
+        use_udp=entry.use_udp,
+        seed=0,
+    )
     idx = [i % len(ds) for i in range(samples + batch_size)]
-    loader = DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size,
-                        num_workers=workers)
+    loader = DataLoader(
+        torch.utils.data.Subset(ds, idx), batch_size=batch_size, num_workers=workers
+    )
     it = iter(loader)
     next(it)
     t = time.perf_counter()
@@ -95,7 +109,7 @@ def bench_data(recipe_name: str, data_root: Path, workers: int, samples: int,
     return n / (time.perf_counter() - t)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``python -m benchmarks.bench_train``)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_train")
     p.add_argument("--recipe", default="td-hm_hrnet-w32_8xb64-210e_coco-256x192")
@@ -104,20 +118,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--amp", nargs="+", default=["off", "bf16"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--data-root", type=Path,
-                   default=Path(os.environ.get("HRNET_SHARED_DIR", "../shared")) / "data/coco_mini")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path(os.environ.get("HRNET_SHARED_DIR", "../shared")) / "data/coco_mini",
+    )
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    out = {"recipe": a.recipe, "threads": torch.get_num_threads(), "device": a.device,
-           "batch_size": a.batch_size, "loadavg_before": os.getloadavg()[0], "step": {},
-           "data": {}}
+    out = {
+        "recipe": a.recipe,
+        "threads": torch.get_num_threads(),
+        "device": a.device,
+        "batch_size": a.batch_size,
+        "loadavg_before": os.getloadavg()[0],
+        "step": {},
+        "data": {},
+    }
     for amp in a.amp:
         sps = bench_step(a.recipe, a.batch_size, a.steps, a.warmup, amp, a.device)
         out["step"][amp] = sps
-        print(f"train step {a.recipe} amp={amp} batch={a.batch_size}: {sps:.2f} samples/s "
-              f"({torch.get_num_threads()} threads)", flush=True)
+        print(
+            f"train step {a.recipe} amp={amp} batch={a.batch_size}: {sps:.2f} samples/s "
+            f"({torch.get_num_threads()} threads)",
+            flush=True,
+        )
     if a.data_root.is_dir():
         for w in a.workers:
             sps = bench_data(a.recipe, a.data_root, w, a.samples, a.batch_size)

@@ -7,12 +7,14 @@ up to the same cap). Anything else fails the image at once with a cause such as
 ``http_422:invalid_boxes``; exhausted retries fail it with ``http_503`` or the transport error's
 class name (``ConnectError``, ``ReadTimeout`` ...).
 """
+
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import httpx
 
@@ -20,15 +22,16 @@ RETRY_STATUS = frozenset({429, 502, 503, 504})
 MAX_DELAY_S = 30.0
 
 
-def api_key_headers(key: Optional[str] = None) -> dict[str, str]:
+def api_key_headers(key: str | None = None) -> dict[str, str]:
     """Headers for a gateway that needs an API key (``service.auth``): ``{"X-API-Key": key}``.
 
     ``key`` None: the first of the comma-separated keys in ``$HRNET_API_KEY`` (the gateway's own
     variable), if any. Returns {} when there is no key.
     """
     if key is None:
-        key = next((k.strip() for k in os.environ.get("HRNET_API_KEY", "").split(",")
-                    if k.strip()), None)
+        key = next(
+            (k.strip() for k in os.environ.get("HRNET_API_KEY", "").split(",") if k.strip()), None
+        )
     return {"X-API-Key": key} if key else {}
 
 
@@ -49,10 +52,10 @@ class RetryPolicy:
     backoff: float = 0.5
     stats: dict[str, int] = field(default_factory=dict)
 
-    def delay(self, attempt: int, response: Optional[httpx.Response] = None) -> float:
+    def delay(self, attempt: int, response: httpx.Response | None = None) -> float:
         """Seconds to wait before retry ``attempt`` (0-based): ``backoff * 2**attempt`` or the
         response's ``Retry-After`` if longer, capped at :data:`MAX_DELAY_S`."""
-        d = self.backoff * (2 ** attempt)
+        d = self.backoff * (2**attempt)
         if response is not None:
             ra = response.headers.get("retry-after")
             try:
@@ -74,8 +77,9 @@ def _error_code(resp: httpx.Response) -> str:
         return ""
 
 
-async def request_with_retries(client: httpx.AsyncClient, method: str, url: str,
-                               policy: RetryPolicy, **kwargs: Any) -> httpx.Response:
+async def request_with_retries(
+    client: httpx.AsyncClient, method: str, url: str, policy: RetryPolicy, **kwargs: Any
+) -> httpx.Response:
     """Send one request, retrying transient failures per ``policy``.
 
     ``kwargs`` go to ``client.request`` (``data``, ``files``, ``headers``, ...); ``files`` values
@@ -86,7 +90,7 @@ async def request_with_retries(client: httpx.AsyncClient, method: str, url: str,
     """
     attempt = 0
     while True:
-        resp: Optional[httpx.Response] = None
+        resp: httpx.Response | None = None
         try:
             resp = await client.request(method, url, **kwargs)
         except httpx.TransportError as exc:
@@ -115,13 +119,21 @@ async def get_json(client: httpx.AsyncClient, url: str, policy: RetryPolicy) -> 
         raise RequestFailed("bad_response", f"GET {url}: {exc}") from None
 
 
-async def post_form(client: httpx.AsyncClient, url: str, policy: RetryPolicy, *,
-                    image_name: str, image_bytes: bytes, fields: Mapping[str, str],
-                    accept: str = "application/json") -> httpx.Response:
+async def post_form(
+    client: httpx.AsyncClient,
+    url: str,
+    policy: RetryPolicy,
+    *,
+    image_name: str,
+    image_bytes: bytes,
+    fields: Mapping[str, str],
+    accept: str = "application/json",
+) -> httpx.Response:
     """POST a multipart form (``image`` file + string ``fields``) with retries."""
     files = {"image": (image_name, image_bytes, _mime(image_name))}
-    return await request_with_retries(client, "POST", url, policy, data=dict(fields),
-                                      files=files, headers={"Accept": accept})
+    return await request_with_retries(
+        client, "POST", url, policy, data=dict(fields), files=files, headers={"Accept": accept}
+    )
 
 
 def _mime(name: str) -> str:

@@ -21,20 +21,28 @@ entirely outside the image, a score outside [0, 1]) are not sent and are counted
 cause (see :func:`box_rejection`); sending them would fail the whole image. Segmentation: Cityscapes ``*_leftImg8bit.png`` images paired with
 ``*_gtFine_labelTrainIds.png`` labels (255 = ignore).
 """
+
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 from service.boxes import box_rejections
 from service.geometry import bbox_xywh2xyxy
-from service.metrics import (CocoKeypointEvaluator, IoUAccumulator, horse10_metrics, mean_oks,
-                             pixel_error_metrics, topdown_bbox_areas)
+from service.metrics import (
+    CocoKeypointEvaluator,
+    IoUAccumulator,
+    horse10_metrics,
+    mean_oks,
+    pixel_error_metrics,
+    topdown_bbox_areas,
+)
 
 POSE_DATASETS = ("coco", "macaque", "atrw", "horse10", "dlc_openfield")
 #: pose datasets scored by pixel error + box-normalised PCK (no OKS sigmas)
@@ -57,7 +65,7 @@ class PoseItem:
     key: str
     image_id: Any
     path: Path
-    boxes: Optional[list[list[float]]]
+    boxes: list[list[float]] | None
     box_ids: list[Any] = field(default_factory=list)
 
 
@@ -73,6 +81,7 @@ class SegItem:
 
 # ----------------------------------------------------------------------------- pose: loading
 
+
 def load_json(path: Path | str) -> Any:
     """Parsed JSON of ``path``; raises :class:`DataError` if missing or malformed."""
     try:
@@ -84,18 +93,25 @@ def load_json(path: Path | str) -> Any:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
 
 
-def box_rejection(xyxy: Sequence[float], w: int, h: int, score: float = 1.0) -> Optional[str]:
+def box_rejection(xyxy: Sequence[float], w: int, h: int, score: float = 1.0) -> str | None:
     """Why the gateway would refuse the box ``xyxy`` (4 values, image pixels) on a ``w`` x ``h``
     image, or None: :func:`service.boxes.box_rejections` (the gateway's own rule set) for one box."""
-    return box_rejections(np.asarray(xyxy, dtype=np.float64).reshape(1, 4), np.array([score]),
-                          (w, h))[0]
+    return box_rejections(
+        np.asarray(xyxy, dtype=np.float64).reshape(1, 4), np.array([score]), (w, h)
+    )[0]
 
 
-def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
-                     box_source: str, det_file: Optional[Path | str] = None,
-                     bbox_score_thr: Optional[float] = None,
-                     limit: Optional[int] = None,
-                     clip_gt_boxes: bool = True) -> tuple[list[PoseItem], Counter, list]:
+def build_pose_items(
+    coco: dict,
+    images_dir: Path | str,
+    dataset: str,
+    *,
+    box_source: str,
+    det_file: Path | str | None = None,
+    bbox_score_thr: float | None = None,
+    limit: int | None = None,
+    clip_gt_boxes: bool = True,
+) -> tuple[list[PoseItem], Counter, list]:
     """Work items for a pose dataset.
 
     Args:
@@ -125,7 +141,7 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
     except (KeyError, TypeError) as exc:
         raise DataError(f"annotation file lacks images/annotations: {exc}") from None
     if limit is not None:
-        images = images[:max(0, limit)]
+        images = images[: max(0, limit)]
     img_by_id = {im["id"]: im for im in images}
     skipped: Counter = Counter()
     boxes: dict[Any, list] = {i: [] for i in img_by_id}
@@ -154,9 +170,15 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
             if dataset == "horse10" or not clip_gt_boxes:
                 xyxy = np.array([x, y, x + w, y + h], dtype=np.float32)
             else:
-                xyxy = np.array([np.clip(x, 0, W - 1), np.clip(y, 0, H - 1),
-                                 np.clip(x + w, 0, W - 1), np.clip(y + h, 0, H - 1)],
-                                dtype=np.float32)
+                xyxy = np.array(
+                    [
+                        np.clip(x, 0, W - 1),
+                        np.clip(y, 0, H - 1),
+                        np.clip(x + w, 0, W - 1),
+                        np.clip(y + h, 0, H - 1),
+                    ],
+                    dtype=np.float32,
+                )
             bad = box_rejection(xyxy.tolist(), W, H)
             if bad:
                 skipped[bad] += 1
@@ -208,12 +230,21 @@ def build_pose_items(coco: dict, images_dir: Path | str, dataset: str, *,
         i = im["id"]
         if not no_boxes and not boxes[i]:
             continue
-        items.append(PoseItem(key=str(i), image_id=i, path=images_dir / im["file_name"],
-                              boxes=None if no_boxes else boxes[i], box_ids=ids[i]))
+        items.append(
+            PoseItem(
+                key=str(i),
+                image_id=i,
+                path=images_dir / im["file_name"],
+                boxes=None if no_boxes else boxes[i],
+                box_ids=ids[i],
+            )
+        )
     return items, skipped, [im["id"] for im in images]
 
 
-def keypoint_selection(model_names: Sequence[str], dataset_names: Sequence[str]) -> Optional[list[int]]:
+def keypoint_selection(
+    model_names: Sequence[str], dataset_names: Sequence[str]
+) -> list[int] | None:
     """Indices of the dataset's keypoints among the model's outputs.
 
     ``None`` when the model has exactly the dataset's number of keypoints (identity). When the
@@ -225,18 +256,26 @@ def keypoint_selection(model_names: Sequence[str], dataset_names: Sequence[str])
     pos = {n: i for i, n in enumerate(model_names)}
     missing = [n for n in dataset_names if n not in pos]
     if missing or not dataset_names:
-        raise DataError(f"the model's {len(model_names)} keypoints do not contain the dataset's "
-                        f"{len(dataset_names)} (missing: {missing[:5]})")
+        raise DataError(
+            f"the model's {len(model_names)} keypoints do not contain the dataset's "
+            f"{len(dataset_names)} (missing: {missing[:5]})"
+        )
     return [pos[n] for n in dataset_names]
 
 
-def _record_arrays(rec: dict, sel: Optional[list[int]]):
+def _record_arrays(rec: dict, sel: list[int] | None):
     """``(keypoints (N, K, 3), boxes_xyxy (N, 4), bbox_scores (N,), ids)`` of one record."""
     persons = rec.get("persons", [])
     if not persons:
-        return np.zeros((0, 0, 3), np.float32), np.zeros((0, 4), np.float32), \
-            np.zeros(0, np.float32), []
-    kp = np.asarray([p["keypoints"] for p in persons], dtype=np.float32).reshape(len(persons), -1, 3)
+        return (
+            np.zeros((0, 0, 3), np.float32),
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32),
+            [],
+        )
+    kp = np.asarray([p["keypoints"] for p in persons], dtype=np.float32).reshape(
+        len(persons), -1, 3
+    )
     if sel is not None:
         kp = kp[:, sel]
     boxes = np.asarray([p["bbox_xyxy"] for p in persons], dtype=np.float32).reshape(-1, 4)
@@ -245,11 +284,18 @@ def _record_arrays(rec: dict, sel: Optional[list[int]]):
     return kp, boxes, scores, ids
 
 
-def evaluate_coco_style(records: Sequence[dict], coco: dict, sigmas: Sequence[float], *,
-                        input_size: Sequence[int], padding: float,
-                        keypoint_index: Optional[list[int]] = None,
-                        image_ids: Optional[Sequence[Any]] = None, use_area: bool = True,
-                        gt_boxes: bool = False) -> tuple[dict, list]:
+def evaluate_coco_style(
+    records: Sequence[dict],
+    coco: dict,
+    sigmas: Sequence[float],
+    *,
+    input_size: Sequence[int],
+    padding: float,
+    keypoint_index: list[int] | None = None,
+    image_ids: Sequence[Any] | None = None,
+    use_area: bool = True,
+    gt_boxes: bool = False,
+) -> tuple[dict, list]:
     """COCO keypoint AP/AR of the gathered predictions (MMPose ``CocoMetric``), plus ``meanOKS``
     when the boxes were the ground truth's (each prediction then belongs to one annotation).
 
@@ -268,9 +314,13 @@ def evaluate_coco_style(records: Sequence[dict], coco: dict, sigmas: Sequence[fl
         kp, boxes, scores, ids = _record_arrays(rec, keypoint_index)
         if not len(ids):
             continue
-        ev.add(rec["image_id"], kp, scores,
-               areas=topdown_bbox_areas(boxes, (int(input_size[0]), int(input_size[1])), padding),
-               ids=ids)
+        ev.add(
+            rec["image_id"],
+            kp,
+            scores,
+            areas=topdown_bbox_areas(boxes, (int(input_size[0]), int(input_size[1])), padding),
+            ids=ids,
+        )
     results = ev.coco_results()
     if not results:
         raise DataError("no predictions to evaluate")
@@ -282,10 +332,15 @@ def evaluate_coco_style(records: Sequence[dict], coco: dict, sigmas: Sequence[fl
     return metrics, results
 
 
-def evaluate_coco_bottomup(records: Sequence[dict], coco: dict, sigmas: Sequence[float], *,
-                           keypoint_index: Optional[list[int]] = None,
-                           image_ids: Optional[Sequence[Any]] = None,
-                           use_area: bool = True) -> tuple[dict, list]:
+def evaluate_coco_bottomup(
+    records: Sequence[dict],
+    coco: dict,
+    sigmas: Sequence[float],
+    *,
+    keypoint_index: list[int] | None = None,
+    image_ids: Sequence[Any] | None = None,
+    use_area: bool = True,
+) -> tuple[dict, list]:
     """COCO keypoint AP/AR of bottom-up predictions, as MMPose 0.x ``BottomUpCocoDataset.evaluate``
     scores them for the published HigherHRNet numbers: each person keeps the score the grouping
     gave it (mean of its joint values, the response's ``score``; no box-score rescoring) and no
@@ -293,21 +348,21 @@ def evaluate_coco_bottomup(records: Sequence[dict], coco: dict, sigmas: Sequence
     ``[x, y, joint value]`` in image pixels. Returns ``(metrics, coco_results)`` (fractions; COCO
     keypoint results). Raises DataError when no person was predicted at all.
     """
-    ev = CocoKeypointEvaluator(coco, sigmas, use_area=use_area, score_mode="bbox",
-                               nms_mode="none")
+    ev = CocoKeypointEvaluator(coco, sigmas, use_area=use_area, score_mode="bbox", nms_mode="none")
     for rec in records:
         kp, _, _, ids = _record_arrays(rec, keypoint_index)
         if not len(ids):
             continue
-        ev.add(rec["image_id"], kp, np.array([p["score"] for p in rec["persons"]], np.float32),
-               ids=ids)
+        ev.add(
+            rec["image_id"], kp, np.array([p["score"] for p in rec["persons"]], np.float32), ids=ids
+        )
     results = ev.coco_results()
     if not results:
         raise DataError("no predictions to evaluate")
     return ev.evaluate(results, image_ids=image_ids), results
 
 
-def _gt_pairs(records: Sequence[dict], coco: dict, sel: Optional[list[int]]):
+def _gt_pairs(records: Sequence[dict], coco: dict, sel: list[int] | None):
     """Predictions paired with the annotation whose id they carry (ground-truth boxes):
     lists of ``pred (K, 2)``, ``gt (K, 2)``, ``vis (K,)`` and ``area`` (px²), one per pair."""
     ann_by_id = {a["id"]: a for a in coco.get("annotations", [])}
@@ -320,8 +375,9 @@ def _gt_pairs(records: Sequence[dict], coco: dict, sel: Optional[list[int]]):
                 continue
             g = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
             if g.shape[0] != kp.shape[1]:
-                raise DataError(f"annotation {aid} has {g.shape[0]} keypoints, predictions "
-                                f"{kp.shape[1]}")
+                raise DataError(
+                    f"annotation {aid} has {g.shape[0]} keypoints, predictions {kp.shape[1]}"
+                )
             pred.append(kp[i, :, :2])
             gt.append(g[:, :2])
             vis.append(g[:, 2])
@@ -329,7 +385,7 @@ def _gt_pairs(records: Sequence[dict], coco: dict, sel: Optional[list[int]]):
     return pred, gt, vis, area
 
 
-def _mean_oks_gt(records, coco, sigmas, sel) -> Optional[float]:
+def _mean_oks_gt(records, coco, sigmas, sel) -> float | None:
     pred, gt, vis, area = _gt_pairs(records, coco, sel)
     if not pred:
         return None
@@ -337,7 +393,7 @@ def _mean_oks_gt(records, coco, sigmas, sel) -> Optional[float]:
     return None if np.isnan(m) else m
 
 
-def _gt_boxes(records: Sequence[dict], coco: dict, sel: Optional[list[int]]) -> np.ndarray:
+def _gt_boxes(records: Sequence[dict], coco: dict, sel: list[int] | None) -> np.ndarray:
     """``(P, 4)`` xyxy boxes of the annotations the predictions carry the ids of, in the order
     of :func:`_gt_pairs` (ground-truth boxes, unclipped)."""
     ann_by_id = {a["id"]: a for a in coco.get("annotations", [])}
@@ -351,19 +407,24 @@ def _gt_boxes(records: Sequence[dict], coco: dict, sel: Optional[list[int]]) -> 
     return np.asarray(out, dtype=np.float64).reshape(-1, 4)
 
 
-def _per_instance_results(records: Sequence[dict], sel: Optional[list[int]]) -> list:
+def _per_instance_results(records: Sequence[dict], sel: list[int] | None) -> list:
     results = []
     for rec in records:
         kp, _, _, ids = _record_arrays(rec, sel)
         for i, aid in enumerate(ids):
-            results.append({"image_id": rec["image_id"], "id": aid,
-                            "keypoints": kp[i].reshape(-1).tolist()})
+            results.append(
+                {"image_id": rec["image_id"], "id": aid, "keypoints": kp[i].reshape(-1).tolist()}
+            )
     return results
 
 
-def evaluate_pixel_error(records: Sequence[dict], coco: dict, *,
-                         keypoint_index: Optional[list[int]] = None,
-                         thr: float = 0.2) -> tuple[dict, list]:
+def evaluate_pixel_error(
+    records: Sequence[dict],
+    coco: dict,
+    *,
+    keypoint_index: list[int] | None = None,
+    thr: float = 0.2,
+) -> tuple[dict, list]:
     """``EPE``/``RMSE`` (pixels) and ``PCK@thr`` (normalised by the annotated box's longer
     side) of ground-truth-box predictions, over labelled keypoints
     (:func:`service.metrics.pixel_error_metrics`). Returns ``(metrics, results)`` like
@@ -375,14 +436,23 @@ def evaluate_pixel_error(records: Sequence[dict], coco: dict, *,
     pred, gt, vis, _ = _gt_pairs(records, coco, keypoint_index)
     if not pred:
         raise DataError("no predictions to evaluate")
-    metrics = pixel_error_metrics(np.stack(pred), np.stack(gt), np.stack(vis) > 0,
-                                  _gt_boxes(records, coco, keypoint_index), thr=thr)
+    metrics = pixel_error_metrics(
+        np.stack(pred),
+        np.stack(gt),
+        np.stack(vis) > 0,
+        _gt_boxes(records, coco, keypoint_index),
+        thr=thr,
+    )
     return metrics, _per_instance_results(records, keypoint_index)
 
 
-def evaluate_horse10(records: Sequence[dict], coco: dict, *,
-                     keypoint_index: Optional[list[int]] = None,
-                     thr: float = 0.3) -> tuple[dict, list]:
+def evaluate_horse10(
+    records: Sequence[dict],
+    coco: dict,
+    *,
+    keypoint_index: list[int] | None = None,
+    thr: float = 0.3,
+) -> tuple[dict, list]:
     """Horse-10 ``PCK`` (@0.3) and ``NME`` of ground-truth-box predictions (see
     :func:`service.metrics.horse10_metrics`). Returns ``(metrics, results)`` where results are
     per-instance ``{"image_id", "id", "keypoints": [x, y, s] * K}`` (image pixels).
@@ -403,8 +473,9 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
 
 
-def build_seg_items(images_dir: Path | str, ann_dir: Optional[Path | str] = None, *,
-                    limit: Optional[int] = None) -> tuple[list[SegItem], Counter]:
+def build_seg_items(
+    images_dir: Path | str, ann_dir: Path | str | None = None, *, limit: int | None = None
+) -> tuple[list[SegItem], Counter]:
     """Cityscapes image/label pairs: every ``*_leftImg8bit.png`` under ``images_dir``
     (recursively, sorted) with the ``*_gtFine_labelTrainIds.png`` of the same stem found
     anywhere under ``ann_dir`` (default ``images_dir``). Returns ``(items, skipped)``; images
@@ -429,12 +500,13 @@ def build_seg_items(images_dir: Path | str, ann_dir: Optional[Path | str] = None
             continue
         items.append(SegItem(key=p.relative_to(images_dir).as_posix(), path=p, label_path=lab))
     if limit is not None:
-        items = items[:max(0, limit)]
+        items = items[: max(0, limit)]
     return items, skipped
 
 
-def evaluate_segmentation(records: Sequence[dict], num_classes: int,
-                          class_names: Optional[Sequence[str]] = None) -> dict:
+def evaluate_segmentation(
+    records: Sequence[dict], num_classes: int, class_names: Sequence[str] | None = None
+) -> dict:
     """aAcc / mIoU / mAcc (percent) and per-class ``IoU``/``Acc`` dicts from per-image
     ``counts`` ``(4, C)`` records (MMSeg ``IoUMetric``; see :meth:`IoUAccumulator.compute`).
 

@@ -6,13 +6,14 @@ by one, so a killed run loses at most the line being written; on the next start
 :meth:`PredictionLog.load` drops a torn last line (truncating the file back to the last newline),
 keeps the first record of any repeated key, and the run skips every key already present.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
@@ -36,7 +37,7 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
     return path
 
 
-def atomic_write_json(path: Path | str, obj: Any, indent: Optional[int] = 2) -> Path:
+def atomic_write_json(path: Path | str, obj: Any, indent: int | None = 2) -> Path:
     """:func:`atomic_write_text` of ``json.dumps(obj)`` (NaN written as ``NaN``)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
@@ -54,7 +55,7 @@ class PredictionLog:
         self.bad_lines = 0
         self.torn_bytes = 0
         self.duplicates = 0
-        self._fh: Optional[TextIO] = None
+        self._fh: TextIO | None = None
 
     def load(self) -> dict[str, dict]:
         """Read the existing log (if any); see the class docstring."""
@@ -98,9 +99,8 @@ class PredictionLog:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> "PredictionLog":
+    def __enter__(self) -> PredictionLog:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-

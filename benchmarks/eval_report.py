@@ -17,14 +17,28 @@ The registry layer (published numbers of the checkpoint) is skipped for a card w
 published metrics do not describe random weights. The card's own metrics and ``--reference``
 still apply.
 """
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-FRACTION_METRICS = {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl",
-                    "PCK", "meanOKS"}
+FRACTION_METRICS = {
+    "AP",
+    "AP50",
+    "AP75",
+    "APm",
+    "APl",
+    "AR",
+    "AR50",
+    "AR75",
+    "ARm",
+    "ARl",
+    "PCK",
+    "meanOKS",
+}
 #: The published multi-scale + flip mIoU (registry key ``"mIoU(ms+flip)"``).
 MS_FLIP_MIOU = "mIoU(ms+flip)"
 PERCENT_METRICS = {"aAcc", "mIoU", "mAcc", MS_FLIP_MIOU}
@@ -38,13 +52,41 @@ TABLE_ROWS = {
 }
 
 _ALIASES = {
-    "ap": "AP", "map": "AP", "ap50": "AP50", "ap5": "AP50", "ap05": "AP50", "ap050": "AP50",
-    "ap75": "AP75", "ap075": "AP75", "apm": "APm", "apmedium": "APm", "apl": "APl",
-    "aplarge": "APl", "ar": "AR", "ar50": "AR50", "ar5": "AR50", "ar05": "AR50", "ar050": "AR50",
-    "ar75": "AR75", "ar075": "AR75", "arm": "ARm", "armedium": "ARm", "arl": "ARl",
-    "arlarge": "ARl", "pck": "PCK", "pck03": "PCK", "pckthr03": "PCK", "nme": "NME",
-    "miou": "mIoU", "macc": "mAcc", "aacc": "aAcc", "meanoks": "meanOKS", "oks": "meanOKS",
-    "mioumsflip": MS_FLIP_MIOU, "mioumsflipaug": MS_FLIP_MIOU, "miouflipms": MS_FLIP_MIOU,
+    "ap": "AP",
+    "map": "AP",
+    "ap50": "AP50",
+    "ap5": "AP50",
+    "ap05": "AP50",
+    "ap050": "AP50",
+    "ap75": "AP75",
+    "ap075": "AP75",
+    "apm": "APm",
+    "apmedium": "APm",
+    "apl": "APl",
+    "aplarge": "APl",
+    "ar": "AR",
+    "ar50": "AR50",
+    "ar5": "AR50",
+    "ar05": "AR50",
+    "ar050": "AR50",
+    "ar75": "AR75",
+    "ar075": "AR75",
+    "arm": "ARm",
+    "armedium": "ARm",
+    "arl": "ARl",
+    "arlarge": "ARl",
+    "pck": "PCK",
+    "pck03": "PCK",
+    "pckthr03": "PCK",
+    "nme": "NME",
+    "miou": "mIoU",
+    "macc": "mAcc",
+    "aacc": "aAcc",
+    "meanoks": "meanOKS",
+    "oks": "meanOKS",
+    "mioumsflip": MS_FLIP_MIOU,
+    "mioumsflipaug": MS_FLIP_MIOU,
+    "miouflipms": MS_FLIP_MIOU,
 }
 
 
@@ -104,8 +146,9 @@ def parse_reference_args(values: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def gather_references(model: str, card: Mapping[str, Any], cli: Mapping[str, float],
-                      ms_flip: bool = False) -> tuple[dict[str, float], dict[str, str]]:
+def gather_references(
+    model: str, card: Mapping[str, Any], cli: Mapping[str, float], ms_flip: bool = False
+) -> tuple[dict[str, float], dict[str, str]]:
     """Merge registry < card < command-line references. Returns ``(values, origin)`` keyed by
     canonical metric name (values on our scale), ``origin[name]`` naming where each came from.
     The registry layer is used only when the card's ``source.url`` is set (published weights).
@@ -119,8 +162,12 @@ def gather_references(model: str, card: Mapping[str, Any], cli: Mapping[str, flo
     # (random weights, hrnet-export --random-init) serves other weights
     published = bool(source.get("url"))
     layers = [
-        ("registry", registry_metrics([n for n in (model, source.get("config"), source.get("arch")) if n])
-         if published else {}),
+        (
+            "registry",
+            registry_metrics([n for n in (model, source.get("config"), source.get("arch")) if n])
+            if published
+            else {},
+        ),
         ("card", dict(source.get("metrics") or {})),
         ("cli", dict(cli)),
     ]
@@ -142,8 +189,9 @@ def gather_references(model: str, card: Mapping[str, Any], cli: Mapping[str, flo
     return values, origin
 
 
-def compare(ours: Mapping[str, float], refs: Mapping[str, float], kind: str,
-            tolerance: float) -> tuple[list[dict], bool]:
+def compare(
+    ours: Mapping[str, float], refs: Mapping[str, float], kind: str, tolerance: float
+) -> tuple[list[dict], bool]:
     """Rows ``{"metric", "ours", "published", "diff", "ok"}`` for the kind's default metrics and
     every referenced metric we computed. ``diff`` is ``ours - published`` in the metric's own
     unit; ``tolerance`` is in fraction units, so ``ok`` is False when
@@ -170,21 +218,28 @@ def format_table(rows: Sequence[dict], tolerance: float) -> str:
     """Plain-text table: metric | ours | published | diff (``*`` marks a diff beyond the
     tolerance, given in the row's own unit). Header and footer state the tolerance's unit:
     fractions, percent metrics compared after dividing by 100."""
-    def f(x: Optional[float], signed: bool = False) -> str:
+
+    def f(x: float | None, signed: bool = False) -> str:
         if x is None:
             return "-"
         return f"{x:+.4f}" if signed else f"{x:.4f}"
 
-    lines = [f"{'metric':<10}{'ours':>10}{'published':>12}{'diff':>10}"
-             f"   (tolerance {tolerance:g}, fraction units)",
-             "-" * 42]
+    lines = [
+        f"{'metric':<10}{'ours':>10}{'published':>12}{'diff':>10}"
+        f"   (tolerance {tolerance:g}, fraction units)",
+        "-" * 42,
+    ]
     for r in rows:
         scale = tolerance_scale(r["metric"])
         limit = f"{tolerance * scale:g}" + (" pt" if scale != 1 else "")
         mark = "" if r["ok"] else f"  * |diff| > {limit}"
-        lines.append(f"{r['metric']:<10}{f(r['ours']):>10}{f(r['published']):>12}"
-                     f"{f(r['diff'], True):>10}{mark}")
+        lines.append(
+            f"{r['metric']:<10}{f(r['ours']):>10}{f(r['published']):>12}"
+            f"{f(r['diff'], True):>10}{mark}"
+        )
     lines.append("-" * 42)
-    lines.append(f"tolerance {tolerance:g} in fraction units: {tolerance:g} for AP/AR/PCK/NME, "
-                 f"{tolerance * 100:g} percentage points for aAcc/mIoU/mAcc")
+    lines.append(
+        f"tolerance {tolerance:g} in fraction units: {tolerance:g} for AP/AR/PCK/NME, "
+        f"{tolerance * 100:g} percentage points for aAcc/mIoU/mAcc"
+    )
     return "\n".join(lines)

@@ -59,6 +59,7 @@ Imports: torch, numpy, OpenCV, onnx/onnxscript/onnxruntime (ONNX engines), and t
 torch-side and numpy modules; no FastAPI, uvicorn, httpx or pydantic (``tensorrt_fp16`` alone
 needs pydantic, for the model card that :func:`build_tensorrt_plan` takes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,13 +75,13 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Literal, Optional, Sequence, cast
+from typing import Any, Literal, cast
 
 import numpy as np
-
 import torch
 
 from benchmarks.eval_io import atomic_write_json
@@ -118,22 +119,65 @@ POSE_BATCHES = (1, 8, 32, 64)
 SEG_BATCHES = (1, 2)
 
 #: In order of importance: the issue's goals first (W32 256x192, FCN hr18s 1024x2048).
-MODELS: dict[str, BenchModel] = {m.key: m for m in (
-    BenchModel("hrnet_w32_256x192", "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "topdown",
-               (256, 192), (64, 64), POSE_BATCHES),
-    BenchModel("fcn_hr18s_1024x2048", "fcn_hr18s_4xb2-80k_cityscapes-512x1024", "segmentation",
-               (1024, 2048), (64, 128), SEG_BATCHES),
-    BenchModel("hrnet_w48_384x288", "td-hm_hrnet-w48_8xb32-210e_coco-384x288", "topdown",
-               (384, 288), (64, 64), POSE_BATCHES),
-    BenchModel("higher_hrnet_w32_512", "higher_hrnet32_coco_512x512", "bottomup",
-               (512, 512), (64, 64), POSE_BATCHES),
-    BenchModel("fcn_hr48_1024x2048", "fcn_hr48_4xb2-80k_cityscapes-512x1024", "segmentation",
-               (1024, 2048), (64, 128), SEG_BATCHES),
-)}
+MODELS: dict[str, BenchModel] = {
+    m.key: m
+    for m in (
+        BenchModel(
+            "hrnet_w32_256x192",
+            "td-hm_hrnet-w32_8xb64-210e_coco-256x192",
+            "topdown",
+            (256, 192),
+            (64, 64),
+            POSE_BATCHES,
+        ),
+        BenchModel(
+            "fcn_hr18s_1024x2048",
+            "fcn_hr18s_4xb2-80k_cityscapes-512x1024",
+            "segmentation",
+            (1024, 2048),
+            (64, 128),
+            SEG_BATCHES,
+        ),
+        BenchModel(
+            "hrnet_w48_384x288",
+            "td-hm_hrnet-w48_8xb32-210e_coco-384x288",
+            "topdown",
+            (384, 288),
+            (64, 64),
+            POSE_BATCHES,
+        ),
+        BenchModel(
+            "higher_hrnet_w32_512",
+            "higher_hrnet32_coco_512x512",
+            "bottomup",
+            (512, 512),
+            (64, 64),
+            POSE_BATCHES,
+        ),
+        BenchModel(
+            "fcn_hr48_1024x2048",
+            "fcn_hr48_4xb2-80k_cityscapes-512x1024",
+            "segmentation",
+            (1024, 2048),
+            (64, 128),
+            SEG_BATCHES,
+        ),
+    )
+}
 
 #: Every engine, cheapest to set up first (so a time budget spends itself on the fast ones).
-ENGINES = ("eager_fp32", "eager_tf32", "eager_fp16_cl", "eager_bf16_cl", "cudagraph_fp16_cl",
-           "ort_cpu_fp32", "ort_cuda_fp32", "compile_fp16_cl", "ort_trt_fp16", "tensorrt_fp16")
+ENGINES = (
+    "eager_fp32",
+    "eager_tf32",
+    "eager_fp16_cl",
+    "eager_bf16_cl",
+    "cudagraph_fp16_cl",
+    "ort_cpu_fp32",
+    "ort_cuda_fp32",
+    "compile_fp16_cl",
+    "ort_trt_fp16",
+    "tensorrt_fp16",
+)
 #: Engines that run on a CPU (``--smoke`` uses these).
 CPU_ENGINES = ("eager_fp32", "eager_bf16_cl", "ort_cpu_fp32")
 #: Engines of a full run on a CUDA host unless ``--engines`` says otherwise (ORT CPU left out).
@@ -148,7 +192,9 @@ class EngineSkipped(Exception):
 
 
 def _default_shared() -> Path:
-    return Path(os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
+    return Path(
+        os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +211,9 @@ def _imagenet_norm():
     if _IMAGENET is None:
         from service.pipelines.common import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
-        _IMAGENET = SimpleNamespace(mean=IMAGENET_MEAN_RGB, std=IMAGENET_STD_RGB, channel_order="rgb")
+        _IMAGENET = SimpleNamespace(
+            mean=IMAGENET_MEAN_RGB, std=IMAGENET_STD_RGB, channel_order="rgb"
+        )
     return _IMAGENET
 
 
@@ -184,9 +232,13 @@ def person_crops(shared: Path, size_hw: tuple[int, int], max_crops: int) -> np.n
     from service.geometry import bbox_xyxy2cs, crop_persons, fix_aspect_ratio
 
     h, w = size_hw
-    sets = [(shared / "data/mmpose_tests/coco/test_coco.json", shared / "data/mmpose_tests/coco"),
-            (shared / "data/coco_mini/annotations/person_keypoints_train2017.json",
-             shared / "data/coco_mini/train2017")]
+    sets = [
+        (shared / "data/mmpose_tests/coco/test_coco.json", shared / "data/mmpose_tests/coco"),
+        (
+            shared / "data/coco_mini/annotations/person_keypoints_train2017.json",
+            shared / "data/coco_mini/train2017",
+        ),
+    ]
     crops: list[np.ndarray] = []
     for ann, images in sets:
         if len(crops) >= max_crops or not ann.exists():
@@ -203,7 +255,9 @@ def person_crops(shared: Path, size_hw: tuple[int, int], max_crops: int) -> np.n
             scales = fix_aspect_ratio(scales, aspect_ratio=w / h)
             crops.extend(crop_persons(image, centers, scales, (w, h)))
     if not crops:
-        raise FileNotFoundError(f"no person crops: COCO annotations/images not found under {shared}/data")
+        raise FileNotFoundError(
+            f"no person crops: COCO annotations/images not found under {shared}/data"
+        )
     return np.stack(crops[:max_crops])
 
 
@@ -222,7 +276,9 @@ def resized_photos(paths: Sequence[Path], size_hw: tuple[int, int]) -> np.ndarra
     return np.stack(out)
 
 
-def model_inputs(bm: BenchModel, size_hw: tuple[int, int], max_batch: int, shared: Path) -> np.ndarray:
+def model_inputs(
+    bm: BenchModel, size_hw: tuple[int, int], max_batch: int, shared: Path
+) -> np.ndarray:
     """The network input for the largest batch, ``(max_batch, 3, h, w)`` float32, normalised
     (ImageNet mean/std, RGB). A batch of ``b`` uses its first ``b`` rows. Raises
     ``FileNotFoundError`` if the shared data is missing."""
@@ -232,9 +288,13 @@ def model_inputs(bm: BenchModel, size_hw: tuple[int, int], max_batch: int, share
     if bm.kind == "topdown":
         images = person_crops(shared, size_hw, max_crops=max(max_batch, 16))
     elif bm.kind == "segmentation":
-        images = resized_photos([data / "cityscapes_sample/demo.png",
-                                 data / "cityscapes_sample/frankfurt_000000_000294_leftImg8bit.png"],
-                                size_hw)
+        images = resized_photos(
+            [
+                data / "cityscapes_sample/demo.png",
+                data / "cityscapes_sample/frankfurt_000000_000294_leftImg8bit.png",
+            ],
+            size_hw,
+        )
     else:
         images = resized_photos(sorted((data / "samples").glob("*.jpg")), size_hw)
     idx = np.arange(max_batch) % len(images)
@@ -331,25 +391,36 @@ class TorchEngine(Engine):
     optionally compiled (``compile=True``). TF32 is on only when ``allow_tf32``. ``autocast_cache``
     False turns off autocast's cache of cast weights (required inside a CUDA graph capture)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, *, dtype: Optional[torch.dtype] = None,
-                 channels_last: bool = False, compile: bool = False, allow_tf32: bool = False,
-                 autocast_cache: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        *,
+        dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        allow_tf32: bool = False,
+        autocast_cache: bool = True,
+    ):
         self.device, self.dtype, self.allow_tf32 = device, dtype, allow_tf32
         self.autocast_cache = autocast_cache
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         m = copy.deepcopy(model).to(device).eval()
         if channels_last:
             m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing in torch's stub
-        self.model: Optional[torch.nn.Module] = m
-        self.fn: Optional[Callable] = torch.compile(m, dynamic=False) if compile else m
-        self.x: Optional[torch.Tensor] = None
+        self.model: torch.nn.Module | None = m
+        self.fn: Callable | None = torch.compile(m, dynamic=False) if compile else m
+        self.x: torch.Tensor | None = None
         self.y: list[torch.Tensor] = []
 
     def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         with torch.inference_mode(), tf32(self.allow_tf32), contextlib.ExitStack() as stack:
             if self.dtype is not None:
-                stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype,
-                                                   cache_enabled=self.autocast_cache))
+                stack.enter_context(
+                    torch.autocast(
+                        self.device.type, dtype=self.dtype, cache_enabled=self.autocast_cache
+                    )
+                )
             if self.fn is None:
                 raise RuntimeError("engine closed")
             return as_outputs(self.fn(x))
@@ -379,8 +450,10 @@ class CudaGraphEngine(TorchEngine):
     warm-up runs on a side stream; ``step`` replays the graph."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
-        super().__init__(model, device, dtype=torch.float16, channels_last=True, autocast_cache=False)
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        super().__init__(
+            model, device, dtype=torch.float16, channels_last=True, autocast_cache=False
+        )
+        self.graph: torch.cuda.CUDAGraph | None = None
 
     def load(self, x: np.ndarray) -> None:
         self.graph, self.y = None, []
@@ -414,8 +487,10 @@ def require_ort_provider(provider: str):
         raise EngineSkipped(f"onnxruntime not importable ({exc})") from None
     available = ort.get_available_providers()
     if provider not in available:
-        raise EngineSkipped(f"onnxruntime {ort.__version__} has no {provider} (available: "
-                            f"{', '.join(available)}); the GPU build is the onnxruntime-gpu wheel")
+        raise EngineSkipped(
+            f"onnxruntime {ort.__version__} has no {provider} (available: "
+            f"{', '.join(available)}); the GPU build is the onnxruntime-gpu wheel"
+        )
     return ort
 
 
@@ -424,7 +499,9 @@ def require_tensorrt():
     try:
         import tensorrt
     except ImportError as exc:
-        raise EngineSkipped(f"TensorRT not importable ({exc}); needs the [tensorrt] extra") from None
+        raise EngineSkipped(
+            f"TensorRT not importable ({exc}); needs the [tensorrt] extra"
+        ) from None
     return tensorrt
 
 
@@ -438,12 +515,20 @@ class OrtEngine(Engine):
 
     uses_torch_memory = False
 
-    def __init__(self, onnx_path: Path, provider: str, cache_dir: Path, threads: Optional[int] = None):
+    def __init__(self, onnx_path: Path, provider: str, cache_dir: Path, threads: int | None = None):
         ort = require_ort_provider(provider)
         if provider == "TensorrtExecutionProvider":
-            providers: list = [(provider, {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                                           "trt_engine_cache_path": str(cache_dir)}),
-                               "CUDAExecutionProvider"]
+            providers: list = [
+                (
+                    provider,
+                    {
+                        "trt_fp16_enable": True,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache_dir),
+                    },
+                ),
+                "CUDAExecutionProvider",
+            ]
         else:
             providers = [provider]
         opts = ort.SessionOptions()
@@ -453,7 +538,9 @@ class OrtEngine(Engine):
         self.ort = ort
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
         if self.session.get_providers()[0] != provider:
-            raise RuntimeError(f"ONNX Runtime fell back to {self.session.get_providers()} instead of {provider}")
+            raise RuntimeError(
+                f"ONNX Runtime fell back to {self.session.get_providers()} instead of {provider}"
+            )
         self.gpu = provider != "CPUExecutionProvider"
         self.in_name = self.session.get_inputs()[0].name
         self.out_names = [o.name for o in self.session.get_outputs()]
@@ -494,28 +581,42 @@ class TensorRTEngine(Engine):
 
     uses_torch_memory = False
 
-    def __init__(self, onnx_path: Path, bm: BenchModel, size_hw: tuple[int, int], max_batch: int,
-                 work: Path):
+    def __init__(
+        self, onnx_path: Path, bm: BenchModel, size_hw: tuple[int, int], max_batch: int, work: Path
+    ):
         trt = require_tensorrt()
         try:
             from export.cards import card_for_entry
             from export.triton_config import build_tensorrt_plan
         except ImportError as exc:
-            raise EngineSkipped(f"the card for build_tensorrt_plan needs pydantic ({exc})") from None
+            raise EngineSkipped(
+                f"the card for build_tensorrt_plan needs pydantic ({exc})"
+            ) from None
         from training.registry import get_entry
 
         card = card_for_entry(get_entry(bm.registry_name), bm.key, max_batch_size=max_batch)
-        plan = build_tensorrt_plan(onnx_path, work / f"{bm.key}.plan", card, fp16=True,
-                                   min_batch=1, opt_batch=max_batch, max_batch=max_batch,
-                                   min_hw=size_hw, opt_hw=size_hw, max_hw=size_hw)
+        plan = build_tensorrt_plan(
+            onnx_path,
+            work / f"{bm.key}.plan",
+            card,
+            fp16=True,
+            min_batch=1,
+            opt_batch=max_batch,
+            max_batch=max_batch,
+            min_hw=size_hw,
+            opt_hw=size_hw,
+            max_hw=size_hw,
+        )
         self.trt = trt
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.in_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.in_name = next(
+            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        )
         self.out_names = [n for n in names if n != self.in_name]
-        self.x: Optional[torch.Tensor] = None
+        self.x: torch.Tensor | None = None
         self.y: list[torch.Tensor] = []
 
     def load(self, x: np.ndarray) -> None:
@@ -526,8 +627,11 @@ class TensorRTEngine(Engine):
         self.context.set_tensor_address(self.in_name, self.x.data_ptr())
         self.y = []
         for name in self.out_names:
-            y = torch.empty(tuple(self.context.get_tensor_shape(name)),
-                            dtype=dtypes[self.engine.get_tensor_dtype(name)], device="cuda")
+            y = torch.empty(
+                tuple(self.context.get_tensor_shape(name)),
+                dtype=dtypes[self.engine.get_tensor_dtype(name)],
+                device="cuda",
+            )
             self.context.set_tensor_address(name, y.data_ptr())
             self.y.append(y)
 
@@ -556,16 +660,16 @@ class RunConfig:
     smoke: bool
     models: list[BenchModel]
     engines: list[str]
-    batches: Optional[list[int]]
+    batches: list[int] | None
     warmup: int
     iters: int
     max_row_s: float
-    budget_s: Optional[float]
+    budget_s: float | None
     shared: Path
     checkpoints: dict[str, str]
     exporter: str
-    out: Optional[Path]
-    cpu_threads: Optional[int] = None
+    out: Path | None
+    cpu_threads: int | None = None
 
 
 class Runner:
@@ -588,17 +692,29 @@ class Runner:
     def result(self) -> dict[str, Any]:
         """The JSON document: ``environment``, ``config``, ``rows``, ``notes``, ``elapsed_s``."""
         c = self.cfg
-        return {"environment": self.env,
-                "config": {"device": str(c.device), "smoke": c.smoke,
-                           "models": [m.key for m in c.models], "engines": c.engines,
-                           "batches": c.batches, "warmup": c.warmup, "iters": c.iters,
-                           "max_row_s": c.max_row_s, "budget_s": c.budget_s,
-                           "checkpoints": c.checkpoints, "exporter": c.exporter,
-                           "cpu_threads": c.cpu_threads,
-                           "weights": "random (seed 0, BatchNorm calibrated)" if not c.checkpoints
-                           else "checkpoints where given, random elsewhere"},
-                "rows": self.rows, "notes": self.notes,
-                "elapsed_s": round(time.monotonic() - self.t0, 3)}
+        return {
+            "environment": self.env,
+            "config": {
+                "device": str(c.device),
+                "smoke": c.smoke,
+                "models": [m.key for m in c.models],
+                "engines": c.engines,
+                "batches": c.batches,
+                "warmup": c.warmup,
+                "iters": c.iters,
+                "max_row_s": c.max_row_s,
+                "budget_s": c.budget_s,
+                "checkpoints": c.checkpoints,
+                "exporter": c.exporter,
+                "cpu_threads": c.cpu_threads,
+                "weights": "random (seed 0, BatchNorm calibrated)"
+                if not c.checkpoints
+                else "checkpoints where given, random elsewhere",
+            },
+            "rows": self.rows,
+            "notes": self.notes,
+            "elapsed_s": round(time.monotonic() - self.t0, 3),
+        }
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -631,8 +747,11 @@ class Runner:
         if ckpt is None:
             h, w = self.size(bm)
             f = min(1.0, 256 / h, 512 / w)
-            calibrate_batchnorm(model, (2, 3, max(32, int(h * f) // 32 * 32),
-                                        max(32, int(w * f) // 32 * 32)), seed=SEED)
+            calibrate_batchnorm(
+                model,
+                (2, 3, max(32, int(h * f) // 32 * 32), max(32, int(w * f) // 32 * 32)),
+                seed=SEED,
+            )
         return model.eval()
 
     def reference(self, model: torch.nn.Module, x: np.ndarray) -> tuple[list[np.ndarray], float]:
@@ -661,12 +780,19 @@ class Runner:
             return path
         h, w = self.size(bm)
         names = {"segmentation": "logits", "bottomup": ["heatmaps_tags_1_4", "heatmaps_1_2"]}
-        export_onnx(copy.deepcopy(model), path, input_shape=(2, 3, h, w), dynamic_batch=True,
-                    output_name=names.get(bm.kind, "heatmaps"),
-                    exporter=cast(Literal["auto", "dynamo", "legacy"], self.cfg.exporter))
+        export_onnx(
+            copy.deepcopy(model),
+            path,
+            input_shape=(2, 3, h, w),
+            dynamic_batch=True,
+            output_name=names.get(bm.kind, "heatmaps"),
+            exporter=cast(Literal["auto", "dynamo", "legacy"], self.cfg.exporter),
+        )
         return path
 
-    def make_engine(self, name: str, bm: BenchModel, model: torch.nn.Module, max_batch: int) -> Engine:
+    def make_engine(
+        self, name: str, bm: BenchModel, model: torch.nn.Module, max_batch: int
+    ) -> Engine:
         """Build engine ``name`` for ``model``. Raises :class:`EngineSkipped` when it cannot run on
         this host, anything else when building it fails."""
         dev = self.cfg.device
@@ -685,15 +811,21 @@ class Runner:
             return CudaGraphEngine(model, dev)
         if name == "compile_fp16_cl":
             return TorchEngine(model, dev, dtype=torch.float16, channels_last=True, compile=True)
-        providers = {"ort_cpu_fp32": "CPUExecutionProvider", "ort_cuda_fp32": "CUDAExecutionProvider",
-                     "ort_trt_fp16": "TensorrtExecutionProvider"}
+        providers = {
+            "ort_cpu_fp32": "CPUExecutionProvider",
+            "ort_cuda_fp32": "CUDAExecutionProvider",
+            "ort_trt_fp16": "TensorrtExecutionProvider",
+        }
         if name in providers:
             require_ort_provider(providers[name])  # before the export
-            return OrtEngine(self.onnx_file(bm, model), providers[name], self.work,
-                             threads=self.cfg.cpu_threads)
+            return OrtEngine(
+                self.onnx_file(bm, model), providers[name], self.work, threads=self.cfg.cpu_threads
+            )
         if name == "tensorrt_fp16":
             require_tensorrt()  # before the export
-            return TensorRTEngine(self.onnx_file(bm, model), bm, self.size(bm), max_batch, self.work)
+            return TensorRTEngine(
+                self.onnx_file(bm, model), bm, self.size(bm), max_batch, self.work
+            )
         raise ValueError(f"unknown engine {name!r}")
 
     def timed(self, eng: Engine, x: np.ndarray) -> tuple[list[float], float]:
@@ -729,16 +861,32 @@ class Runner:
                 break
         return times, setup
 
-    def row(self, bm: BenchModel, engine: str, batch: int, status: str, **kw: Any) -> dict[str, Any]:
+    def row(
+        self, bm: BenchModel, engine: str, batch: int, status: str, **kw: Any
+    ) -> dict[str, Any]:
         h, w = self.size(bm)
-        r = {"model": bm.key, "registry_name": bm.registry_name, "kind": bm.kind, "engine": engine,
-             "batch": batch, "input": [batch, 3, h, w], "status": status, "unit": bm.unit,
-             "throughput": None, "latency_ms_median": None, "latency_ms_p90": None,
-             "latency_ms_min": None, "iters": 0, "setup_s": None, "peak_mem_mb": None,
-             "gmac_per_item": None,
-             "max_abs_err": None, "ref_max_abs": None,
-             ("label_agree_pct" if bm.kind == "segmentation" else "argmax_agree_pct"): None,
-             "error": None}
+        r = {
+            "model": bm.key,
+            "registry_name": bm.registry_name,
+            "kind": bm.kind,
+            "engine": engine,
+            "batch": batch,
+            "input": [batch, 3, h, w],
+            "status": status,
+            "unit": bm.unit,
+            "throughput": None,
+            "latency_ms_median": None,
+            "latency_ms_p90": None,
+            "latency_ms_min": None,
+            "iters": 0,
+            "setup_s": None,
+            "peak_mem_mb": None,
+            "gmac_per_item": None,
+            "max_abs_err": None,
+            "ref_max_abs": None,
+            ("label_agree_pct" if bm.kind == "segmentation" else "argmax_agree_pct"): None,
+            "error": None,
+        }
         r.update(kw)
         return r
 
@@ -760,17 +908,21 @@ class Runner:
         except KeyError as exc:
             self.note(f"{bm.key}: skipped, create_model does not know {bm.registry_name!r} ({exc})")
             return fill("skipped", f"model not available: {exc}")
-        except Exception as exc:  # noqa: BLE001 - e.g. the shared photos are missing
+        except Exception as exc:
             return fill("error", f"model or inputs failed: {type(exc).__name__}: {exc}"[:2000])
         refs: dict[int, list[np.ndarray]] = {}
-        gmac: Optional[float] = None
+        gmac: float | None = None
         for engine in cfg.engines:
-            eng: Optional[Engine] = None
-            skip: Optional[str] = None
-            failed: Optional[str] = None  # set-up error: not retried for the next batch sizes
+            eng: Engine | None = None
+            skip: str | None = None
+            failed: str | None = None  # set-up error: not retried for the next batch sizes
             for b in batches:
                 if skip is not None or failed is not None:
-                    self.add(self.row(bm, engine, b, "skipped" if skip else "error", error=skip or failed))
+                    self.add(
+                        self.row(
+                            bm, engine, b, "skipped" if skip else "error", error=skip or failed
+                        )
+                    )
                     continue
                 if self.over_budget():
                     self.add(self.row(bm, engine, b, "skipped", error="time budget spent"))
@@ -789,15 +941,22 @@ class Runner:
                         except EngineSkipped:
                             raise
                         except Exception as exc:
-                            failed = f"set-up failed at batch {b}: {type(exc).__name__}: {exc}"[:2000]
+                            failed = f"set-up failed at batch {b}: {type(exc).__name__}: {exc}"[
+                                :2000
+                            ]
                             raise
                     build = time.perf_counter() - t
                     times, setup = self.timed(eng, x)
                     med = statistics.median(times)
                     kw: dict[str, Any] = dict(
-                        gmac_per_item=gmac, throughput=b / (med / 1e3), latency_ms_median=med,
-                        latency_ms_p90=float(np.percentile(times, 90)), latency_ms_min=min(times),
-                        iters=len(times), setup_s=round(build + setup, 3))
+                        gmac_per_item=gmac,
+                        throughput=b / (med / 1e3),
+                        latency_ms_median=med,
+                        latency_ms_p90=float(np.percentile(times, 90)),
+                        latency_ms_min=min(times),
+                        iters=len(times),
+                        setup_s=round(build + setup, 3),
+                    )
                     if cfg.device.type == "cuda" and eng.uses_torch_memory:
                         kw["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
                     if engine != REFERENCE:
@@ -806,7 +965,7 @@ class Runner:
                 except EngineSkipped as exc:
                     skip = str(exc)
                     self.add(self.row(bm, engine, b, "skipped", error=skip))
-                except Exception as exc:  # noqa: BLE001 - one failing engine must not end the run
+                except Exception as exc:
                     msg = f"{type(exc).__name__}: {exc}"
                     self.add(self.row(bm, engine, b, "error", error=msg[:2000]))
                     traceback.print_exc(limit=3, file=sys.stdout)
@@ -836,20 +995,28 @@ class Runner:
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and hardware: python, torch (+ CUDA, cuDNN), onnx, onnxruntime (+ providers),
     tensorrt (None if absent), numpy, OpenCV, GPU name/capability/memory, CPU count, UTC date."""
-    def version(mod: str) -> Optional[str]:
+
+    def version(mod: str) -> str | None:
         try:
             return getattr(__import__(mod), "__version__", "?")
-        except Exception:  # noqa: BLE001 - absent or broken install
+        except Exception:
             return None
 
     env: dict[str, Any] = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "numpy": np.__version__, "opencv": version("cv2"), "onnx": version("onnx"),
-        "onnxruntime": version("onnxruntime"), "tensorrt": version("tensorrt"),
-        "device": str(device), "gpu": None,
+        "numpy": np.__version__,
+        "opencv": version("cv2"),
+        "onnx": version("onnx"),
+        "onnxruntime": version("onnxruntime"),
+        "tensorrt": version("tensorrt"),
+        "device": str(device),
+        "gpu": None,
     }
     try:
         import onnxruntime as ort
@@ -859,9 +1026,12 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["onnxruntime_providers"] = []
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        env["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}",
-                      "memory_gib": round(p.total_memory / 2**30, 1),
-                      "multiprocessors": p.multi_processor_count}
+        env["gpu"] = {
+            "name": p.name,
+            "capability": f"{p.major}.{p.minor}",
+            "memory_gib": round(p.total_memory / 2**30, 1),
+            "multiprocessors": p.multi_processor_count,
+        }
     return env
 
 
@@ -869,8 +1039,19 @@ def environment(device: torch.device) -> dict[str, Any]:
 # table
 # --------------------------------------------------------------------------------------------
 
-_COLUMNS = ("model", "engine", "batch", "status", "items/s", "lat ms", "p90 ms", "peak MB",
-            "setup s", "max|err|", "agree %")
+_COLUMNS = (
+    "model",
+    "engine",
+    "batch",
+    "status",
+    "items/s",
+    "lat ms",
+    "p90 ms",
+    "peak MB",
+    "setup s",
+    "max|err|",
+    "agree %",
+)
 _WIDTHS = (21, 18, 5, 7, 10, 9, 9, 8, 8, 9, 8)
 
 
@@ -881,13 +1062,24 @@ def header() -> str:
 
 def format_row(r: dict[str, Any]) -> str:
     """One table line for a row dict; ``error``/``skipped`` rows end with the reason."""
+
     def f(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
     agree = r.get("argmax_agree_pct", r.get("label_agree_pct"))
-    cells = (r["model"], r["engine"], str(r["batch"]), r["status"], f(r["throughput"], ".1f"),
-             f(r["latency_ms_median"], ".3f"), f(r["latency_ms_p90"], ".3f"), f(r["peak_mem_mb"], ".0f"),
-             f(r["setup_s"], ".1f"), f(r["max_abs_err"], ".2e"), f(agree, ".2f"))
+    cells = (
+        r["model"],
+        r["engine"],
+        str(r["batch"]),
+        r["status"],
+        f(r["throughput"], ".1f"),
+        f(r["latency_ms_median"], ".3f"),
+        f(r["latency_ms_p90"], ".3f"),
+        f(r["peak_mem_mb"], ".0f"),
+        f(r["setup_s"], ".1f"),
+        f(r["max_abs_err"], ".2e"),
+        f(agree, ".2f"),
+    )
     line = " ".join(c.ljust(w) for c, w in zip(cells, _WIDTHS))
     if r.get("error"):
         line += f"  {r['error'].splitlines()[0][:200]}"
@@ -901,37 +1093,82 @@ def format_row(r: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m benchmarks.gpu_bench`` arguments."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bench",
-                                description="HRNet throughput/latency/memory and reduced-precision "
-                                            "accuracy per engine (see the module docstring).")
-    p.add_argument("--smoke", action="store_true",
-                   help="CPU, tiny inputs (64x64 crops, 64x128 seg), batches 1 and 2, CPU engines: "
-                        "checks that the script works")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_bench",
+        description="HRNet throughput/latency/memory and reduced-precision "
+        "accuracy per engine (see the module docstring).",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU, tiny inputs (64x64 crops, 64x128 seg), batches 1 and 2, CPU engines: "
+        "checks that the script works",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON file, rewritten after every row")
-    p.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
-                   help="default: all, in the order of importance")
-    p.add_argument("--engines", nargs="+", default=None, choices=list(ENGINES),
-                   help=f"default: {', '.join(CUDA_ENGINES)} on CUDA; {', '.join(CPU_ENGINES)} "
-                        "on the CPU / --smoke")
-    p.add_argument("--batches", nargs="+", type=int, default=None,
-                   help="default: 1 8 32 64 (pose), 1 2 (seg); 1 2 with --smoke")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="after this many seconds the remaining rows are written as skipped")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=list(MODELS),
+        help="default: all, in the order of importance",
+    )
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        default=None,
+        choices=list(ENGINES),
+        help=f"default: {', '.join(CUDA_ENGINES)} on CUDA; {', '.join(CPU_ENGINES)} "
+        "on the CPU / --smoke",
+    )
+    p.add_argument(
+        "--batches",
+        nargs="+",
+        type=int,
+        default=None,
+        help="default: 1 8 32 64 (pose), 1 2 (seg); 1 2 with --smoke",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="after this many seconds the remaining rows are written as skipped",
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per row (10; 1 smoke)")
     p.add_argument("--iters", type=int, default=None, help="timed steps per row (50; 3 smoke)")
-    p.add_argument("--max-row-s", type=float, default=5.0,
-                   help="stop timing a row after this many seconds (at least 3 steps)")
+    p.add_argument(
+        "--max-row-s",
+        type=float,
+        default=5.0,
+        help="stop timing a row after this many seconds (at least 3 steps)",
+    )
     p.add_argument("--device", default=None, help="default: cuda if available (cpu with --smoke)")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="KEY=PATH",
-                   help="trained weights for model KEY (any published layout; repeatable)")
-    p.add_argument("--exporter", default=None, choices=("auto", "dynamo", "legacy"),
-                   help="ONNX exporter (export_onnx): auto on a full run, legacy with --smoke (fast)")
-    p.add_argument("--cpu-threads", type=int, default=None,
-                   help="torch and ONNX Runtime CPU threads (default: 1 with --smoke, where OpenMP "
-                        "threads on a busy shared CPU slow eager PyTorch by 10-50x; else the "
-                        "libraries' default)")
-    p.add_argument("--shared-dir", type=Path, default=None,
-                   help="the shared data folder (default $HRNET_SHARED_DIR or ../shared)")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="KEY=PATH",
+        help="trained weights for model KEY (any published layout; repeatable)",
+    )
+    p.add_argument(
+        "--exporter",
+        default=None,
+        choices=("auto", "dynamo", "legacy"),
+        help="ONNX exporter (export_onnx): auto on a full run, legacy with --smoke (fast)",
+    )
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="torch and ONNX Runtime CPU threads (default: 1 with --smoke, where OpenMP "
+        "threads on a busy shared CPU slow eager PyTorch by 10-50x; else the "
+        "libraries' default)",
+    )
+    p.add_argument(
+        "--shared-dir",
+        type=Path,
+        default=None,
+        help="the shared data folder (default $HRNET_SHARED_DIR or ../shared)",
+    )
     return p
 
 
@@ -950,23 +1187,34 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for item in args.checkpoint:
         key, sep, path = item.partition("=")
         if not sep or key not in MODELS:
-            raise SystemExit(f"error: --checkpoint wants KEY=PATH with KEY in {list(MODELS)}, got {item!r}")
+            raise SystemExit(
+                f"error: --checkpoint wants KEY=PATH with KEY in {list(MODELS)}, got {item!r}"
+            )
         checkpoints[key] = path
     engines = args.engines or list(CPU_ENGINES if device.type == "cpu" else CUDA_ENGINES)
     if REFERENCE in engines:  # the reference row first, whatever the order given
         engines = [REFERENCE] + [e for e in engines if e != REFERENCE]
     return RunConfig(
-        device=device, smoke=args.smoke,
-        models=[MODELS[k] for k in (args.models or list(MODELS))], engines=engines,
-        batches=args.batches, warmup=args.warmup if args.warmup is not None else (1 if args.smoke else 10),
+        device=device,
+        smoke=args.smoke,
+        models=[MODELS[k] for k in (args.models or list(MODELS))],
+        engines=engines,
+        batches=args.batches,
+        warmup=args.warmup if args.warmup is not None else (1 if args.smoke else 10),
         iters=args.iters if args.iters is not None else (3 if args.smoke else 50),
-        max_row_s=args.max_row_s, budget_s=args.budget_s,
-        shared=args.shared_dir or _default_shared(), checkpoints=checkpoints,
-        exporter=args.exporter or ("legacy" if args.smoke else "auto"), out=args.out,
-        cpu_threads=args.cpu_threads if args.cpu_threads is not None else (1 if args.smoke else None))
+        max_row_s=args.max_row_s,
+        budget_s=args.budget_s,
+        shared=args.shared_dir or _default_shared(),
+        checkpoints=checkpoints,
+        exporter=args.exporter or ("legacy" if args.smoke else "auto"),
+        out=args.out,
+        cpu_threads=args.cpu_threads
+        if args.cpu_threads is not None
+        else (1 if args.smoke else None),
+    )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; exit 0 when every row is ``ok`` or ``skipped``, 1 if any is ``error``."""
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
@@ -979,8 +1227,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps(runner.env), flush=True)
     res = runner.run()
     errors = sum(r["status"] == "error" for r in res["rows"])
-    print(f"# {len(res['rows'])} rows, {errors} errors, {res['elapsed_s']:.1f} s"
-          + (f", JSON in {cfg.out}" if cfg.out else ""), flush=True)
+    print(
+        f"# {len(res['rows'])} rows, {errors} errors, {res['elapsed_s']:.1f} s"
+        + (f", JSON in {cfg.out}" if cfg.out else ""),
+        flush=True,
+    )
     return 1 if errors else 0
 
 

@@ -20,6 +20,7 @@ addresses are meant as targets.
 
     python -m benchmarks.soak --model-repository model_repository --segment-model NAME --minutes 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,14 @@ class RequestMix:
 
     KINDS = ("pose_boxes", "pose_detector", "segment")
 
-    def __init__(self, url: str, shared: Path, pose_model: str | None, segment_model: str | None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        url: str,
+        shared: Path,
+        pose_model: str | None,
+        segment_model: str | None,
+        headers: dict[str, str] | None = None,
+    ):
         self.url = url
         self.headers = headers or {}
         self.images = load_images(shared)
@@ -92,8 +99,9 @@ class RequestMix:
                 form["boxes"] = json.dumps(boxes)
         t0 = time.perf_counter()
         try:
-            status = client.post(self.url + path, files=files, data=form,
-                                 headers=self.headers).status_code
+            status = client.post(
+                self.url + path, files=files, data=form, headers=self.headers
+            ).status_code
         except httpx.HTTPError:
             status = 0
         return kind, status, time.perf_counter() - t0
@@ -113,8 +121,15 @@ def calibrate(mix: RequestMix, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def soak(mix: RequestMix, rate: float, seconds: float, interval_s: float, pid: int | None,
-         concurrency: int, report=print) -> dict:
+def soak(
+    mix: RequestMix,
+    rate: float,
+    seconds: float,
+    interval_s: float,
+    pid: int | None,
+    concurrency: int,
+    report=print,
+) -> dict:
     """Send the mix open-loop at ``rate`` requests/s for ``seconds``; sample RSS of ``pid`` every
     ``interval_s`` seconds. Returns the figures (see the module doc)."""
     proc = psutil.Process(pid) if pid else None
@@ -135,15 +150,18 @@ def soak(mix: RequestMix, rate: float, seconds: float, interval_s: float, pid: i
             slots.release()
 
     def sample(now: float) -> None:
-        rss = proc.memory_info().rss / 2 ** 20 if proc else float("nan")
+        rss = proc.memory_info().rss / 2**20 if proc else float("nan")
         series.append((round(now, 1), round(rss, 1)))
         with lock:
             window = [r for r in results if r[0] >= now - interval_s]
             errors = sum(r[2] != 200 for r in results)
             done = len(results)
         q = quantiles_ms([r[3] for r in window])
-        report(f"t={now:6.0f}s rss={rss:8.1f} MiB done={done:6d} errors={errors:4d} "
-               f"skipped={skipped:4d} last {interval_s:.0f}s: " + " ".join(f"{k}={v}ms" for k, v in q.items()))
+        report(
+            f"t={now:6.0f}s rss={rss:8.1f} MiB done={done:6d} errors={errors:4d} "
+            f"skipped={skipped:4d} last {interval_s:.0f}s: "
+            + " ".join(f"{k}={v}ms" for k, v in q.items())
+        )
 
     sample(0.0)
     next_sample = interval_s
@@ -170,20 +188,33 @@ def soak(mix: RequestMix, rate: float, seconds: float, interval_s: float, pid: i
     sample(time.monotonic() - start)
     statuses = Counter(r[2] for r in results)
     by_kind = {k: quantiles_ms([r[3] for r in results if r[1] == k]) for k in RequestMix.KINDS}
-    return {"rate_rps": rate, "seconds": seconds, "requests": len(results), "skipped": skipped,
-            "statuses": dict(statuses), "errors": sum(n for s, n in statuses.items() if s != 200),
-            "latency_ms": quantiles_ms([r[3] for r in results]), "latency_ms_by_kind": by_kind,
-            "achieved_rps": len(results) / seconds, "rss_mib": series}
+    return {
+        "rate_rps": rate,
+        "seconds": seconds,
+        "requests": len(results),
+        "skipped": skipped,
+        "statuses": dict(statuses),
+        "errors": sum(n for s, n in statuses.items() if s != 200),
+        "latency_ms": quantiles_ms([r[3] for r in results]),
+        "latency_ms_by_kind": by_kind,
+        "achieved_rps": len(results) / seconds,
+        "rss_mib": series,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the soak (see the module doc); exit 1 on RSS growth over the limit or any error."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.soak",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--url", help="live gateway URL; default: start one on --model-repository")
     p.add_argument("--pid", type=int, help="with --url: the gateway's process id (for its RSS)")
-    p.add_argument("--api-key", help="the gateway's API key, if it needs one (default: the first "
-                                     "key of $HRNET_API_KEY)")
+    p.add_argument(
+        "--api-key",
+        help="the gateway's API key, if it needs one (default: the first key of $HRNET_API_KEY)",
+    )
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--shared-dir", type=Path, default=_default_shared())
     p.add_argument("--pose-model", help="default: the gateway's")
@@ -192,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, help="requests/s; default: the one-client capacity")
     p.add_argument("--calibrate-s", type=float, default=30.0)
     p.add_argument("--interval-s", type=float, default=30.0, help="RSS / progress report period")
-    p.add_argument("--warmup-s", type=float, default=60.0,
-                   help="RSS growth is measured from the first sample after this")
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=60.0,
+        help="RSS growth is measured from the first sample after this",
+    )
     p.add_argument("--max-rss-growth", type=float, default=0.05)
     p.add_argument("--concurrency", type=int, default=8, help="most outstanding requests")
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -208,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         url, proc = start_gateway_process(args.model_repository, env=env, timeout_s=120)
         pid = proc.pid
     try:
-        mix = RequestMix(url, args.shared_dir, args.pose_model, args.segment_model,
-                         api_key_headers(args.api_key))
+        mix = RequestMix(
+            url, args.shared_dir, args.pose_model, args.segment_model, api_key_headers(args.api_key)
+        )
         rate = args.rate
         if rate is None:
             rate = calibrate(mix, args.calibrate_s)
@@ -227,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(out, indent=2))
     growth = out["rss_growth_after_warmup"]
     ok = out["errors"] == 0 and (growth != growth or growth <= args.max_rss_growth)
-    print(f"RSS growth after warm-up: {growth:+.2%} (limit {args.max_rss_growth:.0%}); "
-          f"errors: {out['errors']}; {'PASS' if ok else 'FAIL'}")
+    print(
+        f"RSS growth after warm-up: {growth:+.2%} (limit {args.max_rss_growth:.0%}); "
+        f"errors: {out['errors']}; {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

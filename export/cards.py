@@ -20,13 +20,23 @@ with (MMPose 1.x ``TopdownPoseEstimator`` / MMSeg 1.x ``EncoderDecoder``):
 Torch-free: ``entry`` is a :class:`training.registry.ModelEntry` (itself torch-free), typed
 ``Any`` here so that this module does not import the registry.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-from service.cards import (BottomUpCard, BottomUpSpec, CodecSpec, ModelCard, Normalization,
-                           SegmentationCard, SegTestPipeline, TopDownCard,
-                           SourceSpec, TensorSpec)
+from service.cards import (
+    BottomUpCard,
+    BottomUpSpec,
+    CodecSpec,
+    ModelCard,
+    Normalization,
+    SegmentationCard,
+    SegTestPipeline,
+    SourceSpec,
+    TensorSpec,
+    TopDownCard,
+)
 from service.datasets import get_pose_dataset, get_seg_dataset
 from service.pipelines.common import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
@@ -50,8 +60,10 @@ def bottomup_output_names(spec: BottomUpSpec) -> list[str]:
     """Graph/card output names of a bottom-up model, one per resolution stage, lowest first:
     ``heatmaps_tags_1_4`` (stage with tags, at 1/4 of the input) / ``heatmaps_1_2`` (heatmaps
     only, at 1/2), from ``spec.with_ae``."""
-    return [("heatmaps_tags" if ae else "heatmaps") + f"_1_{4 // 2 ** s}"
-            for s, ae in enumerate(spec.with_ae)]
+    return [
+        ("heatmaps_tags" if ae else "heatmaps") + f"_1_{4 // 2**s}"
+        for s, ae in enumerate(spec.with_ae)
+    ]
 
 
 def _dataset_and_width(entry: Any, task: str) -> tuple[Any, int]:
@@ -71,22 +83,34 @@ def _dataset_and_width(entry: Any, task: str) -> tuple[Any, int]:
         count, what = len(info.classes), "classes"
     n = int(entry.num_outputs)
     if n != count:
-        raise ValueError(f"{entry.name}: head has {n} outputs but dataset {entry.dataset!r} "
-                         f"has {count} {what}")
+        raise ValueError(
+            f"{entry.name}: head has {n} outputs but dataset {entry.dataset!r} has {count} {what}"
+        )
     return info, n
 
 
-def _source(entry: Any, checkpoint: Optional[str], notes: Optional[str]) -> SourceSpec:
+def _source(entry: Any, checkpoint: str | None, notes: str | None) -> SourceSpec:
     parts = [n for n in (entry.notes, notes) if n]
-    return SourceSpec(arch=entry.name, config=entry.config, checkpoint=checkpoint,
-                      url=entry.url or None,
-                      metrics={str(k): float(v) for k, v in dict(entry.metrics).items()},
-                      notes=" ".join(parts) or None)
+    return SourceSpec(
+        arch=entry.name,
+        config=entry.config,
+        checkpoint=checkpoint,
+        url=entry.url or None,
+        metrics={str(k): float(v) for k, v in dict(entry.metrics).items()},
+        notes=" ".join(parts) or None,
+    )
 
 
-def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
-              notes: Optional[str] = None, max_batch_size: int = 32,
-              input_name: str = POSE_INPUT, output_name: str = POSE_OUTPUT) -> TopDownCard:
+def pose_card(
+    entry: Any,
+    name: str,
+    *,
+    checkpoint: str | None = None,
+    notes: str | None = None,
+    max_batch_size: int = 32,
+    input_name: str = POSE_INPUT,
+    output_name: str = POSE_OUTPUT,
+) -> TopDownCard:
     """Card for a ``topdown_pose`` registry entry.
 
     Input ``input_name`` FP32 ``[3, H, W]`` with ``(W, H) = entry.input_size`` (pixels); output
@@ -104,17 +128,27 @@ def pose_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     info, k = _dataset_and_width(entry, "topdown_pose")
     w, h = (int(v) for v in entry.input_size)
     hw, hh = (int(v) for v in entry.heatmap_size)
-    codec = CodecSpec(type=entry.codec, input_size=(w, h), heatmap_size=(hw, hh),
-                      sigma=float(entry.sigma), unbiased=bool(entry.dark),
-                      blur_kernel_size=DEFAULT_BLUR_KERNEL)
+    codec = CodecSpec(
+        type=entry.codec,
+        input_size=(w, h),
+        heatmap_size=(hw, hh),
+        sigma=float(entry.sigma),
+        unbiased=bool(entry.dark),
+        blur_kernel_size=DEFAULT_BLUR_KERNEL,
+    )
     indices = entry.output_keypoint_indices
     return TopDownCard(
-        name=name, task="topdown_pose", input_size=(w, h),
+        name=name,
+        task="topdown_pose",
+        input_size=(w, h),
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, h, w])],
         outputs=[TensorSpec(name=output_name, dtype="FP32", dims=[k, hh, hw])],
-        max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
-        codec=codec, bbox_padding=entry.bbox_padding,
-        use_udp=bool(entry.use_udp), flip_test=bool(entry.flip_test),
+        max_batch_size=max_batch_size,
+        normalization=IMAGENET_RGB,
+        codec=codec,
+        bbox_padding=entry.bbox_padding,
+        use_udp=bool(entry.use_udp),
+        flip_test=bool(entry.flip_test),
         shift_heatmap=bool(entry.shift_heatmap),
         keypoint_names=list(info.keypoint_names),
         skeleton=[(int(a), int(b)) for a, b in info.skeleton],
@@ -133,9 +167,15 @@ def bottomup_spec(entry: Any) -> BottomUpSpec:
     return BottomUpSpec(input_size=int(min(entry.input_size)), **dict(entry.ae_test_cfg))
 
 
-def bottomup_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
-                  notes: Optional[str] = None, max_batch_size: int = 4,
-                  input_name: str = BOTTOMUP_INPUT) -> ModelCard:
+def bottomup_card(
+    entry: Any,
+    name: str,
+    *,
+    checkpoint: str | None = None,
+    notes: str | None = None,
+    max_batch_size: int = 4,
+    input_name: str = BOTTOMUP_INPUT,
+) -> ModelCard:
     """Card for a ``bottomup_pose`` registry entry (HigherHRNet).
 
     Input ``input_name`` FP32 ``[3, -1, -1]`` (the resized image; both sides multiples of 64);
@@ -151,13 +191,20 @@ def bottomup_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     info, k = _dataset_and_width(entry, "bottomup_pose")
     spec = bottomup_spec(entry)
     tags = k if spec.tag_per_joint else 1
-    outputs = [TensorSpec(name=n, dtype="FP32", dims=[k + (tags if ae else 0), -1, -1])
-               for n, ae in zip(bottomup_output_names(spec), spec.with_ae)]
+    outputs = [
+        TensorSpec(name=n, dtype="FP32", dims=[k + (tags if ae else 0), -1, -1])
+        for n, ae in zip(bottomup_output_names(spec), spec.with_ae)
+    ]
     return BottomUpCard(
-        name=name, task="bottomup_pose", input_size=(None, None),
+        name=name,
+        task="bottomup_pose",
+        input_size=(None, None),
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, -1, -1])],
-        outputs=outputs, max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
-        flip_test=bool(entry.flip_test), bottomup=spec,
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        normalization=IMAGENET_RGB,
+        flip_test=bool(entry.flip_test),
+        bottomup=spec,
         keypoint_names=list(info.keypoint_names),
         skeleton=[(int(a), int(b)) for a, b in info.skeleton],
         flip_indices=[int(i) for i in info.flip_indices],
@@ -167,9 +214,16 @@ def bottomup_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     )
 
 
-def seg_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
-             notes: Optional[str] = None, max_batch_size: int = 8,
-             input_name: str = SEG_INPUT, output_name: str = SEG_OUTPUT) -> SegmentationCard:
+def seg_card(
+    entry: Any,
+    name: str,
+    *,
+    checkpoint: str | None = None,
+    notes: str | None = None,
+    max_batch_size: int = 8,
+    input_name: str = SEG_INPUT,
+    output_name: str = SEG_OUTPUT,
+) -> SegmentationCard:
     """Card for a ``segmentation`` registry entry.
 
     Input ``input_name`` FP32 ``[3, -1, -1]`` (any ``H, W``); output ``output_name`` FP32
@@ -183,27 +237,41 @@ def seg_card(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     """
     info, c = _dataset_and_width(entry, "segmentation")
 
-    def pair(v) -> Optional[tuple[int, int]]:
+    def pair(v) -> tuple[int, int] | None:
         return None if v is None else (int(v[0]), int(v[1]))
 
-    pipeline = SegTestPipeline(scale=pair(entry.test_scale), keep_ratio=True,
-                               mode=entry.test_mode, crop_size=pair(entry.test_crop),
-                               stride=pair(entry.test_stride))
+    pipeline = SegTestPipeline(
+        scale=pair(entry.test_scale),
+        keep_ratio=True,
+        mode=entry.test_mode,
+        crop_size=pair(entry.test_crop),
+        stride=pair(entry.test_stride),
+    )
     return SegmentationCard(
-        name=name, task="segmentation", input_size=(None, None),
+        name=name,
+        task="segmentation",
+        input_size=(None, None),
         inputs=[TensorSpec(name=input_name, dtype="FP32", dims=[3, -1, -1])],
         outputs=[TensorSpec(name=output_name, dtype="FP32", dims=[c, -1, -1])],
-        max_batch_size=max_batch_size, normalization=IMAGENET_RGB,
+        max_batch_size=max_batch_size,
+        normalization=IMAGENET_RGB,
         classes=list(info.classes),
         palette=[(int(r), int(g), int(b)) for r, g, b in info.palette],
-        test_pipeline=pipeline, align_corners=bool(entry.align_corners),
+        test_pipeline=pipeline,
+        align_corners=bool(entry.align_corners),
         dataset=entry.dataset,
         source=_source(entry, checkpoint, notes),
     )
 
 
-def card_for_entry(entry: Any, name: str, *, checkpoint: Optional[str] = None,
-                   notes: Optional[str] = None, max_batch_size: Optional[int] = None) -> ModelCard:
+def card_for_entry(
+    entry: Any,
+    name: str,
+    *,
+    checkpoint: str | None = None,
+    notes: str | None = None,
+    max_batch_size: int | None = None,
+) -> ModelCard:
     """The card of registry ``entry`` served as model ``name`` (Triton model / folder name).
 
     Dispatches on ``entry.task`` to :func:`pose_card`, :func:`bottomup_card` or
@@ -224,5 +292,14 @@ def card_for_entry(entry: Any, name: str, *, checkpoint: Optional[str] = None,
     raise ValueError(f"no card builder for task {entry.task!r} ({entry.name})")
 
 
-__all__ = ["BBOX_PADDING", "DEFAULT_BLUR_KERNEL", "IMAGENET_RGB", "bottomup_card",
-           "bottomup_output_names", "bottomup_spec", "card_for_entry", "pose_card", "seg_card"]
+__all__ = [
+    "BBOX_PADDING",
+    "DEFAULT_BLUR_KERNEL",
+    "IMAGENET_RGB",
+    "bottomup_card",
+    "bottomup_output_names",
+    "bottomup_spec",
+    "card_for_entry",
+    "pose_card",
+    "seg_card",
+]

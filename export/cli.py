@@ -26,6 +26,7 @@ card that does not match its graph.
 This module only parses options; ``--arch`` runs :func:`export.pipeline.export_model`, which other
 code can call directly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from .pipeline import PROG, ExportInputError, export_model, registry_entry
 
@@ -43,8 +45,11 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "HRNET_EXPORT_"
 #: options whose environment variable is project-wide rather than ``HRNET_EXPORT_*``
-SHARED_ENV = {"model_repository": "HRNET_MODEL_REPOSITORY", "cache_dir": "HRNET_CACHE_DIR",
-              "shared_dir": "HRNET_SHARED_DIR"}
+SHARED_ENV = {
+    "model_repository": "HRNET_MODEL_REPOSITORY",
+    "cache_dir": "HRNET_CACHE_DIR",
+    "shared_dir": "HRNET_SHARED_DIR",
+}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -77,102 +82,224 @@ def build_parser() -> argparse.ArgumentParser:
     the parser's ``env_options`` (what :func:`parse_args` fills from the environment).
     """
     p = argparse.ArgumentParser(
-        prog=PROG, description="Export HRNet checkpoints to ONNX and write Triton model-repository "
+        prog=PROG,
+        description="Export HRNet checkpoints to ONNX and write Triton model-repository "
         "entries (config.pbtxt + card.json + 1/model.onnx).",
         epilog="Each option may be set by environment: HRNET_MODEL_REPOSITORY, HRNET_CACHE_DIR, "
-        "HRNET_SHARED_DIR, otherwise HRNET_EXPORT_<OPTION> (e.g. HRNET_EXPORT_ARCH).")
+        "HRNET_SHARED_DIR, otherwise HRNET_EXPORT_<OPTION> (e.g. HRNET_EXPORT_ARCH).",
+    )
     options: list[tuple[argparse.Action, bool]] = []
 
     def add(group, *flags: str, **kw) -> None:
         options.append((group.add_argument(*flags, **kw), kw.get("action") == "append"))
 
     mode = p.add_argument_group("what to register")
-    add(mode, "--arch", help="registry model name (training.registry), e.g. "
-              "td-hm_hrnet-w32_8xb64-210e_coco-256x192")
-    add(mode, "--checkpoint", help="checkpoint file or http(s)/file URL (published "
-              "MMPose 1.x/0.x, MMSeg or original-HRNet layout; loaded strictly)")
-    add(mode, "--random-init", action="store_true", default=None,
-              help="no checkpoint: fixed-seed random weights (tests/demos)")
+    add(
+        mode,
+        "--arch",
+        help="registry model name (training.registry), e.g. "
+        "td-hm_hrnet-w32_8xb64-210e_coco-256x192",
+    )
+    add(
+        mode,
+        "--checkpoint",
+        help="checkpoint file or http(s)/file URL (published "
+        "MMPose 1.x/0.x, MMSeg or original-HRNet layout; loaded strictly)",
+    )
+    add(
+        mode,
+        "--random-init",
+        action="store_true",
+        default=None,
+        help="no checkpoint: fixed-seed random weights (tests/demos)",
+    )
     add(mode, "--onnx", help="register this existing ONNX file (needs --card)")
     add(mode, "--card", help="card.json for --onnx")
-    add(mode, "--shared-models", action="store_true", default=None,
-              help="register the shared PP-TinyPose and RTMDet-nano ONNX models")
-    add(mode, "--shared-dir", help="shared data folder (default: ../shared beside the "
-              "project root of the current directory)")
-    add(mode, "--zoo", action="append", metavar="ARCH",
-              help="with --shared-models: also export this registry model from its "
-              "published checkpoint URL, best effort (skipped with a message when torch "
-              "is not installed or the URL cannot be reached); repeatable")
-    add(mode, "--list", action="store_true", default=None, dest="list_archs",
-              help="list the registry model names and exit")
+    add(
+        mode,
+        "--shared-models",
+        action="store_true",
+        default=None,
+        help="register the shared PP-TinyPose and RTMDet-nano ONNX models",
+    )
+    add(
+        mode,
+        "--shared-dir",
+        help="shared data folder (default: ../shared beside the "
+        "project root of the current directory)",
+    )
+    add(
+        mode,
+        "--zoo",
+        action="append",
+        metavar="ARCH",
+        help="with --shared-models: also export this registry model from its "
+        "published checkpoint URL, best effort (skipped with a message when torch "
+        "is not installed or the URL cannot be reached); repeatable",
+    )
+    add(
+        mode,
+        "--list",
+        action="store_true",
+        default=None,
+        dest="list_archs",
+        help="list the registry model names and exit",
+    )
 
     out = p.add_argument_group("where and how")
-    add(out, "--name", help="model name in the repository (default: --arch, or the "
-             "card's name with --onnx)")
+    add(
+        out,
+        "--name",
+        help="model name in the repository (default: --arch, or the card's name with --onnx)",
+    )
     add(out, "--model-repository", help="Triton model repository folder")
     add(out, "--cache-dir", help="download cache for checkpoint URLs")
-    add(out, "--max-batch-size", type=int, help="Triton max_batch_size (default 32 for "
-             "pose, 8 for segmentation, the card's value with --onnx)")
-    add(out, "--instance-kind", choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
-             help="Triton instance_group kind (default KIND_GPU)")
+    add(
+        out,
+        "--max-batch-size",
+        type=int,
+        help="Triton max_batch_size (default 32 for "
+        "pose, 8 for segmentation, the card's value with --onnx)",
+    )
+    add(
+        out,
+        "--instance-kind",
+        choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
+        help="Triton instance_group kind (default KIND_GPU)",
+    )
     add(out, "--instance-count", type=int, help="Triton instances per device (default 1)")
-    add(out, "--trt", action="store_true", default=None,
-             help="enable ONNX Runtime's TensorRT execution accelerator in config.pbtxt")
-    add(out, "--link", choices=("copy", "hardlink", "symlink"),
-             help="how model.onnx gets into the repository (default copy)")
+    add(
+        out,
+        "--trt",
+        action="store_true",
+        default=None,
+        help="enable ONNX Runtime's TensorRT execution accelerator in config.pbtxt",
+    )
+    add(
+        out,
+        "--link",
+        choices=("copy", "hardlink", "symlink"),
+        help="how model.onnx gets into the repository (default copy)",
+    )
 
     exp = p.add_argument_group("export")
     add(exp, "--opset", type=int, help="ONNX opset (default 17)")
-    add(exp, "--exporter", choices=("auto", "dynamo", "legacy"),
-             help="torch.onnx path: auto (default: dynamo, falling back to the legacy "
-             "TorchScript exporter for batch-only graphs), dynamo, legacy")
-    add(exp, "--seed", type=int, help="seed of --random-init weights and parity inputs "
-             "(default 0)")
-    add(exp, "--no-check", action="store_true", default=None,
-             help="skip the ONNX Runtime vs PyTorch parity check")
-    add(exp, "--atol", type=float, help="parity tolerance, absolute part: passes when "
-             "max|onnx - torch| <= atol + rtol * max|torch| (default 1e-4)")
-    add(exp, "--rtol", type=float, help="parity tolerance, relative part: times the "
-             "largest |output| of PyTorch on that input (default 1e-5; float32 error "
-             "grows with the logits' magnitude)")
-    add(exp, "--check-size", action="append", type=_parse_hw, metavar="HxW",
-             help="segmentation and bottom-up parity sizes in pixels (repeatable). "
-             "Segmentation: batch 2, default half the training crop and a size that is "
-             "not a multiple of 32; bottom-up: batches 1 and 2, default SxS*3/2 and "
-             "(S+128)xS for the test size S (512x768 and 640x512 at 512), multiples of "
-             "64 as upstream's resize gives")
+    add(
+        exp,
+        "--exporter",
+        choices=("auto", "dynamo", "legacy"),
+        help="torch.onnx path: auto (default: dynamo, falling back to the legacy "
+        "TorchScript exporter for batch-only graphs), dynamo, legacy",
+    )
+    add(exp, "--seed", type=int, help="seed of --random-init weights and parity inputs (default 0)")
+    add(
+        exp,
+        "--no-check",
+        action="store_true",
+        default=None,
+        help="skip the ONNX Runtime vs PyTorch parity check",
+    )
+    add(
+        exp,
+        "--atol",
+        type=float,
+        help="parity tolerance, absolute part: passes when "
+        "max|onnx - torch| <= atol + rtol * max|torch| (default 1e-4)",
+    )
+    add(
+        exp,
+        "--rtol",
+        type=float,
+        help="parity tolerance, relative part: times the "
+        "largest |output| of PyTorch on that input (default 1e-5; float32 error "
+        "grows with the logits' magnitude)",
+    )
+    add(
+        exp,
+        "--check-size",
+        action="append",
+        type=_parse_hw,
+        metavar="HxW",
+        help="segmentation and bottom-up parity sizes in pixels (repeatable). "
+        "Segmentation: batch 2, default half the training crop and a size that is "
+        "not a multiple of 32; bottom-up: batches 1 and 2, default SxS*3/2 and "
+        "(S+128)xS for the test size S (512x768 and 640x512 at 512), multiples of "
+        "64 as upstream's resize gives",
+    )
     prec = p.add_argument_group("reduced precision (export.quantize; top-down pose models)")
-    add(prec, "--precision", choices=("fp32", "int8"),
-              help="fp32 (default) or int8: ONNX Runtime static QDQ int8, calibrated on "
-              "person crops of --calibration; refused (nothing written) when its keypoint "
-              "agreement with the fp32 graph on those crops is below --min-agreement. "
-              "With --shared-models the int8 PP-TinyPose is added as "
-              "<name>_int8 beside the fp32 entries")
-    add(prec, "--calibration", metavar="DIR", help="COCO-style folder (annotation json "
-              "under DIR/annotations/ or DIR, images by file_name) whose ground-truth "
-              "boxes give the calibration crops, e.g. ../shared/data/coco_mini")
-    add(prec, "--calibration-crops", type=int, help="at most this many calibration "
-              "crops (default 128)")
-    add(prec, "--calibration-method", choices=("minmax", "percentile", "entropy"),
-              help="activation ranges from the crops: minmax (default; memory stays "
-              "small), percentile (99.999th of |x|) or entropy; the last two hold every "
-              "activation of every crop in memory (HRNet-W32 256x192: ~0.2 GB a crop)")
-    add(prec, "--fp32-nodes", metavar="NAMES", help="comma list of node names left in "
-              "fp32 (mixed precision); unnamed nodes are named <op_type>_<index> after "
-              "ONNX Runtime's pre-processing (export.quantize.name_nodes)")
-    add(prec, "--min-agreement", type=float, help="keypoint agreement (mean OKS of the "
-              "reduced graph's keypoints vs the fp32 graph's on the calibration crops, "
-              "1 = identical) an int8 entry needs (default 0.95)")
+    add(
+        prec,
+        "--precision",
+        choices=("fp32", "int8"),
+        help="fp32 (default) or int8: ONNX Runtime static QDQ int8, calibrated on "
+        "person crops of --calibration; refused (nothing written) when its keypoint "
+        "agreement with the fp32 graph on those crops is below --min-agreement. "
+        "With --shared-models the int8 PP-TinyPose is added as "
+        "<name>_int8 beside the fp32 entries",
+    )
+    add(
+        prec,
+        "--calibration",
+        metavar="DIR",
+        help="COCO-style folder (annotation json "
+        "under DIR/annotations/ or DIR, images by file_name) whose ground-truth "
+        "boxes give the calibration crops, e.g. ../shared/data/coco_mini",
+    )
+    add(
+        prec,
+        "--calibration-crops",
+        type=int,
+        help="at most this many calibration crops (default 128)",
+    )
+    add(
+        prec,
+        "--calibration-method",
+        choices=("minmax", "percentile", "entropy"),
+        help="activation ranges from the crops: minmax (default; memory stays "
+        "small), percentile (99.999th of |x|) or entropy; the last two hold every "
+        "activation of every crop in memory (HRNet-W32 256x192: ~0.2 GB a crop)",
+    )
+    add(
+        prec,
+        "--fp32-nodes",
+        metavar="NAMES",
+        help="comma list of node names left in "
+        "fp32 (mixed precision); unnamed nodes are named <op_type>_<index> after "
+        "ONNX Runtime's pre-processing (export.quantize.name_nodes)",
+    )
+    add(
+        prec,
+        "--min-agreement",
+        type=float,
+        help="keypoint agreement (mean OKS of the "
+        "reduced graph's keypoints vs the fp32 graph's on the calibration crops, "
+        "1 = identical) an int8 entry needs (default 0.95)",
+    )
     add(p, "-v", "--verbose", action="store_true", default=None, help="log progress")
     p.env_options = options  # type: ignore[attr-defined]
     return p
 
 
-_DEFAULTS = dict(random_init=False, shared_models=False, list_archs=False, opset=17,
-                 exporter="auto", seed=0, no_check=False, atol=1e-4, rtol=1e-5,
-                 instance_kind="KIND_GPU",
-                 instance_count=1, trt=False, link="copy", verbose=False, precision="fp32",
-                 calibration_crops=128, calibration_method="minmax", min_agreement=0.95)
+_DEFAULTS = dict(
+    random_init=False,
+    shared_models=False,
+    list_archs=False,
+    opset=17,
+    exporter="auto",
+    seed=0,
+    no_check=False,
+    atol=1e-4,
+    rtol=1e-5,
+    instance_kind="KIND_GPU",
+    instance_count=1,
+    trt=False,
+    link="copy",
+    verbose=False,
+    precision="fp32",
+    calibration_crops=128,
+    calibration_method="minmax",
+    min_agreement=0.95,
+)
 
 
 def _env_value(action: argparse.Action, raw: str, append: bool = False):
@@ -207,8 +334,9 @@ def _env_value(action: argparse.Action, raw: str, append: bool = False):
     return values[0]
 
 
-def parse_args(argv: Optional[Sequence[str]] = None,
-               environ: Optional[dict] = None) -> argparse.Namespace:
+def parse_args(
+    argv: Sequence[str] | None = None, environ: dict | None = None
+) -> argparse.Namespace:
     """Parse ``argv``; options not given fall back to the environment, then to the defaults.
 
     Raises ``SystemExit(2)`` (argparse) for malformed flags and :class:`CLIError` for a malformed
@@ -227,7 +355,7 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     return args
 
 
-def find_project_root(start: Path) -> Optional[Path]:
+def find_project_root(start: Path) -> Path | None:
     """First of ``start`` and its parents holding ``pyproject.toml`` or ``.git``; else None."""
     for d in (start, *start.parents):
         if (d / "pyproject.toml").is_file() or (d / ".git").exists():
@@ -235,7 +363,7 @@ def find_project_root(start: Path) -> Optional[Path]:
     return None
 
 
-def default_shared_dir(cwd: Optional[Path] = None) -> Path:
+def default_shared_dir(cwd: Path | None = None) -> Path:
     """``../shared`` beside the project root of ``cwd`` (or of ``cwd`` itself if none is found)."""
     cwd = Path.cwd() if cwd is None else cwd
     root = find_project_root(cwd.resolve()) or cwd.resolve()
@@ -243,8 +371,11 @@ def default_shared_dir(cwd: Optional[Path] = None) -> Path:
 
 
 def _config_kw(args: argparse.Namespace) -> dict:
-    kw = dict(instance_kind=args.instance_kind, instance_count=args.instance_count,
-              trt_accelerator=bool(args.trt))
+    kw = dict(
+        instance_kind=args.instance_kind,
+        instance_count=args.instance_count,
+        trt_accelerator=bool(args.trt),
+    )
     if args.max_batch_size is not None:
         if args.max_batch_size < 1:
             raise CLIError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
@@ -254,8 +385,9 @@ def _config_kw(args: argparse.Namespace) -> dict:
 
 def _repository(args: argparse.Namespace) -> Path:
     if not args.model_repository:
-        raise CLIError("no model repository: give --model-repository DIR "
-                       "(or set HRNET_MODEL_REPOSITORY)")
+        raise CLIError(
+            "no model repository: give --model-repository DIR (or set HRNET_MODEL_REPOSITORY)"
+        )
     return Path(args.model_repository)
 
 
@@ -264,17 +396,22 @@ def _run_shared(args: argparse.Namespace) -> int:
 
     shared = Path(args.shared_dir) if args.shared_dir else default_shared_dir()
     if not (shared / "models").is_dir():
-        raise CLIError(f"shared models folder not found: {shared / 'models'} "
-                       "(give --shared-dir or set HRNET_SHARED_DIR)")
-    written = register_shared_models(shared, _repository(args), link=args.link,
-                                     **_config_kw(args))
+        raise CLIError(
+            f"shared models folder not found: {shared / 'models'} "
+            "(give --shared-dir or set HRNET_SHARED_DIR)"
+        )
+    written = register_shared_models(shared, _repository(args), link=args.link, **_config_kw(args))
     for name, path in written.items():
         print(f"registered {name}: {path}")
     if args.precision != "fp32":
         from .shared_models import PP_TINYPOSE, pp_tinypose_card, shared_model_path
 
-        _write_reduced(args, f"{PP_TINYPOSE}_{args.precision}",
-                       shared_model_path(shared, PP_TINYPOSE), pp_tinypose_card())
+        _write_reduced(
+            args,
+            f"{PP_TINYPOSE}_{args.precision}",
+            shared_model_path(shared, PP_TINYPOSE),
+            pp_tinypose_card(),
+        )
     for arch in args.zoo or []:
         _export_zoo_best_effort(args, arch)
     return 0
@@ -305,14 +442,17 @@ def _check_precision_args(args: argparse.Namespace) -> None:
     if args.precision == "fp32":
         return
     if not args.calibration:
-        raise CLIError(f"--precision {args.precision} needs --calibration DIR (person photos "
-                       "with a COCO-style box annotation json, e.g. ../shared/data/coco_mini)")
+        raise CLIError(
+            f"--precision {args.precision} needs --calibration DIR (person photos "
+            "with a COCO-style box annotation json, e.g. ../shared/data/coco_mini)"
+        )
     if args.calibration_crops < 1:
         raise CLIError(f"--calibration-crops must be >= 1, got {args.calibration_crops}")
 
 
-def _write_reduced(args: argparse.Namespace, name: str, onnx_path: Path,
-                   card) -> tuple[Path, ModelCard]:
+def _write_reduced(
+    args: argparse.Namespace, name: str, onnx_path: Path, card
+) -> tuple[Path, ModelCard]:
     """Quantise fp32 ``onnx_path`` to ``args.precision`` (:func:`export.quantize.reduce_precision`
     on ``--calibration`` crops), print the accuracy check and write entry ``name`` (copied).
     Returns the entry's path and its card; raises :class:`export.quantize.PrecisionRefused`
@@ -324,15 +464,22 @@ def _write_reduced(args: argparse.Namespace, name: str, onnx_path: Path,
     with tempfile.TemporaryDirectory(prefix="hrnet-quant-") as tmp:
         reduced = Path(tmp) / "model.onnx"
         card, agreement = reduce_precision(
-            onnx_path, reduced, card, crops, precision=args.precision,
-            calibration_source=str(args.calibration), method=args.calibration_method,
+            onnx_path,
+            reduced,
+            card,
+            crops,
+            precision=args.precision,
+            calibration_source=str(args.calibration),
+            method=args.calibration_method,
             exclude_nodes=[n for n in (args.fp32_nodes or "").split(",") if n],
-            min_agreement=args.min_agreement)
-        print(f"{args.precision} {name}: keypoint agreement with fp32 {agreement.mean_oks:.4f} "
-              f"(mean OKS, {agreement.crops} calibration crops; required "
-              f"{args.min_agreement:g}), argmax agreement {agreement.argmax_agreement:.4f}")
-        path = write_entry(_repository(args), name, reduced, card, link="copy",
-                           **_config_kw(args))
+            min_agreement=args.min_agreement,
+        )
+        print(
+            f"{args.precision} {name}: keypoint agreement with fp32 {agreement.mean_oks:.4f} "
+            f"(mean OKS, {agreement.crops} calibration crops; required "
+            f"{args.min_agreement:g}), argmax agreement {agreement.argmax_agreement:.4f}"
+        )
+        path = write_entry(_repository(args), name, reduced, card, link="copy", **_config_kw(args))
     print(f"registered {name}: {path}")
     return path, card
 
@@ -358,26 +505,42 @@ def _run_onnx(args: argparse.Namespace) -> int:
     if args.precision != "fp32":
         _write_reduced(args, name, onnx_path, card)
         return 0
-    path = write_entry(_repository(args), name, onnx_path, card, link=args.link,
-                       **_config_kw(args))
+    path = write_entry(_repository(args), name, onnx_path, card, link=args.link, **_config_kw(args))
     print(f"registered {name}: {path}")
     return 0
 
 
 def _export_kw(args: argparse.Namespace) -> dict:
     """Keywords of :func:`export.pipeline.export_model` from the parsed options."""
-    return dict(cache_dir=args.cache_dir, seed=args.seed, opset=args.opset,
-                exporter=args.exporter, check=not args.no_check, atol=args.atol, rtol=args.rtol,
-                check_sizes=args.check_size, config_kw=_config_kw(args))
+    return dict(
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+        opset=args.opset,
+        exporter=args.exporter,
+        check=not args.no_check,
+        atol=args.atol,
+        rtol=args.rtol,
+        check_sizes=args.check_size,
+        config_kw=_config_kw(args),
+    )
 
 
 def _run_export(args: argparse.Namespace) -> int:
     write = None
     if args.precision != "fp32":
+
         def write(name: str, onnx_path: Path, card):  # the int8 graph instead of the fp32 one
             return _write_reduced(args, name, onnx_path, card)
-    export_model(args.arch, _repository(args), name=args.name, checkpoint=args.checkpoint,
-                 random_init=bool(args.random_init), write=write, **_export_kw(args))
+
+    export_model(
+        args.arch,
+        _repository(args),
+        name=args.name,
+        checkpoint=args.checkpoint,
+        random_init=bool(args.random_init),
+        write=write,
+        **_export_kw(args),
+    )
     return 0
 
 
@@ -388,12 +551,20 @@ def _run(args: argparse.Namespace) -> int:
         for e in list_entries():
             print(f"{e.name}\t{e.task}\t{e.arch}\t{e.dataset}")
         return 0
-    modes = [m for m, on in (("--shared-models", args.shared_models), ("--onnx", bool(args.onnx)),
-                             ("--arch", bool(args.arch))) if on]
+    modes = [
+        m
+        for m, on in (
+            ("--shared-models", args.shared_models),
+            ("--onnx", bool(args.onnx)),
+            ("--arch", bool(args.arch)),
+        )
+        if on
+    ]
     if len(modes) != 1:
-        raise CLIError("choose exactly one of --arch (export a checkpoint), --onnx (register an "
-                       "ONNX file) or --shared-models" + (f"; got {' and '.join(modes)}"
-                                                          if modes else ""))
+        raise CLIError(
+            "choose exactly one of --arch (export a checkpoint), --onnx (register an "
+            "ONNX file) or --shared-models" + (f"; got {' and '.join(modes)}" if modes else "")
+        )
     _check_precision_args(args)
     if args.shared_models:
         return _run_shared(args)
@@ -414,7 +585,7 @@ def _reported_errors() -> tuple[type[BaseException], ...]:
     return (*errors, CheckpointError)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``hrnet-export``; returns the exit status (0 ok, 2 error)."""
     try:
         args = parse_args(argv)
@@ -423,8 +594,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except SystemExit as exc:  # argparse usage errors (already printed) and --help
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     from .onnx_export import ExportError
 
     try:

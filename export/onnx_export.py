@@ -30,6 +30,7 @@ verify every graph at sizes other than the example with :func:`check_parity`
 torch is imported lazily, inside the functions, so ``from export.onnx_export import ExportError``
 stays cheap for torch-free callers (registering an existing ONNX file).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,9 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple, Sequence, Union
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 Exporter = Literal["auto", "dynamo", "legacy"]
 #: one output name, or one per output of a multi-output model (HigherHRNet: one per stage)
-OutputNames = Union[str, Sequence[str]]
+OutputNames = str | Sequence[str]
 
 
 def _output_list(output_name: OutputNames) -> list[str]:
@@ -66,8 +68,9 @@ def _format_shape(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def _axis_names(dynamic_batch: bool, dynamic_spatial: bool,
-                outputs: Sequence[str] = ("output",)) -> tuple[dict[int, str], list[dict[int, str]]]:
+def _axis_names(
+    dynamic_batch: bool, dynamic_spatial: bool, outputs: Sequence[str] = ("output",)
+) -> tuple[dict[int, str], list[dict[int, str]]]:
     """``(input axes, [axes of each output])``: symbolic name per dynamic axis of the NCHW input
     and outputs (``batch``; ``height``/``width``, and ``out_height``/``out_width`` for a single
     output or ``<output>_height``/``<output>_width`` for each of several, whose sizes differ)."""
@@ -97,8 +100,15 @@ def onnx_metadata(path: Path | str) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _finalise_graph(path: Path, *, input_name: str, output_name: OutputNames, dynamic_batch: bool,
-                    dynamic_spatial: bool, metadata: dict[str, str]) -> None:
+def _finalise_graph(
+    path: Path,
+    *,
+    input_name: str,
+    output_name: OutputNames,
+    dynamic_batch: bool,
+    dynamic_spatial: bool,
+    metadata: dict[str, str],
+) -> None:
     """Name the dynamic axes uniformly (batch/height/width), add metadata, check the graph."""
     import onnx
 
@@ -106,12 +116,16 @@ def _finalise_graph(path: Path, *, input_name: str, output_name: OutputNames, dy
     graph = model.graph
     inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
     if len(inputs) != 1 or inputs[0].name != input_name:
-        raise ExportError(f"exported graph has inputs {[i.name for i in inputs]}, "
-                          f"expected exactly [{input_name!r}]")
+        raise ExportError(
+            f"exported graph has inputs {[i.name for i in inputs]}, "
+            f"expected exactly [{input_name!r}]"
+        )
     outputs = _output_list(output_name)
     if [o.name for o in graph.output] != outputs:
-        raise ExportError(f"exported graph has outputs {[o.name for o in graph.output]}, "
-                          f"expected exactly {outputs}")
+        raise ExportError(
+            f"exported graph has outputs {[o.name for o in graph.output]}, "
+            f"expected exactly {outputs}"
+        )
 
     def rename(value_info, names: dict[int, str]) -> None:
         dims = value_info.type.tensor_type.shape.dim
@@ -129,8 +143,10 @@ def _finalise_graph(path: Path, *, input_name: str, output_name: OutputNames, dy
         dims = vi.type.tensor_type.shape.dim
         for axis in wanted:
             if axis < len(dims) and dims[axis].HasField("dim_value"):
-                raise ExportError(f"axis {axis} of {vi.name!r} came out static "
-                                  f"({dims[axis].dim_value}); the exporter specialised it")
+                raise ExportError(
+                    f"axis {axis} of {vi.name!r} came out static "
+                    f"({dims[axis].dim_value}); the exporter specialised it"
+                )
 
     existing = {p.key: p for p in model.metadata_props}
     for key, value in metadata.items():
@@ -160,8 +176,17 @@ def _quiet_loggers(*names: str, level: int = logging.ERROR):
             lg.setLevel(lvl)
 
 
-def _export_dynamo(model, sample, path: Path, *, input_name: str, output_name: OutputNames, opset: int,
-                   dynamic_batch: bool, dynamic_spatial: bool) -> None:
+def _export_dynamo(
+    model,
+    sample,
+    path: Path,
+    *,
+    input_name: str,
+    output_name: OutputNames,
+    opset: int,
+    dynamic_batch: bool,
+    dynamic_spatial: bool,
+) -> None:
     import torch
     from torch.export import Dim
 
@@ -174,21 +199,43 @@ def _export_dynamo(model, sample, path: Path, *, input_name: str, output_name: O
     # torch.export's non-strict front end (HRNet-W18-small seg: ~20 s vs ~31 s strict). It
     # would turn ``int(sym_size * k)`` into the example's constant without narrowing the axis
     # range; HRNet's fusion has no such ``int()``, and check_parity at other sizes catches it.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings(), _quiet_loggers("torch.onnx", "torch.export", "onnxscript"):
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+        _quiet_loggers("torch.onnx", "torch.export", "onnxscript"),
+    ):
         warnings.simplefilter("ignore")
         program = torch.export.export(model, (sample,), dynamic_shapes=(axes,), strict=False)
         onnx_program = torch.onnx.export(
-            program, (sample,), None, dynamo=True, input_names=[input_name],
-            output_names=_output_list(output_name), opset_version=opset, external_data=False,
-            optimize=True, verbose=False, report=False)
+            program,
+            (sample,),
+            None,
+            dynamo=True,
+            input_names=[input_name],
+            output_names=_output_list(output_name),
+            opset_version=opset,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+            report=False,
+        )
         if onnx_program is None:
             raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
         onnx_program.save(str(path), external_data=False)
 
 
-def _export_legacy(model, sample, path: Path, *, input_name: str, output_name: OutputNames,
-                   opset: int, dynamic_batch: bool, dynamic_spatial: bool) -> None:
+def _export_legacy(
+    model,
+    sample,
+    path: Path,
+    *,
+    input_name: str,
+    output_name: OutputNames,
+    opset: int,
+    dynamic_batch: bool,
+    dynamic_spatial: bool,
+) -> None:
     import torch
 
     outputs = _output_list(output_name)
@@ -196,16 +243,30 @@ def _export_legacy(model, sample, path: Path, *, input_name: str, output_name: O
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (sample,), str(path), dynamo=False, input_names=[input_name],
-            output_names=outputs, opset_version=opset, do_constant_folding=True,
-            dynamic_axes={input_name: in_axes, **dict(zip(outputs, out_axes))}
-            if in_axes else None)
+            model,
+            (sample,),
+            str(path),
+            dynamo=False,
+            input_names=[input_name],
+            output_names=outputs,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamic_axes={input_name: in_axes, **dict(zip(outputs, out_axes))} if in_axes else None,
+        )
 
 
-def export_onnx(model, path: Path | str, *, input_shape: Sequence[int], dynamic_batch: bool = True,
-                dynamic_spatial: bool = False, input_name: str = "input",
-                output_name: OutputNames = "heatmaps", opset: int = 17,
-                exporter: Exporter = "auto") -> Path:
+def export_onnx(
+    model,
+    path: Path | str,
+    *,
+    input_shape: Sequence[int],
+    dynamic_batch: bool = True,
+    dynamic_spatial: bool = False,
+    input_name: str = "input",
+    output_name: OutputNames = "heatmaps",
+    opset: int = 17,
+    exporter: Exporter = "auto",
+) -> Path:
     """Export ``model`` (an ``nn.Module`` mapping one float32 NCHW tensor to one tensor, or to a
     tuple of tensors) to ONNX.
 
@@ -245,22 +306,35 @@ def export_onnx(model, path: Path | str, *, input_shape: Sequence[int], dynamic_
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     sample = torch.zeros(_shape_key(input_shape), dtype=torch.float32)
-    kw: dict[str, Any] = dict(input_name=input_name, output_name=output_name, opset=opset,
-                              dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial)
+    kw: dict[str, Any] = dict(
+        input_name=input_name,
+        output_name=output_name,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        dynamic_spatial=dynamic_spatial,
+    )
     errors: list[str] = []
     for name in order[exporter]:
         fn = _export_dynamo if name == "dynamo" else _export_legacy
         try:
             with torch.no_grad():
                 fn(model, sample, path, **kw)
-            _finalise_graph(path, input_name=input_name, output_name=output_name,
-                            dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
-                            metadata={"exporter": name, "torch_version": torch.__version__,
-                                      "opset": str(opset),
-                                      "sample_input_shape": _format_shape(input_shape)})
+            _finalise_graph(
+                path,
+                input_name=input_name,
+                output_name=output_name,
+                dynamic_batch=dynamic_batch,
+                dynamic_spatial=dynamic_spatial,
+                metadata={
+                    "exporter": name,
+                    "torch_version": torch.__version__,
+                    "opset": str(opset),
+                    "sample_input_shape": _format_shape(input_shape),
+                },
+            )
             log.info("exported %s with the %s exporter", path, name)
             return path
-        except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+        except Exception as exc:
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log.warning("%s exporter failed: %s", name, exc)
             with contextlib.suppress(FileNotFoundError):
@@ -280,8 +354,9 @@ def _branch_sizes(size: int, num_branches: int = 4) -> list[int]:
     return sizes
 
 
-def generic_spatial_size(min_h: int = 96, min_w: int = 96,
-                         num_branches: int = 4) -> tuple[int, int]:
+def generic_spatial_size(
+    min_h: int = 96, min_w: int = 96, num_branches: int = 4
+) -> tuple[int, int]:
     """Smallest ``(H, W)`` >= ``(min_h, min_w)`` (pixels) at which no HRNet branch upsampled by
     ``2**(j-i)`` lands exactly on branch ``i``'s size, in either axis.
 
@@ -294,10 +369,14 @@ def generic_spatial_size(min_h: int = 96, min_w: int = 96,
     the stem (two 3x3 stride-2 convs) and one 3x3 stride-2 conv per further branch:
     ``s -> (s - 1) // 2 + 1``.
     """
+
     def ok(size: int) -> bool:
         b = _branch_sizes(size, num_branches)
-        return all(b[j] * 2 ** (j - i) != b[i]
-                   for i in range(num_branches) for j in range(i + 1, num_branches))
+        return all(
+            b[j] * 2 ** (j - i) != b[i]
+            for i in range(num_branches)
+            for j in range(i + 1, num_branches)
+        )
 
     def first(lo: int) -> int:
         s = max(int(lo), 1)
@@ -360,8 +439,14 @@ class ParityStats(NamedTuple):
         return bool(self.max_abs_err <= self.bound)
 
 
-def check_parity(model, onnx_path: Path | str, shapes: Iterable[Sequence[int]], seed: int = 0,
-                 atol: float = 1e-4, rtol: float = 1e-5) -> dict[tuple[int, ...], ParityStats]:
+def check_parity(
+    model,
+    onnx_path: Path | str,
+    shapes: Iterable[Sequence[int]],
+    seed: int = 0,
+    atol: float = 1e-4,
+    rtol: float = 1e-5,
+) -> dict[tuple[int, ...], ParityStats]:
     """Run PyTorch and ONNX Runtime (CPU) on the same random input and compare.
 
     For each ``shape`` ``(N, 3, H, W)`` an input is drawn from a standard normal
@@ -394,7 +479,7 @@ def check_parity(model, onnx_path: Path | str, shapes: Iterable[Sequence[int]], 
     model = model.eval().cpu()
     try:
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
     in_name = session.get_inputs()[0].name
     out_names = [o.name for o in session.get_outputs()]
@@ -408,31 +493,49 @@ def check_parity(model, onnx_path: Path | str, shapes: Iterable[Sequence[int]], 
         refs = list(refs) if isinstance(refs, (tuple, list)) else [refs]
         try:
             gots = session.run(out_names, {in_name: x})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ExportError(f"ONNX Runtime failed on input {_format_shape(key)}: {exc}") from exc
         if len(gots) != len(refs):
-            raise ExportError(f"the ONNX graph has {len(gots)} outputs {out_names}, the model "
-                              f"returns {len(refs)}")
+            raise ExportError(
+                f"the ONNX graph has {len(gots)} outputs {out_names}, the model returns {len(refs)}"
+            )
         per_output = []
         for name, got, ref in zip(out_names, gots, refs):
             ref = ref.detach().cpu().numpy().astype(np.float64)
             if got.shape != ref.shape:
-                raise ExportError(f"output {name!r} shape mismatch on input "
-                                  f"{_format_shape(key)}: onnx {got.shape} vs torch {ref.shape}")
+                raise ExportError(
+                    f"output {name!r} shape mismatch on input "
+                    f"{_format_shape(key)}: onnx {got.shape} vs torch {ref.shape}"
+                )
             err = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
             mag = float(np.max(np.abs(ref))) if ref.size else 0.0
             per_output.append((name, err, mag, float(atol + rtol * mag)))
         # the output nearest its bound (NaN errors first) speaks for the shape
-        worst = max(per_output, key=lambda o: np.inf if np.isnan(o[1]) else o[1] / max(o[3], 1e-300))
+        worst = max(
+            per_output, key=lambda o: np.inf if np.isnan(o[1]) else o[1] / max(o[3], 1e-300)
+        )
         stats[key] = ParityStats(worst[1], worst[2], worst[3], worst[0], tuple(per_output))
     if not all(s.ok for s in stats.values()):
-        detail = ", ".join(f"{_format_shape(k)}{f' {name}' if len(s.per_output) > 1 else ''}: "
-                           f"max abs err {err:.3g} (max |torch| {mag:.3g}, allowed {bound:.3g})"
-                           for k, s in stats.items() for name, err, mag, bound in s.per_output)
-        raise ExportError(f"ONNX/PyTorch parity above atol={atol:g} + rtol={rtol:g} * "
-                          f"max|torch| ({detail})")
+        detail = ", ".join(
+            f"{_format_shape(k)}{f' {name}' if len(s.per_output) > 1 else ''}: "
+            f"max abs err {err:.3g} (max |torch| {mag:.3g}, allowed {bound:.3g})"
+            for k, s in stats.items()
+            for name, err, mag, bound in s.per_output
+        )
+        raise ExportError(
+            f"ONNX/PyTorch parity above atol={atol:g} + rtol={rtol:g} * max|torch| ({detail})"
+        )
     return stats
 
 
-__all__ = ["ExportError", "Exporter", "OutputNames", "ParityStats", "calibrate_batchnorm", "check_parity",
-           "export_onnx", "generic_spatial_size", "onnx_metadata"]
+__all__ = [
+    "ExportError",
+    "Exporter",
+    "OutputNames",
+    "ParityStats",
+    "calibrate_batchnorm",
+    "check_parity",
+    "export_onnx",
+    "generic_spatial_size",
+    "onnx_metadata",
+]

@@ -14,12 +14,14 @@ Tensor names are the card constants of :mod:`export.cards` (``POSE_INPUT``, ``PO
 ``SEG_OUTPUT``, the bottom-up output names). Parity shapes follow the registry entry's task (see
 :func:`parity_shapes`).
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from service.cards import ModelCard
 from service.layout import ONNX_FILENAME
@@ -56,7 +58,7 @@ def registry_entry(arch: str) -> Any:
         raise ExportInputError(f"unknown arch {arch!r}: {msg} (see '{PROG} --list')") from None
 
 
-def resolve_checkpoint(src: str, cache_dir: Optional[Path | str] = None) -> Path:
+def resolve_checkpoint(src: str, cache_dir: Path | str | None = None) -> Path:
     """A local checkpoint file for ``src``: a path (must exist, else :class:`ExportInputError`)
     or an ``http(s)://`` / ``file://`` URL downloaded (hash-checked) into ``cache_dir`` (None:
     ``training.checkpoint.default_cache_dir()``)."""
@@ -71,8 +73,9 @@ def resolve_checkpoint(src: str, cache_dir: Optional[Path | str] = None) -> Path
     return path
 
 
-def parity_shapes(entry: Any, check_sizes: Optional[Sequence[tuple[int, int]]] = None
-                  ) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+def parity_shapes(
+    entry: Any, check_sizes: Sequence[tuple[int, int]] | None = None
+) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
     """``(sample, checks)`` NCHW shapes for a registry ``entry``: the tracing sample and the
     ONNX Runtime vs PyTorch parity inputs.
 
@@ -92,20 +95,32 @@ def parity_shapes(entry: Any, check_sizes: Optional[Sequence[tuple[int, int]]] =
         sizes = check_sizes or [(s, -(-s * 3 // 2 // 64) * 64), (s + 128, s)]
         return (2, 3, 128, 192), [(n, 3, int(hh), int(ww)) for hh, ww in sizes for n in (1, 2)]
     crop_h, crop_w = entry.crop_size
-    sizes = check_sizes or [(max(32, crop_h // 64 * 32), max(32, crop_w // 64 * 32)),
-                            generic_spatial_size(max(33, crop_h // 3), max(33, crop_w // 3))]
+    sizes = check_sizes or [
+        (max(32, crop_h // 64 * 32), max(32, crop_w // 64 * 32)),
+        generic_spatial_size(max(33, crop_h // 3), max(33, crop_w // 3)),
+    ]
     return (2, 3, *generic_spatial_size(96, 96)), [(2, 3, int(hh), int(ww)) for hh, ww in sizes]
 
 
-def export_model(arch: str, repository: Path | str, *, name: Optional[str] = None,
-                 checkpoint: Optional[str] = None, random_init: bool = False,
-                 cache_dir: Optional[Path | str] = None, seed: int = 0, opset: int = 17,
-                 exporter: str = "auto", check: bool = True, atol: float = 1e-4,
-                 rtol: float = 1e-5, check_sizes: Optional[Sequence[tuple[int, int]]] = None,
-                 config_kw: Optional[dict[str, Any]] = None,
-                 report: Callable[[str], None] = print,
-                 write: Optional[Callable[[str, Path, ModelCard], tuple[Path, ModelCard]]] = None
-                 ) -> ExportedEntry:
+def export_model(
+    arch: str,
+    repository: Path | str,
+    *,
+    name: str | None = None,
+    checkpoint: str | None = None,
+    random_init: bool = False,
+    cache_dir: Path | str | None = None,
+    seed: int = 0,
+    opset: int = 17,
+    exporter: str = "auto",
+    check: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-5,
+    check_sizes: Sequence[tuple[int, int]] | None = None,
+    config_kw: dict[str, Any] | None = None,
+    report: Callable[[str], None] = print,
+    write: Callable[[str, Path, ModelCard], tuple[Path, ModelCard]] | None = None,
+) -> ExportedEntry:
     """Export registry model ``arch`` to ONNX and write it into ``repository`` as ``name``.
 
     Args:
@@ -149,24 +164,36 @@ def export_model(arch: str, repository: Path | str, *, name: Optional[str] = Non
     from training.models import create_model
 
     from .cards import bottomup_output_names, bottomup_spec, card_for_entry
-    from .onnx_export import (_format_shape, calibrate_batchnorm, check_parity, export_onnx,
-                              onnx_metadata)
+    from .onnx_export import (
+        _format_shape,
+        calibrate_batchnorm,
+        check_parity,
+        export_onnx,
+        onnx_metadata,
+    )
     from .repository import write_entry
 
     pose = entry.task == "topdown_pose"
-    input_name = {"topdown_pose": POSE_INPUT, "bottomup_pose": BOTTOMUP_INPUT}.get(entry.task,
-                                                                                 SEG_INPUT)
+    input_name = {"topdown_pose": POSE_INPUT, "bottomup_pose": BOTTOMUP_INPUT}.get(
+        entry.task, SEG_INPUT
+    )
     output_name: str | list[str] = (
-        POSE_OUTPUT if pose else bottomup_output_names(bottomup_spec(entry))
-        if entry.task == "bottomup_pose" else SEG_OUTPUT)
+        POSE_OUTPUT
+        if pose
+        else bottomup_output_names(bottomup_spec(entry))
+        if entry.task == "bottomup_pose"
+        else SEG_OUTPUT
+    )
     sample, checks = parity_shapes(entry, check_sizes)
 
     if random_init:
         model = create_model(entry.name, seed=seed)
         calibrate_batchnorm(model, sample, seed=seed)
         source = None
-        notes = (f"RANDOM WEIGHTS (seed {seed}, BatchNorm statistics calibrated on random "
-                 "input): not a trained model; for tests and demos only.")
+        notes = (
+            f"RANDOM WEIGHTS (seed {seed}, BatchNorm statistics calibrated on random "
+            "input): not a trained model; for tests and demos only."
+        )
     else:
         ckpt = resolve_checkpoint(checkpoint, cache_dir)
         model = create_model(entry.name, seed=seed)
@@ -177,33 +204,53 @@ def export_model(arch: str, repository: Path | str, *, name: Optional[str] = Non
 
     with tempfile.TemporaryDirectory(prefix="hrnet-export-") as tmp:
         onnx_path = Path(tmp) / ONNX_FILENAME
-        export_onnx(model, onnx_path, input_shape=sample, dynamic_batch=True,
-                    dynamic_spatial=not pose, input_name=input_name, output_name=output_name,
-                    opset=opset, exporter=exporter)
+        export_onnx(
+            model,
+            onnx_path,
+            input_shape=sample,
+            dynamic_batch=True,
+            dynamic_spatial=not pose,
+            input_name=input_name,
+            output_name=output_name,
+            opset=opset,
+            exporter=exporter,
+        )
         used = onnx_metadata(onnx_path).get("exporter", "?")
-        report(f"exported {entry.name} ({entry.arch}, {entry.task}) with the torch.onnx "
-               f"{used} exporter, opset {opset}")
+        report(
+            f"exported {entry.name} ({entry.arch}, {entry.task}) with the torch.onnx "
+            f"{used} exporter, opset {opset}"
+        )
         parity_note = "parity not checked"
         if check:
             stats = check_parity(model, onnx_path, checks, seed=seed, atol=atol, rtol=rtol)
             multi = not isinstance(output_name, str)
             for shape, st in stats.items():
                 for out, err, mag, bound in st.per_output:
-                    report(f"parity {_format_shape(shape)}{f' {out}' if multi else ''}: max abs "
-                           f"err {err:.3g} (max |torch| {mag:.3g}, allowed {bound:.3g})")
-            parity_note = ("ONNX Runtime vs PyTorch max abs err " + ", ".join(
+                    report(
+                        f"parity {_format_shape(shape)}{f' {out}' if multi else ''}: max abs "
+                        f"err {err:.3g} (max |torch| {mag:.3g}, allowed {bound:.3g})"
+                    )
+            parity_note = "ONNX Runtime vs PyTorch max abs err " + ", ".join(
                 f"{_format_shape(s)}{f' {out}' if multi else ''}: {err:.2g} (max |output| "
-                f"{mag:.2g})" for s, st in stats.items() for out, err, mag, _ in st.per_output))
-        card = card_for_entry(entry, name, checkpoint=source,
-                              notes=f"{notes} Exported with torch.onnx ({used}), opset "
-                                    f"{opset}; {parity_note}.")
+                f"{mag:.2g})"
+                for s, st in stats.items()
+                for out, err, mag, _ in st.per_output
+            )
+        card = card_for_entry(
+            entry,
+            name,
+            checkpoint=source,
+            notes=f"{notes} Exported with torch.onnx ({used}), opset {opset}; {parity_note}.",
+        )
         if random_init:  # the published URL/metrics describe weights we did not use
-            card = card.model_copy(update={"source": card.source.model_copy(
-                update={"url": None, "metrics": {}})})
+            card = card.model_copy(
+                update={"source": card.source.model_copy(update={"url": None, "metrics": {}})}
+            )
         if write is not None:
             path, card = write(name, onnx_path, card)
             return ExportedEntry(name=name, path=Path(path), card=card)
-        path = write_entry(Path(repository), name, onnx_path, card, link="copy",
-                           **(config_kw or {}))
+        path = write_entry(
+            Path(repository), name, onnx_path, card, link="copy", **(config_kw or {})
+        )
     report(f"registered {name}: {path}")
     return ExportedEntry(name=name, path=Path(path), card=card)

@@ -32,14 +32,15 @@ Upstream semantics followed: ONNX Runtime's quantisation tool (``onnxruntime.qua
 QDQ format, per-channel weights) and the COCO OKS definition (``pycocotools`` ``computeOks``).
 Needs onnx and onnxruntime, no torch.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -87,10 +88,12 @@ class Agreement:
 
     def as_dict(self) -> dict[str, float]:
         """The figures as the card records them."""
-        return {"keypoint_mean_oks": round(self.mean_oks, 6),
-                "argmax_agreement": round(self.argmax_agreement, 6),
-                "max_abs_heatmap_diff": float(f"{self.max_abs_diff:.6g}"),
-                "crops": float(self.crops)}
+        return {
+            "keypoint_mean_oks": round(self.mean_oks, 6),
+            "argmax_agreement": round(self.argmax_agreement, 6),
+            "max_abs_heatmap_diff": float(f"{self.max_abs_diff:.6g}"),
+            "crops": float(self.crops),
+        }
 
 
 def _find_annotation(calib_dir: Path) -> Path:
@@ -102,11 +105,13 @@ def _find_annotation(calib_dir: Path) -> Path:
                 continue
             if isinstance(data, dict) and "images" in data and "annotations" in data:
                 return path
-    raise ExportError(f"no COCO-style annotation json (with 'images' and 'annotations') in "
-                      f"{calib_dir} or {calib_dir / 'annotations'}")
+    raise ExportError(
+        f"no COCO-style annotation json (with 'images' and 'annotations') in "
+        f"{calib_dir} or {calib_dir / 'annotations'}"
+    )
 
 
-def _find_image(calib_dir: Path, file_name: str) -> Optional[Path]:
+def _find_image(calib_dir: Path, file_name: str) -> Path | None:
     direct = calib_dir / file_name
     if direct.is_file():
         return direct
@@ -116,8 +121,9 @@ def _find_image(calib_dir: Path, file_name: str) -> Optional[Path]:
     return None
 
 
-def calibration_crops(calib_dir: Path | str, card: TopDownCard,
-                      limit: int = DEFAULT_CALIBRATION_CROPS) -> np.ndarray:
+def calibration_crops(
+    calib_dir: Path | str, card: TopDownCard, limit: int = DEFAULT_CALIBRATION_CROPS
+) -> np.ndarray:
     """Network inputs ``(N, 3, h, w)`` float32 for the ground-truth boxes of a COCO-style folder.
 
     Boxes: every non-crowd annotation with a ``bbox`` whose sides are at least
@@ -149,9 +155,10 @@ def calibration_crops(calib_dir: Path | str, card: TopDownCard,
         path = _find_image(calib_dir, im["file_name"])
         image = cv2.imread(str(path)) if path is not None else None
         if image is None:
-            raise ExportError(f"calibration image {im['file_name']} not found or unreadable "
-                              f"under {calib_dir}")
-        b = np.asarray(boxes[im["id"]][:limit - total], np.float32)
+            raise ExportError(
+                f"calibration image {im['file_name']} not found or unreadable under {calib_dir}"
+            )
+        b = np.asarray(boxes[im["id"]][: limit - total], np.float32)
         _, _, x = prepare_inputs(image, b, card, flip_test=False)
         batches.append(x)
         total += len(x)
@@ -173,15 +180,16 @@ def run_onnx(path: Path | str, x: np.ndarray, batch: int = 16) -> np.ndarray:
     time on ONNX Runtime's CPU provider), concatenated."""
     sess = _session(path)
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
-                           for i in range(0, len(x), batch)])
+    return np.concatenate(
+        [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    )
 
 
 class _Reader(CalibrationDataReader):
     """The calibration crops ``x`` as ONNX Runtime's calibration feeds, ``batch`` at a time."""
 
     def __init__(self, name: str, x: np.ndarray, batch: int = 8):
-        self._feeds = iter([{name: x[i:i + batch]} for i in range(0, len(x), batch)])
+        self._feeds = iter([{name: x[i : i + batch]} for i in range(0, len(x), batch)])
 
     def get_next(self):
         return next(self._feeds, None)
@@ -209,9 +217,15 @@ def name_nodes(path: Path | str) -> list[str]:
     return [n.name for n in model.graph.node]
 
 
-def quantize_int8(src: Path | str, dst: Path | str, crops: np.ndarray, *,
-                  method: str = "minmax", exclude_nodes: Sequence[str] = (),
-                  per_channel: bool = True) -> None:
+def quantize_int8(
+    src: Path | str,
+    dst: Path | str,
+    crops: np.ndarray,
+    *,
+    method: str = "minmax",
+    exclude_nodes: Sequence[str] = (),
+    per_channel: bool = True,
+) -> None:
     """Write ``dst``: the static int8 QDQ graph of the fp32 ONNX graph ``src``.
 
     ONNX Runtime's pre-processing (ONNX shape inference and graph optimisation, so BatchNorm is
@@ -223,15 +237,18 @@ def quantize_int8(src: Path | str, dst: Path | str, crops: np.ndarray, *,
     the :data:`PERCENTILE` th percentile of |x|, or ``entropy``). ``exclude_nodes`` stay fp32.
     Raises :class:`ExportError` for an unknown method or when ONNX Runtime fails.
     """
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     if method not in methods:
-        raise ExportError(f"unknown calibration method {method!r}; choose from "
-                          f"{', '.join(CALIBRATION_METHODS)}")
+        raise ExportError(
+            f"unknown calibration method {method!r}; choose from {', '.join(CALIBRATION_METHODS)}"
+        )
     extra = {"CalibPercentile": PERCENTILE} if method == "percentile" else {}
     with tempfile.TemporaryDirectory(prefix="hrnet-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -239,14 +256,21 @@ def quantize_int8(src: Path | str, dst: Path | str, crops: np.ndarray, *,
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             name_nodes(pre)
             name = _session(pre).get_inputs()[0].name
-            quantize_static(str(pre), str(dst), _Reader(name, crops),
-                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[method],
-                            nodes_to_exclude=list(exclude_nodes), extra_options=extra)
+            quantize_static(
+                str(pre),
+                str(dst),
+                _Reader(name, crops),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                nodes_to_exclude=list(exclude_nodes),
+                extra_options=extra,
+            )
         except ExportError:
             raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime/onnx raise their own types
+        except Exception as exc:
             raise ExportError(f"int8 quantisation of {src} failed: {exc}") from exc
 
 
@@ -267,17 +291,29 @@ def check_agreement(reference: np.ndarray, reduced: np.ndarray, card: TopDownCar
     n, k = ref_kpts.shape[:2]
     in_w, in_h = card.codec.input_size
     sigmas = card.sigmas or [0.05] * k  # COCO's mid sigma where a card has none
-    area = np.full(n, in_w * in_h / card.bbox_padding ** 2, np.float64)
+    area = np.full(n, in_w * in_h / card.bbox_padding**2, np.float64)
     oks = mean_oks(red_kpts, ref_kpts, np.full((n, k), 2.0), area, sigmas)
     flat = reference.reshape(n, k, -1).argmax(-1) == reduced.reshape(n, k, -1).argmax(-1)
-    return Agreement(mean_oks=oks, argmax_agreement=float(flat.mean()),
-                     max_abs_diff=float(np.abs(reference - reduced).max()), crops=n)
+    return Agreement(
+        mean_oks=oks,
+        argmax_agreement=float(flat.mean()),
+        max_abs_diff=float(np.abs(reference - reduced).max()),
+        crops=n,
+    )
 
 
-def reduce_precision(src: Path | str, dst: Path | str, card: ModelCard, crops: np.ndarray, *,
-                     precision: str = "int8", calibration_source: str = "",
-                     method: str = "minmax", exclude_nodes: Sequence[str] = (),
-                     min_agreement: float = DEFAULT_MIN_AGREEMENT) -> tuple[ModelCard, Agreement]:
+def reduce_precision(
+    src: Path | str,
+    dst: Path | str,
+    card: ModelCard,
+    crops: np.ndarray,
+    *,
+    precision: str = "int8",
+    calibration_source: str = "",
+    method: str = "minmax",
+    exclude_nodes: Sequence[str] = (),
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+) -> tuple[ModelCard, Agreement]:
     """Write the ``precision`` graph of fp32 ``src`` to ``dst`` and return its card and check.
 
     ``card`` must be a top-down pose card (:class:`service.cards.TopDownCard`); ``crops`` are its
@@ -293,25 +329,35 @@ def reduce_precision(src: Path | str, dst: Path | str, card: ModelCard, crops: n
     if precision != "int8":
         raise ExportError(f"unsupported reduced precision {precision!r} (have: int8)")
     if not isinstance(card, TopDownCard):
-        raise ExportError(f"--precision int8 needs a top-down pose model; {card.name!r} is a "
-                          f"{card.task} model")
+        raise ExportError(
+            f"--precision int8 needs a top-down pose model; {card.name!r} is a {card.task} model"
+        )
     quantize_int8(src, dst, crops, method=method, exclude_nodes=exclude_nodes)
     agreement = check_agreement(run_onnx(src, crops), run_onnx(dst, crops), card)
-    figures = (f"keypoint agreement (mean OKS vs fp32) {agreement.mean_oks:.4f}, heatmap argmax "
-               f"agreement {agreement.argmax_agreement:.4f}, max |heatmap diff| "
-               f"{agreement.max_abs_diff:.3g} on {agreement.crops} calibration crops")
+    figures = (
+        f"keypoint agreement (mean OKS vs fp32) {agreement.mean_oks:.4f}, heatmap argmax "
+        f"agreement {agreement.argmax_agreement:.4f}, max |heatmap diff| "
+        f"{agreement.max_abs_diff:.3g} on {agreement.crops} calibration crops"
+    )
     if not agreement.mean_oks >= min_agreement:
         Path(dst).unlink(missing_ok=True)
-        raise PrecisionRefused(f"{precision} graph of {card.name!r} refused: {figures}, below "
-                               f"the required {min_agreement:g} (--min-agreement); nothing "
-                               f"written")
+        raise PrecisionRefused(
+            f"{precision} graph of {card.name!r} refused: {figures}, below "
+            f"the required {min_agreement:g} (--min-agreement); nothing "
+            f"written"
+        )
     log.info("%s graph of %s: %s", precision, card.name, figures)
     spec = QuantizationSpec(
-        method=(f"onnxruntime {_ort_version()} static quantisation, QDQ, int8 weights "
-                f"per output channel, uint8 activations calibrated by "
-                f"{method}" + (f" ({PERCENTILE}th percentile)" if method == "percentile" else "")),
+        method=(
+            f"onnxruntime {_ort_version()} static quantisation, QDQ, int8 weights "
+            f"per output channel, uint8 activations calibrated by "
+            f"{method}" + (f" ({PERCENTILE}th percentile)" if method == "percentile" else "")
+        ),
         calibration=f"{len(crops)} person crops from {calibration_source or 'given crops'}",
-        excluded_nodes=list(exclude_nodes), check=agreement.as_dict(), threshold=min_agreement)
+        excluded_nodes=list(exclude_nodes),
+        check=agreement.as_dict(),
+        threshold=min_agreement,
+    )
     return card.model_copy(update={"precision": precision, "quantization": spec}), agreement
 
 
@@ -321,6 +367,17 @@ def _ort_version() -> str:
     return ort.__version__
 
 
-__all__ = ["Agreement", "CALIBRATION_METHODS", "DEFAULT_CALIBRATION_CROPS",
-           "DEFAULT_MIN_AGREEMENT", "PRECISIONS", "PrecisionRefused", "calibration_crops",
-           "check_agreement", "name_nodes", "quantize_int8", "reduce_precision", "run_onnx"]
+__all__ = [
+    "Agreement",
+    "CALIBRATION_METHODS",
+    "DEFAULT_CALIBRATION_CROPS",
+    "DEFAULT_MIN_AGREEMENT",
+    "PRECISIONS",
+    "PrecisionRefused",
+    "calibration_crops",
+    "check_agreement",
+    "name_nodes",
+    "quantize_int8",
+    "reduce_precision",
+    "run_onnx",
+]

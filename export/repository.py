@@ -9,6 +9,7 @@ Before writing, the card is checked against the ONNX graph (:func:`card_mismatch
 names, data types, ranks and static dims must agree, as Triton requires of ``config.pbtxt``.
 Torch-free (onnxruntime only).
 """
+
 from __future__ import annotations
 
 import filecmp
@@ -17,7 +18,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,8 +34,7 @@ log = logging.getLogger(__name__)
 STAGING_DIRNAME = ".staging"
 
 LinkMode = Literal["copy", "hardlink", "symlink"]
-OnnxSource = Union[str, os.PathLike, bytes]
-
+OnnxSource = str | os.PathLike | bytes
 
 
 def _session(onnx_path: Path | str):
@@ -42,7 +42,7 @@ def _session(onnx_path: Path | str):
 
     try:
         return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
 
 
@@ -90,13 +90,16 @@ def card_mismatches(card: ModelCard, onnx_path: Path | str, *, probe: bool = Tru
         if dtype != spec.dtype:
             problems.append(f"{kind} {spec.name!r}: card dtype {spec.dtype}, graph {dtype}")
         if len(shape) != len(spec.dims) + 1:
-            problems.append(f"{kind} {spec.name!r}: card dims {spec.dims} (+ batch) but graph "
-                            f"shape {shape}")
+            problems.append(
+                f"{kind} {spec.name!r}: card dims {spec.dims} (+ batch) but graph shape {shape}"
+            )
             return
         batch = shape[0]
         if _static(batch) and not (batch == 1 and card.max_batch_size == 1):
-            problems.append(f"{kind} {spec.name!r}: graph batch axis is static ({batch}) but "
-                            f"max_batch_size is {card.max_batch_size}")
+            problems.append(
+                f"{kind} {spec.name!r}: graph batch axis is static ({batch}) but "
+                f"max_batch_size is {card.max_batch_size}"
+            )
         for axis, (g, c) in enumerate(zip(shape[1:], spec.dims), start=1):
             if _static(g) and g != c:
                 problems.append(f"{kind} {spec.name!r} axis {axis}: card {c}, graph {g}")
@@ -115,18 +118,25 @@ def card_mismatches(card: ModelCard, onnx_path: Path | str, *, probe: bool = Tru
             compare("output", spec, *graph_out[spec.name])
 
     if probe and not problems:
-        feed = {s.name: np.zeros([1] + [d if d > 0 else 64 for d in s.dims],
-                                 dtype=NUMPY_DTYPES[s.dtype]) for s in card.inputs}
+        feed = {
+            s.name: np.zeros(
+                [1] + [d if d > 0 else 64 for d in s.dims], dtype=NUMPY_DTYPES[s.dtype]
+            )
+            for s in card.inputs
+        }
         names = [s.name for s in card.outputs]
         try:
             outs = sess.run(names, feed)
-        except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"{onnx_path} failed on a zero input of the card's size: {exc}") from exc
+        except Exception as exc:
+            raise ExportError(
+                f"{onnx_path} failed on a zero input of the card's size: {exc}"
+            ) from exc
         for spec, out in zip(card.outputs, outs):
             got = list(out.shape[1:])
             if len(got) != len(spec.dims) or any(c > 0 and c != g for c, g in zip(spec.dims, got)):
-                problems.append(f"output {spec.name!r}: card dims {spec.dims}, produced "
-                                f"{got} (batch 1)")
+                problems.append(
+                    f"output {spec.name!r}: card dims {spec.dims}, produced {got} (batch 1)"
+                )
     return problems
 
 
@@ -166,16 +176,23 @@ def _same_entry(a: Path, b: Path) -> bool:
         if not (fa.exists() and fb.exists()):
             return False
         if fa.is_symlink() or fb.is_symlink():
-            if not (fa.is_symlink() and fb.is_symlink()
-                    and os.readlink(fa) == os.readlink(fb)):
+            if not (fa.is_symlink() and fb.is_symlink() and os.readlink(fa) == os.readlink(fb)):
                 return False
         elif not filecmp.cmp(fa, fb, shallow=False):
             return False
     return True
 
 
-def write_entry(repo_dir: Path | str, name: str, onnx_src_or_bytes: OnnxSource, card: ModelCard, *,
-                link: LinkMode = "copy", validate: bool = True, **config_kw: Any) -> Path:
+def write_entry(
+    repo_dir: Path | str,
+    name: str,
+    onnx_src_or_bytes: OnnxSource,
+    card: ModelCard,
+    *,
+    link: LinkMode = "copy",
+    validate: bool = True,
+    **config_kw: Any,
+) -> Path:
     """Write the repository entry ``<repo_dir>/<name>/`` and return its folder.
 
     Writes ``config.pbtxt`` (:func:`export.triton_config.write_config` with ``config_kw``:
@@ -246,5 +263,12 @@ def write_entry(repo_dir: Path | str, name: str, onnx_src_or_bytes: OnnxSource, 
             pass
 
 
-__all__ = ["MODEL_FILENAME", "MODEL_VERSION", "ORT_DTYPES", "card_mismatches", "check_card",
-           "onnx_signature", "write_entry"]
+__all__ = [
+    "MODEL_FILENAME",
+    "MODEL_VERSION",
+    "ORT_DTYPES",
+    "card_mismatches",
+    "check_card",
+    "onnx_signature",
+    "write_entry",
+]

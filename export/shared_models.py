@@ -20,13 +20,22 @@ The file names/paths are never hard-coded to a machine: the shared folder is an 
 takes ``--shared-dir`` / ``HRNET_SHARED_DIR``, default ``../shared`` beside the project root).
 Torch-free.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from service.cards import (CodecSpec, DetectorCard, DetectorSpec, ModelCard, TopDownCard, Normalization, SourceSpec,
-                           TensorSpec)
+from service.cards import (
+    CodecSpec,
+    DetectorCard,
+    DetectorSpec,
+    ModelCard,
+    Normalization,
+    SourceSpec,
+    TensorSpec,
+    TopDownCard,
+)
 from service.datasets import get_pose_dataset
 
 from .cards import BBOX_PADDING, IMAGENET_RGB
@@ -41,8 +50,9 @@ SHARED_MODEL_FILES = {
 }
 
 #: MMDeploy RTMDet preprocessing (mmpose ``projects/rtmpose`` RTMDet-nano config): BGR order.
-RTMDET_BGR = Normalization(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395),
-                           channel_order="bgr")
+RTMDET_BGR = Normalization(
+    mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395), channel_order="bgr"
+)
 
 
 def pp_tinypose_card(name: str = PP_TINYPOSE) -> ModelCard:
@@ -53,13 +63,25 @@ def pp_tinypose_card(name: str = PP_TINYPOSE) -> ModelCard:
     """
     coco = get_pose_dataset("coco")
     return TopDownCard(
-        name=name, task="topdown_pose", input_size=(192, 256),
+        name=name,
+        task="topdown_pose",
+        input_size=(192, 256),
         inputs=[TensorSpec(name="image", dtype="FP32", dims=[3, 256, 192])],
         outputs=[TensorSpec(name="heatmaps", dtype="FP32", dims=[17, 64, 48])],
-        max_batch_size=32, normalization=IMAGENET_RGB,
-        codec=CodecSpec(type="MSRAHeatmap", input_size=(192, 256), heatmap_size=(48, 64),
-                        sigma=2.0, unbiased=True, blur_kernel_size=11),
-        bbox_padding=BBOX_PADDING, use_udp=False, flip_test=True, shift_heatmap=True,
+        max_batch_size=32,
+        normalization=IMAGENET_RGB,
+        codec=CodecSpec(
+            type="MSRAHeatmap",
+            input_size=(192, 256),
+            heatmap_size=(48, 64),
+            sigma=2.0,
+            unbiased=True,
+            blur_kernel_size=11,
+        ),
+        bbox_padding=BBOX_PADDING,
+        use_udp=False,
+        flip_test=True,
+        shift_heatmap=True,
         keypoint_names=list(coco.keypoint_names),
         skeleton=[(int(a), int(b)) for a, b in coco.skeleton],
         flip_indices=[int(i) for i in coco.flip_indices],
@@ -69,9 +91,12 @@ def pp_tinypose_card(name: str = PP_TINYPOSE) -> ModelCard:
             arch="PP-TinyPose (Lite-HRNet) 256x192",
             config="PaddleDetection configs/keypoint/tiny_pose/tinypose_256x192.yml",
             checkpoint=SHARED_MODEL_FILES[PP_TINYPOSE],
-            notes=("PaddleDetection (Apache-2.0), converted to ONNX fp32 opset 13. Decoding: "
-                   "DARK (PaddleDetection HRNetPostProcess use_dark=True); flip test with "
-                   "shifted heatmaps.")),
+            notes=(
+                "PaddleDetection (Apache-2.0), converted to ONNX fp32 opset 13. Decoding: "
+                "DARK (PaddleDetection HRNetPostProcess use_dark=True); flip test with "
+                "shifted heatmaps."
+            ),
+        ),
     )
 
 
@@ -84,19 +109,28 @@ def rtmdet_nano_card(name: str = RTMDET_NANO) -> ModelCard:
     ``max_batch_size = 1`` (the graph's NMS rejects larger batches).
     """
     return DetectorCard(
-        name=name, task="detection", input_size=(320, 320),
+        name=name,
+        task="detection",
+        input_size=(320, 320),
         inputs=[TensorSpec(name="input", dtype="FP32", dims=[3, 320, 320])],
-        outputs=[TensorSpec(name="dets", dtype="FP32", dims=[-1, 5]),
-                 TensorSpec(name="labels", dtype="INT64", dims=[-1])],
-        max_batch_size=1, normalization=RTMDET_BGR,
-        detector=DetectorSpec(score_threshold=0.3, pad_value=114.0, person_label=0,
-                              max_detections=100),
+        outputs=[
+            TensorSpec(name="dets", dtype="FP32", dims=[-1, 5]),
+            TensorSpec(name="labels", dtype="INT64", dims=[-1]),
+        ],
+        max_batch_size=1,
+        normalization=RTMDET_BGR,
+        detector=DetectorSpec(
+            score_threshold=0.3, pad_value=114.0, person_label=0, max_detections=100
+        ),
         source=SourceSpec(
             arch="RTMDet-nano (person)",
             config="mmpose projects/rtmpose rtmdet_nano_320-8xb32_coco-person.py (MMDeploy)",
             checkpoint=SHARED_MODEL_FILES[RTMDET_NANO],
-            notes=("Exported by MMDeploy with NMS in the graph (Apache-2.0). Keep-ratio resize "
-                   "to 320x320, pad with 114; boxes in padded-input pixels. Batch 1 only.")),
+            notes=(
+                "Exported by MMDeploy with NMS in the graph (Apache-2.0). Keep-ratio resize "
+                "to 320x320, pad with 114; boxes in padded-input pixels. Batch 1 only."
+            ),
+        ),
     )
 
 
@@ -112,8 +146,9 @@ def shared_model_path(shared_dir: Path | str, name: str) -> Path:
     return path
 
 
-def register_shared_models(shared_dir: Path | str, repo_dir: Path | str,
-                           **config_kw: Any) -> dict[str, Path]:
+def register_shared_models(
+    shared_dir: Path | str, repo_dir: Path | str, **config_kw: Any
+) -> dict[str, Path]:
     """Write repository entries for both shared models (copying the ONNX files, ~9 MB).
 
     ``config_kw`` go to :func:`export.repository.write_entry` / the Triton config (e.g.
@@ -130,10 +165,19 @@ def register_shared_models(shared_dir: Path | str, repo_dir: Path | str,
         if name == RTMDET_NANO:
             kw.pop("max_batch_size", None)
             kw.pop("preferred_batch_sizes", None)
-        written[name] = write_entry(repo_dir, name, shared_model_path(shared_dir, name), make(),
-                                    **kw)
+        written[name] = write_entry(
+            repo_dir, name, shared_model_path(shared_dir, name), make(), **kw
+        )
     return written
 
 
-__all__ = ["PP_TINYPOSE", "RTMDET_NANO", "SHARED_CARDS", "SHARED_MODEL_FILES", "pp_tinypose_card",
-           "register_shared_models", "rtmdet_nano_card", "shared_model_path"]
+__all__ = [
+    "PP_TINYPOSE",
+    "RTMDET_NANO",
+    "SHARED_CARDS",
+    "SHARED_MODEL_FILES",
+    "pp_tinypose_card",
+    "register_shared_models",
+    "rtmdet_nano_card",
+    "shared_model_path",
+]

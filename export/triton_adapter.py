@@ -15,12 +15,12 @@ from the production one: same tensor names, dtypes, dims, ``max_batch_size`` and
 and the numbers are ONNX Runtime's. ``model.py`` needs ``numpy`` and ``onnxruntime`` in the Python
 environment the backend stub runs with (see ``tests/triton_env.sh``).
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 from service.cards import ModelCard, load_card
 from service.layout import CARD_FILENAME, ONNX_FILENAME, PYTHON_FILENAME
@@ -86,11 +86,18 @@ class TritonPythonModel:
 '''
 
 
-def write_python_entry(card: ModelCard, onnx_path: Path | str, repository: Path | str, *,
-                       version: int = 1, link: bool = True, instance_count: int = 1,
-                       max_batch_size: Optional[int] = None,
-                       preferred_batch_sizes: Optional[list[int]] = None,
-                       max_queue_delay_us: int = 500) -> Path:
+def write_python_entry(
+    card: ModelCard,
+    onnx_path: Path | str,
+    repository: Path | str,
+    *,
+    version: int = 1,
+    link: bool = True,
+    instance_count: int = 1,
+    max_batch_size: int | None = None,
+    preferred_batch_sizes: list[int] | None = None,
+    max_queue_delay_us: int = 500,
+) -> Path:
     """Write a Triton Python-backend entry for ``card`` running ``onnx_path``; returns its folder.
 
     The folder is ``<repository>/<card.name>``; ``config.pbtxt`` is
@@ -106,10 +113,16 @@ def write_python_entry(card: ModelCard, onnx_path: Path | str, repository: Path 
     model_dir = Path(repository) / card.name
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
-    write_config(card, model_dir, backend="python", instance_kind="KIND_CPU",
-                 instance_count=instance_count, max_batch_size=max_batch_size,
-                 preferred_batch_sizes=preferred_batch_sizes,
-                 max_queue_delay_us=max_queue_delay_us)
+    write_config(
+        card,
+        model_dir,
+        backend="python",
+        instance_kind="KIND_CPU",
+        instance_count=instance_count,
+        max_batch_size=max_batch_size,
+        preferred_batch_sizes=preferred_batch_sizes,
+        max_queue_delay_us=max_queue_delay_us,
+    )
     card.save(model_dir)
     (version_dir / PYTHON_FILENAME).write_text(MODEL_PY)
     target = version_dir / ONNX_FILENAME
@@ -127,9 +140,14 @@ def write_python_entry(card: ModelCard, onnx_path: Path | str, repository: Path 
     return model_dir
 
 
-def convert_repository(source: Path | str, destination: Path | str, *,
-                       models: Optional[list[str]] = None, version: int = 1,
-                       link: bool = True) -> list[str]:
+def convert_repository(
+    source: Path | str,
+    destination: Path | str,
+    *,
+    models: list[str] | None = None,
+    version: int = 1,
+    link: bool = True,
+) -> list[str]:
     """Mirror a production repository as Python-backend entries (for a tritonserver without ORT).
 
     For every ``<source>/<name>/card.json`` with ``<source>/<name>/<version>/model.onnx`` (or only
@@ -137,17 +155,23 @@ def convert_repository(source: Path | str, destination: Path | str, *,
     names written, sorted. Raises ``FileNotFoundError`` for a requested model without a card/ONNX.
     """
     source, destination = Path(source), Path(destination)
-    names = models if models is not None else sorted(
-        p.parent.name for p in source.glob(f"*/{CARD_FILENAME}")
-        if (p.parent / str(version) / ONNX_FILENAME).is_file())
+    names = (
+        models
+        if models is not None
+        else sorted(
+            p.parent.name
+            for p in source.glob(f"*/{CARD_FILENAME}")
+            if (p.parent / str(version) / ONNX_FILENAME).is_file()
+        )
+    )
     for name in names:
         card_path = source / name / CARD_FILENAME
         onnx_path = source / name / str(version) / ONNX_FILENAME
         if not card_path.is_file() or not onnx_path.is_file():
-            raise FileNotFoundError(f"{source / name} lacks {CARD_FILENAME} or "
-                                    f"{version}/{ONNX_FILENAME}")
-        write_python_entry(load_card(card_path), onnx_path, destination, version=version,
-                           link=link)
+            raise FileNotFoundError(
+                f"{source / name} lacks {CARD_FILENAME} or {version}/{ONNX_FILENAME}"
+            )
+        write_python_entry(load_card(card_path), onnx_path, destination, version=version, link=link)
     return sorted(names)
 
 
@@ -161,9 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=None, help="comma-separated model names (default: all)")
     p.add_argument("--copy", action="store_true", help="copy model.onnx instead of symlinking")
     args = p.parse_args(argv)
-    names = convert_repository(args.source, args.destination,
-                               models=args.models.split(",") if args.models else None,
-                               link=not args.copy)
+    names = convert_repository(
+        args.source,
+        args.destination,
+        models=args.models.split(",") if args.models else None,
+        link=not args.copy,
+    )
     print("\n".join(names))
     return 0
 

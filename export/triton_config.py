@@ -14,12 +14,14 @@ Triton's dynamic batcher. The text is written by hand (no protobuf needed at exp
 :func:`parse_config` reads it back with Triton's own ``ModelConfig`` protobuf message, as the server
 does. Semantics follow Triton's ``model_config.proto`` (triton-inference-server/common).
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from service.cards import ModelCard, SegmentationCard, TensorSpec, load_card
 from service.dtypes import config_dtype
@@ -76,16 +78,21 @@ def _tensor_block(kind: str, specs: Iterable[TensorSpec]) -> list[str]:
     return lines
 
 
-def render_config(card: ModelCard, *, platform: str = "onnxruntime_onnx",
-                  backend: Optional[str] = None,
-                  max_batch_size: Optional[int] = None,
-                  preferred_batch_sizes: Optional[list[int]] = None,
-                  max_queue_delay_us: int = 500,
-                  instance_kind: str = "KIND_GPU", instance_count: int = 1,
-                  trt_accelerator: bool = False,
-                  trt_precision: str = "FP16",
-                  trt_workspace_bytes: Optional[int] = None,
-                  default_model_filename: Optional[str] = None) -> str:
+def render_config(
+    card: ModelCard,
+    *,
+    platform: str = "onnxruntime_onnx",
+    backend: str | None = None,
+    max_batch_size: int | None = None,
+    preferred_batch_sizes: list[int] | None = None,
+    max_queue_delay_us: int = 500,
+    instance_kind: str = "KIND_GPU",
+    instance_count: int = 1,
+    trt_accelerator: bool = False,
+    trt_precision: str = "FP16",
+    trt_workspace_bytes: int | None = None,
+    default_model_filename: str | None = None,
+) -> str:
     """Triton ``config.pbtxt`` text for ``card``.
 
     Args:
@@ -114,15 +121,22 @@ def render_config(card: ModelCard, *, platform: str = "onnxruntime_onnx",
     if mbs < 1:
         raise ValueError(f"max_batch_size must be >= 1 (the gateway always batches), got {mbs}")
     if backend is None and platform not in MODEL_FILENAMES:
-        raise ValueError(f"unknown platform '{platform}'; expected one of {sorted(MODEL_FILENAMES)}")
+        raise ValueError(
+            f"unknown platform '{platform}'; expected one of {sorted(MODEL_FILENAMES)}"
+        )
     if instance_kind not in INSTANCE_KINDS:
-        raise ValueError(f"unknown instance kind '{instance_kind}'; expected one of {INSTANCE_KINDS}")
+        raise ValueError(
+            f"unknown instance kind '{instance_kind}'; expected one of {INSTANCE_KINDS}"
+        )
     if instance_count < 1:
         raise ValueError(f"instance_count must be >= 1, got {instance_count}")
     if max_queue_delay_us < 0:
         raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
-    preferred = (default_preferred_batch_sizes(mbs) if preferred_batch_sizes is None
-                 else sorted({int(b) for b in preferred_batch_sizes}))
+    preferred = (
+        default_preferred_batch_sizes(mbs)
+        if preferred_batch_sizes is None
+        else sorted({int(b) for b in preferred_batch_sizes})
+    )
     bad = [b for b in preferred if not 1 <= b <= mbs]
     if bad:
         raise ValueError(f"preferred batch sizes {bad} outside 1..{mbs}")
@@ -134,8 +148,11 @@ def render_config(card: ModelCard, *, platform: str = "onnxruntime_onnx",
         raise ValueError(f"card '{card.name}' lists no inputs or no outputs")
 
     if default_model_filename is None:
-        default_model_filename = (BACKEND_FILENAMES.get(backend, PYTHON_FILENAME) if backend
-                                  else MODEL_FILENAMES[platform])
+        default_model_filename = (
+            BACKEND_FILENAMES.get(backend, PYTHON_FILENAME)
+            if backend
+            else MODEL_FILENAMES[platform]
+        )
 
     lines = [f"name: {_q(card.name)}"]
     lines.append(f"backend: {_q(backend)}" if backend else f"platform: {_q(platform)}")
@@ -165,8 +182,10 @@ def render_config(card: ModelCard, *, platform: str = "onnxruntime_onnx",
             f'        parameters {{ key: "precision_mode" value: {_q(trt_precision)} }}',
         ]
         if trt_workspace_bytes:
-            lines.append('        parameters { key: "max_workspace_size_bytes" '
-                         f'value: {_q(str(int(trt_workspace_bytes)))} }}')
+            lines.append(
+                '        parameters { key: "max_workspace_size_bytes" '
+                f"value: {_q(str(int(trt_workspace_bytes)))} }}"
+            )
         lines += [
             "      }",
             "    ]",
@@ -207,22 +226,32 @@ def parse_config(text: str):
 # TensorRT plans
 # --------------------------------------------------------------------------------------------
 
-TENSORRT_MISSING = ("TensorRT is not installed (Python package 'tensorrt' not importable): install "
-                    "the [tensorrt] extra on a GPU host (pip install 'hrnet-serving[tensorrt]', "
-                    "i.e. the 'tensorrt' wheel matching the CUDA driver) to build model.plan")
+TENSORRT_MISSING = (
+    "TensorRT is not installed (Python package 'tensorrt' not importable): install "
+    "the [tensorrt] extra on a GPU host (pip install 'hrnet-serving[tensorrt]', "
+    "i.e. the 'tensorrt' wheel matching the CUDA driver) to build model.plan"
+)
 
 
 def _import_tensorrt():
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError as exc:  # also covers a broken install (missing CUDA libraries)
         raise RuntimeError(f"{TENSORRT_MISSING}: {exc}") from exc
     return tensorrt
 
 
-def profile_shapes(card: ModelCard, spec: TensorSpec, *, min_batch: int, opt_batch: int,
-                   max_batch: int, min_hw: tuple[int, int], opt_hw: tuple[int, int],
-                   max_hw: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+def profile_shapes(
+    card: ModelCard,
+    spec: TensorSpec,
+    *,
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+    min_hw: tuple[int, int],
+    opt_hw: tuple[int, int],
+    max_hw: tuple[int, int],
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """(min, opt, max) full shapes, batch first, of one input for a TensorRT optimisation profile.
 
     Fixed dims are kept; a dynamic NCHW spatial axis (-1 in the last two dims of a rank-3 spec) takes
@@ -238,15 +267,19 @@ def profile_shapes(card: ModelCard, spec: TensorSpec, *, min_batch: int, opt_bat
             continue
         spatial = axis - (rank - 2)
         if rank < 2 or spatial < 0:
-            raise ValueError(f"input '{spec.name}' of '{card.name}' has a dynamic non-spatial "
-                             f"axis {axis} (dims {spec.dims}); TensorRT needs a range for it")
+            raise ValueError(
+                f"input '{spec.name}' of '{card.name}' has a dynamic non-spatial "
+                f"axis {axis} (dims {spec.dims}); TensorRT needs a range for it"
+            )
         lo.append(min_hw[spatial])
         mid.append(opt_hw[spatial])
         hi.append(max_hw[spatial])
     return tuple(lo), tuple(mid), tuple(hi)
 
 
-def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+def default_spatial_ranges(
+    card: ModelCard,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """(min, opt, max) ``(height, width)`` in pixels for dynamic spatial inputs (segmentation).
 
     Slide mode: opt = ``crop_size``; whole mode: opt = the keep-ratio ``scale`` as landscape
@@ -280,13 +313,20 @@ def default_spatial_ranges(card: ModelCard) -> tuple[tuple[int, int], tuple[int,
     return (min(64, opt[0]), min(64, opt[1])), opt, (side, side)
 
 
-def build_tensorrt_plan(onnx_path: Path | str, plan_path: Path | str, card: ModelCard, *,
-                        fp16: bool = True, min_batch: int = 1, opt_batch: Optional[int] = None,
-                        max_batch: Optional[int] = None,
-                        min_hw: Optional[tuple[int, int]] = None,
-                        opt_hw: Optional[tuple[int, int]] = None,
-                        max_hw: Optional[tuple[int, int]] = None,
-                        workspace_bytes: int = 2 << 30) -> Path:
+def build_tensorrt_plan(
+    onnx_path: Path | str,
+    plan_path: Path | str,
+    card: ModelCard,
+    *,
+    fp16: bool = True,
+    min_batch: int = 1,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    min_hw: tuple[int, int] | None = None,
+    opt_hw: tuple[int, int] | None = None,
+    max_hw: tuple[int, int] | None = None,
+    workspace_bytes: int = 2 << 30,
+) -> Path:
     """Build a serialized TensorRT engine (``model.plan``) from ``onnx_path`` for Triton's
     ``tensorrt_plan`` platform, on the GPU of this host.
 
@@ -304,12 +344,16 @@ def build_tensorrt_plan(onnx_path: Path | str, plan_path: Path | str, card: Mode
     max_batch = card.max_batch_size if max_batch is None else int(max_batch)
     opt_batch = max(1, max_batch // 2) if opt_batch is None else int(opt_batch)
     if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got "
-                         f"{min_batch}, {opt_batch}, {max_batch}")
+        raise ValueError(
+            f"need 1 <= min_batch <= opt_batch <= max_batch, got "
+            f"{min_batch}, {opt_batch}, {max_batch}"
+        )
     d_min, d_opt, d_max = default_spatial_ranges(card)
     min_hw, opt_hw, max_hw = min_hw or d_min, opt_hw or d_opt, max_hw or d_max
     if not all(a <= b <= c for a, b, c in zip(min_hw, opt_hw, max_hw)):
-        raise ValueError(f"spatial ranges must satisfy min <= opt <= max: {min_hw} {opt_hw} {max_hw}")
+        raise ValueError(
+            f"spatial ranges must satisfy min <= opt <= max: {min_hw} {opt_hw} {max_hw}"
+        )
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -333,11 +377,20 @@ def build_tensorrt_plan(onnx_path: Path | str, plan_path: Path | str, card: Mode
         tensor = network.get_input(i)
         spec = specs.get(tensor.name)
         if spec is None:
-            raise RuntimeError(f"ONNX input '{tensor.name}' is not in card '{card.name}' "
-                               f"(card inputs: {sorted(specs)})")
-        lo, mid, hi = profile_shapes(card, spec, min_batch=min_batch, opt_batch=opt_batch,
-                                     max_batch=max_batch, min_hw=min_hw, opt_hw=opt_hw,
-                                     max_hw=max_hw)
+            raise RuntimeError(
+                f"ONNX input '{tensor.name}' is not in card '{card.name}' "
+                f"(card inputs: {sorted(specs)})"
+            )
+        lo, mid, hi = profile_shapes(
+            card,
+            spec,
+            min_batch=min_batch,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            min_hw=min_hw,
+            opt_hw=opt_hw,
+            max_hw=max_hw,
+        )
         profile.set_shape(tensor.name, lo, mid, hi)
     config.add_optimization_profile(profile)
     engine = builder.build_serialized_network(network, config)
@@ -352,6 +405,7 @@ def build_tensorrt_plan(onnx_path: Path | str, plan_path: Path | str, card: Mode
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
+
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m export.triton_config {config,plan} MODEL_DIR [...]``.
@@ -374,38 +428,60 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--instance-kind", default="KIND_GPU", choices=INSTANCE_KINDS)
         s.add_argument("--instance-count", type=int, default=1)
         s.add_argument("--max-queue-delay-us", type=int, default=500)
-        s.add_argument("--preferred-batch-sizes", default=None,
-                       help="comma list, default powers of two up to max_batch_size")
+        s.add_argument(
+            "--preferred-batch-sizes",
+            default=None,
+            help="comma list, default powers of two up to max_batch_size",
+        )
     cfg = sub.choices["config"]
     cfg.add_argument("--platform", default="onnxruntime_onnx", choices=sorted(MODEL_FILENAMES))
-    cfg.add_argument("--trt-accelerator", action="store_true",
-                     help="ONNX Runtime backend with its TensorRT execution accelerator")
+    cfg.add_argument(
+        "--trt-accelerator",
+        action="store_true",
+        help="ONNX Runtime backend with its TensorRT execution accelerator",
+    )
     plan = sub.choices["plan"]
     plan.add_argument("--no-fp16", dest="fp16", action="store_false")
     plan.add_argument("--min-batch", type=int, default=1)
     plan.add_argument("--opt-batch", type=int, default=None)
     for which in ("min", "opt", "max"):
-        plan.add_argument(f"--{which}-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
-                          help=f"{which} (height, width) of dynamic spatial inputs, pixels")
+        plan.add_argument(
+            f"--{which}-hw",
+            type=int,
+            nargs=2,
+            default=None,
+            metavar=("H", "W"),
+            help=f"{which} (height, width) of dynamic spatial inputs, pixels",
+        )
     args = p.parse_args(argv)
 
     card = load_card(args.model_dir)
-    kw: dict[str, Any] = dict(instance_kind=args.instance_kind, instance_count=args.instance_count,
-                              max_queue_delay_us=args.max_queue_delay_us)
+    kw: dict[str, Any] = dict(
+        instance_kind=args.instance_kind,
+        instance_count=args.instance_count,
+        max_queue_delay_us=args.max_queue_delay_us,
+    )
     if args.preferred_batch_sizes:
         kw["preferred_batch_sizes"] = [int(b) for b in args.preferred_batch_sizes.split(",")]
     if args.cmd == "config":
-        path = write_config(card, args.model_dir, platform=args.platform,
-                            trt_accelerator=args.trt_accelerator, **kw)
+        path = write_config(
+            card, args.model_dir, platform=args.platform, trt_accelerator=args.trt_accelerator, **kw
+        )
         print(path)
         return 0
     vdir = args.model_dir / str(args.version)
     try:
-        build_tensorrt_plan(vdir / ONNX_FILENAME, vdir / PLAN_FILENAME, card, fp16=args.fp16,
-                            min_batch=args.min_batch, opt_batch=args.opt_batch,
-                            min_hw=tuple(args.min_hw) if args.min_hw else None,
-                            opt_hw=tuple(args.opt_hw) if args.opt_hw else None,
-                            max_hw=tuple(args.max_hw) if args.max_hw else None)
+        build_tensorrt_plan(
+            vdir / ONNX_FILENAME,
+            vdir / PLAN_FILENAME,
+            card,
+            fp16=args.fp16,
+            min_batch=args.min_batch,
+            opt_batch=args.opt_batch,
+            min_hw=tuple(args.min_hw) if args.min_hw else None,
+            opt_hw=tuple(args.opt_hw) if args.opt_hw else None,
+            max_hw=tuple(args.max_hw) if args.max_hw else None,
+        )
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if str(exc).startswith("TensorRT is not installed") else 1

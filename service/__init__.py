@@ -7,6 +7,7 @@ first decode), so it must be in the environment before the process first imports
 ``service`` module that uses OpenCV is imported after this file runs. It is the backstop behind
 :func:`service.imaging.decode_image`'s header check, for files whose header that check cannot read.
 """
+
 from __future__ import annotations
 
 import os as _os

@@ -11,6 +11,7 @@ setting, ``/metrics``) need the API key when one is configured, ``/admin/*`` the
 (:mod:`service.auth`); CORS is off unless ``cors_allow_origins`` lists origins. Data flows one way
 per request: request -> preprocess -> backend -> decode -> response.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,16 +40,22 @@ def make_backend(settings: Settings, repository: ModelRepository) -> Backend:
     """The backend named by ``settings.backend`` (embedded ONNX Runtime or Triton)."""
     if settings.backend == "triton":
         from .backends.triton import TritonBackend
+
         return TritonBackend.from_settings(settings, repository)
     from .backends.onnxruntime import OnnxRuntimeBackend
+
     providers = settings.ort_providers.split(",") if settings.ort_providers else None
     from .batching import BatchConfig
-    return OnnxRuntimeBackend(repository, providers=providers,
-                              intra_op_threads=settings.ort_intra_op_threads,
-                              inter_op_threads=settings.ort_inter_op_threads,
-                              concurrent_runs=settings.ort_concurrent_runs,
-                              allow_spinning=settings.ort_allow_spinning,
-                              batching=BatchConfig.from_settings(settings))
+
+    return OnnxRuntimeBackend(
+        repository,
+        providers=providers,
+        intra_op_threads=settings.ort_intra_op_threads,
+        inter_op_threads=settings.ort_inter_op_threads,
+        concurrent_runs=settings.ort_concurrent_runs,
+        allow_spinning=settings.ort_allow_spinning,
+        batching=BatchConfig.from_settings(settings),
+    )
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
@@ -76,9 +83,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     # /docs (Swagger UI) and /redoc load their JS/CSS from the gateway itself (fastapi-offline
     # ships them, under /static-offline-docs), not from a CDN: they work without internet
-    app = FastAPIOffline(title="HRNet serving gateway", version="0.1.0", lifespan=lifespan,
-                         description="Top-down and bottom-up pose and semantic segmentation with "
-                                     "HRNet-family models.")
+    app = FastAPIOffline(
+        title="HRNet serving gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Top-down and bottom-up pose and semantic segmentation with "
+        "HRNet-family models.",
+    )
     install_error_handlers(app)
     app.state.drain = Drain()  # set by SIGTERM (service.lifecycle.GatewayServer)
 
@@ -86,14 +97,19 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     # while draining
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     # before the observability middleware, so that refused bodies are counted (added later = outer)
-    app.add_middleware(BodySizeLimit,
-                       max_bytes=lambda: settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=lambda: settings.max_upload_bytes + BODY_OVERHEAD_BYTES
+    )
     install_observability(app)
     origins = [o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()]
     if origins:  # outermost: preflights are answered before anything else runs
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", API_KEY_HEADER, REQUEST_ID_HEADER],
-                           expose_headers=[REQUEST_ID_HEADER, "X-Inference-Mode", "Retry-After"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", API_KEY_HEADER, REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "X-Inference-Mode", "Retry-After"],
+        )
 
     metrics_deps = [Depends(require_api_key)] if settings.metrics_require_api_key else []
 
@@ -102,12 +118,14 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     from .routers import admin, meta, pose
+
     keyed = [Depends(require_api_key)]
     app.include_router(meta.router)
     app.include_router(pose.router, dependencies=keyed)
     app.include_router(admin.router)  # behind the admin key (its router's dependency)
     try:
         from .routers import segment
+
         app.include_router(segment.router, dependencies=keyed)
     except ImportError as exc:  # pragma: no cover - segmentation router is optional during builds
         log.warning("segmentation endpoint unavailable: %s", exc)

@@ -15,12 +15,12 @@ to ``/pose``, ``/segment``, ``/models`` and, by setting, ``/metrics``); ``/healt
 The admin key is a separate secret, sent the same two ways; with none configured the admin
 endpoints answer ``403 admin_disabled``.
 """
+
 from __future__ import annotations
 
 import hashlib
 import hmac
 from functools import lru_cache
-from typing import Optional
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -29,12 +29,19 @@ from .errors import APIError, Unauthorized
 
 API_KEY_HEADER = "X-API-Key"
 
-_bearer = HTTPBearer(auto_error=False, scheme_name="BearerKey",
-                     description="the gateway's API key (HRNET_API_KEY; the admin key "
-                                 "HRNET_ADMIN_API_KEY for /admin/*) as a bearer token")
-_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="ApiKeyHeader",
-                               description="the gateway's API key (HRNET_API_KEY; the admin key "
-                                           "HRNET_ADMIN_API_KEY for /admin/*)")
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="BearerKey",
+    description="the gateway's API key (HRNET_API_KEY; the admin key "
+    "HRNET_ADMIN_API_KEY for /admin/*) as a bearer token",
+)
+_api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    scheme_name="ApiKeyHeader",
+    description="the gateway's API key (HRNET_API_KEY; the admin key "
+    "HRNET_ADMIN_API_KEY for /admin/*)",
+)
 
 
 def configured_keys(settings, field: str = "api_key") -> list[str]:
@@ -65,23 +72,28 @@ def key_matches(given: str, keys: list[str]) -> bool:
     return ok
 
 
-def _check(keys: list[str], bearer: Optional[HTTPAuthorizationCredentials],
-           api_key: Optional[str], what: str) -> None:
+def _check(
+    keys: list[str], bearer: HTTPAuthorizationCredentials | None, api_key: str | None, what: str
+) -> None:
     """Raise :class:`Unauthorized` unless the bearer token or ``X-API-Key`` is one of ``keys``."""
     given = [c for c in (bearer.credentials if bearer else None, api_key) if c]
     challenge = {"WWW-Authenticate": "Bearer"}
     if not given:
-        raise Unauthorized(f"{what} is required: send 'Authorization: Bearer <key>' or "
-                           f"'{API_KEY_HEADER}: <key>'", headers=challenge)
+        raise Unauthorized(
+            f"{what} is required: send 'Authorization: Bearer <key>' or '{API_KEY_HEADER}: <key>'",
+            headers=challenge,
+        )
     if not any(key_matches(g, keys) for g in given):
-        raise Unauthorized(f"the {what.removeprefix('an ').removeprefix('the ')} is not valid",
-                           headers=challenge)
+        raise Unauthorized(
+            f"the {what.removeprefix('an ').removeprefix('the ')} is not valid", headers=challenge
+        )
 
 
 async def require_api_key(
-        request: Request,
-        bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
-        api_key: Optional[str] = Security(_api_key_header)) -> None:
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+    api_key: str | None = Security(_api_key_header),
+) -> None:
     """FastAPI dependency: passes when no key is configured or a configured key was sent.
 
     Raises :class:`service.errors.Unauthorized` (401, JSON error, ``WWW-Authenticate: Bearer``)
@@ -93,9 +105,10 @@ async def require_api_key(
 
 
 async def require_admin_key(
-        request: Request,
-        bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
-        api_key: Optional[str] = Security(_api_key_header)) -> None:
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+    api_key: str | None = Security(_api_key_header),
+) -> None:
     """FastAPI dependency of the administrative endpoints: passes when the admin key
     (``settings.admin_api_key``, one or several, comma-separated) was sent.
 
@@ -104,6 +117,10 @@ async def require_admin_key(
     """
     keys = configured_keys(request.app.state.settings, "admin_api_key")
     if not keys:
-        raise APIError("administrative endpoints are disabled: no admin key is configured "
-                       "(HRNET_ADMIN_API_KEY)", status_code=403, code="admin_disabled")
+        raise APIError(
+            "administrative endpoints are disabled: no admin key is configured "
+            "(HRNET_ADMIN_API_KEY)",
+            status_code=403,
+            code="admin_disabled",
+        )
     _check(keys, bearer, api_key, "the admin key")

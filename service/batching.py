@@ -28,6 +28,7 @@ worker keeps going. Metrics (Prometheus, the gateway's registry), labelled by mo
 items per run), ``hrnet_batch_queue_wait_seconds`` (histogram: arrival to first run),
 ``hrnet_batch_rejections_total`` (counter by ``reason``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,28 +36,40 @@ import contextvars
 import math
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import AsyncContextManager, AsyncIterator, Callable, Optional
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from .backends.base import BackendError, BackendUnavailable
 
-QUEUE_ITEMS = Gauge("hrnet_batch_queue_items",
-                    "Items waiting in the dynamic batcher's queue (incl. admitted requests being "
-                    "preprocessed)", ["model"])
-BATCH_SIZE = Histogram("hrnet_batch_size", "Items per batched inference run", ["model"],
-                       buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64))
-QUEUE_WAIT = Histogram("hrnet_batch_queue_wait_seconds",
-                       "Seconds from a request's arrival to its first batched run", ["model"],
-                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8))
-REJECTIONS = Counter("hrnet_batch_rejections_total",
-                     "Requests refused by the dynamic batcher (503 + Retry-After)", ["model", "reason"])
+QUEUE_ITEMS = Gauge(
+    "hrnet_batch_queue_items",
+    "Items waiting in the dynamic batcher's queue (incl. admitted requests being preprocessed)",
+    ["model"],
+)
+BATCH_SIZE = Histogram(
+    "hrnet_batch_size",
+    "Items per batched inference run",
+    ["model"],
+    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
+)
+QUEUE_WAIT = Histogram(
+    "hrnet_batch_queue_wait_seconds",
+    "Seconds from a request's arrival to its first batched run",
+    ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8),
+)
+REJECTIONS = Counter(
+    "hrnet_batch_rejections_total",
+    "Requests refused by the dynamic batcher (503 + Retry-After)",
+    ["model", "reason"],
+)
 
-RunFn = Callable[[dict, Optional[list]], dict]
+RunFn = Callable[[dict, list | None], dict]
 
 
 class Overloaded(BackendUnavailable):
@@ -101,38 +114,41 @@ class BatchConfig:
         return dict(self.max_sizes).get(model, self.max_size)
 
     @classmethod
-    def from_settings(cls, settings) -> Optional["BatchConfig"]:
+    def from_settings(cls, settings) -> BatchConfig | None:
         """The config from gateway :class:`~service.settings.Settings`; None when batching is off."""
         if not settings.batching:
             return None
-        return cls(max_queue_delay_s=settings.batch_max_queue_delay_ms / 1e3,
-                   queue_capacity=settings.batch_queue_capacity,
-                   deadline_s=settings.batch_deadline_s,
-                   preferred_sizes=tuple(settings.batch_preferred_sizes),
-                   instances=settings.batch_instances or settings.ort_concurrent_runs,
-                   max_size=settings.batch_max_size,
-                   max_sizes=tuple(sorted(settings.batch_max_sizes.items())))
+        return cls(
+            max_queue_delay_s=settings.batch_max_queue_delay_ms / 1e3,
+            queue_capacity=settings.batch_queue_capacity,
+            deadline_s=settings.batch_deadline_s,
+            preferred_sizes=tuple(settings.batch_preferred_sizes),
+            instances=settings.batch_instances or settings.ort_concurrent_runs,
+            max_size=settings.batch_max_size,
+            max_sizes=tuple(sorted(settings.batch_max_sizes.items())),
+        )
 
 
 @dataclass(eq=False)
 class Ticket:
     """An admitted request's place in a batcher: ``items`` reserved until it submits its inputs."""
 
-    batcher: "DynamicBatcher"
+    batcher: DynamicBatcher
     arrival: float
     items: int
     released: bool = False
 
 
 # the ticket of the request being served in this task (set by :func:`admission`)
-_TICKET: contextvars.ContextVar[Optional[Ticket]] = contextvars.ContextVar("hrnet_batch_ticket",
-                                                                            default=None)
+_TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
+    "hrnet_batch_ticket", default=None
+)
 
 
 @dataclass(eq=False)
 class _Request:
     inputs: dict[str, np.ndarray]
-    outputs: Optional[list]
+    outputs: list | None
     n: int
     key: tuple
     future: asyncio.Future
@@ -151,8 +167,14 @@ class DynamicBatcher:
     used from one event loop; its worker tasks start on the first :meth:`submit`.
     """
 
-    def __init__(self, model: str, run: RunFn, executor: Optional[Executor], max_batch_size: int,
-                 config: BatchConfig = BatchConfig()):
+    def __init__(
+        self,
+        model: str,
+        run: RunFn,
+        executor: Executor | None,
+        max_batch_size: int,
+        config: BatchConfig = BatchConfig(),
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if config.queue_capacity < 1 or config.instances < 1:
@@ -161,14 +183,16 @@ class DynamicBatcher:
         cap = config.max_size_for(model)
         self.max_batch_size = min(max_batch_size, cap) if cap > 0 else max_batch_size
         self.config = config
-        self.preferred = sorted({p for p in config.preferred_sizes if 1 <= p <= self.max_batch_size})
+        self.preferred = sorted(
+            {p for p in config.preferred_sizes if 1 <= p <= self.max_batch_size}
+        )
         self._queue: deque[_Request] = deque()
         self.queued_items = 0  # not yet handed to a batch
         self.reserved_items = 0  # admitted requests that have not submitted yet
         self.inflight_items = 0
         self.per_item_s = 0.0  # recent service seconds per item (EMA over runs)
         self.items_per_request = 1.0  # recent items per request (EMA): the reservation size
-        self._event: Optional[asyncio.Event] = None
+        self._event: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._closed = False
 
@@ -179,8 +203,11 @@ class DynamicBatcher:
 
     def _refuse(self, reason: str, message: str) -> Overloaded:
         REJECTIONS.labels(self.model, reason).inc()
-        return Overloaded(f"model '{self.model}' is overloaded: {message}", reason,
-                          retry_after_s=math.ceil(self._expected_wait(0)))
+        return Overloaded(
+            f"model '{self.model}' is overloaded: {message}",
+            reason,
+            retry_after_s=math.ceil(self._expected_wait(0)),
+        )
 
     def _check(self, n: float, arrival: float) -> None:
         """Raise :class:`Overloaded` unless ``n`` more items fit and would start before the deadline."""
@@ -188,14 +215,17 @@ class DynamicBatcher:
             raise BackendUnavailable(f"the batcher of model '{self.model}' is closed")
         waiting = self.queued_items + self.reserved_items
         if waiting > 0 and waiting + n > self.config.queue_capacity:
-            raise self._refuse("queue_full", f"{waiting:.0f} items queued, capacity "
-                                             f"{self.config.queue_capacity}")
+            raise self._refuse(
+                "queue_full", f"{waiting:.0f} items queued, capacity {self.config.queue_capacity}"
+            )
         if self.config.deadline_s > 0:  # the wait before its first items run (an idle model
             left = arrival + self.config.deadline_s - time.monotonic()  # always admits)
             wait = self._expected_wait(0)
             if wait > 0 and wait > left:
-                raise self._refuse("deadline", f"expected wait {wait:.2f} s exceeds the "
-                                               f"{self.config.deadline_s:g} s deadline")
+                raise self._refuse(
+                    "deadline",
+                    f"expected wait {wait:.2f} s exceeds the {self.config.deadline_s:g} s deadline",
+                )
 
     def admit(self) -> Ticket:
         """Admit a request before its inputs exist, reserving room for the recent mean item count.
@@ -218,8 +248,9 @@ class DynamicBatcher:
             self._update_gauge()
 
     # ------------------------------------------------------------------ submit
-    async def submit(self, inputs: dict[str, np.ndarray],
-                     outputs: Optional[list] = None) -> dict[str, np.ndarray]:
+    async def submit(
+        self, inputs: dict[str, np.ndarray], outputs: list | None = None
+    ) -> dict[str, np.ndarray]:
         """Queue ``inputs`` (every array with the same ``N`` >= 0 items on axis 0) and return the
         outputs for exactly these items, in order (``{name: (N, ...) array}``).
 
@@ -229,8 +260,10 @@ class DynamicBatcher:
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         sizes = {v.shape[0] for v in arrays.values()}
         if len(sizes) != 1:
-            raise BackendError(f"inputs of model '{self.model}' disagree on the batch size: "
-                               f"{ {k: v.shape for k, v in arrays.items()} }")
+            raise BackendError(
+                f"inputs of model '{self.model}' disagree on the batch size: "
+                f"{ {k: v.shape for k, v in arrays.items()} }"
+            )
         n = sizes.pop()
         ticket = _TICKET.get()
         arrival = time.monotonic()
@@ -243,11 +276,14 @@ class DynamicBatcher:
             return await self._run_now(arrays, outputs)
         self.items_per_request += 0.2 * (n - self.items_per_request)
         self._start()
-        key = (tuple((k, v.shape[1:], v.dtype.str) for k, v in arrays.items()),
-               tuple(outputs) if outputs is not None else None)
+        key = (
+            tuple((k, v.shape[1:], v.dtype.str) for k, v in arrays.items()),
+            tuple(outputs) if outputs is not None else None,
+        )
         deadline = arrival + self.config.deadline_s if self.config.deadline_s > 0 else math.inf
-        req = _Request(arrays, outputs, n, key, asyncio.get_running_loop().create_future(),
-                       arrival, deadline)
+        req = _Request(
+            arrays, outputs, n, key, asyncio.get_running_loop().create_future(), arrival, deadline
+        )
         self._queue.append(req)
         self.queued_items += n
         self._update_gauge()
@@ -255,8 +291,9 @@ class DynamicBatcher:
         return await req.future  # cancelled: the worker skips it
 
     async def _run_now(self, inputs, outputs):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, inputs,
-                                                                outputs)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.run, inputs, outputs
+        )
 
     # ------------------------------------------------------------------ worker
     def _wake(self) -> asyncio.Event:
@@ -269,8 +306,9 @@ class DynamicBatcher:
         self._wake()
         self._workers = [t for t in self._workers if not t.done()]
         while len(self._workers) < self.config.instances:
-            self._workers.append(asyncio.get_running_loop().create_task(
-                self._worker(), name=f"batcher-{self.model}"))
+            self._workers.append(
+                asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.model}")
+            )
 
     def _update_gauge(self) -> None:
         QUEUE_ITEMS.labels(self.model).set(self.queued_items + self.reserved_items)
@@ -281,12 +319,18 @@ class DynamicBatcher:
 
     def _prune(self, now: float) -> None:
         """Drop requests that were cancelled or failed, and those whose deadline passed unrun."""
-        for req in [r for r in self._queue if r.future.done() or (r.taken == 0 and r.deadline < now)]:
+        for req in [
+            r for r in self._queue if r.future.done() or (r.taken == 0 and r.deadline < now)
+        ]:
             self._remove(req)
             if not req.future.done():
-                req.future.set_exception(self._refuse(
-                    "expired", f"waited {now - req.arrival:.2f} s, past the "
-                               f"{self.config.deadline_s:g} s deadline"))
+                req.future.set_exception(
+                    self._refuse(
+                        "expired",
+                        f"waited {now - req.arrival:.2f} s, past the "
+                        f"{self.config.deadline_s:g} s deadline",
+                    )
+                )
         self._update_gauge()
 
     def _available(self) -> tuple[int, bool]:
@@ -353,28 +397,39 @@ class DynamicBatcher:
             batch = await self._next_batch()
             size = sum(c for _, _, c in batch)
             first = batch[0][0]
-            inputs = {k: np.concatenate([r.inputs[k][s:s + c] for r, s, c in batch], axis=0)
-                      if len(batch) > 1 else first.inputs[k][batch[0][1]:batch[0][1] + size]
-                      for k in first.inputs}
+            inputs = {
+                k: np.concatenate([r.inputs[k][s : s + c] for r, s, c in batch], axis=0)
+                if len(batch) > 1
+                else first.inputs[k][batch[0][1] : batch[0][1] + size]
+                for k in first.inputs
+            }
             BATCH_SIZE.labels(self.model).observe(size)
             self.inflight_items += size
             try:
-                out, seconds = await loop.run_in_executor(self.executor, self._timed_run, inputs,
-                                                          first.outputs)
+                out, seconds = await loop.run_in_executor(
+                    self.executor, self._timed_run, inputs, first.outputs
+                )
                 bad = {k: v.shape for k, v in out.items() if len(v) != size}
                 if bad:
-                    raise BackendError(f"model '{self.model}' returned outputs {bad} for a batch "
-                                       f"of {size} items")
+                    raise BackendError(
+                        f"model '{self.model}' returned outputs {bad} for a batch of {size} items"
+                    )
             except asyncio.CancelledError:  # closed while running: its requests get a 503
-                self._fail(batch, BackendUnavailable(
-                    f"the batcher of model '{self.model}' closed", retry_after_s=1.0))
+                self._fail(
+                    batch,
+                    BackendUnavailable(
+                        f"the batcher of model '{self.model}' closed", retry_after_s=1.0
+                    ),
+                )
                 raise
             except Exception as exc:  # the batch's requests fail, the worker goes on
                 self._fail(batch, exc)
                 continue
             finally:
                 self.inflight_items -= size
-            self.per_item_s += (0.3 if self.per_item_s else 1.0) * (seconds / size - self.per_item_s)
+            self.per_item_s += (0.3 if self.per_item_s else 1.0) * (
+                seconds / size - self.per_item_s
+            )
             self._scatter(batch, out)
 
     def _fail(self, batch, exc: Exception) -> None:
@@ -389,13 +444,16 @@ class DynamicBatcher:
     def _scatter(batch, out: dict[str, np.ndarray]) -> None:
         offset = 0
         for req, start, count in batch:
-            req.parts.append((start, {k: v[offset:offset + count] for k, v in out.items()}))
+            req.parts.append((start, {k: v[offset : offset + count] for k, v in out.items()}))
             offset += count
             req.done += count
             if req.done == req.n and not req.future.done():
                 parts = [p for _, p in sorted(req.parts, key=lambda sp: sp[0])]
-                req.future.set_result(parts[0] if len(parts) == 1 else
-                                      {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+                req.future.set_result(
+                    parts[0]
+                    if len(parts) == 1
+                    else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                )
 
     async def close(self) -> None:
         """Stop the workers; queued requests fail with :class:`BackendUnavailable`."""
@@ -410,8 +468,11 @@ class DynamicBatcher:
         self._workers.clear()
         for req in list(self._queue):
             if not req.future.done():
-                req.future.set_exception(BackendUnavailable(
-                    f"the batcher of model '{self.model}' closed", retry_after_s=1.0))
+                req.future.set_exception(
+                    BackendUnavailable(
+                        f"the batcher of model '{self.model}' closed", retry_after_s=1.0
+                    )
+                )
         self._queue.clear()
         self.queued_items = 0
         self._update_gauge()
@@ -428,7 +489,7 @@ async def _admitted(batcher: DynamicBatcher) -> AsyncIterator[Ticket]:
         batcher.release(ticket)
 
 
-def admission(backend, model: str) -> AsyncContextManager:
+def admission(backend, model: str) -> AbstractAsyncContextManager:
     """Async context manager admitting one request for ``model`` into ``backend``'s dynamic batcher.
 
     Entered before the request's CPU work; raises :class:`Overloaded` (503 + ``Retry-After``) at
@@ -438,4 +499,3 @@ def admission(backend, model: str) -> AsyncContextManager:
     batcher_for = getattr(backend, "batcher", None)
     batcher = batcher_for(model) if batcher_for is not None else None
     return nullcontext() if batcher is None else _admitted(batcher)
-

@@ -1,4 +1,5 @@
 """Parsing and validating user-given person boxes for ``POST /pose``."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,9 @@ def _finite_float(v: object) -> float:
         return math.inf if v > 0 else -math.inf  # type: ignore[operator]
 
 
-def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
-                max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
+def parse_boxes(
+    text: str, box_format: str, image_size: tuple[int, int], max_boxes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Parse the ``boxes`` form field.
 
     ``text``: JSON list of boxes, each ``[x, y, w, h]`` (``box_format="xywh"``) or
@@ -48,8 +50,13 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
     if not isinstance(text, str):
         raise InvalidBoxes("'boxes' must be a JSON text")
     try:
-        data = load_json_list_field(text, "boxes", MAX_CHARS_PER_BOX * max(1, max_boxes), "boxes",
-                                    f" (at most {max_boxes} boxes per request)")
+        data = load_json_list_field(
+            text,
+            "boxes",
+            MAX_CHARS_PER_BOX * max(1, max_boxes),
+            "boxes",
+            f" (at most {max_boxes} boxes per request)",
+        )
     except ValueError as exc:
         raise InvalidBoxes(str(exc)) from None
     if len(data) > max_boxes:
@@ -57,7 +64,9 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
     rows = []
     for i, box in enumerate(data):
         if not isinstance(box, list) or len(box) not in (4, 5):
-            raise InvalidBoxes(f"box {i} must be a list of 4 numbers (or 5 with a score), got {show_value(box)}")
+            raise InvalidBoxes(
+                f"box {i} must be a list of 4 numbers (or 5 with a score), got {show_value(box)}"
+            )
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
             raise InvalidBoxes(f"box {i} has a non-numeric value: {show_value(box)}")
         rows.append([_finite_float(v) for v in box] + ([1.0] if len(box) == 4 else []))
@@ -79,19 +88,22 @@ def parse_boxes(text: str, box_format: str, image_size: tuple[int, int],
         if cause is not None:
             img_w, img_h = image_size
             what = f"box {i} ({box_format} {show_value(data[i])})"
-            raise InvalidBoxes({
-                "non_finite_box": f"{what} has a non-finite value (or one too large for a float)",
-                "coordinate_too_large": f"{what} has a coordinate beyond ±{MAX_COORDINATE:g} pixels",
-                "degenerate_box": f"{what} has zero or negative area",
-                "box_too_small": f"{what} is smaller than {MIN_BOX_SIDE:g} pixel on a side",
-                "box_outside_image": f"{what} lies entirely outside the {img_w}x{img_h} image",
-                "score_out_of_range": f"{what} has score {scores[i]} outside [0, 1]",
-            }[cause])
+            raise InvalidBoxes(
+                {
+                    "non_finite_box": f"{what} has a non-finite value (or one too large for a float)",
+                    "coordinate_too_large": f"{what} has a coordinate beyond ±{MAX_COORDINATE:g} pixels",
+                    "degenerate_box": f"{what} has zero or negative area",
+                    "box_too_small": f"{what} is smaller than {MIN_BOX_SIDE:g} pixel on a side",
+                    "box_outside_image": f"{what} lies entirely outside the {img_w}x{img_h} image",
+                    "score_out_of_range": f"{what} has score {scores[i]} outside [0, 1]",
+                }[cause]
+            )
     return xyxy, scores.astype(np.float32)
 
 
-def box_rejections(xyxy: np.ndarray, scores: np.ndarray,
-                   image_size: tuple[int, int]) -> list[str | None]:
+def box_rejections(
+    xyxy: np.ndarray, scores: np.ndarray, image_size: tuple[int, int]
+) -> list[str | None]:
     """Why each box would be refused by ``POST /pose``, or None; the one rule set of the gateway.
 
     ``xyxy``: ``(N, 4)`` image pixels (any float dtype; checked as float64); ``scores``: ``(N,)``;
@@ -112,8 +124,10 @@ def box_rejections(xyxy: np.ndarray, scores: np.ndarray,
             ("coordinate_too_large", (np.abs(b) > MAX_COORDINATE).any(axis=1)),
             ("degenerate_box", (w <= 0) | (h <= 0)),
             ("box_too_small", (w < MIN_BOX_SIDE) | (h < MIN_BOX_SIDE)),
-            ("box_outside_image", (b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= img_w)
-             | (b[:, 1] >= img_h)),
+            (
+                "box_outside_image",
+                (b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= img_w) | (b[:, 1] >= img_h),
+            ),
             ("score_out_of_range", (sc < 0) | (sc > 1)),
         ]
     out: list[str | None] = [None] * len(b)
@@ -121,4 +135,3 @@ def box_rejections(xyxy: np.ndarray, scores: np.ndarray,
         for i in np.flatnonzero(hit):
             out[i] = cause
     return out
-

@@ -11,16 +11,16 @@ its task: :class:`TopDownCard`, :class:`BottomUpCard`, :class:`DetectorCard`,
 :class:`SegmentationCard` (:data:`ModelCard` is their discriminated union; :func:`parse_card` and
 :func:`load_card` return the right one).
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from .layout import CARD_FILENAME
-
 
 Task = Literal["topdown_pose", "bottomup_pose", "detection", "segmentation"]
 
@@ -127,17 +127,25 @@ class BottomUpSpec(_Strict):
     joint_order: list[int] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _check_grouping(self) -> "BottomUpSpec":
-        if self.nms_kernel < 1 or self.nms_kernel % 2 == 0 or self.nms_padding != self.nms_kernel // 2:
-            raise ValueError(f"nms_kernel must be odd with nms_padding = nms_kernel // 2 (the peak "
-                             f"map keeps the heatmap size), got {self.nms_kernel}, {self.nms_padding}")
+    def _check_grouping(self) -> BottomUpSpec:
+        if (
+            self.nms_kernel < 1
+            or self.nms_kernel % 2 == 0
+            or self.nms_padding != self.nms_kernel // 2
+        ):
+            raise ValueError(
+                f"nms_kernel must be odd with nms_padding = nms_kernel // 2 (the peak "
+                f"map keeps the heatmap size), got {self.nms_kernel}, {self.nms_padding}"
+            )
         if not self.detection_threshold >= 0:  # below 0 upstream would keep zeroed non-peaks too
             raise ValueError(f"detection_threshold must be >= 0, got {self.detection_threshold}")
         if self.max_num_people < 1:
             raise ValueError(f"max_num_people must be >= 1, got {self.max_num_people}")
         if self.joint_order and sorted(self.joint_order) != list(range(self.num_joints)):
-            raise ValueError(f"joint_order must be a permutation of range({self.num_joints}), "
-                             f"got {self.joint_order}")
+            raise ValueError(
+                f"joint_order must be a permutation of range({self.num_joints}), "
+                f"got {self.joint_order}"
+            )
         return self
 
     def grouping_order(self) -> tuple[int, ...]:
@@ -154,22 +162,22 @@ class SegTestPipeline(_Strict):
     ``crop_size`` and ``stride`` are ``(height, width)`` as in MMSeg's ``test_cfg``.
     """
 
-    scale: Optional[tuple[int, int]] = None
+    scale: tuple[int, int] | None = None
     keep_ratio: bool = True
     mode: Literal["whole", "slide"] = "whole"
-    crop_size: Optional[tuple[int, int]] = None
-    stride: Optional[tuple[int, int]] = None
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
 
 
 class SourceSpec(_Strict):
     """Provenance: registry config name, checkpoint file/URL and the published metrics."""
 
-    arch: Optional[str] = None
-    config: Optional[str] = None
-    checkpoint: Optional[str] = None
-    url: Optional[str] = None
+    arch: str | None = None
+    config: str | None = None
+    checkpoint: str | None = None
+    url: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
-    notes: Optional[str] = None
+    notes: str | None = None
 
 
 class QuantizationSpec(_Strict):
@@ -188,7 +196,7 @@ class QuantizationSpec(_Strict):
     calibration: str
     excluded_nodes: list[str] = Field(default_factory=list)
     check: dict[str, float] = Field(default_factory=dict)
-    threshold: Optional[float] = None
+    threshold: float | None = None
 
 
 class _CardBase(_Strict):
@@ -200,16 +208,16 @@ class _CardBase(_Strict):
     """
 
     name: str
-    input_size: tuple[Optional[int], Optional[int]]
+    input_size: tuple[int | None, int | None]
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     max_batch_size: int = 32
     normalization: Normalization
-    dataset: Optional[str] = None  # metainfo key (service.datasets), e.g. "coco", "cityscapes"
+    dataset: str | None = None  # metainfo key (service.datasets), e.g. "coco", "cityscapes"
     source: SourceSpec = Field(default_factory=SourceSpec)
     # arithmetic of the served graph: "int8" = a QDQ graph (ONNX Runtime runs it natively)
     precision: Literal["fp32", "int8"] = "fp32"
-    quantization: Optional[QuantizationSpec] = None
+    quantization: QuantizationSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -221,9 +229,13 @@ class _CardBase(_Strict):
         if not isinstance(data, dict):
             return data
         own = cls.model_fields
-        return {k: v for k, v in data.items()
-                if k in own or k not in _FOREIGN_DEFAULTS
-                or (v not in (None, []) and _FOREIGN_DEFAULTS[k] != v)}
+        return {
+            k: v
+            for k, v in data.items()
+            if k in own
+            or k not in _FOREIGN_DEFAULTS
+            or (v not in (None, []) and _FOREIGN_DEFAULTS[k] != v)
+        }
 
     def save(self, directory: Path | str) -> Path:
         """Write ``<directory>/card.json`` and return its path."""
@@ -244,7 +256,7 @@ class _PoseCard(_CardBase):
     sigmas: list[float] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _check_keypoints(self) -> "_PoseCard":
+    def _check_keypoints(self) -> _PoseCard:
         k = len(self.keypoint_names)
         if k == 0:
             raise ValueError(f"{self.task} card needs 'keypoint_names'")  # type: ignore[attr-defined]
@@ -294,15 +306,18 @@ class TopDownCard(_PoseCard):
     shift_heatmap: bool = True
     # MMPose ``test_cfg.output_keypoint_indices``: the head's keypoints that are served, in this
     # order (None: all). The keypoint fields describe the head's keypoints (flip test needs them).
-    output_keypoint_indices: Optional[list[int]] = None
+    output_keypoint_indices: list[int] | None = None
 
     @model_validator(mode="after")
-    def _check_selection(self) -> "TopDownCard":
+    def _check_selection(self) -> TopDownCard:
         sel, k = self.output_keypoint_indices, self.num_keypoints
-        if sel is not None and (not sel or len(set(sel)) != len(sel)
-                                or not all(0 <= i < k for i in sel)):
-            raise ValueError(f"'output_keypoint_indices' must be distinct indices in "
-                             f"range({k}), at least one; got {sel}")
+        if sel is not None and (
+            not sel or len(set(sel)) != len(sel) or not all(0 <= i < k for i in sel)
+        ):
+            raise ValueError(
+                f"'output_keypoint_indices' must be distinct indices in "
+                f"range({k}), at least one; got {sel}"
+            )
         return self
 
     @property
@@ -321,10 +336,12 @@ class BottomUpCard(_PoseCard):
     bottomup: BottomUpSpec
 
     @model_validator(mode="after")
-    def _check_joints(self) -> "BottomUpCard":
+    def _check_joints(self) -> BottomUpCard:
         if self.num_keypoints != self.bottomup.num_joints:
-            raise ValueError(f"'keypoint_names' has {self.num_keypoints} entries, "
-                             f"'bottomup.num_joints' is {self.bottomup.num_joints}")
+            raise ValueError(
+                f"'keypoint_names' has {self.num_keypoints} entries, "
+                f"'bottomup.num_joints' is {self.bottomup.num_joints}"
+            )
         return self
 
 
@@ -342,37 +359,48 @@ class SegmentationCard(_CardBase):
     task: Literal["segmentation"]
     classes: list[str]
     palette: list[tuple[int, int, int]] = Field(default_factory=list)
-    test_pipeline: Optional[SegTestPipeline] = None
+    test_pipeline: SegTestPipeline | None = None
     align_corners: bool = False
 
     @model_validator(mode="after")
-    def _check_classes(self) -> "SegmentationCard":
+    def _check_classes(self) -> SegmentationCard:
         if not self.classes:
             raise ValueError("segmentation card needs 'classes'")
         if self.palette and len(self.palette) != len(self.classes):
             raise ValueError(
-                f"'palette' has {len(self.palette)} colours for {len(self.classes)} classes")
+                f"'palette' has {len(self.palette)} colours for {len(self.classes)} classes"
+            )
         return self
 
 
 #: Any card, told apart by its ``task`` (a pydantic discriminated union): each pipeline takes the
 #: one type whose fields its task has.
-ModelCard = Annotated[Union[TopDownCard, BottomUpCard, DetectorCard, SegmentationCard],
-                      Field(discriminator="task")]
-PoseCard = Union[TopDownCard, BottomUpCard]
-CARD_TYPES: dict[str, type[_CardBase]] = {"topdown_pose": TopDownCard,
-                                          "bottomup_pose": BottomUpCard,
-                                          "detection": DetectorCard,
-                                          "segmentation": SegmentationCard}
+ModelCard = Annotated[
+    TopDownCard | BottomUpCard | DetectorCard | SegmentationCard, Field(discriminator="task")
+]
+PoseCard = TopDownCard | BottomUpCard
+CARD_TYPES: dict[str, type[_CardBase]] = {
+    "topdown_pose": TopDownCard,
+    "bottomup_pose": BottomUpCard,
+    "detection": DetectorCard,
+    "segmentation": SegmentationCard,
+}
 _ADAPTER: TypeAdapter = TypeAdapter(ModelCard)
 
 # field name -> default, for the fields some task's card has and others do not (see
 # _CardBase._drop_other_tasks_defaults; required fields were None or [] in untyped cards)
 _FOREIGN_DEFAULTS: dict[str, Any] = {
-    name: (None if f.is_required() else
-           f.default_factory() if f.default_factory is not None else f.default)  # type: ignore[call-arg]
-    for t in CARD_TYPES.values() for name, f in t.model_fields.items()
-    if name not in _CardBase.model_fields and name != "task"}
+    name: (
+        None
+        if f.is_required()
+        else f.default_factory()
+        if f.default_factory is not None
+        else f.default
+    )  # type: ignore[call-arg]
+    for t in CARD_TYPES.values()
+    for name, f in t.model_fields.items()
+    if name not in _CardBase.model_fields and name != "task"
+}
 
 
 def parse_card(data: Any) -> ModelCard:

@@ -5,6 +5,7 @@ The app's lifespan (:mod:`service.app`) puts them on ``app.state``; a reload
 reads them once, when its dependencies are resolved, and keeps those for its whole run. Use as
 ``settings: SettingsDep`` in a handler's signature (``Annotated[..., Depends(...)]``).
 """
+
 from __future__ import annotations
 
 from typing import Annotated

@@ -5,13 +5,19 @@ Card dtypes are the names of Triton's ``DataType`` enum without its ``TYPE_`` pr
 ``FP16``, ``INT64``, ``INT32``, ``UINT8``), which are also the datatype strings of Triton's
 inference protocol (KServe v2) and ``tritonclient.InferInput``.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 #: card / Triton datatype name -> NumPy dtype
-NUMPY_DTYPES: dict[str, type] = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64,
-                                 "INT32": np.int32, "UINT8": np.uint8}
+NUMPY_DTYPES: dict[str, type] = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "UINT8": np.uint8,
+}
 
 #: ONNX Runtime type string (``NodeArg.type``) -> card / Triton datatype name
 ORT_DTYPES: dict[str, str] = {

@@ -7,10 +7,11 @@ failures (:class:`~service.backends.base.BackendError`) answer that one request 
 ``inference_failed`` (503 ``backend_unavailable`` when the backend cannot serve now). Starlette's
 HTTP errors get the same format; its "field/part exceeded maximum size" (400) becomes 413.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # FastAPI is imported where the handlers are installed, so the error classes
     # stay importable without it (service.boxes in the torch/GPU tooling, e.g. benchmarks.gpu_bench)
@@ -28,8 +29,14 @@ class APIError(Exception):
     status_code: int = 400
     code: str = "bad_request"
 
-    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if status_code is not None:
@@ -86,8 +93,13 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
-def error_response(request: Request, code: str, message: str, status_code: int,
-                   headers: Optional[dict[str, str]] = None) -> JSONResponse:
+def error_response(
+    request: Request,
+    code: str,
+    message: str,
+    status_code: int,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """The JSON error response; also notes ``code`` on ``request.state.error_code``, where the
     observability middleware reads the cause for its error counter and the request's log line."""
     from fastapi.responses import JSONResponse
@@ -105,9 +117,7 @@ def show_value(v: object, limit: int = 120) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     """Map APIError, HTTP and request-validation errors to JSON 4xx responses, and backend
     failures to 503 ``backend_unavailable`` (+ ``Retry-After``) / 500 ``inference_failed``."""
-    from fastapi import Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(APIError)
@@ -121,8 +131,9 @@ def install_error_handlers(app: FastAPI) -> None:
             # Starlette's multipart parser: a form field / part over its size limit (1 MiB)
             status = 413
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        return error_response(request, codes.get(status, "http_error"), detail, status,
-                              getattr(exc, "headers", None))
+        return error_response(
+            request, codes.get(status, "http_error"), detail, status, getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -135,8 +146,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
         # "overloaded" for the dynamic batcher's refusals (service.batching.Overloaded)
-        return error_response(request, getattr(exc, "code", "backend_unavailable"), str(exc), 503,
-                              {"Retry-After": str(max(1, round(exc.retry_after_s)))})
+        return error_response(
+            request,
+            getattr(exc, "code", "backend_unavailable"),
+            str(exc),
+            503,
+            {"Retry-After": str(max(1, round(exc.retry_after_s)))},
+        )
 
     @app.exception_handler(BackendError)
     async def _backend_error(request: Request, exc: BackendError) -> JSONResponse:
@@ -144,6 +160,10 @@ def install_error_handlers(app: FastAPI) -> None:
         # backend's own words (ONNX Runtime / Triton internals) go to the log, not to the client.
         log.error("inference failed: %s", exc, exc_info=exc.__cause__ is not None)
         where = f" on model '{exc.model}'" if exc.model else ""
-        return error_response(request, "inference_failed",
-                              f"inference failed{where}; the gateway log has the details "
-                              f"(request id {getattr(request.state, 'request_id', '-')})", 500)
+        return error_response(
+            request,
+            "inference_failed",
+            f"inference failed{where}; the gateway log has the details "
+            f"(request id {getattr(request.state, 'request_id', '-')})",
+            500,
+        )

@@ -1,10 +1,11 @@
 """Helpers for form fields that carry JSON (``boxes`` of ``/pose``, ``scales`` of ``/segment`` and
 of bottom-up ``/pose``)."""
+
 from __future__ import annotations
 
 import json
 import math
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 #: Limits on test-time scale ratios (each in (0, MAX_SCALE_RATIO], at most MAX_SCALES of them).
 MAX_SCALES = 8
@@ -27,14 +28,17 @@ def load_json_field(text: str) -> object:
         raise ValueError(f"not valid JSON: {exc}") from None
     except RecursionError:
         raise ValueError("not valid JSON: arrays nested too deeply") from None
-    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+    except (
+        ValueError
+    ) as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
         raise ValueError(f"not valid JSON: a number is too long ({exc})") from None
     except TypeError as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
 
 
-def validate_ratios(value: Sequence[float] | str | None,
-                    presets: Mapping[str, tuple[float, ...]]) -> Optional[tuple[float, ...]]:
+def validate_ratios(
+    value: Sequence[float] | str | None, presets: Mapping[str, tuple[float, ...]]
+) -> tuple[float, ...] | None:
     """Validate test-time scale ratios: a preset name or up to :data:`MAX_SCALES` finite numbers
     in (0, :data:`MAX_SCALE_RATIO`].
 
@@ -59,16 +63,19 @@ def validate_ratios(value: Sequence[float] | str | None,
         try:
             r = float(r)
         except OverflowError:  # an integer too large for a float, e.g. 10**400
-            raise ValueError(f"scale {str(r)[:20]}... is too large; it must be a finite number in "
-                             f"(0, {MAX_SCALE_RATIO:g}]") from None
+            raise ValueError(
+                f"scale {str(r)[:20]}... is too large; it must be a finite number in "
+                f"(0, {MAX_SCALE_RATIO:g}]"
+            ) from None
         if not math.isfinite(r) or not 0.0 < r <= MAX_SCALE_RATIO:
             raise ValueError(f"scale {r} must be a finite number in (0, {MAX_SCALE_RATIO:g}]")
         out.append(r)
     return tuple(out)
 
 
-def load_json_list_field(text: str, field: str, max_chars: int, what: str = "values",
-                         note: str = "") -> list:
+def load_json_list_field(
+    text: str, field: str, max_chars: int, what: str = "values", note: str = ""
+) -> list:
     """A form field that must hold a JSON list (``boxes``, ``scales``): at most ``max_chars``
     characters (checked before parsing), valid JSON (:func:`load_json_field`), a list.
 
@@ -76,19 +83,23 @@ def load_json_list_field(text: str, field: str, max_chars: int, what: str = "val
     ``note`` is appended to the length message); routers turn it into a 422.
     """
     if len(text) > max_chars:
-        raise ValueError(f"'{field}' is {len(text)} characters long; at most {max_chars} are "
-                         f"accepted{note}")
+        raise ValueError(
+            f"'{field}' is {len(text)} characters long; at most {max_chars} are accepted{note}"
+        )
     try:
         parsed = load_json_field(text)
     except ValueError as exc:
-        raise ValueError(f"'{field}' must be a JSON list of {what}; {text[:40]!r} is {exc}") from None
+        raise ValueError(
+            f"'{field}' must be a JSON list of {what}; {text[:40]!r} is {exc}"
+        ) from None
     if not isinstance(parsed, list):
         raise ValueError(f"'{field}' must be a JSON list of {what}, got {text[:40]!r}")
     return parsed
 
 
-def parse_scales_field(value: Optional[str],
-                       presets: Mapping[str, tuple[float, ...]]) -> Optional[tuple[float, ...]]:
+def parse_scales_field(
+    value: str | None, presets: Mapping[str, tuple[float, ...]]
+) -> tuple[float, ...] | None:
     """The ``scales`` form field: empty/None, a preset name or a JSON list of ratios.
 
     Raises ValueError naming the problem for anything else (also hostile JSON: nesting too deep,

@@ -12,10 +12,11 @@ A person box goes through the same steps as MMPose's top-down test pipeline:
 
 Everything here is numpy + OpenCV; no torch.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -48,8 +49,10 @@ def _as_float(a) -> np.ndarray:
 def _boxes(b, name: str = "bboxes") -> np.ndarray:
     arr = _as_float(b)
     if arr.ndim != 2 or arr.shape[1] < 4:
-        raise ValueError(f"{name} must have shape (N, 4) (extra columns such as a score are kept), "
-                         f"got {arr.shape}")
+        raise ValueError(
+            f"{name} must have shape (N, 4) (extra columns such as a score are kept), "
+            f"got {arr.shape}"
+        )
     return arr
 
 
@@ -68,8 +71,10 @@ def _check_scales(s: np.ndarray) -> None:
     if bad.any():
         i = int(np.flatnonzero(np.atleast_1d(bad))[0])
         row = s.reshape(-1, 2)[i]
-        raise ValueError(f"box scale must be finite and positive, got (w, h) = "
-                         f"({row[0]:g}, {row[1]:g}) for box {i}")
+        raise ValueError(
+            f"box scale must be finite and positive, got (w, h) = "
+            f"({row[0]:g}, {row[1]:g}) for box {i}"
+        )
 
 
 def bbox_xywh2xyxy(b) -> np.ndarray:
@@ -153,9 +158,11 @@ def fix_aspect_ratio(scales, aspect_ratio: float) -> np.ndarray:
     if not aspect_ratio > 0:
         raise ValueError(f"aspect_ratio must be positive, got {aspect_ratio!r}")
     w, h = s[:, 0:1], s[:, 1:2]
-    return np.where(w > h * aspect_ratio,
-                    np.concatenate([w, w / aspect_ratio], axis=1),
-                    np.concatenate([h * aspect_ratio, h], axis=1))
+    return np.where(
+        w > h * aspect_ratio,
+        np.concatenate([w, w / aspect_ratio], axis=1),
+        np.concatenate([h * aspect_ratio, h], axis=1),
+    )
 
 
 def _rotate(vec: np.ndarray, rot_rad: float) -> np.ndarray:
@@ -169,8 +176,14 @@ def _perp_third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return b + np.stack([-d[..., 1], d[..., 0]], axis=-1)
 
 
-def get_warp_matrix(center, scale, rot: float, output_size: Sequence[float],
-                    shift: Sequence[float] = (0.0, 0.0), inv: bool = False) -> np.ndarray:
+def get_warp_matrix(
+    center,
+    scale,
+    rot: float,
+    output_size: Sequence[float],
+    shift: Sequence[float] = (0.0, 0.0),
+    inv: bool = False,
+) -> np.ndarray:
     """The (non-UDP) top-down affine matrix, MMPose ``get_warp_matrix`` (fix_aspect_ratio=True).
 
     Three point pairs (float32, as upstream) are solved with ``cv2.getAffineTransform``: the box
@@ -205,8 +218,13 @@ def get_warp_matrix(center, scale, rot: float, output_size: Sequence[float],
     rot_rad = math.radians(rot)
 
     src_dir = _rotate(np.array([-0.5 * scale[0], 0.0]), rot_rad)
-    return _triple_transform(center + scale * shift, center + src_dir + scale * shift,
-                             (0.5 * dst_w, 0.5 * dst_h), (0.0, 0.5 * dst_h), inv)
+    return _triple_transform(
+        center + scale * shift,
+        center + src_dir + scale * shift,
+        (0.5 * dst_w, 0.5 * dst_h),
+        (0.0, 0.5 * dst_h),
+        inv,
+    )
 
 
 def _triple_transform(src0, src1, dst0, dst1, inv: bool) -> np.ndarray:
@@ -264,7 +282,9 @@ def get_udp_warp_matrix(center, scale, rot: float, output_size: Sequence[float])
     return m
 
 
-def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool = False) -> np.ndarray:
+def warp_matrices(
+    centers, scales, output_size: Sequence[float], use_udp: bool = False
+) -> np.ndarray:
     """Image-to-crop matrices for many boxes at once (rotation 0).
 
     Bit-identical to :func:`get_warp_matrix` (``use_udp=False``; it is called box by box) or
@@ -289,7 +309,9 @@ def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool =
     c = np.asarray(centers, dtype=np.float64)
     s = np.asarray(scales, dtype=np.float64)
     if c.ndim != 2 or c.shape[1] != 2 or s.shape != c.shape:
-        raise ValueError(f"centers and scales must both have shape (N, 2), got {c.shape} and {s.shape}")
+        raise ValueError(
+            f"centers and scales must both have shape (N, 2), got {c.shape} and {s.shape}"
+        )
     _check_scales(s)
     out_w, out_h = _size2(output_size, "output_size")
     n = c.shape[0]
@@ -312,8 +334,9 @@ def warp_matrices(centers, scales, output_size: Sequence[float], use_udp: bool =
     return m
 
 
-def crop_persons(image: np.ndarray, centers, scales, output_size: Sequence[int],
-                 use_udp: bool = False) -> np.ndarray:
+def crop_persons(
+    image: np.ndarray, centers, scales, output_size: Sequence[int], use_udp: bool = False
+) -> np.ndarray:
     """Cut the model-input crops out of one image, as ``TopdownAffine`` does per instance.
 
     Each crop is ``cv2.warpAffine(image, M, (w, h), flags=cv2.INTER_LINEAR)`` (constant 0
@@ -370,7 +393,9 @@ def keypoints_to_image(keypoints, centers, scales, input_size: Sequence[float]) 
     if k.ndim != 3 or k.shape[2] < 2:
         raise ValueError(f"keypoints must have shape (N, K, 2), got {k.shape}")
     if c.shape != (k.shape[0], 2) or s.shape != (k.shape[0], 2):
-        raise ValueError(f"centers/scales must have shape ({k.shape[0]}, 2), got {c.shape} and {s.shape}")
+        raise ValueError(
+            f"centers/scales must have shape ({k.shape[0]}, 2), got {c.shape} and {s.shape}"
+        )
     size = np.asarray(_size2(input_size, "input_size"), dtype=np.float64)
     out = k.astype(np.result_type(k.dtype, np.float64), copy=True)
     out[..., :2] = k[..., :2] / size * s[:, None, :] + c[:, None, :] - 0.5 * s[:, None, :]
@@ -402,11 +427,14 @@ def affine_transform_points(points, matrix) -> np.ndarray:
         lin = m[:, :2, :2].reshape((m.shape[0],) + (1,) * (p.ndim - 2) + (2, 2))
         off = m[:, :, 2].reshape((m.shape[0],) + (1,) * (p.ndim - 2) + (2,))
         return np.einsum("...ij,...j->...i", lin, p) + off
-    raise ValueError(f"matrix must be (2, 3) or (N, 2, 3) matching points (N, ..., 2); "
-                     f"got {m.shape} for points {p.shape}")
+    raise ValueError(
+        f"matrix must be (2, 3) or (N, 2, 3) matching points (N, ..., 2); "
+        f"got {m.shape} for points {p.shape}"
+    )
 
 
 # ------------------------------------------------------------------ keep-ratio resize sizes
+
 
 def scale_size(size_wh: tuple[int, int], factor: float | tuple[float, float]) -> tuple[int, int]:
     """``(w, h)`` scaled by ``factor`` and rounded half up: ``int(w * f + 0.5)``.
@@ -418,8 +446,9 @@ def scale_size(size_wh: tuple[int, int], factor: float | tuple[float, float]) ->
     return int(w * float(fw) + 0.5), int(h * float(fh) + 0.5)
 
 
-def rescale_size(size_wh: tuple[int, int],
-                 scale: float | tuple[int, int]) -> tuple[tuple[int, int], float]:
+def rescale_size(
+    size_wh: tuple[int, int], scale: float | tuple[int, int]
+) -> tuple[tuple[int, int], float]:
     """New ``(w, h)`` and the factor for a keep-ratio resize (``mmcv.rescale_size``).
 
     ``scale`` is either a positive factor, or a ``(long, short)``-agnostic pair of edge limits:
@@ -447,6 +476,7 @@ def rescale_size(size_wh: tuple[int, int],
 
 # ------------------------------------------------------------------ bottom-up (whole-image) resize
 
+
 def _ceil_to_multiple(x: float, divisor: int) -> int:
     """``int((x + divisor - 1) // divisor * divisor)``: the HigherHRNet repo's rounding up.
 
@@ -457,9 +487,13 @@ def _ceil_to_multiple(x: float, divisor: int) -> int:
     return int((x + divisor - 1) // divisor * divisor)
 
 
-def get_multi_scale_size(image_wh: tuple[int, int], input_size: int, current_scale: float,
-                         min_scale: float, size_divisor: int = 64
-                         ) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+def get_multi_scale_size(
+    image_wh: tuple[int, int],
+    input_size: int,
+    current_scale: float,
+    min_scale: float,
+    size_divisor: int = 64,
+) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
     """Network input size, center and scale of one test scale of a bottom-up (whole-image) model.
 
     Follows ``get_multi_scale_size`` of the HigherHRNet repo (``lib/utils/transforms.py``): at the
@@ -491,9 +525,11 @@ def get_multi_scale_size(image_wh: tuple[int, int], input_size: int, current_sca
     if w <= 0 or h <= 0:
         raise ValueError(f"image size must be positive, got {image_wh}")
     if not (current_scale > 0 and min_scale > 0 and input_size > 0 and size_divisor > 0):
-        raise ValueError(f"input_size, scales and size_divisor must be positive, got input_size="
-                         f"{input_size}, current_scale={current_scale}, min_scale={min_scale}, "
-                         f"size_divisor={size_divisor}")
+        raise ValueError(
+            f"input_size, scales and size_divisor must be positive, got input_size="
+            f"{input_size}, current_scale={current_scale}, min_scale={min_scale}, "
+            f"size_divisor={size_divisor}"
+        )
     center = np.array([int(w / 2.0 + 0.5), int(h / 2.0 + 0.5)], dtype=np.float64)
     min_input = _ceil_to_multiple(min_scale * input_size, size_divisor)
     ratio = current_scale / min_scale
@@ -510,8 +546,9 @@ def get_multi_scale_size(image_wh: tuple[int, int], input_size: int, current_sca
     return (w_r, h_r), center, scale
 
 
-def get_bottomup_warp_matrix(center, scale, output_size: Sequence[float],
-                             inv: bool = False, rot: float = 0.0) -> np.ndarray:
+def get_bottomup_warp_matrix(
+    center, scale, output_size: Sequence[float], inv: bool = False, rot: float = 0.0
+) -> np.ndarray:
     """The whole-image affine matrix of the HigherHRNet repo (``get_affine_transform``).
 
     The same similarity transform as :func:`get_warp_matrix` (zoom ``output_w / scale_w`` on both
@@ -542,17 +579,28 @@ def get_bottomup_warp_matrix(center, scale, output_size: Sequence[float],
     dst_w, dst_h = _size2(output_size, "output_size")
     rot_rad = np.pi * rot / 180
     half = -0.5 * scale[0]  # upstream rotates (0, -scale_w / 2)
-    src_dir = np.array([0.0 * np.cos(rot_rad) - half * np.sin(rot_rad),
-                        0.0 * np.sin(rot_rad) + half * np.cos(rot_rad)])
-    return _triple_transform(center, center + src_dir,
-                             (0.5 * dst_w, 0.5 * dst_h),
-                             np.array([0.5 * dst_w, 0.5 * dst_h]) + np.array([0.0, -0.5 * dst_w]),
-                             inv)
+    src_dir = np.array(
+        [
+            0.0 * np.cos(rot_rad) - half * np.sin(rot_rad),
+            0.0 * np.sin(rot_rad) + half * np.cos(rot_rad),
+        ]
+    )
+    return _triple_transform(
+        center,
+        center + src_dir,
+        (0.5 * dst_w, 0.5 * dst_h),
+        np.array([0.5 * dst_w, 0.5 * dst_h]) + np.array([0.0, -0.5 * dst_w]),
+        inv,
+    )
 
 
-def resize_align_multi_scale(image: np.ndarray, input_size: int, current_scale: float,
-                             min_scale: float, size_divisor: int = 64
-                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def resize_align_multi_scale(
+    image: np.ndarray,
+    input_size: int,
+    current_scale: float,
+    min_scale: float,
+    size_divisor: int = 64,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resize a whole image for one bottom-up test scale (HigherHRNet ``resize_align_multi_scale``).
 
     The image is warped with :func:`get_bottomup_warp_matrix` (center/scale from
@@ -573,7 +621,8 @@ def resize_align_multi_scale(image: np.ndarray, input_size: int, current_scale: 
     img = np.asarray(image)
     if img.ndim != 3:
         raise ValueError(f"image must have shape (H, W, C), got {img.shape}")
-    size, center, scale = get_multi_scale_size((img.shape[1], img.shape[0]), input_size,
-                                               current_scale, min_scale, size_divisor)
+    size, center, scale = get_multi_scale_size(
+        (img.shape[1], img.shape[0]), input_size, current_scale, min_scale, size_divisor
+    )
     m = get_bottomup_warp_matrix(center, scale, size)
     return cv2.warpAffine(img, m, size, flags=cv2.INTER_LINEAR), center, scale

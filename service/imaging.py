@@ -7,6 +7,7 @@ skipped) and WebP (``VP8 ``, ``VP8L`` and ``VP8X`` chunks). A file whose size ca
 is decoded under OpenCV's own ceiling (``OPENCV_IO_MAX_IMAGE_PIXELS``, set by ``service/__init__``
 before cv2 loads), which OpenCV checks after reading the header and before allocating the image.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,9 @@ _SIGNATURES = {
 }
 #: JPEG start-of-frame markers (baseline, extended, progressive, lossless, arithmetic, ...);
 #: 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) are not frames.
-_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_JPEG_SOF = frozenset(
+    (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+)
 #: markers without a length field: TEM, RST0-7, SOI
 _JPEG_STANDALONE = frozenset((0x01, *range(0xD0, 0xD8), 0xD8))
 _JPEG_MAX_SEGMENTS = 4096  # header segments examined before giving up (then OpenCV's cap guards)
@@ -80,12 +83,12 @@ def jpeg_scan(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
             break
         if i + 2 > n:
             break
-        length = int.from_bytes(data[i:i + 2], "big")
+        length = int.from_bytes(data[i : i + 2], "big")
         if length < 2:
             break
         if marker in _JPEG_SOF and size is None and i + 7 <= n:
-            h = int.from_bytes(data[i + 3:i + 5], "big")
-            w = int.from_bytes(data[i + 5:i + 7], "big")
+            h = int.from_bytes(data[i + 3 : i + 5], "big")
+            w = int.from_bytes(data[i + 5 : i + 7], "big")
             size = (w, h)
         if marker == 0xDA:
             return size, i - 2
@@ -109,14 +112,17 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     for _ in range(_WEBP_MAX_CHUNKS):
         if pos + 8 > n:
             break
-        fourcc, clen, body = data[pos:pos + 4], _le(data[pos + 4:pos + 8]), pos + 8
+        fourcc, clen, body = data[pos : pos + 4], _le(data[pos + 4 : pos + 8]), pos + 8
         dims = None
         if fourcc == b"VP8X" and body + 10 <= n:
-            dims = (_le(data[body + 4:body + 7]) + 1, _le(data[body + 7:body + 10]) + 1)
+            dims = (_le(data[body + 4 : body + 7]) + 1, _le(data[body + 7 : body + 10]) + 1)
         elif fourcc == b"VP8 " and body + 10 <= n:
-            dims = (_le(data[body + 6:body + 8]) & 0x3FFF, _le(data[body + 8:body + 10]) & 0x3FFF)
+            dims = (
+                _le(data[body + 6 : body + 8]) & 0x3FFF,
+                _le(data[body + 8 : body + 10]) & 0x3FFF,
+            )
         elif fourcc == b"VP8L" and body + 5 <= n and data[body] == 0x2F:
-            bits = _le(data[body + 1:body + 5])
+            bits = _le(data[body + 1 : body + 5])
             dims = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
         if dims is not None and (best is None or dims[0] * dims[1] > best[0] * best[1]):
             best = dims
@@ -138,8 +144,9 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
         if fmt == "bmp" and len(data) >= 26:
             if _le(data[14:18]) == 12:
                 return _le(data[18:20]), _le(data[20:22])
-            return abs(int.from_bytes(data[18:22], "little", signed=True)), \
-                abs(int.from_bytes(data[22:26], "little", signed=True))
+            return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(
+                int.from_bytes(data[22:26], "little", signed=True)
+            )
         if fmt == "jpeg":
             return jpeg_scan(data)[0]
         if fmt == "webp":
@@ -190,22 +197,32 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if size is not None and size[0] * size[1] > max_pixels:
         raise _too_large(size[0], size[1], max_pixels)
     if size is None:
-        log.info("%s header gives no size; decoding under OpenCV's %s-pixel ceiling%s", fmt,
-                 OPENCV_MAX_IMAGE_PIXELS, "" if OPENCV_PIXEL_CAP_ACTIVE else
-                 " (NOT in force: cv2 was imported before the service package)")
+        log.info(
+            "%s header gives no size; decoding under OpenCV's %s-pixel ceiling%s",
+            fmt,
+            OPENCV_MAX_IMAGE_PIXELS,
+            ""
+            if OPENCV_PIXEL_CAP_ACTIVE
+            else " (NOT in force: cv2 was imported before the service package)",
+        )
     if fmt == "jpeg" and not jpeg_is_complete(data, sos):
-        raise InvalidImage("the JPEG 'image' file is truncated (no end-of-image marker after the "
-                           "image data)")
+        raise InvalidImage(
+            "the JPEG 'image' file is truncated (no end-of-image marker after the image data)"
+        )
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:
         if "CV_IO_MAX_IMAGE" in str(exc):  # OpenCV's size ceiling (validateInputImageSize)
-            raise PayloadTooLarge(f"the {fmt.upper()} image is larger than the decoder accepts "
-                                  f"(limit {max_pixels} pixels)") from None
+            raise PayloadTooLarge(
+                f"the {fmt.upper()} image is larger than the decoder accepts "
+                f"(limit {max_pixels} pixels)"
+            ) from None
         raise InvalidImage(f"the {fmt.upper()} 'image' file could not be decoded") from None
     if img is None or img.size == 0:
-        raise InvalidImage(f"the {fmt.upper()} 'image' file could not be decoded (corrupt or truncated)")
+        raise InvalidImage(
+            f"the {fmt.upper()} 'image' file could not be decoded (corrupt or truncated)"
+        )
     h, w = img.shape[:2]
     if h * w > max_pixels:
         raise _too_large(w, h, max_pixels)

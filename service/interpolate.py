@@ -3,6 +3,7 @@ torch: the one implementation behind the segmentation pipeline's logit resizes a
 codec's stage / image projections (upstream: MMSeg ``resize``, the HigherHRNet repo's
 ``get_multi_stage_outputs``; both call torch's interpolate).
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -10,8 +11,15 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-__all__ = ["linear_taps", "resize_bilinear", "RowSource", "ArrayRows", "FlippedRows", "ResizedRows",
-           "STRIP_ELEMENTS"]
+__all__ = [
+    "linear_taps",
+    "resize_bilinear",
+    "RowSource",
+    "ArrayRows",
+    "FlippedRows",
+    "ResizedRows",
+    "STRIP_ELEMENTS",
+]
 
 
 def linear_taps(n_in: int, n_out: int, align_corners: bool):
@@ -35,8 +43,9 @@ def linear_taps(n_in: int, n_out: int, align_corners: bool):
     return i0, i1, w0, w1
 
 
-def resize_bilinear(maps: np.ndarray, size_hw: tuple[int, int],
-                    align_corners: bool = False) -> np.ndarray:
+def resize_bilinear(
+    maps: np.ndarray, size_hw: tuple[int, int], align_corners: bool = False
+) -> np.ndarray:
     """Bilinear resize of ``(..., H, W)`` maps, as ``torch.nn.functional.interpolate(mode='bilinear')``.
 
     Source coordinate of output pixel ``d``: ``(d + 0.5) * in / out - 0.5`` clamped at 0
@@ -146,9 +155,10 @@ class ResizedRows:
             n, _, c = x.shape
             out = np.empty((n, self.width, c), np.float32)
             for c0 in range(0, c, 512):
-                part = np.ascontiguousarray(x[:, :, c0:c0 + 512], dtype=np.float32)
-                out[:, :, c0:c0 + 512] = cv2.resize(part, (self.width, n), interpolation=cv2.INTER_LINEAR
-                                                    ).reshape(n, self.width, -1)
+                part = np.ascontiguousarray(x[:, :, c0 : c0 + 512], dtype=np.float32)
+                out[:, :, c0 : c0 + 512] = cv2.resize(
+                    part, (self.width, n), interpolation=cv2.INTER_LINEAR
+                ).reshape(n, self.width, -1)
             return out
         i0, i1, w0, w1 = self.hx
         out = x[:, i0] * w0[:, None]

@@ -11,6 +11,7 @@
 ``<version>`` is :data:`MODEL_VERSION` for every entry this project writes. The names follow
 Triton's model-repository documentation (default model file names per platform/backend).
 """
+
 from __future__ import annotations
 
 CONFIG_FILENAME = "config.pbtxt"

@@ -15,6 +15,7 @@ On SIGTERM the gateway
 
 SIGINT (Ctrl+C) skips the drain window (step 2) and a second one forces the exit, as in uvicorn.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ from .errors import error_body
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT = Gauge("hrnet_requests_in_flight", "API requests being served (not /healthz, "
-                  "/readyz, /metrics)")
+IN_FLIGHT = Gauge(
+    "hrnet_requests_in_flight", "API requests being served (not /healthz, /readyz, /metrics)"
+)
 
 #: Paths answered normally while draining (probes and scraping); ``/readyz`` reports the drain.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -80,13 +82,23 @@ class DrainMiddleware:
             return
         if self.drain.active:
             scope.setdefault("state", {})["error_code"] = "shutting_down"  # for the metrics
-            payload = json.dumps(error_body(
-                "shutting_down", "the gateway is shutting down; retry on another replica")).encode()
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(payload)).encode()),
-                                    (b"retry-after", str(self.retry_after_s).encode()),
-                                    (b"connection", b"close")]})
+            payload = json.dumps(
+                error_body(
+                    "shutting_down", "the gateway is shutting down; retry on another replica"
+                )
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode()),
+                        (b"retry-after", str(self.retry_after_s).encode()),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": payload})
             return
         self.drain.in_flight += 1
@@ -122,11 +134,19 @@ class GatewayServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.drain.active and not self._drain_logged:
             self._drain_logged = True
-            log.info("SIGTERM: draining (new requests get 503) for %.1f s, then waiting up to "
-                     "%s s for %d in-flight request(s)", self.drain_s,
-                     self.config.timeout_graceful_shutdown, self.drain.in_flight)
-        if (self.should_exit and not self.force_exit and self.drain.active
-                and self.drain.elapsed_s() < self.drain_s):
+            log.info(
+                "SIGTERM: draining (new requests get 503) for %.1f s, then waiting up to "
+                "%s s for %d in-flight request(s)",
+                self.drain_s,
+                self.config.timeout_graceful_shutdown,
+                self.drain.in_flight,
+            )
+        if (
+            self.should_exit
+            and not self.force_exit
+            and self.drain.active
+            and self.drain.elapsed_s() < self.drain_s
+        ):
             return False  # the drain window: keep the listener open, answering 503
         return await super().on_tick(counter)
 
@@ -143,9 +163,15 @@ def serve(app, settings, log_level: str = "info") -> int:
     """
     # uvicorn keeps the logging hrnet-serve set up (log_config=None: JSON lines by default); the
     # gateway writes its own access line per request (service.observability), so uvicorn's is off
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_s,
-                            log_config=None, access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        log_config=None,
+        access_log=False,
+    )
     server = GatewayServer(config, app.state.drain, settings.shutdown_drain_s)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _absorb)

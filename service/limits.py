@@ -8,12 +8,13 @@
   lifespan, see :func:`make_endpoint_limits`) bounding how many requests of that endpoint do their
   CPU/memory-heavy work at once; the others wait their turn.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable, Union
 
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,7 +35,7 @@ class BodySizeLimit:
     returning them, evaluated per request (so a changed setting applies at once).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: Union[int, Callable[[], int]]):
+    def __init__(self, app: ASGIApp, max_bytes: int | Callable[[], int]):
         if not callable(max_bytes) and max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self.app = app
@@ -63,7 +64,9 @@ class BodySizeLimit:
                 break
         limit = self.max_bytes
         if length is not None and length > limit:
-            await _send_json(send, 413, error_body("payload_too_large", self._message(length, limit)))
+            await _send_json(
+                send, 413, error_body("payload_too_large", self._message(length, limit))
+            )
             return
         seen = 0
 
@@ -81,17 +84,27 @@ class BodySizeLimit:
 
 async def _send_json(send: Send, status: int, body: dict) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
 def make_endpoint_limits(settings) -> dict[str, asyncio.Semaphore]:
     """Per-endpoint semaphores from ``settings`` (``pose_max_concurrency``,
     ``seg_max_concurrency``; each >= 1). Called in the app's lifespan, i.e. inside the event loop."""
-    limits = {"pose": int(settings.pose_max_concurrency), "segment": int(settings.seg_max_concurrency)}
+    limits = {
+        "pose": int(settings.pose_max_concurrency),
+        "segment": int(settings.seg_max_concurrency),
+    }
     for name, n in limits.items():
         if n < 1:
             raise ValueError(f"{name} concurrency must be >= 1, got {n}")

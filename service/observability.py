@@ -16,6 +16,7 @@ Routers take their :class:`~service.pipelines.common.StageTimer` from :func:`req
 note what they served with :func:`note`; the middleware (:func:`install_observability`) does the
 rest. With ``log_format="json"`` (:func:`configure_logging`) every log line is one JSON object.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ import time
 import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from prometheus_client import Counter, Histogram
@@ -37,25 +38,35 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 #: the id of the request being served in this context (None outside a request)
-current_request_id: ContextVar[Optional[str]] = ContextVar("hrnet_request_id", default=None)
+current_request_id: ContextVar[str | None] = ContextVar("hrnet_request_id", default=None)
 
 access_log = logging.getLogger("service.access")
 log = logging.getLogger("service")
 
 REQUESTS = Counter("hrnet_requests_total", "HTTP requests", ["path", "status"])
 LATENCY = Histogram("hrnet_request_seconds", "HTTP request latency", ["path"])
-STAGE_LATENCY = Histogram("hrnet_stage_seconds", "Latency of one stage of a request",
-                          ["route", "stage"],
-                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-ERRORS = Counter("hrnet_errors_total", "Error responses by cause (the JSON error code)",
-                 ["route", "code"])
+STAGE_LATENCY = Histogram(
+    "hrnet_stage_seconds",
+    "Latency of one stage of a request",
+    ["route", "stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+ERRORS = Counter(
+    "hrnet_errors_total", "Error responses by cause (the JSON error code)", ["route", "code"]
+)
 
 #: error code of an error response that did not come through the error handlers
-_STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                 413: "payload_too_large", 500: "internal_error", 503: "backend_unavailable"}
+_STATUS_CODES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    500: "internal_error",
+    503: "backend_unavailable",
+}
 
 
-def accepted_request_id(value: Optional[str]) -> str:
+def accepted_request_id(value: str | None) -> str:
     """``value`` when it is a safe request id (1..128 of ``[A-Za-z0-9._:-]``), else a new one."""
     if value is not None and _REQUEST_ID.fullmatch(value):
         return value
@@ -96,8 +107,9 @@ def install_observability(app: FastAPI) -> None:
                 response = await call_next(request)
             except Exception:  # last resort; the details go to the log only
                 log.exception("unhandled error on %s", request.url.path)
-                response = error_response(request, "internal_error",
-                                          f"internal error (request id {rid})", 500)
+                response = error_response(
+                    request, "internal_error", f"internal error (request id {rid})", 500
+                )
             response.headers[REQUEST_ID_HEADER] = rid
             elapsed = time.perf_counter() - t0
             _account(request, response.status_code, elapsed)
@@ -137,8 +149,12 @@ def _account(request: Request, status: int, elapsed_s: float) -> None:
         STAGE_LATENCY.labels(route, stage).observe(ms / 1e3)
     latency = {k: round(v, 3) for k, v in stages.items()}
     latency["total"] = round(elapsed_s * 1e3, 3)
-    fields: dict[str, Any] = {"method": request.method, "route": route,
-                              "path": request.url.path[:200], "status": status}
+    fields: dict[str, Any] = {
+        "method": request.method,
+        "route": route,
+        "path": request.url.path[:200],
+        "status": status,
+    }
     if code:
         fields["error"] = code
     fields.update(getattr(request.state, "log_fields", None) or {})
@@ -154,8 +170,12 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
-                timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         rid = getattr(record, "request_id", None) or current_request_id.get()
         if rid is not None:
             out["request_id"] = rid

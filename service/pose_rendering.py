@@ -7,9 +7,10 @@ one deliberate change that the gateway's users asked for: a joint's colour encod
 joints are visible at a glance. Used by ``POST /pose`` with ``render=true`` for top-down and
 bottom-up models alike.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -19,8 +20,9 @@ BOX_COLOUR_BGR = (0, 255, 0)
 LINK_COLOUR_BGR = (255, 255, 255)
 
 # 256-entry TURBO lookup table, BGR uint8: score s in [0, 1] -> _TURBO[round(s * 255)]
-_TURBO = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(-1, 1),
-                           cv2.COLORMAP_TURBO).reshape(256, 3)
+_TURBO = cv2.applyColorMap(
+    np.arange(256, dtype=np.uint8).reshape(-1, 1), cv2.COLORMAP_TURBO
+).reshape(256, 3)
 
 
 def score_colour(score: float) -> tuple[int, int, int]:
@@ -38,9 +40,14 @@ def marker_sizes(width: int, height: int) -> tuple[int, int]:
     return radius, max(1, radius // 2)
 
 
-def draw_poses(image_bgr: np.ndarray, keypoints: np.ndarray, keypoint_scores: np.ndarray,
-               skeleton: Sequence[Sequence[int]], boxes_xyxy: Optional[np.ndarray] = None,
-               kpt_thr: float = KPT_THR) -> np.ndarray:
+def draw_poses(
+    image_bgr: np.ndarray,
+    keypoints: np.ndarray,
+    keypoint_scores: np.ndarray,
+    skeleton: Sequence[Sequence[int]],
+    boxes_xyxy: np.ndarray | None = None,
+    kpt_thr: float = KPT_THR,
+) -> np.ndarray:
     """A copy of the photo with every person drawn.
 
     ``image_bgr``: (H, W, 3) uint8. ``keypoints``: (P, K, 2) image pixels (x, y);
@@ -51,7 +58,9 @@ def draw_poses(image_bgr: np.ndarray, keypoints: np.ndarray, keypoint_scores: np
     """
     image_bgr = np.asarray(image_bgr)
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image_bgr.shape} {image_bgr.dtype}")
+        raise ValueError(
+            f"expected an (H, W, 3) uint8 image, got {image_bgr.shape} {image_bgr.dtype}"
+        )
     kpts = np.asarray(keypoints, np.float64).reshape(len(keypoints), -1, 2)
     scores = np.asarray(keypoint_scores, np.float64)
     if scores.shape != kpts.shape[:2]:
@@ -66,25 +75,43 @@ def draw_poses(image_bgr: np.ndarray, keypoints: np.ndarray, keypoint_scores: np
 
     if boxes_xyxy is not None:
         for x1, y1, x2, y2 in np.round(np.asarray(boxes_xyxy, np.float64)).astype(np.int64):
-            cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), BOX_COLOUR_BGR,
-                          thickness, cv2.LINE_AA)
+            cv2.rectangle(
+                canvas,
+                (int(x1), int(y1)),
+                (int(x2), int(y2)),
+                BOX_COLOUR_BGR,
+                thickness,
+                cv2.LINE_AA,
+            )
     for p in range(len(pts)):
         for a, b in skeleton:
             if visible[p, a] and visible[p, b]:
-                cv2.line(canvas, tuple(map(int, pts[p, a])), tuple(map(int, pts[p, b])),
-                         LINK_COLOUR_BGR, thickness, cv2.LINE_AA)
+                cv2.line(
+                    canvas,
+                    tuple(map(int, pts[p, a])),
+                    tuple(map(int, pts[p, b])),
+                    LINK_COLOUR_BGR,
+                    thickness,
+                    cv2.LINE_AA,
+                )
     for p, k in zip(*np.nonzero(visible)):
-        cv2.circle(canvas, tuple(map(int, pts[p, k])), radius, score_colour(scores[p, k]), -1,
-                   cv2.LINE_AA)
+        cv2.circle(
+            canvas, tuple(map(int, pts[p, k])), radius, score_colour(scores[p, k]), -1, cv2.LINE_AA
+        )
     return canvas
 
 
-def render_poses_png(image_bgr: np.ndarray, keypoints: np.ndarray, keypoint_scores: np.ndarray,
-                     skeleton: Sequence[Sequence[int]],
-                     boxes_xyxy: Optional[np.ndarray] = None) -> bytes:
+def render_poses_png(
+    image_bgr: np.ndarray,
+    keypoints: np.ndarray,
+    keypoint_scores: np.ndarray,
+    skeleton: Sequence[Sequence[int]],
+    boxes_xyxy: np.ndarray | None = None,
+) -> bytes:
     """PNG bytes of :func:`draw_poses` (3-channel; decodes to the drawn BGR array)."""
-    ok, buf = cv2.imencode(".png", draw_poses(image_bgr, keypoints, keypoint_scores, skeleton,
-                                              boxes_xyxy))
+    ok, buf = cv2.imencode(
+        ".png", draw_poses(image_bgr, keypoints, keypoint_scores, skeleton, boxes_xyxy)
+    )
     if not ok:  # pragma: no cover - cv2 encodes any uint8 (H, W, 3) array
         raise ValueError("PNG encoding failed")
     return buf.tobytes()

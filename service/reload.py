@@ -15,6 +15,7 @@ Then the repository and the backend are swapped in one step (two attribute assig
 flight finishes on the models (sessions) it started with; the old sessions are freed when the last
 such request ends. Reloads run one at a time.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,7 +70,7 @@ class ModelReloader:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def create(cls, repository: ModelRepository) -> "ModelReloader":
+    async def create(cls, repository: ModelRepository) -> ModelReloader:
         """A reloader whose baseline is ``repository`` as it is on disk now (hashed in a worker
         thread)."""
         prints, _ = await asyncio.to_thread(_fingerprints, repository.root, list(repository.cards))
@@ -86,8 +87,11 @@ class ModelReloader:
             cards, refused = await asyncio.to_thread(scan_cards, self.root)
             prints, unreadable = await asyncio.to_thread(_fingerprints, self.root, sorted(cards))
             refused.update(unreadable)
-            changed = {n: c for n, c in cards.items()
-                       if n in prints and prints[n] != self.fingerprints.get(n)}
+            changed = {
+                n: c
+                for n, c in cards.items()
+                if n in prints and prints[n] != self.fingerprints.get(n)
+            }
             staged, not_loaded = await backend.load_models(changed)
             refused.update(not_loaded)
 

@@ -6,9 +6,10 @@ from the card's RGB palette. One deliberate difference: pixels whose label has n
 (255 = ignore, or any id >= number of classes) keep the photo's pixel, where MMSeg blends them
 with black.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -19,7 +20,9 @@ IGNORE_INDEX = 255
 def _check_label(label: np.ndarray) -> np.ndarray:
     label = np.asarray(label)
     if label.ndim != 2 or label.dtype != np.uint8 or label.size == 0:
-        raise ValueError(f"expected a non-empty (H, W) uint8 label map, got {label.shape} {label.dtype}")
+        raise ValueError(
+            f"expected a non-empty (H, W) uint8 label map, got {label.shape} {label.dtype}"
+        )
     return label
 
 
@@ -42,8 +45,9 @@ def default_palette(num_classes: int) -> np.ndarray:
     return rng.integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
 
 
-def colorize(label: np.ndarray,
-             palette: Sequence[Sequence[int]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def colorize(
+    label: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Colour image of a label map: ``(H, W, 3)`` uint8 **BGR** and the ``(H, W)`` bool mask of
     pixels that got a colour (label < ``len(palette)``). ``palette``: RGB triples per class id.
     """
@@ -58,8 +62,12 @@ def colorize(label: np.ndarray,
     return lut[label], valid[label]
 
 
-def overlay_image(image_bgr: np.ndarray, label: np.ndarray,
-                  palette: Optional[Sequence[Sequence[int]]] = None, alpha: float = 0.5) -> np.ndarray:
+def overlay_image(
+    image_bgr: np.ndarray,
+    label: np.ndarray,
+    palette: Sequence[Sequence[int]] | None = None,
+    alpha: float = 0.5,
+) -> np.ndarray:
     """Blend the palette colours of ``label`` over the photo: ``(H, W, 3)`` uint8 BGR.
 
     ``image_bgr``: ``(H, W, 3)`` uint8 with the label map's size; ``palette``: RGB per class id
@@ -71,20 +79,28 @@ def overlay_image(image_bgr: np.ndarray, label: np.ndarray,
     label = _check_label(label)
     image_bgr = np.asarray(image_bgr)
     if image_bgr.shape != label.shape + (3,) or image_bgr.dtype != np.uint8:
-        raise ValueError(f"image {image_bgr.shape} {image_bgr.dtype} does not match label map {label.shape}")
+        raise ValueError(
+            f"image {image_bgr.shape} {image_bgr.dtype} does not match label map {label.shape}"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if palette is None or len(palette) == 0:
         present = label[label != IGNORE_INDEX]
-        colour, mask = colorize(label, default_palette(int(present.max()) + 1 if present.size else 0))
+        colour, mask = colorize(
+            label, default_palette(int(present.max()) + 1 if present.size else 0)
+        )
     else:
         colour, mask = colorize(label, palette)
     blended = (image_bgr * (1.0 - alpha) + colour * alpha).astype(np.uint8)
     return np.where(mask[..., None], blended, image_bgr)
 
 
-def overlay(image_bgr: np.ndarray, label: np.ndarray,
-            palette: Optional[Sequence[Sequence[int]]] = None, alpha: float = 0.5) -> bytes:
+def overlay(
+    image_bgr: np.ndarray,
+    label: np.ndarray,
+    palette: Sequence[Sequence[int]] | None = None,
+    alpha: float = 0.5,
+) -> bytes:
     """PNG bytes of :func:`overlay_image` (3-channel, viewable; decodes to the BGR array)."""
     ok, buf = cv2.imencode(".png", overlay_image(image_bgr, label, palette, alpha))
     if not ok:  # pragma: no cover

@@ -7,6 +7,7 @@ Layout (Triton's conventions)::
       <name>/card.json         service.cards.ModelCard
       <name>/1/model.onnx      (or model.plan for TensorRT entries)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,8 @@ import logging
 from pathlib import Path
 
 from .cards import ModelCard, load_card
-from .layout import CARD_FILENAME, MODEL_VERSION, ONNX_FILENAME
 from .errors import UnknownModel, WrongTask, show_value
+from .layout import CARD_FILENAME, MODEL_VERSION, ONNX_FILENAME
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,10 @@ def _load_card(card_path: Path) -> ModelCard:
     except Exception as exc:  # pydantic.ValidationError, JSON errors
         raise RepositoryError(f"invalid model card {card_path}: {exc}") from exc
     if card.name != card_path.parent.name:
-        raise RepositoryError(f"card {card_path} names model '{card.name}' but sits in folder "
-                              f"'{card_path.parent.name}'")
+        raise RepositoryError(
+            f"card {card_path} names model '{card.name}' but sits in folder "
+            f"'{card_path.parent.name}'"
+        )
     return card
 
 

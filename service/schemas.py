@@ -1,4 +1,5 @@
 """Response schemas (pydantic) of the gateway; they document the API in ``/docs``."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -9,13 +10,18 @@ from pydantic import BaseModel, Field
 class Person(BaseModel):
     """One person: box, box score, K keypoints and the person score (image pixels)."""
 
-    bbox: list[float] = Field(description="person box [x, y, w, h] in image pixels (bottom-up: "
-                                          "the box around the person's found keypoints)")
-    bbox_score: float = Field(description="given box score (1.0 if none) or detector score "
-                                          "(bottom-up: the person score)")
+    bbox: list[float] = Field(
+        description="person box [x, y, w, h] in image pixels (bottom-up: "
+        "the box around the person's found keypoints)"
+    )
+    bbox_score: float = Field(
+        description="given box score (1.0 if none) or detector score (bottom-up: the person score)"
+    )
     keypoints: list[list[float]] = Field(description="K x [x, y, score], image pixels")
-    score: float = Field(description="top-down: bbox_score x mean of keypoint scores above 0.2 "
-                                     "(MMPose); bottom-up: mean joint value of the grouping")
+    score: float = Field(
+        description="top-down: bbox_score x mean of keypoint scores above 0.2 "
+        "(MMPose); bottom-up: mean joint value of the grouping"
+    )
 
 
 class PoseResponse(BaseModel):
@@ -25,7 +31,8 @@ class PoseResponse(BaseModel):
     image_size: list[int] = Field(description="[width, height] of the decoded image")
     flip_test: bool
     box_source: Literal["given", "detector", "bottomup"] = Field(
-        description="given boxes, the person detector's boxes, or a bottom-up model's people")
+        description="given boxes, the person detector's boxes, or a bottom-up model's people"
+    )
     keypoint_names: list[str]
     skeleton: list[list[int]]
     persons: list[Person]
@@ -59,21 +66,24 @@ class ErrorResponse(BaseModel):
 
 def error_responses(descriptions: dict[int, str]) -> dict[int, dict]:
     """OpenAPI ``responses=`` entries: each status with :class:`ErrorResponse` and its meaning."""
-    return {code: {"model": ErrorResponse, "description": text}
-            for code, text in descriptions.items()}
+    return {
+        code: {"model": ErrorResponse, "description": text} for code, text in descriptions.items()
+    }
 
 
 #: Every error status of the inference endpoints (``/pose``, ``/segment``).
-INFERENCE_ERRORS = error_responses({
-    404: "unknown model (unknown_model)",
-    413: "file, image or network input over a configured limit (payload_too_large)",
-    415: "not a decodable JPEG, PNG, WebP or BMP image (invalid_image)",
-    422: "invalid boxes or parameters, or a model of another task (invalid_boxes, "
-         "invalid_parameter, invalid_request, wrong_task)",
-    500: "the backend failed on a valid request (inference_failed, internal_error)",
-    503: "backend unavailable (backend_unavailable) or the gateway is shutting down "
-         "(shutting_down); see Retry-After",
-})
+INFERENCE_ERRORS = error_responses(
+    {
+        404: "unknown model (unknown_model)",
+        413: "file, image or network input over a configured limit (payload_too_large)",
+        415: "not a decodable JPEG, PNG, WebP or BMP image (invalid_image)",
+        422: "invalid boxes or parameters, or a model of another task (invalid_boxes, "
+        "invalid_parameter, invalid_request, wrong_task)",
+        500: "the backend failed on a valid request (inference_failed, internal_error)",
+        503: "backend unavailable (backend_unavailable) or the gateway is shutting down "
+        "(shutting_down); see Retry-After",
+    }
+)
 
 
 class ReloadResponse(BaseModel):
@@ -84,6 +94,7 @@ class ReloadResponse(BaseModel):
     updated: list[str]
     removed: list[str]
     unchanged: list[str]
-    refused: dict[str, str] = Field(description="name -> why it was refused; its previous "
-                                                "version, if any, still serves")
+    refused: dict[str, str] = Field(
+        description="name -> why it was refused; its previous version, if any, still serves"
+    )
     error: ErrorDetail | None = None

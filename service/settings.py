@@ -3,10 +3,11 @@
 Every ``hrnet-serve`` flag has an environment twin, e.g. ``HRNET_MODEL_REPOSITORY``,
 ``HRNET_BACKEND``, ``HRNET_TRITON_URL``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,7 +26,7 @@ class Settings(BaseSettings):
     # default models (must exist in the repository when used)
     default_pose_model: str = "pp_tinypose_256x192"
     default_detector_model: str = "rtmdet_nano_person_320"  # "" = none: /pose needs boxes
-    default_segment_model: Optional[str] = None
+    default_segment_model: str | None = None
 
     # detector
     detector_score_threshold: float = 0.3
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     # POST /admin/reload needs this key ("X-API-Key: <key>" or "Authorization: Bearer <key>"; one
     # or several, comma-separated); unset: the endpoint answers 403
     # (SIGHUP reloads the model repository either way)
-    admin_api_key: Optional[SecretStr] = None
+    admin_api_key: SecretStr | None = None
 
     # embedded ONNX Runtime
     ort_intra_op_threads: int = 0  # threads per ORT run; 0 = the cores / ort_concurrent_runs
@@ -87,13 +88,13 @@ class Settings(BaseSettings):
     batch_deadline_s: float = 4.0  # expected wait from arrival beyond it: 503 at once; 0 = none
     # batches of one model in flight at once (Triton's instance count); 0 = ort_concurrent_runs
     batch_instances: int = 0
-    ort_providers: Optional[str] = None  # comma list; default CUDA if available, else CPU
+    ort_providers: str | None = None  # comma list; default CUDA if available, else CPU
 
     # security
     # API key(s), comma-separated; unset or empty = no key needed. When set, every endpoint but
     # /healthz, /readyz, /docs, /openapi.json (and /metrics unless metrics_require_api_key) needs
     # "Authorization: Bearer <key>" or "X-API-Key: <key>" (else 401)
-    api_key: Optional[SecretStr] = None
+    api_key: SecretStr | None = None
     metrics_require_api_key: bool = False
     # CORS: comma-separated allowed origins ("https://a.example,https://b.example", or "*");
     # empty = CORS off (no Access-Control-* headers, browsers refuse cross-origin calls)

@@ -1,19 +1,21 @@
 """Scoring a job's COCO keypoint results file with plain pycocotools, independently of
 :mod:`service.metrics` (shared by ``test_eval_live`` and ``test_eval_animals_seg``)."""
+
 from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
-def pycocotools_keypoint_stats(ann_file: Path | str, results_file: Path | str,
-                               sigmas: Sequence[float]) -> dict[str, float]:
+def pycocotools_keypoint_stats(
+    ann_file: Path | str, results_file: Path | str, sigmas: Sequence[float]
+) -> dict[str, float]:
     """``COCOeval(iouType='keypoints')`` stats of ``results_file`` against ``ann_file`` with the
     given ``(K,)`` OKS sigmas, as ``{"AP": ..., ..., "ARl": ...}`` (fractions; -1 where a range
     is empty)."""

@@ -1,4 +1,5 @@
 """Shared fixtures: where the real data and models live (``../shared`` unless HRNET_SHARED_DIR says)."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,9 @@ def shared_repo(shared, tmp_path_factory) -> Path:
     from export.cli import main as export_main
 
     repo = tmp_path_factory.mktemp("shared_repo")
-    rc = export_main(["--shared-models", "--shared-dir", str(shared), "--model-repository", str(repo)])
+    rc = export_main(
+        ["--shared-models", "--shared-dir", str(shared), "--model-repository", str(repo)]
+    )
     assert rc == 0
     return repo
 
@@ -74,13 +77,34 @@ def random_repo(shared, tmp_path_factory) -> Path:
     from export.cli import main as export_main
 
     repo = tmp_path_factory.mktemp("random_repo")
-    assert export_main(["--shared-models", "--shared-dir", str(shared),
-                        "--model-repository", str(repo)]) == 0
+    assert (
+        export_main(
+            ["--shared-models", "--shared-dir", str(shared), "--model-repository", str(repo)]
+        )
+        == 0
+    )
     for arch, name in RANDOM_MODELS.items():
         # legacy exporter: ~1 s per model; both exporters' parity is covered in
         # tests/export/test_export.py
-        rc = export_main(["--arch", arch, "--random-init", "--seed", "0", "--name", name,
-                          "--model-repository", str(repo), "--no-check", "--exporter", "legacy",
-                          "--instance-kind", "KIND_CPU", "--max-batch-size", "16"])
+        rc = export_main(
+            [
+                "--arch",
+                arch,
+                "--random-init",
+                "--seed",
+                "0",
+                "--name",
+                name,
+                "--model-repository",
+                str(repo),
+                "--no-check",
+                "--exporter",
+                "legacy",
+                "--instance-kind",
+                "KIND_CPU",
+                "--max-batch-size",
+                "16",
+            ]
+        )
         assert rc == 0, arch
     return repo

@@ -6,6 +6,7 @@ split; PyTorch's SyncBatchNorm refuses CPU tensors), then rank 0 saves the avera
 
 ``bottomup``: the same with a small HigherHRNet and :class:`training.ae_loss.BottomUpLoss`.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,21 +15,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
-from training.ae_loss import BottomUpLoss  # noqa: E402
-from training.losses import KeypointMSELoss  # noqa: E402
-from training.models import build_model  # noqa: E402
-from training.trainer import train_step  # noqa: E402
+from training.ae_loss import BottomUpLoss
+from training.losses import KeypointMSELoss
+from training.models import build_model
+from training.trainer import train_step
 
 
 def fixed_batch(n: int = 4, k: int = 4, size: int = 64) -> dict[str, torch.Tensor]:
     """A fixed batch: seeded normal inputs, random heatmaps and 0/1 weights."""
     g = torch.Generator().manual_seed(123)
-    return {"inputs": torch.randn(n, 3, size, size, generator=g),
-            "heatmaps": torch.rand(n, k, size // 4, size // 4, generator=g),
-            "weights": (torch.rand(n, k, generator=g) > 0.3).float()}
+    return {
+        "inputs": torch.randn(n, 3, size, size, generator=g),
+        "heatmaps": torch.rand(n, k, size // 4, size // 4, generator=g),
+        "weights": (torch.rand(n, k, generator=g) > 0.3).float(),
+    }
 
 
 def fixed_bottomup_batch(n: int = 4, k: int = 4, size: int = 64) -> dict:
@@ -39,16 +42,20 @@ def fixed_bottomup_batch(n: int = 4, k: int = 4, size: int = 64) -> dict:
     joints = torch.zeros(n, 5, k, 2, dtype=torch.int64)
     joints[:, :3, :, 0] = torch.randint(0, k * sizes[0] ** 2, (n, 3, k), generator=g)
     joints[:, :3, :, 1] = (torch.rand(n, 3, k, generator=g) > 0.2).long()
-    return {"inputs": torch.randn(n, 3, size, size, generator=g),
-            "heatmaps": [torch.rand(n, k, s, s, generator=g) for s in sizes],
-            "masks": [(torch.rand(n, s, s, generator=g) > 0.1).float() for s in sizes],
-            "joints": [joints, torch.zeros(n, 5, k, 2, dtype=torch.int64)]}
+    return {
+        "inputs": torch.randn(n, 3, size, size, generator=g),
+        "heatmaps": [torch.rand(n, k, s, s, generator=g) for s in sizes],
+        "masks": [(torch.rand(n, s, s, generator=g) > 0.1).float() for s in sizes],
+        "joints": [joints, torch.zeros(n, 5, k, 2, dtype=torch.int64)],
+    }
 
 
 def split(batch: dict, start: int, stop: int) -> dict:
     """Images ``start:stop`` of a batch (per-stage lists split item by item)."""
-    return {key: [t[start:stop] for t in v] if isinstance(v, list) else v[start:stop]
-            for key, v in batch.items()}
+    return {
+        key: [t[start:stop] for t in v] if isinstance(v, list) else v[start:stop]
+        for key, v in batch.items()
+    }
 
 
 def grads(model: torch.nn.Module, batch: dict, loss_fn=None) -> dict[str, torch.Tensor]:
@@ -79,7 +86,8 @@ def main() -> None:
     per = batch["inputs"].shape[0] // world
     mine = split(batch, rank * per, (rank + 1) * per)
     model = torch.nn.parallel.DistributedDataParallel(
-        small_model("bottomup_pose" if bottomup else "topdown_pose"))
+        small_model("bottomup_pose" if bottomup else "topdown_pose")
+    )
     g = grads(model, mine, BottomUpLoss(4) if bottomup else None)
     if rank == 0:
         torch.save(g, sys.argv[1])

@@ -5,6 +5,7 @@ test: HRNet-W18-small, COCO 17 keypoints, input 64x96 ``(w, h)`` pixels, heatmap
 checkpoint export runs in seconds. :func:`clear_export_env` removes every environment variable
 ``hrnet-export`` reads, so the developer's shell cannot leak into a test.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,19 @@ def register_small_pose_entry(monkeypatch: pytest.MonkeyPatch, name: str, url: s
     from training import registry
 
     entry = registry.ModelEntry(
-        name=name, task="topdown_pose", arch="hrnet_w18_small", dataset="coco", num_outputs=17,
-        config=f"tests/{name}.py", url=url, metrics={"AP": 0.5}, input_size=(64, 96),
-        heatmap_size=(16, 24), sigma=2.0, codec="MSRAHeatmap")
+        name=name,
+        task="topdown_pose",
+        arch="hrnet_w18_small",
+        dataset="coco",
+        num_outputs=17,
+        config=f"tests/{name}.py",
+        url=url,
+        metrics={"AP": 0.5},
+        input_size=(64, 96),
+        heatmap_size=(16, 24),
+        sigma=2.0,
+        codec="MSRAHeatmap",
+    )
     monkeypatch.setitem(registry._REGISTRY, name, entry)
     return entry
 

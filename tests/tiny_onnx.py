@@ -1,5 +1,6 @@
 """Tiny ONNX models written on the fly (``onnx`` package, no torch) for tests that need real
 ONNX Runtime sessions but not real networks."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,9 @@ def _save(graph, path: Path) -> Path:
     return path
 
 
-def write_constant_pose_onnx(path: Path, value: float, keypoints: int = 2,
-                             input_name: str = "image") -> Path:
+def write_constant_pose_onnx(
+    path: Path, value: float, keypoints: int = 2, input_name: str = "image"
+) -> Path:
     """A top-down pose model for :func:`tests.fake_cards.pose_card`: input ``(N, 3, 256, 192)``
     named ``input_name``, output ``heatmaps`` ``(N, keypoints, 64, 48)`` equal to ``value``
     everywhere (AveragePool 4x4 then a 1x1 convolution with zero weights and bias ``value``), so
@@ -31,13 +33,17 @@ def write_constant_pose_onnx(path: Path, value: float, keypoints: int = 2,
     weight = numpy_helper.from_array(np.zeros((keypoints, 3, 1, 1), np.float32), "w")
     bias = numpy_helper.from_array(np.full((keypoints,), value, np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("AveragePool", [input_name], ["pooled"], kernel_shape=[4, 4],
-                          strides=[4, 4]),
-         helper.make_node("Conv", ["pooled", "w", "b"], ["heatmaps"])],
+        [
+            helper.make_node(
+                "AveragePool", [input_name], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]
+            ),
+            helper.make_node("Conv", ["pooled", "w", "b"], ["heatmaps"]),
+        ],
         "constant_pose",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 3, 256, 192])],
         [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", keypoints, 64, 48])],
-        initializer=[weight, bias])
+        initializer=[weight, bias],
+    )
     return _save(graph, path)
 
 
@@ -49,13 +55,16 @@ def write_conv_seg_onnx(path: Path, classes: int = 3, seed: int = 0) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    weight = numpy_helper.from_array(rng.standard_normal((classes, 3, 1, 1)).astype(np.float32), "w")
+    weight = numpy_helper.from_array(
+        rng.standard_normal((classes, 3, 1, 1)).astype(np.float32), "w"
+    )
     graph = helper.make_graph(
         [helper.make_node("Conv", ["input", "w"], ["logits"], strides=[4, 4])],
         "conv_seg",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "h", "w"])],
-        initializer=[weight])
+        initializer=[weight],
+    )
     return _save(graph, path)
 
 
@@ -76,14 +85,20 @@ def write_failing_pose_onnx(path: Path) -> Path:
         helper.make_node("Gather", ["table", "index"], ["offset"], axis=0),
         helper.make_node("Add", ["hm", "offset"], ["heatmaps"]),
     ]
-    consts = {"starts": np.array([0], np.int64), "ends": np.array([2], np.int64),
-              "axes": np.array([1], np.int64), "limit": np.array(250.0, np.float32),
-              "table": np.array([0.0], np.float32)}
+    consts = {
+        "starts": np.array([0], np.int64),
+        "ends": np.array([2], np.int64),
+        "axes": np.array([1], np.int64),
+        "limit": np.array(250.0, np.float32),
+        "table": np.array([0.0], np.float32),
+    }
     graph = helper.make_graph(
-        nodes, "toy_pose",
+        nodes,
+        "toy_pose",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 16, 12])],
         [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", 2, 8, 6])],
-        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,14 +118,19 @@ def write_conv_pose_onnx(path: Path, keypoints: int = 2, seed: int = 0) -> Path:
     b1 = numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b1")
     w2 = numpy_helper.from_array(rng.normal(0, 0.5, (keypoints, 8, 1, 1)).astype(np.float32), "w2")
     graph = helper.make_graph(
-        [helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
-         helper.make_node("Conv", ["pooled", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-         helper.make_node("Relu", ["c1"], ["r1"]),
-         helper.make_node("Conv", ["r1", "w2"], ["heatmaps"])],
+        [
+            helper.make_node(
+                "AveragePool", ["image"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]
+            ),
+            helper.make_node("Conv", ["pooled", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2"], ["heatmaps"]),
+        ],
         "conv_pose",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 256, 192])],
         [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", keypoints, 64, 48])],
-        initializer=[w1, b1, w2])
+        initializer=[w1, b1, w2],
+    )
     return _save(graph, path)
 
 
@@ -124,8 +144,10 @@ def write_pointwise_conv_onnx(path: Path, cin: int = 4, cout: int = 3, seed: int
     w = numpy_helper.from_array(rng.normal(0, 1, (cout, cin, 1, 1)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.normal(0, 1, (cout,)).astype(np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["y"])], "pointwise",
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"])],
+        "pointwise",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, "H", "W"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", cout, "H", "W"])],
-        initializer=[w, b])
+        initializer=[w, b],
+    )
     return _save(graph, path)

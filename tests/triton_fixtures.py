@@ -18,6 +18,7 @@ or, without pytest, ``with triton_server(repo_dir) as server: ...``.
 Tests using these skip (with the reason) only when no tritonserver is installed; with
 ``HRNET_REQUIRE_TRITON=1`` (CI) they fail instead, so a missing install step cannot hide.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
 
@@ -38,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LAUNCHER = REPO_ROOT / "build" / "triton-env" / "bin" / "hrnet-tritonserver"
 
 
-def find_tritonserver() -> Optional[Path]:
+def find_tritonserver() -> Path | None:
     """The launcher/binary to run: ``$HRNET_TRITONSERVER``, else ``$HRNET_TRITON_ENV/bin/
     hrnet-tritonserver``, else ``build/triton-env/bin/hrnet-tritonserver``; None if absent."""
     env = os.environ.get("HRNET_TRITONSERVER")
@@ -76,8 +78,14 @@ class TritonServer:
     goes to ``log_path`` (default: the temp folder); its tail is in every start-up error.
     """
 
-    def __init__(self, model_repository: Path | str, *, launcher: Optional[Path] = None,
-                 log_path: Optional[Path] = None, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        model_repository: Path | str,
+        *,
+        launcher: Path | None = None,
+        log_path: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.model_repository = Path(model_repository).resolve()
         self.launcher = launcher or require_tritonserver()
         self.http_port, self.grpc_port = free_port(), free_port()
@@ -85,20 +93,29 @@ class TritonServer:
             self.grpc_port = free_port()
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.http_url = f"127.0.0.1:{self.http_port}"
-        self.log_path = Path(log_path or Path(tempfile.gettempdir()) /
-                             f"hrnet-tritonserver-{self.http_port}.log")
+        self.log_path = Path(
+            log_path or Path(tempfile.gettempdir()) / f"hrnet-tritonserver-{self.http_port}.log"
+        )
         self.extra_args = tuple(extra_args)
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        return [str(self.launcher),
-                f"--model-repository={self.model_repository}",
-                "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-                "--allow-metrics=false", "--allow-gpu-metrics=false",
-                "--pinned-memory-pool-byte-size=0",
-                "--strict-readiness=true", "--exit-on-error=true", "--exit-timeout-secs=5",
-                "--log-verbose=0", *self.extra_args]
+        return [
+            str(self.launcher),
+            f"--model-repository={self.model_repository}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--exit-timeout-secs=5",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
 
     @property
     def running(self) -> bool:
@@ -110,7 +127,7 @@ class TritonServer:
         except OSError:
             return "(no log)"
 
-    def start(self, timeout_s: float = 60.0) -> "TritonServer":
+    def start(self, timeout_s: float = 60.0) -> TritonServer:
         """Launch and block until ready; raises ``RuntimeError`` (with the log tail) otherwise."""
         if self.running:
             return self
@@ -118,15 +135,22 @@ class TritonServer:
         env.setdefault("HRNET_ADAPTER_THREADS", "1")
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
         finally:
             log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.proc.returncode} during "
-                                   f"start-up:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"tritonserver exited with {self.proc.returncode} during "
+                    f"start-up:\n{self.log_tail()}"
+                )
             if self.is_ready():
                 return self
             time.sleep(0.2)
@@ -165,8 +189,9 @@ class TritonServer:
         # kill the ones this server started (by pid) and unlink their message-queue regions.
         for pid, argv in stubs:
             try:  # still the same process (not a recycled pid)?
-                same = (Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                        == [a.encode() for a in argv])
+                same = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") == [
+                    a.encode() for a in argv
+                ]
             except OSError:
                 same = False
             if same:
@@ -208,7 +233,7 @@ class TritonServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
 
-    def restart(self, timeout_s: float = 60.0) -> "TritonServer":
+    def restart(self, timeout_s: float = 60.0) -> TritonServer:
         """Stop if running, then start on the same ports (retrying while a port is released)."""
         self.stop()
         deadline = time.monotonic() + timeout_s
@@ -220,7 +245,7 @@ class TritonServer:
                     raise
                 time.sleep(0.5)
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

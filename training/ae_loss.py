@@ -16,9 +16,10 @@ upstream's Python loops (same values up to float32 summation order):
   ``push/pull_loss_factor[s]``, then the batch mean;
 * the total is the sum over stages of all three (MMCV's ``_parse_losses`` adds every ``*loss*``).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -40,11 +41,14 @@ class HeatmapLoss(nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         if pred.shape != target.shape or pred.ndim != 4:
-            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must "
-                             "both be (B, K, H, W)")
+            raise ValueError(
+                f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must "
+                "both be (B, K, H, W)"
+            )
         if tuple(mask.shape) != (pred.shape[0], *pred.shape[2:]):
-            raise ValueError(f"mask {tuple(mask.shape)} must be (B, H, W) = "
-                             f"{(pred.shape[0], *pred.shape[2:])}")
+            raise ValueError(
+                f"mask {tuple(mask.shape)} must be (B, H, W) = {(pred.shape[0], *pred.shape[2:])}"
+            )
         loss = (pred - target) ** 2 * mask[:, None]
         if not self.supervise_empty:
             loss = loss * (target.sum(dim=(2, 3), keepdim=True) > 0).to(loss.dtype)
@@ -71,10 +75,16 @@ class AELoss(nn.Module):
         self.loss_type = loss_type
 
     def forward(self, tags: Tensor, joints: Tensor) -> tuple[Tensor, Tensor]:
-        if tags.ndim != 4 or joints.ndim != 4 or joints.shape[-1] != 2 \
-                or joints.shape[0] != tags.shape[0]:
-            raise ValueError(f"tags must be (B, C, H, W) and joints (B, M, K, 2); got "
-                             f"{tuple(tags.shape)} and {tuple(joints.shape)}")
+        if (
+            tags.ndim != 4
+            or joints.ndim != 4
+            or joints.shape[-1] != 2
+            or joints.shape[0] != tags.shape[0]
+        ):
+            raise ValueError(
+                f"tags must be (B, C, H, W) and joints (B, M, K, 2); got "
+                f"{tuple(tags.shape)} and {tuple(joints.shape)}"
+            )
         b = tags.shape[0]
         flat = tags.reshape(b, -1)
         idx = joints[..., 0].long()
@@ -91,7 +101,7 @@ class AELoss(nn.Module):
         pull = (pull_p * valid).sum(-1) / t.clamp(min=1)
         diff = mean[:, :, None] - mean[:, None, :]
         if self.loss_type == "exp":
-            f = torch.exp(-diff ** 2)
+            f = torch.exp(-(diff**2))
         else:
             f = (1 - diff.abs()).clamp(min=0)
         pair = valid[:, :, None] * valid[:, None, :]
@@ -118,16 +128,26 @@ class BottomUpLoss(nn.Module):
     lengths that do not match the stages.
     """
 
-    def __init__(self, num_joints: int, with_heatmaps_loss: Sequence[bool] = (True, True),
-                 heatmaps_loss_factor: Sequence[float] = (1.0, 1.0),
-                 with_ae_loss: Sequence[bool] = (True, False),
-                 push_loss_factor: Sequence[float] = (0.001, 0.001),
-                 pull_loss_factor: Sequence[float] = (0.001, 0.001),
-                 ae_loss_type: str = "exp", supervise_empty: bool = True) -> None:
+    def __init__(
+        self,
+        num_joints: int,
+        with_heatmaps_loss: Sequence[bool] = (True, True),
+        heatmaps_loss_factor: Sequence[float] = (1.0, 1.0),
+        with_ae_loss: Sequence[bool] = (True, False),
+        push_loss_factor: Sequence[float] = (0.001, 0.001),
+        pull_loss_factor: Sequence[float] = (0.001, 0.001),
+        ae_loss_type: str = "exp",
+        supervise_empty: bool = True,
+    ) -> None:
         super().__init__()
         n = len(with_heatmaps_loss)
-        if not (len(heatmaps_loss_factor) == len(with_ae_loss) == len(push_loss_factor)
-                == len(pull_loss_factor) == n):
+        if not (
+            len(heatmaps_loss_factor)
+            == len(with_ae_loss)
+            == len(push_loss_factor)
+            == len(pull_loss_factor)
+            == n
+        ):
             raise ValueError("every per-stage list needs one entry per stage")
         self.num_joints = num_joints
         self.with_heatmaps_loss = tuple(bool(v) for v in with_heatmaps_loss)
@@ -138,12 +158,19 @@ class BottomUpLoss(nn.Module):
         self.heatmap_loss = HeatmapLoss(supervise_empty)
         self.ae_loss = AELoss(ae_loss_type)
 
-    def forward(self, outputs: Sequence[Tensor], heatmaps: Sequence[Tensor],
-                masks: Sequence[Tensor], joints: Sequence[Tensor]) -> dict[str, Tensor]:
+    def forward(
+        self,
+        outputs: Sequence[Tensor],
+        heatmaps: Sequence[Tensor],
+        masks: Sequence[Tensor],
+        joints: Sequence[Tensor],
+    ) -> dict[str, Tensor]:
         n = len(self.with_heatmaps_loss)
         if not len(outputs) == len(heatmaps) == len(masks) == len(joints) == n:
-            raise ValueError(f"{n} stages expected; got {len(outputs)} outputs, "
-                             f"{len(heatmaps)} heatmaps, {len(masks)} masks, {len(joints)} joints")
+            raise ValueError(
+                f"{n} stages expected; got {len(outputs)} outputs, "
+                f"{len(heatmaps)} heatmaps, {len(masks)} masks, {len(joints)} joints"
+            )
         zero = outputs[0].new_zeros(())
         hm_loss, push_loss, pull_loss = zero, zero, zero
         for s in range(n):
@@ -156,11 +183,16 @@ class BottomUpLoss(nn.Module):
                 push, pull = self.ae_loss(outputs[s][:, offset:], joints[s])
                 push_loss = push_loss + (push * self.push_loss_factor[s]).mean(dim=0)
                 pull_loss = pull_loss + (pull * self.pull_loss_factor[s]).mean(dim=0)
-        return {"heatmap_loss": hm_loss, "push_loss": push_loss, "pull_loss": pull_loss,
-                "loss": hm_loss + push_loss + pull_loss}
+        return {
+            "heatmap_loss": hm_loss,
+            "push_loss": push_loss,
+            "pull_loss": pull_loss,
+            "loss": hm_loss + push_loss + pull_loss,
+        }
 
-    def batch_loss(self, outputs: Sequence[Tensor], batch: dict,
-                   device: torch.device | str = "cpu") -> Tensor:
+    def batch_loss(
+        self, outputs: Sequence[Tensor], batch: dict, device: torch.device | str = "cpu"
+    ) -> Tensor:
         """The total loss of a :class:`training.bottomup_data.BottomUpDataset` batch
         (``heatmaps``, ``masks``, ``joints``: per-stage lists); outputs are cast to float32."""
         dev = torch.device(device)
@@ -168,6 +200,10 @@ class BottomUpLoss(nn.Module):
         def move(xs):
             return [x.to(dev, non_blocking=True) for x in xs]
 
-        parts = self([o.float() for o in outputs], move(batch["heatmaps"]), move(batch["masks"]),
-                     move(batch["joints"]))
+        parts = self(
+            [o.float() for o in outputs],
+            move(batch["heatmaps"]),
+            move(batch["masks"]),
+            move(batch["joints"]),
+        )
         return parts["loss"]

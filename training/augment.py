@@ -18,17 +18,24 @@ call with a seed drawn from that generator), so a sample's pixels are a pure fun
 ``(seed, epoch, index)`` and ``--resume`` stays bit-exact. The distributions are upstream's,
 not its global ``np.random``/``random`` streams.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import cv2
 import numpy as np
 
-__all__ = ["PhotometricConfig", "PixelAugment", "photometric_distortion", "build_dropout",
-           "apply_pixel_augment", "pixel_augment", "PIXEL_VARIANTS"]
+__all__ = [
+    "PhotometricConfig",
+    "PixelAugment",
+    "photometric_distortion",
+    "build_dropout",
+    "apply_pixel_augment",
+    "pixel_augment",
+    "PIXEL_VARIANTS",
+]
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,9 @@ def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarr
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _hsv(img: np.ndarray, saturation: Optional[float], hue: Optional[int],
-         hue_mod: Optional[int]) -> np.ndarray:
+def _hsv(
+    img: np.ndarray, saturation: float | None, hue: int | None, hue_mod: int | None
+) -> np.ndarray:
     """One BGR -> HSV -> BGR round trip (OpenCV 8-bit HSV, H in 0..179): S times
     ``saturation`` (clipped), H plus ``hue`` (modulo ``hue_mod``, or wrapped to uint8 when
     None, as a numpy assignment does)."""
@@ -80,8 +88,9 @@ def _hsv(img: np.ndarray, saturation: Optional[float], hue: Optional[int],
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
-def photometric_distortion(img: np.ndarray, rng: np.random.Generator,
-                           cfg: PhotometricConfig = PhotometricConfig()) -> np.ndarray:
+def photometric_distortion(
+    img: np.ndarray, rng: np.random.Generator, cfg: PhotometricConfig = PhotometricConfig()
+) -> np.ndarray:
     """Random photometric distortion of one uint8 BGR image ``(H, W, 3)``; returns a new uint8
     ``(H, W, 3)`` array (the input is not modified). Each step has probability 1/2.
 
@@ -118,8 +127,9 @@ def photometric_distortion(img: np.ndarray, rng: np.random.Generator,
         if contrast_mode == 1 and c_flag:
             out = _convert(out, alpha=alpha)
         if hsv_mode:
-            out = _hsv(out, sat if hsv_mode in (1, 3) else None,
-                       hue if hsv_mode in (2, 3) else None, None)
+            out = _hsv(
+                out, sat if hsv_mode in (1, 3) else None, hue if hsv_mode in (2, 3) else None, None
+            )
         if contrast_mode == 1 and c_flag:
             out = _convert(out, alpha=alpha)
         if swap_flag:
@@ -190,15 +200,19 @@ def pixel_augment(names: tuple[str, ...] | list[str]) -> PixelAugment:
     variants for an unknown name."""
     unknown = sorted(set(names) - set(PIXEL_VARIANTS))
     if unknown:
-        raise ValueError(f"unknown pixel variant(s) {', '.join(unknown)}; expected some of "
-                         f"{', '.join(PIXEL_VARIANTS)}")
+        raise ValueError(
+            f"unknown pixel variant(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join(PIXEL_VARIANTS)}"
+        )
     on = [PIXEL_VARIANTS[n] for n in names]
-    return PixelAugment(coarse_dropout=any(v.coarse_dropout for v in on),
-                        grid_dropout=any(v.grid_dropout for v in on),
-                        photometric=any(v.photometric for v in on))
+    return PixelAugment(
+        coarse_dropout=any(v.coarse_dropout for v in on),
+        grid_dropout=any(v.grid_dropout for v in on),
+        photometric=any(v.photometric for v in on),
+    )
 
 
-def build_dropout(cfg: PixelAugment, seed: Optional[int] = None):
+def build_dropout(cfg: PixelAugment, seed: int | None = None):
     """The albumentations ``Compose`` of the dropout steps of ``cfg`` (image only), seeded with
     ``seed``; None when no dropout step is on. Raises ``ImportError`` naming the ``[train]``
     extra when albumentations is missing."""
@@ -210,23 +224,34 @@ def build_dropout(cfg: PixelAugment, seed: Optional[int] = None):
     try:
         import albumentations as A
     except ImportError as exc:  # pragma: no cover - the [train] extra installs it
-        raise ImportError("the dropout variants need albumentations (pip install "
-                          "'hrnet-serving[train]')") from exc
+        raise ImportError(
+            "the dropout variants need albumentations (pip install 'hrnet-serving[train]')"
+        ) from exc
     steps = []
     if cfg.coarse_dropout:
-        steps.append(A.CoarseDropout(num_holes_range=tuple(cfg.coarse_holes),
-                                     hole_height_range=tuple(cfg.coarse_size),
-                                     hole_width_range=tuple(cfg.coarse_size), fill=0,
-                                     p=cfg.coarse_prob))
+        steps.append(
+            A.CoarseDropout(
+                num_holes_range=tuple(cfg.coarse_holes),
+                hole_height_range=tuple(cfg.coarse_size),
+                hole_width_range=tuple(cfg.coarse_size),
+                fill=0,
+                p=cfg.coarse_prob,
+            )
+        )
     if cfg.grid_dropout:
-        steps.append(A.GridDropout(ratio=cfg.grid_ratio, unit_size_range=tuple(cfg.grid_unit),
-                                   random_offset=cfg.grid_random_offset, fill=0,
-                                   p=cfg.grid_prob))
+        steps.append(
+            A.GridDropout(
+                ratio=cfg.grid_ratio,
+                unit_size_range=tuple(cfg.grid_unit),
+                random_offset=cfg.grid_random_offset,
+                fill=0,
+                p=cfg.grid_prob,
+            )
+        )
     return A.Compose(steps, seed=seed)
 
 
-def apply_pixel_augment(img: np.ndarray, cfg: PixelAugment,
-                        rng: np.random.Generator) -> np.ndarray:
+def apply_pixel_augment(img: np.ndarray, cfg: PixelAugment, rng: np.random.Generator) -> np.ndarray:
     """The variant steps of ``cfg`` on one uint8 BGR crop ``(h, w, 3)``: dropout(s) through
     albumentations (seeded from ``rng``), then the photometric distortion. Draws nothing from
     ``rng`` when ``cfg`` has no step on (so existing recipes' random streams are unchanged).

@@ -14,11 +14,13 @@ from :func:`training.data.sample_rng` ``(seed, epoch, index)``, then the targets
 :class:`service.codecs.associative_embedding_targets.AssociativeEmbeddingTargets` and the
 gateway's input normalisation (:func:`service.pipelines.common.to_input_tensor`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,12 +32,22 @@ from service.cards import Normalization
 from service.codecs.associative_embedding_targets import AssociativeEmbeddingTargets
 from service.pipelines.common import to_input_tensor
 
-from .bottomup_transforms import (BottomUpAugment, BottomUpSample, draw_affine, random_flip,
-                                  warp_sample)
+from .bottomup_transforms import (
+    BottomUpAugment,
+    BottomUpSample,
+    draw_affine,
+    random_flip,
+    warp_sample,
+)
 from .data import sample_rng
 
-__all__ = ["BottomUpRecord", "load_bottomup_records", "ignore_mask", "BottomUpDataset",
-           "stage_sizes"]
+__all__ = [
+    "BottomUpRecord",
+    "load_bottomup_records",
+    "ignore_mask",
+    "BottomUpDataset",
+    "stage_sizes",
+]
 
 
 @dataclass(frozen=True)
@@ -63,8 +75,9 @@ def _num_keypoints(ann: dict) -> int:
     return int(np.count_nonzero(np.asarray(ann.get("keypoints", []))[2::3]))
 
 
-def load_bottomup_records(ann_file: str | Path, images_dir: str | Path,
-                          num_joints: Optional[int] = None) -> list[BottomUpRecord]:
+def load_bottomup_records(
+    ann_file: str | Path, images_dir: str | Path, num_joints: int | None = None
+) -> list[BottomUpRecord]:
     """The training images of a COCO keypoint file (see module docstring).
 
     ``num_joints``: expected ``K`` (checked). Raises :class:`benchmarks.eval_data.DataError` for
@@ -82,20 +95,35 @@ def load_bottomup_records(ann_file: str | Path, images_dir: str | Path,
         if not anns:
             continue
         people = [a for a in anns if not a.get("iscrowd", 0) or _num_keypoints(a) > 0]
-        ignored = tuple(a for a in anns if "segmentation" in a
-                        and (a.get("iscrowd", 0) or _num_keypoints(a) == 0))
-        k = num_joints if num_joints is not None else (
-            len(people[0]["keypoints"]) // 3 if people else 0)
+        ignored = tuple(
+            a
+            for a in anns
+            if "segmentation" in a and (a.get("iscrowd", 0) or _num_keypoints(a) == 0)
+        )
+        k = (
+            num_joints
+            if num_joints is not None
+            else (len(people[0]["keypoints"]) // 3 if people else 0)
+        )
         joints = np.zeros((len(people), k, 3), dtype=np.float32)
         for i, a in enumerate(people):
             kp = np.asarray(a.get("keypoints", []), dtype=np.float32)
             if kp.size != 3 * k:
-                raise DataError(f"{ann_file}: annotation {a.get('id')} has {kp.size // 3} "
-                                f"keypoints, expected {k}")
+                raise DataError(
+                    f"{ann_file}: annotation {a.get('id')} has {kp.size // 3} "
+                    f"keypoints, expected {k}"
+                )
             joints[i] = kp.reshape(k, 3)
-        out.append(BottomUpRecord(Path(images_dir) / img["file_name"], img["id"],
-                                  int(img["width"]), int(img["height"]),
-                                  joints, ignored))
+        out.append(
+            BottomUpRecord(
+                Path(images_dir) / img["file_name"],
+                img["id"],
+                int(img["width"]),
+                int(img["height"]),
+                joints,
+                ignored,
+            )
+        )
     return out
 
 
@@ -120,8 +148,10 @@ def stage_sizes(input_size: int, num_stages: int = 2) -> tuple[int, ...]:
     """Square heatmap sizes of the stages, lowest resolution first: ``input_size / 4 * 2**s``
     (512 -> 128, 256). Raises ``ValueError`` unless ``input_size`` is a positive multiple of 32."""
     if input_size < 32 or input_size % 32:
-        raise ValueError(f"bottom-up input size must be a positive multiple of 32, got {input_size}")
-    return tuple(input_size // 4 * 2 ** s for s in range(num_stages))
+        raise ValueError(
+            f"bottom-up input size must be a positive multiple of 32, got {input_size}"
+        )
+    return tuple(input_size // 4 * 2**s for s in range(num_stages))
 
 
 class BottomUpDataset(Dataset):
@@ -141,10 +171,16 @@ class BottomUpDataset(Dataset):
         seed: base seed of :func:`training.data.sample_rng`; :meth:`set_epoch` picks the epoch.
     """
 
-    def __init__(self, records: Sequence[BottomUpRecord], input_size: int,
-                 targets: AssociativeEmbeddingTargets, normalization: Normalization,
-                 flip_indices: Sequence[int], augment: Optional[BottomUpAugment] = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        records: Sequence[BottomUpRecord],
+        input_size: int,
+        targets: AssociativeEmbeddingTargets,
+        normalization: Normalization,
+        flip_indices: Sequence[int],
+        augment: BottomUpAugment | None = None,
+        seed: int = 0,
+    ) -> None:
         self.records = list(records)
         self.input_size = int(input_size)
         self.targets = targets
@@ -154,9 +190,11 @@ class BottomUpDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         if tuple(s[0] for s in targets.heatmap_sizes) != stage_sizes(
-                self.input_size, len(targets.heatmap_sizes)):
-            raise ValueError(f"heatmap sizes {targets.heatmap_sizes} do not fit input size "
-                             f"{self.input_size}")
+            self.input_size, len(targets.heatmap_sizes)
+        ):
+            raise ValueError(
+                f"heatmap sizes {targets.heatmap_sizes} do not fit input size {self.input_size}"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws :meth:`__getitem__` makes."""
@@ -174,12 +212,15 @@ class BottomUpDataset(Dataset):
             raise FileNotFoundError(f"cannot read image {rec.path}")
         mask = ignore_mask(rec)
         if mask.shape != image.shape[:2]:
-            raise DataError(f"{rec.path}: image is {image.shape[1]}x{image.shape[0]}, the "
-                            f"annotation file says {rec.width}x{rec.height}")
+            raise DataError(
+                f"{rec.path}: image is {image.shape[1]}x{image.shape[0]}, the "
+                f"annotation file says {rec.width}x{rec.height}"
+            )
         sizes = [s[0] for s in self.targets.heatmap_sizes]
         s = BottomUpSample(image, [mask] * len(sizes), [rec.joints] * len(sizes))
-        cfg = self.augment or BottomUpAugment(rot_factor=0.0, scale_factor=(1.0, 1.0),
-                                              trans_factor=0.0, flip_prob=0.0)
+        cfg = self.augment or BottomUpAugment(
+            rot_factor=0.0, scale_factor=(1.0, 1.0), trans_factor=0.0, flip_prob=0.0
+        )
         rng = sample_rng(self.seed, self.epoch, index)
         draw = draw_affine(cfg, (image.shape[1], image.shape[0]), rng)
         s = warp_sample(s, draw, self.input_size, sizes, cfg.scale_type)
@@ -189,7 +230,9 @@ class BottomUpDataset(Dataset):
         s = self.sample(index)
         t = self.targets.encode(s.joints)
         x = to_input_tensor(s.image[None], self.normalization)[0]
-        return {"inputs": torch.from_numpy(x),
-                "heatmaps": [torch.from_numpy(h) for h in t["heatmaps"]],
-                "masks": [torch.from_numpy(m) for m in s.masks],
-                "joints": [torch.from_numpy(j) for j in t["joints"]]}
+        return {
+            "inputs": torch.from_numpy(x),
+            "heatmaps": [torch.from_numpy(h) for h in t["heatmaps"]],
+            "masks": [torch.from_numpy(m) for m in s.masks],
+            "joints": [torch.from_numpy(j) for j in t["joints"]],
+        }

@@ -16,18 +16,26 @@ uniform integer in ``[int(-t), int(t))``, flip with ``flip_prob``) from a
 ``np.random`` stream. Matrices are :func:`service.geometry.get_bottomup_warp_matrix` (upstream's
 ``get_affine_transform`` point triple, rotation included).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
 
 from service.geometry import affine_transform_points, get_bottomup_warp_matrix
 
-__all__ = ["BottomUpAugment", "bottomup_scale", "AffineDraw", "draw_affine", "warp_sample",
-           "random_flip", "BottomUpSample"]
+__all__ = [
+    "BottomUpAugment",
+    "bottomup_scale",
+    "AffineDraw",
+    "draw_affine",
+    "warp_sample",
+    "random_flip",
+    "BottomUpSample",
+]
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,9 @@ class BottomUpAugment:
             raise ValueError(f"scale_type must be 'short' or 'long', got {self.scale_type!r}")
         lo, hi = self.scale_factor
         if not 0 < lo <= hi:
-            raise ValueError(f"scale_factor must be (min, max) with 0 < min <= max, got "
-                             f"{self.scale_factor!r}")
+            raise ValueError(
+                f"scale_factor must be (min, max) with 0 < min <= max, got {self.scale_factor!r}"
+            )
 
 
 @dataclass
@@ -75,8 +84,9 @@ class BottomUpSample:
     joints: list[np.ndarray]
 
 
-def bottomup_scale(region_wh: Sequence[float], output_wh: Sequence[int],
-                   scale_type: str = "short") -> np.ndarray:
+def bottomup_scale(
+    region_wh: Sequence[float], output_wh: Sequence[int], scale_type: str = "short"
+) -> np.ndarray:
     """``BottomUpRandomAffine._get_scale``: the region ``(w, h)`` padded to the output's aspect
     ratio along its long (``'short'``: the short side fits) or short side. Returns ``(2,)``
     float32 image pixels. Raises ``ValueError`` for an unknown ``scale_type``."""
@@ -102,8 +112,9 @@ class AffineDraw:
     dy: int
 
 
-def draw_affine(cfg: BottomUpAugment, image_wh: Sequence[int],
-                rng: np.random.Generator) -> AffineDraw:
+def draw_affine(
+    cfg: BottomUpAugment, image_wh: Sequence[int], rng: np.random.Generator
+) -> AffineDraw:
     """Draw scale, rotation and translation in upstream's order. The translation bound
     ``trans_factor * size * aug_scale / 200`` is truncated toward zero at both ends (what
     ``np.random.randint`` does with float bounds); an empty range gives 0 (upstream raises)."""
@@ -120,8 +131,13 @@ def draw_affine(cfg: BottomUpAugment, image_wh: Sequence[int],
     return AffineDraw(float(aug_scale), float(aug_rot), shift[0], shift[1])
 
 
-def warp_sample(sample: BottomUpSample, draw: AffineDraw, input_size: int,
-                heatmap_sizes: Sequence[int], scale_type: str = "short") -> BottomUpSample:
+def warp_sample(
+    sample: BottomUpSample,
+    draw: AffineDraw,
+    input_size: int,
+    heatmap_sizes: Sequence[int],
+    scale_type: str = "short",
+) -> BottomUpSample:
     """``BottomUpRandomAffine`` (non-UDP) with given random numbers.
 
     The region is the image size times ``aug_scale`` around the image center ``(w/2, h/2)``
@@ -148,14 +164,16 @@ def warp_sample(sample: BottomUpSample, draw: AffineDraw, input_size: int,
         j = j.copy()
         j[:, :, :2] = affine_transform_points(j[:, :, :2], m)
         joints.append(j)
-    sample.image = cv2.warpAffine(sample.image, matrix(int(input_size)),
-                                  (int(input_size), int(input_size)))
+    sample.image = cv2.warpAffine(
+        sample.image, matrix(int(input_size)), (int(input_size), int(input_size))
+    )
     sample.masks, sample.joints = masks, joints
     return sample
 
 
-def random_flip(sample: BottomUpSample, flip_indices: Sequence[int], prob: float,
-                rng: np.random.Generator) -> BottomUpSample:
+def random_flip(
+    sample: BottomUpSample, flip_indices: Sequence[int], prob: float, rng: np.random.Generator
+) -> BottomUpSample:
     """``BottomUpRandomFlip``: with probability ``prob`` mirror the image and every stage's mask,
     swap the joints by ``flip_indices`` and map ``x -> W_s - 1 - x`` in each stage's heatmap
     pixels. Nothing is drawn when ``prob`` is 0. Modifies and returns ``sample``."""

@@ -8,11 +8,12 @@ run in PyTorch by :class:`TorchBackend` instead of ONNX Runtime; the people are 
 :func:`benchmarks.eval_data.evaluate_coco_bottomup` (MMPose 0.x ``BottomUpCocoDataset.evaluate``:
 grouping scores, no OKS-NMS).
 """
+
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,25 +37,33 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, output_names: list[str],
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, model: nn.Module, output_names: list[str], device: str | torch.device = "cpu"
+    ) -> None:
         self.model = model
         self.output_names = list(output_names)
         self.device = torch.device(device)
 
-    async def infer(self, model: str, inputs: dict[str, np.ndarray],
-                    outputs: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         (x,) = inputs.values()
         with torch.no_grad():
             out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
         return {n: o.float().cpu().numpy() for n, o in zip(self.output_names, out)}
 
-    async def ready(self, model: Optional[str] = None) -> bool:
+    async def ready(self, model: str | None = None) -> bool:
         return True
 
 
-def predict_bottomup(model: nn.Module, card: BottomUpCard, coco: dict, images_dir: str | Path,
-                     flip_test: bool = True, device: str | torch.device = "cpu") -> list[dict]:
+def predict_bottomup(
+    model: nn.Module,
+    card: BottomUpCard,
+    coco: dict,
+    images_dir: str | Path,
+    flip_test: bool = True,
+    device: str | torch.device = "cpu",
+) -> list[dict]:
     """Predictions for every image of ``coco``, in ``hrnet-eval``'s record format (``persons``
     with ``id``, ``bbox_xyxy``, ``bbox_score``, ``score``, ``keypoints [x, y, value]`` image
     pixels). The model is put in eval mode and back. Raises ``FileNotFoundError`` for an
@@ -64,18 +73,30 @@ def predict_bottomup(model: nn.Module, card: BottomUpCard, coco: dict, images_di
 
     def persons_of(img: np.ndarray, it: Any) -> list[dict]:
         res = asyncio.run(estimate_poses_bottomup(img, card, backend, flip_test=flip_test))
-        return [{"id": j, "bbox_xyxy": res.boxes[j].tolist(),
-                 "bbox_score": float(res.person_scores[j]), "score": float(res.person_scores[j]),
-                 "keypoints": np.concatenate([res.keypoints[j], res.keypoint_scores[j][:, None]],
-                                             1).tolist()}
-                for j in range(len(res.person_scores))]
+        return [
+            {
+                "id": j,
+                "bbox_xyxy": res.boxes[j].tolist(),
+                "bbox_score": float(res.person_scores[j]),
+                "score": float(res.person_scores[j]),
+                "keypoints": np.concatenate(
+                    [res.keypoints[j], res.keypoint_scores[j][:, None]], 1
+                ).tolist(),
+            }
+            for j in range(len(res.person_scores))
+        ]
 
     return predict_images(model, items, persons_of)
 
 
-def evaluate_bottomup(model: nn.Module, card: BottomUpCard, ann_file: str | Path,
-                      images_dir: str | Path, flip_test: bool = True,
-                      device: str | torch.device = "cpu") -> dict[str, Any]:
+def evaluate_bottomup(
+    model: nn.Module,
+    card: BottomUpCard,
+    ann_file: str | Path,
+    images_dir: str | Path,
+    flip_test: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """COCO ``AP``..``ARl`` of ``model`` on a keypoint file, bottom-up (no boxes). When no
     person was found at all (an early model: no peak above ``detection_threshold``) it returns
     ``{"AP": 0.0, "AR": 0.0}``, what COCOeval gives for no predictions. Raises

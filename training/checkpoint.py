@@ -32,6 +32,7 @@ types and an explicit allow-list of numpy types (what numpy arrays and numpy sca
 are unpickled. Anything else (a custom class, ``os.system``...) is refused with
 :class:`CheckpointError`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,8 +42,9 @@ import re
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,9 +70,11 @@ __all__ = [
 
 LAYOUTS = ("mmpose1", "mmpose0", "hrnet", "higherhrnet", "mmseg")
 #: the layouts each task's models load and save (HigherHRNet has MMPose 0.x and original files)
-TASK_LAYOUTS = {"topdown_pose": ("mmpose1", "mmpose0", "hrnet"),
-                "bottomup_pose": ("mmpose0", "higherhrnet"),
-                "segmentation": ("mmseg",)}
+TASK_LAYOUTS = {
+    "topdown_pose": ("mmpose1", "mmpose0", "hrnet"),
+    "bottomup_pose": ("mmpose0", "higherhrnet"),
+    "segmentation": ("mmseg",),
+}
 #: bare (prefix-free) layouts: the head's top-level module names in the file
 _BARE_HEADS = {"hrnet": ("final_layer",), "higherhrnet": ("final_layers", "deconv_layers")}
 
@@ -80,6 +84,7 @@ class CheckpointError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- safe reading
+
 
 def numpy_safe_globals() -> list[Any]:
     """The numpy globals allowed when unpickling a checkpoint (for ``torch.serialization.safe_globals``).
@@ -101,8 +106,20 @@ def numpy_safe_globals() -> list[Any]:
         allowed.append(fn)
         for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             allowed.append((fn, f"{module}.{fn.__name__}"))
-    for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                 "uint64", "float16", "float32", "float64"):
+    for name in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    ):
         allowed.append(type(np.dtype(name)))
     return allowed
 
@@ -124,18 +141,23 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError / ValueError...
         msg = str(exc).strip()
-        m = re.search(r"(Unsupported global: GLOBAL [\w.]+|but got <class '[\w.]+'>|"
-                      r"Unsupported operand \d+)", msg)
+        m = re.search(
+            r"(Unsupported global: GLOBAL [\w.]+|but got <class '[\w.]+'>|"
+            r"Unsupported operand \d+)",
+            msg,
+        )
         if m:
             detail = m.group(1)
         else:
             detail = msg.splitlines()[0][:300] if msg else type(exc).__name__
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain weights file that can be unpickled "
-            f"safely (weights_only=True, numpy arrays allowed): {detail}") from exc
+            f"safely (weights_only=True, numpy arrays allowed): {detail}"
+        ) from exc
 
 
 # ----------------------------------------------------------------------------- layouts
+
 
 def extract_state_dict(checkpoint: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split a loaded checkpoint into ``(state_dict, meta)``.
@@ -158,10 +180,15 @@ def extract_state_dict(checkpoint: Any) -> tuple[dict[str, Tensor], dict[str, An
     if bad or not sd:
         raise CheckpointError(
             "checkpoint holds no state_dict of tensors"
-            + (f" (non-tensor entries: {', '.join(map(str, bad[:5]))})" if bad else " (it is empty)"))
+            + (
+                f" (non-tensor entries: {', '.join(map(str, bad[:5]))})"
+                if bad
+                else " (it is empty)"
+            )
+        )
     sd = dict(sd)
     if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd, meta
 
 
@@ -181,8 +208,10 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
         if len(heads) == 1:
             return names[heads[0]]
         what = "no head keys" if not heads else f"several heads {heads}"
-        raise CheckpointError(f"unrecognised checkpoint layout: backbone.* keys with {what}; "
-                              f"top-level prefixes: {sorted(tops)}")
+        raise CheckpointError(
+            f"unrecognised checkpoint layout: backbone.* keys with {what}; "
+            f"top-level prefixes: {sorted(tops)}"
+        )
     if "conv1.weight" in state_dict:
         for layout, heads in _BARE_HEADS.items():
             if heads[0] in tops:
@@ -190,7 +219,8 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
     raise CheckpointError(
         "unrecognised checkpoint layout (expected backbone.* + head.*/keypoint_head.*/decode_head.*, "
         "or bare HRNet keys + final_layer.*/final_layers.*); top-level prefixes: "
-        f"{sorted(tops)[:12]}, first keys: {keys[:3]}")
+        f"{sorted(tops)[:12]}, first keys: {keys[:3]}"
+    )
 
 
 def convert_state_dict(state_dict: Mapping[str, Tensor], task: str) -> dict[str, Tensor]:
@@ -212,15 +242,17 @@ def _convert(state_dict: Mapping[str, Tensor], layout: str, task: str) -> dict[s
     if task not in TASK_LAYOUTS:
         raise CheckpointError(f"unknown task {task!r}")
     if layout not in TASK_LAYOUTS[task]:
-        raise CheckpointError(f"a {layout!r} checkpoint cannot be loaded into a {task} model "
-                              f"(it takes {', '.join(TASK_LAYOUTS[task])})")
+        raise CheckpointError(
+            f"a {layout!r} checkpoint cannot be loaded into a {task} model "
+            f"(it takes {', '.join(TASK_LAYOUTS[task])})"
+        )
     return {_key_from_layout(k, layout): v for k, v in state_dict.items()}
 
 
 def _key_from_layout(key: str, layout: str) -> str:
     """One published key of ``layout`` -> our key name."""
     if layout == "mmpose0" and key.startswith("keypoint_head."):
-        return "head." + key[len("keypoint_head."):]
+        return "head." + key[len("keypoint_head.") :]
     if layout in _BARE_HEADS:
         head = key.split(".", 1)[0] in _BARE_HEADS[layout]
         return ("head." if head else "backbone.") + key
@@ -230,11 +262,11 @@ def _key_from_layout(key: str, layout: str) -> str:
 def _key_to_layout(key: str, layout: str) -> str:
     """Our key name -> the name it has in a ``layout`` file."""
     if layout == "mmpose0" and key.startswith("head."):
-        return "keypoint_head." + key[len("head."):]
+        return "keypoint_head." + key[len("head.") :]
     if layout in _BARE_HEADS:
         for prefix in ("head.", "backbone."):
             if key.startswith(prefix):
-                return key[len(prefix):]
+                return key[len(prefix) :]
         raise ValueError(f"unexpected key {key!r} for the {layout} layout")
     return key
 
@@ -255,8 +287,10 @@ def to_layout(state_dict: Mapping[str, Tensor], layout: str) -> dict[str, Tensor
     else:
         task = "topdown_pose"
     if layout not in TASK_LAYOUTS[task]:
-        raise ValueError(f"layout {layout!r} does not fit a {task} model "
-                         f"(it takes {', '.join(TASK_LAYOUTS[task])})")
+        raise ValueError(
+            f"layout {layout!r} does not fit a {task} model "
+            f"(it takes {', '.join(TASK_LAYOUTS[task])})"
+        )
     return {_key_to_layout(k, layout): v for k, v in state_dict.items()}
 
 
@@ -273,8 +307,9 @@ def _fmt(keys: Iterable[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[str, Any],
-                    strict: bool = True) -> dict[str, Any]:
+def load_checkpoint(
+    model: nn.Module, path_or_dict: str | os.PathLike | Mapping[str, Any], strict: bool = True
+) -> dict[str, Any]:
     """Load a published checkpoint (file path or already-loaded dict) into ``model``.
 
     The counterpart of mmengine's ``load_checkpoint(model, filename, strict=...)`` (which MMPose
@@ -307,8 +342,11 @@ def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     filled = [k for k in own if k not in sd and k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
-    mismatch = {k: (tuple(sd[k].shape), tuple(own[k].shape))
-                for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)}
+    mismatch = {
+        k: (tuple(sd[k].shape), tuple(own[k].shape))
+        for k in sd
+        if k in own and tuple(sd[k].shape) != tuple(own[k].shape)
+    }
     if strict and (missing or unexpected or mismatch):
         named = lambda k: _key_to_layout(k, layout)  # noqa: E731 - name keys as the file does
         lines = [f"checkpoint ({layout} layout) does not match {type(model).__name__}:"]
@@ -317,10 +355,15 @@ def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
         if unexpected:
             lines.append(f"unexpected keys ({len(unexpected)}): {_fmt(map(named, unexpected))}")
         if mismatch:
-            items = [f"{named(k)}: checkpoint {list(a)} vs model {list(b)}"
-                     for k, (a, b) in sorted(mismatch.items())]
-            lines.append(f"shape mismatches ({len(items)}): " + "; ".join(items[:20])
-                         + (f"; ... ({len(items) - 20} more)" if len(items) > 20 else ""))
+            items = [
+                f"{named(k)}: checkpoint {list(a)} vs model {list(b)}"
+                for k, (a, b) in sorted(mismatch.items())
+            ]
+            lines.append(
+                f"shape mismatches ({len(items)}): "
+                + "; ".join(items[:20])
+                + (f"; ... ({len(items) - 20} more)" if len(items) > 20 else "")
+            )
         raise CheckpointError("\n".join(lines))
 
     taken = {k: v for k, v in sd.items() if k in own and k not in mismatch}
@@ -348,8 +391,12 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str = "mmpose1",
-                    meta: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    layout: str = "mmpose1",
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``model`` as a published checkpoint of ``layout`` (one of :data:`LAYOUTS`).
 
     ``mmpose1``/``mmpose0``/``mmseg``: ``{"meta": meta or {}, "state_dict": OrderedDict}``
@@ -413,8 +460,9 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "hrnet-serving" / "checkpoints"
 
 
-def download_checkpoint(url: str, cache_dir: str | os.PathLike, progress: bool = False,
-                        timeout: float = 60.0) -> Path:
+def download_checkpoint(
+    url: str, cache_dir: str | os.PathLike, progress: bool = False, timeout: float = 60.0
+) -> Path:
     """Fetch ``url`` (``http://``, ``https://`` or ``file://``) into ``cache_dir``; return its path.
 
     The file keeps the URL's base name. It is streamed to a temporary file in ``cache_dir``
@@ -449,7 +497,9 @@ def download_checkpoint(url: str, cache_dir: str | os.PathLike, progress: bool =
                 # scheme checked above: http, https or file only
                 with urllib.request.urlopen(url, timeout=timeout) as resp:  # nosec B310
                     total = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
-                    bar = _progress_bar(progress, int(total) if total and total.isdigit() else None, name)
+                    bar = _progress_bar(
+                        progress, int(total) if total and total.isdigit() else None, name
+                    )
                     try:
                         while True:
                             block = resp.read(1 << 20)
@@ -468,7 +518,8 @@ def download_checkpoint(url: str, cache_dir: str | os.PathLike, progress: bool =
         if expected is not None and not digest.startswith(expected):
             raise CheckpointError(
                 f"sha256 mismatch for {url}: file name says {expected}..., downloaded file is "
-                f"{digest}; the download was deleted")
+                f"{digest}; the download was deleted"
+            )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -12,37 +12,58 @@ pose, the seed-000 augmentation variants, MMSeg ``fcn_hr*`` segmentation rows) o
 ``.toml``/``.yaml`` recipe file. Segmentation recipes are iteration-based (``--max-iters``).
 Exit status: 0 done, 2 bad arguments/files.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``hrnet-train`` argument parser."""
-    p = argparse.ArgumentParser(prog="hrnet-train", description="Train an HRNet top-down pose, "
-                                "HigherHRNet bottom-up pose or FCN-HRNetV2 segmentation model "
-                                "from a registry recipe or a recipe file.")
+    p = argparse.ArgumentParser(
+        prog="hrnet-train",
+        description="Train an HRNet top-down pose, "
+        "HigherHRNet bottom-up pose or FCN-HRNetV2 segmentation model "
+        "from a registry recipe or a recipe file.",
+    )
     p.add_argument("recipe", nargs="?", help="registry name (see --list) or a .toml/.yaml file")
     p.add_argument("--list", action="store_true", help="list the registry names with recipes")
-    p.add_argument("--data-root", type=Path, help="dataset folder (MMPose layout; "
-                   "MMSeg layout for segmentation)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        help="dataset folder (MMPose layout; MMSeg layout for segmentation)",
+    )
     p.add_argument("--work-dir", type=Path, help="checkpoints and logs go here")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--max-epochs", type=int, help="override the recipe's epochs")
     length.add_argument("--max-iters", type=int, help="stop after N iterations in total")
-    p.add_argument("--batch-size", type=int, help="samples per process per step (the LR is "
-                   "scaled to the global batch)")
-    p.add_argument("--resume", action="store_true", help="continue from work-dir's last "
-                   "checkpoint (model, optimiser, scheduler, scaler, RNG, iteration)")
-    p.add_argument("--load-from", type=Path, help="initial weights (any published layout, "
-                   "loaded strictly); optimiser starts fresh")
-    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
-                   help="autocast dtype (fp16 with a grad scaler, CUDA only)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="samples per process per step (the LR is scaled to the global batch)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from work-dir's last "
+        "checkpoint (model, optimiser, scheduler, scaler, RNG, iteration)",
+    )
+    p.add_argument(
+        "--load-from",
+        type=Path,
+        help="initial weights (any published layout, loaded strictly); optimiser starts fresh",
+    )
+    p.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="autocast dtype (fp16 with a grad scaler, CUDA only)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (CUDA)")
@@ -53,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     from .recipes import RECIPES, get_recipe
@@ -62,20 +83,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("\n".join(sorted(RECIPES)))
         return 0
     if not args.recipe or args.data_root is None or args.work_dir is None:
-        print("hrnet-train: error: RECIPE, --data-root and --work-dir are required",
-              file=sys.stderr)
+        print(
+            "hrnet-train: error: RECIPE, --data-root and --work-dir are required", file=sys.stderr
+        )
         return 2
     from .checkpoint import CheckpointError
-    from .trainer import TrainOptions, Trainer, close
+    from .trainer import Trainer, TrainOptions, close
 
     try:
         recipe = get_recipe(args.recipe)
         opts = TrainOptions(
-            data_root=args.data_root, work_dir=args.work_dir, max_epochs=args.max_epochs,
-            max_iters=args.max_iters, batch_size=args.batch_size, resume=args.resume,
-            load_from=args.load_from, amp=args.amp, device=args.device, seed=args.seed,
-            sync_bn=args.sync_bn, num_workers=args.workers, val_interval=args.val_interval,
-            checkpoint_interval=args.checkpoint_interval, progress=not args.no_progress)
+            data_root=args.data_root,
+            work_dir=args.work_dir,
+            max_epochs=args.max_epochs,
+            max_iters=args.max_iters,
+            batch_size=args.batch_size,
+            resume=args.resume,
+            load_from=args.load_from,
+            amp=args.amp,
+            device=args.device,
+            seed=args.seed,
+            sync_bn=args.sync_bn,
+            num_workers=args.workers,
+            val_interval=args.val_interval,
+            checkpoint_interval=args.checkpoint_interval,
+            progress=not args.no_progress,
+        )
         trainer = Trainer(recipe, opts)
         trainer.fit()
     except (KeyError, ValueError, FileNotFoundError, CheckpointError) as exc:
@@ -84,8 +117,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         close()
     if trainer.is_main and trainer.best is not None:
-        print(f"hrnet-train: best {trainer.best['metric']}={trainer.best['value']:.4f} at "
-              f"epoch {trainer.best['epoch']} ({trainer.best['file']})")
+        print(
+            f"hrnet-train: best {trainer.best['metric']}={trainer.best['value']:.4f} at "
+            f"epoch {trainer.best['epoch']} ({trainer.best['file']})"
+        )
     return 0
 
 

@@ -8,11 +8,13 @@ validation and the eval job agree on which people exist. Each sample goes throug
 that decodes at serving time), then the gateway's input normalisation
 (:func:`service.pipelines.common.to_input_tensor`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,8 +46,9 @@ class Record:
     visible: np.ndarray
 
 
-def load_records(ann_file: str | Path, images_dir: str | Path, dataset: str = "coco",
-                 limit: Optional[int] = None) -> list[Record]:
+def load_records(
+    ann_file: str | Path, images_dir: str | Path, dataset: str = "coco", limit: int | None = None
+) -> list[Record]:
     """Instances of a COCO keypoint file, in image-id then file order (see module docstring).
 
     ``dataset``: the metainfo name (only ``"horse10"`` changes the rules: boxes unclipped).
@@ -59,19 +62,29 @@ def load_records(ann_file: str | Path, images_dir: str | Path, dataset: str = "c
     for it in items:
         for box, aid in zip(it.boxes or [], it.box_ids):
             kp = np.asarray(anns[aid]["keypoints"], dtype=np.float32).reshape(-1, 3)
-            out.append(Record(it.path, it.image_id, aid, np.asarray(box[:4], np.float32),
-                              kp[:, :2].copy(), np.minimum(1.0, kp[:, 2]).astype(np.float32)))
+            out.append(
+                Record(
+                    it.path,
+                    it.image_id,
+                    aid,
+                    np.asarray(box[:4], np.float32),
+                    kp[:, :2].copy(),
+                    np.minimum(1.0, kp[:, 2]).astype(np.float32),
+                )
+            )
     return out[:limit] if limit is not None else out
 
 
-def _mapping(spec: Any, num_keypoints: int) -> Optional[KeypointMapping]:
+def _mapping(spec: Any, num_keypoints: int) -> KeypointMapping | None:
     if spec is None or isinstance(spec, KeypointMapping):
         return spec
     if isinstance(spec, str):
         m = get_mapping(spec)
         if m.num_keypoints != num_keypoints:
-            raise ValueError(f"keypoint mapping {spec!r} gives {m.num_keypoints} keypoints, "
-                             f"the model predicts {num_keypoints}")
+            raise ValueError(
+                f"keypoint mapping {spec!r} gives {m.num_keypoints} keypoints, "
+                f"the model predicts {num_keypoints}"
+            )
         return m
     return KeypointMapping(num_keypoints, tuple(spec))
 
@@ -105,8 +118,10 @@ def load_sources(root: str | Path, sources: Sequence[Any], num_keypoints: int) -
                 kp, vis, _ = mapping(rec.keypoints[None], rec.visible[None])
                 rec = Record(rec.path, rec.image_id, rec.ann_id, rec.bbox, kp[0], vis[0])
             if len(rec.keypoints) != num_keypoints:
-                raise ValueError(f"{ann}: annotations have {len(rec.keypoints)} keypoints, the "
-                                 f"model predicts {num_keypoints} (give the source a mapping)")
+                raise ValueError(
+                    f"{ann}: annotations have {len(rec.keypoints)} keypoints, the "
+                    f"model predicts {num_keypoints} (give the source a mapping)"
+                )
             out.append(rec)
     return out
 
@@ -134,10 +149,17 @@ class TopdownDataset(Dataset):
         seed: base seed of :func:`sample_rng`; :meth:`set_epoch` picks the epoch.
     """
 
-    def __init__(self, records: Sequence[Record], codec: MSRAHeatmap | UDPHeatmap,
-                 normalization: Normalization, flip_indices: Sequence[int],
-                 augment: Optional[AugmentConfig] = None, padding: float = 1.25,
-                 use_udp: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        records: Sequence[Record],
+        codec: MSRAHeatmap | UDPHeatmap,
+        normalization: Normalization,
+        flip_indices: Sequence[int],
+        augment: AugmentConfig | None = None,
+        padding: float = 1.25,
+        use_udp: bool = False,
+        seed: int = 0,
+    ) -> None:
         self.records = list(records)
         self.codec = codec
         self.normalization = normalization
@@ -171,17 +193,25 @@ class TopdownDataset(Dataset):
         input pixels), before target encoding."""
         rec = self.records[index]
         center, scale = get_bbox_center_scale(rec.bbox, self.padding)
-        inst = Instance(image=self._image(rec.path), keypoints=rec.keypoints.copy(),
-                        visible=rec.visible.copy(), center=center, scale=scale)
+        inst = Instance(
+            image=self._image(rec.path),
+            keypoints=rec.keypoints.copy(),
+            visible=rec.visible.copy(),
+            center=center,
+            scale=scale,
+        )
         rng = sample_rng(self.seed, self.epoch, index) if self.augment is not None else None
         cfg = self.augment or AugmentConfig()
-        return apply_train_pipeline(inst, cfg, self.flip_indices, self.codec.input_size,
-                                    self.use_udp, rng)
+        return apply_train_pipeline(
+            inst, cfg, self.flip_indices, self.codec.input_size, self.use_udp, rng
+        )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         inst = self.instance(index)
         target = self.codec.encode(inst.keypoints[None], inst.visible[None])
         x = to_input_tensor(inst.image[None], self.normalization)[0]
-        return {"inputs": torch.from_numpy(x),
-                "heatmaps": torch.from_numpy(target["heatmaps"]),
-                "weights": torch.from_numpy(np.ascontiguousarray(target["keypoint_weights"][0]))}
+        return {
+            "inputs": torch.from_numpy(x),
+            "heatmaps": torch.from_numpy(target["heatmaps"]),
+            "weights": torch.from_numpy(np.ascontiguousarray(target["keypoint_weights"][0])),
+        }

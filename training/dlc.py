@@ -21,6 +21,7 @@ tail base) lie on the body's outline, so the margin gives the crop some body aro
 At test time these ground-truth boxes are what ``hrnet-eval --gt-boxes`` sends, i.e. the
 evaluation assumes a perfect detector (DeepLabCut's own error is measured on whole frames).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -45,35 +46,51 @@ def read_dlc_csv(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     """
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    if len(rows) < 3 or rows[0][:1] != ["scorer"] or rows[1][:1] != ["bodyparts"] \
-            or rows[2][:1] != ["coords"]:
+    if (
+        len(rows) < 3
+        or rows[0][:1] != ["scorer"]
+        or rows[1][:1] != ["bodyparts"]
+        or rows[2][:1] != ["coords"]
+    ):
         raise ValueError(f"{path}: not a DeepLabCut CSV (scorer/bodyparts/coords header rows)")
     parts_row, coords_row = rows[1][1:], rows[2][1:]
-    if len(parts_row) % 2 or coords_row[0::2] != ["x"] * (len(parts_row) // 2) \
-            or coords_row[1::2] != ["y"] * (len(parts_row) // 2):
+    if (
+        len(parts_row) % 2
+        or coords_row[0::2] != ["x"] * (len(parts_row) // 2)
+        or coords_row[1::2] != ["y"] * (len(parts_row) // 2)
+    ):
         raise ValueError(f"{path}: expected x, y column pairs per body part")
     parts = parts_row[0::2]
     images, xy = [], []
     for r in rows[3:]:
         if not r or not r[0]:
             continue
-        vals = [float(v) if v.strip() else np.nan for v in r[1:1 + len(parts_row)]]
+        vals = [float(v) if v.strip() else np.nan for v in r[1 : 1 + len(parts_row)]]
         vals += [np.nan] * (len(parts_row) - len(vals))
         images.append(r[0])
         xy.append(np.asarray(vals, dtype=np.float64).reshape(-1, 2))
     return parts, images, np.stack(xy) if xy else np.zeros((0, len(parts), 2))
 
 
-def dlc_to_coco(parts: Sequence[str], images: Sequence[str], xy: np.ndarray,
-                image_size: tuple[int, int], indices: Sequence[int], margin: float = 20.0,
-                name: str = "animal") -> dict:
+def dlc_to_coco(
+    parts: Sequence[str],
+    images: Sequence[str],
+    xy: np.ndarray,
+    image_size: tuple[int, int],
+    indices: Sequence[int],
+    margin: float = 20.0,
+    name: str = "animal",
+) -> dict:
     """COCO keypoint dict of the frames ``indices``: one annotation per frame with a labelled
     keypoint (``v=2``; unlabelled ``0, 0, 0``), ``bbox`` = keypoint extent + ``margin`` px,
     clipped to ``image_size`` ``(w, h)``, ``area`` = box area. Image and annotation ids are the
     frame index + 1."""
     w, h = image_size
-    out = {"images": [], "annotations": [],
-           "categories": [{"id": 1, "name": name, "keypoints": list(parts), "skeleton": []}]}
+    out = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": 1, "name": name, "keypoints": list(parts), "skeleton": []}],
+    }
     for i in indices:
         fid = int(i) + 1
         out["images"].append({"id": fid, "file_name": images[i], "width": w, "height": h})
@@ -86,13 +103,21 @@ def dlc_to_coco(parts: Sequence[str], images: Sequence[str], xy: np.ndarray,
         kp[ok, 2] = 2
         x1, y1 = np.maximum(pts[ok].min(axis=0) - margin, 0)
         x2, y2 = np.minimum(pts[ok].max(axis=0) + margin, (w - 1, h - 1))
-        out["annotations"].append({
-            "id": fid, "image_id": fid, "category_id": 1, "iscrowd": 0,
-            "bbox": [round(float(v), 3) for v in (x1, y1, x2 - x1, y2 - y1)],
-            "area": round(float((x2 - x1) * (y2 - y1)), 3),
-            "num_keypoints": int(ok.sum()),
-            "keypoints": [round(float(v), 3) if j % 3 < 2 else int(v)
-                          for j, v in enumerate(kp.reshape(-1))]})
+        out["annotations"].append(
+            {
+                "id": fid,
+                "image_id": fid,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": [round(float(v), 3) for v in (x1, y1, x2 - x1, y2 - y1)],
+                "area": round(float((x2 - x1) * (y2 - y1)), 3),
+                "num_keypoints": int(ok.sum()),
+                "keypoints": [
+                    round(float(v), 3) if j % 3 < 2 else int(v)
+                    for j, v in enumerate(kp.reshape(-1))
+                ],
+            }
+        )
     return out
 
 
@@ -106,8 +131,14 @@ def split_frames(n: int, train_fraction: float, seed: int = 0) -> tuple[list[int
     return sorted(perm[:cut].tolist()), sorted(perm[cut:].tolist())
 
 
-def convert(project: str | Path, out: str | Path, train_fraction: float = 0.95,
-            seed: int = 0, margin: float = 20.0, limit: Optional[int] = None) -> dict:
+def convert(
+    project: str | Path,
+    out: str | Path,
+    train_fraction: float = 0.95,
+    seed: int = 0,
+    margin: float = 20.0,
+    limit: int | None = None,
+) -> dict:
     """Convert every ``labeled-data/*/CollectedData_*.csv`` of a DeepLabCut project into
     ``out/annotations/{train,test}.json`` + ``out/images`` (see the module docstring).
     ``limit`` keeps the first frames only (tests). Returns ``{"train": n, "test": n}``.
@@ -144,10 +175,11 @@ def convert(project: str | Path, out: str | Path, train_fraction: float = 0.95,
     return {"train": len(train), "test": len(test)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``python -m training.dlc``)."""
-    p = argparse.ArgumentParser(prog="python -m training.dlc",
-                                description="DeepLabCut CSV labels -> COCO keypoint json")
+    p = argparse.ArgumentParser(
+        prog="python -m training.dlc", description="DeepLabCut CSV labels -> COCO keypoint json"
+    )
     p.add_argument("project", type=Path, help="DeepLabCut project folder (has labeled-data/)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--train-fraction", type=float, default=0.95)

@@ -6,9 +6,10 @@
   ``input_transform='resize_concat'``, ``in_index=(0,1,2,3)``, ``kernel_size=1``,
   ``num_convs=1``, ``concat_input=False``, ``dropout_ratio=-1`` (no dropout), BN.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +52,9 @@ class ConvModule(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
-                              bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels)
         self.activate = nn.ReLU(inplace=True)
 
@@ -81,13 +83,23 @@ class FCNHead(nn.Module):
     to the input size here (that is ``EncoderDecoder``/the gateway's job).
     """
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int | None = None,
-                 in_index: Sequence[int] = (0, 1, 2, 3), kernel_size: int = 1, num_convs: int = 1,
-                 concat_input: bool = False, dropout_ratio: float = -1.0,
-                 align_corners: bool = False):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        channels: int | None = None,
+        in_index: Sequence[int] = (0, 1, 2, 3),
+        kernel_size: int = 1,
+        num_convs: int = 1,
+        concat_input: bool = False,
+        dropout_ratio: float = -1.0,
+        align_corners: bool = False,
+    ):
         super().__init__()
         if len(in_channels) != len(in_index):
-            raise ValueError(f"in_channels {tuple(in_channels)} and in_index {tuple(in_index)} differ in length")
+            raise ValueError(
+                f"in_channels {tuple(in_channels)} and in_index {tuple(in_index)} differ in length"
+            )
         if num_convs < 1:
             raise ValueError("num_convs must be >= 1")
         self.in_index = tuple(in_index)
@@ -97,7 +109,9 @@ class FCNHead(nn.Module):
         self.align_corners = align_corners
         self.concat_input = concat_input
         convs = [ConvModule(self.in_channels, self.channels, kernel_size)]
-        convs += [ConvModule(self.channels, self.channels, kernel_size) for _ in range(num_convs - 1)]
+        convs += [
+            ConvModule(self.channels, self.channels, kernel_size) for _ in range(num_convs - 1)
+        ]
         self.convs = nn.Sequential(*convs)
         if concat_input:
             self.conv_cat = ConvModule(self.in_channels + self.channels, self.channels, kernel_size)
@@ -108,9 +122,12 @@ class FCNHead(nn.Module):
         """``resize_concat``: ``(N, sum(C_i), H0, W0)`` float from the selected branch outputs."""
         xs = [feats[i] for i in self.in_index]
         size = xs[0].shape[-2:]
-        xs = [x if x.shape[-2:] == size else
-              F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
-              for x in xs]
+        xs = [
+            x
+            if x.shape[-2:] == size
+            else F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+            for x in xs
+        ]
         return torch.cat(xs, dim=1)
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:

@@ -18,9 +18,10 @@ same module tree, so one set of key names serves both published layouts (see
 
 with ``C`` the backbone width (32 / 48), ``K`` the joints (17) and ``F`` the deconv filters (32).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -67,19 +68,31 @@ class AEHigherResolutionHead(nn.Module):
     Raises ``ValueError`` for inconsistent list lengths or unsupported kernel sizes.
     """
 
-    def __init__(self, in_channels: int, num_joints: int, tag_per_joint: bool = True,
-                 num_deconv_layers: int = 1, num_deconv_filters: Sequence[int] = (32,),
-                 num_deconv_kernels: Sequence[int] = (4,), num_basic_blocks: int = 4,
-                 cat_output: Sequence[bool] = (True,), with_ae: Sequence[bool] = (True, False),
-                 final_conv_kernel: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        num_joints: int,
+        tag_per_joint: bool = True,
+        num_deconv_layers: int = 1,
+        num_deconv_filters: Sequence[int] = (32,),
+        num_deconv_kernels: Sequence[int] = (4,),
+        num_basic_blocks: int = 4,
+        cat_output: Sequence[bool] = (True,),
+        with_ae: Sequence[bool] = (True, False),
+        final_conv_kernel: int = 1,
+    ):
         super().__init__()
         n = num_deconv_layers
         if len(num_deconv_filters) != n or len(num_deconv_kernels) != n or len(cat_output) != n:
-            raise ValueError(f"num_deconv_layers={n} needs that many filters, kernels and "
-                             f"cat_output flags; got {list(num_deconv_filters)}, "
-                             f"{list(num_deconv_kernels)}, {list(cat_output)}")
+            raise ValueError(
+                f"num_deconv_layers={n} needs that many filters, kernels and "
+                f"cat_output flags; got {list(num_deconv_filters)}, "
+                f"{list(num_deconv_kernels)}, {list(cat_output)}"
+            )
         if len(with_ae) != n + 1:
-            raise ValueError(f"with_ae needs {n + 1} flags (one per output stage), got {list(with_ae)}")
+            raise ValueError(
+                f"with_ae needs {n + 1} flags (one per output stage), got {list(with_ae)}"
+            )
         if final_conv_kernel not in (1, 3):
             raise ValueError(f"final_conv_kernel must be 1 or 3, got {final_conv_kernel!r}")
         self.num_joints = num_joints
@@ -94,7 +107,8 @@ class AEHigherResolutionHead(nn.Module):
         widths = [in_channels, *num_deconv_filters]
         self.final_layers = nn.ModuleList(
             nn.Conv2d(widths[s], self.out_channels[s], final_conv_kernel, padding=pad)
-            for s in range(n + 1))
+            for s in range(n + 1)
+        )
 
         self.deconv_layers = nn.ModuleList()
         ch = in_channels
@@ -104,10 +118,18 @@ class AEHigherResolutionHead(nn.Module):
             planes = num_deconv_filters[i]
             padding, output_padding = deconv_padding(num_deconv_kernels[i])
             up = nn.Sequential(
-                nn.ConvTranspose2d(ch, planes, num_deconv_kernels[i], stride=2, padding=padding,
-                                   output_padding=output_padding, bias=False),
+                nn.ConvTranspose2d(
+                    ch,
+                    planes,
+                    num_deconv_kernels[i],
+                    stride=2,
+                    padding=padding,
+                    output_padding=output_padding,
+                    bias=False,
+                ),
                 nn.BatchNorm2d(planes),
-                nn.ReLU(inplace=True))
+                nn.ReLU(inplace=True),
+            )
             blocks = [nn.Sequential(BasicBlock(planes, planes)) for _ in range(num_basic_blocks)]
             self.deconv_layers.append(nn.Sequential(up, *blocks))
             ch = planes

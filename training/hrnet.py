@@ -30,10 +30,12 @@ Two upstream variants differ only in the fusion upsampling and in the last modul
   every input size and the traced/exported graph has no size-dependent branch (dynamic ``H, W``
   export at any example size).
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Sequence, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,10 +51,20 @@ __all__ = [
 ]
 
 
-def _stage(num_modules: int, num_branches: int, block: str, num_blocks: Sequence[int],
-           num_channels: Sequence[int]) -> dict[str, Any]:
-    return dict(num_modules=num_modules, num_branches=num_branches, block=block,
-                num_blocks=tuple(num_blocks), num_channels=tuple(num_channels))
+def _stage(
+    num_modules: int,
+    num_branches: int,
+    block: str,
+    num_blocks: Sequence[int],
+    num_channels: Sequence[int],
+) -> dict[str, Any]:
+    return dict(
+        num_modules=num_modules,
+        num_branches=num_branches,
+        block=block,
+        num_blocks=tuple(num_blocks),
+        num_channels=tuple(num_channels),
+    )
 
 
 def _standard(width: int) -> dict[str, dict[str, Any]]:
@@ -116,8 +128,13 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+    ):
         super().__init__()
         self.conv1 = _conv3x3(in_channels, out_channels, stride)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -143,8 +160,13 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+    ):
         super().__init__()
         mid = out_channels // self.expansion
         self.conv1 = _conv1x1(in_channels, mid)
@@ -215,12 +237,22 @@ class HRModule(nn.Module):
     Input/output: a list of ``(N, C_i, H_i, W_i)`` float tensors, ``H_i = H_0 / 2**i``.
     """
 
-    def __init__(self, num_branches: int, block: Block, num_blocks: Sequence[int],
-                 in_channels: Sequence[int], num_channels: Sequence[int],
-                 multiscale_output: bool = True, upsample_mode: str = "nearest"):
+    def __init__(
+        self,
+        num_branches: int,
+        block: Block,
+        num_blocks: Sequence[int],
+        in_channels: Sequence[int],
+        num_channels: Sequence[int],
+        multiscale_output: bool = True,
+        upsample_mode: str = "nearest",
+    ):
         super().__init__()
-        for name, seq in (("num_blocks", num_blocks), ("in_channels", in_channels),
-                          ("num_channels", num_channels)):
+        for name, seq in (
+            ("num_blocks", num_blocks),
+            ("in_channels", in_channels),
+            ("num_channels", num_channels),
+        ):
             if len(seq) != num_branches:
                 raise ValueError(f"num_branches={num_branches} but len({name})={len(seq)}")
         self.num_branches = num_branches
@@ -228,16 +260,18 @@ class HRModule(nn.Module):
         self.upsample_mode = upsample_mode
         self.in_channels = list(in_channels)  # updated to the branch output widths below
         self.branches = nn.ModuleList(
-            self._make_branch(i, block, num_blocks[i], num_channels[i]) for i in range(num_branches))
+            self._make_branch(i, block, num_blocks[i], num_channels[i]) for i in range(num_branches)
+        )
         self.fuse_layers = self._make_fuse_layers()
         self.relu = nn.ReLU(inplace=False)
 
-    def _make_branch(self, i: int, block: Block, num_blocks: int,
-                     channels: int) -> nn.Sequential:
+    def _make_branch(self, i: int, block: Block, num_blocks: int, channels: int) -> nn.Sequential:
         out_ch = channels * block.expansion
         downsample = None
         if self.in_channels[i] != out_ch:
-            downsample = nn.Sequential(_conv1x1(self.in_channels[i], out_ch), nn.BatchNorm2d(out_ch))
+            downsample = nn.Sequential(
+                _conv1x1(self.in_channels[i], out_ch), nn.BatchNorm2d(out_ch)
+            )
         layers = [block(self.in_channels[i], out_ch, 1, downsample)]
         layers += [block(out_ch, out_ch) for _ in range(1, num_blocks)]
         self.in_channels[i] = out_ch
@@ -253,18 +287,30 @@ class HRModule(nn.Module):
             row = nn.ModuleList()
             for j in range(self.num_branches):
                 if j > i:
-                    row.append(nn.Sequential(_conv1x1(ch[j], ch[i]), nn.BatchNorm2d(ch[i]),
-                                             _FuseUpsample(2 ** (j - i), self.upsample_mode)))
+                    row.append(
+                        nn.Sequential(
+                            _conv1x1(ch[j], ch[i]),
+                            nn.BatchNorm2d(ch[i]),
+                            _FuseUpsample(2 ** (j - i), self.upsample_mode),
+                        )
+                    )
                 elif j == i:
                     row.append(None)  # type: ignore[arg-type]  # upstream's placeholder, never called
                 else:
                     steps = []
                     for k in range(i - j):
                         if k == i - j - 1:
-                            steps.append(nn.Sequential(_conv3x3(ch[j], ch[i], 2), nn.BatchNorm2d(ch[i])))
+                            steps.append(
+                                nn.Sequential(_conv3x3(ch[j], ch[i], 2), nn.BatchNorm2d(ch[i]))
+                            )
                         else:
-                            steps.append(nn.Sequential(_conv3x3(ch[j], ch[j], 2), nn.BatchNorm2d(ch[j]),
-                                                       nn.ReLU(inplace=False)))
+                            steps.append(
+                                nn.Sequential(
+                                    _conv3x3(ch[j], ch[j], 2),
+                                    nn.BatchNorm2d(ch[j]),
+                                    nn.ReLU(inplace=False),
+                                )
+                            )
                     row.append(nn.Sequential(*steps))
             fuse_layers.append(row)
         return fuse_layers
@@ -292,7 +338,8 @@ class HRModule(nn.Module):
                     raise ValueError(
                         f"HRNet fusion: branch {j} upsampled to {tuple(z.shape[-2:])} does not "
                         f"match branch {i} {tuple(x[i].shape[-2:])}; with nearest fusion "
-                        "(MMPose) the input height and width must be multiples of 32")
+                        "(MMPose) the input height and width must be multiples of 32"
+                    )
                 y = y + z
             out.append(self.relu(y))
         return out
@@ -314,8 +361,13 @@ class HRNet(nn.Module):
     ``mmseg.models.backbones.HRNet.forward``.
     """
 
-    def __init__(self, extra: Mapping[str, Mapping[str, Any]], in_channels: int = 3,
-                 multiscale_output: bool = True, upsample_mode: str = "nearest"):
+    def __init__(
+        self,
+        extra: Mapping[str, Mapping[str, Any]],
+        in_channels: int = 3,
+        multiscale_output: bool = True,
+        upsample_mode: str = "nearest",
+    ):
         super().__init__()
         self.extra = copy.deepcopy(dict(extra))
         self.multiscale_output = multiscale_output
@@ -332,11 +384,15 @@ class HRNet(nn.Module):
         s1 = self.extra["stage1"]
         block = _BLOCKS[s1["block"]]
         stage1_out = s1["num_channels"][0] * block.expansion
-        downsample = nn.Sequential(_conv1x1(64, stage1_out), nn.BatchNorm2d(stage1_out)) \
-            if stage1_out != 64 else None
+        downsample = (
+            nn.Sequential(_conv1x1(64, stage1_out), nn.BatchNorm2d(stage1_out))
+            if stage1_out != 64
+            else None
+        )
         self.layer1 = nn.Sequential(
             block(64, stage1_out, 1, downsample),
-            *[block(stage1_out, stage1_out) for _ in range(1, s1["num_blocks"][0])])
+            *[block(stage1_out, stage1_out) for _ in range(1, s1["num_blocks"][0])],
+        )
 
         # stages 2-4: transition (new branch), then HRModules
         pre = [stage1_out]
@@ -355,26 +411,44 @@ class HRNet(nn.Module):
         layers = nn.ModuleList()
         for i, c in enumerate(cur):
             if i < len(pre):
-                layers.append(None if c == pre[i] else nn.Sequential(  # type: ignore[arg-type]
-                    _conv3x3(pre[i], c), nn.BatchNorm2d(c), nn.ReLU(inplace=True)))
+                layers.append(
+                    None
+                    if c == pre[i]
+                    else nn.Sequential(  # type: ignore[arg-type]
+                        _conv3x3(pre[i], c), nn.BatchNorm2d(c), nn.ReLU(inplace=True)
+                    )
+                )
             else:  # a new, lower-resolution branch from the last existing one
                 steps = []
                 for k in range(i + 1 - len(pre)):
                     out_c = c if k == i - len(pre) else pre[-1]
-                    steps.append(nn.Sequential(_conv3x3(pre[-1], out_c, 2), nn.BatchNorm2d(out_c),
-                                               nn.ReLU(inplace=True)))
+                    steps.append(
+                        nn.Sequential(
+                            _conv3x3(pre[-1], out_c, 2),
+                            nn.BatchNorm2d(out_c),
+                            nn.ReLU(inplace=True),
+                        )
+                    )
                 layers.append(nn.Sequential(*steps))
         return layers
 
-    def _make_stage(self, cfg: Mapping[str, Any], in_channels: Sequence[int],
-                    multiscale_output: bool) -> tuple[nn.Sequential, list[int]]:
+    def _make_stage(
+        self, cfg: Mapping[str, Any], in_channels: Sequence[int], multiscale_output: bool
+    ) -> tuple[nn.Sequential, list[int]]:
         block = _BLOCKS[cfg["block"]]
         modules = []
         channels = list(in_channels)
         for m in range(cfg["num_modules"]):
             last = m == cfg["num_modules"] - 1
-            module = HRModule(cfg["num_branches"], block, cfg["num_blocks"], channels,
-                              cfg["num_channels"], multiscale_output or not last, self.upsample_mode)
+            module = HRModule(
+                cfg["num_branches"],
+                block,
+                cfg["num_blocks"],
+                channels,
+                cfg["num_channels"],
+                multiscale_output or not last,
+                self.upsample_mode,
+            )
             modules.append(module)
             channels = module.in_channels
         return nn.Sequential(*modules), channels

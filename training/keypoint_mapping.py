@@ -15,24 +15,42 @@ COCO-AIC configs run on each source dataset before the combined training pipelin
 The mappings of the seed-003 configs are :data:`AIC_TO_COCO` (``...coco-aic-256x192-merge.py``),
 :data:`AIC_TO_COCO_AIC` and :data:`COCO_TO_COCO_AIC` (``...coco-aic-256x192-combine.py``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
-__all__ = ["Pair", "KeypointMapping", "AIC_TO_COCO", "AIC_TO_COCO_AIC", "COCO_TO_COCO_AIC",
-           "MAPPINGS", "get_mapping"]
+__all__ = [
+    "Pair",
+    "KeypointMapping",
+    "AIC_TO_COCO",
+    "AIC_TO_COCO_AIC",
+    "COCO_TO_COCO_AIC",
+    "MAPPINGS",
+    "get_mapping",
+]
 
 #: ``(source, target)`` or ``((source1, source2), target)`` (midpoint of two sources)
-Pair = tuple[Union[int, tuple[int, int]], int]
+Pair = tuple[int | tuple[int, int], int]
 
 #: AIC (14: right shoulder .. left ankle, head top, neck) -> COCO 17: the 12 limb joints; AIC's
 #: head top and neck have no COCO counterpart (merge config's ``KeypointConverter``).
 AIC_TO_COCO: tuple[Pair, ...] = (
-    (0, 6), (1, 8), (2, 10), (3, 5), (4, 7), (5, 9),
-    (6, 12), (7, 14), (8, 16), (9, 11), (10, 13), (11, 15))
+    (0, 6),
+    (1, 8),
+    (2, 10),
+    (3, 5),
+    (4, 7),
+    (5, 9),
+    (6, 12),
+    (7, 14),
+    (8, 16),
+    (9, 11),
+    (10, 13),
+    (11, 15),
+)
 
 #: AIC 14 -> COCO-AIC 19 (combine config): the 12 limb joints as above, head top -> 17,
 #: neck -> 18.
@@ -58,8 +76,10 @@ class KeypointMapping:
     pairs: tuple[Pair, ...]
 
     def __post_init__(self) -> None:
-        pairs = tuple((tuple(int(v) for v in s) if isinstance(s, (tuple, list)) else int(s),
-                       int(t)) for s, t in self.pairs)
+        pairs = tuple(
+            (tuple(int(v) for v in s) if isinstance(s, (tuple, list)) else int(s), int(t))
+            for s, t in self.pairs
+        )
         object.__setattr__(self, "pairs", pairs)
         if not pairs:
             raise ValueError("a keypoint mapping needs at least one (source, target) pair")
@@ -67,8 +87,9 @@ class KeypointMapping:
         if len(set(targets)) != len(targets):
             raise ValueError(f"keypoint mapping repeats a target index: {targets}")
         if not all(0 <= t < self.num_keypoints for t in targets):
-            raise ValueError(f"keypoint mapping targets must be in range({self.num_keypoints}), "
-                             f"got {targets}")
+            raise ValueError(
+                f"keypoint mapping targets must be in range({self.num_keypoints}), got {targets}"
+            )
         for s, _ in pairs:
             if isinstance(s, tuple) and len(s) != 2:
                 raise ValueError(f"a paired source must be (s1, s2), got {s}")
@@ -85,8 +106,9 @@ class KeypointMapping:
         second = [s[1] if isinstance(s, tuple) else s for s, _ in self.pairs]
         return first, second
 
-    def __call__(self, keypoints: np.ndarray, visible: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(
+        self, keypoints: np.ndarray, visible: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Map ``keypoints`` ``(N, K, 2)`` (pixels) and ``visible`` ``(N, K)`` (0..1) of ``K``
         source keypoints onto the ``T`` targets.
 
@@ -97,13 +119,16 @@ class KeypointMapping:
         kp = np.asarray(keypoints, dtype=np.float32)
         vis = np.asarray(visible, dtype=np.float32)
         if kp.ndim != 3 or kp.shape[2] != 2 or vis.shape != kp.shape[:2]:
-            raise ValueError(f"keypoints must be (N, K, 2) and visible (N, K); got "
-                             f"{kp.shape} and {vis.shape}")
+            raise ValueError(
+                f"keypoints must be (N, K, 2) and visible (N, K); got {kp.shape} and {vis.shape}"
+            )
         s1, s2 = self._sources()
         k = kp.shape[1]
         if max(s1 + s2) >= k:
-            raise ValueError(f"keypoint mapping reads source index {max(s1 + s2)} but the "
-                             f"annotations have {k} keypoints")
+            raise ValueError(
+                f"keypoint mapping reads source index {max(s1 + s2)} but the "
+                f"annotations have {k} keypoints"
+            )
         n, t = kp.shape[0], self.num_keypoints
         out_kp = np.zeros((n, t, 2), np.float32)
         out_vis = np.zeros((n, t), np.float32)
@@ -128,5 +153,6 @@ def get_mapping(name: str) -> KeypointMapping:
     try:
         return MAPPINGS[name]
     except KeyError:
-        raise KeyError(f"unknown keypoint mapping {name!r}; known: "
-                       f"{', '.join(sorted(MAPPINGS))}") from None
+        raise KeyError(
+            f"unknown keypoint mapping {name!r}; known: {', '.join(sorted(MAPPINGS))}"
+        ) from None

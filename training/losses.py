@@ -5,11 +5,9 @@
 per-keypoint weight and averaged over every element, ``mean(w[b, k] * (pred - target)^2)``
 over ``B * K * H * W``, times ``loss_weight``.
 """
+
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
 from torch import Tensor, nn
 
 __all__ = ["KeypointMSELoss"]
@@ -32,17 +30,20 @@ class KeypointMSELoss(nn.Module):
         self.use_target_weight = use_target_weight
         self.loss_weight = loss_weight
 
-    def forward(self, pred: Tensor, target: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    def forward(self, pred: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         if pred.shape != target.shape or pred.ndim != 4:
-            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must "
-                             "both be (B, K, H, W)")
+            raise ValueError(
+                f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must "
+                "both be (B, K, H, W)"
+            )
         sq = (pred - target) ** 2
         if self.use_target_weight and weights is not None:
             w = weights
             if w.ndim == 2:
                 if tuple(w.shape) != tuple(pred.shape[:2]):
-                    raise ValueError(f"weights {tuple(w.shape)} do not match (B, K) = "
-                                     f"{tuple(pred.shape[:2])}")
+                    raise ValueError(
+                        f"weights {tuple(w.shape)} do not match (B, K) = {tuple(pred.shape[:2])}"
+                    )
                 w = w[:, :, None, None]
             elif tuple(w.shape) != tuple(pred.shape):
                 raise ValueError(f"weights must be (B, K) or (B, K, H, W), got {tuple(w.shape)}")

@@ -6,6 +6,7 @@ exactly those of the published checkpoints' ``state_dict``: ``backbone.*`` + ``h
 (pose) and ``backbone.*`` + ``decode_head.*`` (segmentation). :mod:`training.checkpoint` maps
 the other published layouts (MMPose 0.x, original HRNet and HigherHRNet repos) onto these names.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -81,6 +82,7 @@ def init_weights(model: nn.Module) -> nn.Module:
     ``decode_head.conv_seg`` ``N(0, 0.01)``, bias 0. Uses the global torch RNG.
     Returns ``model``.
     """
+
     def normal(m: nn.Conv2d | nn.ConvTranspose2d, std: float) -> None:
         nn.init.normal_(m.weight, 0.0, std)
         if m.bias is not None:
@@ -139,12 +141,15 @@ def build_model(arch: str, task: str, num_outputs: int, seed: int | None = None)
         extra = hrnet_config(arch)
         if task == "topdown_pose":
             backbone = HRNet(extra, multiscale_output=False, upsample_mode="nearest")
-            model: nn.Module = TopdownPoseModel(backbone, HeatmapHead(backbone.out_channels[0], num_outputs))
+            model: nn.Module = TopdownPoseModel(
+                backbone, HeatmapHead(backbone.out_channels[0], num_outputs)
+            )
         elif task == "bottomup_pose":
             backbone = HRNet(extra, multiscale_output=False, upsample_mode="nearest")
             width = backbone.out_channels[0]  # the configs' num_deconv_filters is [width]
-            model = BottomUpPoseModel(backbone, AEHigherResolutionHead(
-                width, num_outputs, num_deconv_filters=(width,)))
+            model = BottomUpPoseModel(
+                backbone, AEHigherResolutionHead(width, num_outputs, num_deconv_filters=(width,))
+            )
         else:
             backbone = HRNet(extra, multiscale_output=True, upsample_mode="bilinear")
             model = SegmentationModel(backbone, FCNHead(branch_channels(arch), num_outputs))
@@ -159,7 +164,9 @@ def build_model(arch: str, task: str, num_outputs: int, seed: int | None = None)
     return model.eval()
 
 
-def create_model(name: str, checkpoint: str | Path | None = None, seed: int | None = None) -> nn.Module:
+def create_model(
+    name: str, checkpoint: str | Path | None = None, seed: int | None = None
+) -> nn.Module:
     """Build the registry model ``name`` (``training.registry.get_entry``), optionally with weights.
 
     ``checkpoint``: a local path, or an ``http(s)://`` / ``file://`` URL fetched with
@@ -188,4 +195,3 @@ def create_model(name: str, checkpoint: str | Path | None = None, seed: int | No
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (weights and biases; BN running stats excluded)."""
     return sum(p.numel() for p in model.parameters())
-

@@ -14,10 +14,11 @@ Both multiply the base LR, so the LR at (iteration ``t``, epoch ``e``) is
 The segmentation recipes (MMSeg) use SGD with ``PolyLR`` by iteration: :func:`build_sgd`,
 :class:`PolyFactor`.
 """
+
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -29,8 +30,9 @@ def scaled_lr(base_lr: float, global_batch: int, base_batch_size: int) -> float:
     return float(base_lr) * int(global_batch) / int(base_batch_size)
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], lr: float,
-                    weight_decay: float = 0.0) -> torch.optim.Adam:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
+) -> torch.optim.Adam:
     """``torch.optim.Adam(params, lr, weight_decay)`` (MMPose: ``optimizer=dict(type='Adam')``,
     betas (0.9, 0.999), eps 1e-8)."""
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -48,8 +50,15 @@ class WarmupMultiStep:
     Raises ``ValueError`` for ``iters_per_epoch < 1`` or an unknown ``style``.
     """
 
-    def __init__(self, iters_per_epoch: int, warmup_iters: int, warmup_factor: float,
-                 milestones: Sequence[int], gamma: float, style: str = "mmengine") -> None:
+    def __init__(
+        self,
+        iters_per_epoch: int,
+        warmup_iters: int,
+        warmup_factor: float,
+        milestones: Sequence[int],
+        gamma: float,
+        style: str = "mmengine",
+    ) -> None:
         if iters_per_epoch < 1:
             raise ValueError("iters_per_epoch must be >= 1")
         if style not in ("mmengine", "mmcv"):
@@ -65,14 +74,21 @@ class WarmupMultiStep:
         n = self.warmup_iters - (1 if self.style == "mmengine" else 0)
         warm = 1.0
         if self.warmup_iters > 0:
-            warm = (self.warmup_factor if n <= 0 else
-                    self.warmup_factor + (1.0 - self.warmup_factor) * min(t, n) / n)
+            warm = (
+                self.warmup_factor
+                if n <= 0
+                else self.warmup_factor + (1.0 - self.warmup_factor) * min(t, n) / n
+            )
         epoch = t // self.iters_per_epoch
         return warm * self.gamma ** bisect.bisect_right(self.milestones, epoch)
 
 
-def build_sgd(params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.9,
-              weight_decay: float = 5e-4) -> torch.optim.SGD:
+def build_sgd(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+) -> torch.optim.SGD:
     """``torch.optim.SGD(params, lr, momentum, weight_decay)`` (MMSeg schedules:
     ``optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0005)``, no nesterov,
     no dampening)."""
@@ -90,8 +106,9 @@ class PolyFactor:
     Raises ``ValueError`` for ``total < 1`` or a non-positive ``base_lr``.
     """
 
-    def __init__(self, base_lr: float, total: int, eta_min: float = 1e-4,
-                 power: float = 0.9) -> None:
+    def __init__(
+        self, base_lr: float, total: int, eta_min: float = 1e-4, power: float = 0.9
+    ) -> None:
         if total < 1 or not base_lr > 0:
             raise ValueError("PolyFactor needs total >= 1 and base_lr > 0")
         self.base_lr = float(base_lr)
@@ -102,4 +119,4 @@ class PolyFactor:
     def __call__(self, t: int) -> float:
         span = self.total - 1
         frac = 1.0 if span <= 0 else 1.0 - min(t, span) / span
-        return ((self.base_lr - self.eta_min) * frac ** self.power + self.eta_min) / self.base_lr
+        return ((self.base_lr - self.eta_min) * frac**self.power + self.eta_min) / self.base_lr

@@ -34,23 +34,35 @@ rows (seed 004) follow MMPose 0.x's configs (:func:`_bottomup_recipe`,
 ``[bottomup.augment]``). Segmentation rows get a :class:`~training.seg_recipes.SegTrainRecipe`
 (MMSeg, iteration-based).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
+
+import tomllib
 
 from .bottomup_transforms import BottomUpAugment
 from .registry import get_entry, list_entries
 from .seg_recipes import SegTrainRecipe, seg_recipes
 from .transforms import AugmentConfig
 
-__all__ = ["DataLayout", "DataSource", "TrainRecipe", "RECIPES", "get_recipe",
-           "load_recipe_file", "COCO_UPPER_BODY", "COCO_AIC_UPPER_BODY", "ATRW_UPPER_BODY",
-           "BottomUpTrainConfig"]
+__all__ = [
+    "DataLayout",
+    "DataSource",
+    "TrainRecipe",
+    "RECIPES",
+    "get_recipe",
+    "load_recipe_file",
+    "COCO_UPPER_BODY",
+    "COCO_AIC_UPPER_BODY",
+    "ATRW_UPPER_BODY",
+    "BottomUpTrainConfig",
+]
 
 #: COCO upper-body keypoints (MMPose ``coco.py`` ``upper_body_ids``: nose .. right wrist).
 #: MacaquePose uses the COCO keypoints and types unchanged (``macaque.py``).
@@ -79,7 +91,7 @@ class DataSource:
     ann: str
     images: str
     dataset: str = "coco"
-    mapping: Optional[Any] = None
+    mapping: Any | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ class BottomUpTrainConfig:
         supervise_empty: heatmap loss on channels without any joint too.
     """
 
-    input_size: Optional[int] = None
+    input_size: int | None = None
     sigma: float = 2.0
     max_num_people: int = 30
     augment: BottomUpAugment = field(default_factory=BottomUpAugment)
@@ -174,19 +186,23 @@ class TrainRecipe:
     data: DataLayout = field(default_factory=DataLayout)
     num_workers: int = 2
     warmup_style: str = "mmengine"
-    bottomup: Optional[BottomUpTrainConfig] = None
+    bottomup: BottomUpTrainConfig | None = None
 
     def __post_init__(self) -> None:
         entry = get_entry(self.model)  # KeyError for an unknown model
         if entry.task not in ("topdown_pose", "bottomup_pose"):
-            raise ValueError(f"{self.model}: only pose recipes are supported so far "
-                             f"(task {entry.task!r})")
+            raise ValueError(
+                f"{self.model}: only pose recipes are supported so far (task {entry.task!r})"
+            )
         if (entry.task == "bottomup_pose") != (self.bottomup is not None):
-            raise ValueError(f"{self.model}: a 'bottomup' section is needed exactly for "
-                             f"bottom-up models (task {entry.task!r})")
+            raise ValueError(
+                f"{self.model}: a 'bottomup' section is needed exactly for "
+                f"bottom-up models (task {entry.task!r})"
+            )
         if self.warmup_style not in ("mmengine", "mmcv"):
-            raise ValueError(f"warmup_style must be 'mmengine' or 'mmcv', got "
-                             f"{self.warmup_style!r}")
+            raise ValueError(
+                f"warmup_style must be 'mmengine' or 'mmcv', got {self.warmup_style!r}"
+            )
         if self.best_rule not in ("greater", "less"):
             raise ValueError(f"best_rule must be 'greater' or 'less', got {self.best_rule!r}")
         if self.batch_size < 1 or self.base_batch_size < 1 or self.max_epochs < 1:
@@ -203,8 +219,9 @@ class TrainRecipe:
 def _coco_recipe(name: str) -> TrainRecipe:
     """MMPose 1.x top-down COCO HRNet recipe: W48 configs use 8 x 32 (same lr 5e-4 for 512)."""
     per_gpu = 32 if "_8xb32-" in name else 64
-    return TrainRecipe(model=name, batch_size=per_gpu,
-                       augment=AugmentConfig(upper_body_ids=COCO_UPPER_BODY))
+    return TrainRecipe(
+        model=name, batch_size=per_gpu, augment=AugmentConfig(upper_body_ids=COCO_UPPER_BODY)
+    )
 
 
 def _dlc_recipe(name: str) -> TrainRecipe:
@@ -213,21 +230,36 @@ def _dlc_recipe(name: str) -> TrainRecipe:
     from scratch), milder rotation (top view: any heading is plausible, but 80 degrees on tiny
     data slows convergence), no half-body (4 keypoints)."""
     return TrainRecipe(
-        model=name, lr=2e-3, base_batch_size=16, batch_size=16, warmup_iters=50,
-        milestones=(40, 55), max_epochs=60, val_interval=5, checkpoint_interval=5,
-        best_metric="EPE", best_rule="less",
-        augment=AugmentConfig(half_body_prob=0.0, rotate_factor=45.0, rotate_prob=0.6,
-                              scale_factor=(0.75, 1.25)),
-        data=DataLayout(train_ann="annotations/train.json", train_images="images",
-                        val_ann="annotations/test.json", val_images="images"),
-        num_workers=1)
+        model=name,
+        lr=2e-3,
+        base_batch_size=16,
+        batch_size=16,
+        warmup_iters=50,
+        milestones=(40, 55),
+        max_epochs=60,
+        val_interval=5,
+        checkpoint_interval=5,
+        best_metric="EPE",
+        best_rule="less",
+        augment=AugmentConfig(
+            half_body_prob=0.0, rotate_factor=45.0, rotate_prob=0.6, scale_factor=(0.75, 1.25)
+        ),
+        data=DataLayout(
+            train_ann="annotations/train.json",
+            train_images="images",
+            val_ann="annotations/test.json",
+            val_images="images",
+        ),
+        num_workers=1,
+    )
 
 
 #: AI Challenger training split in MMPose's layout (``data/aic/`` of the COCO-AIC configs).
 AIC_TRAIN = DataSource(
     ann="aic/annotations/aic_train.json",
     images="aic/ai_challenger_keypoint_train_20170902/keypoint_train_images_20170902",
-    dataset="aic")
+    dataset="aic",
+)
 
 
 def _coco_aic_recipe(name: str) -> TrainRecipe:
@@ -239,23 +271,37 @@ def _coco_aic_recipe(name: str) -> TrainRecipe:
     COCO keypoints through ``output_keypoint_indices``). ``--data-root`` holds MMPose's
     ``data/coco`` and ``data/aic`` side by side as ``coco/`` and ``aic/``."""
     combine = name.endswith("-combine")
-    coco = DataSource(ann="coco/annotations/person_keypoints_train2017.json",
-                      images="coco/train2017", mapping="coco_to_coco_aic" if combine else None)
+    coco = DataSource(
+        ann="coco/annotations/person_keypoints_train2017.json",
+        images="coco/train2017",
+        mapping="coco_to_coco_aic" if combine else None,
+    )
     aic = replace(AIC_TRAIN, mapping="aic_to_coco_aic" if combine else "aic_to_coco")
     return TrainRecipe(
-        model=name, batch_size=64,
+        model=name,
+        batch_size=64,
         augment=AugmentConfig(upper_body_ids=COCO_AIC_UPPER_BODY if combine else COCO_UPPER_BODY),
-        data=DataLayout(train_ann="", train_images="",
-                        val_ann="coco/annotations/person_keypoints_val2017.json",
-                        val_images="coco/val2017", sources=(coco, aic)))
+        data=DataLayout(
+            train_ann="",
+            train_images="",
+            val_ann="coco/annotations/person_keypoints_val2017.json",
+            val_images="coco/val2017",
+            sources=(coco, aic),
+        ),
+    )
 
 
 #: ``--data-root`` layouts of the animal datasets (MMPose 0.x configs' ``data/<name>/``).
 _ANIMAL_LAYOUTS = {
-    "macaque": DataLayout("annotations/macaque_train.json", "images",
-                          "annotations/macaque_test.json", "images"),
-    "atrw": DataLayout("annotations/keypoint_train.json", "images/train",
-                       "annotations/keypoint_val.json", "images/val"),
+    "macaque": DataLayout(
+        "annotations/macaque_train.json", "images", "annotations/macaque_test.json", "images"
+    ),
+    "atrw": DataLayout(
+        "annotations/keypoint_train.json",
+        "images/train",
+        "annotations/keypoint_val.json",
+        "images/val",
+    ),
 }
 
 
@@ -277,19 +323,32 @@ def _animal_recipe(name: str) -> TrainRecipe:
     per_gpu = 32 if e.arch == "hrnet_w48" else 64
     if e.dataset == "horse10":
         split = re.search(r"split(\d)$", name).group(1)
-        data = DataLayout(f"annotations/horse10-train-split{split}.json", ".",
-                          f"annotations/horse10-test-split{split}.json", ".")
+        data = DataLayout(
+            f"annotations/horse10-train-split{split}.json",
+            ".",
+            f"annotations/horse10-test-split{split}.json",
+            ".",
+        )
         augment = AugmentConfig(half_body_prob=0.0)
         best = "PCK"
     else:
         data = _ANIMAL_LAYOUTS[e.dataset]
         upper = ATRW_UPPER_BODY if e.dataset == "atrw" else COCO_UPPER_BODY
-        augment = AugmentConfig(upper_body_ids=upper,
-                                shift_factor=0.2 if e.dataset == "atrw" else 0.16)
+        augment = AugmentConfig(
+            upper_body_ids=upper, shift_factor=0.2 if e.dataset == "atrw" else 0.16
+        )
         best = "AP"
-    return TrainRecipe(model=name, batch_size=per_gpu, base_batch_size=8 * per_gpu,
-                       best_metric=best, bbox_padding=e.bbox_padding, augment=augment,
-                       data=data)
+    return TrainRecipe(
+        model=name,
+        batch_size=per_gpu,
+        base_batch_size=8 * per_gpu,
+        best_metric=best,
+        bbox_padding=e.bbox_padding,
+        augment=augment,
+        data=data,
+    )
+
+
 def _variant_recipe(name: str, variant: str) -> TrainRecipe:
     """MMPose 1.x ``td-hm_hrnet-w32_<variant>-8xb64-210e_coco-256x192`` (seed 000): the COCO
     recipe plus one pixel variant after ``TopdownAffine`` (:data:`training.augment.PIXEL_VARIANTS`:
@@ -298,8 +357,12 @@ def _variant_recipe(name: str, variant: str) -> TrainRecipe:
     return replace(base, augment=replace(base.augment, pixel_variants=(variant,)))
 
 
-_VARIANT_NAME = re.compile(r"^td-hm_hrnet-w32_(coarsedropout|gridmask|photometric)"
-                           r"-8xb64-210e_coco-256x192$")
+_VARIANT_NAME = re.compile(
+    r"^td-hm_hrnet-w32_(coarsedropout|gridmask|photometric)"
+    r"-8xb64-210e_coco-256x192$"
+)
+
+
 def _bottomup_recipe(name: str) -> TrainRecipe:
     """MMPose 0.x ``higherhrnet_w{32,48}_coco_{512,640}.py``: Adam 1.5e-3 for 8 GPUs x 24 images
     (W32 512; the W32 640 and W48 512 configs: 8 x 16, the same lr),
@@ -309,10 +372,21 @@ def _bottomup_recipe(name: str) -> TrainRecipe:
     stage, push/pull 0.001 where the stage has tags."""
     per_gpu = 24 if name == "higher_hrnet32_coco_512x512" else 16
     return TrainRecipe(
-        model=name, lr=1.5e-3, base_batch_size=8 * per_gpu, batch_size=per_gpu, warmup_iters=500,
-        warmup_factor=0.001, milestones=(200, 260), max_epochs=300, val_interval=50,
-        checkpoint_interval=50, best_metric="AP", best_rule="greater", warmup_style="mmcv",
-        bottomup=BottomUpTrainConfig())
+        model=name,
+        lr=1.5e-3,
+        base_batch_size=8 * per_gpu,
+        batch_size=per_gpu,
+        warmup_iters=500,
+        warmup_factor=0.001,
+        milestones=(200, 260),
+        max_epochs=300,
+        val_interval=50,
+        checkpoint_interval=50,
+        best_metric="AP",
+        best_rule="greater",
+        warmup_style="mmcv",
+        bottomup=BottomUpTrainConfig(),
+    )
 
 
 def _build_table() -> dict[str, TrainRecipe]:
@@ -323,8 +397,11 @@ def _build_table() -> dict[str, TrainRecipe]:
         variant = _VARIANT_NAME.match(e.name)
         if variant:
             table[e.name] = _variant_recipe(e.name, variant.group(1))
-        elif (e.dataset == "coco" and e.upstream == "mmpose-1.x"
-                and re.search(r"_(8xb64|8xb32)-210e_coco-(256x192|384x288)$", e.name)):
+        elif (
+            e.dataset == "coco"
+            and e.upstream == "mmpose-1.x"
+            and re.search(r"_(8xb64|8xb32)-210e_coco-(256x192|384x288)$", e.name)
+        ):
             table[e.name] = _coco_recipe(e.name)
         elif re.search(r"_8xb64-210e_coco-aic-256x192-(merge|combine)$", e.name):
             table[e.name] = _coco_aic_recipe(e.name)
@@ -388,26 +465,32 @@ def load_recipe_file(path: str | Path) -> TrainRecipe | SegTrainRecipe:
     if base is None:
         seg = get_entry(raw["model"]).task == "segmentation"
         base = (SegTrainRecipe if seg else TrainRecipe)(model=raw["model"])
-    top = _sub(type(base), {k: v for k, v in raw.items()
-                            if k not in ("augment", "data", "bottomup")}, "recipe")
-    augment = replace(base.augment, **_sub(type(base.augment), raw.get("augment", {}),
-                                           "[augment]"))
+    top = _sub(
+        type(base),
+        {k: v for k, v in raw.items() if k not in ("augment", "data", "bottomup")},
+        "recipe",
+    )
+    augment = replace(base.augment, **_sub(type(base.augment), raw.get("augment", {}), "[augment]"))
     if isinstance(base, SegTrainRecipe):  # [data] tables of SegSplit fields: not overridable
         if "data" in raw or "bottomup" in raw:
-            raise ValueError(f"{path}: segmentation recipes take their layout from the dataset "
-                             "(MMSeg layout); [data] and [bottomup] are for pose recipes")
+            raise ValueError(
+                f"{path}: segmentation recipes take their layout from the dataset "
+                "(MMSeg layout); [data] and [bottomup] are for pose recipes"
+            )
         return replace(base, **top, augment=augment)
     data_kw = _sub(DataLayout, raw.get("data", {}), "[data]")
     if "sources" in data_kw:  # [[data.sources]] tables
-        data_kw["sources"] = tuple(DataSource(**_sub(DataSource, src, "[[data.sources]]"))
-                                   for src in data_kw["sources"])
+        data_kw["sources"] = tuple(
+            DataSource(**_sub(DataSource, src, "[[data.sources]]")) for src in data_kw["sources"]
+        )
     data = replace(base.data, **data_kw)
     extra = {}
     if "bottomup" in raw:
         bu = _sub(BottomUpTrainConfig, raw["bottomup"], "[bottomup]")
         base_bu = base.bottomup or BottomUpTrainConfig()
-        aug = replace(base_bu.augment, **_sub(BottomUpAugment, bu.pop("augment", {}),
-                                              "[bottomup.augment]"))
+        aug = replace(
+            base_bu.augment, **_sub(BottomUpAugment, bu.pop("augment", {}), "[bottomup.augment]")
+        )
         extra["bottomup"] = replace(base_bu, **bu, augment=aug)
     return replace(base, **top, augment=augment, data=data, **extra)
 
@@ -421,5 +504,7 @@ def get_recipe(name_or_path: str | Path) -> TrainRecipe | SegTrainRecipe:
     try:
         return RECIPES[str(name_or_path)]
     except KeyError:
-        raise KeyError(f"no training recipe for {name_or_path!r}; recipes exist for: "
-                       f"{', '.join(sorted(RECIPES))}") from None
+        raise KeyError(
+            f"no training recipe for {name_or_path!r}; recipes exist for: "
+            f"{', '.join(sorted(RECIPES))}"
+        ) from None

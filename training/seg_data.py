@@ -12,11 +12,12 @@ Each sample: :func:`training.seg_transforms.apply_seg_pipeline`, the gateway's i
 normalisation (:func:`service.pipelines.common.to_input_tensor`), then padding to the crop size
 (:func:`training.seg_transforms.pad_to`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -46,7 +47,7 @@ class SegSplit:
     ann_dir: str
     img_suffix: str = ".jpg"
     seg_map_suffix: str = ".png"
-    split: Optional[str] = None
+    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,14 @@ class SegDataLayout:
     ``SegmentationClassAug``, MMSeg's ``ConcatDataset``); ``reduce_zero_label`` as the dataset
     class. A missing ``val`` folder skips validation with a warning."""
 
-    train: tuple[SegSplit, ...] = (SegSplit("leftImg8bit/train", "gtFine/train",
-                                            "_leftImg8bit.png", "_gtFine_labelTrainIds.png"),)
-    val: Optional[SegSplit] = SegSplit("leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
-                                       "_gtFine_labelTrainIds.png")
+    train: tuple[SegSplit, ...] = (
+        SegSplit(
+            "leftImg8bit/train", "gtFine/train", "_leftImg8bit.png", "_gtFine_labelTrainIds.png"
+        ),
+    )
+    val: SegSplit | None = SegSplit(
+        "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png", "_gtFine_labelTrainIds.png"
+    )
     reduce_zero_label: bool = False
 
 
@@ -75,10 +80,13 @@ def list_pairs(root: str | Path, split: SegSplit) -> list[tuple[Path, Path]]:
     if split.split is not None:
         names = [ln.strip() for ln in (root / split.split).read_text().splitlines() if ln.strip()]
     else:
-        names = sorted(p.relative_to(img_dir).as_posix()[:-len(split.img_suffix)]
-                       for p in img_dir.rglob(f"*{split.img_suffix}"))
-    pairs = [(img_dir / f"{n}{split.img_suffix}", ann_dir / f"{n}{split.seg_map_suffix}")
-             for n in names]
+        names = sorted(
+            p.relative_to(img_dir).as_posix()[: -len(split.img_suffix)]
+            for p in img_dir.rglob(f"*{split.img_suffix}")
+        )
+    pairs = [
+        (img_dir / f"{n}{split.img_suffix}", ann_dir / f"{n}{split.seg_map_suffix}") for n in names
+    ]
     missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} listed files missing, e.g. {missing[0]}")
@@ -122,10 +130,16 @@ class SegDataset(Dataset):
         seed: base seed of :func:`training.data.sample_rng`; :meth:`set_epoch` picks the epoch.
     """
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], normalization: Normalization,
-                 scale: tuple[int, int], crop_size: tuple[int, int],
-                 augment: Optional[SegAugmentConfig] = SegAugmentConfig(),
-                 reduce_zero_label: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        normalization: Normalization,
+        scale: tuple[int, int],
+        crop_size: tuple[int, int],
+        augment: SegAugmentConfig | None = SegAugmentConfig(),  # noqa: B008 - frozen dataclass
+        reduce_zero_label: bool = False,
+        seed: int = 0,
+    ) -> None:
         self.pairs = list(pairs)
         self.normalization = normalization
         self.scale = tuple(int(v) for v in scale)
@@ -153,12 +167,15 @@ class SegDataset(Dataset):
         if label.shape != img.shape[:2]:
             raise ValueError(f"{label_path}: label {label.shape} and image {img.shape[:2]} differ")
         rng = sample_rng(self.seed, self.epoch, index) if self.augment is not None else None
-        return apply_seg_pipeline(img, label, self.scale, self.crop_size,
-                                  self.augment or SegAugmentConfig(), rng)
+        return apply_seg_pipeline(
+            img, label, self.scale, self.crop_size, self.augment or SegAugmentConfig(), rng
+        )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         img, label = self.sample(index)
         x = to_input_tensor(img[None], self.normalization)[0]
         x, label = pad_to(x, label, self.crop_size)
-        return {"inputs": torch.from_numpy(np.ascontiguousarray(x)),
-                "labels": torch.from_numpy(label.astype(np.int64))}
+        return {
+            "inputs": torch.from_numpy(np.ascontiguousarray(x)),
+            "labels": torch.from_numpy(label.astype(np.int64)),
+        }

@@ -9,6 +9,7 @@
 contribute 0): ``sum(CE over labelled pixels) / (N * H * W)``. ``avg_non_ignore=True`` divides
 by the number of labelled pixels instead (PyTorch's own ``mean``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,13 @@ class SegCrossEntropyLoss(nn.Module):
     Raises ``ValueError`` for mismatched batch sizes or ranks.
     """
 
-    def __init__(self, ignore_index: int = 255, avg_non_ignore: bool = False,
-                 loss_weight: float = 1.0, align_corners: bool = False) -> None:
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        avg_non_ignore: bool = False,
+        loss_weight: float = 1.0,
+        align_corners: bool = False,
+    ) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
         self.avg_non_ignore = bool(avg_non_ignore)
@@ -46,11 +52,14 @@ class SegCrossEntropyLoss(nn.Module):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
-            raise ValueError(f"logits {tuple(logits.shape)} must be (N, C, h, w) and labels "
-                             f"{tuple(labels.shape)} (N, H, W) with the same N")
+            raise ValueError(
+                f"logits {tuple(logits.shape)} must be (N, C, h, w) and labels "
+                f"{tuple(labels.shape)} (N, H, W) with the same N"
+            )
         if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear",
-                                   align_corners=self.align_corners)
+            logits = F.interpolate(
+                logits, size=labels.shape[-2:], mode="bilinear", align_corners=self.align_corners
+            )
         loss = F.cross_entropy(logits, labels, reduction="none", ignore_index=self.ignore_index)
         if self.avg_non_ignore:
             # weight_reduce_loss: sum / (avg_factor + float32 eps)

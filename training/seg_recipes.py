@@ -20,11 +20,11 @@ From the configs and their bases (``_base_/models/fcn_hr18.py``, ``_base_/datase
   checkpoints strictly): training starts from MMSeg's initialisation
   (:func:`training.models.init_weights`).
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional
 
 from .registry import get_entry, list_entries
 from .seg_data import SegDataLayout, SegSplit
@@ -34,15 +34,22 @@ __all__ = ["SegTrainRecipe", "SEG_LAYOUTS", "seg_recipes"]
 
 _ADE = SegDataLayout(
     train=(SegSplit("images/training", "annotations/training"),),
-    val=SegSplit("images/validation", "annotations/validation"), reduce_zero_label=True)
+    val=SegSplit("images/validation", "annotations/validation"),
+    reduce_zero_label=True,
+)
 _VOC = SegDataLayout(
-    train=(SegSplit("JPEGImages", "SegmentationClass", split="ImageSets/Segmentation/train.txt"),
-           SegSplit("JPEGImages", "SegmentationClassAug", split="ImageSets/Segmentation/aug.txt")),
-    val=SegSplit("JPEGImages", "SegmentationClass", split="ImageSets/Segmentation/val.txt"))
-_CONTEXT_TRAIN = SegSplit("JPEGImages", "SegmentationClassContext",
-                          split="ImageSets/SegmentationContext/train.txt")
-_CONTEXT_VAL = SegSplit("JPEGImages", "SegmentationClassContext",
-                        split="ImageSets/SegmentationContext/val.txt")
+    train=(
+        SegSplit("JPEGImages", "SegmentationClass", split="ImageSets/Segmentation/train.txt"),
+        SegSplit("JPEGImages", "SegmentationClassAug", split="ImageSets/Segmentation/aug.txt"),
+    ),
+    val=SegSplit("JPEGImages", "SegmentationClass", split="ImageSets/Segmentation/val.txt"),
+)
+_CONTEXT_TRAIN = SegSplit(
+    "JPEGImages", "SegmentationClassContext", split="ImageSets/SegmentationContext/train.txt"
+)
+_CONTEXT_VAL = SegSplit(
+    "JPEGImages", "SegmentationClassContext", split="ImageSets/SegmentationContext/val.txt"
+)
 
 #: Registry dataset -> MMSeg data layout under ``--data-root`` (the configs' ``data_root``:
 #: ``data/cityscapes``, ``data/ade/ADEChallengeData2016``, ``data/VOCdevkit/VOC2012``,
@@ -52,8 +59,9 @@ SEG_LAYOUTS: dict[str, SegDataLayout] = {
     "ade20k": _ADE,
     "voc": _VOC,
     "pascal_context": SegDataLayout(train=(_CONTEXT_TRAIN,), val=_CONTEXT_VAL),
-    "pascal_context_59": SegDataLayout(train=(_CONTEXT_TRAIN,), val=_CONTEXT_VAL,
-                                       reduce_zero_label=True),
+    "pascal_context_59": SegDataLayout(
+        train=(_CONTEXT_TRAIN,), val=_CONTEXT_VAL, reduce_zero_label=True
+    ),
 }
 
 
@@ -92,8 +100,8 @@ class SegTrainRecipe:
     checkpoint_interval: int = 4000
     best_metric: str = "mIoU"
     best_rule: str = "greater"
-    scale: Optional[tuple[int, int]] = None
-    crop_size: Optional[tuple[int, int]] = None
+    scale: tuple[int, int] | None = None
+    crop_size: tuple[int, int] | None = None
     ignore_index: int = 255
     avg_non_ignore: bool = False
     augment: SegAugmentConfig = field(default_factory=SegAugmentConfig)
@@ -106,8 +114,7 @@ class SegTrainRecipe:
             raise ValueError(f"{self.model} is a {entry.task} model, not segmentation")
         if self.best_rule not in ("greater", "less"):
             raise ValueError(f"best_rule must be 'greater' or 'less', got {self.best_rule!r}")
-        if min(self.batch_size, self.max_iters, self.val_interval,
-               self.checkpoint_interval) < 1:
+        if min(self.batch_size, self.max_iters, self.val_interval, self.checkpoint_interval) < 1:
             raise ValueError("batch_size, max_iters and the intervals must be positive")
         if not self.lr > 0 or not 0 <= self.eta_min < self.lr:
             raise ValueError("lr must be positive and eta_min in [0, lr)")
@@ -141,12 +148,22 @@ def _seg_recipe(name: str) -> SegTrainRecipe:
     context = entry.dataset.startswith("pascal_context")
     iters = kilo * 1000
     return SegTrainRecipe(
-        model=name, lr=0.004 if context else 0.01, weight_decay=1e-4 if context else 5e-4,
-        batch_size=batch, gpus=gpus, max_iters=iters, val_interval=iters // 10,
-        checkpoint_interval=iters // 10, data=SEG_LAYOUTS[entry.dataset])
+        model=name,
+        lr=0.004 if context else 0.01,
+        weight_decay=1e-4 if context else 5e-4,
+        batch_size=batch,
+        gpus=gpus,
+        max_iters=iters,
+        val_interval=iters // 10,
+        checkpoint_interval=iters // 10,
+        data=SEG_LAYOUTS[entry.dataset],
+    )
 
 
 def seg_recipes() -> dict[str, SegTrainRecipe]:
     """Registry name -> recipe for every MMSeg ``fcn_hr*`` segmentation row."""
-    return {e.name: _seg_recipe(e.name) for e in list_entries(task="segmentation")
-            if e.upstream == "mmseg-1.x" and _NAME.match(e.name)}
+    return {
+        e.name: _seg_recipe(e.name)
+        for e in list_entries(task="segmentation")
+        if e.upstream == "mmseg-1.x" and _NAME.match(e.name)
+    }

@@ -11,10 +11,10 @@ Randomness comes from the ``numpy.random.Generator`` passed in (one per ``(seed,
 index)``, :func:`training.data.sample_rng`); the distributions are upstream's (``np.random``
 uniform ratio, ``randint`` crop offsets with up to 10 re-draws, fair-coin flip).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -23,8 +23,14 @@ from service.geometry import rescale_size
 
 from .augment import PhotometricConfig, photometric_distortion
 
-__all__ = ["SegAugmentConfig", "random_resize", "random_crop", "random_flip", "pad_to",
-           "apply_seg_pipeline"]
+__all__ = [
+    "SegAugmentConfig",
+    "random_resize",
+    "random_crop",
+    "random_flip",
+    "pad_to",
+    "apply_seg_pipeline",
+]
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,13 @@ class SegAugmentConfig:
     photometric_cfg: PhotometricConfig = field(default_factory=PhotometricConfig)
 
 
-def random_resize(img: np.ndarray, label: np.ndarray, scale: tuple[int, int],
-                  ratio_range: tuple[float, float],
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_resize(
+    img: np.ndarray,
+    label: np.ndarray,
+    scale: tuple[int, int],
+    ratio_range: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """``RandomResize(scale=(w, h), ratio_range, keep_ratio=True)``: ratio ``r ~ U(lo, hi)``,
     target ``(int(w * r), int(h * r))``, then mmcv ``imrescale`` of the image (bilinear) and
     the label (nearest) to fit it (:func:`service.geometry.rescale_size`).
@@ -66,9 +76,14 @@ def random_resize(img: np.ndarray, label: np.ndarray, scale: tuple[int, int],
     return img, label
 
 
-def random_crop(img: np.ndarray, label: np.ndarray, crop_size: tuple[int, int],
-                cat_max_ratio: float, rng: np.random.Generator,
-                ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray]:
+def random_crop(
+    img: np.ndarray,
+    label: np.ndarray,
+    crop_size: tuple[int, int],
+    cat_max_ratio: float,
+    rng: np.random.Generator,
+    ignore_index: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
     """``RandomCrop(crop_size=(h, w), cat_max_ratio)``: offsets ``randint(0, margin + 1)`` per
     axis (margin = size - crop, at least 0); while ``cat_max_ratio < 1``, up to 10 times, a crop
     whose labelled pixels (not ``ignore_index``) hold fewer than two classes, or one class at
@@ -84,24 +99,30 @@ def random_crop(img: np.ndarray, label: np.ndarray, crop_size: tuple[int, int],
     y, x = draw()
     if cat_max_ratio < 1.0:
         for _ in range(10):
-            labels, counts = np.unique(label[y:y + ch, x:x + cw], return_counts=True)
+            labels, counts = np.unique(label[y : y + ch, x : x + cw], return_counts=True)
             counts = counts[labels != ignore_index]
             if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
                 break
             y, x = draw()
-    return img[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+    return img[y : y + ch, x : x + cw], label[y : y + ch, x : x + cw]
 
 
-def random_flip(img: np.ndarray, label: np.ndarray, prob: float,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_flip(
+    img: np.ndarray, label: np.ndarray, prob: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``RandomFlip(prob, direction='horizontal')`` of image and label together."""
     if prob > 0 and rng.random() < prob:
         return np.ascontiguousarray(img[:, ::-1]), np.ascontiguousarray(label[:, ::-1])
     return img, label
 
 
-def pad_to(x: np.ndarray, label: np.ndarray, size: tuple[int, int], pad_val: float = 0.0,
-           seg_pad_val: int = 255) -> tuple[np.ndarray, np.ndarray]:
+def pad_to(
+    x: np.ndarray,
+    label: np.ndarray,
+    size: tuple[int, int],
+    pad_val: float = 0.0,
+    seg_pad_val: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
     """``SegDataPreProcessor(size=(h, w))``'s ``stack_batch``: pad the normalised input
     ``(3, h0, w0)`` float32 with ``pad_val`` and the label ``(h0, w0)`` with ``seg_pad_val`` at
     the bottom and right up to ``size``. Raises ``ValueError`` when the input is larger."""
@@ -118,9 +139,14 @@ def pad_to(x: np.ndarray, label: np.ndarray, size: tuple[int, int], pad_val: flo
     return xp, lp
 
 
-def apply_seg_pipeline(img: np.ndarray, label: np.ndarray, scale: tuple[int, int],
-                       crop_size: tuple[int, int], cfg: SegAugmentConfig,
-                       rng: Optional[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
+def apply_seg_pipeline(
+    img: np.ndarray,
+    label: np.ndarray,
+    scale: tuple[int, int],
+    crop_size: tuple[int, int],
+    cfg: SegAugmentConfig,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The random part of the train pipeline on one uint8 BGR image ``(H, W, 3)`` and its uint8
     label ``(H, W)``: resize, crop, flip, photometric distortion. ``rng=None``: no augmentation
     (the pair is returned unchanged; the caller pads). ``scale`` ``(w, h)``, ``crop_size``

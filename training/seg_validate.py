@@ -6,11 +6,13 @@ by the model's card (:func:`export.cards.seg_card`); only the network runs in Py
 :class:`TorchBackend` instead of ONNX Runtime. Scores are the eval job's mIoU
 (:class:`service.metrics.segmentation.IoUAccumulator`, MMSeg ``IoUMetric``).
 """
+
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,27 +36,45 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, output_name: str,
-                 device: str | torch.device = "cpu", max_batch: int = 4) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        output_name: str,
+        device: str | torch.device = "cpu",
+        max_batch: int = 4,
+    ) -> None:
         self.model, self.output_name = model, output_name
         self.device, self.max_batch = torch.device(device), max(1, int(max_batch))
 
-    async def infer(self, model: str, inputs: dict[str, np.ndarray],
-                    outputs: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         (x,) = inputs.values()
         with torch.no_grad():
-            parts = [self.model(torch.from_numpy(np.ascontiguousarray(x[i:i + self.max_batch]))
-                                .to(self.device)).float().cpu().numpy()
-                     for i in range(0, len(x), self.max_batch)]
+            parts = [
+                self.model(
+                    torch.from_numpy(np.ascontiguousarray(x[i : i + self.max_batch])).to(
+                        self.device
+                    )
+                )
+                .float()
+                .cpu()
+                .numpy()
+                for i in range(0, len(x), self.max_batch)
+            ]
         return {self.output_name: np.concatenate(parts)}
 
-    async def ready(self, model: Optional[str] = None) -> bool:
+    async def ready(self, model: str | None = None) -> bool:
         return True
 
 
-def evaluate_seg_model(model: nn.Module, card: SegmentationCard,
-                       pairs: Sequence[tuple[Path, Path]], reduce_zero_label: bool = False,
-                       device: str | torch.device = "cpu") -> dict[str, Any]:
+def evaluate_seg_model(
+    model: nn.Module,
+    card: SegmentationCard,
+    pairs: Sequence[tuple[Path, Path]],
+    reduce_zero_label: bool = False,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """mIoU of ``model`` over ``(image, label)`` pairs, through the gateway's segmentation path
     with ``card``'s test settings (no flip, no multi-scale). The model is put in eval mode and
     back. Returns ``aAcc``, ``mIoU``, ``mAcc`` (percent, 2 decimals) and the per-class dicts.

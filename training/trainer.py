@@ -29,6 +29,7 @@ Checkpoints (atomic: temp file + rename) use the MMPose 1.x layout ``{"meta", "s
 plus ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch`` and ``iter`` for ``--resume``.
 Bottom-up checkpoints use the MMPose 0.x layout ``{"backbone.*", "keypoint_head.*"}``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,10 +38,11 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -74,18 +76,18 @@ class TrainOptions:
 
     data_root: Path
     work_dir: Path
-    max_epochs: Optional[int] = None
-    max_iters: Optional[int] = None
-    batch_size: Optional[int] = None
+    max_epochs: int | None = None
+    max_iters: int | None = None
+    batch_size: int | None = None
     resume: bool = False
-    load_from: Optional[Path] = None
+    load_from: Path | None = None
     amp: str = "off"
     device: str = "cpu"
     seed: int = 0
     sync_bn: bool = False
-    num_workers: Optional[int] = None
-    val_interval: Optional[int] = None
-    checkpoint_interval: Optional[int] = None
+    num_workers: int | None = None
+    val_interval: int | None = None
+    checkpoint_interval: int | None = None
     progress: bool = True
     shuffle: bool = True
     augment: bool = True
@@ -97,8 +99,9 @@ class ShardedShuffle(Sampler[int]):
     ``world``-th from ``rank`` (``DistributedSampler``'s split); the first ``skip`` indices are
     left out (resuming inside an epoch)."""
 
-    def __init__(self, n: int, world: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True) -> None:
+    def __init__(
+        self, n: int, world: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True
+    ) -> None:
         self.n, self.world, self.rank, self.seed, self.shuffle = n, world, rank, seed, shuffle
         self.epoch = 0
         self.skip = 0
@@ -115,20 +118,26 @@ class ShardedShuffle(Sampler[int]):
         else:
             order = list(range(self.n))
         total = math.ceil(self.n / self.world) * self.world
-        order += order[:total - self.n]
-        return order[self.rank:total:self.world]
+        order += order[: total - self.n]
+        return order[self.rank : total : self.world]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices()[self.skip:])
+        return iter(self.indices()[self.skip :])
 
     def __len__(self) -> int:
         return max(0, math.ceil(self.n / self.world) - self.skip)
 
 
-def train_step(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: nn.Module,
-               optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None,
-               amp: str = "off", device: str | torch.device = "cpu",
-               target_keys: tuple[str, ...] = ("heatmaps", "weights")) -> torch.Tensor:
+def train_step(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: str = "off",
+    device: str | torch.device = "cpu",
+    target_keys: tuple[str, ...] = ("heatmaps", "weights"),
+) -> torch.Tensor:
     """One optimisation step: forward (under autocast for ``amp`` ``"bf16"``/``"fp16"``), the
     loss, backward (through ``scaler`` when given), optimiser step, gradients zeroed first. The
     loss is ``loss_fn(pred.float(), *batch[target_keys])`` (top-down: :class:`KeypointMSELoss`
@@ -139,8 +148,11 @@ def train_step(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: nn.Mod
     device = torch.device(device)
     x = batch["inputs"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    ctx = (torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-           if amp in ("bf16", "fp16") else nullcontext())
+    ctx = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        if amp in ("bf16", "fp16")
+        else nullcontext()
+    )
     with ctx:
         pred = model(x)
     if hasattr(loss_fn, "batch_loss"):
@@ -209,26 +221,37 @@ class Trainer:
             self.card = pose_card(self.entry, self.entry.name)
             self.codec = build_codec(self.card.codec)
             data = recipe.data
-            sources = data.sources or (DataSource(data.train_ann, data.train_images,
-                                                  self.entry.dataset),)
+            sources = data.sources or (
+                DataSource(data.train_ann, data.train_images, self.entry.dataset),
+            )
             records = load_sources(root, sources, self.entry.num_outputs)
             self.dataset = TopdownDataset(
-                records, self.codec, self.card.normalization, self.card.flip_indices,
-                augment=recipe.augment if opts.augment else None, padding=recipe.bbox_padding,
-                use_udp=self.entry.use_udp, seed=opts.seed)
+                records,
+                self.codec,
+                self.card.normalization,
+                self.card.flip_indices,
+                augment=recipe.augment if opts.augment else None,
+                padding=recipe.bbox_padding,
+                use_udp=self.entry.use_udp,
+                seed=opts.seed,
+            )
         if not self.segmentation:
             self.val_ann = root / data.val_ann
             self.val_images = root / data.val_images
             self.validate = self.val_ann.is_file()
             if not self.validate and self.is_main:
-                warnings.warn(f"no validation split ({self.val_ann} missing): validation "
-                              "skipped", stacklevel=2)
+                warnings.warn(
+                    f"no validation split ({self.val_ann} missing): validation skipped",
+                    stacklevel=2,
+                )
 
         self.batch_size = opts.batch_size or recipe.batch_size
-        self.sampler = ShardedShuffle(len(self.dataset), self.world, self.rank, opts.seed,
-                                      shuffle=opts.shuffle)
-        self.iters_per_epoch = math.ceil(math.ceil(len(self.dataset) / self.world)
-                                         / self.batch_size)
+        self.sampler = ShardedShuffle(
+            len(self.dataset), self.world, self.rank, opts.seed, shuffle=opts.shuffle
+        )
+        self.iters_per_epoch = math.ceil(
+            math.ceil(len(self.dataset) / self.world) / self.batch_size
+        )
         recipe_iters = recipe.max_iters if self.segmentation else None  # MMSeg: by iteration
         if opts.max_iters is not None or (recipe_iters and opts.max_epochs is None):
             self.max_iters = int(opts.max_iters if opts.max_iters is not None else recipe_iters)
@@ -238,16 +261,19 @@ class Trainer:
             self.max_iters = self.max_epochs * self.iters_per_epoch
         if self.segmentation:  # recipe intervals in iterations -> whole epochs of this data
             self.val_interval = opts.val_interval or math.ceil(
-                recipe.val_interval / self.iters_per_epoch)
+                recipe.val_interval / self.iters_per_epoch
+            )
             self.ckpt_interval = opts.checkpoint_interval or math.ceil(
-                recipe.checkpoint_interval / self.iters_per_epoch)
+                recipe.checkpoint_interval / self.iters_per_epoch
+            )
         else:
             self.val_interval = opts.val_interval or recipe.val_interval
             self.ckpt_interval = opts.checkpoint_interval or recipe.checkpoint_interval
 
         torch.manual_seed(opts.seed)
-        model = build_model(self.entry.arch, self.entry.task, self.entry.num_outputs,
-                            seed=opts.seed)
+        model = build_model(
+            self.entry.arch, self.entry.task, self.entry.num_outputs, seed=opts.seed
+        )
         if opts.load_from is not None:
             ckpt.load_checkpoint(model, opts.load_from, strict=True)
         model.train().to(self.device)
@@ -255,28 +281,38 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if self.world > 1:
             model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.model = model
         if self.segmentation:
             self.loss_fn: nn.Module = SegCrossEntropyLoss(
-                recipe.ignore_index, recipe.avg_non_ignore,
-                align_corners=bool(self.entry.align_corners))
+                recipe.ignore_index,
+                recipe.avg_non_ignore,
+                align_corners=bool(self.entry.align_corners),
+            )
             self.lr = float(recipe.lr)  # MMSeg configs: no auto_scale_lr
-            self.optimizer = build_sgd(model.parameters(), self.lr, recipe.momentum,
-                                       recipe.weight_decay)
+            self.optimizer = build_sgd(
+                model.parameters(), self.lr, recipe.momentum, recipe.weight_decay
+            )
             self.lr_factor = PolyFactor(self.lr, self.max_iters, recipe.eta_min, recipe.power)
         else:
-            self.loss_fn = self._bottomup_loss() if self.bottomup else \
-                KeypointMSELoss(use_target_weight=True)
+            self.loss_fn = (
+                self._bottomup_loss() if self.bottomup else KeypointMSELoss(use_target_weight=True)
+            )
             self.lr = scaled_lr(recipe.lr, self.batch_size * self.world, recipe.base_batch_size)
             self.optimizer = build_optimizer(model.parameters(), self.lr, recipe.weight_decay)
-            self.lr_factor = WarmupMultiStep(self.iters_per_epoch, recipe.warmup_iters,
-                                             recipe.warmup_factor, recipe.milestones,
-                                             recipe.gamma, style=recipe.warmup_style)
+            self.lr_factor = WarmupMultiStep(
+                self.iters_per_epoch,
+                recipe.warmup_iters,
+                recipe.warmup_factor,
+                recipe.milestones,
+                recipe.gamma,
+                style=recipe.warmup_style,
+            )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
         self.iter = 0
-        self.best: Optional[dict[str, Any]] = None
+        self.best: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         if opts.resume:
             self._resume()
@@ -293,17 +329,25 @@ class Trainer:
         pairs = [p for split in layout.train for p in list_pairs(root, split)]
         if not pairs:
             raise FileNotFoundError(f"no training images under {root} for {recipe.model}")
-        self.dataset = SegDataset(pairs, self.card.normalization, recipe.train_scale,
-                                  recipe.train_crop, recipe.augment if opts.augment else None,
-                                  layout.reduce_zero_label, seed=opts.seed)
+        self.dataset = SegDataset(
+            pairs,
+            self.card.normalization,
+            recipe.train_scale,
+            recipe.train_crop,
+            recipe.augment if opts.augment else None,
+            layout.reduce_zero_label,
+            seed=opts.seed,
+        )
         self.val_pairs: list = []
         if layout.val is not None and (root / layout.val.img_dir).is_dir():
             self.val_pairs = list_pairs(root, layout.val)
         self.validate = bool(self.val_pairs)
         if not self.validate and self.is_main:
             where = root / layout.val.img_dir if layout.val is not None else root
-            warnings.warn(f"no validation split ({where} missing): validation skipped",
-                          stacklevel=3)
+            warnings.warn(
+                f"no validation split ({where} missing): validation skipped", stacklevel=3
+            )
+
     # ------------------------------------------------------------------ bottom-up
     def _build_bottomup_data(self, train_ann: Path, train_images: Path) -> None:
         """Card (its short side set to the training input size), targets and dataset of a
@@ -311,43 +355,73 @@ class Trainer:
         cfg = self.recipe.bottomup
         card = bottomup_card(self.entry, self.entry.name)
         size = int(cfg.input_size or card.bottomup.input_size)
-        self.card = card.model_copy(update={
-            "bottomup": card.bottomup.model_copy(update={"input_size": size})})
+        self.card = card.model_copy(
+            update={"bottomup": card.bottomup.model_copy(update={"input_size": size})}
+        )
         sizes = stage_sizes(size, len(self.card.bottomup.with_ae))
         self.targets = AssociativeEmbeddingTargets(
-            tuple((s, s) for s in sizes), sigma=cfg.sigma, max_num_people=cfg.max_num_people,
-            tag_per_joint=self.card.bottomup.tag_per_joint)
+            tuple((s, s) for s in sizes),
+            sigma=cfg.sigma,
+            max_num_people=cfg.max_num_people,
+            tag_per_joint=self.card.bottomup.tag_per_joint,
+        )
         records = load_bottomup_records(train_ann, train_images, self.entry.num_outputs)
         self.dataset = BottomUpDataset(
-            records, size, self.targets, self.card.normalization, self.card.flip_indices,
-            augment=cfg.augment if self.opts.augment else None, seed=self.opts.seed)
+            records,
+            size,
+            self.targets,
+            self.card.normalization,
+            self.card.flip_indices,
+            augment=cfg.augment if self.opts.augment else None,
+            seed=self.opts.seed,
+        )
 
     def _bottomup_loss(self) -> BottomUpLoss:
         cfg, spec = self.recipe.bottomup, self.card.bottomup
         return BottomUpLoss(
-            spec.num_joints, with_heatmaps_loss=spec.with_heatmaps,
-            heatmaps_loss_factor=cfg.heatmaps_loss_factor, with_ae_loss=spec.with_ae,
-            push_loss_factor=cfg.push_loss_factor, pull_loss_factor=cfg.pull_loss_factor,
-            ae_loss_type=cfg.ae_loss_type, supervise_empty=cfg.supervise_empty)
+            spec.num_joints,
+            with_heatmaps_loss=spec.with_heatmaps,
+            heatmaps_loss_factor=cfg.heatmaps_loss_factor,
+            with_ae_loss=spec.with_ae,
+            push_loss_factor=cfg.push_loss_factor,
+            pull_loss_factor=cfg.pull_loss_factor,
+            ae_loss_type=cfg.ae_loss_type,
+            supervise_empty=cfg.supervise_empty,
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _meta(self, epoch: int) -> dict[str, Any]:
-        return {"arch": self.entry.name, "dataset": self.entry.dataset, "epoch": epoch,
-                "iter": self.iter, "seed": self.opts.seed, "world_size": self.world,
-                "recipe": dataclasses.asdict(self.recipe), "trainer": "hrnet-train"}
+        return {
+            "arch": self.entry.name,
+            "dataset": self.entry.dataset,
+            "epoch": epoch,
+            "iter": self.iter,
+            "seed": self.opts.seed,
+            "world_size": self.world,
+            "recipe": dataclasses.asdict(self.recipe),
+            "trainer": "hrnet-train",
+        }
 
     def save(self, name: str, epoch: int) -> Path:
         """Write ``work_dir/name`` (rank 0 only): MMPose 1.x layout (bottom-up: 0.x; segmentation:
         MMSeg's) + resume state."""
         path = self.work_dir / name
         model = _unwrap(self.model)
-        state = {k: v.detach().cpu().clone() for k, v in
-                 ckpt.to_layout(model.state_dict(), self.layout).items()}
-        obj = {"meta": self._meta(epoch), "state_dict": state,
-               "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-               "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-               "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "iter": self.iter,
-               "best": self.best}
+        state = {
+            k: v.detach().cpu().clone()
+            for k, v in ckpt.to_layout(model.state_dict(), self.layout).items()
+        }
+        obj = {
+            "meta": self._meta(epoch),
+            "state_dict": state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": {"torch": torch.get_rng_state()},
+            "epoch": epoch,
+            "iter": self.iter,
+            "best": self.best,
+        }
         ckpt._atomic_write(path, lambda f: torch.save(obj, f))
         (self.work_dir / LAST_CHECKPOINT).write_text(name + "\n", encoding="utf-8")
         return path
@@ -367,29 +441,45 @@ class Trainer:
         self.best = raw.get("best")
 
     # ------------------------------------------------------------------ validation
-    def _validate(self, epoch: int) -> Optional[dict[str, Any]]:
+    def _validate(self, epoch: int) -> dict[str, Any] | None:
         if self.segmentation:
             from .seg_validate import evaluate_seg_model
 
-            metrics = evaluate_seg_model(_unwrap(self.model), self.card, self.val_pairs,
-                                         self.recipe.data.reduce_zero_label, self.device)
+            metrics = evaluate_seg_model(
+                _unwrap(self.model),
+                self.card,
+                self.val_pairs,
+                self.recipe.data.reduce_zero_label,
+                self.device,
+            )
         else:
             if self.bottomup:
                 from .bottomup_validate import evaluate_bottomup as evaluate
             else:
                 from .validate import evaluate_model as evaluate
 
-            metrics = evaluate(_unwrap(self.model), self.card, self.val_ann, self.val_images,
-                               flip_test=self.card.flip_test, device=self.device)
+            metrics = evaluate(
+                _unwrap(self.model),
+                self.card,
+                self.val_ann,
+                self.val_images,
+                flip_test=self.card.flip_test,
+                device=self.device,
+            )
         key = self.recipe.best_metric
         value = metrics.get(key)
         if value is not None:
-            better = (self.best is None or
-                      (value > self.best["value"] if self.recipe.best_rule == "greater"
-                       else value < self.best["value"]))
+            better = self.best is None or (
+                value > self.best["value"]
+                if self.recipe.best_rule == "greater"
+                else value < self.best["value"]
+            )
             if better:
-                name = (f"best_{key}_iter_{self.iter}.pth" if self.segmentation  # MMEngine's
-                        else f"best_{key.replace('@', '')}_epoch_{epoch}.pth")
+                name = (
+                    f"best_{key}_iter_{self.iter}.pth"
+                    if self.segmentation  # MMEngine's
+                    else f"best_{key.replace('@', '')}_epoch_{epoch}.pth"
+                )
                 if self.best is not None:
                     (self.work_dir / self.best["file"]).unlink(missing_ok=True)
                 self.best = {"metric": key, "value": float(value), "epoch": epoch, "file": name}
@@ -400,11 +490,17 @@ class Trainer:
     def _loader(self, epoch: int, skip_batches: int) -> DataLoader:
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch, skip_batches * self.batch_size)
-        workers = self.opts.num_workers if self.opts.num_workers is not None \
-            else self.recipe.num_workers
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
-                          num_workers=workers, drop_last=False,
-                          pin_memory=self.device.type == "cuda")
+        workers = (
+            self.opts.num_workers if self.opts.num_workers is not None else self.recipe.num_workers
+        )
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            drop_last=False,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def fit(self) -> list[dict[str, Any]]:
         """Run from ``self.iter`` to ``max_iters``. Rank 0 writes ``log.csv`` (one row per
@@ -414,8 +510,14 @@ class Trainer:
         from tqdm import tqdm
 
         start_epoch, skip = divmod(self.iter, self.iters_per_epoch)
-        bar = tqdm(total=self.max_iters, initial=self.iter, disable=not (self.is_main and
-                   self.opts.progress), unit="it", dynamic_ncols=True, desc=self.entry.name)
+        bar = tqdm(
+            total=self.max_iters,
+            initial=self.iter,
+            disable=not (self.is_main and self.opts.progress),
+            unit="it",
+            dynamic_ncols=True,
+            desc=self.entry.name,
+        )
         log_f = None
         writer = None
         if self.is_main:
@@ -432,8 +534,16 @@ class Trainer:
                     if self.iter >= self.max_iters:
                         break
                     lr = self.optimizer.param_groups[0]["lr"]
-                    loss = train_step(self.model, batch, self.loss_fn, self.optimizer,
-                                      self.scaler, self.opts.amp, self.device, self.target_keys)
+                    loss = train_step(
+                        self.model,
+                        batch,
+                        self.loss_fn,
+                        self.optimizer,
+                        self.scaler,
+                        self.opts.amp,
+                        self.device,
+                        self.target_keys,
+                    )
                     self.scheduler.step()
                     self.iter += 1
                     if self.world > 1:
@@ -442,15 +552,30 @@ class Trainer:
                     now = time.perf_counter()
                     sps = len(batch["inputs"]) * self.world / max(now - t_last, 1e-9)
                     t_last = now
-                    row = {"epoch": epoch, "iter": self.iter, "loss": float(loss), "lr": lr,
-                           "samples_per_s": sps, "time": now - t_start}
+                    row = {
+                        "epoch": epoch,
+                        "iter": self.iter,
+                        "loss": float(loss),
+                        "lr": lr,
+                        "samples_per_s": sps,
+                        "time": now - t_start,
+                    }
                     self.history.append(row)
                     if writer is not None:
-                        writer.writerow([epoch, self.iter, f"{row['loss']:.9g}", f"{lr:.9g}",
-                                         f"{sps:.3f}", f"{row['time']:.3f}"])
+                        writer.writerow(
+                            [
+                                epoch,
+                                self.iter,
+                                f"{row['loss']:.9g}",
+                                f"{lr:.9g}",
+                                f"{sps:.3f}",
+                                f"{row['time']:.3f}",
+                            ]
+                        )
                         log_f.flush()
-                    bar.set_postfix(loss=f"{row['loss']:.3e}", lr=f"{lr:.2e}",
-                                    sps=f"{sps:.1f}", refresh=False)
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.3e}", lr=f"{lr:.2e}", sps=f"{sps:.1f}", refresh=False
+                    )
                     bar.update(1)
                 done_epoch = epoch + 1
                 last = self.iter >= self.max_iters
@@ -460,8 +585,11 @@ class Trainer:
                         metrics = self._validate(done_epoch)
                         self._log_val(done_epoch, metrics)
                     if done_epoch % self.ckpt_interval == 0 or last:
-                        name = (f"epoch_{done_epoch}.pth" if self.iter % self.iters_per_epoch
-                                == 0 and not self.segmentation else f"iter_{self.iter}.pth")
+                        name = (
+                            f"epoch_{done_epoch}.pth"
+                            if self.iter % self.iters_per_epoch == 0 and not self.segmentation
+                            else f"iter_{self.iter}.pth"
+                        )
                         self.save(name, done_epoch)
                 if self.world > 1:
                     dist.barrier()
@@ -473,7 +601,7 @@ class Trainer:
                 log_f.close()
         return self.history
 
-    def _log_val(self, epoch: int, metrics: Optional[dict[str, Any]]) -> None:
+    def _log_val(self, epoch: int, metrics: dict[str, Any] | None) -> None:
         if not metrics:
             return
         path = self.work_dir / "val.csv"
@@ -484,8 +612,11 @@ class Trainer:
             if new:
                 w.writerow(["epoch", "iter"] + keys)
             w.writerow([epoch, self.iter] + [f"{metrics[k]:.6g}" for k in keys])
-        print(f"[hrnet-train] epoch {epoch} iter {self.iter}: " +
-              ", ".join(f"{k}={metrics[k]:.4f}" for k in keys), flush=True)
+        print(
+            f"[hrnet-train] epoch {epoch} iter {self.iter}: "
+            + ", ".join(f"{k}={metrics[k]:.4f}" for k in keys),
+            flush=True,
+        )
 
 
 def close() -> None:

@@ -16,22 +16,36 @@ what makes ``--resume`` and multi-process runs reproducible. The draws follow up
 distributions (uniform flips, truncated normals on [-1, 1] for the box jitter), not its
 ``np.random`` global stream.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 
-from service.geometry import (affine_transform_points, bbox_xyxy2cs, fix_aspect_ratio,
-                              get_udp_warp_matrix, get_warp_matrix)
+from service.geometry import (
+    affine_transform_points,
+    bbox_xyxy2cs,
+    fix_aspect_ratio,
+    get_udp_warp_matrix,
+    get_warp_matrix,
+)
 
 from .augment import apply_pixel_augment, pixel_augment
 
-__all__ = ["Instance", "AugmentConfig", "get_bbox_center_scale", "random_flip",
-           "random_half_body", "random_bbox_transform", "topdown_affine", "truncnorm",
-           "apply_train_pipeline"]
+__all__ = [
+    "Instance",
+    "AugmentConfig",
+    "get_bbox_center_scale",
+    "random_flip",
+    "random_half_body",
+    "random_bbox_transform",
+    "topdown_affine",
+    "truncnorm",
+    "apply_train_pipeline",
+]
 
 
 @dataclass
@@ -112,15 +126,18 @@ def truncnorm(rng: np.random.Generator, size: Sequence[int] | int = ()) -> np.nd
     return out[:n].reshape(shape).astype(np.float32)
 
 
-def get_bbox_center_scale(bbox_xyxy: np.ndarray, padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+def get_bbox_center_scale(
+    bbox_xyxy: np.ndarray, padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray]:
     """``GetBBoxCenterScale``: ``(4,)`` xyxy box -> float32 ``center (2,)``, ``scale (2,)``
     (box size times ``padding``), image pixels (:func:`service.geometry.bbox_xyxy2cs`)."""
     c, s = bbox_xyxy2cs(np.asarray(bbox_xyxy, np.float32)[:4], padding=padding)
     return c.astype(np.float32), s.astype(np.float32)
 
 
-def random_flip(inst: Instance, flip_indices: Sequence[int], prob: float,
-                rng: np.random.Generator) -> Instance:
+def random_flip(
+    inst: Instance, flip_indices: Sequence[int], prob: float, rng: np.random.Generator
+) -> Instance:
     """``RandomFlip(direction='horizontal', prob)``: with probability ``prob`` mirror the image,
     the keypoints (``x -> W - 1 - x``, channels swapped by ``flip_indices``, visibilities with
     them) and the box center (``cx -> W - 1 - cx``, upstream's ``flip_bbox(format='center')``).
@@ -206,9 +223,14 @@ def topdown_affine(inst: Instance, input_size: Sequence[int], use_udp: bool = Fa
     return inst
 
 
-def apply_train_pipeline(inst: Instance, cfg: AugmentConfig, flip_indices: Sequence[int],
-                         input_size: Sequence[int], use_udp: bool,
-                         rng: Optional[np.random.Generator]) -> Instance:
+def apply_train_pipeline(
+    inst: Instance,
+    cfg: AugmentConfig,
+    flip_indices: Sequence[int],
+    input_size: Sequence[int],
+    use_udp: bool,
+    rng: np.random.Generator | None,
+) -> Instance:
     """The whole random part plus the affine: flip, half-body, box jitter, affine, then the
     recipe's pixel variants (``cfg.pixel_variants``, :func:`training.augment.apply_pixel_augment`:
     the crop's pixels only, keypoints untouched). With ``rng=None`` only the affine runs

@@ -5,6 +5,7 @@ named output tensors. Two implementations: :class:`service.backends.onnxruntime.
 (embedded, the default) and the Triton gRPC backend. Pipelines (top-down pose, detector,
 segmentation) only ever see this interface, so they run unchanged on either.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -49,31 +50,35 @@ class Backend(ABC):
     name: str = "backend"
 
     @abstractmethod
-    async def infer(self, model: str, inputs: dict[str, np.ndarray],
-                    outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run ``model``; raises :class:`BackendError` or :class:`BackendUnavailable`."""
 
     @abstractmethod
     async def ready(self, model: str | None = None) -> bool:
         """True when the backend (and ``model`` if given) can serve."""
 
-    async def start(self, cards: dict[str, "ModelCard"] | None = None) -> None:
+    async def start(self, cards: dict[str, ModelCard] | None = None) -> None:  # noqa: B027 - optional hook
         """Open what serving needs (ONNX Runtime sessions, the Triton connection) for ``cards``
         (None: the backend's repository, where it has one). The app's lifespan calls it once
         before serving and calls :meth:`close` even when it raises. Default: nothing to open."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions/connections (also after a failed :meth:`start`). Default: nothing."""
 
-    async def load_models(self, cards: dict[str, "ModelCard"]) -> tuple[dict[str, Any], dict[str, str]]:
+    async def load_models(
+        self, cards: dict[str, ModelCard]
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         """Load the models of ``cards`` (new or changed repository entries) beside the running
         ones, changing nothing that serves: returns ``(staged, refused)``, the loaded models for
         :meth:`with_models` and, by name, why each model that could not be loaded was refused.
         Raises :class:`ReloadNotSupported` where the backend cannot (the default)."""
-        raise ReloadNotSupported(f"the {self.name} backend does not reload models while running; "
-                                 "restart the gateway")
+        raise ReloadNotSupported(
+            f"the {self.name} backend does not reload models while running; restart the gateway"
+        )
 
-    def with_models(self, repository: "ModelRepository", staged: dict[str, Any]) -> "Backend":
+    def with_models(self, repository: ModelRepository, staged: dict[str, Any]) -> Backend:
         """A new backend serving ``repository``: the ``staged`` models of :meth:`load_models`,
         this one's for the other names (models no longer in ``repository`` are dropped). This one
         keeps serving the requests that hold it; both share their worker threads, so only the

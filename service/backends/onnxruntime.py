@@ -1,11 +1,12 @@
 """Embedded ONNX Runtime backend: the gateway's default (CPU here; CUDA provider where present)."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -56,10 +57,18 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, repository: ModelRepository, providers: list[str] | None = None,
-                 intra_op_threads: int = 0, models: list[str] | None = None, *,
-                 inter_op_threads: int = 0, concurrent_runs: int = 1, allow_spinning: bool = True,
-                 batching: Optional["BatchConfig"] = None):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        providers: list[str] | None = None,
+        intra_op_threads: int = 0,
+        models: list[str] | None = None,
+        *,
+        inter_op_threads: int = 0,
+        concurrent_runs: int = 1,
+        allow_spinning: bool = True,
+        batching: BatchConfig | None = None,
+    ):
         if concurrent_runs < 1:
             raise ValueError(f"concurrent_runs must be >= 1, got {concurrent_runs}")
         self.repository = repository
@@ -68,13 +77,14 @@ class OnnxRuntimeBackend(Backend):
         #: why a carded model has no session (ONNX file missing, or ONNX Runtime refused it)
         self.load_errors: dict[str, str] = {}
         self.batching = batching
-        self._batchers: dict[str, "DynamicBatcher"] = {}
+        self._batchers: dict[str, DynamicBatcher] = {}
         self._opts = ort.SessionOptions()
         self._opts.intra_op_num_threads = intra_op_threads or max(1, cpu_cores() // concurrent_runs)
         if inter_op_threads:
             self._opts.inter_op_num_threads = inter_op_threads
-        self._opts.add_session_config_entry("session.intra_op.allow_spinning",
-                                            "1" if allow_spinning else "0")
+        self._opts.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+        )
         self._models = models
         self._pool = ThreadPoolExecutor(max_workers=concurrent_runs, thread_name_prefix="ort")
 
@@ -100,8 +110,9 @@ class OnnxRuntimeBackend(Backend):
     def _open(self, path) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), sess_options=self._opts, providers=self.providers)
 
-    def _load(self, cards: dict[str, ModelCard]) -> tuple[dict[str, ort.InferenceSession],
-                                                          dict[str, str]]:
+    def _load(
+        self, cards: dict[str, ModelCard]
+    ) -> tuple[dict[str, ort.InferenceSession], dict[str, str]]:
         staged, refused = {}, {}
         for name, card in cards.items():
             path = self.repository.onnx_path(name)
@@ -115,66 +126,89 @@ class OnnxRuntimeBackend(Backend):
                 continue
             have_in = {i.name for i in sess.get_inputs()}
             have_out = {o.name for o in sess.get_outputs()}
-            missing = ([t.name for t in card.inputs if t.name not in have_in]
-                       + [t.name for t in card.outputs if t.name not in have_out])
+            missing = [t.name for t in card.inputs if t.name not in have_in] + [
+                t.name for t in card.outputs if t.name not in have_out
+            ]
             if missing:
-                refused[name] = (f"{path} lacks the tensors {', '.join(missing)} named by its card "
-                                 f"(inputs {sorted(have_in)}, outputs {sorted(have_out)})")
+                refused[name] = (
+                    f"{path} lacks the tensors {', '.join(missing)} named by its card "
+                    f"(inputs {sorted(have_in)}, outputs {sorted(have_out)})"
+                )
                 continue
             staged[name] = sess
         return staged, refused
 
-    async def load_models(self, cards: dict[str, ModelCard]) -> tuple[dict[str, ort.InferenceSession],
-                                                                       dict[str, str]]:
+    async def load_models(
+        self, cards: dict[str, ModelCard]
+    ) -> tuple[dict[str, ort.InferenceSession], dict[str, str]]:
         """New sessions for ``cards`` (opened in a worker thread while serving goes on); an entry
         is refused when its ``model.onnx`` is missing, does not load, or lacks a tensor its card
         names."""
         return await asyncio.to_thread(self._load, cards)
 
-    def with_models(self, repository: ModelRepository,
-                    staged: dict[str, ort.InferenceSession]) -> "OnnxRuntimeBackend":
+    def with_models(
+        self, repository: ModelRepository, staged: dict[str, ort.InferenceSession]
+    ) -> OnnxRuntimeBackend:
         """A new backend serving ``repository`` (a reload's result): ``staged`` sessions (from
         :meth:`load_models`) for new or changed models, this backend's sessions for the rest;
         the thread pool, options and unchanged models' batchers are shared, so requests already
         running on this backend finish on their old sessions."""
         new = object.__new__(type(self))
         new.repository, new.providers, new._opts, new._pool, new.batching, new._models = (
-            repository, self.providers, self._opts, self._pool, self.batching, self._models)
+            repository,
+            self.providers,
+            self._opts,
+            self._pool,
+            self.batching,
+            self._models,
+        )
         # unchanged models keep their batchers (same sessions); changed ones get new batchers
-        new._batchers = {n: b for n, b in self._batchers.items()
-                         if n in repository.cards and n not in staged}
+        new._batchers = {
+            n: b for n, b in self._batchers.items() if n in repository.cards and n not in staged
+        }
         new.sessions = {n: s for n, s in self.sessions.items() if n in repository.cards}
         new.sessions.update(staged)
-        new.load_errors = {n: e for n, e in self.load_errors.items()
-                           if n in repository.cards and n not in new.sessions}
+        new.load_errors = {
+            n: e
+            for n, e in self.load_errors.items()
+            if n in repository.cards and n not in new.sessions
+        }
         return new
 
-    def _run(self, model: str, inputs: dict[str, np.ndarray],
-             outputs: list[str] | None) -> dict[str, np.ndarray]:
+    def _run(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None
+    ) -> dict[str, np.ndarray]:
         sess = self.sessions.get(model)
         if sess is None:
             if model in self.repository.cards:  # carded, but missing or unloadable at start-up
                 log.error("model %s is not loaded: %s", model, self.load_errors.get(model, "?"))
-                raise BackendUnavailable(f"model '{model}' is not loaded in the ONNX Runtime "
-                                         f"backend", retry_after_s=30.0, model=model)
-            raise BackendError(f"model '{model}' is not loaded in the ONNX Runtime backend",
-                               model=model)
+                raise BackendUnavailable(
+                    f"model '{model}' is not loaded in the ONNX Runtime backend",
+                    retry_after_s=30.0,
+                    model=model,
+                )
+            raise BackendError(
+                f"model '{model}' is not loaded in the ONNX Runtime backend", model=model
+            )
         names = outputs or [o.name for o in sess.get_outputs()]
         batch = next(iter(inputs.values())).shape[0]
         max_batch = self.repository.get(model).max_batch_size or batch
         chunks: list[list[np.ndarray]] = []
         try:
             for start in range(0, max(batch, 1), max(max_batch, 1)):
-                feed = {k: np.ascontiguousarray(v[start:start + max_batch]) for k, v in inputs.items()}
+                feed = {
+                    k: np.ascontiguousarray(v[start : start + max_batch]) for k, v in inputs.items()
+                }
                 chunks.append(sess.run(names, feed))
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise BackendError(f"ONNX Runtime failed on model '{model}': {exc}",
-                               model=model) from exc
+            raise BackendError(
+                f"ONNX Runtime failed on model '{model}': {exc}", model=model
+            ) from exc
         if len(chunks) == 1:
             return dict(zip(names, chunks[0]))
         return {n: np.concatenate([c[i] for c in chunks], axis=0) for i, n in enumerate(names)}
 
-    def batcher(self, model: str) -> Optional["DynamicBatcher"]:
+    def batcher(self, model: str) -> DynamicBatcher | None:
         """The dynamic batcher of ``model`` (created on first use); None when batching is off, the
         model is not loaded or its input has a dynamic per-item shape."""
         if self.batching is None or model not in self.sessions:
@@ -186,13 +220,19 @@ class OnnxRuntimeBackend(Backend):
                 return None
             from ..batching import DynamicBatcher
 
-            b = DynamicBatcher(model, lambda inputs, outputs: self._run(model, inputs, outputs),
-                               self._pool, card.max_batch_size, self.batching)
+            b = DynamicBatcher(
+                model,
+                lambda inputs, outputs: self._run(model, inputs, outputs),
+                self._pool,
+                card.max_batch_size,
+                self.batching,
+            )
             self._batchers[model] = b
         return b
 
-    async def infer(self, model: str, inputs: dict[str, np.ndarray],
-                    outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         b = self.batcher(model)
         if b is not None:
             return await b.submit(inputs, outputs)

@@ -29,13 +29,14 @@ Parts: the card check in :mod:`service.backends.triton_model_config`, the shared
 :mod:`service.backends.triton_shm`, everything protocol-specific in
 :mod:`service.backends.triton_transport`; this module is the :class:`Backend` built from them.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
 import time
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 
@@ -75,12 +76,22 @@ class TritonBackend(Backend):
 
     name = "triton"
 
-    def __init__(self, url: str, *, protocol: Literal["grpc", "http"] = "grpc",
-                 timeout_s: float = 10.0, startup_timeout_s: float = 60.0,
-                 retry_after_s: float = 1.0, ready_timeout_s: float = 2.0,
-                 shared_memory: bool = False, shm_slot_bytes: Optional[int] = None,
-                 shm_slots: int = 4, model_version: str = "", reconnect_backoff_ms: int = 1000,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        url: str,
+        *,
+        protocol: Literal["grpc", "http"] = "grpc",
+        timeout_s: float = 10.0,
+        startup_timeout_s: float = 60.0,
+        retry_after_s: float = 1.0,
+        ready_timeout_s: float = 2.0,
+        shared_memory: bool = False,
+        shm_slot_bytes: int | None = None,
+        shm_slots: int = 4,
+        model_version: str = "",
+        reconnect_backoff_ms: int = 1000,
+        verbose: bool = False,
+    ):
         if protocol not in TRANSPORTS:
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
@@ -88,13 +99,16 @@ class TritonBackend(Backend):
         try:
             import tritonclient  # noqa: F401
         except ImportError as exc:
-            raise ImportError("the Triton backend needs tritonclient: pip install "
-                              "'hrnet-serving[triton]' (tritonclient[grpc,http])") from exc
+            raise ImportError(
+                "the Triton backend needs tritonclient: pip install "
+                "'hrnet-serving[triton]' (tritonclient[grpc,http])"
+            ) from exc
         for scheme in ("grpc://", "http://", "https://"):
             url = url.removeprefix(scheme)
         self.url = url.rstrip("/")
-        self.transport: TritonTransport = make_transport(protocol, self.url, timeout_s,
-                                                         reconnect_backoff_ms, verbose)
+        self.transport: TritonTransport = make_transport(
+            protocol, self.url, timeout_s, reconnect_backoff_ms, verbose
+        )
         self.protocol = protocol
         self.timeout_s = float(timeout_s)
         self.startup_timeout_s = float(startup_timeout_s)
@@ -109,21 +123,24 @@ class TritonBackend(Backend):
         self.cards: dict[str, ModelCard] = {}
         self.configs: dict[str, TritonModelConfig] = {}
         self._client: Any = None
-        self._shm: Optional[ShmPool] = None
+        self._shm: ShmPool | None = None
         self._down_since = -1e9  # monotonic time of the last failed readiness check
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_settings(cls, settings: Any, repository: Any = None) -> "TritonBackend":
+    def from_settings(cls, settings: Any, repository: Any = None) -> TritonBackend:
         """From :class:`service.settings.Settings` (``triton_url``, ``triton_protocol``,
         ``triton_timeout_s``, ``triton_shared_memory``, ``triton_startup_timeout_s``,
         ``triton_retry_after_s``). Cards arrive later through :meth:`start`."""
-        backend = cls(settings.triton_url, protocol=settings.triton_protocol,
-                      timeout_s=settings.triton_timeout_s,
-                      shared_memory=settings.triton_shared_memory,
-                      startup_timeout_s=settings.triton_startup_timeout_s,
-                      retry_after_s=settings.triton_retry_after_s)
+        backend = cls(
+            settings.triton_url,
+            protocol=settings.triton_protocol,
+            timeout_s=settings.triton_timeout_s,
+            shared_memory=settings.triton_shared_memory,
+            startup_timeout_s=settings.triton_startup_timeout_s,
+            retry_after_s=settings.triton_retry_after_s,
+        )
         if repository is not None:
             backend.cards = dict(repository.cards)
         return backend
@@ -136,15 +153,14 @@ class TritonBackend(Backend):
             self._client = self._make_client()
         return self._client
 
-    async def _call(self, method: str, *args: Any, timeout: Optional[float] = None,
-                    **kw: Any) -> Any:
+    async def _call(self, method: str, *args: Any, timeout: float | None = None, **kw: Any) -> Any:
         """One client RPC under a deadline; tritonclient/transport errors are raised unchanged."""
         timeout = self.timeout_s if timeout is None else timeout
         return await self.transport.call(self._get_client(), method, *args, timeout=timeout, **kw)
 
     # ------------------------------------------------------------------ errors
 
-    def _map_error(self, exc: BaseException, model: Optional[str]) -> BackendError:
+    def _map_error(self, exc: BaseException, model: str | None) -> BackendError:
         """tritonclient / transport exception -> BackendUnavailable (503) or BackendError (500)."""
         from tritonclient.utils import InferenceServerException
 
@@ -154,17 +170,23 @@ class TritonBackend(Backend):
             msg = exc.message() or str(exc)
             if self.transport.is_unavailable(status, msg):
                 self._mark_down()
-                return BackendUnavailable(f"{what} is unavailable: {status} {msg}".strip(),
-                                          retry_after_s=self.retry_after_s)
+                return BackendUnavailable(
+                    f"{what} is unavailable: {status} {msg}".strip(),
+                    retry_after_s=self.retry_after_s,
+                )
             return BackendError(f"{what} failed: {status} {msg}".strip())
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             self._mark_down()
-            return BackendUnavailable(f"{what} did not answer within {self.timeout_s:g} s",
-                                      retry_after_s=self.retry_after_s)
+            return BackendUnavailable(
+                f"{what} did not answer within {self.timeout_s:g} s",
+                retry_after_s=self.retry_after_s,
+            )
         if isinstance(exc, OSError) or type(exc).__module__.startswith(("aiohttp", "grpc")):
             self._mark_down()
-            return BackendUnavailable(f"{what} is unreachable: {type(exc).__name__}: {exc}",
-                                      retry_after_s=self.retry_after_s)
+            return BackendUnavailable(
+                f"{what} is unreachable: {type(exc).__name__}: {exc}",
+                retry_after_s=self.retry_after_s,
+            )
         return BackendError(f"{what} failed: {type(exc).__name__}: {exc}")
 
     def _mark_down(self) -> None:
@@ -172,7 +194,7 @@ class TritonBackend(Backend):
         if self._shm is not None:
             self._shm.registered = False
 
-    async def _register_shm(self, model: Optional[str]) -> None:
+    async def _register_shm(self, model: str | None) -> None:
         """Register the shared-memory pool with Triton if it is not (RPCs under ``timeout_s``);
         a failure raises the mapped :class:`BackendError` / :class:`BackendUnavailable`."""
         assert self._shm is not None  # nosec B101 - only called with shared memory on
@@ -213,8 +235,9 @@ class TritonBackend(Backend):
                     missing = ["server"]
                 else:
                     for name in self.cards:
-                        if not await self._call("is_model_ready", name, self.model_version,
-                                                timeout=self.ready_timeout_s):
+                        if not await self._call(
+                            "is_model_ready", name, self.model_version, timeout=self.ready_timeout_s
+                        ):
                             missing.append(f"model '{name}'")
             except Exception as exc:  # unreachable yet
                 missing, last_error = ["server"], f"{type(exc).__name__}: {exc}"
@@ -225,14 +248,16 @@ class TritonBackend(Backend):
             raise BackendUnavailable(
                 f"Triton at {self.url} ({self.protocol}) not ready after {self.startup_timeout_s:g} s: "
                 f"{', '.join(missing)} not ready" + (f" ({last_error})" if last_error else ""),
-                retry_after_s=self.retry_after_s)
+                retry_after_s=self.retry_after_s,
+            )
 
         problems: list[str] = []
         configs: dict[str, TritonModelConfig] = {}
         for name, card in self.cards.items():
             try:
-                raw = await self._call("get_model_config", name, self.model_version,
-                                       **self.transport.config_kwargs())
+                raw = await self._call(
+                    "get_model_config", name, self.model_version, **self.transport.config_kwargs()
+                )
             except Exception as exc:
                 raise self._map_error(exc, name) from exc
             configs[name] = TritonModelConfig.from_json(raw)
@@ -241,15 +266,22 @@ class TritonBackend(Backend):
             raise TritonModelMismatch(
                 "the model repository's cards do not match the models Triton serves; fix the "
                 "cards or the config.pbtxt files (re-run hrnet-export) and restart:\n  - "
-                + "\n  - ".join(problems))
+                + "\n  - ".join(problems)
+            )
         self.configs = configs
         if self.shared_memory:
             self._shm = ShmPool(self._default_slot_bytes(), self.shm_slots)
             await self._register_shm(None)
-        log.info("Triton at %s (%s): %s verified against their cards%s", self.url, self.protocol,
-                 ", ".join(f"{n} [{c.platform}, max_batch {c.max_batch_size}]"
-                           for n, c in configs.items()) or "no models",
-                 f"; shared memory {self._shm.slots} x {self._shm.slot_bytes} B" if self._shm else "")
+        log.info(
+            "Triton at %s (%s): %s verified against their cards%s",
+            self.url,
+            self.protocol,
+            ", ".join(
+                f"{n} [{c.platform}, max_batch {c.max_batch_size}]" for n, c in configs.items()
+            )
+            or "no models",
+            f"; shared memory {self._shm.slots} x {self._shm.slot_bytes} B" if self._shm else "",
+        )
 
     def _default_slot_bytes(self) -> int:
         if self.shm_slot_bytes:
@@ -259,28 +291,40 @@ class TritonBackend(Backend):
             total = 0
             for spec in card.inputs:
                 dims = [d if d > 0 else 1024 for d in spec.dims]
-                total += card.max_batch_size * int(np.prod(dims)) * np.dtype(NUMPY_DTYPES[spec.dtype]).itemsize
+                total += (
+                    card.max_batch_size
+                    * int(np.prod(dims))
+                    * np.dtype(NUMPY_DTYPES[spec.dtype]).itemsize
+                )
             need = max(need, total)
         return int(min(need, 64 << 20))
 
     # ------------------------------------------------------------------ inference
 
-    def _prepare(self, model: str, inputs: dict[str, np.ndarray]) -> tuple[ModelCard, dict[str, np.ndarray], int]:
+    def _prepare(
+        self, model: str, inputs: dict[str, np.ndarray]
+    ) -> tuple[ModelCard, dict[str, np.ndarray], int]:
         card = self.cards.get(model)
         if card is None or model not in self.configs:
-            raise BackendError(f"model '{model}' is not configured in the Triton backend "
-                               f"(known: {sorted(self.configs)})")
+            raise BackendError(
+                f"model '{model}' is not configured in the Triton backend "
+                f"(known: {sorted(self.configs)})"
+            )
         specs = {s.name: s for s in card.inputs}
         if set(inputs) != set(specs):
-            raise BackendError(f"model '{model}' takes inputs {sorted(specs)}, got {sorted(inputs)}")
+            raise BackendError(
+                f"model '{model}' takes inputs {sorted(specs)}, got {sorted(inputs)}"
+            )
         arrays: dict[str, np.ndarray] = {}
         batch = None
         for name, arr in inputs.items():
             spec = specs[name]
             a = np.ascontiguousarray(arr, dtype=NUMPY_DTYPES[spec.dtype])  # no copy when already so
             if a.ndim != len(spec.dims) + 1:
-                raise BackendError(f"model '{model}' input '{name}' needs {len(spec.dims) + 1} dims "
-                                   f"(batch + {spec.dims}), got shape {list(a.shape)}")
+                raise BackendError(
+                    f"model '{model}' input '{name}' needs {len(spec.dims) + 1} dims "
+                    f"(batch + {spec.dims}), got shape {list(a.shape)}"
+                )
             if batch is None:
                 batch = a.shape[0]
             elif a.shape[0] != batch:
@@ -290,8 +334,9 @@ class TritonBackend(Backend):
             raise BackendError(f"model '{model}': empty batch")
         return card, arrays, int(batch)
 
-    async def infer(self, model: str, inputs: dict[str, np.ndarray],
-                    outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run ``model`` on Triton; arrays are ``{name: [N, ...]}`` as in :class:`Backend`.
 
         Inputs are cast to the card's dtype (no copy when already contiguous and of that dtype).
@@ -305,29 +350,36 @@ class TritonBackend(Backend):
         if batch <= step:
             parts = [await self._infer_chunk(model, arrays, names)]
         else:
-            parts = await asyncio.gather(*[
-                self._infer_chunk(model, {k: v[s:s + step] for k, v in arrays.items()}, names)
-                for s in range(0, batch, step)])
+            parts = await asyncio.gather(
+                *[
+                    self._infer_chunk(model, {k: v[s : s + step] for k, v in arrays.items()}, names)
+                    for s in range(0, batch, step)
+                ]
+            )
         result: dict[str, np.ndarray] = {}
         for name in names:
             first = parts[0][name]
             if any(p[name].shape[1:] != first.shape[1:] for p in parts):
-                raise BackendError(f"model '{model}' output '{name}': split batches returned "
-                                   f"different shapes {[list(p[name].shape) for p in parts]}")
+                raise BackendError(
+                    f"model '{model}' output '{name}': split batches returned "
+                    f"different shapes {[list(p[name].shape) for p in parts]}"
+                )
             out = np.empty((batch,) + first.shape[1:], dtype=first.dtype)
             pos = 0
             for p in parts:
                 n = p[name].shape[0]
-                out[pos:pos + n] = p[name]
+                out[pos : pos + n] = p[name]
                 pos += n
             if pos != batch:
-                raise BackendError(f"model '{model}' output '{name}' has {pos} rows for a batch "
-                                   f"of {batch}")
+                raise BackendError(
+                    f"model '{model}' output '{name}' has {pos} rows for a batch of {batch}"
+                )
             result[name] = out
         return result
 
-    async def _infer_chunk(self, model: str, arrays: dict[str, np.ndarray],
-                           names: list[str]) -> dict[str, np.ndarray]:
+    async def _infer_chunk(
+        self, model: str, arrays: dict[str, np.ndarray], names: list[str]
+    ) -> dict[str, np.ndarray]:
         card = self.cards[model]
         dtypes = {s.name: s.dtype for s in card.inputs}
         total = sum(a.nbytes for a in arrays.values())
@@ -340,21 +392,35 @@ class TritonBackend(Backend):
             for attempt in (0, 1):
                 if slot is not None:
                     spans = self._shm.write(slot, list(arrays.values()))
-                    req_inputs = [self.transport.shm_input(name, a.shape, dtypes[name],
-                                                           self._shm.name, spans[i])
-                                  for i, (name, a) in enumerate(arrays.items())]
+                    req_inputs = [
+                        self.transport.shm_input(
+                            name, a.shape, dtypes[name], self._shm.name, spans[i]
+                        )
+                        for i, (name, a) in enumerate(arrays.items())
+                    ]
                 else:
-                    req_inputs = [self.transport.wire_input(name, a, dtypes[name])
-                                  for name, a in arrays.items()]
+                    req_inputs = [
+                        self.transport.wire_input(name, a, dtypes[name])
+                        for name, a in arrays.items()
+                    ]
                 req_outputs = [self.transport.requested_output(n) for n in names]
                 try:
-                    res = await self._call("infer", model, req_inputs,
-                                           model_version=self.model_version, outputs=req_outputs)
+                    res = await self._call(
+                        "infer",
+                        model,
+                        req_inputs,
+                        model_version=self.model_version,
+                        outputs=req_outputs,
+                    )
                     break
                 except Exception as exc:
                     err = self._map_error(exc, model)
-                    if (slot is not None and attempt == 0 and not isinstance(err, BackendUnavailable)
-                            and "shared memory" in str(err).lower()):
+                    if (
+                        slot is not None
+                        and attempt == 0
+                        and not isinstance(err, BackendUnavailable)
+                        and "shared memory" in str(err).lower()
+                    ):
                         # Triton restarted and lost the registration: register again, retry once.
                         self._shm.registered = False
                         await self._register_shm(model)
@@ -389,9 +455,14 @@ class TritonBackend(Backend):
             if not await self._call("is_server_ready", timeout=self.ready_timeout_s):
                 self._down_since = time.monotonic()
                 return False
-            oks = await asyncio.gather(*[
-                self._call("is_model_ready", n, self.model_version, timeout=self.ready_timeout_s)
-                for n in names])
+            oks = await asyncio.gather(
+                *[
+                    self._call(
+                        "is_model_ready", n, self.model_version, timeout=self.ready_timeout_s
+                    )
+                    for n in names
+                ]
+            )
             return all(oks)
         except Exception:
             self._down_since = time.monotonic()
@@ -402,8 +473,11 @@ class TritonBackend(Backend):
         if self._client is not None:
             if self._shm is not None and self._shm.registered:
                 try:
-                    await self._call("unregister_system_shared_memory", name=self._shm.name,
-                                     timeout=self.ready_timeout_s)
+                    await self._call(
+                        "unregister_system_shared_memory",
+                        name=self._shm.name,
+                        timeout=self.ready_timeout_s,
+                    )
                 except Exception:  # best effort at shut-down; Triton drops it anyway  # nosec B110
                     pass
             try:

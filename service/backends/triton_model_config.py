@@ -6,10 +6,11 @@ card, so the gateway refuses to start (:class:`TritonModelMismatch`) rather than
 numbers. Semantics of the fields: Triton's ``model_config.proto`` (dims exclude the batch axis
 when ``max_batch_size > 0``; -1 is a dynamic axis).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ..cards import ModelCard, TensorSpec
 from ..dtypes import card_dtype
@@ -40,7 +41,7 @@ class TritonModelConfig:
     platform: str = ""
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TritonModelConfig":
+    def from_json(cls, data: dict[str, Any]) -> TritonModelConfig:
         """From ``get_model_config(as_json=True)`` (gRPC: ``{"config": {...}}``, int64 as strings)
         or the HTTP client's dict. Unset protobuf fields are absent in JSON and mean 0/empty."""
         cfg = data.get("config", data)
@@ -49,12 +50,18 @@ class TritonModelConfig:
             out = {}
             for t in cfg.get(key, []):
                 dtype = card_dtype(t.get("data_type", "TYPE_INVALID"))
-                out[t["name"]] = TensorConfig(t["name"], dtype, tuple(int(d) for d in t.get("dims", [])))
+                out[t["name"]] = TensorConfig(
+                    t["name"], dtype, tuple(int(d) for d in t.get("dims", []))
+                )
             return out
 
-        return cls(name=cfg.get("name", ""), max_batch_size=int(cfg.get("max_batch_size", 0)),
-                   inputs=tensors("input"), outputs=tensors("output"),
-                   platform=cfg.get("platform") or cfg.get("backend", ""))
+        return cls(
+            name=cfg.get("name", ""),
+            max_batch_size=int(cfg.get("max_batch_size", 0)),
+            inputs=tensors("input"),
+            outputs=tensors("output"),
+            platform=cfg.get("platform") or cfg.get("backend", ""),
+        )
 
 
 def check_model_config(card: ModelCard, config: TritonModelConfig) -> list[str]:
@@ -73,30 +80,42 @@ def check_model_config(card: ModelCard, config: TritonModelConfig) -> list[str]:
     problems: list[str] = []
     where = f"model '{card.name}'"
     if config.max_batch_size < 1:
-        problems.append(f"{where}: Triton max_batch_size is {config.max_batch_size} (no batching); "
-                        f"the card expects {card.max_batch_size}")
+        problems.append(
+            f"{where}: Triton max_batch_size is {config.max_batch_size} (no batching); "
+            f"the card expects {card.max_batch_size}"
+        )
     elif config.max_batch_size != card.max_batch_size:
-        problems.append(f"{where}: max_batch_size is {config.max_batch_size} in Triton but "
-                        f"{card.max_batch_size} in the card")
+        problems.append(
+            f"{where}: max_batch_size is {config.max_batch_size} in Triton but "
+            f"{card.max_batch_size} in the card"
+        )
 
-    def compare(kind: str, spec: TensorSpec, tc: Optional[TensorConfig], strict_card_dynamic: bool):
+    def compare(kind: str, spec: TensorSpec, tc: TensorConfig | None, strict_card_dynamic: bool):
         if tc is None:
             have = config.inputs if kind == "input" else config.outputs
-            problems.append(f"{where}: {kind} '{spec.name}' of the card is not served by Triton "
-                            f"(Triton {kind}s: {sorted(have)})")
+            problems.append(
+                f"{where}: {kind} '{spec.name}' of the card is not served by Triton "
+                f"(Triton {kind}s: {sorted(have)})"
+            )
             return
         if tc.dtype != spec.dtype:
-            problems.append(f"{where}: {kind} '{spec.name}' is {tc.dtype} in Triton but {spec.dtype} "
-                            f"in the card")
+            problems.append(
+                f"{where}: {kind} '{spec.name}' is {tc.dtype} in Triton but {spec.dtype} "
+                f"in the card"
+            )
         if len(tc.dims) != len(spec.dims):
-            problems.append(f"{where}: {kind} '{spec.name}' has dims {list(tc.dims)} in Triton but "
-                            f"{spec.dims} in the card")
+            problems.append(
+                f"{where}: {kind} '{spec.name}' has dims {list(tc.dims)} in Triton but "
+                f"{spec.dims} in the card"
+            )
             return
         for axis, (t, c) in enumerate(zip(tc.dims, spec.dims)):
             ok = t == c or t == -1 or (c == -1 and not strict_card_dynamic)
             if not ok:
-                problems.append(f"{where}: {kind} '{spec.name}' has dims {list(tc.dims)} in Triton "
-                                f"but {spec.dims} in the card (axis {axis + 1} after the batch)")
+                problems.append(
+                    f"{where}: {kind} '{spec.name}' has dims {list(tc.dims)} in Triton "
+                    f"but {spec.dims} in the card (axis {axis + 1} after the batch)"
+                )
                 break
 
     for spec in card.inputs:

@@ -4,13 +4,15 @@ Triton must share ``/dev/shm`` with the gateway (same host, or ``ipc: service:tr
 compose). Regions are created with ``tritonclient.utils.shared_memory`` and registered through
 Triton's system-shared-memory extension; only offsets travel over the wire.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
 import uuid
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +35,9 @@ class ShmPool:
         self.slots = int(slots)
         tag = f"hrnet_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self.name, self.key = tag, "/" + tag
-        self.handle = shm.create_shared_memory_region(self.name, self.key,
-                                                      self.slot_bytes * self.slots, create_only=True)
+        self.handle = shm.create_shared_memory_region(
+            self.name, self.key, self.slot_bytes * self.slots, create_only=True
+        )
         self._free: asyncio.Queue[int] = asyncio.Queue()
         for i in range(self.slots):
             self._free.put_nowait(i * self.slot_bytes)
@@ -55,11 +58,12 @@ class ShmPool:
                 await call("unregister_system_shared_memory", name=self.name)
             except Exception:  # not registered yet: nothing to undo  # nosec B110
                 pass
-            await call("register_system_shared_memory", self.name, self.key,
-                       self.slot_bytes * self.slots)
+            await call(
+                "register_system_shared_memory", self.name, self.key, self.slot_bytes * self.slots
+            )
             self.registered = True
 
-    def try_acquire(self) -> Optional[int]:
+    def try_acquire(self) -> int | None:
         """A free slot's byte offset, or None when all are in use (the caller uses the wire)."""
         try:
             return self._free.get_nowait()

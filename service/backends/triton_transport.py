@@ -8,18 +8,24 @@ tensor extension over HTTP), the extra arguments of ``get_model_config``, and wh
 never branches on the protocol itself. Upstream: tritonclient's ``grpc.aio`` / ``http.aio``
 ``InferenceServerClient`` and Triton's KServe v2 protocol (datatype names as in the card).
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 #: gRPC status codes that mean "Triton cannot serve now" (503), as tritonclient reports them.
 #: NOT_FOUND: a model verified at start-up has gone (Triton restarting / reloading it).
-GRPC_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED",
-                    "StatusCode.CANCELLED", "StatusCode.RESOURCE_EXHAUSTED",
-                    "StatusCode.NOT_FOUND", "StatusCode.ABORTED"}
+GRPC_UNAVAILABLE = {
+    "StatusCode.UNAVAILABLE",
+    "StatusCode.DEADLINE_EXCEEDED",
+    "StatusCode.CANCELLED",
+    "StatusCode.RESOURCE_EXHAUSTED",
+    "StatusCode.NOT_FOUND",
+    "StatusCode.ABORTED",
+}
 #: HTTP status codes with the same meaning (tritonclient.http puts them in ``status()``)
 HTTP_UNAVAILABLE = {"408", "429", "502", "503", "504"}
 _INT32_MAX = 2**31 - 1
@@ -37,8 +43,9 @@ class TritonTransport:
 
     protocol = ""
 
-    def __init__(self, url: str, timeout_s: float, reconnect_backoff_ms: int = 1000,
-                 verbose: bool = False):
+    def __init__(
+        self, url: str, timeout_s: float, reconnect_backoff_ms: int = 1000, verbose: bool = False
+    ):
         self.url, self.timeout_s = url, float(timeout_s)
         self.reconnect_backoff_ms, self.verbose = int(reconnect_backoff_ms), verbose
 
@@ -60,8 +67,9 @@ class TritonTransport:
         """An ``InferInput`` carrying ``array`` (card dtype ``dtype``) as raw bytes in the request."""
         raise NotImplementedError
 
-    def shm_input(self, name: str, shape: tuple[int, ...], dtype: str, region: str,
-                  span: tuple[int, int]) -> Any:
+    def shm_input(
+        self, name: str, shape: tuple[int, ...], dtype: str, region: str, span: tuple[int, int]
+    ) -> Any:
         """An ``InferInput`` read by Triton from the registered shared-memory ``region`` at
         ``span = (offset, nbytes)``."""
         ii = self.client_module.InferInput(name, list(shape), dtype)
@@ -81,8 +89,12 @@ class TritonTransport:
         now (503) rather than that the request failed (500). Either protocol's status codes
         count, and any message saying "not ready" or "unavailable"."""
         low = message.lower()
-        return (status in GRPC_UNAVAILABLE or status in HTTP_UNAVAILABLE or "not ready" in low
-                or "unavailable" in low)
+        return (
+            status in GRPC_UNAVAILABLE
+            or status in HTTP_UNAVAILABLE
+            or "not ready" in low
+            or "unavailable" in low
+        )
 
 
 class GrpcTransport(TritonTransport):
@@ -139,8 +151,9 @@ class HttpTransport(TritonTransport):
     def make_client(self) -> Any:
         import tritonclient.http.aio as httpaio
 
-        return httpaio.InferenceServerClient(self.url, verbose=self.verbose,
-                                             conn_timeout=self.timeout_s)
+        return httpaio.InferenceServerClient(
+            self.url, verbose=self.verbose, conn_timeout=self.timeout_s
+        )
 
     async def call(self, client: Any, method: str, *args: Any, timeout: float, **kw: Any) -> Any:
         return await asyncio.wait_for(getattr(client, method)(*args, **kw), timeout)
@@ -166,10 +179,15 @@ class HttpTransport(TritonTransport):
 TRANSPORTS: dict[str, type[TritonTransport]] = {"grpc": GrpcTransport, "http": HttpTransport}
 
 
-def make_transport(protocol: str, url: str, timeout_s: float, reconnect_backoff_ms: int = 1000,
-                   verbose: bool = False) -> TritonTransport:
+def make_transport(
+    protocol: str,
+    url: str,
+    timeout_s: float,
+    reconnect_backoff_ms: int = 1000,
+    verbose: bool = False,
+) -> TritonTransport:
     """The transport for ``protocol`` (``"grpc"`` or ``"http"``); raises ValueError otherwise."""
-    cls: Optional[type[TritonTransport]] = TRANSPORTS.get(protocol)
+    cls: type[TritonTransport] | None = TRANSPORTS.get(protocol)
     if cls is None:
         raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
     return cls(url, timeout_s, reconnect_backoff_ms, verbose)

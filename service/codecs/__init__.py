@@ -2,9 +2,11 @@
 
 Shared by the gateway (decode), training (encode targets), export checks and evaluation jobs.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Union
+from collections.abc import Mapping
+from typing import Any
 
 from .flip import flip_heatmaps, flip_images
 from .msra_heatmap import MSRAHeatmap
@@ -12,7 +14,7 @@ from .udp_heatmap import UDPHeatmap
 
 __all__ = ["MSRAHeatmap", "UDPHeatmap", "build_codec", "flip_heatmaps", "flip_images"]
 
-Codec = Union[MSRAHeatmap, UDPHeatmap]
+Codec = MSRAHeatmap | UDPHeatmap
 
 
 def build_codec(spec: Any) -> Codec:
@@ -42,12 +44,26 @@ def build_codec(spec: Any) -> Codec:
 
     if spec.type == "MSRAHeatmap":
         if heatmap_type != "gaussian":
-            raise ValueError(f"'heatmap_type' is a UDPHeatmap option, got {heatmap_type!r} for MSRAHeatmap")
-        return MSRAHeatmap(spec.input_size, spec.heatmap_size, spec.sigma,
-                           unbiased=spec.unbiased, blur_kernel_size=spec.blur_kernel_size)
+            raise ValueError(
+                f"'heatmap_type' is a UDPHeatmap option, got {heatmap_type!r} for MSRAHeatmap"
+            )
+        return MSRAHeatmap(
+            spec.input_size,
+            spec.heatmap_size,
+            spec.sigma,
+            unbiased=spec.unbiased,
+            blur_kernel_size=spec.blur_kernel_size,
+        )
     if spec.type == "UDPHeatmap":
         if spec.unbiased:
-            raise ValueError("'unbiased' is an MSRAHeatmap option; UDPHeatmap always decodes with DARK-UDP")
-        return UDPHeatmap(spec.input_size, spec.heatmap_size, spec.sigma,
-                          heatmap_type=heatmap_type, blur_kernel_size=spec.blur_kernel_size)
+            raise ValueError(
+                "'unbiased' is an MSRAHeatmap option; UDPHeatmap always decodes with DARK-UDP"
+            )
+        return UDPHeatmap(
+            spec.input_size,
+            spec.heatmap_size,
+            spec.sigma,
+            heatmap_type=heatmap_type,
+            blur_kernel_size=spec.blur_kernel_size,
+        )
     raise ValueError(f"unknown codec type {spec.type!r}")  # pragma: no cover - CodecSpec's Literal

@@ -53,10 +53,12 @@ with ``project2image``) until step 7. Tie behaviour where upstream calls torch o
   same value except when numpy's pairwise summation kicks in (one tag dimension and >= 8 joints),
   an ulp apart, which only matters for a distance within ~1e-7 of a half-integer.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -82,6 +84,7 @@ __all__ = [
     "people_to_image",
 ]
 
+
 @dataclass
 class ScaleOutputs:
     """The network outputs of one test scale, batch axis removed.
@@ -93,7 +96,7 @@ class ScaleOutputs:
 
     scale: float
     outputs: Sequence[np.ndarray]
-    outputs_flipped: Optional[Sequence[np.ndarray]] = None
+    outputs_flipped: Sequence[np.ndarray] | None = None
 
 
 @dataclass
@@ -111,17 +114,25 @@ class GroupedPeople:
 
 # ----------------------------------------------------------------------------- aggregation
 
-def _stage_average(outputs: Sequence[np.ndarray], num_joints: int, with_heatmaps: Sequence[bool],
-                   with_ae: Sequence[bool], align_corners: bool, flip: bool
-                   ) -> tuple[Optional[np.ndarray], list[np.ndarray]]:
+
+def _stage_average(
+    outputs: Sequence[np.ndarray],
+    num_joints: int,
+    with_heatmaps: Sequence[bool],
+    with_ae: Sequence[bool],
+    align_corners: bool,
+    flip: bool,
+) -> tuple[np.ndarray | None, list[np.ndarray]]:
     """One image's stage outputs -> (stage-averaged heatmaps, tag maps), at the last stage's size.
 
     ``flip``: the outputs belong to the flipped input; they are mirrored back along W after
     resizing (channel swapping is left to the caller).
     """
     if len(outputs) != len(with_heatmaps) or len(outputs) != len(with_ae):
-        raise ValueError(f"the model has {len(outputs)} output stages, but 'with_heatmaps' / "
-                         f"'with_ae' describe {len(with_heatmaps)} / {len(with_ae)}")
+        raise ValueError(
+            f"the model has {len(outputs)} output stages, but 'with_heatmaps' / "
+            f"'with_ae' describe {len(with_heatmaps)} / {len(with_ae)}"
+        )
     last_hw = np.asarray(outputs[-1]).shape[-2:]
     heatmap_sum = None
     n_heatmaps = 0
@@ -137,8 +148,9 @@ def _stage_average(outputs: Sequence[np.ndarray], num_joints: int, with_heatmaps
         offset = num_joints if with_heatmaps[i] else 0
         if with_heatmaps[i]:
             if out.shape[0] < num_joints:
-                raise ValueError(f"stage {i} has {out.shape[0]} channels, fewer than the "
-                                 f"{num_joints} heatmaps")
+                raise ValueError(
+                    f"stage {i} has {out.shape[0]} channels, fewer than the {num_joints} heatmaps"
+                )
             hm = out[:num_joints]
             heatmap_sum = hm.copy() if heatmap_sum is None else heatmap_sum + hm
             n_heatmaps += 1
@@ -150,11 +162,18 @@ def _stage_average(outputs: Sequence[np.ndarray], num_joints: int, with_heatmaps
     return avg, tags
 
 
-def aggregate_outputs(scale_outputs: Sequence[ScaleOutputs], *, num_joints: int,
-                      flip_indices: Optional[Sequence[int]], with_heatmaps: Sequence[bool],
-                      with_ae: Sequence[bool], tag_per_joint: bool = True,
-                      project2image: bool = True, base_size: Optional[tuple[int, int]] = None,
-                      align_corners: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def aggregate_outputs(
+    scale_outputs: Sequence[ScaleOutputs],
+    *,
+    num_joints: int,
+    flip_indices: Sequence[int] | None,
+    with_heatmaps: Sequence[bool],
+    with_ae: Sequence[bool],
+    tag_per_joint: bool = True,
+    project2image: bool = True,
+    base_size: tuple[int, int] | None = None,
+    align_corners: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps and tags of all test scales and the flip test, as upstream's test loop.
 
     HigherHRNet's ``get_multi_stage_outputs`` (per scale) and ``aggregate_results`` (across
@@ -194,15 +213,17 @@ def aggregate_outputs(scale_outputs: Sequence[ScaleOutputs], *, num_joints: int,
     final = None
     tag_list: list[np.ndarray] = []
     for so in scale_outputs:
-        hm, tags = _stage_average(so.outputs, num_joints, with_heatmaps, with_ae, align_corners,
-                                  flip=False)
+        hm, tags = _stage_average(
+            so.outputs, num_joints, with_heatmaps, with_ae, align_corners, flip=False
+        )
         if hm is None:
             raise ValueError("no output stage carries heatmaps ('with_heatmaps' is all false)")
         heatmaps = [hm]
         if so.outputs_flipped is not None:
             idx = _flip_permutation(flip_indices, num_joints)
-            hm_f, tags_f = _stage_average(so.outputs_flipped, num_joints, with_heatmaps, with_ae,
-                                          align_corners, flip=True)
+            hm_f, tags_f = _stage_average(
+                so.outputs_flipped, num_joints, with_heatmaps, with_ae, align_corners, flip=True
+            )
             if hm_f is None:
                 raise ValueError("no flipped output stage carries heatmaps")
             heatmaps.append(hm_f[idx])
@@ -222,8 +243,10 @@ def aggregate_outputs(scale_outputs: Sequence[ScaleOutputs], *, num_joints: int,
         else:
             final = final + resize_bilinear(avg, final.shape[-2:], align_corners)
     if not tag_list:
-        raise ValueError("no tags: multi-scale testing needs scale 1 among the scales "
-                         "(tags are taken at scale 1 only, as upstream)")
+        raise ValueError(
+            "no tags: multi-scale testing needs scale 1 among the scales "
+            "(tags are taken at scale 1 only, as upstream)"
+        )
     final = final / np.float32(len(scale_outputs))
     shapes = {t.shape for t in tag_list}
     if len(shapes) != 1 or next(iter(shapes))[-2:] != final.shape[-2:]:
@@ -236,11 +259,14 @@ def _flip_permutation(flip_indices, k: int) -> np.ndarray:
         raise ValueError("flip test needs the card's flip_indices")
     idx = np.asarray(flip_indices, dtype=np.int64)
     if idx.shape != (k,) or not np.array_equal(np.sort(idx), np.arange(k)):
-        raise ValueError(f"flip_indices must be a permutation of range({k}), got {list(flip_indices)}")
+        raise ValueError(
+            f"flip_indices must be a permutation of range({k}), got {list(flip_indices)}"
+        )
     return idx
 
 
 # ----------------------------------------------------------------------------- candidates
+
 
 def max_pool(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
     """``(K, H, W)`` maxima of each pixel's ``kernel`` x ``kernel`` window (stride 1, pixels outside
@@ -256,9 +282,9 @@ def max_pool(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
     return pooled
 
 
-def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: BottomUpSpec,
-                     pooled: Optional[np.ndarray] = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def top_k_candidates(
+    heatmaps: np.ndarray, tags: np.ndarray, params: BottomUpSpec, pooled: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per joint, the ``max_num_people`` strongest peaks above ``detection_threshold``.
 
     Upstream ``HeatmapParser.top_k`` (max-pool peak test, ``topk``) followed by the threshold mask
@@ -315,6 +341,7 @@ def top_k_candidates(heatmaps: np.ndarray, tags: np.ndarray, params: BottomUpSpe
 
 
 # ----------------------------------------------------------------------------- grouping
+
 
 def munkres_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Minimum-cost assignment with the classic Munkres steps, reproducing the ``munkres``
@@ -412,8 +439,14 @@ def munkres_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, star_col[:n_rows].copy()
 
 
-def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts: np.ndarray,
-                 params: BottomUpSpec, solver: str = "munkres") -> np.ndarray:
+def match_by_tag(
+    val_k: np.ndarray,
+    loc_k: np.ndarray,
+    tag_k: np.ndarray,
+    counts: np.ndarray,
+    params: BottomUpSpec,
+    solver: str = "munkres",
+) -> np.ndarray:
     """Group candidates into people, HigherHRNet's ``match_by_tag`` (vectorised per joint).
 
     For each joint in ``params.grouping_order()``: its candidates (the first ``counts[j]``
@@ -448,8 +481,10 @@ def match_by_tag(val_k: np.ndarray, loc_k: np.ndarray, tag_k: np.ndarray, counts
     order = params.grouping_order()
     k, m, n_tag = tag_k.shape
     width = 3 + n_tag
-    cand = np.concatenate([loc_k.astype(np.float64), val_k[..., None].astype(np.float64),
-                           tag_k.astype(np.float64)], axis=2)  # (K, M, 3 + L) like upstream
+    cand = np.concatenate(
+        [loc_k.astype(np.float64), val_k[..., None].astype(np.float64), tag_k.astype(np.float64)],
+        axis=2,
+    )  # (K, M, 3 + L) like upstream
     people = np.zeros((0, k, width), np.float32)
     tag_sum = np.zeros((0, n_tag), np.float32)
     tag_cnt = np.zeros((0,), np.float32)
@@ -534,8 +569,9 @@ def _mean_f32(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     return (total.astype(np.float64) / count).astype(np.float32)
 
 
-def _quarter_offsets(heatmaps: np.ndarray, joint: np.ndarray, x: np.ndarray, y: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _quarter_offsets(
+    heatmaps: np.ndarray, joint: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``+0.25`` where the right (lower) neighbour is higher than the left (upper), else ``-0.25``.
 
     Neighbours are clamped to the map (so at the border a pixel compares with itself: -0.25).
@@ -588,8 +624,13 @@ def _person_mean_tags(people: np.ndarray, tags: np.ndarray) -> np.ndarray:
     return _mean_f32(total, found.sum(axis=1)[:, None])
 
 
-def refine_people(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray,
-                  pooled: Optional[np.ndarray] = None, kernel: int = 5) -> np.ndarray:
+def refine_people(
+    people: np.ndarray,
+    heatmaps: np.ndarray,
+    tags: np.ndarray,
+    pooled: np.ndarray | None = None,
+    kernel: int = 5,
+) -> np.ndarray:
     """Fill missing joints from the heatmaps near each person's mean tag, upstream ``refine``.
 
     For person ``p`` with mean tag ``t_p`` (:func:`_person_mean_tags`) and a missing joint ``k``
@@ -650,8 +691,9 @@ def refine_people(people: np.ndarray, heatmaps: np.ndarray, tags: np.ndarray,
         bm = block_max[j]
         tag_j = tag_flat[j if tags.shape[0] == k else 0]
         first = bm >= (np.partition(bm, len(bm) - 64)[len(bm) - 64] if len(bm) > 64 else -np.inf)
-        best_val, best_idx = _refine_best(hm_flat[j], tag_j, mean_tags[who],
-                                          block_pixels(np.flatnonzero(first)))
+        best_val, best_idx = _refine_best(
+            hm_flat[j], tag_j, mean_tags[who], block_pixels(np.flatnonzero(first))
+        )
         # people whose bound still admits many blocks are cheaper with one scan of the map
         scan = (bm[None, :] >= best_val[:, None]).sum(axis=1) > len(bm) // 4
         if scan.any():
@@ -696,7 +738,7 @@ def _refine_scan(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray) -> np.n
     best_idx = np.zeros(len(mean_tags), np.int64)
     rows = np.arange(len(mean_tags))
     for start in range(0, n, step):
-        sc = _refine_scores(hm[start:start + step], tag[start:start + step], mean_tags)
+        sc = _refine_scores(hm[start : start + step], tag[start : start + step], mean_tags)
         i = sc.argmax(axis=1)
         v = sc[rows, i]
         better = v > best_val
@@ -705,8 +747,9 @@ def _refine_scan(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray) -> np.n
     return best_idx
 
 
-def _refine_best(hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray,
-                 pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _refine_best(
+    hm: np.ndarray, tag: np.ndarray, mean_tags: np.ndarray, pix: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per person, the best refine score over the flat pixel indices ``pix`` and the smallest
     index reaching it: ``((P,) float32, (P,) int64)``."""
     sc = _refine_scores(hm[pix], tag[pix], mean_tags)
@@ -743,7 +786,9 @@ def group_people(heatmaps: np.ndarray, tags: np.ndarray, params: BottomUpSpec) -
     return GroupedPeople(people, scores.astype(np.float32))
 
 
-def people_to_image(keypoints: np.ndarray, center, scale, heatmap_size: tuple[int, int]) -> np.ndarray:
+def people_to_image(
+    keypoints: np.ndarray, center, scale, heatmap_size: tuple[int, int]
+) -> np.ndarray:
     """Heatmap-space keypoints -> image pixels, upstream ``get_final_preds`` / ``transform_preds``.
 
     Applies the inverse of the resize warp (:func:`service.geometry.get_bottomup_warp_matrix` with

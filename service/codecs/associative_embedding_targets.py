@@ -18,10 +18,11 @@ original HigherHRNet repo's ``lib/dataset/target_generators``), non-UDP:
 
 Coordinates are ``(x, y)`` pixels of each stage's heatmap ("heatmap space").
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -41,8 +42,9 @@ def _joints(joints: np.ndarray) -> np.ndarray:
     return j
 
 
-def generate_bottomup_heatmaps(joints: np.ndarray, heatmap_size: Sequence[int],
-                               sigma: float = 2.0) -> np.ndarray:
+def generate_bottomup_heatmaps(
+    joints: np.ndarray, heatmap_size: Sequence[int], sigma: float = 2.0
+) -> np.ndarray:
     """Target heatmaps of all people of one image at one stage (MMPose 0.x ``HeatmapGenerator``).
 
     Args:
@@ -64,7 +66,7 @@ def generate_bottomup_heatmaps(joints: np.ndarray, heatmap_size: Sequence[int],
         raise ValueError(f"sigma must be positive, got {sigma!r}")
     ar = np.arange(0, 6 * sigma + 3, 1, np.float32)
     c = 3 * sigma + 1
-    g = np.exp(-((ar[None, :] - c) ** 2 + (ar[:, None] - c) ** 2) / (2 * sigma ** 2))
+    g = np.exp(-((ar[None, :] - c) ** 2 + (ar[:, None] - c) ** 2) / (2 * sigma**2))
     hms = np.zeros((j.shape[1], h, w), dtype=np.float32)
     for person in j:
         for k, (px, py, v) in enumerate(person[:, :3]):
@@ -83,8 +85,12 @@ def generate_bottomup_heatmaps(joints: np.ndarray, heatmap_size: Sequence[int],
     return hms
 
 
-def encode_tag_joints(joints: np.ndarray, heatmap_size: Sequence[int], max_num_people: int = 30,
-                      tag_per_joint: bool = True) -> np.ndarray:
+def encode_tag_joints(
+    joints: np.ndarray,
+    heatmap_size: Sequence[int],
+    max_num_people: int = 30,
+    tag_per_joint: bool = True,
+) -> np.ndarray:
     """Where the AE loss reads each person's tags (MMPose 0.x ``JointsEncoder``).
 
     Args:
@@ -141,11 +147,17 @@ class AssociativeEmbeddingTargets:
         entry per stage. Raises ``ValueError`` when the number of stages does not match.
         """
         if len(joints_per_stage) != len(self.heatmap_sizes):
-            raise ValueError(f"{len(self.heatmap_sizes)} stages expected, got "
-                             f"{len(joints_per_stage)} joint arrays")
+            raise ValueError(
+                f"{len(self.heatmap_sizes)} stages expected, got "
+                f"{len(joints_per_stage)} joint arrays"
+            )
         return {
-            "heatmaps": [generate_bottomup_heatmaps(j, s, self.sigma)
-                         for j, s in zip(joints_per_stage, self.heatmap_sizes)],
-            "joints": [encode_tag_joints(j, s, self.max_num_people, self.tag_per_joint)
-                       for j, s in zip(joints_per_stage, self.heatmap_sizes)],
+            "heatmaps": [
+                generate_bottomup_heatmaps(j, s, self.sigma)
+                for j, s in zip(joints_per_stage, self.heatmap_sizes)
+            ],
+            "joints": [
+                encode_tag_joints(j, s, self.max_num_people, self.tag_per_joint)
+                for j, s in zip(joints_per_stage, self.heatmap_sizes)
+            ],
         }

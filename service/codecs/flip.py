@@ -8,17 +8,19 @@ one pixel to the right, column 0 keeping its own value (``out[..., j] = flipped[
 heatmap ends at column ``W - c`` (for ``c >= 1``; ``c = 0`` falls off the right edge), and the
 original column ``W - 1`` shows up at both columns 0 and 1.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = ["flip_heatmaps", "flip_images"]
 
 
-def flip_heatmaps(heatmaps: np.ndarray, flip_indices: Optional[Sequence[int]] = None,
-                  shift_heatmap: bool = True) -> np.ndarray:
+def flip_heatmaps(
+    heatmaps: np.ndarray, flip_indices: Sequence[int] | None = None, shift_heatmap: bool = True
+) -> np.ndarray:
     """Bring heatmaps of horizontally flipped crops back to the un-flipped frame.
 
     Follows MMPose ``flip_heatmaps(flip_mode='heatmap')``; the caller averages the result with the
@@ -43,7 +45,9 @@ def flip_heatmaps(heatmaps: np.ndarray, flip_indices: Optional[Sequence[int]] = 
     if flip_indices is not None and len(flip_indices) > 0:
         idx = np.asarray(flip_indices, dtype=np.int64)
         if idx.shape != (hm.shape[1],) or not np.array_equal(np.sort(idx), np.arange(hm.shape[1])):
-            raise ValueError(f"flip_indices must be a permutation of range({hm.shape[1]}), got {list(flip_indices)}")
+            raise ValueError(
+                f"flip_indices must be a permutation of range({hm.shape[1]}), got {list(flip_indices)}"
+            )
         out = out[:, idx]
     out = np.ascontiguousarray(out)
     if shift_heatmap and out.shape[-1] > 1:
@@ -51,7 +55,7 @@ def flip_heatmaps(heatmaps: np.ndarray, flip_indices: Optional[Sequence[int]] = 
     return out
 
 
-def flip_images(batch: np.ndarray, layout: Optional[str] = None) -> np.ndarray:
+def flip_images(batch: np.ndarray, layout: str | None = None) -> np.ndarray:
     """Horizontally flip a batch of images (the flip-test input, ``inputs.flip(-1)`` upstream).
 
     Args:

@@ -6,10 +6,11 @@ Encoding (training targets) follows ``generate_gaussian_heatmaps`` /
 keypoints (see :mod:`service.codecs.refine`). Coordinates are ``(x, y)`` pixels: "input space" is the
 model input crop (``input_size``), "heatmap space" the network output (``heatmap_size``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,7 +33,9 @@ def _prepare_keypoints(keypoints, keypoints_visible) -> tuple[np.ndarray, np.nda
     if kpts.ndim != 3 or kpts.shape[2] < 2:
         raise ValueError(f"keypoints must have shape (N, K, 2), got {kpts.shape}")
     if kpts.shape[0] != 1:
-        raise ValueError(f"top-down heatmap encoding is single-instance (N == 1), got N = {kpts.shape[0]}")
+        raise ValueError(
+            f"top-down heatmap encoding is single-instance (N == 1), got N = {kpts.shape[0]}"
+        )
     if keypoints_visible is None:
         vis = np.ones(kpts.shape[:2], dtype=np.float32)
     else:
@@ -42,9 +45,13 @@ def _prepare_keypoints(keypoints, keypoints_visible) -> tuple[np.ndarray, np.nda
     return kpts[..., :2], vis
 
 
-def generate_gaussian_heatmaps(heatmap_size: Sequence[int], keypoints: np.ndarray,
-                               keypoints_visible: np.ndarray, sigma: float,
-                               mode: str = "msra") -> tuple[np.ndarray, np.ndarray]:
+def generate_gaussian_heatmaps(
+    heatmap_size: Sequence[int],
+    keypoints: np.ndarray,
+    keypoints_visible: np.ndarray,
+    sigma: float,
+    mode: str = "msra",
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian target heatmaps for keypoints given in *heatmap* pixels, vectorised over N and K.
 
     ``mode``:
@@ -142,25 +149,41 @@ class MSRAHeatmap:
         ValueError: bad sizes, sigma or kernel size.
     """
 
-    def __init__(self, input_size: Sequence[int], heatmap_size: Sequence[int], sigma: float,
-                 unbiased: bool = False, blur_kernel_size: int = 11) -> None:
+    def __init__(
+        self,
+        input_size: Sequence[int],
+        heatmap_size: Sequence[int],
+        sigma: float,
+        unbiased: bool = False,
+        blur_kernel_size: int = 11,
+    ) -> None:
         self.input_size = _check_size(input_size, "input_size")
         self.heatmap_size = _check_size(heatmap_size, "heatmap_size")
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma!r}")
-        if int(blur_kernel_size) != blur_kernel_size or blur_kernel_size < 1 or blur_kernel_size % 2 != 1:
-            raise ValueError(f"blur_kernel_size must be a positive odd integer, got {blur_kernel_size!r}")
+        if (
+            int(blur_kernel_size) != blur_kernel_size
+            or blur_kernel_size < 1
+            or blur_kernel_size % 2 != 1
+        ):
+            raise ValueError(
+                f"blur_kernel_size must be a positive odd integer, got {blur_kernel_size!r}"
+            )
         self.sigma = float(sigma)
         self.unbiased = bool(unbiased)
         self.blur_kernel_size = int(blur_kernel_size)
-        self.scale_factor = (np.array(self.input_size, dtype=np.float64)
-                             / np.array(self.heatmap_size, dtype=np.float64)).astype(np.float32)
+        self.scale_factor = (
+            np.array(self.input_size, dtype=np.float64)
+            / np.array(self.heatmap_size, dtype=np.float64)
+        ).astype(np.float32)
 
     def __repr__(self) -> str:
-        return (f"MSRAHeatmap(input_size={self.input_size}, heatmap_size={self.heatmap_size}, "
-                f"sigma={self.sigma}, unbiased={self.unbiased}, blur_kernel_size={self.blur_kernel_size})")
+        return (
+            f"MSRAHeatmap(input_size={self.input_size}, heatmap_size={self.heatmap_size}, "
+            f"sigma={self.sigma}, unbiased={self.unbiased}, blur_kernel_size={self.blur_kernel_size})"
+        )
 
-    def encode(self, keypoints: np.ndarray, keypoints_visible: Optional[np.ndarray] = None) -> dict:
+    def encode(self, keypoints: np.ndarray, keypoints_visible: np.ndarray | None = None) -> dict:
         """Training targets for one instance (MMPose ``MSRAHeatmap.encode``).
 
         Args:
@@ -177,8 +200,12 @@ class MSRAHeatmap:
         """
         kpts, vis = _prepare_keypoints(keypoints, keypoints_visible)
         heatmaps, weights = generate_gaussian_heatmaps(
-            self.heatmap_size, kpts / self.scale_factor.astype(np.float64), vis, self.sigma,
-            mode="unbiased" if self.unbiased else "msra")
+            self.heatmap_size,
+            kpts / self.scale_factor.astype(np.float64),
+            vis,
+            self.sigma,
+            mode="unbiased" if self.unbiased else "msra",
+        )
         return dict(heatmaps=heatmaps, keypoint_weights=weights)
 
     def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

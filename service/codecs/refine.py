@@ -14,6 +14,7 @@ Deliberate differences from upstream, all confined to degenerate channels whose 
 * ``refine_keypoints_dark_udp`` leaves ``-1`` locations at ``-1`` (upstream's flat indexing reads
   neighbouring channels / wraps around the array for them and returns an arbitrary value).
 """
+
 from __future__ import annotations
 
 import cv2
@@ -45,8 +46,10 @@ def as_batch(heatmaps, heatmap_size: tuple[int, int] | None = None) -> np.ndarra
     if hm.shape[2] < 1 or hm.shape[3] < 1:
         raise ValueError(f"heatmaps have an empty spatial size: {hm.shape}")
     if heatmap_size is not None and (hm.shape[3], hm.shape[2]) != tuple(heatmap_size):
-        raise ValueError(f"heatmaps are {hm.shape[3]}x{hm.shape[2]} (WxH), codec expects "
-                         f"{heatmap_size[0]}x{heatmap_size[1]}")
+        raise ValueError(
+            f"heatmaps are {hm.shape[3]}x{hm.shape[2]} (WxH), codec expects "
+            f"{heatmap_size[0]}x{heatmap_size[1]}"
+        )
     return hm.astype(np.float32, copy=False)
 
 
@@ -97,10 +100,11 @@ def gaussian_blur(heatmaps: np.ndarray, kernel: int = 11) -> np.ndarray:
     if b * k == 0:
         return hm.copy()
     padded = np.zeros((b * k, h + 2 * border, w + 2 * border), dtype=np.float32)
-    padded[:, border:border + h, border:border + w] = hm.reshape(b * k, h, w)
+    padded[:, border : border + h, border : border + w] = hm.reshape(b * k, h, w)
     blurred = cv2.GaussianBlur(padded.reshape(-1, w + 2 * border), (kernel, kernel), 0)
-    out = blurred.reshape(b * k, h + 2 * border, w + 2 * border)[:, border:border + h,
-                                                                 border:border + w].copy()
+    out = blurred.reshape(b * k, h + 2 * border, w + 2 * border)[
+        :, border : border + h, border : border + w
+    ].copy()
     orig_max = hm.reshape(b * k, -1).max(axis=1)
     new_max = out.reshape(b * k, -1).max(axis=1)
     ok = new_max != 0
@@ -141,18 +145,27 @@ def refine_keypoints(keypoints: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
     yc = np.clip(y, 1, max(h - 2, 1))
     xs, ys = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
 
-    dx = np.where(ok_x, _gather(flat, w, np.minimum(xc + 1, w - 1), ys)
-                  - _gather(flat, w, np.maximum(xc - 1, 0), ys), 0.0)
-    dy = np.where(ok_y, _gather(flat, w, xs, np.minimum(yc + 1, h - 1))
-                  - _gather(flat, w, xs, np.maximum(yc - 1, 0)), 0.0)
+    dx = np.where(
+        ok_x,
+        _gather(flat, w, np.minimum(xc + 1, w - 1), ys)
+        - _gather(flat, w, np.maximum(xc - 1, 0), ys),
+        0.0,
+    )
+    dy = np.where(
+        ok_y,
+        _gather(flat, w, xs, np.minimum(yc + 1, h - 1))
+        - _gather(flat, w, xs, np.maximum(yc - 1, 0)),
+        0.0,
+    )
     out = keypoints.astype(np.float32, copy=True)
     out[..., 0] += np.sign(dx).astype(np.float32) * np.float32(0.25)
     out[..., 1] += np.sign(dy).astype(np.float32) * np.float32(0.25)
     return out
 
 
-def refine_keypoints_dark(keypoints: np.ndarray, heatmaps: np.ndarray,
-                          blur_kernel_size: int) -> np.ndarray:
+def refine_keypoints_dark(
+    keypoints: np.ndarray, heatmaps: np.ndarray, blur_kernel_size: int
+) -> np.ndarray:
     """DARK refinement (MMPose ``refine_keypoints_dark``; Zhang et al., CVPR 2020).
 
     The heatmaps are modulated with :func:`gaussian_blur`, floored at ``1e-10`` and log-ed; then
@@ -190,7 +203,7 @@ def refine_keypoints_dark(keypoints: np.ndarray, heatmaps: np.ndarray,
     dxx = 0.25 * (at(2, 0) - 2 * c + at(-2, 0))
     dyy = 0.25 * (at(0, 2) - 2 * c + at(0, -2))
     dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
-    det = dxx * dyy - dxy ** 2
+    det = dxx * dyy - dxy**2
     use = inside & (det != 0)
     safe = np.where(use, det, 1.0)
     # offset = -H^-1 g with H^-1 = [[dyy, -dxy], [-dxy, dxx]] / det
@@ -202,8 +215,9 @@ def refine_keypoints_dark(keypoints: np.ndarray, heatmaps: np.ndarray,
     return out
 
 
-def refine_keypoints_dark_udp(keypoints: np.ndarray, heatmaps: np.ndarray,
-                              blur_kernel_size: int) -> np.ndarray:
+def refine_keypoints_dark_udp(
+    keypoints: np.ndarray, heatmaps: np.ndarray, blur_kernel_size: int
+) -> np.ndarray:
     """DARK refinement as used by UDP (MMPose ``refine_keypoints_dark_udp``).
 
     The heatmaps are modulated with :func:`gaussian_blur`, clipped to ``[1e-3, 50]``, log-ed and
@@ -223,7 +237,9 @@ def refine_keypoints_dark_udp(keypoints: np.ndarray, heatmaps: np.ndarray,
         New ``(B, K, 2)`` float32 array in heatmap pixels.
     """
     b, k, h, w = heatmaps.shape
-    logs = np.log(np.clip(gaussian_blur(heatmaps, blur_kernel_size), np.float32(1e-3), np.float32(50.0)))
+    logs = np.log(
+        np.clip(gaussian_blur(heatmaps, blur_kernel_size), np.float32(1e-3), np.float32(50.0))
+    )
     padded = np.pad(logs, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
     wp = w + 2
     flat = padded.reshape(b, k, -1)

@@ -8,9 +8,10 @@ That is deliberate upstream: ``add_pred_to_datasample`` (:func:`service.geometry
 then divides by ``w`` and multiplies by the box scale, so image -> UDP warp -> encode -> decode ->
 image is the identity, while encode -> decode alone returns ``kp * w / (w - 1)``.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,18 +40,32 @@ class UDPHeatmap:
         ValueError: bad sizes, sigma, kernel size or ``heatmap_type``.
     """
 
-    def __init__(self, input_size: Sequence[int], heatmap_size: Sequence[int], sigma: float = 2.0,
-                 heatmap_type: str = "gaussian", blur_kernel_size: int = 11) -> None:
+    def __init__(
+        self,
+        input_size: Sequence[int],
+        heatmap_size: Sequence[int],
+        sigma: float = 2.0,
+        heatmap_type: str = "gaussian",
+        blur_kernel_size: int = 11,
+    ) -> None:
         self.input_size = _check_size(input_size, "input_size")
         self.heatmap_size = _check_size(heatmap_size, "heatmap_size")
         if min(self.heatmap_size) < 2:
             raise ValueError(f"UDP needs a heatmap of at least 2x2 pixels, got {self.heatmap_size}")
         if heatmap_type != "gaussian":
-            raise ValueError(f"UDPHeatmap supports heatmap_type='gaussian' only, got {heatmap_type!r}")
+            raise ValueError(
+                f"UDPHeatmap supports heatmap_type='gaussian' only, got {heatmap_type!r}"
+            )
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma!r}")
-        if int(blur_kernel_size) != blur_kernel_size or blur_kernel_size < 1 or blur_kernel_size % 2 != 1:
-            raise ValueError(f"blur_kernel_size must be a positive odd integer, got {blur_kernel_size!r}")
+        if (
+            int(blur_kernel_size) != blur_kernel_size
+            or blur_kernel_size < 1
+            or blur_kernel_size % 2 != 1
+        ):
+            raise ValueError(
+                f"blur_kernel_size must be a positive odd integer, got {blur_kernel_size!r}"
+            )
         self.sigma = float(sigma)
         self.heatmap_type = heatmap_type
         self.blur_kernel_size = int(blur_kernel_size)
@@ -60,11 +75,13 @@ class UDPHeatmap:
         self.decode_factor = in_wh / (hm_wh - 1)
 
     def __repr__(self) -> str:
-        return (f"UDPHeatmap(input_size={self.input_size}, heatmap_size={self.heatmap_size}, "
-                f"sigma={self.sigma}, heatmap_type={self.heatmap_type!r}, "
-                f"blur_kernel_size={self.blur_kernel_size})")
+        return (
+            f"UDPHeatmap(input_size={self.input_size}, heatmap_size={self.heatmap_size}, "
+            f"sigma={self.sigma}, heatmap_type={self.heatmap_type!r}, "
+            f"blur_kernel_size={self.blur_kernel_size})"
+        )
 
-    def encode(self, keypoints: np.ndarray, keypoints_visible: Optional[np.ndarray] = None) -> dict:
+    def encode(self, keypoints: np.ndarray, keypoints_visible: np.ndarray | None = None) -> dict:
         """Training targets for one instance (MMPose ``UDPHeatmap.encode``, Gaussian type).
 
         Keypoints are mapped to heatmap pixels by ``/ scale_factor`` and drawn with
@@ -83,7 +100,12 @@ class UDPHeatmap:
         """
         kpts, vis = _prepare_keypoints(keypoints, keypoints_visible)
         heatmaps, weights = generate_gaussian_heatmaps(
-            self.heatmap_size, kpts / self.scale_factor.astype(np.float64), vis, self.sigma, mode="udp")
+            self.heatmap_size,
+            kpts / self.scale_factor.astype(np.float64),
+            vis,
+            self.sigma,
+            mode="udp",
+        )
         return dict(heatmaps=heatmaps, keypoint_weights=weights)
 
     def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,13 +10,15 @@ Segmentation (MMSeg 1.x ``METAINFO``): ``cityscapes`` (19), ``ade20k`` (150), ``
     >>> get_seg_dataset("ade20k").num_classes
     150
 """
+
 from __future__ import annotations
 
 from . import animals, coco, segmentation
 from .info import PoseDatasetInfo, SegDatasetInfo
 
 _POSE: dict[str, PoseDatasetInfo] = {
-    d.name: d for d in (*coco.POSE_DATASETS, *animals.POSE_DATASETS)}
+    d.name: d for d in (*coco.POSE_DATASETS, *animals.POSE_DATASETS)
+}
 _SEG: dict[str, SegDatasetInfo] = {d.name: d for d in segmentation.SEG_DATASETS}
 
 
@@ -24,8 +26,9 @@ def _lookup(table: dict, kind: str, name: str):
     try:
         return table[name]
     except KeyError:
-        raise KeyError(f"unknown {kind} dataset {name!r}; known: "
-                       f"{', '.join(sorted(table))}") from None
+        raise KeyError(
+            f"unknown {kind} dataset {name!r}; known: {', '.join(sorted(table))}"
+        ) from None
 
 
 def get_pose_dataset(name: str) -> PoseDatasetInfo:
@@ -54,5 +57,11 @@ def list_seg_datasets() -> list[str]:
     return sorted(_SEG)
 
 
-__all__ = ["PoseDatasetInfo", "SegDatasetInfo", "get_pose_dataset", "get_seg_dataset",
-           "list_pose_datasets", "list_seg_datasets"]
+__all__ = [
+    "PoseDatasetInfo",
+    "SegDatasetInfo",
+    "get_pose_dataset",
+    "get_seg_dataset",
+    "list_pose_datasets",
+    "list_seg_datasets",
+]

@@ -10,10 +10,11 @@ Horse-10 names are side-of-camera ("Near"/"Off"), not anatomical left/right, and
 benchmark metrics are PCK@0.3 and NME), so ``HORSE10.sigmas`` is empty.
 MacaquePose uses the COCO keypoint order and COCO sigmas; ATRW has its own 15 sigmas.
 """
+
 from __future__ import annotations
 
-from .info import KeypointRow, LinkRow, PoseDatasetInfo
 from .coco import COCO_KEYPOINTS, COCO_LINKS
+from .info import KeypointRow, LinkRow, PoseDatasetInfo
 
 # (name, mirror or None, OKS sigma or None, RGB colour), in heatmap-channel order.
 HORSE10_KEYPOINTS: tuple[KeypointRow, ...] = (
@@ -116,14 +117,20 @@ DLC_OPENFIELD_LINKS: tuple[LinkRow, ...] = (
 )
 
 HORSE10 = PoseDatasetInfo.from_rows(
-    "horse10", HORSE10_KEYPOINTS, HORSE10_LINKS, source="mmpose configs/_base_/datasets/horse10.py")
+    "horse10", HORSE10_KEYPOINTS, HORSE10_LINKS, source="mmpose configs/_base_/datasets/horse10.py"
+)
 MACAQUE = PoseDatasetInfo.from_rows(
-    "macaque", MACAQUE_KEYPOINTS, MACAQUE_LINKS, source="mmpose configs/_base_/datasets/macaque.py")
+    "macaque", MACAQUE_KEYPOINTS, MACAQUE_LINKS, source="mmpose configs/_base_/datasets/macaque.py"
+)
 ATRW = PoseDatasetInfo.from_rows(
-    "atrw", ATRW_KEYPOINTS, ATRW_LINKS, source="mmpose configs/_base_/datasets/atrw.py")
+    "atrw", ATRW_KEYPOINTS, ATRW_LINKS, source="mmpose configs/_base_/datasets/atrw.py"
+)
 
 DLC_OPENFIELD = PoseDatasetInfo.from_rows(
-    "dlc_openfield", DLC_OPENFIELD_KEYPOINTS, DLC_OPENFIELD_LINKS,
-    source="DeepLabCut examples/openfield-Pranav-2018-10-30/config.yaml")
+    "dlc_openfield",
+    DLC_OPENFIELD_KEYPOINTS,
+    DLC_OPENFIELD_LINKS,
+    source="DeepLabCut examples/openfield-Pranav-2018-10-30/config.yaml",
+)
 
 POSE_DATASETS = (HORSE10, MACAQUE, ATRW, DLC_OPENFIELD)

@@ -10,6 +10,7 @@ keeps channels 0..16 at inference, so its published COCO AP is on the 17 COCO ke
 The *merge* model (``...-merge``) is trained with AIC keypoints mapped into COCO's 17 and outputs
 plain COCO-17 (dataset ``coco``).
 """
+
 from __future__ import annotations
 
 from .info import KeypointRow, LinkRow, PoseDatasetInfo
@@ -61,14 +62,16 @@ COCO_AIC_KEYPOINTS: tuple[KeypointRow, ...] = COCO_KEYPOINTS + (
     ("head_top", None, 0.026, (51, 153, 255)),
     ("neck", None, 0.026, (51, 153, 255)),
 )
-COCO_AIC_LINKS: tuple[LinkRow, ...] = COCO_LINKS + (
-    ("head_top", "neck", (51, 153, 255)),
-)
+COCO_AIC_LINKS: tuple[LinkRow, ...] = COCO_LINKS + (("head_top", "neck", (51, 153, 255)),)
 
 COCO = PoseDatasetInfo.from_rows(
-    "coco", COCO_KEYPOINTS, COCO_LINKS, source="mmpose configs/_base_/datasets/coco.py")
+    "coco", COCO_KEYPOINTS, COCO_LINKS, source="mmpose configs/_base_/datasets/coco.py"
+)
 COCO_AIC = PoseDatasetInfo.from_rows(
-    "coco_aic", COCO_AIC_KEYPOINTS, COCO_AIC_LINKS,
-    source="mmpose configs/_base_/datasets/coco_aic.py")
+    "coco_aic",
+    COCO_AIC_KEYPOINTS,
+    COCO_AIC_LINKS,
+    source="mmpose configs/_base_/datasets/coco_aic.py",
+)
 
 POSE_DATASETS = (COCO, COCO_AIC)

@@ -12,10 +12,12 @@ Two frozen records, built once at import from the tables in :mod:`service.datase
 
 Torch-free: only the standard library (and numpy for the array helpers).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, cast
+from typing import cast
 
 import numpy as np
 
@@ -23,7 +25,7 @@ RGB = tuple[int, int, int]
 
 # One keypoint row of a pose table: (name, mirror name or None on the midline,
 # OKS sigma or None when the dataset defines none, RGB colour).
-KeypointRow = tuple[str, Optional[str], Optional[float], RGB]
+KeypointRow = tuple[str, str | None, float | None, RGB]
 # One skeleton link row: (start keypoint name, end keypoint name, RGB colour).
 LinkRow = tuple[str, str, RGB]
 # One class row of a segmentation table: (class name, RGB colour).
@@ -92,8 +94,9 @@ class PoseDatasetInfo:
         if self.keypoint_colors and len(self.keypoint_colors) != k:
             raise ValueError(f"{self.name}: {len(self.keypoint_colors)} keypoint colours for {k}")
         if self.link_colors and len(self.link_colors) != len(self.skeleton):
-            raise ValueError(f"{self.name}: {len(self.link_colors)} link colours for "
-                             f"{len(self.skeleton)} links")
+            raise ValueError(
+                f"{self.name}: {len(self.link_colors)} link colours for {len(self.skeleton)} links"
+            )
         for c in (*self.keypoint_colors, *self.link_colors):
             _check_rgb(c, self.name)
 
@@ -112,8 +115,10 @@ class PoseDatasetInfo:
         try:
             return self.keypoint_names.index(keypoint_name)
         except ValueError:
-            raise KeyError(f"{self.name} has no keypoint {keypoint_name!r}; known: "
-                           f"{', '.join(self.keypoint_names)}") from None
+            raise KeyError(
+                f"{self.name} has no keypoint {keypoint_name!r}; known: "
+                f"{', '.join(self.keypoint_names)}"
+            ) from None
 
     def sigmas_array(self) -> np.ndarray:
         """OKS sigmas as a float32 array of shape ``(K,)``.
@@ -129,8 +134,9 @@ class PoseDatasetInfo:
         return np.asarray(self.flip_indices, dtype=np.int64)
 
     @classmethod
-    def from_rows(cls, name: str, keypoints: Sequence[KeypointRow],
-                  links: Sequence[LinkRow], source: str = "") -> "PoseDatasetInfo":
+    def from_rows(
+        cls, name: str, keypoints: Sequence[KeypointRow], links: Sequence[LinkRow], source: str = ""
+    ) -> PoseDatasetInfo:
         """Build from name-based tables (the form the dataset modules are written in).
 
         ``keypoints`` rows are ``(name, mirror or None, sigma or None, rgb)`` in channel order;
@@ -192,8 +198,9 @@ class SegDatasetInfo:
     def __post_init__(self) -> None:
         _check_names(self.classes, self.name, "class", "classes")
         if len(self.palette) != len(self.classes):
-            raise ValueError(f"{self.name}: {len(self.palette)} colours for "
-                             f"{len(self.classes)} classes")
+            raise ValueError(
+                f"{self.name}: {len(self.palette)} colours for {len(self.classes)} classes"
+            )
         for c in self.palette:
             _check_rgb(c, self.name)
 
@@ -208,10 +215,14 @@ class SegDatasetInfo:
         return np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
 
     @classmethod
-    def from_rows(cls, name: str, rows: Sequence[ClassRow], **kwargs) -> "SegDatasetInfo":
+    def from_rows(cls, name: str, rows: Sequence[ClassRow], **kwargs) -> SegDatasetInfo:
         """Build from ``(class name, rgb)`` rows in channel order; ``kwargs`` go to the record."""
-        return cls(name=name, classes=tuple(r[0] for r in rows),
-                   palette=tuple(cast(RGB, tuple(r[1])) for r in rows), **kwargs)
+        return cls(
+            name=name,
+            classes=tuple(r[0] for r in rows),
+            palette=tuple(cast(RGB, tuple(r[1])) for r in rows),
+            **kwargs,
+        )
 
 
 __all__ = ["PoseDatasetInfo", "SegDatasetInfo", "KeypointRow", "LinkRow", "ClassRow", "RGB"]

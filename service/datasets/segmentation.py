@@ -15,6 +15,7 @@ as one ``(class, colour)`` row per output channel:
 
 Upstream palettes are not all distinct (ADE20K and Pascal Context repeat one colour); kept as is.
 """
+
 from __future__ import annotations
 
 from .info import ClassRow, SegDatasetInfo
@@ -285,15 +286,20 @@ PASCAL_CONTEXT: tuple[ClassRow, ...] = (
 PASCAL_CONTEXT_59: tuple[ClassRow, ...] = PASCAL_CONTEXT[1:]
 
 CITYSCAPES_INFO = SegDatasetInfo.from_rows(
-    "cityscapes", CITYSCAPES, source="mmseg.datasets.CityscapesDataset")
+    "cityscapes", CITYSCAPES, source="mmseg.datasets.CityscapesDataset"
+)
 ADE20K_INFO = SegDatasetInfo.from_rows(
-    "ade20k", ADE20K, reduce_zero_label=True, source="mmseg.datasets.ADE20KDataset")
-VOC_INFO = SegDatasetInfo.from_rows(
-    "voc", VOC, source="mmseg.datasets.PascalVOCDataset")
+    "ade20k", ADE20K, reduce_zero_label=True, source="mmseg.datasets.ADE20KDataset"
+)
+VOC_INFO = SegDatasetInfo.from_rows("voc", VOC, source="mmseg.datasets.PascalVOCDataset")
 PASCAL_CONTEXT_INFO = SegDatasetInfo.from_rows(
-    "pascal_context", PASCAL_CONTEXT, source="mmseg.datasets.PascalContextDataset")
+    "pascal_context", PASCAL_CONTEXT, source="mmseg.datasets.PascalContextDataset"
+)
 PASCAL_CONTEXT_59_INFO = SegDatasetInfo.from_rows(
-    "pascal_context_59", PASCAL_CONTEXT_59, reduce_zero_label=True,
-    source="mmseg.datasets.PascalContextDataset59")
+    "pascal_context_59",
+    PASCAL_CONTEXT_59,
+    reduce_zero_label=True,
+    source="mmseg.datasets.PascalContextDataset59",
+)
 
 SEG_DATASETS = (CITYSCAPES_INFO, ADE20K_INFO, VOC_INFO, PASCAL_CONTEXT_INFO, PASCAL_CONTEXT_59_INFO)

@@ -9,6 +9,7 @@ Follows MMPose 1.x ``mmpose/evaluation/metrics/coco_metric.py`` (``CocoMetric`` 
 Units: keypoint coordinates and boxes are image pixels; areas are square pixels; sigmas are
 dimensionless (relative to ``sqrt(area)``). Torch-free (numpy + xtcocotools).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,9 @@ import copy
 import io
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +42,7 @@ COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "AR
 _EPS = float(np.spacing(1))
 
 
-def _as_sigmas(sigmas: Sequence[float] | np.ndarray, k: Optional[int] = None) -> np.ndarray:
+def _as_sigmas(sigmas: Sequence[float] | np.ndarray, k: int | None = None) -> np.ndarray:
     s = np.asarray(sigmas, dtype=np.float64).reshape(-1)
     if s.size == 0:
         raise ValueError("OKS needs per-keypoint sigmas; got an empty list")
@@ -49,7 +51,7 @@ def _as_sigmas(sigmas: Sequence[float] | np.ndarray, k: Optional[int] = None) ->
     return s
 
 
-def _split_kpts(x: np.ndarray, k_hint: Optional[int] = None) -> np.ndarray:
+def _split_kpts(x: np.ndarray, k_hint: int | None = None) -> np.ndarray:
     """Reshape a flat ``(..., K*3)`` or ``(..., K, 3)`` array to ``(..., K, 3)``."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim >= 2 and x.shape[-1] == 3 and (k_hint is None or x.shape[-2] == k_hint):
@@ -59,8 +61,7 @@ def _split_kpts(x: np.ndarray, k_hint: Optional[int] = None) -> np.ndarray:
     return x.reshape(*x.shape[:-1], x.shape[-1] // 3, 3)
 
 
-def _mean_exp(e: np.ndarray, valid: Optional[np.ndarray] = None,
-              empty: float = 0.0) -> np.ndarray:
+def _mean_exp(e: np.ndarray, valid: np.ndarray | None = None, empty: float = 0.0) -> np.ndarray:
     """Mean of ``exp(-e)`` over the last (keypoint) axis, over the ``valid`` entries only (all
     when ``None``); ``empty`` where none is valid. Float64, shape ``e.shape[:-1]``."""
     x = np.exp(-e)
@@ -73,8 +74,14 @@ def _mean_exp(e: np.ndarray, valid: Optional[np.ndarray] = None,
     return np.where(n > 0, s / np.maximum(n, 1), empty)
 
 
-def oks_iou(g: np.ndarray, d: np.ndarray, a_g: float, a_d: np.ndarray,
-            sigmas: Sequence[float] | np.ndarray, vis_thr: Optional[float] = None) -> np.ndarray:
+def oks_iou(
+    g: np.ndarray,
+    d: np.ndarray,
+    a_g: float,
+    a_d: np.ndarray,
+    sigmas: Sequence[float] | np.ndarray,
+    vis_thr: float | None = None,
+) -> np.ndarray:
     """OKS between one instance ``g`` and each of ``M`` instances ``d`` (MMPose ``oks_iou``).
 
     Args:
@@ -102,8 +109,12 @@ def oks_iou(g: np.ndarray, d: np.ndarray, a_g: float, a_d: np.ndarray,
     return _mean_exp(e, valid).astype(np.float32)
 
 
-def pairwise_oks(keypoints: np.ndarray, areas: np.ndarray, sigmas: Sequence[float] | np.ndarray,
-                 vis_thr: Optional[float] = None) -> np.ndarray:
+def pairwise_oks(
+    keypoints: np.ndarray,
+    areas: np.ndarray,
+    sigmas: Sequence[float] | np.ndarray,
+    vis_thr: float | None = None,
+) -> np.ndarray:
     """Symmetric ``(N, N)`` float32 matrix of :func:`oks_iou` between all pairs of ``N`` instances.
 
     ``keypoints``: ``(N, K, 3)`` (x, y, score/visibility; pixels); ``areas``: ``(N,)`` px².
@@ -115,8 +126,8 @@ def pairwise_oks(keypoints: np.ndarray, areas: np.ndarray, sigmas: Sequence[floa
     n, k = k3.shape[:2]
     var = (2.0 * _as_sigmas(sigmas, k)) ** 2
     a = np.asarray(areas, dtype=np.float64).reshape(n)
-    diff = k3[:, None, :, :2] - k3[None, :, :, :2]                     # (N, N, K, 2)
-    d2 = (diff ** 2).sum(-1)
+    diff = k3[:, None, :, :2] - k3[None, :, :, :2]  # (N, N, K, 2)
+    d2 = (diff**2).sum(-1)
     e = d2 / var / ((a[:, None] + a[None, :])[..., None] / 2 + _EPS) / 2
     valid = None
     if vis_thr is not None:
@@ -136,9 +147,13 @@ def _greedy_nms(scores: np.ndarray, overlap: np.ndarray, thr: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def oks_nms(instances: Sequence[Mapping[str, Any]], thr: float = 0.9,
-            sigmas: Sequence[float] | np.ndarray | None = None, vis_thr: Optional[float] = None,
-            score_per_joint: bool = False) -> np.ndarray:
+def oks_nms(
+    instances: Sequence[Mapping[str, Any]],
+    thr: float = 0.9,
+    sigmas: Sequence[float] | np.ndarray | None = None,
+    vis_thr: float | None = None,
+    score_per_joint: bool = False,
+) -> np.ndarray:
     """Greedy OKS non-maximum suppression over the instances of one image (MMPose ``oks_nms``).
 
     Args:
@@ -164,14 +179,16 @@ def oks_nms(instances: Sequence[Mapping[str, Any]], thr: float = 0.9,
         scores = np.array([np.mean(inst["score"]) for inst in instances])
     else:
         scores = np.array([inst["score"] for inst in instances])
-    kpts = np.stack([np.asarray(inst["keypoints"], dtype=np.float64).reshape(-1, 3)
-                     for inst in instances])
+    kpts = np.stack(
+        [np.asarray(inst["keypoints"], dtype=np.float64).reshape(-1, 3) for inst in instances]
+    )
     areas = np.array([inst["area"] for inst in instances], dtype=np.float64)
     return _greedy_nms(scores, pairwise_oks(kpts, areas, sigmas, vis_thr), thr)
 
 
-def rescore(bbox_score: Union[float, np.ndarray], keypoint_scores: np.ndarray,
-            thr: float = 0.2) -> np.ndarray:
+def rescore(
+    bbox_score: float | np.ndarray, keypoint_scores: np.ndarray, thr: float = 0.2
+) -> np.ndarray:
     """Person score = box score × mean of the keypoint scores ``> thr`` (MMPose ``CocoMetric``,
     ``score_mode='bbox_keypoint'``).
 
@@ -187,15 +204,19 @@ def rescore(bbox_score: Union[float, np.ndarray], keypoint_scores: np.ndarray,
     """
     ks = np.asarray(keypoint_scores, dtype=np.float32)
     valid = ks > thr
-    total = np.where(valid, ks, np.float32(0)).cumsum(axis=-1, dtype=np.float32)[..., -1] \
-        if ks.shape[-1] else np.zeros(ks.shape[:-1], np.float32)
+    total = (
+        np.where(valid, ks, np.float32(0)).cumsum(axis=-1, dtype=np.float32)[..., -1]
+        if ks.shape[-1]
+        else np.zeros(ks.shape[:-1], np.float32)
+    )
     n = valid.sum(axis=-1)
     mean = np.where(n > 0, total / np.maximum(n, 1).astype(np.float32), np.float32(0))
     return (np.asarray(bbox_score, dtype=np.float32) * mean.astype(np.float32)).astype(np.float32)
 
 
-def topdown_bbox_areas(bboxes_xyxy: np.ndarray, input_size: tuple[int, int],
-                       padding: float = 1.25) -> np.ndarray:
+def topdown_bbox_areas(
+    bboxes_xyxy: np.ndarray, input_size: tuple[int, int], padding: float = 1.25
+) -> np.ndarray:
     """Area MMPose's ``CocoMetric`` gives a top-down instance for OKS-NMS: ``prod(bbox_scale)``.
 
     ``bbox_scale`` is what ``GetBBoxCenterScale(padding)`` then ``TopdownAffine`` leave in the
@@ -208,13 +229,21 @@ def topdown_bbox_areas(bboxes_xyxy: np.ndarray, input_size: tuple[int, int],
     scale = (b[:, 2:] - b[:, :2]) * np.float32(padding)
     w, h = scale[:, 0], scale[:, 1]
     aspect = float(input_size[0]) / float(input_size[1])
-    fixed = np.where((w > h * aspect)[:, None],
-                     np.stack([w, w / aspect], axis=1), np.stack([h * aspect, h], axis=1))
+    fixed = np.where(
+        (w > h * aspect)[:, None],
+        np.stack([w, w / aspect], axis=1),
+        np.stack([h * aspect, h], axis=1),
+    )
     return np.prod(fixed.astype(np.float32), axis=1)
 
 
-def per_instance_oks(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, areas: np.ndarray,
-                     sigmas: Sequence[float] | np.ndarray) -> np.ndarray:
+def per_instance_oks(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    visible: np.ndarray,
+    areas: np.ndarray,
+    sigmas: Sequence[float] | np.ndarray,
+) -> np.ndarray:
     """OKS of each prediction with its own ground truth, over the labelled keypoints.
 
     ``oks_n = sum_k v_nk · exp(-d_nk² / (2 · area_n · (2σ_k)²)) / sum_k v_nk`` with
@@ -245,8 +274,13 @@ def per_instance_oks(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, area
     return _mean_exp(e, v, empty=np.nan)
 
 
-def mean_oks(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, areas: np.ndarray,
-             sigmas: Sequence[float] | np.ndarray) -> float:
+def mean_oks(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    visible: np.ndarray,
+    areas: np.ndarray,
+    sigmas: Sequence[float] | np.ndarray,
+) -> float:
     """Mean over people of :func:`per_instance_oks` (people without labelled keypoints skipped).
 
     This is the project's "mean OKS" figure (shared/README.md). Returns NaN when no person has
@@ -290,7 +324,7 @@ def _coco_api(backend: str = "auto"):
     raise ImportError("no usable COCO API (" + "; ".join(errors) + ")")
 
 
-def _load_coco(ann: Union[str, Path, Mapping[str, Any]], COCO, visible_count: bool = False):
+def _load_coco(ann: str | Path | Mapping[str, Any], COCO, visible_count: bool = False):
     if isinstance(ann, Mapping):
         dataset = copy.deepcopy(dict(ann))
     else:
@@ -336,14 +370,23 @@ class CocoKeypointEvaluator:
         ValueError: on unknown modes, or in :meth:`add` on inconsistent shapes.
     """
 
-    def __init__(self, ann: Union[str, Path, Mapping[str, Any]],
-                 sigmas: Sequence[float] | np.ndarray, *, use_area: bool = True,
-                 score_mode: str = "bbox_keypoint", keypoint_score_thr: float = 0.2,
-                 nms_mode: str = "oks_nms", nms_thr: float = 0.9, verbose: bool = False,
-                 coco_api: str = "auto") -> None:
+    def __init__(
+        self,
+        ann: str | Path | Mapping[str, Any],
+        sigmas: Sequence[float] | np.ndarray,
+        *,
+        use_area: bool = True,
+        score_mode: str = "bbox_keypoint",
+        keypoint_score_thr: float = 0.2,
+        nms_mode: str = "oks_nms",
+        nms_thr: float = 0.9,
+        verbose: bool = False,
+        coco_api: str = "auto",
+    ) -> None:
         if score_mode not in ("bbox", "bbox_keypoint", "bbox_rle"):
-            raise ValueError(f"score_mode must be 'bbox', 'bbox_keypoint' or 'bbox_rle', "
-                             f"got {score_mode!r}")
+            raise ValueError(
+                f"score_mode must be 'bbox', 'bbox_keypoint' or 'bbox_rle', got {score_mode!r}"
+            )
         if nms_mode not in ("oks_nms", "none"):
             raise ValueError(f"nms_mode must be 'oks_nms' or 'none', got {nms_mode!r}")
         self._COCO, self._COCOeval, self.coco_api = _coco_api(coco_api)
@@ -370,8 +413,14 @@ class CocoKeypointEvaluator:
         self._instances.clear()
         self._next_id = 0
 
-    def add(self, image_id: Any, keypoints: np.ndarray, bbox_scores: np.ndarray,
-            areas: Optional[np.ndarray] = None, ids: Optional[Sequence[Any]] = None) -> None:
+    def add(
+        self,
+        image_id: Any,
+        keypoints: np.ndarray,
+        bbox_scores: np.ndarray,
+        areas: np.ndarray | None = None,
+        ids: Sequence[Any] | None = None,
+    ) -> None:
         """Add the ``N`` predicted instances of one image.
 
         Args:
@@ -393,15 +442,19 @@ class CocoKeypointEvaluator:
             raise ValueError(f"keypoints must be (N, K, 3), got {kp.shape}")
         n = kp.shape[0]
         if kp.shape[1] != self.num_keypoints:
-            raise ValueError(f"{kp.shape[1]} keypoints per instance, but {self.num_keypoints} "
-                             "sigmas")
+            raise ValueError(
+                f"{kp.shape[1]} keypoints per instance, but {self.num_keypoints} sigmas"
+            )
         bs = np.asarray(bbox_scores, dtype=np.float32).reshape(-1)
         if bs.size != n:
             raise ValueError(f"{bs.size} bbox scores for {n} instances")
         if areas is None:
             xy = kp[..., :2]
-            ar = ((xy[..., 0].max(1) - xy[..., 0].min(1)) * (xy[..., 1].max(1) - xy[..., 1].min(1))
-                  if n else np.zeros(0, np.float32))
+            ar = (
+                (xy[..., 0].max(1) - xy[..., 0].min(1)) * (xy[..., 1].max(1) - xy[..., 1].min(1))
+                if n
+                else np.zeros(0, np.float32)
+            )
         else:
             ar = np.asarray(areas, dtype=np.float32).reshape(-1)
             if ar.size != n:
@@ -444,13 +497,19 @@ class CocoKeypointEvaluator:
             else:
                 keep = np.arange(len(uniq))
             for i in keep:
-                out.append({"image_id": image_id, "category_id": 1,
-                            "keypoints": uniq[i]["keypoints"].reshape(-1).tolist(),
-                            "score": float(scores[i])})
+                out.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": 1,
+                        "keypoints": uniq[i]["keypoints"].reshape(-1).tolist(),
+                        "score": float(scores[i]),
+                    }
+                )
         return out
 
-    def evaluate(self, results: Optional[list[dict]] = None,
-                 image_ids: Optional[Iterable[Any]] = None) -> dict[str, float]:
+    def evaluate(
+        self, results: list[dict] | None = None, image_ids: Iterable[Any] | None = None
+    ) -> dict[str, float]:
         """Run ``COCOeval`` and return ``{name: value}`` for :data:`COCO_STAT_NAMES`.
 
         Args:
@@ -464,7 +523,9 @@ class CocoKeypointEvaluator:
         res = copy.deepcopy(self.coco_results() if results is None else results)
         if not res:
             raise ValueError("no keypoint results to evaluate")
-        sink = contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())
+        sink = (
+            contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())
+        )
         with sink:
             coco_dt = self.coco.loadRes(res)
             if self.coco_api == "xtcocotools":

@@ -11,21 +11,30 @@ Horse-10 numbers were produced (MMPose 1.x keeps the same pair as ``NME``'s defa
 Units: keypoints in pixels (any consistent space); results are fractions (PCK in [0, 1], NME in
 units of the normalisation length). Torch-free.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["horse10_metrics", "keypoint_distance_norm", "nme", "normalized_distances",
-           "pck_accuracy", "bbox_size_norm", "pixel_error_metrics"]
+__all__ = [
+    "horse10_metrics",
+    "keypoint_distance_norm",
+    "nme",
+    "normalized_distances",
+    "pck_accuracy",
+    "bbox_size_norm",
+    "pixel_error_metrics",
+]
 
 #: Horse-10 normalisation pair: keypoint 0 ``Nose`` and 1 ``Eye``.
 HORSE10_NORM_INDICES = (0, 1)
 
 
-def normalized_distances(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
-                         norm_factor: np.ndarray) -> np.ndarray:
+def normalized_distances(
+    pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, norm_factor: np.ndarray
+) -> np.ndarray:
     """Per-keypoint normalised distances, ``(K, N)`` float32, −1 where not evaluated
     (MMPose ``_calc_distances``).
 
@@ -56,8 +65,9 @@ def normalized_distances(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
     return dist.T
 
 
-def pck_accuracy(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, thr: float,
-                 norm_factor: np.ndarray) -> tuple[np.ndarray, float, int]:
+def pck_accuracy(
+    pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, thr: float, norm_factor: np.ndarray
+) -> tuple[np.ndarray, float, int]:
     """PCK: fraction of keypoints whose normalised distance is ``< thr`` (MMPose
     ``keypoint_pck_accuracy``).
 
@@ -84,8 +94,7 @@ def pck_accuracy(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, thr: float,
     return acc, (float(good.mean()) if cnt else 0.0), cnt
 
 
-def nme(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
-        normalize_factor: np.ndarray) -> float:
+def nme(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, normalize_factor: np.ndarray) -> float:
     """Normalised mean error: mean of the normalised distances over all evaluated
     (instance, keypoint) pairs (MMPose ``keypoint_nme``); 0 when none is evaluated.
 
@@ -108,8 +117,9 @@ def keypoint_distance_norm(gt: np.ndarray, indices: Sequence[int]) -> np.ndarray
     return np.tile(d, (1, 2))
 
 
-def horse10_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
-                    thr: float = 0.3) -> dict[str, float]:
+def horse10_metrics(
+    pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, thr: float = 0.3
+) -> dict[str, float]:
     """Horse-10 benchmark metrics: ``{"PCK": PCK@thr, "NME": NME}``.
 
     Both are normalised by the ground-truth nose–eye distance (keypoints 0 and 1), as
@@ -137,8 +147,9 @@ def bbox_size_norm(bboxes_xyxy: np.ndarray) -> np.ndarray:
     return np.tile(side, (1, 2))
 
 
-def pixel_error_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
-                        bboxes_xyxy: np.ndarray, thr: float = 0.2) -> dict[str, float]:
+def pixel_error_metrics(
+    pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, bboxes_xyxy: np.ndarray, thr: float = 0.2
+) -> dict[str, float]:
     """Pixel errors of labelled keypoints, DeepLabCut-style, plus box-normalised PCK.
 
     * ``EPE``: mean Euclidean distance in pixels over all labelled (instance, keypoint) pairs
@@ -162,5 +173,9 @@ def pixel_error_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray,
         raise ValueError("no labelled keypoint to score")
     d = np.linalg.norm(p[..., :2] - g[..., :2], axis=-1)[m]
     _, pck, _ = pck_accuracy(p, g, m, thr, bbox_size_norm(bboxes_xyxy))
-    return {"EPE": float(d.mean()), "RMSE": float(np.sqrt((d ** 2).mean())),
-            f"PCK@{thr:g}": float(pck), "count": int(d.size)}
+    return {
+        "EPE": float(d.mean()),
+        "RMSE": float(np.sqrt((d**2).mean())),
+        f"PCK@{thr:g}": float(pck),
+        "count": int(d.size),
+    }

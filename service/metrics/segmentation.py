@@ -8,17 +8,19 @@ ground truth has IoU NaN and is left out; a class absent from the ground truth h
 in percent rounded to 2 decimals like MMSeg reports them. Counts are exact int64 (MMSeg sums
 float32 histograms). Torch-free.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = ["IoUAccumulator", "intersect_and_union"]
 
 
-def intersect_and_union(pred: np.ndarray, label: np.ndarray, num_classes: int,
-                        ignore_index: int = 255) -> np.ndarray:
+def intersect_and_union(
+    pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255
+) -> np.ndarray:
     """Per-class pixel counts of one image, ``(4, C)`` int64: area_intersect, area_union,
     area_pred_label, area_label (MMSeg ``IoUMetric.intersect_and_union``).
 
@@ -64,16 +66,18 @@ class IoUAccumulator:
             (in ``add_counts``/``update``) counts that are not ``(4, C)`` / maps of two shapes.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255,
-                 class_names: Optional[Sequence[str]] = None) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None
+    ) -> None:
         if num_classes <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
-        self.class_names = list(class_names) if class_names is not None else \
-            [str(i) for i in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        )
         self.counts = np.zeros((4, self.num_classes), dtype=np.int64)
         self.num_images = 0
 
@@ -92,7 +96,7 @@ class IoUAccumulator:
         self.counts += c
         self.num_images += 1
 
-    def compute(self, round_digits: Optional[int] = 2) -> dict:
+    def compute(self, round_digits: int | None = 2) -> dict:
         """Metrics in percent: ``aAcc``, ``mIoU``, ``mAcc`` (floats) and ``IoU``, ``Acc``
         (dicts class name → percent, NaN where undefined).
 

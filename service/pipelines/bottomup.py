@@ -14,18 +14,23 @@ Follows the HigherHRNet repo's test loop (``tools/valid.py``), which MMPose 0.x'
 5. back to image pixels through the smallest scale's center/scale (the ones upstream's loop ends
    with), and a box around each person's found keypoints.
 """
+
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
 from ..backends.base import Backend
 from ..cards import BottomUpCard
-from ..codecs.associative_embedding import (ScaleOutputs, aggregate_outputs, group_people,
-                                            people_to_image)
+from ..codecs.associative_embedding import (
+    ScaleOutputs,
+    aggregate_outputs,
+    group_people,
+    people_to_image,
+)
 from ..codecs.flip import flip_images
 from ..forms import validate_ratios
 from ..geometry import get_multi_scale_size, resize_align_multi_scale
@@ -45,7 +50,7 @@ class BottomUpResult(PoseResult):
     boxes: np.ndarray
 
 
-def check_scales(scales: Optional[Sequence[float]], default: Sequence[float]) -> list[float]:
+def check_scales(scales: Sequence[float] | None, default: Sequence[float]) -> list[float]:
     """The test scales of a request, largest first (upstream's processing order).
 
     ``None`` or empty -> the card's ``scale_factor``. The numbers follow the gateway's one rule for
@@ -55,14 +60,22 @@ def check_scales(scales: Optional[Sequence[float]], default: Sequence[float]) ->
     """
     values = validate_ratios(list(scales) if scales else list(default), {}) or ()
     if len(values) > 1 and 1 not in values:
-        raise ValueError(f"multi-scale testing needs scale 1 among the scales (tags come from "
-                         f"scale 1), got {list(values)}")
+        raise ValueError(
+            f"multi-scale testing needs scale 1 among the scales (tags come from "
+            f"scale 1), got {list(values)}"
+        )
     return sorted(values, reverse=True)
 
 
-async def estimate_poses_bottomup(image_bgr: np.ndarray, card: BottomUpCard, backend: Backend, *,
-                                  flip_test: bool, scales: Optional[Sequence[float]] = None,
-                                  timer: StageTimer | None = None) -> BottomUpResult:
+async def estimate_poses_bottomup(
+    image_bgr: np.ndarray,
+    card: BottomUpCard,
+    backend: Backend,
+    *,
+    flip_test: bool,
+    scales: Sequence[float] | None = None,
+    timer: StageTimer | None = None,
+) -> BottomUpResult:
     """All people of one image with a bottom-up (associative-embedding) model.
 
     Args:
@@ -98,48 +111,66 @@ async def estimate_poses_bottomup(image_bgr: np.ndarray, card: BottomUpCard, bac
     per_scale = []
     for s in test_scales:
         with timer("preprocess"):
-            x, center, scale = await asyncio.to_thread(_preprocess, image_bgr, card, s, min_scale,
-                                                       flip_test)
+            x, center, scale = await asyncio.to_thread(
+                _preprocess, image_bgr, card, s, min_scale, flip_test
+            )
         with timer("inference"):
             out = await backend.infer(card.name, {card.inputs[0].name: x}, out_names)
         stages = [np.asarray(out[n], dtype=np.float32) for n in out_names]
-        per_scale.append(ScaleOutputs(s, [a[0] for a in stages],
-                                      [a[1] for a in stages] if flip_test else None))
+        per_scale.append(
+            ScaleOutputs(s, [a[0] for a in stages], [a[1] for a in stages] if flip_test else None)
+        )
 
-    base_size, _, _ = get_multi_scale_size((w, h), spec.input_size, 1.0, min_scale,
-                                           spec.size_divisor)
+    base_size, _, _ = get_multi_scale_size(
+        (w, h), spec.input_size, 1.0, min_scale, spec.size_divisor
+    )
     with timer("aggregate"):
         heatmaps, tags = await asyncio.to_thread(
-            aggregate_outputs, per_scale, num_joints=spec.num_joints,
-            flip_indices=card.flip_indices, with_heatmaps=spec.with_heatmaps,
-            with_ae=spec.with_ae, tag_per_joint=spec.tag_per_joint,
-            project2image=spec.project2image, base_size=base_size,
-            align_corners=spec.align_corners)
+            aggregate_outputs,
+            per_scale,
+            num_joints=spec.num_joints,
+            flip_indices=card.flip_indices,
+            with_heatmaps=spec.with_heatmaps,
+            with_ae=spec.with_ae,
+            tag_per_joint=spec.tag_per_joint,
+            project2image=spec.project2image,
+            base_size=base_size,
+            align_corners=spec.align_corners,
+        )
     with timer("group"):
         return await asyncio.to_thread(_group, heatmaps, tags, spec, center, scale)
 
 
-def _preprocess(image_bgr: np.ndarray, card: BottomUpCard, s: float, min_scale: float,
-                flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _preprocess(
+    image_bgr: np.ndarray, card: BottomUpCard, s: float, min_scale: float, flip_test: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Network input ``(1 or 2, 3, h, w)`` of one scale, with that scale's center/scale."""
     spec = card.bottomup
-    resized, center, scale = resize_align_multi_scale(image_bgr, spec.input_size, s, min_scale,
-                                                      spec.size_divisor)
+    resized, center, scale = resize_align_multi_scale(
+        image_bgr, spec.input_size, s, min_scale, spec.size_divisor
+    )
     x = to_input_tensor(resized[None], card.normalization)
     if flip_test:
         x = np.concatenate([x, flip_images(x, layout="nchw")], axis=0)
     return x, center, scale
 
 
-def _group(heatmaps: np.ndarray, tags: np.ndarray, spec, center: np.ndarray,
-           scale: np.ndarray) -> BottomUpResult:
+def _group(
+    heatmaps: np.ndarray, tags: np.ndarray, spec, center: np.ndarray, scale: np.ndarray
+) -> BottomUpResult:
     grouped = group_people(heatmaps, tags, spec)
     people = grouped.people
     kpts = people_to_image(people[..., :2], center, scale, (heatmaps.shape[2], heatmaps.shape[1]))
     scores = people[..., 2].astype(np.float32)
     found = scores > 0
     big = np.float32(np.inf)
-    boxes = np.concatenate([np.where(found[..., None], kpts, big).min(axis=1),
-                            np.where(found[..., None], kpts, -big).max(axis=1)], axis=1)
-    return BottomUpResult(kpts, scores, grouped.scores.astype(np.float32),
-                          boxes.astype(np.float32).reshape(-1, 4))
+    boxes = np.concatenate(
+        [
+            np.where(found[..., None], kpts, big).min(axis=1),
+            np.where(found[..., None], kpts, -big).max(axis=1),
+        ],
+        axis=1,
+    )
+    return BottomUpResult(
+        kpts, scores, grouped.scores.astype(np.float32), boxes.astype(np.float32).reshape(-1, 4)
+    )

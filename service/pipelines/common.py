@@ -3,6 +3,7 @@
 Importable without pydantic/FastAPI (the card type is only an annotation here), so torch-side
 tools such as :mod:`benchmarks.gpu_bench` reuse the same normalisation.
 """
+
 from __future__ import annotations
 
 import time

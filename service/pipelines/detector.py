@@ -17,6 +17,7 @@ from them), and at most ``max_detections`` / ``max_boxes`` top-scoring boxes are
 deliberate difference: when no person remains, MMPose's inferencer falls back to one box covering
 the whole image; we return no boxes (the API answers an empty ``persons`` list).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,7 +41,9 @@ class Detections:
     scores: np.ndarray
 
 
-def letterbox(image: np.ndarray, size: tuple[int, int], pad_value: float) -> tuple[np.ndarray, tuple[float, float]]:
+def letterbox(
+    image: np.ndarray, size: tuple[int, int], pad_value: float
+) -> tuple[np.ndarray, tuple[float, float]]:
     """Keep-ratio resize of ``(H, W, 3)`` into ``size=(w, h)`` then pad bottom/right.
 
     Returns the ``(h, w, 3)`` uint8 canvas and the ``(w_scale, h_scale)`` factors actually applied
@@ -82,10 +85,14 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.
     b = b[order]
     one = np.float32(1.0)
     area = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
-    iw = np.maximum(np.float32(0.0), np.minimum(b[:, None, 2], b[None, :, 2])
-                    - np.maximum(b[:, None, 0], b[None, :, 0]) + one)
-    ih = np.maximum(np.float32(0.0), np.minimum(b[:, None, 3], b[None, :, 3])
-                    - np.maximum(b[:, None, 1], b[None, :, 1]) + one)
+    iw = np.maximum(
+        np.float32(0.0),
+        np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]) + one,
+    )
+    ih = np.maximum(
+        np.float32(0.0),
+        np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]) + one,
+    )
     inter = iw * ih
     with np.errstate(divide="ignore", invalid="ignore"):
         suppress = inter / (area[:, None] + area[None, :] - inter) > np.float32(iou_threshold)
@@ -103,14 +110,24 @@ def _prepare(image_bgr: np.ndarray, card: DetectorCard) -> tuple[np.ndarray, flo
     spec = card.detector
     w_in, h_in = card.input_size
     if w_in is None or h_in is None:
-        raise ValueError(f"detector card {card.name!r} needs a fixed input_size, got {card.input_size}")
+        raise ValueError(
+            f"detector card {card.name!r} needs a fixed input_size, got {card.input_size}"
+        )
     canvas, (sx, sy) = letterbox(image_bgr, (int(w_in), int(h_in)), spec.pad_value)
     return to_input_tensor(canvas[None], card.normalization), sx, sy
 
 
-def filter_detections(dets: np.ndarray, labels: np.ndarray, scale_xy: tuple[float, float],
-                      image_size: tuple[int, int], *, person_label: int, score_threshold: float,
-                      nms_threshold: float, max_detections: int) -> Detections:
+def filter_detections(
+    dets: np.ndarray,
+    labels: np.ndarray,
+    scale_xy: tuple[float, float],
+    image_size: tuple[int, int],
+    *,
+    person_label: int,
+    score_threshold: float,
+    nms_threshold: float,
+    max_detections: int,
+) -> Detections:
     """The detector graph's raw output -> person boxes in image pixels (see the module notes).
 
     ``dets``: ``(M, 5)`` ``[x1, y1, x2, y2, score]`` in network-input pixels; ``labels``: ``(M,)``;
@@ -128,16 +145,24 @@ def filter_detections(dets: np.ndarray, labels: np.ndarray, scale_xy: tuple[floa
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
     scores = dets[:, 4]
-    keep = ((labels == person_label) & (scores > score_threshold)
-            & (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE))
+    keep = (
+        (labels == person_label)
+        & (scores > score_threshold)
+        & (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE)
+        & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
+    )
     boxes, scores = boxes[keep], scores[keep]
     order = nms(boxes, scores, nms_threshold)[: max(0, int(max_detections))]
     return Detections(boxes[order].astype(np.float32), scores[order].astype(np.float32))
 
 
-async def detect_persons(image_bgr: np.ndarray, card: DetectorCard, backend: Backend,
-                         score_threshold: float | None = None,
-                         max_boxes: int | None = None) -> Detections:
+async def detect_persons(
+    image_bgr: np.ndarray,
+    card: DetectorCard,
+    backend: Backend,
+    score_threshold: float | None = None,
+    max_boxes: int | None = None,
+) -> Detections:
     """Person boxes of one ``(H, W, 3) uint8`` BGR image (see :func:`filter_detections`).
 
     ``score_threshold``: ``bbox_thr`` (default the card's); a box is kept when its score is
@@ -151,9 +176,18 @@ async def detect_persons(image_bgr: np.ndarray, card: DetectorCard, backend: Bac
     x, sx, sy = await asyncio.to_thread(_prepare, image_bgr, card)
     out = await backend.infer(card.name, {card.inputs[0].name: x})
     dets = np.asarray(out[card.outputs[0].name])[0]
-    labels = np.asarray(out[card.outputs[1].name])[0] if len(card.outputs) > 1 else np.zeros(len(dets))
+    labels = (
+        np.asarray(out[card.outputs[1].name])[0] if len(card.outputs) > 1 else np.zeros(len(dets))
+    )
     cap = spec.max_detections if max_boxes is None else min(spec.max_detections, max_boxes)
     h, w = image_bgr.shape[:2]
-    return filter_detections(dets, labels, (sx, sy), (w, h), person_label=spec.person_label,
-                             score_threshold=thr, nms_threshold=spec.nms_threshold,
-                             max_detections=cap)
+    return filter_detections(
+        dets,
+        labels,
+        (sx, sy),
+        (w, h),
+        person_label=spec.person_label,
+        score_threshold=thr,
+        nms_threshold=spec.nms_threshold,
+        max_detections=cap,
+    )

@@ -8,10 +8,11 @@ pixel limit), and hands the resulting :class:`SegPlan` to
 ``Resize`` / ``rescale_size`` (MMSeg 1.x test pipeline and ``tta_pipeline``); all sizes are
 ``(w, h)`` pixels unless named ``_hw``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from ..cards import SegmentationCard, SegTestPipeline
 from ..forms import validate_ratios
@@ -54,11 +55,13 @@ def tta_resize_size(size_wh: tuple[int, int], ratio: float) -> tuple[int, int]:
         raise ValueError(f"invalid scale ratio {ratio}, must be positive")
     target = scale_size(size_wh, ratio)
     if min(target) <= 0:
-        raise ValueError(f"scale ratio {ratio} shrinks the {size_wh[0]}x{size_wh[1]} image to nothing")
+        raise ValueError(
+            f"scale ratio {ratio} shrinks the {size_wh[0]}x{size_wh[1]} image to nothing"
+        )
     return rescale_size(size_wh, target)[0]
 
 
-def parse_scales(value: Sequence[float] | str | None) -> Optional[tuple[float, ...]]:
+def parse_scales(value: Sequence[float] | str | None) -> tuple[float, ...] | None:
     """Validate TTA ratios: a preset name (``"ms"``) or up to 8 finite floats in (0, 4]
     (:func:`service.forms.validate_ratios` with :data:`SCALE_PRESETS`). Raises ValueError."""
     return validate_ratios(value, SCALE_PRESETS)
@@ -77,11 +80,16 @@ class Augmentation:
     mode: str
 
 
-def plan_augmentations(size_wh: tuple[int, int], spec: SegTestPipeline, *,
-                       mode: Optional[str] = None, flip: bool = False,
-                       scales: Optional[Sequence[float]] = None,
-                       slide_pixels: Optional[int] = None,
-                       max_input_pixels: Optional[int] = None) -> list[Augmentation]:
+def plan_augmentations(
+    size_wh: tuple[int, int],
+    spec: SegTestPipeline,
+    *,
+    mode: str | None = None,
+    flip: bool = False,
+    scales: Sequence[float] | None = None,
+    slide_pixels: int | None = None,
+    max_input_pixels: int | None = None,
+) -> list[Augmentation]:
     """The views segmentation runs for an image of ``size_wh`` (original ``(w, h)``).
 
     No ``scales``: the card's test ``Resize``. With ``scales``: ``tta_resize_size`` of the original
@@ -95,17 +103,22 @@ def plan_augmentations(size_wh: tuple[int, int], spec: SegTestPipeline, *,
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; expected one of {', '.join(MODES)}")
-    sizes = ([network_input_size(size_wh, spec)] if scales is None
-             else [tta_resize_size(size_wh, r) for r in scales])
+    sizes = (
+        [network_input_size(size_wh, spec)]
+        if scales is None
+        else [tta_resize_size(size_wh, r) for r in scales]
+    )
     views = []
     for w, h in sizes:
         if max_input_pixels is not None and w * h > max_input_pixels:
-            raise InputTooLarge(f"the network input would be {w}x{h} = {w * h} pixels; the limit "
-                                f"is {max_input_pixels} (use a smaller image or smaller scales)")
+            raise InputTooLarge(
+                f"the network input would be {w}x{h} = {w * h} pixels; the limit "
+                f"is {max_input_pixels} (use a smaller image or smaller scales)"
+            )
         m = mode or spec.mode
         if m == "whole" and slide_pixels is not None and w * h > slide_pixels:
             m = "slide"
-        for f in ((False, True) if flip else (False,)):
+        for f in (False, True) if flip else (False,):
             views.append(Augmentation((int(w), int(h)), f, m))
     return views
 
@@ -116,13 +129,17 @@ class SegOptions:
     card's), ``flip`` (add mirrored views), ``ratios`` (TTA ratios of the original image, None:
     the card's test resize). Build it with :meth:`parse` unless the values are already checked."""
 
-    mode: Optional[str] = None
+    mode: str | None = None
     flip: bool = False
-    ratios: Optional[tuple[float, ...]] = None
+    ratios: tuple[float, ...] | None = None
 
     @classmethod
-    def parse(cls, mode: Optional[str] = None, flip: bool = False,
-              scales: Sequence[float] | str | None = None) -> "SegOptions":
+    def parse(
+        cls,
+        mode: str | None = None,
+        flip: bool = False,
+        scales: Sequence[float] | str | None = None,
+    ) -> SegOptions:
         """Validate raw values: ``mode`` must be in :data:`MODES` or None; ``scales`` as
         :func:`parse_scales`. Raises ValueError naming the bad value."""
         if mode is not None and mode not in MODES:
@@ -145,9 +162,14 @@ class SegPlan:
     stride: tuple[int, int]
 
 
-def plan_segmentation(size_wh: tuple[int, int], card: SegmentationCard, options: SegOptions, *,
-                      slide_pixels: Optional[int] = None,
-                      max_input_pixels: Optional[int] = None) -> SegPlan:
+def plan_segmentation(
+    size_wh: tuple[int, int],
+    card: SegmentationCard,
+    options: SegOptions,
+    *,
+    slide_pixels: int | None = None,
+    max_input_pixels: int | None = None,
+) -> SegPlan:
     """The :class:`SegPlan` for an image of ``size_wh`` (original ``(w, h)``) under ``card``.
 
     Views as :func:`plan_augmentations` with the options' mode, flip and ratios (``slide_pixels``:
@@ -156,9 +178,16 @@ def plan_segmentation(size_wh: tuple[int, int], card: SegmentationCard, options:
     :class:`InputTooLarge` (a ValueError) for a view above ``max_input_pixels``.
     """
     spec = card.test_pipeline or SegTestPipeline()
-    views = plan_augmentations(size_wh, spec, mode=options.mode, flip=options.flip,
-                               scales=options.ratios, slide_pixels=slide_pixels,
-                               max_input_pixels=max_input_pixels)
+    views = plan_augmentations(
+        size_wh,
+        spec,
+        mode=options.mode,
+        flip=options.flip,
+        scales=options.ratios,
+        slide_pixels=slide_pixels,
+        max_input_pixels=max_input_pixels,
+    )
     crop, stride = slide_geometry(card.test_pipeline)
-    return SegPlan(size_wh=(int(size_wh[0]), int(size_wh[1])), views=tuple(views), crop=crop,
-                   stride=stride)
+    return SegPlan(
+        size_wh=(int(size_wh[0]), int(size_wh[1])), views=tuple(views), crop=crop, stride=stride
+    )

@@ -39,11 +39,12 @@ Large inputs switch from whole to slide inference above ``slide_pixels`` network
 network-input pixels than that (windows / views are sent in several calls; at least one each). Keep-ratio resizes never
 produce a 0-pixel side (clamped to 1, where mmcv's rounding would give 0 and MMSeg would fail).
 """
+
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -81,7 +82,7 @@ class SegResult:
     label_map: np.ndarray
     augmentations: list[Augmentation]
     windows: list[int] = field(default_factory=list)
-    logits: Optional[np.ndarray] = None
+    logits: np.ndarray | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -94,17 +95,27 @@ async def _infer(backend: Backend, card: SegmentationCard, x: np.ndarray) -> np.
     out = await backend.infer(card.name, {in_spec.name: x}, [out_name])
     y = np.asarray(out[out_name])
     if y.ndim != 4 or y.shape[0] != len(x):
-        raise BackendError(f"model '{card.name}' returned '{out_name}' of shape {y.shape}; "
-                           f"expected (N, C, h, w) with N = {len(x)}")
+        raise BackendError(
+            f"model '{card.name}' returned '{out_name}' of shape {y.shape}; "
+            f"expected (N, C, h, w) with N = {len(x)}"
+        )
     if y.shape[1] != len(card.classes):
-        raise BackendError(f"model '{card.name}' returned {y.shape[1]} channels; its card lists "
-                           f"{len(card.classes)} classes")
+        raise BackendError(
+            f"model '{card.name}' returned {y.shape[1]} channels; its card lists "
+            f"{len(card.classes)} classes"
+        )
     return np.ascontiguousarray(y.transpose(0, 2, 3, 1), dtype=np.float32)
 
 
-async def _infer_in_calls(backend: Backend, card: SegmentationCard, total: int,
-                          take: Callable[[int, int], np.ndarray], item_pixels: int,
-                          max_pixels: Optional[int], timer: StageTimer) -> np.ndarray:
+async def _infer_in_calls(
+    backend: Backend,
+    card: SegmentationCard,
+    total: int,
+    take: Callable[[int, int], np.ndarray],
+    item_pixels: int,
+    max_pixels: int | None,
+    timer: StageTimer,
+) -> np.ndarray:
     """:func:`_infer` over ``total`` network inputs of ``item_pixels`` pixels each (views of one
     size, or slide windows), in consecutive calls of at most ``max(1, max_pixels // item_pixels)``
     inputs, so no backend call holds more than ``max_pixels`` network-input pixels (one input
@@ -122,18 +133,30 @@ async def _infer_in_calls(backend: Backend, card: SegmentationCard, total: int,
     return heads[0] if len(heads) == 1 else np.concatenate(heads)
 
 
-def _prepare(image_bgr: np.ndarray, size_wh: tuple[int, int], flips: Sequence[bool],
-             card: SegmentationCard) -> np.ndarray:
+def _prepare(
+    image_bgr: np.ndarray, size_wh: tuple[int, int], flips: Sequence[bool], card: SegmentationCard
+) -> np.ndarray:
     """Resize (cv2 INTER_LINEAR, as mmcv ``imresize``), mirror, normalise: ``(len(flips), 3, h, w)``."""
     h0, w0 = image_bgr.shape[:2]
-    img = image_bgr if (w0, h0) == tuple(size_wh) else cv2.resize(
-        image_bgr, tuple(size_wh), interpolation=cv2.INTER_LINEAR)
+    img = (
+        image_bgr
+        if (w0, h0) == tuple(size_wh)
+        else cv2.resize(image_bgr, tuple(size_wh), interpolation=cv2.INTER_LINEAR)
+    )
     batch = np.stack([img[:, ::-1] if f else img for f in flips])
     return to_input_tensor(batch, card.normalization)
 
 
-def _finish_view(view: RowSource, height: int, width: int, n_cls: int, align_corners: bool,
-                 label: np.ndarray, acc: Optional[np.ndarray], logits: Optional[np.ndarray]) -> None:
+def _finish_view(
+    view: RowSource,
+    height: int,
+    width: int,
+    n_cls: int,
+    align_corners: bool,
+    label: np.ndarray,
+    acc: np.ndarray | None,
+    logits: np.ndarray | None,
+) -> None:
     """``postprocess_result`` of one view, strip by strip: resize its input-size logits to the
     original ``(height, width)``; without ``acc`` write the argmax into ``label`` (and the logits
     into ``logits``), with ``acc`` add their softmax to it (``SegTTAModel.merge_preds``)."""
@@ -157,7 +180,7 @@ def _argmax_rows(acc: np.ndarray, label: np.ndarray) -> None:
     """``label[...] = acc.argmax(-1)`` in row strips (no full int64 index map)."""
     step = max(1, STRIP_ELEMENTS // max(1, acc.shape[1] * acc.shape[2]))
     for lo in range(0, acc.shape[0], step):
-        label[lo:lo + step] = acc[lo:lo + step].argmax(axis=-1)
+        label[lo : lo + step] = acc[lo : lo + step].argmax(axis=-1)
 
 
 def _check_inputs(image_bgr: np.ndarray, card: SegmentationCard) -> np.ndarray:
@@ -170,16 +193,26 @@ def _check_inputs(image_bgr: np.ndarray, card: SegmentationCard) -> np.ndarray:
         raise ValueError(f"{n_cls} classes do not fit a uint8 label map (255 is the ignore id)")
     image_bgr = np.asarray(image_bgr)
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image_bgr.shape} {image_bgr.dtype}")
+        raise ValueError(
+            f"expected an (H, W, 3) uint8 image, got {image_bgr.shape} {image_bgr.dtype}"
+        )
     return image_bgr
 
 
-async def segment(image_bgr: np.ndarray, card: SegmentationCard, backend: Backend, *,
-                  mode: Optional[str] = None, flip: bool = False,
-                  scales: Optional[Sequence[float] | str] = None,
-                  slide_pixels: Optional[int] = None, max_input_pixels: Optional[int] = None,
-                  max_call_pixels: Optional[int] = None,
-                  return_logits: bool = False, timer: Optional[StageTimer] = None) -> SegResult:
+async def segment(
+    image_bgr: np.ndarray,
+    card: SegmentationCard,
+    backend: Backend,
+    *,
+    mode: str | None = None,
+    flip: bool = False,
+    scales: Sequence[float] | str | None = None,
+    slide_pixels: int | None = None,
+    max_input_pixels: int | None = None,
+    max_call_pixels: int | None = None,
+    return_logits: bool = False,
+    timer: StageTimer | None = None,
+) -> SegResult:
     """Semantic segmentation of one image from raw options: :meth:`SegOptions.parse`,
     :func:`~service.pipelines.seg_plan.plan_segmentation`, then :func:`run_segmentation`.
 
@@ -203,16 +236,30 @@ async def segment(image_bgr: np.ndarray, card: SegmentationCard, backend: Backen
     image_bgr = _check_inputs(image_bgr, card)
     options = SegOptions.parse(mode, flip, scales)
     height, width = image_bgr.shape[:2]
-    plan = plan_segmentation((width, height), card, options, slide_pixels=slide_pixels,
-                             max_input_pixels=max_input_pixels)
-    return await run_segmentation(image_bgr, card, backend, plan, max_call_pixels=max_call_pixels,
-                                  return_logits=return_logits, timer=timer)
+    plan = plan_segmentation(
+        (width, height), card, options, slide_pixels=slide_pixels, max_input_pixels=max_input_pixels
+    )
+    return await run_segmentation(
+        image_bgr,
+        card,
+        backend,
+        plan,
+        max_call_pixels=max_call_pixels,
+        return_logits=return_logits,
+        timer=timer,
+    )
 
 
-async def run_segmentation(image_bgr: np.ndarray, card: SegmentationCard, backend: Backend,
-                           plan: SegPlan, *, max_call_pixels: Optional[int] = None,
-                           return_logits: bool = False,
-                           timer: Optional[StageTimer] = None) -> SegResult:
+async def run_segmentation(
+    image_bgr: np.ndarray,
+    card: SegmentationCard,
+    backend: Backend,
+    plan: SegPlan,
+    *,
+    max_call_pixels: int | None = None,
+    return_logits: bool = False,
+    timer: StageTimer | None = None,
+) -> SegResult:
     """Semantic segmentation of one image along a validated plan, as MMSeg 1.x's test (or TTA)
     path computes it. The plan is taken as is (no second parse of mode or scales).
 
@@ -246,8 +293,9 @@ async def run_segmentation(image_bgr: np.ndarray, card: SegmentationCard, backen
     image_bgr = _check_inputs(image_bgr, card)
     height, width = image_bgr.shape[:2]
     if (width, height) != tuple(plan.size_wh):
-        raise ValueError(f"the plan is for a {plan.size_wh[0]}x{plan.size_wh[1]} image, "
-                         f"got {width}x{height}")
+        raise ValueError(
+            f"the plan is for a {plan.size_wh[0]}x{plan.size_wh[1]} image, got {width}x{height}"
+        )
     views = list(plan.views)
     n_cls = len(card.classes)
     ac = bool(card.align_corners)
@@ -271,16 +319,23 @@ async def run_segmentation(image_bgr: np.ndarray, card: SegmentationCard, backen
             x = await asyncio.to_thread(_prepare, image_bgr, (w, h), flips, card)
         if vmode == "whole":
             m = 1
-            head = await _infer_in_calls(backend, card, len(x), lambda lo, hi, x=x: x[lo:hi], h * w,
-                                         max_call_pixels, timer)
+            head = await _infer_in_calls(
+                backend, card, len(x), lambda lo, hi, x=x: x[lo:hi], h * w, max_call_pixels, timer
+            )
             n_windows += [0] * len(flips)
         else:
             wins = slide_windows(h, w, plan.crop, plan.stride)
             m = len(wins)
             win_px = int((wins[0, 2] - wins[0, 0]) * (wins[0, 3] - wins[0, 1]))
-            head = await _infer_in_calls(backend, card, m * len(flips),
-                                         lambda lo, hi, x=x, wins=wins: cut_windows(x, wins, lo, hi), win_px,
-                                         max_call_pixels, timer)
+            head = await _infer_in_calls(
+                backend,
+                card,
+                m * len(flips),
+                lambda lo, hi, x=x, wins=wins: cut_windows(x, wins, lo, hi),
+                win_px,
+                max_call_pixels,
+                timer,
+            )
             n_windows += [m] * len(flips)
         del x
         with timer("postprocess"):
@@ -288,11 +343,15 @@ async def run_segmentation(image_bgr: np.ndarray, card: SegmentationCard, backen
                 if vmode == "whole":
                     r: RowSource = ResizedRows(ArrayRows(head[i]), h, w, ac)
                 else:
-                    r = ArrayRows(await asyncio.to_thread(merge_windows, head[i * m:(i + 1) * m],
-                                                          wins, h, w, ac))
+                    r = ArrayRows(
+                        await asyncio.to_thread(
+                            merge_windows, head[i * m : (i + 1) * m], wins, h, w, ac
+                        )
+                    )
                 view = FlippedRows(r) if f else r
-                await asyncio.to_thread(_finish_view, view, height, width, n_cls, ac, label, acc,
-                                        logits)
+                await asyncio.to_thread(
+                    _finish_view, view, height, width, n_cls, ac, label, acc, logits
+                )
                 del r, view
         del head
 
@@ -305,5 +364,10 @@ async def run_segmentation(image_bgr: np.ndarray, card: SegmentationCard, backen
                 out_logits = np.ascontiguousarray(acc.transpose(2, 0, 1))
         elif logits is not None:
             out_logits = np.ascontiguousarray(logits.transpose(2, 0, 1))
-    return SegResult(label_map=label, augmentations=views, windows=n_windows, logits=out_logits,
-                     timing_ms=dict(timer.ms))
+    return SegResult(
+        label_map=label,
+        augmentations=views,
+        windows=n_windows,
+        logits=out_logits,
+        timing_ms=dict(timer.ms),
+    )

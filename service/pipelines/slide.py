@@ -6,9 +6,8 @@ logits are averaged into (sum over the windows covering a pixel / their number, 
 ``stride`` are ``(h, w)`` as in MMSeg's ``test_cfg``; windows are ``[x1, y1, x2, y2]`` rows, end
 exclusive.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -21,9 +20,9 @@ DEFAULT_CROP = (1024, 1024)
 DEFAULT_STRIDE = (768, 768)
 
 
-
-def slide_windows(height: int, width: int, crop: tuple[int, int],
-                  stride: tuple[int, int]) -> np.ndarray:
+def slide_windows(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> np.ndarray:
     """Windows of MMSeg's ``slide_inference`` over an ``height x width`` network input.
 
     ``crop`` and ``stride`` are ``(h, w)`` in pixels (as in ``test_cfg``). There are
@@ -36,7 +35,9 @@ def slide_windows(height: int, width: int, crop: tuple[int, int],
     ch, cw = int(crop[0]), int(crop[1])
     sh, sw = int(stride[0]), int(stride[1])
     if min(height, width, ch, cw, sh, sw) <= 0:
-        raise ValueError(f"sizes must be positive: image {height}x{width}, crop {crop}, stride {stride}")
+        raise ValueError(
+            f"sizes must be positive: image {height}x{width}, crop {crop}, stride {stride}"
+        )
 
     def axis(n: int, c: int, s: int) -> tuple[np.ndarray, np.ndarray]:
         grids = max(n - c + s - 1, 0) // s + 1
@@ -68,19 +69,23 @@ def _divide_by_counts(preds: np.ndarray, windows: np.ndarray) -> np.ndarray:
     return preds
 
 
-def slide_geometry(spec: Optional[SegTestPipeline]) -> tuple[tuple[int, int], tuple[int, int]]:
+def slide_geometry(spec: SegTestPipeline | None) -> tuple[tuple[int, int], tuple[int, int]]:
     """Slide ``(crop, stride)`` as ``(h, w)`` pixels of the network input for a card's test pipeline
     ``spec`` (None: the defaults): its ``crop_size`` / ``stride``; a crop without stride strides
     3/4 of it; no crop: :data:`DEFAULT_CROP` / :data:`DEFAULT_STRIDE`."""
     spec = spec or SegTestPipeline()
     crop = tuple(spec.crop_size) if spec.crop_size else DEFAULT_CROP
-    stride = tuple(spec.stride) if spec.stride else (
-        DEFAULT_STRIDE if not spec.crop_size else tuple(max(1, (3 * c) // 4) for c in crop))
+    stride = (
+        tuple(spec.stride)
+        if spec.stride
+        else (DEFAULT_STRIDE if not spec.crop_size else tuple(max(1, (3 * c) // 4) for c in crop))
+    )
     return crop, stride  # type: ignore[return-value]
 
 
-def cut_windows(x: np.ndarray, windows: np.ndarray, lo: int = 0,
-                hi: Optional[int] = None) -> np.ndarray:
+def cut_windows(
+    x: np.ndarray, windows: np.ndarray, lo: int = 0, hi: int | None = None
+) -> np.ndarray:
     """Window crops ``lo..hi-1`` of the image-major sequence "every window of image 0, then of
     image 1, ...": ``(hi - lo, 3, h_c, w_c)`` contiguous float32 (``x``: ``(N, 3, h, w)``)."""
     m = len(windows)
@@ -92,8 +97,9 @@ def cut_windows(x: np.ndarray, windows: np.ndarray, lo: int = 0,
     return np.stack(parts)
 
 
-def merge_windows(head: np.ndarray, windows: np.ndarray, h: int, w: int,
-                  align_corners: bool) -> np.ndarray:
+def merge_windows(
+    head: np.ndarray, windows: np.ndarray, h: int, w: int, align_corners: bool
+) -> np.ndarray:
     """Slide canvas ``(h, w, C)`` from per-window head outputs ``(M, h', w', C)``.
 
     MMSeg's ``slide_inference`` canvas: each window's logits resized bilinearly to the window's
@@ -111,5 +117,5 @@ def merge_windows(head: np.ndarray, windows: np.ndarray, h: int, w: int,
         step = max(1, STRIP_ELEMENTS // (max(ww, head.shape[2]) * n_cls))
         for lo in range(0, wh, step):
             hi = min(wh, lo + step)
-            preds[y1 + lo:y1 + hi, x1:x2] += resized.rows(lo, hi)
+            preds[y1 + lo : y1 + hi, x1:x2] += resized.rows(lo, hi)
     return _divide_by_counts(preds, windows)

@@ -13,6 +13,7 @@ Follows MMPose 1.x's top-down test path step for step:
    ``test_cfg.output_keypoint_indices`` keypoints (the card's ``output_keypoint_indices``; e.g.
    the COCO 17 of the 19-keypoint COCO-AIC "combine" head) are kept, and rescored.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,9 +41,16 @@ class PoseResult:
     person_scores: np.ndarray
 
 
-async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scores: np.ndarray,
-                         card: TopDownCard, backend: Backend, *, flip_test: bool,
-                         timer: StageTimer | None = None) -> PoseResult:
+async def estimate_poses(
+    image_bgr: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    box_scores: np.ndarray,
+    card: TopDownCard,
+    backend: Backend,
+    *,
+    flip_test: bool,
+    timer: StageTimer | None = None,
+) -> PoseResult:
     """Keypoints for every box of one image, all crops in one backend call.
 
     ``image_bgr``: (H, W, 3) uint8. ``boxes_xyxy``: (N, 4) float image pixels (validated by the
@@ -59,8 +67,9 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
         return PoseResult(np.zeros((0, k, 2), np.float32), z, np.zeros((0,), np.float32))
 
     with timer("preprocess"):  # crops + normalisation off the event loop
-        centers, scales, x = await asyncio.to_thread(prepare_inputs, image_bgr, boxes_xyxy, card,
-                                                     flip_test)
+        centers, scales, x = await asyncio.to_thread(
+            prepare_inputs, image_bgr, boxes_xyxy, card, flip_test
+        )
 
     with timer("inference"):
         out = await backend.infer(card.name, {card.inputs[0].name: x}, [card.outputs[0].name])
@@ -68,12 +77,14 @@ async def estimate_poses(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, box_scor
 
     with timer("decode_heatmaps"):
         kpts, kpt_scores, person_scores = await asyncio.to_thread(
-            decode_outputs, heatmaps, n, centers, scales, box_scores, card, flip_test)
+            decode_outputs, heatmaps, n, centers, scales, box_scores, card, flip_test
+        )
     return PoseResult(kpts, kpt_scores, person_scores)
 
 
-def crop_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray,
-                card: TopDownCard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def crop_inputs(
+    image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownCard
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The model-input crops of the boxes, as MMPose's ``GetBBoxCenterScale`` + ``TopdownAffine``.
 
     ``image_bgr``: (H, W, 3) uint8; ``boxes_xyxy``: (N, 4) image pixels, cast to float32 (the
@@ -89,8 +100,9 @@ def crop_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray,
     return centers, scales, crops
 
 
-def prepare_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownCard,
-                   flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prepare_inputs(
+    image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownCard, flip_test: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centers/scales ``(N, 2)`` float32 (aspect-fixed, image pixels) and the network input
     ``(N or 2N, 3, h, w)`` float32 (the flipped crops after the plain ones with ``flip_test``):
     :func:`crop_inputs` then the card's normalisation. Shared by :func:`estimate_poses` and the
@@ -102,9 +114,15 @@ def prepare_inputs(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, card: TopDownC
     return centers, scales, x
 
 
-def decode_outputs(heatmaps: np.ndarray, n: int, centers: np.ndarray, scales: np.ndarray,
-                   box_scores: np.ndarray, card: TopDownCard,
-                   flip_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_outputs(
+    heatmaps: np.ndarray,
+    n: int,
+    centers: np.ndarray,
+    scales: np.ndarray,
+    box_scores: np.ndarray,
+    card: TopDownCard,
+    flip_test: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Heatmaps ``(N or 2N, K_head, h, w)`` -> ``(keypoints (N, K, 2) float32 image pixels,
     keypoint scores (N, K), person scores (N,))``: MMPose's ``flip_heatmaps`` merge (the head's
     flip indices, one-pixel shift), the card's codec, back through center/scale, then the
@@ -120,5 +138,8 @@ def decode_outputs(heatmaps: np.ndarray, n: int, centers: np.ndarray, scales: np
         sel = card.output_keypoint_indices
         kpts, kpt_scores = kpts[:, sel], kpt_scores[:, sel]
     person_scores = rescore(np.asarray(box_scores, np.float32), kpt_scores, thr=0.2)
-    return (kpts.astype(np.float32), kpt_scores.astype(np.float32),
-            np.asarray(person_scores, np.float32))
+    return (
+        kpts.astype(np.float32),
+        kpt_scores.astype(np.float32),
+        np.asarray(person_scores, np.float32),
+    )

@@ -1,4 +1,5 @@
 """Administrative endpoints, behind the admin API key: ``POST /admin/reload``."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
@@ -12,14 +13,26 @@ from ..schemas import ReloadResponse, error_responses
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
-@router.post("/reload", response_model=ReloadResponse, responses={
-    **error_responses({401: "missing or wrong admin key (unauthorized)",
-                       403: "no admin key configured (admin_disabled)",
-                       501: "the backend cannot reload while running (reload_not_supported)",
-                       503: "the gateway is shutting down (shutting_down)"}),
-    422: {"model": ReloadResponse, "description": "some entries were refused (reload_refused; "
-                                                 "the report says why); the other changes were "
-                                                 "applied"}})
+@router.post(
+    "/reload",
+    response_model=ReloadResponse,
+    responses={
+        **error_responses(
+            {
+                401: "missing or wrong admin key (unauthorized)",
+                403: "no admin key configured (admin_disabled)",
+                501: "the backend cannot reload while running (reload_not_supported)",
+                503: "the gateway is shutting down (shutting_down)",
+            }
+        ),
+        422: {
+            "model": ReloadResponse,
+            "description": "some entries were refused (reload_refused; "
+            "the report says why); the other changes were "
+            "applied",
+        },
+    },
+)
 async def reload_models(request: Request) -> JSONResponse:
     """Load the model repository's changes without a restart (also done on SIGHUP).
 
@@ -36,6 +49,14 @@ async def reload_models(request: Request) -> JSONResponse:
     if report.refused:
         request.state.error_code = "reload_refused"  # the cause counted in /metrics
         reasons = "; ".join(f"{name}: {why}" for name, why in report.refused.items())
-        return JSONResponse({**error_body("reload_refused", f"refused entries kept their previous "
-                                          f"version (if any): {reasons}"), **body}, status_code=422)
+        return JSONResponse(
+            {
+                **error_body(
+                    "reload_refused",
+                    f"refused entries kept their previous version (if any): {reasons}",
+                ),
+                **body,
+            },
+            status_code=422,
+        )
     return JSONResponse(body)

@@ -1,4 +1,5 @@
 """Service metadata: ``GET /models``, ``/healthz`` (process alive), ``/readyz`` (can serve)."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
@@ -10,9 +11,13 @@ from ..dependencies import BackendDep, RepositoryDep
 router = APIRouter(tags=["meta"])
 
 
-@router.get("/models", dependencies=[Depends(require_api_key)],
-            responses={503: {"description": "the gateway is shutting down (shutting_down); see "
-                                            "Retry-After"}})
+@router.get(
+    "/models",
+    dependencies=[Depends(require_api_key)],
+    responses={
+        503: {"description": "the gateway is shutting down (shutting_down); see Retry-After"}
+    },
+)
 async def models(repo: RepositoryDep, backend: BackendDep) -> dict:
     """Every model card in the repository, plus whether the backend has it loaded."""
     out = []
@@ -29,8 +34,15 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "not ready (a model or the backend), or "
-                                                      "draining after SIGTERM; see Retry-After"}})
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "description": "not ready (a model or the backend), or "
+            "draining after SIGTERM; see Retry-After"
+        }
+    },
+)
 async def readyz(request: Request, repo: RepositoryDep, backend: BackendDep) -> JSONResponse:
     """200 when the backend and every model of the repository are ready, else 503 with the list
     (503 ``draining`` from SIGTERM on)."""
@@ -42,6 +54,9 @@ async def readyz(request: Request, repo: RepositoryDep, backend: BackendDep) -> 
     except Exception as exc:  # backend unreachable
         return JSONResponse({"status": "not ready", "reason": str(exc)}, status_code=503)
     if not server_ready or not_ready:
-        return JSONResponse({"status": "not ready", "models_not_ready": not_ready},
-                            status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse(
+            {"status": "not ready", "models_not_ready": not_ready},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
     return JSONResponse({"status": "ready", "models": sorted(repo.cards)})

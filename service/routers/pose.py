@@ -8,10 +8,11 @@ refuses it at once (503 ``overloaded`` + ``Retry-After``: queue full or deadline
 under the endpoint's concurrency limit (``settings.pose_max_concurrency``), their CPU work in
 worker threads. Detector boxes are cut to the ``settings.max_boxes`` top-scoring ones.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -39,8 +40,10 @@ router = APIRouter(tags=["pose"])
 #: HigherHRNet multi-scale numbers
 BOTTOMUP_SCALE_PRESETS: dict[str, tuple[float, ...]] = {"ms": (2.0, 1.0, 0.5)}
 
-_PNG = {"content": {"image/png": {}},
-        "description": "render=true: the photo with boxes, skeleton and joints coloured by score"}
+_PNG = {
+    "content": {"image/png": {}},
+    "description": "render=true: the photo with boxes, skeleton and joints coloured by score",
+}
 
 
 @router.post("/pose", response_model=PoseResponse, responses={**INFERENCE_ERRORS, 200: _PNG})
@@ -50,21 +53,30 @@ async def pose(
     repo: RepositoryDep,
     backend: BackendDep,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
-    boxes: Optional[str] = Form(None, description="JSON list of [x,y,w,h(,score)] boxes; "
-                                                  "absent: the person detector finds them"),
+    boxes: str | None = Form(
+        None,
+        description="JSON list of [x,y,w,h(,score)] boxes; absent: the person detector finds them",
+    ),
     box_format: Literal["xywh", "xyxy"] = Form("xywh"),
-    model: Optional[str] = Form(None, description="pose model name (default from settings)"),
-    flip_test: Optional[bool] = Form(None, description="default: the model card's setting"),
-    detector: Optional[str] = Form(None, description="detector model name (default from settings)"),
-    score_threshold: Optional[float] = Form(None, description="detector score threshold in [0, 1]: "
-                                                               "boxes scoring above it are kept"),
-    render: Optional[bool] = Form(None, description="true: return the photo as PNG with boxes, "
-                                                    "skeleton and joints coloured by score"),
-    scales: Optional[str] = Form(None, description="bottom-up models only: test scales as a JSON "
-                                                   "list (e.g. [2, 1, 0.5]; 1 must be among "
-                                                   "several) or 'ms' = [2, 1, 0.5]; default: "
-                                                   "the card's"),
-) -> Union[PoseResponse, Response]:
+    model: str | None = Form(None, description="pose model name (default from settings)"),
+    flip_test: bool | None = Form(None, description="default: the model card's setting"),
+    detector: str | None = Form(None, description="detector model name (default from settings)"),
+    score_threshold: float | None = Form(
+        None, description="detector score threshold in [0, 1]: boxes scoring above it are kept"
+    ),
+    render: bool | None = Form(
+        None,
+        description="true: return the photo as PNG with boxes, "
+        "skeleton and joints coloured by score",
+    ),
+    scales: str | None = Form(
+        None,
+        description="bottom-up models only: test scales as a JSON "
+        "list (e.g. [2, 1, 0.5]; 1 must be among "
+        "several) or 'ms' = [2, 1, 0.5]; default: "
+        "the card's",
+    ),
+) -> PoseResponse | Response:
     """Keypoints (image pixels) for each given box, each person the detector finds, or each person
     a bottom-up model finds.
 
@@ -88,14 +100,24 @@ async def pose(
         raise WrongTask(f"model '{name}' is a {card.task} model, not a pose model")
     given = boxes is not None and boxes.strip() != ""
     if isinstance(card, BottomUpCard):
-        extra = [f for f, v in (("boxes", given), ("detector", detector),
-                                ("score_threshold", score_threshold is not None)) if v]
+        extra = [
+            f
+            for f, v in (
+                ("boxes", given),
+                ("detector", detector),
+                ("score_threshold", score_threshold is not None),
+            )
+            if v
+        ]
         if extra:
-            raise InvalidParameter(f"model '{name}' is bottom-up: it finds every person itself "
-                                   f"and takes no {', '.join(repr(f) for f in extra)}")
+            raise InvalidParameter(
+                f"model '{name}' is bottom-up: it finds every person itself "
+                f"and takes no {', '.join(repr(f) for f in extra)}"
+            )
         try:
-            test_scales = check_scales(parse_scales_field(scales, BOTTOMUP_SCALE_PRESETS),
-                                       card.bottomup.scale_factor)
+            test_scales = check_scales(
+                parse_scales_field(scales, BOTTOMUP_SCALE_PRESETS), card.bottomup.scale_factor
+            )
         except ValueError as exc:
             raise InvalidParameter(str(exc)) from None
     elif scales is not None and scales.strip():
@@ -105,8 +127,10 @@ async def pose(
             raise InvalidParameter(f"score_threshold must be in [0, 1], got {score_threshold}")
         det_name = detector or settings.default_detector_model
         if not det_name:
-            raise InvalidParameter("no 'boxes' given and no person detector is configured "
-                                   "(set HRNET_DEFAULT_DETECTOR_MODEL or pass 'detector')")
+            raise InvalidParameter(
+                "no 'boxes' given and no person detector is configured "
+                "(set HRNET_DEFAULT_DETECTOR_MODEL or pass 'detector')"
+            )
         det_card = repo.get(det_name, task="detection")
     use_flip = card.flip_test if flip_test is None else flip_test
 
@@ -117,32 +141,47 @@ async def pose(
         h, w = img.shape[:2]
 
         if isinstance(card, BottomUpCard):
-            result = await estimate_poses_bottomup(img, card, backend, flip_test=use_flip,
-                                                   scales=test_scales, timer=timer)
+            result = await estimate_poses_bottomup(
+                img, card, backend, flip_test=use_flip, scales=test_scales, timer=timer
+            )
             xyxy, box_scores, source = result.boxes, result.person_scores, "bottomup"
         else:
             if given:
                 xyxy, box_scores = parse_boxes(boxes, box_format, (w, h), settings.max_boxes)
                 source = "given"
             else:
-                thr = (score_threshold if score_threshold is not None
-                       else settings.detector_score_threshold)
+                thr = (
+                    score_threshold
+                    if score_threshold is not None
+                    else settings.detector_score_threshold
+                )
                 with timer("detect"):
-                    dets = await detect_persons(img, det_card, backend, score_threshold=thr,
-                                                max_boxes=settings.max_boxes)
+                    dets = await detect_persons(
+                        img, det_card, backend, score_threshold=thr, max_boxes=settings.max_boxes
+                    )
                 xyxy, box_scores = dets.boxes, dets.scores
                 source = "detector"
-            result = await estimate_poses(img, xyxy, box_scores, card, backend,
-                                          flip_test=use_flip, timer=timer)
+            result = await estimate_poses(
+                img, xyxy, box_scores, card, backend, flip_test=use_flip, timer=timer
+            )
 
         # one person per box (top-down), one box around each person found (bottom-up)
         note(request, box_source=source, boxes=len(xyxy), people=len(xyxy))
         if render:
             with timer("render"):
-                png = await asyncio.to_thread(render_poses_png, img, result.keypoints,
-                                              result.keypoint_scores, card.output_skeleton, xyxy)
-            return Response(content=png, media_type="image/png",
-                            headers={"X-Model": card.name, "X-Persons": str(len(xyxy))})
+                png = await asyncio.to_thread(
+                    render_poses_png,
+                    img,
+                    result.keypoints,
+                    result.keypoint_scores,
+                    card.output_skeleton,
+                    xyxy,
+                )
+            return Response(
+                content=png,
+                media_type="image/png",
+                headers={"X-Model": card.name, "X-Persons": str(len(xyxy))},
+            )
 
         with timer("serialise"):
             # float64 before rounding, so the JSON carries decimals, not float32 noise: coordinates
@@ -151,10 +190,22 @@ async def pose(
             ks = result.keypoint_scores.astype(np.float64).round(6)
             kpts = np.concatenate([xy, ks[..., None]], axis=-1)
             xywh = bbox_xyxy2xywh(xyxy).astype(np.float64)
-            persons = [Person(bbox=b, bbox_score=s, keypoints=k, score=p) for b, s, k, p in zip(
-                xywh.round(3).tolist(), box_scores.astype(np.float64).round(6).tolist(),
-                kpts.tolist(), result.person_scores.astype(np.float64).round(6).tolist())]
-    return PoseResponse(model=card.name, image_size=[w, h], flip_test=use_flip, box_source=source,
-                        keypoint_names=card.output_keypoint_names,
-                        skeleton=[list(s) for s in card.output_skeleton], persons=persons,
-                        timing_ms=timer.total())
+            persons = [
+                Person(bbox=b, bbox_score=s, keypoints=k, score=p)
+                for b, s, k, p in zip(
+                    xywh.round(3).tolist(),
+                    box_scores.astype(np.float64).round(6).tolist(),
+                    kpts.tolist(),
+                    result.person_scores.astype(np.float64).round(6).tolist(),
+                )
+            ]
+    return PoseResponse(
+        model=card.name,
+        image_size=[w, h],
+        flip_test=use_flip,
+        box_source=source,
+        keypoint_names=card.output_keypoint_names,
+        skeleton=[list(s) for s in card.output_skeleton],
+        persons=persons,
+        timing_ms=timer.total(),
+    )

@@ -13,11 +13,11 @@ exceeds ``settings.seg_slide_pixels`` runs slide inference even when ``mode=whol
 At most ``settings.seg_max_concurrency`` requests decode/segment/encode at once (the others wait);
 pre- and post-processing and PNG encoding run in worker threads.
 """
+
 from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Optional
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
@@ -36,12 +36,13 @@ from .uploads import read_image
 
 router = APIRouter(tags=["segmentation"])
 
-_PNG = {"content": {"image/png": {}}, "description": "label map PNG (Accept: image/png) or "
-                                                     "overlay PNG (render=true)"}
+_PNG = {
+    "content": {"image/png": {}},
+    "description": "label map PNG (Accept: image/png) or overlay PNG (render=true)",
+}
 
 
-
-def prefers_png(accept: Optional[str]) -> bool:
+def prefers_png(accept: str | None) -> bool:
     """True when the ``Accept`` header ranks ``image/png`` above ``application/json``.
 
     Media ranges are weighed by their ``q`` (default 1); ``*/*``, ``image/*`` and
@@ -63,14 +64,21 @@ def prefers_png(accept: Optional[str]) -> bool:
                     weight = 0.0
         for target in q:
             major = target.split("/")[0]
-            spec = 2 if media == target else 1 if media == f"{major}/*" else 0 if media == "*/*" else -1
+            spec = (
+                2
+                if media == target
+                else 1
+                if media == f"{major}/*"
+                else 0
+                if media == "*/*"
+                else -1
+            )
             if spec > specificity[target]:  # the most specific range decides (RFC 9110)
                 specificity[target], q[target] = spec, weight
     return q["image/png"] > 0 and q["image/png"] > q["application/json"]
 
 
-@router.post("/segment", response_model=SegmentResponse,
-             responses={**INFERENCE_ERRORS, 200: _PNG})
+@router.post("/segment", response_model=SegmentResponse, responses={**INFERENCE_ERRORS, 200: _PNG})
 async def segment(
     request: Request,
     response: Response,
@@ -78,12 +86,15 @@ async def segment(
     repo: RepositoryDep,
     backend: BackendDep,
     image: UploadFile = File(..., description="JPEG, PNG, WebP or BMP image"),
-    model: Optional[str] = Form(None, description="segmentation model name (default from settings)"),
-    mode: Optional[str] = Form(None, description="'whole' or 'slide' (default: the model card's)"),
-    flip: Optional[bool] = Form(None, description="add horizontally flipped views (TTA)"),
-    scales: Optional[str] = Form(None, description="TTA ratios of the image as a JSON list, "
-                                                  "or 'ms' = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]"),
-    render: Optional[bool] = Form(None, description="true: return a colour overlay PNG"),
+    model: str | None = Form(None, description="segmentation model name (default from settings)"),
+    mode: str | None = Form(None, description="'whole' or 'slide' (default: the model card's)"),
+    flip: bool | None = Form(None, description="add horizontally flipped views (TTA)"),
+    scales: str | None = Form(
+        None,
+        description="TTA ratios of the image as a JSON list, "
+        "or 'ms' = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]",
+    ),
+    render: bool | None = Form(None, description="true: return a colour overlay PNG"),
 ):
     """Per-pixel class ids for the image, as MMSeg 1.x's test pipeline computes them.
 
@@ -99,8 +110,10 @@ async def segment(
     if not name:
         seg_models = sorted(n for n, c in repo.cards.items() if c.task == "segmentation")
         if len(seg_models) != 1:
-            raise InvalidParameter("no 'model' given and no default segmentation model configured; "
-                                   f"available: {', '.join(seg_models) or 'none'}")
+            raise InvalidParameter(
+                "no 'model' given and no default segmentation model configured; "
+                f"available: {', '.join(seg_models) or 'none'}"
+            )
         name = seg_models[0]
     card = repo.get(name, task="segmentation")
     note(request, model=card.name)
@@ -120,15 +133,21 @@ async def segment(
             img = await read_image(image, settings)
         h, w = img.shape[:2]
         try:  # the views for this image (a ratio may shrink it to nothing or blow it up)
-            plan = plan_segmentation((w, h), card, options, slide_pixels=settings.seg_slide_pixels,
-                                     max_input_pixels=settings.seg_max_input_pixels)
+            plan = plan_segmentation(
+                (w, h),
+                card,
+                options,
+                slide_pixels=settings.seg_slide_pixels,
+                max_input_pixels=settings.seg_max_input_pixels,
+            )
         except InputTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
         except ValueError as exc:
             raise InvalidParameter(str(exc)) from None
 
-        result = await run_segmentation(img, card, backend, plan,
-                                        max_call_pixels=settings.seg_max_call_pixels, timer=timer)
+        result = await run_segmentation(
+            img, card, backend, plan, max_call_pixels=settings.seg_max_call_pixels, timer=timer
+        )
         label = result.label_map
         modes = ",".join(sorted({a.mode for a in result.augmentations}))
 
@@ -143,8 +162,15 @@ async def segment(
         with timer("encode"):
             b64, counts = await asyncio.to_thread(_encode_json_parts, label, card.classes)
         response.headers["X-Inference-Mode"] = modes
-        return SegmentResponse(model=card.name, width=w, height=h, classes=card.classes,
-                               pixel_counts=counts, label_png=b64, timing_ms=timer.total())
+        return SegmentResponse(
+            model=card.name,
+            width=w,
+            height=h,
+            classes=card.classes,
+            pixel_counts=counts,
+            label_png=b64,
+            timing_ms=timer.total(),
+        )
 
 
 def _encode_json_parts(label, classes) -> tuple[str, dict[str, int]]:
@@ -152,10 +178,18 @@ def _encode_json_parts(label, classes) -> tuple[str, dict[str, int]]:
     return base64.b64encode(encode_label_png(label)).decode("ascii"), pixel_counts(label, classes)
 
 
-def _png_response(png: bytes, model: str, w: int, h: int, timer: StageTimer,
-                  modes: str) -> Response:
+def _png_response(
+    png: bytes, model: str, w: int, h: int, timer: StageTimer, modes: str
+) -> Response:
     timing = timer.total()
     server_timing = ", ".join(f"{k};dur={v:.1f}" for k, v in timing.items())
-    return Response(content=png, media_type="image/png",
-                    headers={"X-Model": model, "X-Image-Size": f"{w}x{h}",
-                             "X-Inference-Mode": modes, "Server-Timing": server_timing})
+    return Response(
+        content=png,
+        media_type="image/png",
+        headers={
+            "X-Model": model,
+            "X-Image-Size": f"{w}x{h}",
+            "X-Inference-Mode": modes,
+            "Server-Timing": server_timing,
+        },
+    )

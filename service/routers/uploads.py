@@ -1,4 +1,5 @@
 """Reading an uploaded image with the configured size limits (shared by every endpoint)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,6 +1,7 @@
 """hrnet-bench's precision mode (benchmarks/bench_precision.py) at tiny size: the eager baseline
 computes what the gateway serves, every variant is counted over the same photos, the ratios are
 read off the right rows. No timing assertions."""
+
 from __future__ import annotations
 
 import json
@@ -43,22 +44,41 @@ def test_eager_baseline_matches_the_gateway_and_rows_are_counted(shared, tiny_ga
     import httpx
 
     name, data, b = jobs[0]
-    served = httpx.post(url + "/pose", files={"image": (name, data)},
-                        data={"model": "tiny_fp32", "boxes": json.dumps(b), "flip_test": "true"}).json()
+    served = httpx.post(
+        url + "/pose",
+        files={"image": (name, data)},
+        data={"model": "tiny_fp32", "boxes": json.dumps(b), "flip_test": "true"},
+    ).json()
     mine = eager_pose(data, b, card, runner, flip=True)
     got = np.array([p["keypoints"] for p in served["persons"]])[..., :2]
     np.testing.assert_allclose(mine, got, atol=1e-3)
 
-    tallies = compare(url, ["tiny_fp32", "tiny_copy"], jobs, [False, True], rounds=1,
-                      eager=(card, runner), warmup=0)
+    tallies = compare(
+        url,
+        ["tiny_fp32", "tiny_copy"],
+        jobs,
+        [False, True],
+        rounds=1,
+        eager=(card, runner),
+        warmup=0,
+    )
     assert [(t.name, t.flip) for t in tallies] == [
-        ("tiny_fp32", False), ("tiny_copy", False), ("eager", False),
-        ("tiny_fp32", True), ("tiny_copy", True), ("eager", True)]
+        ("tiny_fp32", False),
+        ("tiny_copy", False),
+        ("eager", False),
+        ("tiny_fp32", True),
+        ("tiny_copy", True),
+        ("eager", True),
+    ]
     assert all(t.requests == 4 and t.crops == 33 and t.seconds > 0 for t in tallies)
 
 
 def test_format_table_ratios_by_hand():
-    a, b, e = Tally("fp32", True, 2.0, 20, 4), Tally("int8", True, 1.0, 20, 4), Tally("eager", True, 4.0, 20, 4)
+    a, b, e = (
+        Tally("fp32", True, 2.0, 20, 4),
+        Tally("int8", True, 1.0, 20, 4),
+        Tally("eager", True, 4.0, 20, 4),
+    )
     lines = format_table([a, b, e])
     # crops/s 10, 20, 5: int8 is 2.00x fp32 and 4.00x eager; fp32 2.00x eager
     assert lines[1].split()[4:7] == ["10.00", "1.00", "2.00"]

@@ -21,6 +21,7 @@ Metric definitions re-derived here (independently of ``service.metrics``):
 * MMSeg ``IoUMetric``: per-class IoU = intersection / union over non-ignored (255) pixels, mIoU the
   mean over classes with a non-empty union, percent.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,10 +44,42 @@ ANIMALS = {
 }
 # OKS sigmas as published in MMPose's configs/_base_/datasets/{atrw,macaque}.py (macaque = COCO's)
 SIGMAS = {
-    "atrw": [0.0277, 0.0823, 0.0831, 0.0202, 0.0716, 0.0263, 0.0646, 0.0302, 0.0440, 0.0316,
-             0.0333, 0.0547, 0.0263, 0.0683, 0.0539],
-    "macaque": [0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
-                0.107, 0.107, 0.087, 0.087, 0.089, 0.089],
+    "atrw": [
+        0.0277,
+        0.0823,
+        0.0831,
+        0.0202,
+        0.0716,
+        0.0263,
+        0.0646,
+        0.0302,
+        0.0440,
+        0.0316,
+        0.0333,
+        0.0547,
+        0.0263,
+        0.0683,
+        0.0539,
+    ],
+    "macaque": [
+        0.026,
+        0.025,
+        0.025,
+        0.035,
+        0.035,
+        0.079,
+        0.079,
+        0.072,
+        0.072,
+        0.062,
+        0.062,
+        0.107,
+        0.107,
+        0.087,
+        0.087,
+        0.089,
+        0.089,
+    ],
 }
 SEG_MODEL = "fcn_hr18s_cityscapes_random"
 PERCENT = {"aAcc", "mIoU", "mAcc"}  # compared after / 100: --tolerance is in fraction units
@@ -64,8 +97,21 @@ def _paths(shared, dataset):
 
 
 def _eval(url, model, dataset, images, out, *extra, ann=None):
-    args = ["--url", url, "--model", model, "--dataset", dataset, "--images", str(images),
-            "--out", str(out), "--quiet", "--concurrency", "2"]
+    args = [
+        "--url",
+        url,
+        "--model",
+        model,
+        "--dataset",
+        dataset,
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--quiet",
+        "--concurrency",
+        "2",
+    ]
     if ann is not None:
         args += ["--ann", str(ann)]
     rc = eval_main(args + list(extra))
@@ -78,10 +124,13 @@ def _expected_rc(metrics_file: dict) -> int:
     the tolerance is in fraction units, percent metrics compared after dividing by 100)."""
     tol = metrics_file["tolerance"]
     assert metrics_file["tolerance_unit"] == "fraction"
-    beyond = [r for r in metrics_file["comparison"]
-              if r["published"] is not None and r["ours"] is not None
-              and not abs(r["ours"] - r["published"]) / (100 if r["metric"] in PERCENT else 1)
-              <= tol]
+    beyond = [
+        r
+        for r in metrics_file["comparison"]
+        if r["published"] is not None
+        and r["ours"] is not None
+        and not abs(r["ours"] - r["published"]) / (100 if r["metric"] in PERCENT else 1) <= tol
+    ]
     return 1 if beyond else 0
 
 
@@ -100,13 +149,16 @@ def animal_runs(gateway, shared, tmp_path_factory):
 
 # ------------------------------------------------------------------------ independent metrics
 
+
 def _horse10_by_hand(results: list[dict], coco: dict, thr: float = 0.3) -> tuple[float, float]:
     anns = {a["id"]: a for a in coco["annotations"]}
     pred = np.array([np.reshape(r["keypoints"], (-1, 3))[:, :2] for r in results], np.float64)
-    gt_full = np.array([np.reshape(anns[r["id"]]["keypoints"], (-1, 3)) for r in results], np.float64)
+    gt_full = np.array(
+        [np.reshape(anns[r["id"]]["keypoints"], (-1, 3)) for r in results], np.float64
+    )
     gt, vis = gt_full[..., :2], gt_full[..., 2] > 0
-    norm = np.linalg.norm(gt[:, 0] - gt[:, 1], axis=1)          # nose-eye, per instance
-    ok = vis & (norm > 0)[:, None]                               # (N, K) evaluated
+    norm = np.linalg.norm(gt[:, 0] - gt[:, 1], axis=1)  # nose-eye, per instance
+    ok = vis & (norm > 0)[:, None]  # (N, K) evaluated
     d = np.linalg.norm(pred - gt, axis=2) / np.where(norm > 0, norm, 1.0)[:, None]
     n_type = ok.sum(axis=0)
     hit_type = (ok & (d < thr)).sum(axis=0)
@@ -133,6 +185,7 @@ def _n_annotated(coco: dict, dataset: str) -> int:
 
 
 # ------------------------------------------------------------------------ live runs
+
 
 @pytest.mark.parametrize("dataset", list(ANIMALS))
 def test_animal_eval_live_files_and_exit_codes(shared, gateway, animal_runs, dataset):
@@ -171,8 +224,9 @@ def test_animal_eval_live_files_and_exit_codes(shared, gateway, animal_runs, dat
     # one 0.02 off our value is beyond the default tolerance (0.01) -> exit 1
     key = "PCK" if dataset == "horse10" else "AP"
     off = metrics[key] + 0.02 if metrics[key] < 0.5 else metrics[key] - 0.02
-    rc2, m2 = _eval(gateway, model, dataset, images, out, "--gt-boxes", "--reference",
-                    f"{key}={off}", ann=ann)
+    rc2, m2 = _eval(
+        gateway, model, dataset, images, out, "--gt-boxes", "--reference", f"{key}={off}", ann=ann
+    )
     assert m2["summary"]["sent"] == 0 and m2["metrics"] == metrics
     assert m2["reference_origin"] == {key: "cli"}
     assert rc2 == _expected_rc(m2) == 1 and not m2["within_tolerance"]
@@ -200,8 +254,12 @@ def test_coco_style_metrics_recomputed_by_hand(shared, animal_runs, dataset):
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     results = json.loads((out / "results.json").read_text())
     ann_of_image = {a["image_id"]: a for a in coco["annotations"]}  # one animal per sample image
-    oks = [_oks_by_hand(np.reshape(r["keypoints"], (-1, 3))[:, :2], ann_of_image[r["image_id"]],
-                        SIGMAS[dataset]) for r in results]
+    oks = [
+        _oks_by_hand(
+            np.reshape(r["keypoints"], (-1, 3))[:, :2], ann_of_image[r["image_id"]], SIGMAS[dataset]
+        )
+        for r in results
+    ]
     assert metrics["meanOKS"] == pytest.approx(float(np.mean(oks)), rel=1e-5)
     by_hand = pycocotools_keypoint_stats(ann, out / "results.json", SIGMAS[dataset])
     for name in ("AP", "AP50", "AP75", "AR", "AR50"):
@@ -209,6 +267,7 @@ def test_coco_style_metrics_recomputed_by_hand(shared, animal_runs, dataset):
 
 
 # ------------------------------------------------------------------------ hand-made predictions
+
 
 def _rewrite_log(src_out, dst_out, new_keypoints):
     """Copy the live run's prediction log to ``dst_out`` with every person's keypoints replaced by
@@ -236,7 +295,9 @@ def test_horse10_metric_on_known_offsets(shared, gateway, animal_runs, tmp_path)
     """
     ann, images = _paths(shared, "horse10")
     coco = json.loads(ann.read_text())
-    anns = {a["id"]: np.reshape(a["keypoints"], (-1, 3)).astype(np.float64) for a in coco["annotations"]}
+    anns = {
+        a["id"]: np.reshape(a["keypoints"], (-1, 3)).astype(np.float64) for a in coco["annotations"]
+    }
     theta = 0.7 * np.arange(22)
     direction = np.stack([np.cos(theta), np.sin(theta)], axis=1)
     r = {100: np.where(np.arange(22) <= 5, 0.4, 0.2), 500: np.where(np.arange(22) <= 10, 0.5, 0.1)}
@@ -256,9 +317,20 @@ def test_horse10_metric_on_known_offsets(shared, gateway, animal_runs, tmp_path)
     _, live_out = animal_runs["horse10"]
     out = tmp_path / "horse10_offsets"
     _rewrite_log(live_out, out, keypoints)
-    rc, m = _eval(gateway, "hrnet_w32_horse10_random", "horse10", images, out, "--gt-boxes",
-                  "--tolerance", "1e-4", "--reference", f"PCK={27 / 44}", f"NME={11.9 / 41}",
-                  ann=ann)
+    rc, m = _eval(
+        gateway,
+        "hrnet_w32_horse10_random",
+        "horse10",
+        images,
+        out,
+        "--gt-boxes",
+        "--tolerance",
+        "1e-4",
+        "--reference",
+        f"PCK={27 / 44}",
+        f"NME={11.9 / 41}",
+        ann=ann,
+    )
     assert m["summary"]["sent"] == 0
     assert m["metrics"]["PCK"] == pytest.approx(27 / 44, abs=1e-9)
     assert m["metrics"]["NME"] == pytest.approx(11.9 / 41, rel=1e-6)
@@ -298,8 +370,19 @@ def test_coco_style_ap_on_known_offsets(shared, gateway, animal_runs, tmp_path, 
     out = tmp_path / f"{dataset}_offsets"
     _rewrite_log(live_out, out, keypoints)
     expected = {"AP": 0.5, "AP50": 1.0, "AP75": 0.0, "AR": 0.5, "AR50": 1.0, "meanOKS": 0.72}
-    rc, m = _eval(gateway, model, dataset, images, out, "--gt-boxes", "--tolerance", "1e-6",
-                  "--reference", *(f"{k}={v}" for k, v in expected.items()), ann=ann)
+    rc, m = _eval(
+        gateway,
+        model,
+        dataset,
+        images,
+        out,
+        "--gt-boxes",
+        "--tolerance",
+        "1e-6",
+        "--reference",
+        *(f"{k}={v}" for k, v in expected.items()),
+        ann=ann,
+    )
     assert rc == 0 and m["summary"]["sent"] == 0
     assert all(r["ok"] and r["published"] is not None for r in m["comparison"])
     got = m["metrics"]
@@ -310,6 +393,7 @@ def test_coco_style_ap_on_known_offsets(shared, gateway, animal_runs, tmp_path, 
 
 
 # ------------------------------------------------------------------------ segmentation
+
 
 def test_cityscapes_eval_live_and_miou_by_hand(shared, gateway, tmp_path):
     root = shared / "data" / "cityscapes_sample"
@@ -324,24 +408,33 @@ def test_cityscapes_eval_live_and_miou_by_hand(shared, gateway, tmp_path):
     # a resumed run sends nothing; --reference mIoU in percent, tolerance in fraction units:
     # 0.5 point off is within 0.01, 2 points off is not
     assert metrics["mIoU"] + 0.5 > 1  # so the reference reads as percent, not as a fraction
-    rc2, m2 = _eval(gateway, SEG_MODEL, "cityscapes", root, out, "--reference",
-                    f"mIoU={metrics['mIoU'] + 0.5}")
+    rc2, m2 = _eval(
+        gateway, SEG_MODEL, "cityscapes", root, out, "--reference", f"mIoU={metrics['mIoU'] + 0.5}"
+    )
     assert rc2 == 0 and m2["summary"]["sent"] == 0 and m2["metrics"] == metrics
-    rc3, m3 = _eval(gateway, SEG_MODEL, "cityscapes", root, out, "--reference",
-                    f"mIoU={metrics['mIoU'] + 2.0}")
+    rc3, m3 = _eval(
+        gateway, SEG_MODEL, "cityscapes", root, out, "--reference", f"mIoU={metrics['mIoU'] + 2.0}"
+    )
     assert rc3 == _expected_rc(m3) == 1
 
     # the label map fetched by hand, scored with a plain confusion matrix
     stem = "frankfurt_000000_000294"
     image = (root / f"{stem}_leftImg8bit.png").read_bytes()
-    r = httpx.post(f"{gateway}/segment", files={"image": ("x.png", image, "image/png")},
-                   data={"model": SEG_MODEL}, headers={"Accept": "image/png"}, timeout=120)
+    r = httpx.post(
+        f"{gateway}/segment",
+        files={"image": ("x.png", image, "image/png")},
+        data={"model": SEG_MODEL},
+        headers={"Accept": "image/png"},
+        timeout=120,
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     pred = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_UNCHANGED)
     gt = cv2.imread(str(root / f"{stem}_gtFine_labelTrainIds.png"), cv2.IMREAD_UNCHANGED)
     assert pred.shape == gt.shape == (128, 256) and pred.max() < 19
     keep = gt != 255
-    conf = np.bincount(gt[keep].astype(np.int64) * 19 + pred[keep], minlength=19 * 19).reshape(19, 19)
+    conf = np.bincount(gt[keep].astype(np.int64) * 19 + pred[keep], minlength=19 * 19).reshape(
+        19, 19
+    )
     inter = np.diag(conf).astype(np.float64)
     union = conf.sum(0) + conf.sum(1) - inter
     label_area = conf.sum(1)

@@ -1,6 +1,7 @@
 """``hrnet-eval`` end to end against a fake gateway (no model): GT keypoints (or GT + known
 offsets) come back from ``/pose``, GT label maps from ``/segment``; the job's metrics, resume,
 retries and exit codes are checked against hand-derived values."""
+
 from __future__ import annotations
 
 import base64
@@ -23,11 +24,49 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from benchmarks import eval as hrnet_eval  # noqa: E402
 from benchmarks.eval_data import build_pose_items  # noqa: E402
 
-COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07,
-                        .87, .87, .89, .89]) / 10.0
-COCO_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
-              "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-              "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]
+COCO_SIGMAS = (
+    np.array(
+        [
+            0.26,
+            0.25,
+            0.25,
+            0.35,
+            0.35,
+            0.79,
+            0.79,
+            0.72,
+            0.72,
+            0.62,
+            0.62,
+            1.07,
+            1.07,
+            0.87,
+            0.87,
+            0.89,
+            0.89,
+        ]
+    )
+    / 10.0
+)
+COCO_NAMES = [
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+]
 
 
 class FakeGateway:
@@ -40,16 +79,16 @@ class FakeGateway:
 
     def reset(self) -> None:
         self.cards: list[dict] = []
-        self.anns: dict[str, list[dict]] = {}   # image file name -> annotations
+        self.anns: dict[str, list[dict]] = {}  # image file name -> annotations
         self.images: dict[str, dict] = {}
         self.offset = lambda ann, kp: kp[:, :2]  # GT keypoints (K, 3) -> returned (K, 2)
         self.pose_calls: list[str] = []
-        self.fail_after: int | None = None     # 500 for every /pose request after this many
-        self.fail_names: set[str] = set()      # 500 for every /pose request of these images
-        self.fail_503_first: int = 0           # 503 for the first n tries of each image
+        self.fail_after: int | None = None  # 500 for every /pose request after this many
+        self.fail_names: set[str] = set()  # 500 for every /pose request of these images
+        self.fail_503_first: int = 0  # 503 for the first n tries of each image
         self.tries: dict[str, int] = {}
         self.labels: dict[str, Path] = {}
-        self.boxes_sent: list = []              # the 'boxes' field of every /pose request
+        self.boxes_sent: list = []  # the 'boxes' field of every /pose request
         # bottom-up answers (no boxes): a score per annotation, extra persons per image
         self.person_score = lambda ann: 1.0
         self.extra_persons: dict[str, list[dict]] = {}
@@ -69,9 +108,15 @@ class FakeGateway:
         best, best_d = None, math.inf
         for a in self.anns[fname]:
             x, y, w, h = a["bbox"]
-            cands = [[x, y, x + w, y + h],
-                     [min(max(x, 0), W - 1), min(max(y, 0), H - 1),
-                      min(max(x + w, 0), W - 1), min(max(y + h, 0), H - 1)]]
+            cands = [
+                [x, y, x + w, y + h],
+                [
+                    min(max(x, 0), W - 1),
+                    min(max(y, 0), H - 1),
+                    min(max(x + w, 0), W - 1),
+                    min(max(y + h, 0), H - 1),
+                ],
+            ]
             for c in cands:
                 d = sum(abs(u - v) for u, v in zip(c, box))
                 if d < best_d:
@@ -88,8 +133,14 @@ class FakeGateway:
                 continue
             kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
             s = self.person_score(a)
-            persons.append({"bbox": a["bbox"], "bbox_score": s, "score": s,
-                            "keypoints": np.column_stack([kp[:, :2], np.full(len(kp), 0.1)]).tolist()})
+            persons.append(
+                {
+                    "bbox": a["bbox"],
+                    "bbox_score": s,
+                    "score": s,
+                    "keypoints": np.column_stack([kp[:, :2], np.full(len(kp), 0.1)]).tolist(),
+                }
+            )
         return persons + self.extra_persons.get(fname, [])
 
     def _build(self) -> FastAPI:
@@ -100,24 +151,39 @@ class FakeGateway:
             return {"models": self.cards}
 
         @app.post("/pose")
-        async def pose(image: UploadFile = File(...), boxes: str = Form(None),
-                       box_format: str = Form("xywh"), model: str = Form(None),
-                       flip_test: str = Form(None)):
+        async def pose(
+            image: UploadFile = File(...),
+            boxes: str = Form(None),
+            box_format: str = Form("xywh"),
+            model: str = Form(None),
+            flip_test: str = Form(None),
+        ):
             fname = image.filename
             await image.read()
             self.pose_calls.append(fname)
             self.tries[fname] = self.tries.get(fname, 0) + 1
-            if (self.fail_after is not None and len(self.pose_calls) > self.fail_after) or \
-                    fname in self.fail_names:
+            if (
+                self.fail_after is not None and len(self.pose_calls) > self.fail_after
+            ) or fname in self.fail_names:
                 return JSONResponse({"error": {"code": "internal", "message": "down"}}, 500)
             if self.tries[fname] <= self.fail_503_first:
-                return JSONResponse({"error": {"code": "unavailable", "message": "busy"}}, 503,
-                                    headers={"Retry-After": "0"})
+                return JSONResponse(
+                    {"error": {"code": "unavailable", "message": "busy"}},
+                    503,
+                    headers={"Retry-After": "0"},
+                )
             self.boxes_sent.append(boxes)
             if boxes is None:  # a bottom-up model: every labelled person of the image
-                return {"model": model, "image_size": [1, 1], "flip_test": False,
-                        "box_source": "bottomup", "keypoint_names": COCO_NAMES, "skeleton": [],
-                        "persons": self._bottomup_persons(fname), "timing_ms": {}}
+                return {
+                    "model": model,
+                    "image_size": [1, 1],
+                    "flip_test": False,
+                    "box_source": "bottomup",
+                    "keypoint_names": COCO_NAMES,
+                    "skeleton": [],
+                    "persons": self._bottomup_persons(fname),
+                    "timing_ms": {},
+                }
             assert box_format == "xyxy"
             persons = []
             for b in json.loads(boxes):
@@ -125,17 +191,27 @@ class FakeGateway:
                 kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
                 xy = self.offset(a, kp)
                 sc = (kp[:, 2] > 0).astype(float)  # labelled -> 1, unlabelled -> 0
-                persons.append({"bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                                "bbox_score": b[4],
-                                "keypoints": np.column_stack([xy, sc]).tolist(),
-                                "score": b[4]})
-            return {"model": model, "image_size": [1, 1], "flip_test": flip_test == "true",
-                    "box_source": "given", "keypoint_names": COCO_NAMES, "skeleton": [],
-                    "persons": persons, "timing_ms": {}}
+                persons.append(
+                    {
+                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                        "bbox_score": b[4],
+                        "keypoints": np.column_stack([xy, sc]).tolist(),
+                        "score": b[4],
+                    }
+                )
+            return {
+                "model": model,
+                "image_size": [1, 1],
+                "flip_test": flip_test == "true",
+                "box_source": "given",
+                "keypoint_names": COCO_NAMES,
+                "skeleton": [],
+                "persons": persons,
+                "timing_ms": {},
+            }
 
         @app.post("/segment")
-        async def segment(request: Request, image: UploadFile = File(...),
-                          model: str = Form(None)):
+        async def segment(request: Request, image: UploadFile = File(...), model: str = Form(None)):
             await image.read()
             lab = cv2.imread(str(self.labels[image.filename]), cv2.IMREAD_UNCHANGED)
             ok, png = cv2.imencode(".png", lab)
@@ -177,9 +253,15 @@ def gateway(shared):
 
 
 def pose_card(name="fake_pose", metrics=None, k_names=COCO_NAMES, sigmas=None):
-    return {"name": name, "task": "topdown_pose", "input_size": [192, 256], "bbox_padding": 1.25,
-            "keypoint_names": list(k_names), "sigmas": list(sigmas or []),
-            "source": {"metrics": metrics or {}}}
+    return {
+        "name": name,
+        "task": "topdown_pose",
+        "input_size": [192, 256],
+        "bbox_padding": 1.25,
+        "keypoint_names": list(k_names),
+        "sigmas": list(sigmas or []),
+        "source": {"metrics": metrics or {}},
+    }
 
 
 @pytest.fixture
@@ -193,18 +275,36 @@ def coco(gateway, shared):
 
 def shift_to_oks(s):
     """Move each labelled person's keypoints along x so each OKS term (and the OKS) is s."""
+
     def f(ann, kp):
         xy = kp[:, :2].copy()
         if ann["num_keypoints"] > 0:
             xy[:, 0] += 2 * COCO_SIGMAS * math.sqrt(-2 * ann["area"] * math.log(s))
         return xy
+
     return f
 
 
 def run(gw, ann, images, out, *extra):
-    argv = ["--url", gw.url, "--model", "fake_pose", "--dataset", "coco", "--ann", str(ann),
-            "--images", str(images), "--gt-boxes", "--out", str(out), "--quiet",
-            "--backoff", "0.01", *extra]
+    argv = [
+        "--url",
+        gw.url,
+        "--model",
+        "fake_pose",
+        "--dataset",
+        "coco",
+        "--ann",
+        str(ann),
+        "--images",
+        str(images),
+        "--gt-boxes",
+        "--out",
+        str(out),
+        "--quiet",
+        "--backoff",
+        "0.01",
+        *extra,
+    ]
     return hrnet_eval.main(argv)
 
 
@@ -218,10 +318,18 @@ def serve_cityscapes_labels(gw, shared, metrics):
     no registry numbers); returns the sample folder."""
     gw.reset()
     d = shared / "data/cityscapes_sample"
-    gw.labels = {p.name.replace("_gtFine_labelTrainIds", "_leftImg8bit"): p
-                 for p in d.glob("*_gtFine_labelTrainIds.png")}
-    gw.cards = [{"name": "fake_seg", "task": "segmentation",
-                 "classes": [f"c{i}" for i in range(19)], "source": {"metrics": metrics}}]
+    gw.labels = {
+        p.name.replace("_gtFine_labelTrainIds", "_leftImg8bit"): p
+        for p in d.glob("*_gtFine_labelTrainIds.png")
+    }
+    gw.cards = [
+        {
+            "name": "fake_seg",
+            "task": "segmentation",
+            "classes": [f"c{i}" for i in range(19)],
+            "source": {"metrics": metrics},
+        }
+    ]
     return d
 
 
@@ -260,8 +368,10 @@ def test_known_oks_gives_derived_ap_and_reference_comparison(coco, gateway, tmp_
     n = len(gateway.pose_calls)
     assert run(gateway, ann, images, tmp_path / "a", "--reference", "AP=0.52") == 1
     assert len(gateway.pose_calls) == n
-    assert run(gateway, ann, images, tmp_path / "a", "--reference", "AP=0.52",
-               "--tolerance", "0.05") == 0
+    assert (
+        run(gateway, ann, images, tmp_path / "a", "--reference", "AP=0.52", "--tolerance", "0.05")
+        == 0
+    )
 
 
 def test_resume_after_failures_matches_uninterrupted_run(coco, gateway, tmp_path):
@@ -276,7 +386,8 @@ def test_resume_after_failures_matches_uninterrupted_run(coco, gateway, tmp_path
     assert rc == 3  # incomplete
     part = metrics_of(tmp_path / "part")
     assert part["summary"]["failed"] == 2 and part["summary"]["failures"] == {
-        "http_500:internal": 2}
+        "http_500:internal": 2
+    }
     lines = (tmp_path / "part" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 2
 
@@ -284,8 +395,10 @@ def test_resume_after_failures_matches_uninterrupted_run(coco, gateway, tmp_path
     gateway.pose_calls.clear()
     assert run(gateway, ann, images, tmp_path / "part") == 0
     assert len(gateway.pose_calls) == 2  # only the two missing images were sent
-    keys = [json.loads(x)["key"] for x in
-            (tmp_path / "part" / "predictions.jsonl").read_text().splitlines()]
+    keys = [
+        json.loads(x)["key"]
+        for x in (tmp_path / "part" / "predictions.jsonl").read_text().splitlines()
+    ]
     assert len(keys) == 4 and len(set(keys)) == 4
     assert metrics_of(tmp_path / "part")["metrics"] == full
 
@@ -363,19 +476,55 @@ def test_changed_settings_in_same_out_are_refused(coco, gateway, tmp_path):
     ann, images = coco
     assert run(gateway, ann, images, tmp_path / "a", "--limit", "1") == 0
     assert run(gateway, ann, images, tmp_path / "a", "--limit", "1", "--no-flip-test") == 2
-    assert run(gateway, ann, images, tmp_path / "a", "--limit", "1", "--no-flip-test",
-               "--restart") == 0
+    assert (
+        run(gateway, ann, images, tmp_path / "a", "--limit", "1", "--no-flip-test", "--restart")
+        == 0
+    )
 
 
 def test_unreachable_gateway_or_unknown_model(coco, gateway, tmp_path):
     ann, images = coco
-    argv = ["--url", "http://127.0.0.1:9", "--model", "fake_pose", "--dataset", "coco",
-            "--ann", str(ann), "--images", str(images), "--gt-boxes", "--out",
-            str(tmp_path / "x"), "--quiet", "--retries", "1", "--backoff", "0.01"]
+    argv = [
+        "--url",
+        "http://127.0.0.1:9",
+        "--model",
+        "fake_pose",
+        "--dataset",
+        "coco",
+        "--ann",
+        str(ann),
+        "--images",
+        str(images),
+        "--gt-boxes",
+        "--out",
+        str(tmp_path / "x"),
+        "--quiet",
+        "--retries",
+        "1",
+        "--backoff",
+        "0.01",
+    ]
     assert hrnet_eval.main(argv) == 2
-    assert hrnet_eval.main(["--url", gateway.url, "--model", "nope", "--dataset", "coco",
-                            "--ann", str(ann), "--images", str(images), "--out",
-                            str(tmp_path / "y"), "--quiet"]) == 2
+    assert (
+        hrnet_eval.main(
+            [
+                "--url",
+                gateway.url,
+                "--model",
+                "nope",
+                "--dataset",
+                "coco",
+                "--ann",
+                str(ann),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "y"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert hrnet_eval.main(["--bogus"]) == 2
 
 
@@ -390,8 +539,9 @@ def test_detection_boxes_are_loaded_like_mmpose(shared):
     assert first.box_ids[0] == 0
     assert first.boxes[0][:4] == pytest.approx([x, y, x + w, y + h], rel=1e-6)
     assert first.boxes[0][4] == pytest.approx(dets[0]["score"], rel=1e-6)
-    thr, _, _ = build_pose_items(ann, "imgs", "coco", box_source="det", det_file=det,
-                                 bbox_score_thr=0.5)
+    thr, _, _ = build_pose_items(
+        ann, "imgs", "coco", box_source="det", det_file=det, bbox_score_thr=0.5
+    )
     assert sum(len(it.boxes) for it in thr) == sum(d["score"] >= 0.5 for d in dets)
 
 
@@ -406,10 +556,24 @@ def test_horse10_pck_and_nme(gateway, shared, tmp_path):
         xy = kp[:, :2].copy()
         xy[:, 0] += 0.2 * math.hypot(*(kp[0, :2] - kp[1, :2]))
         return xy
+
     gateway.offset = offset
-    argv = ["--url", gateway.url, "--model", "fake_pose", "--dataset", "horse10", "--ann",
-            str(ann), "--images", str(ann.parent), "--gt-boxes", "--out", str(tmp_path / "h"),
-            "--quiet"]
+    argv = [
+        "--url",
+        gateway.url,
+        "--model",
+        "fake_pose",
+        "--dataset",
+        "horse10",
+        "--ann",
+        str(ann),
+        "--images",
+        str(ann.parent),
+        "--gt-boxes",
+        "--out",
+        str(tmp_path / "h"),
+        "--quiet",
+    ]
     assert hrnet_eval.main(argv) == 0
     m = metrics_of(tmp_path / "h")["metrics"]
     assert m["PCK"] == pytest.approx(1.0) and m["NME"] == pytest.approx(0.2, rel=1e-5)
@@ -417,15 +581,23 @@ def test_horse10_pck_and_nme(gateway, shared, tmp_path):
 
 def test_segmentation_ground_truth_gives_miou_100(gateway, shared, tmp_path):
     d = serve_cityscapes_labels(gateway, shared, {"mIoU": 80.0})
-    base = ["--url", gateway.url, "--model", "fake_seg", "--dataset", "cityscapes",
-            "--images", str(d), "--quiet"]
+    base = [
+        "--url",
+        gateway.url,
+        "--model",
+        "fake_seg",
+        "--dataset",
+        "cityscapes",
+        "--images",
+        str(d),
+        "--quiet",
+    ]
     # published 80.0 vs ours 100.0 -> beyond tolerance -> 1
     assert hrnet_eval.main(base + ["--out", str(tmp_path / "s")]) == 1
     m = metrics_of(tmp_path / "s")
     assert m["metrics"] == {"aAcc": 100.0, "mIoU": 100.0, "mAcc": 100.0}
     assert m["summary"]["evaluated"] == 1
-    assert hrnet_eval.main(base + ["--out", str(tmp_path / "s"), "--reference",
-                                   "mIoU=100"]) == 0
+    assert hrnet_eval.main(base + ["--out", str(tmp_path / "s"), "--reference", "mIoU=100"]) == 0
 
 
 def test_connection_errors_are_retried_with_backoff():
@@ -444,8 +616,9 @@ def test_connection_errors_are_retried_with_backoff():
         return httpx.Response(200, json={"ok": True})
 
     async def go(policy):
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler),
-                                     base_url="http://x") as c:
+        async with httpx.AsyncClient(
+            transport=httpx.MockTransport(handler), base_url="http://x"
+        ) as c:
             return await request_with_retries(c, "GET", "/models", policy)
 
     policy = RetryPolicy(retries=2, backoff=0.001)
@@ -464,19 +637,23 @@ def test_connection_errors_are_retried_with_backoff():
 def test_reference_names_scales_and_priority(monkeypatch):
     from benchmarks import eval_report as rep
 
-    monkeypatch.setattr(rep, "registry_metrics",
-                        lambda names: {"mIoU": 78.65, "mIoU(ms+flip)": 80.35, "AP": 74.9})
-    card = {"source": {"url": "https://example.org/w.pth",
-                       "metrics": {"AP .5": 0.906, "AP": 0.75}}}
+    monkeypatch.setattr(
+        rep, "registry_metrics", lambda names: {"mIoU": 78.65, "mIoU(ms+flip)": 80.35, "AP": 74.9}
+    )
+    card = {"source": {"url": "https://example.org/w.pth", "metrics": {"AP .5": 0.906, "AP": 0.75}}}
     refs, origin = rep.gather_references("m", card, {"AR@0.5": 94.5})
-    assert refs["AP"] == 0.75 and origin["AP"] == "card"      # card beats registry
+    assert refs["AP"] == 0.75 and origin["AP"] == "card"  # card beats registry
     assert refs["AP50"] == 0.906
     assert refs["AR50"] == pytest.approx(0.945) and origin["AR50"] == "cli"  # % -> fraction
     assert refs["mIoU"] == 78.65 and "mIoU(ms+flip)" not in refs
     refs, _ = rep.gather_references("m", card, {}, ms_flip=True)
     assert refs["mIoU"] == 80.35
-    rows, ok = rep.compare({"AP": 0.76, "AP50": 0.904, "AP75": 0.8, "AR": 0.7, "AR50": 0.9},
-                           {"AP": 0.75, "AP50": 0.906, "APm": 0.7}, "coco", 0.005)
+    rows, ok = rep.compare(
+        {"AP": 0.76, "AP50": 0.904, "AP75": 0.8, "AR": 0.7, "AR50": 0.9},
+        {"AP": 0.75, "AP50": 0.906, "APm": 0.7},
+        "coco",
+        0.005,
+    )
     by = {r["metric"]: r for r in rows}
     assert not ok and not by["AP"]["ok"] and by["AP50"]["ok"]
     assert by["APm"]["ours"] is None and by["APm"]["ok"]  # not computed: listed, not failed
@@ -495,6 +672,7 @@ def test_random_weight_cards_get_no_registry_numbers(monkeypatch):
     def registry(names):
         seen.append(list(names))
         return {"AP": 0.749, "AR": 0.804}
+
     monkeypatch.setattr(rep, "registry_metrics", registry)
     name = "td-hm_hrnet-w32_8xb64-210e_coco-256x192"
     random_card = {"source": {"arch": name, "url": None, "metrics": {}}}
@@ -505,8 +683,9 @@ def test_random_weight_cards_get_no_registry_numbers(monkeypatch):
     refs, origin = rep.gather_references(name, random_card, {"AP": 0.25})
     assert refs == {"AR": 0.5, "AP": 0.25} and origin == {"AR": "card", "AP": "cli"}
     # the same model exported from its published checkpoint: registry numbers come back
-    published = {"source": {"arch": name, "url": "https://download.openmmlab.com/x.pth",
-                            "metrics": {}}}
+    published = {
+        "source": {"arch": name, "url": "https://download.openmmlab.com/x.pth", "metrics": {}}
+    }
     refs, origin = rep.gather_references(name, published, {})
     assert refs == {"AP": 0.749, "AR": 0.804} and set(origin.values()) == {"registry"}
 
@@ -515,14 +694,19 @@ def test_tolerance_is_in_fraction_units_for_every_metric():
     from benchmarks.eval_report import compare, format_table
 
     # percent metrics: 0.01 = 1 percentage point. |100 - 99.5| = 0.5 pt ok, 1.5 pt beyond
-    rows, ok = compare({"mIoU": 100.0, "mAcc": 100.0, "aAcc": 100.0},
-                       {"mIoU": 99.5, "aAcc": 98.5}, "seg", 0.01)
+    rows, ok = compare(
+        {"mIoU": 100.0, "mAcc": 100.0, "aAcc": 100.0}, {"mIoU": 99.5, "aAcc": 98.5}, "seg", 0.01
+    )
     by = {r["metric"]: r for r in rows}
     assert not ok and by["mIoU"]["ok"] and not by["aAcc"]["ok"]
     assert by["mIoU"]["diff"] == pytest.approx(0.5)  # reported in the metric's own unit
     # fractions: the same 0.01. |1 - 0.995| ok, |1 - 0.985| beyond
-    rows, ok = compare({"AP": 1.0, "AP50": 1.0, "AP75": 1.0, "AR": 1.0, "AR50": 1.0},
-                       {"AP": 0.995, "AR": 0.985}, "coco", 0.01)
+    rows, ok = compare(
+        {"AP": 1.0, "AP50": 1.0, "AP75": 1.0, "AR": 1.0, "AR50": 1.0},
+        {"AP": 0.995, "AR": 0.985},
+        "coco",
+        0.01,
+    )
     by = {r["metric"]: r for r in rows}
     assert not ok and by["AP"]["ok"] and not by["AR"]["ok"]
     # 0.02 accepts both kinds' 1.5 (points / hundredths)
@@ -537,8 +721,19 @@ def test_tolerance_is_in_fraction_units_for_every_metric():
 
 def test_segmentation_tolerance_in_fraction_units_end_to_end(gateway, shared, tmp_path):
     d = serve_cityscapes_labels(gateway, shared, {"mIoU": 99.5})
-    base = ["--url", gateway.url, "--model", "fake_seg", "--dataset", "cityscapes",
-            "--images", str(d), "--quiet", "--out", str(tmp_path / "s")]
+    base = [
+        "--url",
+        gateway.url,
+        "--model",
+        "fake_seg",
+        "--dataset",
+        "cityscapes",
+        "--images",
+        str(d),
+        "--quiet",
+        "--out",
+        str(tmp_path / "s"),
+    ]
     # ours 100.0 vs 99.5: 0.005 in fraction units, within the default 0.01
     assert hrnet_eval.main(base) == 0
     m = metrics_of(tmp_path / "s")
@@ -579,17 +774,17 @@ def test_box_rules_mirror_the_gateway():
 
     W, H = 640, 480
     cases = [  # xyxy + score -> expected cause
-        ([10, 10, 11, 11, 1.0], None),                       # exactly 1 px: allowed
-        ([10, 10, 10.5, 50, 1.0], "box_too_small"),          # 0.5 px wide
+        ([10, 10, 11, 11, 1.0], None),  # exactly 1 px: allowed
+        ([10, 10, 10.5, 50, 1.0], "box_too_small"),  # 0.5 px wide
         ([10, 10, 50, 10.99, 0.3], "box_too_small"),
-        ([10, 10, 10, 50, 1.0], "degenerate_box"),           # zero width
-        ([50, 10, 10, 50, 1.0], "degenerate_box"),           # negative width
-        ([-2e6, 10, 50, 50, 1.0], "coordinate_too_large"),   # partly inside, but absurd
-        ([10, 10, 1e6, 50, 1.0], None),                       # 1e6 itself is allowed
+        ([10, 10, 10, 50, 1.0], "degenerate_box"),  # zero width
+        ([50, 10, 10, 50, 1.0], "degenerate_box"),  # negative width
+        ([-2e6, 10, 50, 50, 1.0], "coordinate_too_large"),  # partly inside, but absurd
+        ([10, 10, 1e6, 50, 1.0], None),  # 1e6 itself is allowed
         ([10, 10, 1e6 + 1, 50, 1.0], "coordinate_too_large"),
-        ([640, 10, 700, 50, 1.0], "box_outside_image"),      # starts at x = W
+        ([640, 10, 700, 50, 1.0], "box_outside_image"),  # starts at x = W
         ([-50, -50, 0, 0, 1.0], "box_outside_image"),
-        ([-50, -50, 1, 1, 1.0], None),                        # overlaps pixel (0, 0)
+        ([-50, -50, 1, 1, 1.0], None),  # overlaps pixel (0, 0)
         ([10, 10, 50, 50, 1.5], "score_out_of_range"),
         ([10, float("nan"), 50, 50, 1.0], "non_finite_box"),
     ]
@@ -603,33 +798,58 @@ def test_box_rules_mirror_the_gateway():
 
 
 def test_boxes_the_gateway_refuses_are_skipped_by_cause(tmp_path):
-    coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}],
-            "annotations": [], "categories": [{"id": 1, "keypoints": COCO_NAMES}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}],
+        "annotations": [],
+        "categories": [{"id": 1, "keypoints": COCO_NAMES}],
+    }
     dets = [  # xywh
-        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 200], "score": 0.9},   # kept
-        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 0.5, 200], "score": 0.9},   # < 1 px
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 200], "score": 0.9},  # kept
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 0.5, 200], "score": 0.9},  # < 1 px
         {"image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 0.25], "score": 0.9},  # < 1 px
         {"image_id": 1, "category_id": 1, "bbox": [5e6, 10, 100, 100], "score": 0.9},  # > 1e6
         {"image_id": 1, "category_id": 1, "bbox": [700, 10, 100, 100], "score": 0.9},  # outside
-        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 100], "score": 2.0},   # score
-        {"image_id": 1, "category_id": 1, "bbox": [20, 20, 50, 60], "score": 0.5},     # kept
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 100], "score": 2.0},  # score
+        {"image_id": 1, "category_id": 1, "bbox": [20, 20, 50, 60], "score": 0.5},  # kept
     ]
     det = tmp_path / "det.json"
     det.write_text(json.dumps(dets))
     items, skipped, ids = build_pose_items(coco, tmp_path, "coco", box_source="det", det_file=det)
-    assert skipped == {"box_too_small": 2, "coordinate_too_large": 1, "box_outside_image": 1,
-                       "score_out_of_range": 1}
+    assert skipped == {
+        "box_too_small": 2,
+        "coordinate_too_large": 1,
+        "box_outside_image": 1,
+        "score_out_of_range": 1,
+    }
     assert len(items) == 1 and items[0].box_ids == [0, 6]  # instance ids in file order
-    assert items[0].boxes == [[10.0, 10.0, 110.0, 210.0, pytest.approx(0.9)],
-                              [20.0, 20.0, 70.0, 80.0, 0.5]]
+    assert items[0].boxes == [
+        [10.0, 10.0, 110.0, 210.0, pytest.approx(0.9)],
+        [20.0, 20.0, 70.0, 80.0, 0.5],
+    ]
     # ground-truth boxes (not clipped): a 0.5 px wide person is not sent either
     coco["annotations"] = [
-        {"id": 7, "image_id": 1, "bbox": [10, 10, 0.5, 40], "keypoints": [11, 20, 2] * 17,
-         "num_keypoints": 17, "iscrowd": 0, "area": 20},
-        {"id": 8, "image_id": 1, "bbox": [10, 10, 40, 40], "keypoints": [11, 20, 2] * 17,
-         "num_keypoints": 17, "iscrowd": 0, "area": 1600}]
-    items, skipped, _ = build_pose_items(coco, tmp_path, "coco", box_source="gt",
-                                         clip_gt_boxes=False)
+        {
+            "id": 7,
+            "image_id": 1,
+            "bbox": [10, 10, 0.5, 40],
+            "keypoints": [11, 20, 2] * 17,
+            "num_keypoints": 17,
+            "iscrowd": 0,
+            "area": 20,
+        },
+        {
+            "id": 8,
+            "image_id": 1,
+            "bbox": [10, 10, 40, 40],
+            "keypoints": [11, 20, 2] * 17,
+            "num_keypoints": 17,
+            "iscrowd": 0,
+            "area": 1600,
+        },
+    ]
+    items, skipped, _ = build_pose_items(
+        coco, tmp_path, "coco", box_source="gt", clip_gt_boxes=False
+    )
     assert skipped == {"box_too_small": 1} and items[0].box_ids == [8]
 
 
@@ -645,8 +865,12 @@ def test_bottomup_model_sends_no_boxes_and_scores_as_mmpose_0x(coco, gateway, tm
     """
     ann, images = coco
     gateway.cards = [{**pose_card(), "task": "bottomup_pose"}]
-    labelled = sorted(a["id"] for anns in gateway.anns.values() for a in anns
-                      if a["num_keypoints"] > 0 and not a.get("iscrowd", 0))
+    labelled = sorted(
+        a["id"]
+        for anns in gateway.anns.values()
+        for a in anns
+        if a["num_keypoints"] > 0 and not a.get("iscrowd", 0)
+    )
     assert len(labelled) == 12
     first = set(labelled[:6])
     gateway.person_score = lambda a: 0.9 if a["id"] in first else 0.7
@@ -655,9 +879,12 @@ def test_bottomup_model_sends_no_boxes_and_scores_as_mmpose_0x(coco, gateway, tm
     true = next(a for a in gateway.anns[fname] if a["num_keypoints"] > 0)
     copy = np.asarray(true["keypoints"], float).reshape(-1, 3)
     copy[:, 2] = 0.1
-    gateway.extra_persons = {fname: [
-        {"bbox": [1, 1, 1, 1], "bbox_score": 0.8, "score": 0.8, "keypoints": far},
-        {"bbox": true["bbox"], "bbox_score": 0.6, "score": 0.6, "keypoints": copy.tolist()}]}
+    gateway.extra_persons = {
+        fname: [
+            {"bbox": [1, 1, 1, 1], "bbox_score": 0.8, "score": 0.8, "keypoints": far},
+            {"bbox": true["bbox"], "bbox_score": 0.6, "score": 0.6, "keypoints": copy.tolist()},
+        ]
+    }
     rc = run(gateway, ann, images, tmp_path / "b")
     assert rc == 0
     m = metrics_of(tmp_path / "b")

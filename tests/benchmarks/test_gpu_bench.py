@@ -4,6 +4,7 @@ The smoke run goes through a child Python in which FastAPI, uvicorn, Starlette, 
 cannot be imported, as on the GPU machine that ``benchmarks/gpu_run.sh`` targets (PyTorch, ONNX,
 ONNX Runtime and OpenCV there; no gateway packages): the test fails if the import chain needs them.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,20 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from benchmarks import gpu_bench  # noqa: E402
+from benchmarks import gpu_bench
 
 REPO = Path(__file__).resolve().parents[2]
 
 #: Packages absent on the GPU machine; the benchmark must run without them.
-BLOCKED = ("fastapi", "uvicorn", "starlette", "httpx", "pydantic", "pydantic_core", "pydantic_settings")
+BLOCKED = (
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "httpx",
+    "pydantic",
+    "pydantic_core",
+    "pydantic_settings",
+)
 
 _CHILD = f"""
 import importlib.abc, runpy, sys
@@ -53,8 +62,14 @@ BF16_SEG_AGREE_MIN = 90.0
 def run_smoke(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "smoke.json"
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, "--smoke", "--out", str(out), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, "--smoke", "--out", str(out), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads(out.read_text())
 
@@ -122,7 +137,9 @@ def test_smoke_accuracy_against_fp32(smoke):
             assert r["max_abs_err"] is None and r[agree_key] is None
             continue
         err, mag, agree = r["max_abs_err"], r["ref_max_abs"], r[agree_key]
-        assert math.isfinite(err) and mag > 0.1, r  # calibrated BN: outputs neither vanish nor explode
+        assert math.isfinite(err) and mag > 0.1, (
+            r
+        )  # calibrated BN: outputs neither vanish nor explode
         if r["engine"] == "ort_cpu_fp32":  # same fp32 maths, another runtime: check_parity's bound
             assert err <= 1e-4 + 1e-5 * mag, r
             assert agree == 100.0, r
@@ -134,26 +151,54 @@ def test_smoke_accuracy_against_fp32(smoke):
 
 
 def test_budget_spent_gives_skipped_rows_fast(tmp_path):
-    proc, res = run_smoke(tmp_path, "--budget-s", "0", "--models", "hrnet_w32_256x192",
-                          "fcn_hr18s_1024x2048", "--engines", "eager_fp32", "ort_cpu_fp32")
+    proc, res = run_smoke(
+        tmp_path,
+        "--budget-s",
+        "0",
+        "--models",
+        "hrnet_w32_256x192",
+        "fcn_hr18s_1024x2048",
+        "--engines",
+        "eager_fp32",
+        "ort_cpu_fp32",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = res["rows"]
     assert [(r["model"], r["engine"], r["batch"]) for r in rows] == [
-        (m, e, b) for m in ("hrnet_w32_256x192", "fcn_hr18s_1024x2048")
-        for e in ("eager_fp32", "ort_cpu_fp32") for b in (1, 2)]
-    assert all(r["status"] == "skipped" and r["error"] == "time budget spent"
-               and r["throughput"] is None for r in rows)
+        (m, e, b)
+        for m in ("hrnet_w32_256x192", "fcn_hr18s_1024x2048")
+        for e in ("eager_fp32", "ort_cpu_fp32")
+        for b in (1, 2)
+    ]
+    assert all(
+        r["status"] == "skipped" and r["error"] == "time budget spent" and r["throughput"] is None
+        for r in rows
+    )
 
 
 def test_cuda_engines_skip_on_cpu(tmp_path, shared):
     if not (shared / "data/mmpose_tests/coco/test_coco.json").exists():
         pytest.skip(f"shared data not found at {shared}")
-    proc, res = run_smoke(tmp_path, "--models", "hrnet_w32_256x192", "--batches", "1",
-                          "--engines", "eager_fp16_cl", "cudagraph_fp16_cl", "ort_cuda_fp32",
-                          "tensorrt_fp16")
+    proc, res = run_smoke(
+        tmp_path,
+        "--models",
+        "hrnet_w32_256x192",
+        "--batches",
+        "1",
+        "--engines",
+        "eager_fp16_cl",
+        "cudagraph_fp16_cl",
+        "ort_cuda_fp32",
+        "tensorrt_fp16",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     by_engine = {r["engine"]: r for r in res["rows"]}
-    assert set(by_engine) == {"eager_fp16_cl", "cudagraph_fp16_cl", "ort_cuda_fp32", "tensorrt_fp16"}
+    assert set(by_engine) == {
+        "eager_fp16_cl",
+        "cudagraph_fp16_cl",
+        "ort_cuda_fp32",
+        "tensorrt_fp16",
+    }
     assert all(r["status"] == "skipped" for r in by_engine.values())
     assert by_engine["eager_fp16_cl"]["error"] == "needs a CUDA device"
 
@@ -198,8 +243,17 @@ def test_gpu_run_script_is_valid_bash():
 
 
 def test_missing_data_gives_error_rows_and_exit_1(tmp_path):
-    proc, res = run_smoke(tmp_path, "--shared-dir", str(tmp_path / "nowhere"), "--models",
-                          "hrnet_w32_256x192", "--engines", "eager_fp32", "--batches", "1")
+    proc, res = run_smoke(
+        tmp_path,
+        "--shared-dir",
+        str(tmp_path / "nowhere"),
+        "--models",
+        "hrnet_w32_256x192",
+        "--engines",
+        "eager_fp32",
+        "--batches",
+        "1",
+    )
     assert proc.returncode == 1
     (row,) = res["rows"]
     assert row["status"] == "error" and "FileNotFoundError" in row["error"]

@@ -1,5 +1,6 @@
 """The soak script's figures (benchmarks/soak.py): nearest-rank latency quantiles and RSS growth
 after the warm-up. (The soak itself runs by hand, not in CI.)"""
+
 from __future__ import annotations
 
 import math

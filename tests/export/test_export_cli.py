@@ -4,6 +4,7 @@ ONNX file, the shared models; environment settings; clean exit-2 errors.
 To stay fast the checkpoint exports use a small registry entry registered here for the test
 (HRNet-W18-small top-down pose at 96x64); the W32 256x192 export is covered in test_export.py.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,17 +39,29 @@ def _parse_config(entry_dir):
 
 
 def test_checkpoint_export_writes_full_entry(small_entry, clean_env, tmp_path, capsys):
+    from export.onnx_export import calibrate_batchnorm
     from training.checkpoint import save_checkpoint
     from training.models import create_model
-    from export.onnx_export import calibrate_batchnorm
 
     model = create_model(SMALL, seed=3)
     calibrate_batchnorm(model, (2, 3, 96, 64), seed=3)  # trained-like BN statistics
     ckpt = save_checkpoint(model, tmp_path / "small.pth", layout="mmpose0")  # keypoint_head.*
     repo = tmp_path / "repo"
 
-    rc = main(["--arch", SMALL, "--checkpoint", str(ckpt), "--name", "small_pose",
-               "--model-repository", str(repo), "--max-batch-size", "8"])
+    rc = main(
+        [
+            "--arch",
+            SMALL,
+            "--checkpoint",
+            str(ckpt),
+            "--name",
+            "small_pose",
+            "--model-repository",
+            str(repo),
+            "--max-batch-size",
+            "8",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "parity 1x3x96x64: max abs err" in out and "parity 5x3x96x64: max abs err" in out
@@ -95,9 +108,25 @@ def test_failed_parity_exits_2_and_writes_nothing(clean_env, tmp_path, capsys):
     # magnitude-relative part): the check must fail cleanly, name the sizes and their errors,
     # and write nothing.
     repo = tmp_path / "repo"
-    rc = main(["--arch", "fcn_hr18s_4xb2-40k_cityscapes-512x1024", "--random-init",
-               "--exporter", "legacy", "--check-size", "64x128", "--check-size", "96x80",
-               "--atol", "1e-9", "--rtol", "0", "--model-repository", str(repo)])
+    rc = main(
+        [
+            "--arch",
+            "fcn_hr18s_4xb2-40k_cityscapes-512x1024",
+            "--random-init",
+            "--exporter",
+            "legacy",
+            "--check-size",
+            "64x128",
+            "--check-size",
+            "96x80",
+            "--atol",
+            "1e-9",
+            "--rtol",
+            "0",
+            "--model-repository",
+            str(repo),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("hrnet-export: error: export failed:")
@@ -110,8 +139,20 @@ def test_register_existing_onnx_with_card(shared, clean_env, tmp_path, capsys):
     pp_tinypose_card().save(tmp_path)
     repo = tmp_path / "repo"
     onnx_file = shared / "models" / "pp_tinypose_256x192.onnx"
-    rc = main(["--onnx", str(onnx_file), "--card", str(card_file), "--name", "tiny_cpu",
-               "--model-repository", str(repo), "--instance-kind", "KIND_CPU"])
+    rc = main(
+        [
+            "--onnx",
+            str(onnx_file),
+            "--card",
+            str(card_file),
+            "--name",
+            "tiny_cpu",
+            "--model-repository",
+            str(repo),
+            "--instance-kind",
+            "KIND_CPU",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     cfg = _parse_config(repo / "tiny_cpu")
     assert cfg.name == "tiny_cpu" and cfg.instance_group[0].kind == 2  # KIND_CPU
@@ -123,8 +164,16 @@ def test_register_onnx_with_mismatched_card_exits_2(shared, clean_env, tmp_path,
     from export.shared_models import rtmdet_nano_card
 
     rtmdet_nano_card().save(tmp_path)
-    rc = main(["--onnx", str(shared / "models" / "pp_tinypose_256x192.onnx"),
-               "--card", str(tmp_path / "card.json"), "--model-repository", str(tmp_path / "r")])
+    rc = main(
+        [
+            "--onnx",
+            str(shared / "models" / "pp_tinypose_256x192.onnx"),
+            "--card",
+            str(tmp_path / "card.json"),
+            "--model-repository",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "does not match" in err and "image" in err
 
@@ -147,25 +196,53 @@ def test_shared_models_registered_via_environment(shared, clean_env, tmp_path, m
 
 
 def test_unknown_arch_exits_2_naming_it(clean_env, tmp_path, capsys):
-    rc = main(["--arch", "hrnet_w99_nonsense", "--random-init", "--model-repository", str(tmp_path)])
+    rc = main(
+        ["--arch", "hrnet_w99_nonsense", "--random-init", "--model-repository", str(tmp_path)]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("hrnet-export: error:") and "hrnet_w99_nonsense" in err
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "--checkpoint", "/nonexistent/x.pth"],
-     "checkpoint file not found"),
-    (["--onnx", "/nonexistent/m.onnx", "--card", "/nonexistent/card.json"], "ONNX file not found"),
-    (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192"], "--random-init"),
-    (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "--random-init", "--checkpoint", "a.pth"],
-     "not both"),
-    ([], "choose exactly one"),
-    (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "--random-init", "--rtol=-1e-5"],
-     "--rtol must be >= 0, got 0.0001 and -1e-05"),
-    (["--shared-models", "--shared-dir", "/nonexistent/shared"], "shared models folder not found"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (
+            [
+                "--arch",
+                "td-hm_hrnet-w32_8xb64-210e_coco-256x192",
+                "--checkpoint",
+                "/nonexistent/x.pth",
+            ],
+            "checkpoint file not found",
+        ),
+        (
+            ["--onnx", "/nonexistent/m.onnx", "--card", "/nonexistent/card.json"],
+            "ONNX file not found",
+        ),
+        (["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192"], "--random-init"),
+        (
+            [
+                "--arch",
+                "td-hm_hrnet-w32_8xb64-210e_coco-256x192",
+                "--random-init",
+                "--checkpoint",
+                "a.pth",
+            ],
+            "not both",
+        ),
+        ([], "choose exactly one"),
+        (
+            ["--arch", "td-hm_hrnet-w32_8xb64-210e_coco-256x192", "--random-init", "--rtol=-1e-5"],
+            "--rtol must be >= 0, got 0.0001 and -1e-05",
+        ),
+        (
+            ["--shared-models", "--shared-dir", "/nonexistent/shared"],
+            "shared models folder not found",
+        ),
+    ],
+)
 def test_usage_errors_exit_2(clean_env, tmp_path, capsys, argv, needle):
     rc = main(argv + ["--model-repository", str(tmp_path / "repo")])
     err = capsys.readouterr().err
@@ -185,8 +262,9 @@ def test_append_options_and_tolerances_from_environment(clean_env):
     """Repeatable options take comma/whitespace lists from the environment (not characters)."""
     from export.cli import CLIError, parse_args
 
-    args = parse_args([], {"HRNET_EXPORT_ZOO": "td-hm_a,td-hm_b",
-                           "HRNET_EXPORT_CHECK_SIZE": "64x128, 97x97"})
+    args = parse_args(
+        [], {"HRNET_EXPORT_ZOO": "td-hm_a,td-hm_b", "HRNET_EXPORT_CHECK_SIZE": "64x128, 97x97"}
+    )
     assert args.zoo == ["td-hm_a", "td-hm_b"]
     assert args.check_size == [(64, 128), (97, 97)]
     assert parse_args([], {"HRNET_EXPORT_ZOO": " a  b,c "}).zoo == ["a", "b", "c"]

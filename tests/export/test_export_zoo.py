@@ -5,6 +5,7 @@ The download is real code (training.checkpoint.download_checkpoint) run on files
 file:// URL whose name carries the right sha256 prefix, one with a wrong prefix, and an
 unreachable loopback URL. Nothing leaves the machine.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,9 @@ SMALL = "test-zoo_hrnet-w18s_coco-96x64"
 def zoo_entry(monkeypatch):
     """The small pose entry with an unreachable published URL (loopback port 1); clean env."""
     clear_export_env(monkeypatch)
-    return register_small_pose_entry(monkeypatch, SMALL,
-                                     "http://127.0.0.1:1/unreachable-0123abcd_20200101.pth")
+    return register_small_pose_entry(
+        monkeypatch, SMALL, "http://127.0.0.1:1/unreachable-0123abcd_20200101.pth"
+    )
 
 
 def _published_file(tmp_path, prefix: str | None = None):
@@ -42,8 +44,21 @@ def _published_file(tmp_path, prefix: str | None = None):
 
 def _run(shared, tmp_path, capsys):
     repo = tmp_path / "repo"
-    rc = main(["--shared-models", "--shared-dir", str(shared), "--zoo", SMALL, "--model-repository",
-               str(repo), "--cache-dir", str(tmp_path / "cache"), "--exporter", "legacy"])
+    rc = main(
+        [
+            "--shared-models",
+            "--shared-dir",
+            str(shared),
+            "--zoo",
+            SMALL,
+            "--model-repository",
+            str(repo),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--exporter",
+            "legacy",
+        ]
+    )
     return rc, repo, capsys.readouterr().out
 
 
@@ -51,7 +66,9 @@ def test_zoo_model_exported_from_its_url(shared, zoo_entry, tmp_path, capsys, mo
     from training import registry
 
     path, digest = _published_file(tmp_path)
-    monkeypatch.setitem(registry._REGISTRY, SMALL, dataclasses.replace(zoo_entry, url=path.as_uri()))
+    monkeypatch.setitem(
+        registry._REGISTRY, SMALL, dataclasses.replace(zoo_entry, url=path.as_uri())
+    )
     rc, repo, out = _run(shared, tmp_path, capsys)
     assert rc == 0, out
     assert (repo / SMALL / "1" / "model.onnx").is_file()
@@ -59,6 +76,7 @@ def test_zoo_model_exported_from_its_url(shared, zoo_entry, tmp_path, capsys, mo
     cached = tmp_path / "cache" / path.name
     assert cached.is_file()
     from training.checkpoint import sha256_file
+
     assert sha256_file(cached) == digest
 
 
@@ -66,7 +84,9 @@ def test_zoo_model_with_wrong_hash_is_skipped(shared, zoo_entry, tmp_path, capsy
     from training import registry
 
     path, _ = _published_file(tmp_path, prefix="deadbeef")
-    monkeypatch.setitem(registry._REGISTRY, SMALL, dataclasses.replace(zoo_entry, url=path.as_uri()))
+    monkeypatch.setitem(
+        registry._REGISTRY, SMALL, dataclasses.replace(zoo_entry, url=path.as_uri())
+    )
     rc, repo, out = _run(shared, tmp_path, capsys)
     assert rc == 0
     assert f"skipped {SMALL}" in out and "deadbeef" in out

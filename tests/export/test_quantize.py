@@ -1,6 +1,7 @@
 """Reduced-precision export (export/quantize.py, ``hrnet-export --precision int8``): the int8 error
 bound of a QDQ convolution, the keypoint-agreement check by hand, and the CLI writing or refusing
 an int8 entry that the gateway's ONNX Runtime backend then serves."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,13 +15,12 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
-import onnx  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
+import onnx
+from onnx import numpy_helper
 
-from export.quantize import (calibration_crops, check_agreement, quantize_int8,  # noqa: E402
-                             run_onnx)
-from tests.fake_cards import pose_card  # noqa: E402
-from tests.tiny_onnx import write_conv_pose_onnx, write_pointwise_conv_onnx  # noqa: E402
+from export.quantize import calibration_crops, check_agreement, quantize_int8, run_onnx
+from tests.fake_cards import pose_card
+from tests.tiny_onnx import write_conv_pose_onnx, write_pointwise_conv_onnx
 
 
 def _initializers(path) -> dict[str, np.ndarray]:
@@ -54,8 +54,13 @@ def test_int8_pointwise_conv_error_within_the_quantisation_step_bound(tmp_path):
     xs = x.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, 4)  # pixels x cin
     y = xs @ w.T + b
     y_hat = run_onnx(dst, x).astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, 3)
-    bound = (np.abs(w).sum(1) * s_x / 2 + np.abs(xs) @ np.ones(4)[:, None] * s_w / 2
-             + 4 * s_x * s_w / 4 + np.abs(b_hat - b) + s_y / 2)
+    bound = (
+        np.abs(w).sum(1) * s_x / 2
+        + np.abs(xs) @ np.ones(4)[:, None] * s_w / 2
+        + 4 * s_x * s_w / 4
+        + np.abs(b_hat - b)
+        + s_y / 2
+    )
     err = np.abs(y_hat - y)
     assert err.max() > 0  # it really is quantised
     assert np.all(err <= bound + 1e-5)
@@ -75,7 +80,7 @@ def test_keypoint_agreement_by_hand():
     red[1, 1, 40, 30] = 0.0
     red[1, 1, 40, 31] = 0.9
     a = check_agreement(ref, red, card)
-    oks_moved = math.exp(-16 / (2 * 31457.28 * 0.1 ** 2))
+    oks_moved = math.exp(-16 / (2 * 31457.28 * 0.1**2))
     assert oks_moved == pytest.approx(0.974889, abs=1e-6)
     assert a.mean_oks == pytest.approx((1 + (1 + oks_moved) / 2) / 2, abs=1e-9)
     assert a.argmax_agreement == 0.75
@@ -100,11 +105,22 @@ def test_calibration_crops_are_the_gateways_crops_of_gt_boxes(shared):
     coco = json.loads((root / "test_coco.json").read_text())
     expected = []
     for im in sorted(coco["images"], key=lambda im: im["id"])[:2]:
-        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in
-                          (a["bbox"] for a in coco["annotations"] if a["image_id"] == im["id"]
-                           and not a.get("iscrowd") and min(a["bbox"][2:]) >= 8)], np.float32)
-        expected.append(prepare_inputs(cv2.imread(str(root / im["file_name"])), boxes, card,
-                                       False)[2])
+        boxes = np.array(
+            [
+                [x, y, x + w, y + h]
+                for x, y, w, h in (
+                    a["bbox"]
+                    for a in coco["annotations"]
+                    if a["image_id"] == im["id"]
+                    and not a.get("iscrowd")
+                    and min(a["bbox"][2:]) >= 8
+                )
+            ],
+            np.float32,
+        )
+        expected.append(
+            prepare_inputs(cv2.imread(str(root / im["file_name"])), boxes, card, False)[2]
+        )
     assert [len(e) for e in expected][0] == 1
     np.testing.assert_array_equal(crops, np.concatenate(expected)[:3])
 
@@ -122,9 +138,22 @@ def test_export_int8_entry_is_written_checked_and_served(tmp_path, shared, capsy
     card.save(tmp_path)
     calib = shared / "data" / "mmpose_tests" / "coco"
     repo = tmp_path / "repo"
-    base = ["--onnx", str(src), "--card", str(tmp_path / "card.json"), "--model-repository",
-            str(repo), "--precision", "int8", "--calibration", str(calib),
-            "--calibration-crops", "8", "--calibration-method", "minmax"]
+    base = [
+        "--onnx",
+        str(src),
+        "--card",
+        str(tmp_path / "card.json"),
+        "--model-repository",
+        str(repo),
+        "--precision",
+        "int8",
+        "--calibration",
+        str(calib),
+        "--calibration-crops",
+        "8",
+        "--calibration-method",
+        "minmax",
+    ]
     assert main(base + ["--name", "tiny_int8", "--min-agreement", "0.5"]) == 0
     entry = repo / "tiny_int8"
     saved = json.loads((entry / "card.json").read_text())
@@ -154,10 +183,13 @@ def test_export_int8_entry_is_written_checked_and_served(tmp_path, shared, capsy
     assert not (repo / "tiny_refused").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--precision", "int8"], "needs --calibration"),
-    (["--precision", "int8", "--calibration", "DIR", "--calibration-crops", "0"], ">= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--precision", "int8"], "needs --calibration"),
+        (["--precision", "int8", "--calibration", "DIR", "--calibration-crops", "0"], ">= 1"),
+    ],
+)
 def test_precision_usage_errors(tmp_path, capsys, argv, message):
     from export.cli import main
 
@@ -194,13 +226,27 @@ def test_shared_models_int8_pp_tinypose_is_refused(tmp_path, shared, capsys):
     fp32 entries, refuses ``pp_tinypose_256x192_int8`` with the figure, and exits 2."""
     from export.cli import main
 
-    rc = main(["--shared-models", "--shared-dir", str(shared), "--model-repository",
-               str(tmp_path), "--precision", "int8", "--calibration",
-               str(shared / "data" / "coco_mini"), "--calibration-crops", "16"])
+    rc = main(
+        [
+            "--shared-models",
+            "--shared-dir",
+            str(shared),
+            "--model-repository",
+            str(tmp_path),
+            "--precision",
+            "int8",
+            "--calibration",
+            str(shared / "data" / "coco_mini"),
+            "--calibration-crops",
+            "16",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "'pp_tinypose_256x192' refused" in err and "below the required 0.95" in err
     agreement = float(err.split("keypoint agreement (mean OKS vs fp32) ")[1].split(",")[0])
     assert agreement < 0.8
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pp_tinypose_256x192",
-                                                          "rtmdet_nano_person_320"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "pp_tinypose_256x192",
+        "rtmdet_nano_person_320",
+    ]

@@ -3,6 +3,7 @@
 Expected values are read off the cards below by hand (dims without the batch axis, Triton's TYPE_*
 enums, the documented default batching), not from running the renderer.
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,39 +13,67 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.triton_adapter import MODEL_PY, convert_repository, write_python_entry
-from export.triton_config import (build_tensorrt_plan, default_preferred_batch_sizes,
-                                  default_spatial_ranges, parse_config, profile_shapes,
-                                  render_config, write_config)
+from export.triton_config import (
+    build_tensorrt_plan,
+    default_preferred_batch_sizes,
+    default_spatial_ranges,
+    parse_config,
+    profile_shapes,
+    render_config,
+    write_config,
+)
 from service.cards import ModelCard, load_card, make_card
 
 NORM = {"mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375)}
 
 
 def pose_card() -> ModelCard:
-    return make_card(name="pp_tinypose_256x192", task="topdown_pose", input_size=(192, 256),
-                     inputs=[{"name": "image", "dims": [3, 256, 192]}],
-                     outputs=[{"name": "heatmaps", "dims": [17, 64, 48]}],
-                     max_batch_size=32, normalization=NORM,
-                     codec={"input_size": (192, 256), "heatmap_size": (48, 64)},
-                     keypoint_names=[f"k{i}" for i in range(17)])
+    return make_card(
+        name="pp_tinypose_256x192",
+        task="topdown_pose",
+        input_size=(192, 256),
+        inputs=[{"name": "image", "dims": [3, 256, 192]}],
+        outputs=[{"name": "heatmaps", "dims": [17, 64, 48]}],
+        max_batch_size=32,
+        normalization=NORM,
+        codec={"input_size": (192, 256), "heatmap_size": (48, 64)},
+        keypoint_names=[f"k{i}" for i in range(17)],
+    )
 
 
 def det_card() -> ModelCard:
-    return make_card(name="rtmdet_nano_person_320", task="detection", input_size=(320, 320),
-                     inputs=[{"name": "input", "dims": [3, 320, 320]}],
-                     outputs=[{"name": "dets", "dims": [-1, 5]},
-                              {"name": "labels", "dtype": "INT64", "dims": [-1]}],
-                     max_batch_size=8,
-                     normalization={**NORM, "channel_order": "bgr"}, detector={})
+    return make_card(
+        name="rtmdet_nano_person_320",
+        task="detection",
+        input_size=(320, 320),
+        inputs=[{"name": "input", "dims": [3, 320, 320]}],
+        outputs=[
+            {"name": "dets", "dims": [-1, 5]},
+            {"name": "labels", "dtype": "INT64", "dims": [-1]},
+        ],
+        max_batch_size=8,
+        normalization={**NORM, "channel_order": "bgr"},
+        detector={},
+    )
 
 
 def seg_card(mode: str = "slide") -> ModelCard:
-    return make_card(name="fcn_hr18_cityscapes", task="segmentation", input_size=(None, None),
-                     inputs=[{"name": "input", "dims": [3, -1, -1]}],
-                     outputs=[{"name": "logits", "dims": [19, -1, -1]}],
-                     max_batch_size=4, normalization=NORM, classes=[f"c{i}" for i in range(19)],
-                     test_pipeline={"scale": (2048, 1024), "mode": mode,
-                                    "crop_size": (512, 1024), "stride": (341, 683)})
+    return make_card(
+        name="fcn_hr18_cityscapes",
+        task="segmentation",
+        input_size=(None, None),
+        inputs=[{"name": "input", "dims": [3, -1, -1]}],
+        outputs=[{"name": "logits", "dims": [19, -1, -1]}],
+        max_batch_size=4,
+        normalization=NORM,
+        classes=[f"c{i}" for i in range(19)],
+        test_pipeline={
+            "scale": (2048, 1024),
+            "mode": mode,
+            "crop_size": (512, 1024),
+            "stride": (341, 683),
+        },
+    )
 
 
 def tensors(items) -> list[tuple[str, int, list[int]]]:
@@ -67,8 +96,11 @@ def test_pose_config():
 
 
 def test_detector_config_int64_labels_and_dynamic_count():
-    cfg = parse_config(render_config(det_card(), max_queue_delay_us=2000, instance_count=2,
-                                     preferred_batch_sizes=[8, 2]))
+    cfg = parse_config(
+        render_config(
+            det_card(), max_queue_delay_us=2000, instance_count=2, preferred_batch_sizes=[8, 2]
+        )
+    )
     assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 8
     assert tensors(cfg.input) == [("input", mc.TYPE_FP32, [3, 320, 320])]
     assert tensors(cfg.output) == [("dets", mc.TYPE_FP32, [-1, 5]), ("labels", mc.TYPE_INT64, [-1])]
@@ -92,36 +124,53 @@ def test_tensorrt_plan_entry():
 
 
 def test_onnxruntime_tensorrt_accelerator_option():
-    cfg = parse_config(render_config(pose_card(), trt_accelerator=True,
-                                     trt_workspace_bytes=1 << 30))
+    cfg = parse_config(
+        render_config(pose_card(), trt_accelerator=True, trt_workspace_bytes=1 << 30)
+    )
     accs = cfg.optimization.execution_accelerators.gpu_execution_accelerator
     assert [a.name for a in accs] == ["tensorrt"]
-    assert dict(accs[0].parameters) == {"precision_mode": "FP16",
-                                        "max_workspace_size_bytes": "1073741824"}
+    assert dict(accs[0].parameters) == {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": "1073741824",
+    }
     assert cfg.platform == "onnxruntime_onnx"
 
 
 def test_cpu_instances_and_batch_override():
-    cfg = parse_config(render_config(pose_card(), instance_kind="KIND_CPU", instance_count=3,
-                                     max_batch_size=12))
+    cfg = parse_config(
+        render_config(pose_card(), instance_kind="KIND_CPU", instance_count=3, max_batch_size=12)
+    )
     assert cfg.max_batch_size == 12
     assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8, 12]
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 3)]
 
 
-@pytest.mark.parametrize("n, sizes", [(1, [1]), (2, [2]), (4, [4]), (5, [4, 5]), (12, [4, 8, 12]),
-                                      (32, [4, 8, 16, 32]), (48, [4, 8, 16, 32, 48])])
+@pytest.mark.parametrize(
+    "n, sizes",
+    [
+        (1, [1]),
+        (2, [2]),
+        (4, [4]),
+        (5, [4, 5]),
+        (12, [4, 8, 12]),
+        (32, [4, 8, 16, 32]),
+        (48, [4, 8, 16, 32, 48]),
+    ],
+)
 def test_default_preferred_batch_sizes(n, sizes):
     assert default_preferred_batch_sizes(n) == sizes
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(max_batch_size=0), "max_batch_size must be >= 1"),
-    (dict(preferred_batch_sizes=[4, 64]), r"preferred batch sizes \[64\] outside 1..32"),
-    (dict(platform="tensorflow_savedmodel"), "unknown platform"),
-    (dict(instance_kind="KIND_TPU"), "unknown instance kind"),
-    (dict(platform="tensorrt_plan", trt_accelerator=True), "'onnxruntime_onnx' only"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(max_batch_size=0), "max_batch_size must be >= 1"),
+        (dict(preferred_batch_sizes=[4, 64]), r"preferred batch sizes \[64\] outside 1..32"),
+        (dict(platform="tensorflow_savedmodel"), "unknown platform"),
+        (dict(instance_kind="KIND_TPU"), "unknown instance kind"),
+        (dict(platform="tensorrt_plan", trt_accelerator=True), "'onnxruntime_onnx' only"),
+    ],
+)
 def test_render_config_rejects(kw, match):
     with pytest.raises(ValueError, match=match):
         render_config(pose_card(), **kw)
@@ -141,6 +190,7 @@ def test_write_config(tmp_path):
 
 
 # ----------------------------------------------------------------------------- TensorRT
+
 
 def test_tensorrt_missing_gives_clear_message(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
@@ -180,16 +230,33 @@ def test_default_max_covers_every_ms_view_of_a_test_size_image():
 
 def test_profile_shapes():
     card = seg_card()
-    lo, opt, hi = profile_shapes(card, card.inputs[0], min_batch=1, opt_batch=2, max_batch=4,
-                                 min_hw=(64, 64), opt_hw=(512, 1024), max_hw=(2048, 2048))
+    lo, opt, hi = profile_shapes(
+        card,
+        card.inputs[0],
+        min_batch=1,
+        opt_batch=2,
+        max_batch=4,
+        min_hw=(64, 64),
+        opt_hw=(512, 1024),
+        max_hw=(2048, 2048),
+    )
     assert (lo, opt, hi) == ((1, 3, 64, 64), (2, 3, 512, 1024), (4, 3, 2048, 2048))
     card = pose_card()
-    lo, opt, hi = profile_shapes(card, card.inputs[0], min_batch=1, opt_batch=16, max_batch=32,
-                                 min_hw=(1, 1), opt_hw=(1, 1), max_hw=(1, 1))
+    lo, opt, hi = profile_shapes(
+        card,
+        card.inputs[0],
+        min_batch=1,
+        opt_batch=16,
+        max_batch=32,
+        min_hw=(1, 1),
+        opt_hw=(1, 1),
+        max_hw=(1, 1),
+    )
     assert (lo, opt, hi) == ((1, 3, 256, 192), (16, 3, 256, 192), (32, 3, 256, 192))
 
 
 # ----------------------------------------------------------------------------- Python-backend adapter
+
 
 def test_python_entry_mirrors_production_entry(tmp_path):
     card = det_card()
@@ -236,10 +303,23 @@ def test_cli_config_and_plan_without_tensorrt(tmp_path, monkeypatch, capsys):
     model_dir = tmp_path / "fcn_hr18_cityscapes"
     (model_dir / "1").mkdir(parents=True)
     seg_card().save(model_dir)
-    assert main(["config", str(model_dir), "--instance-kind", "KIND_CPU",
-                 "--preferred-batch-sizes", "2,4"]) == 0
+    assert (
+        main(
+            [
+                "config",
+                str(model_dir),
+                "--instance-kind",
+                "KIND_CPU",
+                "--preferred-batch-sizes",
+                "2,4",
+            ]
+        )
+        == 0
+    )
     cfg = parse_config((model_dir / "config.pbtxt").read_text())
-    assert cfg.platform == "onnxruntime_onnx" and list(cfg.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert cfg.platform == "onnxruntime_onnx" and list(
+        cfg.dynamic_batching.preferred_batch_size
+    ) == [2, 4]
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert main(["plan", str(model_dir)]) == 2
     assert "TensorRT is not installed" in capsys.readouterr().err

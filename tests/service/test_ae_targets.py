@@ -1,5 +1,6 @@
 """Bottom-up training targets (service.codecs.associative_embedding_targets) against hand-derived
 numbers: MMPose 0.x HeatmapGenerator's window/rounding and JointsEncoder's flat indices."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from service.codecs.associative_embedding_targets import (AssociativeEmbeddingTargets,
-                                                          encode_tag_joints,
-                                                          generate_bottomup_heatmaps)
+from service.codecs.associative_embedding_targets import (
+    AssociativeEmbeddingTargets,
+    encode_tag_joints,
+    generate_bottomup_heatmaps,
+)
 
 
 def test_heatmap_gaussian_on_truncated_pixel_and_window():
@@ -30,10 +33,13 @@ def test_heatmap_gaussian_on_truncated_pixel_and_window():
 
 
 def test_heatmap_truncation_toward_zero_skips_and_max_merge():
-    joints = np.array([
-        [[-0.7, 2.0, 1.0], [16.0, 3.0, 1.0]],   # x -0.7 -> pixel 0 (drawn); x 16 -> off the map
-        [[2.0, 2.0, 1.0], [5.0, 5.0, 0.0]],     # second person: joint 1 not labelled
-    ], dtype=np.float32)
+    joints = np.array(
+        [
+            [[-0.7, 2.0, 1.0], [16.0, 3.0, 1.0]],  # x -0.7 -> pixel 0 (drawn); x 16 -> off the map
+            [[2.0, 2.0, 1.0], [5.0, 5.0, 0.0]],  # second person: joint 1 not labelled
+        ],
+        dtype=np.float32,
+    )
     hms = generate_bottomup_heatmaps(joints, (16, 8), sigma=2)
     assert hms.shape == (2, 8, 16)
     assert not hms[1].any()
@@ -45,16 +51,19 @@ def test_heatmap_truncation_toward_zero_skips_and_max_merge():
 
 def test_tag_joints_flat_indices_packed_to_front():
     # W=4, H=3, K=2: index = k * 12 + y * 4 + x
-    joints = np.array([
-        [[1.9, 2.2, 2.0], [3.0, 0.0, 1.0]],
-        [[1.0, 1.0, 0.0], [0.5, 1.5, 1.0]],
-        [[4.0, 0.0, 1.0], [-0.5, 0.0, 1.0]],
-    ], dtype=np.float32)
+    joints = np.array(
+        [
+            [[1.9, 2.2, 2.0], [3.0, 0.0, 1.0]],
+            [[1.0, 1.0, 0.0], [0.5, 1.5, 1.0]],
+            [[4.0, 0.0, 1.0], [-0.5, 0.0, 1.0]],
+        ],
+        dtype=np.float32,
+    )
     out = encode_tag_joints(joints, (4, 3), max_num_people=4)
     assert out.shape == (4, 2, 2) and out.dtype == np.int64
     np.testing.assert_array_equal(out[0], [[9, 1], [15, 1]])
-    np.testing.assert_array_equal(out[1], [[16, 1], [0, 0]])   # invisible joint 0 skipped
-    np.testing.assert_array_equal(out[2], [[12, 1], [0, 0]])   # x 4 off; x -0.5 -> 0
+    np.testing.assert_array_equal(out[1], [[16, 1], [0, 0]])  # invisible joint 0 skipped
+    np.testing.assert_array_equal(out[2], [[12, 1], [0, 0]])  # x 4 off; x -0.5 -> 0
     np.testing.assert_array_equal(out[3], [[0, 0], [0, 0]])
     shared = encode_tag_joints(joints, (4, 3), max_num_people=4, tag_per_joint=False)
     np.testing.assert_array_equal(shared[0], [[9, 1], [3, 1]])

@@ -5,6 +5,7 @@ Expected numbers are derived by hand in the comments (HigherHRNet repo semantics
 matching on ``round(tag distance) * 100 - value``, adjust = quarter pixel toward the higher
 neighbour + 0.5, refine = argmax of ``value - round(tag distance)``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,22 +13,39 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.cards import (COCO_JOINT_ORDER, BottomUpSpec, ModelCard, Normalization, TensorSpec,
-                           make_card)
-from service.codecs.associative_embedding import (ScaleOutputs,
-                                                  adjust_people, aggregate_outputs, group_people,
-                                                  match_by_tag, munkres_assignment,
-                                                  people_to_image, refine_people,
-                                                  top_k_candidates)
+from service.cards import (
+    COCO_JOINT_ORDER,
+    BottomUpSpec,
+    ModelCard,
+    Normalization,
+    TensorSpec,
+    make_card,
+)
+from service.codecs.associative_embedding import (
+    ScaleOutputs,
+    adjust_people,
+    aggregate_outputs,
+    group_people,
+    match_by_tag,
+    munkres_assignment,
+    people_to_image,
+    refine_people,
+    top_k_candidates,
+)
 from service.datasets.coco import COCO
+from service.geometry import (
+    get_bottomup_warp_matrix,
+    get_multi_scale_size,
+    get_warp_matrix,
+    resize_align_multi_scale,
+)
 from service.interpolate import resize_bilinear
-from service.geometry import (get_bottomup_warp_matrix, get_multi_scale_size, get_warp_matrix,
-                              resize_align_multi_scale)
 
 K = 17
 
 
 # ----------------------------------------------------------------------------- preprocessing
+
 
 def test_multi_scale_size_landscape_photo():
     # 640x425 at 512: short side 425 -> 512; long side 512 / 425 * 640 = 770.8 -> ceil64 = 832.
@@ -81,35 +99,41 @@ def test_resize_align_multi_scale_shapes_and_content():
 
 # ----------------------------------------------------------------------------- resizing
 
+
 def test_resize_bilinear_hand_values():
     # 1x2 -> 1x4, align_corners=False: sources (d + 0.5) / 2 - 0.5 = -0.25 (clamped 0), 0.25,
     # 0.75, 1.25 (right neighbour clamped) -> 0, 0.25, 0.75, 1.
     x = np.array([[[0.0, 1.0]]], np.float32)
     np.testing.assert_allclose(resize_bilinear(x, (1, 4))[0, 0], [0, 0.25, 0.75, 1.0])
     # align_corners=True: sources d / 3 -> 0, 1/3, 2/3, 1.
-    np.testing.assert_allclose(resize_bilinear(x, (1, 4), align_corners=True)[0, 0],
-                               [0, 1 / 3, 2 / 3, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        resize_bilinear(x, (1, 4), align_corners=True)[0, 0], [0, 1 / 3, 2 / 3, 1.0], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("sizes", [((32, 52), (64, 104)), ((64, 104), (128, 208)),
-                                   ((128, 224), (64, 112)), ((7, 5), (13, 11))])
+@pytest.mark.parametrize(
+    "sizes",
+    [((32, 52), (64, 104)), ((64, 104), (128, 208)), ((128, 224), (64, 112)), ((7, 5), (13, 11))],
+)
 def test_resize_bilinear_matches_torch(align_corners, sizes):
     torch = pytest.importorskip("torch")
     (h, w), (ho, wo) = sizes
     x = np.random.default_rng(0).normal(size=(3, h, w)).astype(np.float32)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=(ho, wo), mode="bilinear",
-                                          align_corners=align_corners)[0].numpy()
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[None], size=(ho, wo), mode="bilinear", align_corners=align_corners
+    )[0].numpy()
     np.testing.assert_allclose(resize_bilinear(x, (ho, wo), align_corners), ref, rtol=0, atol=2e-6)
 
 
 # ----------------------------------------------------------------------------- candidates
 
+
 def test_top_k_peak_test_plateau_and_threshold():
     hm = np.zeros((K, 20, 20), np.float32)
-    hm[0, 5, 5], hm[0, 6, 7] = 0.9, 0.5   # within one 5x5 window: only 0.9 survives
-    hm[0, 15, 3] = hm[0, 15, 4] = 0.4     # a plateau of equal maxima: both survive, index order
-    hm[0, 2, 17] = 0.1                    # not above the 0.1 detection threshold
+    hm[0, 5, 5], hm[0, 6, 7] = 0.9, 0.5  # within one 5x5 window: only 0.9 survives
+    hm[0, 15, 3] = hm[0, 15, 4] = 0.4  # a plateau of equal maxima: both survive, index order
+    hm[0, 2, 17] = 0.1  # not above the 0.1 detection threshold
     tags = np.arange(K * 400, dtype=np.float32).reshape(K, 20, 20, 1)
     val, loc, tag, cnt = top_k_candidates(hm, tags, BottomUpSpec())
     assert cnt[0] == 3 and cnt[1:].sum() == 0
@@ -138,6 +162,7 @@ def test_more_than_30_candidates_keeps_the_30_strongest():
 
 # ----------------------------------------------------------------------------- grouping
 
+
 def _two_people(missing_joint: int | None = None, size: int = 64):
     """Person A (tag 0) and B (tag 3) with all 17 joints as single-pixel peaks: A's joint j at
     (4 + 3j, 10) value 0.9, B's at (4 + 3j, 40) value 0.8 (3 px apart along x... the peak test
@@ -151,7 +176,7 @@ def _two_people(missing_joint: int | None = None, size: int = 64):
             hm[j, 10, x], hm[j, 10, x + 1] = 0.9, 0.05
         else:
             hm[j, 10, x], hm[j, 10, x + 1] = 0.05, 0.01  # too weak to be a candidate
-        tags[j, 8:13, x - 2:x + 3, 0] = 0.0  # A's tag around its joint
+        tags[j, 8:13, x - 2 : x + 3, 0] = 0.0  # A's tag around its joint
         hm[j, 40, x], hm[j, 40, x - 1] = 0.8, 0.05
     return hm, tags
 
@@ -184,7 +209,9 @@ def test_missing_joint_recovered_by_refine():
     # quarter offsets: right (0.01) > left (0) -> +0.25; rows equal -> -0.25; then + 0.5.
     np.testing.assert_allclose(g.people[0, j, :3], [31 + 0.75, 10 + 0.25, 0.05], rtol=1e-6)
     np.testing.assert_array_equal(g.people[0, j, 3], 0.0)  # tags of refined joints stay 0
-    np.testing.assert_array_equal(np.delete(g.people, j, axis=1), np.delete(no_refine.people, j, axis=1))
+    np.testing.assert_array_equal(
+        np.delete(g.people, j, axis=1), np.delete(no_refine.people, j, axis=1)
+    )
 
 
 def test_tie_follows_munkres():
@@ -240,7 +267,9 @@ def _refine_reference(people, hm, tags):
     out = people.copy()
     k, h, w = hm.shape
     for p in range(len(out)):
-        found = [tags[j, int(out[p, j, 1]), int(out[p, j, 0])] for j in range(k) if out[p, j, 2] > 0]
+        found = [
+            tags[j, int(out[p, j, 1]), int(out[p, j, 0])] for j in range(k) if out[p, j, 2] > 0
+        ]
         mean = np.mean(found, axis=0)
         for j in range(k):
             if out[p, j, 2] > 0:
@@ -277,9 +306,15 @@ def test_vectorised_refine_equals_reference(seed):
         n_found = rng.integers(1, k + 1)
         for j in rng.choice(k, n_found, replace=False):
             x, y = rng.integers(0, w), rng.integers(0, h)
-            people[i, j] = (x + rng.choice([0.25, 0.75]), y + rng.choice([0.25, 0.75]),
-                            rng.uniform(0.1, 1), *tags[j, y, x])
-    np.testing.assert_array_equal(refine_people(people, hm, tags), _refine_reference(people, hm, tags))
+            people[i, j] = (
+                x + rng.choice([0.25, 0.75]),
+                y + rng.choice([0.25, 0.75]),
+                rng.uniform(0.1, 1),
+                *tags[j, y, x],
+            )
+    np.testing.assert_array_equal(
+        refine_people(people, hm, tags), _refine_reference(people, hm, tags)
+    )
 
 
 def test_adjust_at_the_border_compares_with_itself():
@@ -303,17 +338,29 @@ def test_aggregate_flip_and_stages_hand_values():
     def stage1(h0, h1):
         return np.stack([np.full((4, 4), v, np.float32) for v in (h0, h1)])
 
-    so = ScaleOutputs(1.0, [stage0(1, 1, 0.5, 0.5), stage1(3, 3)],
-                      [stage0(5, 9, -1, -2), stage1(7, 11)])
-    hm, tags = aggregate_outputs([so], num_joints=2, flip_indices=[1, 0], with_heatmaps=[True, True],
-                                 with_ae=[True, False], base_size=(8, 8))
+    so = ScaleOutputs(
+        1.0, [stage0(1, 1, 0.5, 0.5), stage1(3, 3)], [stage0(5, 9, -1, -2), stage1(7, 11)]
+    )
+    hm, tags = aggregate_outputs(
+        [so],
+        num_joints=2,
+        flip_indices=[1, 0],
+        with_heatmaps=[True, True],
+        with_ae=[True, False],
+        base_size=(8, 8),
+    )
     assert hm.shape == (2, 8, 8) and tags.shape == (2, 8, 8, 2)
     np.testing.assert_allclose(hm[:, 0, 0], [6, 4])
     np.testing.assert_allclose(tags[:, 0, 0], [[0.5, -2], [0.5, -1]])
     with pytest.raises(ValueError, match="scale 1"):
-        aggregate_outputs([ScaleOutputs(2.0, so.outputs), ScaleOutputs(0.5, so.outputs)],
-                          num_joints=2, flip_indices=[1, 0], with_heatmaps=[True, True],
-                          with_ae=[True, False], base_size=(8, 8))
+        aggregate_outputs(
+            [ScaleOutputs(2.0, so.outputs), ScaleOutputs(0.5, so.outputs)],
+            num_joints=2,
+            flip_indices=[1, 0],
+            with_heatmaps=[True, True],
+            with_ae=[True, False],
+            base_size=(8, 8),
+        )
 
 
 def test_people_to_image_inverts_the_resize():
@@ -337,15 +384,23 @@ def test_params_validation():
 
 # ----------------------------------------------------------------------------- pipeline
 
+
 def bottomup_card(**spec) -> ModelCard:
     return make_card(
-        name="fake_bottomup", task="bottomup_pose", input_size=(None, None),
+        name="fake_bottomup",
+        task="bottomup_pose",
+        input_size=(None, None),
         inputs=[TensorSpec(name="image", dims=[3, -1, -1])],
-        outputs=[TensorSpec(name="stage_1_4", dims=[2 * K, -1, -1]),
-                 TensorSpec(name="stage_1_2", dims=[K, -1, -1])],
+        outputs=[
+            TensorSpec(name="stage_1_4", dims=[2 * K, -1, -1]),
+            TensorSpec(name="stage_1_2", dims=[K, -1, -1]),
+        ],
         normalization=Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),
-        keypoint_names=list(COCO.keypoint_names), flip_indices=list(COCO.flip_indices),
-        sigmas=list(COCO.sigmas), bottomup=BottomUpSpec(**spec))
+        keypoint_names=list(COCO.keypoint_names),
+        flip_indices=list(COCO.flip_indices),
+        sigmas=list(COCO.sigmas),
+        bottomup=BottomUpSpec(**spec),
+    )
 
 
 class SyntheticBackend:
@@ -358,8 +413,17 @@ class SyntheticBackend:
         self.by_shape = {}
         rng = np.random.default_rng(0)
         for s in scales:
-            plain, flipped = synthetic_outputs(rng, person, image_wh, input_size, s, min(scales),
-                                               COCO.flip_indices, weak_fraction=0.0, false_peaks=0)
+            plain, flipped = synthetic_outputs(
+                rng,
+                person,
+                image_wh,
+                input_size,
+                s,
+                min(scales),
+                COCO.flip_indices,
+                weak_fraction=0.0,
+                false_peaks=0,
+            )
             h = plain[1].shape[1] * 2
             self.by_shape[h] = [np.stack([a, b]) for a, b in zip(plain, flipped)]
 
@@ -367,22 +431,22 @@ class SyntheticBackend:
         x = inputs["image"]
         self.calls.append(x)
         stages = self.by_shape[x.shape[2]]
-        return {"stage_1_4": stages[0][:len(x)], "stage_1_2": stages[1][:len(x)]}
+        return {"stage_1_4": stages[0][: len(x)], "stage_1_2": stages[1][: len(x)]}
 
 
 @pytest.mark.parametrize("scales", [None, [2, 1, 0.5]])
 def test_pipeline_finds_the_person(scales):
-    from service.pipelines.bottomup import estimate_poses_bottomup
-
     from benchmarks.bench_grouping import synthetic_people
+    from service.pipelines.bottomup import estimate_poses_bottomup
 
     rng = np.random.default_rng(3)
     w, h = 640, 425
     person = synthetic_people(rng, (w, h), 1)
     backend = SyntheticBackend(person, (w, h), 512, scales or [1.0])
     img = np.zeros((h, w, 3), np.uint8)
-    res = asyncio.run(estimate_poses_bottomup(img, bottomup_card(), backend, flip_test=True,
-                                              scales=scales))
+    res = asyncio.run(
+        estimate_poses_bottomup(img, bottomup_card(), backend, flip_test=True, scales=scales)
+    )
     assert len(backend.calls) == len(scales or [1])
     assert all(x.shape[0] == 2 for x in backend.calls)  # plain + flipped in one batch
     np.testing.assert_array_equal(backend.calls[0][1], backend.calls[0][0][..., ::-1])
@@ -402,5 +466,8 @@ def test_pipeline_rejects_bad_scales_and_udp():
         with pytest.raises(ValueError):
             check_scales(bad, [1.0])
     with pytest.raises(ValueError, match="use_udp"):
-        asyncio.run(estimate_poses_bottomup(np.zeros((8, 8, 3), np.uint8),
-                                            bottomup_card(use_udp=True), None, flip_test=False))
+        asyncio.run(
+            estimate_poses_bottomup(
+                np.zeros((8, 8, 3), np.uint8), bottomup_card(use_udp=True), None, flip_test=False
+            )
+        )

@@ -2,6 +2,7 @@
 failure isolation; and through the real gateway, that batching does not change PP-TinyPose's
 keypoints. No timing assertions: a gate (threading.Event) holds the fake model inside its run so
 that requests queue up deterministically behind it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -93,11 +94,18 @@ def test_concurrent_requests_coalesce_and_results_go_to_their_request_in_order()
         np.testing.assert_array_equal(results[rid]["y"], tagged(rid, n)["x"] * 10 + 1)
 
 
-@pytest.mark.parametrize("caps, runs", [
-    ({}, [8, 8, 4]), ({"max_size": 6}, [6, 6, 6, 2]), ({"max_size": 16}, [8, 8, 4]),
-    ({"max_size": 6, "max_sizes": (("fake", 3), ("other", 1))}, [3] * 6 + [2])])
+@pytest.mark.parametrize(
+    "caps, runs",
+    [
+        ({}, [8, 8, 4]),
+        ({"max_size": 6}, [6, 6, 6, 2]),
+        ({"max_size": 16}, [8, 8, 4]),
+        ({"max_size": 6, "max_sizes": (("fake", 3), ("other", 1))}, [3] * 6 + [2]),
+    ],
+)
 def test_request_larger_than_max_batch_is_split_and_reassembled(caps, runs):
     """The card's max batch (8), or the lower ``max_size`` / per-model setting, bounds every run."""
+
     async def main():
         b, fake, pool = make(max_batch=8, **caps)
         fake.gate.set()
@@ -115,8 +123,11 @@ def test_preferred_sizes_and_incompatible_requests():
     """With a 30 s max queue delay: a preferred size (4) goes at once; the 2 items left wait for
     more until a request with another item shape queues behind them (it cannot join), then go
     alone; two such requests fill the preferred size and go at once."""
+
     async def main():
-        b, fake, pool = make(max_batch=8, preferred_sizes=(4,), max_queue_delay_s=30.0, deadline_s=0)
+        b, fake, pool = make(
+            max_batch=8, preferred_sizes=(4,), max_queue_delay_s=30.0, deadline_s=0
+        )
         blocker = await hold(b, fake, 4)  # a preferred size: sent at once
         t1 = asyncio.create_task(b.submit(tagged(1, 6)))
         await queued(b, 6)
@@ -141,8 +152,12 @@ def test_preferred_sizes_and_incompatible_requests():
 
 
 def _rejections(reason: str) -> float:
-    return REGISTRY.get_sample_value("hrnet_batch_rejections_total",
-                                     {"model": "fake", "reason": reason}) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "hrnet_batch_rejections_total", {"model": "fake", "reason": reason}
+        )
+        or 0.0
+    )
 
 
 def test_queue_full_is_refused_at_once_and_an_oversize_request_fits_an_empty_queue():
@@ -309,8 +324,11 @@ def coco(shared):
     ann = json.loads((root / "test_coco.json").read_text())
     reqs = []
     for im in ann["images"]:
-        boxes = [a["bbox"] for a in ann["annotations"]
-                 if a["image_id"] == im["id"] and a["num_keypoints"] > 0]
+        boxes = [
+            a["bbox"]
+            for a in ann["annotations"]
+            if a["image_id"] == im["id"] and a["num_keypoints"] > 0
+        ]
         for box in boxes[:2]:
             reqs.append(((root / im["file_name"]).read_bytes(), [box]))
     return reqs[:8]
@@ -319,11 +337,12 @@ def coco(shared):
 def test_ort_batch_of_8_equals_crops_run_alone(shared):
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(shared / "models" / "pp_tinypose_256x192.onnx"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(shared / "models" / "pp_tinypose_256x192.onnx"), providers=["CPUExecutionProvider"]
+    )
     x = np.random.default_rng(0).normal(size=(8, 3, 256, 192)).astype(np.float32)
     batched = sess.run(None, {"image": x})[0]
-    alone = np.concatenate([sess.run(None, {"image": x[i:i + 1]})[0] for i in range(8)])
+    alone = np.concatenate([sess.run(None, {"image": x[i : i + 1]})[0] for i in range(8)])
     diff = float(np.abs(batched - alone).max())
     print(f"max |heatmap(batch 8) - heatmap(alone)| = {diff:.3g}")
     assert diff < 1e-5
@@ -333,10 +352,14 @@ def test_concurrent_pose_requests_are_batched_and_give_the_sequential_keypoints(
     model = "pp_tinypose_256x192"
     settings = Settings(model_repository=shared_repo, batching=True)
     with TestClient(create_app(settings)) as c:
+
         def post(req):
             data, boxes = req
-            r = c.post("/pose", files={"image": ("x.jpg", data)},
-                       data={"boxes": json.dumps(boxes), "flip_test": "true"})
+            r = c.post(
+                "/pose",
+                files={"image": ("x.jpg", data)},
+                data={"boxes": json.dumps(boxes), "flip_test": "true"},
+            )
             assert r.status_code == 200, r.text
             return r.json()["persons"]
 
@@ -372,10 +395,14 @@ def test_gateway_answers_503_overloaded_with_retry_after_when_the_queue_is_full(
     model = "pp_tinypose_256x192"
     settings = Settings(model_repository=shared_repo, batching=True, batch_queue_capacity=2)
     with TestClient(create_app(settings)) as c:
+
         def post(req):
             data, boxes = req
-            return c.post("/pose", files={"image": ("x.jpg", data)},
-                          data={"boxes": json.dumps(boxes), "flip_test": "true"})
+            return c.post(
+                "/pose",
+                files={"image": ("x.jpg", data)},
+                data={"boxes": json.dumps(boxes), "flip_test": "true"},
+            )
 
         backend = c.app.state.backend
         batcher = backend.batcher(model)
@@ -394,9 +421,12 @@ def test_gateway_answers_503_overloaded_with_retry_after_when_the_queue_is_full(
         assert int(r.headers["Retry-After"]) >= 1
         metrics = c.get("/metrics").text
         assert f'hrnet_batch_rejections_total{{model="{model}",reason="queue_full"}}' in metrics
-        for name in ("hrnet_batch_queue_items", "hrnet_batch_size_bucket",
-                     "hrnet_batch_queue_wait_seconds_bucket"):
-            assert f'{name}{{' in metrics and model in metrics
+        for name in (
+            "hrnet_batch_queue_items",
+            "hrnet_batch_size_bucket",
+            "hrnet_batch_queue_wait_seconds_bucket",
+        ):
+            assert f"{name}{{" in metrics and model in metrics
 
 
 def _wait_for(condition, limit_s: float = 60.0) -> None:
@@ -425,8 +455,9 @@ def test_a_reloaded_session_is_used_by_the_existing_batcher(shared_repo):
             return [2 * o for o in self.sess.run(names, feed)]
 
     async def main():
-        be = OnnxRuntimeBackend(ModelRepository(shared_repo), models=[model],
-                                batching=BatchConfig())
+        be = OnnxRuntimeBackend(
+            ModelRepository(shared_repo), models=[model], batching=BatchConfig()
+        )
         await be.start()
         x = np.random.default_rng(0).normal(size=(2, 3, 256, 192)).astype(np.float32)
         before = (await be.infer(model, {"image": x}))["heatmaps"]
@@ -446,8 +477,9 @@ def test_batch_config_from_settings(monkeypatch):
     assert BatchConfig.from_settings(Settings(batching=False)) is None
     monkeypatch.setenv("HRNET_BATCH_MAX_SIZES", '{"pp_tinypose_256x192": 2}')
     monkeypatch.setenv("HRNET_BATCH_PREFERRED_SIZES", "[4, 8]")
-    cfg = BatchConfig.from_settings(Settings(batching=True, ort_concurrent_runs=2,
-                                             batch_max_queue_delay_ms=5))
+    cfg = BatchConfig.from_settings(
+        Settings(batching=True, ort_concurrent_runs=2, batch_max_queue_delay_ms=5)
+    )
     assert cfg.instances == 2 and cfg.max_queue_delay_s == 0.005 and cfg.preferred_sizes == (4, 8)
     assert cfg.max_size_for("pp_tinypose_256x192") == 2 and cfg.max_size_for("other") == 0
     assert BatchConfig.from_settings(Settings(batching=True, batch_instances=3)).instances == 3

@@ -5,6 +5,7 @@ rendered, and evaluated end to end by ``hrnet-eval`` on the shared COCO photos.
 Grouping itself is pinned by hand-made cases in tests/service/test_associative_embedding.py; here
 the wiring is checked: parameters, response contract, boxes around the found keypoints, render, eval.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from service.app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.app import create_app
+from service.settings import Settings
 
 MODEL = "higherhrnet_w32_random"
 PHOTO = "000000197388.jpg"
@@ -36,9 +37,22 @@ def bu_repo(shared_repo, tmp_path_factory):
     for entry in shared_repo.iterdir():
         if entry.is_dir():
             shutil.copytree(entry, repo / entry.name)
-    rc = export_main(["--arch", "higher_hrnet32_coco_512x512", "--random-init", "--seed", "0",
-                      "--name", MODEL, "--model-repository", str(repo), "--no-check",
-                      "--exporter", "legacy"])
+    rc = export_main(
+        [
+            "--arch",
+            "higher_hrnet32_coco_512x512",
+            "--random-init",
+            "--seed",
+            "0",
+            "--name",
+            MODEL,
+            "--model-repository",
+            str(repo),
+            "--no-check",
+            "--exporter",
+            "legacy",
+        ]
+    )
     assert rc == 0
     return repo
 
@@ -66,14 +80,17 @@ def test_card_is_bottomup(client):
     assert card["bottomup"]["max_num_people"] == 30 and card["bottomup"]["input_size"] == 512
 
 
-@pytest.mark.parametrize("fields, needle", [
-    ({"boxes": "[[10, 10, 50, 80]]"}, "'boxes'"),
-    ({"detector": "rtmdet_nano_person_320"}, "'detector'"),
-    ({"score_threshold": "0.5"}, "'score_threshold'"),
-    ({"scales": "[0.5, 2]"}, "scale 1"),
-    ({"scales": "[1, -1]"}, "(0, 4]"),
-    ({"scales": "bogus"}, "JSON list"),
-])
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        ({"boxes": "[[10, 10, 50, 80]]"}, "'boxes'"),
+        ({"detector": "rtmdet_nano_person_320"}, "'detector'"),
+        ({"score_threshold": "0.5"}, "'score_threshold'"),
+        ({"scales": "[0.5, 2]"}, "scale 1"),
+        ({"scales": "[1, -1]"}, "(0, 4]"),
+        ({"scales": "bogus"}, "JSON list"),
+    ],
+)
 def test_bottomup_parameter_errors(client, photo, fields, needle):
     r = _post(client, photo, **fields)
     assert r.status_code == 422, r.text
@@ -81,9 +98,11 @@ def test_bottomup_parameter_errors(client, photo, fields, needle):
 
 
 def test_scales_with_a_topdown_model_is_422(client, photo):
-    r = client.post("/pose", files={"image": (PHOTO, photo)},
-                    data={"model": "pp_tinypose_256x192", "scales": "[1]",
-                          "boxes": "[[10, 10, 50, 80]]"})
+    r = client.post(
+        "/pose",
+        files={"image": (PHOTO, photo)},
+        data={"model": "pp_tinypose_256x192", "scales": "[1]", "boxes": "[[10, 10, 50, 80]]"},
+    )
     assert r.status_code == 422 and "bottom-up" in r.json()["error"]["message"]
 
 
@@ -133,11 +152,20 @@ def test_bottomup_multi_scale_and_render(client, photo):
     original = cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_COLOR)
     assert drawn.shape == original.shape == (392, 640, 3)
     kp = np.concatenate([np.asarray(p["keypoints"]) for p in persons])
-    shown = kp[(kp[:, 2] >= 0.3) & (kp[:, 0] >= 0) & (kp[:, 0] < 639.5) & (kp[:, 1] >= 0)
-               & (kp[:, 1] < 391.5)]
+    shown = kp[
+        (kp[:, 2] >= 0.3)
+        & (kp[:, 0] >= 0)
+        & (kp[:, 0] < 639.5)
+        & (kp[:, 1] >= 0)
+        & (kp[:, 1] < 391.5)
+    ]
     if len(shown):  # every confident joint's centre pixel was drawn over
-        changed = [not np.array_equal(drawn[int(round(y)), int(round(x))],
-                                      original[int(round(y)), int(round(x))]) for x, y, _ in shown]
+        changed = [
+            not np.array_equal(
+                drawn[int(round(y)), int(round(x))], original[int(round(y)), int(round(x))]
+            )
+            for x, y, _ in shown
+        ]
         assert np.mean(changed) > 0.9
     assert (drawn != original).any()
 
@@ -151,9 +179,24 @@ def test_eval_job_against_the_bottomup_model(bu_repo, shared, tmp_path):
     try:
         root = shared / "data" / "mmpose_tests" / "coco"
         out = tmp_path / "eval"
-        rc = hrnet_eval.main(["--url", url, "--model", MODEL, "--dataset", "coco",
-                              "--ann", str(root / "test_coco.json"), "--images", str(root),
-                              "--out", str(out), "--quiet", "--no-flip-test"])
+        rc = hrnet_eval.main(
+            [
+                "--url",
+                url,
+                "--model",
+                MODEL,
+                "--dataset",
+                "coco",
+                "--ann",
+                str(root / "test_coco.json"),
+                "--images",
+                str(root),
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-flip-test",
+            ]
+        )
     finally:
         server.should_exit = True
     assert rc == 0  # random weights publish nothing to compare with: all images evaluated

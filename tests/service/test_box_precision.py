@@ -8,6 +8,7 @@ path (``parse_boxes`` -> ``crop_inputs``) must give the same bytes for all 22 de
 image 785 in ``test_coco_det_AP_H_56.json``. Converting in float64 first (the old path) moves
 box 1's center by one float32 ulp and changes 104 crop values by up to 3 grey levels.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,13 @@ def upstream_matrix(center: np.ndarray, scale: np.ndarray, use_udp: bool) -> np.
     if use_udp:
         cx, cy = float(center[0]), float(center[1])
         sx, sy = (IN_W - 1) / float(scale[0]), (IN_H - 1) / float(scale[1])
-        return np.array([[sx, 0.0, sx * (-cx + 0.5 * float(scale[0]))],
-                         [0.0, sy, sy * (-cy + 0.5 * float(scale[1]))]], dtype=np.float32)
+        return np.array(
+            [
+                [sx, 0.0, sx * (-cx + 0.5 * float(scale[0]))],
+                [0.0, sy, sy * (-cy + 0.5 * float(scale[1]))],
+            ],
+            dtype=np.float32,
+        )
     src = np.zeros((3, 2), np.float32)
     src[0] = center
     src[1] = center.astype(np.float64) + np.array([-0.5 * float(scale[0]), 0.0])
@@ -85,8 +91,9 @@ def test_served_crops_equal_mmpose_dataset_crops_for_image_785(photo_785, use_ud
         np.testing.assert_array_equal(centers[i], c, err_msg=f"box {i}")
         np.testing.assert_array_equal(scales[i], s, err_msg=f"box {i}")
         ref = upstream_crop(image, det["bbox"], use_udp=use_udp)
-        assert np.array_equal(crops[i], ref), \
+        assert np.array_equal(crops[i], ref), (
             f"box {i}: {np.count_nonzero(crops[i] != ref)} crop values differ"
+        )
 
 
 def test_float64_conversion_would_move_box_1(photo_785):
@@ -97,9 +104,10 @@ def test_float64_conversion_would_move_box_1(photo_785):
     old = np.array([x, y, x + bw, y + bh], np.float64).astype(np.float32)
     c_old = (old[2:] + old[:2]) * 0.5
     c_new, s_new = upstream_center_scale(dets[1]["bbox"])
-    assert np.abs(c_old - c_new).max() == 2.0 ** -16
-    crop_old = cv2.warpAffine(image, upstream_matrix(c_old, s_new, False), (IN_W, IN_H),
-                              flags=cv2.INTER_LINEAR)
+    assert np.abs(c_old - c_new).max() == 2.0**-16
+    crop_old = cv2.warpAffine(
+        image, upstream_matrix(c_old, s_new, False), (IN_W, IN_H), flags=cv2.INTER_LINEAR
+    )
     diff = np.abs(crop_old.astype(int) - upstream_crop(image, dets[1]["bbox"]).astype(int))
     assert 0 < np.count_nonzero(diff) < 0.01 * diff.size and diff.max() <= 3
 
@@ -112,8 +120,13 @@ def test_eval_job_boxes_are_served_like_the_raw_detection_boxes(shared, photo_78
     image, dets = photo_785
     h, w = image.shape[:2]
     root = shared / "data" / "mmpose_tests" / "coco"
-    items, _, _ = build_pose_items(load_json(root / "test_coco.json"), root, "coco",
-                                   box_source="det", det_file=root / "test_coco_det_AP_H_56.json")
+    items, _, _ = build_pose_items(
+        load_json(root / "test_coco.json"),
+        root,
+        "coco",
+        box_source="det",
+        det_file=root / "test_coco_det_AP_H_56.json",
+    )
     sent = next(it for it in items if it.image_id == 785).boxes
     got, _ = parse_boxes(json.dumps(sent), "xyxy", (w, h), max_boxes=100)
     raw, _ = parse_boxes(json.dumps([d["bbox"] for d in dets]), "xywh", (w, h), max_boxes=100)
@@ -133,8 +146,9 @@ def test_warp_matrices_are_opencvs_bit_for_bit():
     for i in range(len(boxes)):
         ref = upstream_matrix(centers[i], scales[i], use_udp=False)
         np.testing.assert_array_equal(mats[i], ref)
-        np.testing.assert_array_equal(mats[i], get_warp_matrix(centers[i], scales[i], 0.0,
-                                                               (IN_W, IN_H)))
+        np.testing.assert_array_equal(
+            mats[i], get_warp_matrix(centers[i], scales[i], 0.0, (IN_W, IN_H))
+        )
     udp = warp_matrices(centers, scales, (IN_W, IN_H), use_udp=True)
     for i in range(len(boxes)):
         np.testing.assert_array_equal(udp[i], upstream_matrix(centers[i], scales[i], True))
@@ -148,7 +162,9 @@ def test_normalisation_divides_like_mmengine():
 
     mean = np.array([123.675, 116.28, 103.53], np.float32)
     std = np.array([58.395, 57.12, 57.375], np.float32)
-    levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None, None], 3, axis=2)  # (1,256,3,1)
+    levels = np.repeat(
+        np.arange(256, dtype=np.uint8)[None, :, None, None], 3, axis=2
+    )  # (1,256,3,1)
     bgr = np.ascontiguousarray(levels.transpose(0, 1, 3, 2))  # (1, 256, 1, 3): every grey level
     got = to_input_tensor(bgr, Normalization(mean=tuple(mean), std=tuple(std)))
     rgb = bgr[..., ::-1].astype(np.float32)

@@ -7,6 +7,7 @@ Measured on the synthetic peak exp(-((x-12.3)^2 + (y-20.7)^2) / 8) (48x64 map):
 plain = (12.25, 20.75), error 0.05 px per axis (exact, hand-derived below);
 DARK error 1.6e-4 heatmap px per axis; UDP encode -> decode error ~4e-5 heatmap px.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,12 @@ import pytest
 from service.cards import CodecSpec
 from service.codecs import MSRAHeatmap, UDPHeatmap, build_codec, flip_heatmaps, flip_images
 from service.codecs.refine import get_heatmap_maximum
-from service.geometry import fix_aspect_ratio, get_udp_warp_matrix, affine_transform_points, keypoints_to_image
+from service.geometry import (
+    affine_transform_points,
+    fix_aspect_ratio,
+    get_udp_warp_matrix,
+    keypoints_to_image,
+)
 
 W, H = 48, 64
 INPUT = (192, 256)
@@ -26,18 +32,21 @@ YS = np.arange(H, dtype=np.float64)[:, None]
 
 
 def gauss(x0: float, y0: float, sigma: float = 2.0, amp: float = 1.0) -> np.ndarray:
-    return (amp * np.exp(-((XS - x0) ** 2 + (YS - y0) ** 2) / (2 * sigma ** 2))).astype(np.float32)
+    return (amp * np.exp(-((XS - x0) ** 2 + (YS - y0) ** 2) / (2 * sigma**2))).astype(np.float32)
 
 
 def random_batch(rng, b=3, k=17, noise=0.02) -> np.ndarray:
     hms = np.empty((b, k, H, W), np.float32)
     for i in range(b):
         for j in range(k):
-            hms[i, j] = gauss(rng.uniform(-1, W), rng.uniform(-1, H), rng.uniform(1.5, 3), rng.uniform(0.2, 1))
+            hms[i, j] = gauss(
+                rng.uniform(-1, W), rng.uniform(-1, H), rng.uniform(1.5, 3), rng.uniform(0.2, 1)
+            )
     return hms + rng.normal(0, noise, hms.shape).astype(np.float32)
 
 
 # ---------------------------------------------------------------- argmax / plain refinement
+
 
 def test_heatmap_maximum():
     hm = np.zeros((1, 3, 4, 5), np.float32)
@@ -64,7 +73,9 @@ def test_plain_decode_quarter_pixel():
 def test_plain_decode_scale_factor_anisotropic():
     # input 200x256 over heatmap 50x32: stride (4, 8). Integer peak, equal neighbours -> no shift.
     codec = MSRAHeatmap((200, 256), (50, 32), sigma=2)
-    hm = np.exp(-((np.arange(50) - 12.0) ** 2 + (np.arange(32)[:, None] - 20.0) ** 2) / 8).astype(np.float32)
+    hm = np.exp(-((np.arange(50) - 12.0) ** 2 + (np.arange(32)[:, None] - 20.0) ** 2) / 8).astype(
+        np.float32
+    )
     kp, _ = codec.decode(hm[None])
     np.testing.assert_allclose(kp[0, 0], [48.0, 160.0])
 
@@ -72,9 +83,9 @@ def test_plain_decode_scale_factor_anisotropic():
 def test_plain_refinement_uses_upstream_bounds():
     codec = MSRAHeatmap(INPUT, (W, H), sigma=2)
     hm = np.zeros((4, H, W), np.float32)
-    hm[0, 10, 1], hm[0, 10, 2] = 1.0, 0.5            # x = 1: upstream needs 1 < x -> no x step
+    hm[0, 10, 1], hm[0, 10, 2] = 1.0, 0.5  # x = 1: upstream needs 1 < x -> no x step
     hm[1, 0, 10], hm[1, 0, 11], hm[1, 1, 10] = 1.0, 0.5, 0.4  # y = 0: no x step (0 < y), no y step
-    hm[2, 10, W - 1], hm[2, 10, W - 2] = 1.0, 0.5    # last column: no x step
+    hm[2, 10, W - 1], hm[2, 10, W - 2] = 1.0, 0.5  # last column: no x step
     hm[3, 10, 2], hm[3, 10, 3], hm[3, 11, 2] = 1.0, 0.5, 0.2  # x = 2, y = 10: both steps allowed
     kp, _ = codec.decode(hm)
     np.testing.assert_allclose(kp[0] / 4, [[1, 10], [10, 0], [W - 1, 10], [2.25, 10.25]])
@@ -85,9 +96,11 @@ def test_invalid_channels_decode_to_minus_one():
     hm[1] = -0.3  # all negative
     hm[1, 5, 5] = -0.1
     hm[2] = gauss(20, 30)
-    for codec, factor in [(MSRAHeatmap(INPUT, (W, H), 2), (4.0, 4.0)),
-                          (MSRAHeatmap(INPUT, (W, H), 2, unbiased=True), (4.0, 4.0)),
-                          (UDPHeatmap(INPUT, (W, H), 2), (192 / 47, 256 / 63))]:
+    for codec, factor in [
+        (MSRAHeatmap(INPUT, (W, H), 2), (4.0, 4.0)),
+        (MSRAHeatmap(INPUT, (W, H), 2, unbiased=True), (4.0, 4.0)),
+        (UDPHeatmap(INPUT, (W, H), 2), (192 / 47, 256 / 63)),
+    ]:
         kp, sc = codec.decode(hm)
         assert np.isfinite(kp).all()
         # upstream: location -1 in heatmap space, then scaled like any keypoint
@@ -97,6 +110,7 @@ def test_invalid_channels_decode_to_minus_one():
 
 
 # ---------------------------------------------------------------- DARK
+
 
 def test_dark_decode_subpixel():
     codec = MSRAHeatmap(INPUT, (W, H), sigma=2, unbiased=True)
@@ -127,6 +141,7 @@ def test_dark_encode_decode_round_trip():
 
 # ---------------------------------------------------------------- UDP
 
+
 def test_udp_decode_factor_is_input_over_heatmap_minus_one():
     # Exact Gaussian on integer pixel (24, 32): symmetric, so DARK-UDP adds ~0 and the output is
     # (24, 32) * input_size / (heatmap_size - 1), as upstream's decode (not (w-1)/(W-1)).
@@ -143,7 +158,7 @@ def test_udp_encode_decode_round_trip():
     kp, sc = codec.decode(codec.encode(kps)["heatmaps"])
     decoded_hm = kp[0] / (np.array([192.0, 256.0]) / [47.0, 63.0])
     assert np.abs(decoded_hm - hm_pts).max() < 0.01  # measured ~4e-5 heatmap px
-    np.testing.assert_allclose(sc[0, 0], math.exp(-(0.3 ** 2 + 0.3 ** 2) / 8), rtol=1e-5)
+    np.testing.assert_allclose(sc[0, 0], math.exp(-(0.3**2 + 0.3**2) / 8), rtol=1e-5)
 
 
 def test_udp_full_chain_is_identity_in_image_space():
@@ -172,6 +187,7 @@ def test_log_floor_differs_between_dark_and_udp():
 
 
 # ---------------------------------------------------------------- batching / references
+
 
 def _ref_plain(hm, x, y):
     """Upstream refine_keypoints for one channel, written out as a scalar loop."""
@@ -209,7 +225,15 @@ def _ref_dark_udp(logs, x, y):
     g = np.array([0.5 * (P[i, j + 1] - P[i, j - 1]), 0.5 * (P[i + 1, j] - P[i - 1, j])])
     dxx = P[i, j + 1] - 2 * c + P[i, j - 1]
     dyy = P[i + 1, j] - 2 * c + P[i - 1, j]
-    dxy = 0.5 * (P[i + 1, j + 1] - P[i, j + 1] - P[i + 1, j] + 2 * c - P[i, j - 1] - P[i - 1, j] + P[i - 1, j - 1])
+    dxy = 0.5 * (
+        P[i + 1, j + 1]
+        - P[i, j + 1]
+        - P[i + 1, j]
+        + 2 * c
+        - P[i, j - 1]
+        - P[i - 1, j]
+        + P[i - 1, j - 1]
+    )
     hess = np.array([[dxx, dxy], [dxy, dyy]]) + np.finfo(np.float32).eps * np.eye(2)
     off = np.linalg.solve(hess, g)
     return x - off[0], y - off[1]
@@ -239,13 +263,15 @@ def test_batched_decode_equals_per_sample_and_scalar_reference():
                 elif codec is dark:
                     ref = np.array(_ref_dark(np.log(np.maximum(blurred[b, k], 1e-10)), x, y)) * 4
                 else:
-                    ref = np.array(_ref_dark_udp(np.log(np.clip(blurred[b, k], 1e-3, 50)), x, y)) \
-                        * [192 / 47, 256 / 63]
+                    ref = np.array(
+                        _ref_dark_udp(np.log(np.clip(blurred[b, k], 1e-3, 50)), x, y)
+                    ) * [192 / 47, 256 / 63]
                 np.testing.assert_allclose(kp[b, k], ref, atol=1e-3)
 
 
 def test_gaussian_blur_keeps_channel_max_and_matches_single_channel_opencv():
     import cv2
+
     from service.codecs.refine import gaussian_blur
 
     rng = np.random.default_rng(3)
@@ -263,15 +289,18 @@ def test_gaussian_blur_keeps_channel_max_and_matches_single_channel_opencv():
 
 # ---------------------------------------------------------------- encode
 
+
 def test_msra_encode_peak_and_sigma():
     codec = MSRAHeatmap(INPUT, (W, H), sigma=2)
-    enc = codec.encode(np.array([[[50.0, 82.0]]]))  # heatmap (12.5, 20.5) -> mu = int(+0.5) = (13, 21)
+    enc = codec.encode(
+        np.array([[[50.0, 82.0]]])
+    )  # heatmap (12.5, 20.5) -> mu = int(+0.5) = (13, 21)
     hm, wt = enc["heatmaps"], enc["keypoint_weights"]
     assert hm.shape == (1, H, W) and hm.dtype == np.float32 and wt.shape == (1, 1)
     assert wt[0, 0] == 1
     assert np.unravel_index(np.argmax(hm[0]), (H, W)) == (21, 13) and hm[0, 21, 13] == 1.0
-    assert hm[0, 21, 14] == pytest.approx(math.exp(-1 / 8), rel=1e-6)   # distance 1
-    assert hm[0, 22, 14] == pytest.approx(math.exp(-2 / 8), rel=1e-6)   # diagonal
+    assert hm[0, 21, 14] == pytest.approx(math.exp(-1 / 8), rel=1e-6)  # distance 1
+    assert hm[0, 22, 14] == pytest.approx(math.exp(-2 / 8), rel=1e-6)  # diagonal
     assert hm[0, 21, 19] == pytest.approx(math.exp(-36 / 8), rel=1e-5)  # radius 3 sigma = 6: inside
     assert hm[0, 21, 20] == 0 and hm[0, 21, 6] == 0 and hm[0, 28, 13] == 0  # outside the window
     assert hm[0, 21, 7] > 0 and hm[0, 15, 13] > 0
@@ -299,7 +328,7 @@ def test_unbiased_encode_is_exact_full_map():
     hm = codec.encode(np.array([[[50.0, 82.0]]]))["heatmaps"][0]  # heatmap (12.5, 20.5)
     assert hm[20, 12] == pytest.approx(math.exp(-0.5 / 8), rel=1e-6)
     assert hm[21, 13] == pytest.approx(math.exp(-0.5 / 8), rel=1e-6)
-    assert hm[25, 12] == pytest.approx(math.exp(-(0.25 + 4.5 ** 2) / 8), rel=1e-5)
+    assert hm[25, 12] == pytest.approx(math.exp(-(0.25 + 4.5**2) / 8), rel=1e-5)
     assert hm[20, 19] > 0  # no 3-sigma window in DARK encoding
 
 
@@ -311,8 +340,8 @@ def test_udp_encode_values_and_window():
     # x in [6, 19), y in [15, 28)
     assert hm[20, 12] == pytest.approx(math.exp(-(0.0625 + 0.25) / 8), rel=1e-5)
     assert hm[21, 13] == pytest.approx(math.exp(-(0.5625 + 0.25) / 8), rel=1e-5)
-    assert hm[21, 18] == pytest.approx(math.exp(-(5.75 ** 2 + 0.25) / 8), rel=1e-4)
-    assert hm[21, 6] == pytest.approx(math.exp(-(6.25 ** 2 + 0.25) / 8), rel=1e-4)
+    assert hm[21, 18] == pytest.approx(math.exp(-(5.75**2 + 0.25) / 8), rel=1e-4)
+    assert hm[21, 6] == pytest.approx(math.exp(-(6.25**2 + 0.25) / 8), rel=1e-4)
     assert hm[21, 19] == 0 and hm[21, 5] == 0 and hm[14, 12] == 0 and hm[28, 12] == 0
 
 
@@ -325,12 +354,15 @@ def test_udp_encode_values_and_window():
 #                                                   out[..., 0] = flipped[..., 0] (kept)
 # so a hot column c (c >= 1) ends at W-1-c+1 = W-c; c = 0 drops off; c = W-1 shows at 0 and 1.
 
+
 def test_flip_shift_direction_single_hot():
     hm = np.zeros((1, 1, 4, W), np.float32)
     hm[0, 0, 2, 5] = 1.0
     out = flip_heatmaps(hm, [0], shift_heatmap=True)
     assert np.argwhere(out[0, 0]).tolist() == [[2, W - 5]]
-    assert np.argwhere(flip_heatmaps(hm, [0], shift_heatmap=False)[0, 0]).tolist() == [[2, W - 1 - 5]]
+    assert np.argwhere(flip_heatmaps(hm, [0], shift_heatmap=False)[0, 0]).tolist() == [
+        [2, W - 1 - 5]
+    ]
     hm0 = np.zeros_like(hm)
     hm0[0, 0, 1, 0] = 1.0
     assert flip_heatmaps(hm0, None).max() == 0  # column 0 -> W, off the map
@@ -372,24 +404,42 @@ def test_flip_images():
     np.testing.assert_array_equal(flip_images(nhwc)[:, :, 0], nhwc[:, :, 4])
     nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(flip_images(nchw)[..., 0], nchw[..., 4])
-    np.testing.assert_array_equal(flip_images(nchw, layout="nchw"), flip_images(nhwc).transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(
+        flip_images(nchw, layout="nchw"), flip_images(nhwc).transpose(0, 3, 1, 2)
+    )
     with pytest.raises(ValueError):
         flip_images(np.zeros((1, 3, 4, 3)))  # ambiguous
 
 
 # ---------------------------------------------------------------- build_codec
 
+
 def test_build_codec():
     c = build_codec(CodecSpec(input_size=(192, 256), heatmap_size=(48, 64), sigma=2, unbiased=True))
     assert isinstance(c, MSRAHeatmap) and c.unbiased and c.blur_kernel_size == 11
     np.testing.assert_array_equal(c.scale_factor, [4, 4])
-    u = build_codec(dict(type="UDPHeatmap", input_size=(288, 384), heatmap_size=(72, 96), sigma=3,
-                         blur_kernel_size=17, heatmap_type="gaussian"))
+    u = build_codec(
+        dict(
+            type="UDPHeatmap",
+            input_size=(288, 384),
+            heatmap_size=(72, 96),
+            sigma=3,
+            blur_kernel_size=17,
+            heatmap_type="gaussian",
+        )
+    )
     assert isinstance(u, UDPHeatmap) and u.sigma == 3 and u.blur_kernel_size == 17
     np.testing.assert_allclose(u.scale_factor, [287 / 71, 383 / 95], rtol=1e-6)
     with pytest.raises(ValueError):
         build_codec(dict(type="SimCCLabel", input_size=(192, 256), heatmap_size=(48, 64)))
     with pytest.raises(ValueError):
-        build_codec(dict(type="UDPHeatmap", input_size=(192, 256), heatmap_size=(48, 64), heatmap_type="combined"))
+        build_codec(
+            dict(
+                type="UDPHeatmap",
+                input_size=(192, 256),
+                heatmap_size=(48, 64),
+                heatmap_type="combined",
+            )
+        )
     with pytest.raises(ValueError):
         c.decode(np.zeros((17, 32, 24), np.float32))  # wrong heatmap size for this codec

@@ -6,6 +6,7 @@ MMPose 1.x ``td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-combine``: the estimato
 ``CocoMetric`` rescoring sees only those 17 scores. The reference below runs the exported ONNX
 model itself and flips / selects by hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,28 +43,36 @@ def _reference(repo, image, boxes_xywh):
     xyxy, _ = parse_boxes(json.dumps(boxes_xywh), "xywh", (w, h), 100)
     centers, scales, crops = crop_inputs(image, xyxy, card)
     x = to_input_tensor(crops, card.normalization)
-    sess = ort.InferenceSession(str(repo / NAME / "1" / "model.onnx"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(repo / NAME / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     n = len(x)
     hm = sess.run(None, {card.inputs[0].name: np.concatenate([x, x[..., ::-1]])})[0]
     assert hm.shape[1] == 19
     flip = list(get_pose_dataset("coco_aic").flip_indices)
     assert flip[17:] == [17, 18] and flip[1:3] == [2, 1]
-    back = hm[n:, :, :, ::-1][:, flip].copy()   # mirror, swap left/right channels
-    back[..., 1:] = back[..., :-1].copy()       # shift_heatmap: one heatmap pixel right
+    back = hm[n:, :, :, ::-1][:, flip].copy()  # mirror, swap left/right channels
+    back[..., 1:] = back[..., :-1].copy()  # shift_heatmap: one heatmap pixel right
     kpts, scores = build_codec(card.codec).decode((hm[:n] + back) * 0.5)
     return keypoints_to_image(kpts, centers, scales, card.codec.input_size), scores
 
 
-def test_combine_pose_serves_coco_17_of_the_19_set_flip_decode(random_gateway, random_repo,
-                                                                coco_dir):
+def test_combine_pose_serves_coco_17_of_the_19_set_flip_decode(
+    random_gateway, random_repo, coco_dir
+):
     image_bytes = (coco_dir / "000000000785.jpg").read_bytes()
-    dets = [d for d in json.loads((coco_dir / "test_coco_det_AP_H_56.json").read_text())
-            if d["image_id"] == 785][:6]
+    dets = [
+        d
+        for d in json.loads((coco_dir / "test_coco_det_AP_H_56.json").read_text())
+        if d["image_id"] == 785
+    ][:6]
     boxes = [d["bbox"] + [d["score"]] for d in dets]
-    r = httpx.post(random_gateway + "/pose", files={"image": ("785.jpg", image_bytes)},
-                   data={"model": NAME, "boxes": json.dumps(boxes), "flip_test": "true"},
-                   timeout=120)
+    r = httpx.post(
+        random_gateway + "/pose",
+        files={"image": ("785.jpg", image_bytes)},
+        data={"model": NAME, "boxes": json.dumps(boxes), "flip_test": "true"},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     coco = get_pose_dataset("coco")
@@ -92,10 +101,31 @@ def test_eval_job_scores_the_combine_model_on_coco(random_gateway, coco_dir, tmp
     its AP equals plain pycocotools on its results file (random weights: the AP itself is ~0;
     --tolerance 1 so the comparison with the published 0.755 does not fail the run)."""
     ann = coco_dir / "test_coco.json"
-    rc = eval_main(["--url", random_gateway, "--model", NAME, "--dataset", "coco",
-                    "--ann", str(ann), "--images", str(coco_dir),
-                    "--boxes", str(coco_dir / "test_coco_det_AP_H_56.json"), "--limit", "1",
-                    "--out", str(tmp_path), "--quiet", "--concurrency", "1", "--tolerance", "1"])
+    rc = eval_main(
+        [
+            "--url",
+            random_gateway,
+            "--model",
+            NAME,
+            "--dataset",
+            "coco",
+            "--ann",
+            str(ann),
+            "--images",
+            str(coco_dir),
+            "--boxes",
+            str(coco_dir / "test_coco_det_AP_H_56.json"),
+            "--limit",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--concurrency",
+            "1",
+            "--tolerance",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     results = json.loads((tmp_path / "results.json").read_text())
@@ -104,11 +134,15 @@ def test_eval_job_scores_the_combine_model_on_coco(random_gateway, coco_dir, tmp
     ours = metrics.get("metrics", metrics)
     coco = json.loads(ann.read_text())
     first = min(im["id"] for im in coco["images"])
-    one = dict(coco, images=[im for im in coco["images"] if im["id"] == first],
-               annotations=[a for a in coco["annotations"] if a["image_id"] == first])
+    one = dict(
+        coco,
+        images=[im for im in coco["images"] if im["id"] == first],
+        annotations=[a for a in coco["annotations"] if a["image_id"] == first],
+    )
     (tmp_path / "ann1.json").write_text(json.dumps(one))
-    by_hand = pycocotools_keypoint_stats(tmp_path / "ann1.json", tmp_path / "results.json",
-                                         get_pose_dataset("coco").sigmas)
+    by_hand = pycocotools_keypoint_stats(
+        tmp_path / "ann1.json", tmp_path / "results.json", get_pose_dataset("coco").sigmas
+    )
     for k in ("AP", "AR"):
         assert round(ours[k], 4) == round(by_hand[k], 4), (k, ours[k], by_hand[k])
 
@@ -118,9 +152,12 @@ def test_output_keypoint_selection_card_rules():
 
     from tests.fake_cards import pose_card
 
-    card = pose_card(keypoint_names=["a", "b", "c"], skeleton=[(0, 1), (1, 2)],
-                     outputs=[{"name": "heatmaps", "dims": [3, 64, 48]}],
-                     output_keypoint_indices=[2, 1])
+    card = pose_card(
+        keypoint_names=["a", "b", "c"],
+        skeleton=[(0, 1), (1, 2)],
+        outputs=[{"name": "heatmaps", "dims": [3, 64, 48]}],
+        output_keypoint_indices=[2, 1],
+    )
     assert card.num_keypoints == 3 and card.output_keypoints == [2, 1]
     assert card.output_keypoint_names == ["c", "b"]
     assert card.output_skeleton == [(1, 0)]  # (b, c) renumbered; (a, b) loses a

@@ -5,8 +5,10 @@ files in ``shared/`` (their ``categories`` carry keypoint names and skeletons), 
 COCO OKS sigmas, the Cityscapes labelId -> trainId definition (cityscapesScripts ``labels.py``)
 checked pixel by pixel on a real Cityscapes label pair, and the Pascal VOC colour-map rule.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -16,18 +18,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.datasets import (PoseDatasetInfo, SegDatasetInfo, get_pose_dataset, get_seg_dataset,
-                              list_pose_datasets, list_seg_datasets)
+from service.datasets import (
+    PoseDatasetInfo,
+    SegDatasetInfo,
+    get_pose_dataset,
+    get_seg_dataset,
+    list_pose_datasets,
+    list_seg_datasets,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-POSE_COUNTS = {"coco": 17, "coco_aic": 19, "horse10": 22, "macaque": 17, "atrw": 15,
-               "dlc_openfield": 4}
-SEG_COUNTS = {"cityscapes": 19, "ade20k": 150, "voc": 21, "pascal_context": 60,
-              "pascal_context_59": 59}
+POSE_COUNTS = {
+    "coco": 17,
+    "coco_aic": 19,
+    "horse10": 22,
+    "macaque": 17,
+    "atrw": 15,
+    "dlc_openfield": 4,
+}
+SEG_COUNTS = {
+    "cityscapes": 19,
+    "ade20k": 150,
+    "voc": 21,
+    "pascal_context": 60,
+    "pascal_context_59": 59,
+}
 
 
 # ----------------------------------------------------------------------------- lookup / counts
+
 
 def test_pose_dataset_names_and_counts():
     assert list_pose_datasets() == sorted(POSE_COUNTS)
@@ -58,20 +78,26 @@ def test_unknown_names_raise_keyerror_listing_known():
 
 
 def test_import_is_torch_free():
-    code = ("import sys, service.datasets, service.datasets.info; "
-            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys, service.datasets, service.datasets.info; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0
 
 
 # ------------------------------------------------------------------ against real annotation files
 
-@pytest.mark.parametrize("dataset,ann", [
-    ("coco", "mmpose_tests/coco/test_coco.json"),
-    ("coco", "coco_mini/annotations/person_keypoints_train2017.json"),
-    ("macaque", "mmpose_tests/macaque/test_macaque.json"),
-    ("atrw", "mmpose_tests/atrw/test_atrw.json"),
-    ("horse10", "mmpose_tests/horse10/test_horse10.json"),
-])
+
+@pytest.mark.parametrize(
+    "dataset,ann",
+    [
+        ("coco", "mmpose_tests/coco/test_coco.json"),
+        ("coco", "coco_mini/annotations/person_keypoints_train2017.json"),
+        ("macaque", "mmpose_tests/macaque/test_macaque.json"),
+        ("atrw", "mmpose_tests/atrw/test_atrw.json"),
+        ("horse10", "mmpose_tests/horse10/test_horse10.json"),
+    ],
+)
 def test_keypoint_names_and_skeleton_match_annotation_files(shared, dataset, ann):
     cat = json.loads((shared / "data" / ann).read_text())["categories"][0]
     info = get_pose_dataset(dataset)
@@ -79,9 +105,11 @@ def test_keypoint_names_and_skeleton_match_annotation_files(shared, dataset, ann
     links = cat.get("skeleton") or []
     if dataset in ("coco", "macaque"):
         # COCO-format skeletons are 1-based; MMPose lists the same links in the same order
-        assert [tuple(l) for l in info.skeleton] == [(a - 1, b - 1) for a, b in links]
+        assert [tuple(link) for link in info.skeleton] == [(a - 1, b - 1) for a, b in links]
     elif dataset == "atrw":
-        assert [tuple(l) for l in info.skeleton] == [tuple(l) for l in links]  # 0-based there
+        assert [tuple(link) for link in info.skeleton] == [
+            tuple(link) for link in links
+        ]  # 0-based there
     else:
         assert links == [] and len(info.skeleton) == 18  # Horse-10 json carries none
 
@@ -101,12 +129,15 @@ def test_coco_aic_extends_coco_with_aic_head_top_and_neck(shared):
 
 # ------------------------------------------------------------------------------- flip / sigmas
 
+
 def _mirror_name(name: str) -> str:
     """Independent rule: swap the words left/right (any case), keep everything else."""
+
     def swap(m: re.Match) -> str:
         w = m.group(0)
         out = {"left": "right", "right": "left"}[w.lower()]
         return out.capitalize() if w[0].isupper() else out
+
     return re.sub(r"(?i)left|right", swap, name)
 
 
@@ -135,6 +166,7 @@ def test_flip_pair_counts():
 
 def test_coco_sigmas_equal_pycocotools():
     from pycocotools.cocoeval import Params
+
     expected = Params(iouType="keypoints").kpt_oks_sigmas
     got = get_pose_dataset("coco").sigmas_array()
     assert got.dtype == np.float32 and got.shape == (17,)
@@ -178,14 +210,21 @@ def test_index_lookup():
 
 
 def test_pose_info_validation():
-    ok = dict(name="t", keypoint_names=("a", "left_b", "right_b"), skeleton=((0, 1),),
-              flip_indices=(0, 2, 1), sigmas=(0.1, 0.2, 0.2))
+    ok = dict(
+        name="t",
+        keypoint_names=("a", "left_b", "right_b"),
+        skeleton=((0, 1),),
+        flip_indices=(0, 2, 1),
+        sigmas=(0.1, 0.2, 0.2),
+    )
     PoseDatasetInfo(**ok)
-    for bad in (dict(flip_indices=(0, 1, 1)),              # not a permutation
-                dict(flip_indices=(1, 2, 0)),              # permutation, not an involution
-                dict(sigmas=(0.1, 0.2)),                   # wrong length
-                dict(skeleton=((0, 3),)),                  # out of range
-                dict(keypoint_names=("a", "a", "b"))):     # duplicate name
+    for bad in (
+        dict(flip_indices=(0, 1, 1)),  # not a permutation
+        dict(flip_indices=(1, 2, 0)),  # permutation, not an involution
+        dict(sigmas=(0.1, 0.2)),  # wrong length
+        dict(skeleton=((0, 3),)),  # out of range
+        dict(keypoint_names=("a", "a", "b")),
+    ):  # duplicate name
         with pytest.raises(ValueError):
             PoseDatasetInfo(**{**ok, **bad})
     with pytest.raises(ValueError, match="unknown keypoint"):
@@ -193,9 +232,9 @@ def test_pose_info_validation():
 
 
 def test_records_are_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         get_pose_dataset("coco").name = "x"  # type: ignore[misc]
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         get_seg_dataset("voc").classes = ()  # type: ignore[misc]
 
 
@@ -203,15 +242,31 @@ def test_records_are_frozen():
 
 # cityscapesScripts labels.py: name -> labelId for the 19 evaluated classes
 CITYSCAPES_LABEL_IDS = {
-    "road": 7, "sidewalk": 8, "building": 11, "wall": 12, "fence": 13, "pole": 17,
-    "traffic light": 19, "traffic sign": 20, "vegetation": 21, "terrain": 22, "sky": 23,
-    "person": 24, "rider": 25, "car": 26, "truck": 27, "bus": 28, "train": 31,
-    "motorcycle": 32, "bicycle": 33,
+    "road": 7,
+    "sidewalk": 8,
+    "building": 11,
+    "wall": 12,
+    "fence": 13,
+    "pole": 17,
+    "traffic light": 19,
+    "traffic sign": 20,
+    "vegetation": 21,
+    "terrain": 22,
+    "sky": 23,
+    "person": 24,
+    "rider": 25,
+    "car": 26,
+    "truck": 27,
+    "bus": 28,
+    "train": 31,
+    "motorcycle": 32,
+    "bicycle": 33,
 }
 
 
 def test_cityscapes_class_order_matches_real_train_id_labels(shared):
     import cv2
+
     d = shared / "data/cityscapes_sample"
     stem = "frankfurt_000000_000294_gtFine"
     label_ids = cv2.imread(str(d / f"{stem}_labelIds.png"), cv2.IMREAD_UNCHANGED)
@@ -279,8 +334,9 @@ def test_palettes_are_uint8_triples_of_the_right_count(name):
     info = get_seg_dataset(name)
     arr = info.palette_array()
     assert arr.dtype == np.uint8 and arr.shape == (SEG_COUNTS[name], 3)
-    assert all(len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
-               for c in info.palette)
+    assert all(
+        len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in info.palette
+    )
     assert len(set(info.classes)) == len(info.classes)
     # colouring a label map is a single gather
     labels = np.array([[0, SEG_COUNTS[name] - 1]])

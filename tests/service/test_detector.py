@@ -1,6 +1,7 @@
 """Person detector edge cases (review findings 2, 3, 10): score threshold 0, hand-made NMS cases, real
 detector boxes (service.pipelines.detector).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,13 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.cards import (DetectorSpec, parse_card)
+from service.cards import DetectorSpec, parse_card
 from service.pipelines.detector import filter_detections, nms
 from service.repository import ModelRepository
 from service.settings import Settings
-
-from tests.support.gateway import (  # noqa: F401 (fixtures)
-    RAW_DETS, RAW_LABELS, det_card, png_image, backend, client, repo)
+from tests.support.gateway import RAW_DETS, RAW_LABELS, backend, client, det_card, png_image, repo
 
 
 def test_filter_detections_hand_made():
@@ -31,8 +30,16 @@ def test_filter_detections_hand_made():
     d = filter_detections(RAW_DETS, RAW_LABELS, (0.5, 0.5), (640, 480), score_threshold=0.5, **kw)
     np.testing.assert_allclose(d.scores, [0.9])
     # without NMS (threshold 1: no IoU exceeds it) row 4 comes back, ordered by score
-    d = filter_detections(RAW_DETS, RAW_LABELS, (0.5, 0.5), (640, 480), score_threshold=0.0,
-                          person_label=0, nms_threshold=1.0, max_detections=100)
+    d = filter_detections(
+        RAW_DETS,
+        RAW_LABELS,
+        (0.5, 0.5),
+        (640, 480),
+        score_threshold=0.0,
+        person_label=0,
+        nms_threshold=1.0,
+        max_detections=100,
+    )
     np.testing.assert_allclose(d.scores, [0.9, 0.6, 0.5])
     np.testing.assert_allclose(d.boxes[1], [24, 20, 124, 220])
 
@@ -57,14 +64,17 @@ def test_pose_threshold_zero_real_detector(shared, shared_repo):
 
 
 def test_nms_hand_made_boxes():
-    boxes = np.array([
-        [0, 0, 9, 9],        # A 0.9: area (9-0+1)^2 = 100
-        [5, 0, 14, 9],       # B 0.8: inter with A 5*10 = 50, IoU 50/150 = 0.333 > 0.3 -> gone
-        [7, 0, 16, 9],       # C 0.7: IoU with A 30/170 = 0.176 -> kept (B, which overlaps it by
-                             #   80/120, was suppressed first, so it suppresses nothing)
-        [100, 100, 109, 109],  # D 0.95: alone, first
-        [0, 0, 2, 9],        # F 0.6: inside A, IoU exactly 30/100 = 0.3 -> kept (<=)
-    ], np.float32)
+    boxes = np.array(
+        [
+            [0, 0, 9, 9],  # A 0.9: area (9-0+1)^2 = 100
+            [5, 0, 14, 9],  # B 0.8: inter with A 5*10 = 50, IoU 50/150 = 0.333 > 0.3 -> gone
+            [7, 0, 16, 9],  # C 0.7: IoU with A 30/170 = 0.176 -> kept (B, which overlaps it by
+            #   80/120, was suppressed first, so it suppresses nothing)
+            [100, 100, 109, 109],  # D 0.95: alone, first
+            [0, 0, 2, 9],  # F 0.6: inside A, IoU exactly 30/100 = 0.3 -> kept (<=)
+        ],
+        np.float32,
+    )
     scores = np.array([0.9, 0.8, 0.7, 0.95, 0.6], np.float32)
     assert nms(boxes, scores, 0.3).tolist() == [3, 0, 2, 4]
     # without the +1 convention A-B would be 36/126 = 0.286 and B would survive: it must not
@@ -104,8 +114,16 @@ def test_real_detector_boxes_overlap_at_most_nms_threshold(shared, shared_repo):
     after = asyncio.run(detect_persons(img, card, be, 0.3))
     b = after.boxes.astype(np.float64)
     area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]) + 1, 0, None)
-    ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]) + 1, 0, None)
+    iw = np.clip(
+        np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]) + 1,
+        0,
+        None,
+    )
+    ih = np.clip(
+        np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]) + 1,
+        0,
+        None,
+    )
     iou = iw * ih / (area[:, None] + area[None, :] - iw * ih)
     np.fill_diagonal(iou, 0)
     assert iou.max() <= 0.3 + 1e-6
@@ -116,5 +134,7 @@ def test_real_detector_boxes_overlap_at_most_nms_threshold(shared, shared_repo):
 def test_no_person_is_an_empty_list_not_a_whole_image_box(client):
     # every raw row is at most 0.9: above that nothing is a person; MMPose's inferencer would
     # fall back to one whole-image box, we answer no persons
-    r = client.post("/pose", files={"image": ("x.png", png_image())}, data={"score_threshold": "0.95"})
+    r = client.post(
+        "/pose", files={"image": ("x.png", png_image())}, data={"score_threshold": "0.95"}
+    )
     assert r.status_code == 200 and r.json()["persons"] == []

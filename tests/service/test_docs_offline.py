@@ -6,6 +6,7 @@ check on FastAPI's stock page (CDN assets) finds none, so the check can fail.
 
 Chromium missing: skipped, or a failure with ``HRNET_REQUIRE_CHROMIUM=1`` (CI).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,25 +19,38 @@ import time
 import pytest
 
 from benchmarks.bench_pose import _free_port, start_local_gateway
-
 from tests.fake_cards import pose_card, write_repository
 
 pytest.importorskip("onnx")
-from tests.tiny_onnx import write_constant_pose_onnx  # noqa: E402
+from tests.tiny_onnx import write_constant_pose_onnx
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and os.environ.get("HRNET_REQUIRE_CHROMIUM", "") in ("", "0"):
     pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-OFFLINE_FLAGS = ["--proxy-server=127.0.0.1:9",  # loopback bypasses proxies; the rest goes nowhere
-                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
+OFFLINE_FLAGS = [
+    "--proxy-server=127.0.0.1:9",  # loopback bypasses proxies; the rest goes nowhere
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
 
 
 def _dump_dom(url: str) -> str:
     assert CHROMIUM is not None, "HRNET_REQUIRE_CHROMIUM=1 but chromium is not installed"
-    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", *OFFLINE_FLAGS,
-                          "--dump-dom", "--virtual-time-budget=10000", url],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            *OFFLINE_FLAGS,
+            "--dump-dom",
+            "--virtual-time-budget=10000",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 

@@ -1,14 +1,13 @@
 """CPU work off the event loop (review finding 7): decoding, pre/post-processing and encoding run in
 worker threads (service.routers, service.pipelines).
 """
+
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-
-
-from tests.support.gateway import png_image, backend, client, repo  # noqa: F401 (fixtures)
+from tests.support.gateway import backend, client, png_image, repo
 
 
 def test_cpu_stages_run_off_the_event_loop(client, backend, monkeypatch):
@@ -26,20 +25,48 @@ def test_cpu_stages_run_off_the_event_loop(client, backend, monkeypatch):
         def wrapper(*a, **k):
             threads.setdefault(name, set()).add(threading.get_ident())
             return fn(*a, **k)
+
         monkeypatch.setattr(module, name, wrapper)
 
-    for module, name in [(uploads, "decode_image"), (det, "_prepare"), (td, "prepare_inputs"),
-                         (td, "decode_outputs"), (seg, "_prepare"), (seg, "_finish_view"),
-                         (seg, "cut_windows"), (seg_router, "overlay"),
-                         (seg_router, "_encode_json_parts")]:
+    for module, name in [
+        (uploads, "decode_image"),
+        (det, "_prepare"),
+        (td, "prepare_inputs"),
+        (td, "decode_outputs"),
+        (seg, "_prepare"),
+        (seg, "_finish_view"),
+        (seg, "cut_windows"),
+        (seg_router, "overlay"),
+        (seg_router, "_encode_json_parts"),
+    ]:
         spy(module, name)
     assert client.post("/pose", files={"image": ("x.png", png_image())}).status_code == 200
-    assert client.post("/segment", files={"image": ("x.png", png_image(40, 30))},
-                       data={"model": "fake_seg_slide", "mode": "slide"}).status_code == 200
-    assert client.post("/segment", files={"image": ("x.png", png_image(8, 8))},
-                       data={"model": "fake_seg_slide", "render": "true"}).status_code == 200
-    assert set(threads) == {"decode_image", "_prepare", "prepare_inputs", "decode_outputs", "_finish_view",
-                            "cut_windows", "overlay", "_encode_json_parts"}
+    assert (
+        client.post(
+            "/segment",
+            files={"image": ("x.png", png_image(40, 30))},
+            data={"model": "fake_seg_slide", "mode": "slide"},
+        ).status_code
+        == 200
+    )
+    assert (
+        client.post(
+            "/segment",
+            files={"image": ("x.png", png_image(8, 8))},
+            data={"model": "fake_seg_slide", "render": "true"},
+        ).status_code
+        == 200
+    )
+    assert set(threads) == {
+        "decode_image",
+        "_prepare",
+        "prepare_inputs",
+        "decode_outputs",
+        "_finish_view",
+        "cut_windows",
+        "overlay",
+        "_encode_json_parts",
+    }
     loop = backend.loop_threads
     assert len(loop) == 1
     for name, ids in threads.items():
@@ -60,8 +87,12 @@ def test_healthz_answers_while_pose_preprocessing_is_busy(client, monkeypatch):
 
     monkeypatch.setattr(td, "prepare_inputs", blocking)
     with ThreadPoolExecutor(1) as ex:
-        fut = ex.submit(client.post, "/pose", files={"image": ("x.png", png_image())},
-                        data={"boxes": "[[10, 10, 50, 80]]"})
+        fut = ex.submit(
+            client.post,
+            "/pose",
+            files={"image": ("x.png", png_image())},
+            data={"boxes": "[[10, 10, 50, 80]]"},
+        )
         assert entered.wait(30)
         assert client.get("/healthz").json() == {"status": "ok"}
         released.set()

@@ -12,6 +12,7 @@ operation; a 4xx has the JSON error body ``{"error": {"code", "message"}}``; a 2
 against the response schema (or is a decodable PNG). Examples are bounded (``max_examples``) and
 derandomized, so the run is the same in CI and stays well within a minute.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,12 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.schemas import ErrorResponse, PoseResponse, SegmentResponse
 from service.settings import Settings
-
 from tests.fake_cards import seg_card
 
 hypothesis = pytest.importorskip("hypothesis")
 pytest.importorskip("onnx")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from tests.tiny_onnx import write_conv_seg_onnx  # noqa: E402
 
@@ -54,13 +55,15 @@ def fuzz_client(shared, shared_repo, tmp_path_factory):
     for entry in shared_repo.iterdir():
         if entry.is_dir():
             shutil.copytree(entry, repo / entry.name)
-    seg = seg_card("tiny_seg", ["road", "person", "sky"], scale=(128, 64), crop_size=(32, 32),
-                   stride=(24, 24))
+    seg = seg_card(
+        "tiny_seg", ["road", "person", "sky"], scale=(128, 64), crop_size=(32, 32), stride=(24, 24)
+    )
     (repo / "tiny_seg").mkdir()
     seg.save(repo / "tiny_seg")
     write_conv_seg_onnx(repo / "tiny_seg" / "1" / "model.onnx", classes=3)
-    app = create_app(Settings(model_repository=repo, default_segment_model="tiny_seg",
-                              max_boxes=MAX_BOXES))
+    app = create_app(
+        Settings(model_repository=repo, default_segment_model="tiny_seg", max_boxes=MAX_BOXES)
+    )
     photos = [(shared / "data" / "samples" / p).read_bytes() for p in PHOTOS]
     with TestClient(app, raise_server_exceptions=False) as client:
         client.photos = photos
@@ -69,6 +72,7 @@ def fuzz_client(shared, shared_repo, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- images
+
 
 def _encode(kind: str, w: int, h: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
@@ -96,8 +100,17 @@ def _encode(kind: str, w: int, h: int, seed: int) -> bytes:
     return buf.tobytes()
 
 
-IMAGE_KINDS = ("jpeg_grey", "jpeg", "png_grey", "png_rgb", "png_rgba", "png_grey16", "png_rgb16",
-               "webp", "bmp")
+IMAGE_KINDS = (
+    "jpeg_grey",
+    "jpeg",
+    "png_grey",
+    "png_rgb",
+    "png_rgba",
+    "png_grey16",
+    "png_rgb16",
+    "webp",
+    "bmp",
+)
 
 
 @st.composite
@@ -106,58 +119,94 @@ def images(draw):
     if draw(st.integers(0, 3)) == 0:
         return "photo", draw(st.integers(0, len(PHOTOS) - 1))
     kind = draw(st.sampled_from(IMAGE_KINDS))
-    return kind, _encode(kind, draw(st.integers(1, 160)), draw(st.integers(1, 160)),
-                         draw(st.integers(0, 2 ** 16)))
+    return kind, _encode(
+        kind, draw(st.integers(1, 160)), draw(st.integers(1, 160)), draw(st.integers(0, 2**16))
+    )
 
 
 # ----------------------------------------------------------------------------- form fields
 
-_numbers = st.one_of(st.floats(-2000, 2000, allow_nan=False), st.integers(-10, 700),
-                     st.sampled_from([0, -0.0, 1e308, -1e308, 1e-300]))
+_numbers = st.one_of(
+    st.floats(-2000, 2000, allow_nan=False),
+    st.integers(-10, 700),
+    st.sampled_from([0, -0.0, 1e308, -1e308, 1e-300]),
+)
 _box = st.lists(_numbers, min_size=3, max_size=6)
 _text = st.text(max_size=30)
 _boxes_field = st.one_of(
-    st.lists(st.lists(st.integers(0, 600), min_size=4, max_size=4), min_size=1,
-             max_size=4).map(json.dumps),  # plausible boxes
+    st.lists(st.lists(st.integers(0, 600), min_size=4, max_size=4), min_size=1, max_size=4).map(
+        json.dumps
+    ),  # plausible boxes
     st.lists(_box, max_size=MAX_BOXES + 3).map(json.dumps),  # odd lengths, signs, sizes
-    st.sampled_from(["", " ", "[]", "[[1,2,3,4]", "NaN", "[[NaN, 0, 10, 10]]",
-                     "[[Infinity, 0, 10, 10]]", "{}", "[[\"a\", 1, 2, 3]]", "null"]),
-    _text)
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "[]",
+            "[[1,2,3,4]",
+            "NaN",
+            "[[NaN, 0, 10, 10]]",
+            "[[Infinity, 0, 10, 10]]",
+            "{}",
+            '[["a", 1, 2, 3]]',
+            "null",
+        ]
+    ),
+    _text,
+)
 _bool_field = st.one_of(st.sampled_from(["true", "false", "1", "0", "on", "off"]), _text)
-_float_field = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(str),
-                         st.floats(-1, 2).map(str), _text)
+_float_field = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(str), st.floats(-1, 2).map(str), _text
+)
 
 
 def _optional(strategy):
     return st.one_of(st.none(), strategy)
 
 
-pose_forms = st.fixed_dictionaries({}, optional={
-    "boxes": _boxes_field,
-    "box_format": st.one_of(st.sampled_from(["xywh", "xyxy"]), _text),
-    "model": st.one_of(st.sampled_from(["pp_tinypose_256x192", "rtmdet_nano_person_320",
-                                        "tiny_seg", "no_such_model"]), _text),
-    "flip_test": _bool_field,
-    "detector": st.one_of(st.sampled_from(["rtmdet_nano_person_320", "pp_tinypose_256x192",
-                                           "no_such_model"]), _text),
-    "score_threshold": _float_field,
-})
-segment_forms = st.fixed_dictionaries({}, optional={
-    "model": st.one_of(st.sampled_from(["tiny_seg", "pp_tinypose_256x192", "no_such_model"]),
-                       _text),
-    "mode": st.one_of(st.sampled_from(["whole", "slide", ""]), _text),
-    "flip": _bool_field,
-    "scales": st.one_of(st.just("ms"),
-                        st.lists(st.floats(-1, 5, allow_nan=False), max_size=10).map(json.dumps),
-                        st.sampled_from(["[]", "[0]", "[1e309]", "[[1]]", "1.0", "[0.01]"]),
-                        _text),
-    "render": _bool_field,
-})
-accepts = st.sampled_from([None, "application/json", "image/png", "*/*",
-                           "image/png;q=0.5, application/json", "text/html"])
+pose_forms = st.fixed_dictionaries(
+    {},
+    optional={
+        "boxes": _boxes_field,
+        "box_format": st.one_of(st.sampled_from(["xywh", "xyxy"]), _text),
+        "model": st.one_of(
+            st.sampled_from(
+                ["pp_tinypose_256x192", "rtmdet_nano_person_320", "tiny_seg", "no_such_model"]
+            ),
+            _text,
+        ),
+        "flip_test": _bool_field,
+        "detector": st.one_of(
+            st.sampled_from(["rtmdet_nano_person_320", "pp_tinypose_256x192", "no_such_model"]),
+            _text,
+        ),
+        "score_threshold": _float_field,
+    },
+)
+segment_forms = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.one_of(
+            st.sampled_from(["tiny_seg", "pp_tinypose_256x192", "no_such_model"]), _text
+        ),
+        "mode": st.one_of(st.sampled_from(["whole", "slide", ""]), _text),
+        "flip": _bool_field,
+        "scales": st.one_of(
+            st.just("ms"),
+            st.lists(st.floats(-1, 5, allow_nan=False), max_size=10).map(json.dumps),
+            st.sampled_from(["[]", "[0]", "[1e309]", "[[1]]", "1.0", "[0.01]"]),
+            _text,
+        ),
+        "render": _bool_field,
+    },
+)
+accepts = st.sampled_from(
+    [None, "application/json", "image/png", "*/*", "image/png;q=0.5, application/json", "text/html"]
+)
 
 
 # ----------------------------------------------------------------------------- checks
+
 
 def _check(client, path: str, response, kind: str) -> None:
     status = response.status_code
@@ -165,7 +214,9 @@ def _check(client, path: str, response, kind: str) -> None:
     SERVED_KINDS[kind] += status == 200
     assert status < 500, f"{path} answered {status}: {response.text[:500]}"
     documented = client.spec["paths"][path]["post"]["responses"]
-    assert str(status) in documented, f"{path}: status {status} is not documented ({sorted(documented)})"
+    assert str(status) in documented, (
+        f"{path}: status {status} is not documented ({sorted(documented)})"
+    )
     if status >= 400:
         body = ErrorResponse.model_validate(response.json())
         assert body.error.code and body.error.message
@@ -186,9 +237,17 @@ def _post(client, path: str, image, form: dict, accept: str | None):
     return client.post(path, files={"image": (f"x.{kind}", data)}, data=form, headers=headers)
 
 
-_settings = settings(max_examples=POSE_EXAMPLES, deadline=None, derandomize=True, database=None,
-                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                            HealthCheck.function_scoped_fixture])
+_settings = settings(
+    max_examples=POSE_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 
 @_settings

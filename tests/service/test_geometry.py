@@ -6,14 +6,24 @@ Running example (derived by hand, used throughout): box xyxy (10, 20, 110, 220),
 = (34.56, 5.12). UDP zooms: sx = 191 / 187.5, sy = 255 / 250 = 1.02; translation
 (sx * (93.75 - 60), 1.02 * (125 - 120)) = (191 * 0.18, 5.1) = (34.38, 5.1).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.geometry import (affine_transform_points, bbox_xywh2xyxy, bbox_xyxy2cs, bbox_xyxy2xywh,
-                              crop_persons, fix_aspect_ratio, get_udp_warp_matrix, get_warp_matrix,
-                              keypoints_to_image, warp_matrices)
+from service.geometry import (
+    affine_transform_points,
+    bbox_xywh2xyxy,
+    bbox_xyxy2cs,
+    bbox_xyxy2xywh,
+    crop_persons,
+    fix_aspect_ratio,
+    get_udp_warp_matrix,
+    get_warp_matrix,
+    keypoints_to_image,
+    warp_matrices,
+)
 
 CENTER = np.array([60.0, 120.0])
 SCALE = np.array([187.5, 250.0])
@@ -45,9 +55,13 @@ def test_bbox_xyxy2cs():
 
 
 def test_fix_aspect_ratio():
-    s = np.array([[125.0, 250.0],   # tall: width grows to 250 * 0.75
-                  [250.0, 62.5],    # wide: height grows to 250 / 0.75
-                  [75.0, 100.0]])   # already 0.75: unchanged
+    s = np.array(
+        [
+            [125.0, 250.0],  # tall: width grows to 250 * 0.75
+            [250.0, 62.5],  # wide: height grows to 250 / 0.75
+            [75.0, 100.0],
+        ]
+    )  # already 0.75: unchanged
     out = fix_aspect_ratio(s, 0.75)
     np.testing.assert_allclose(out, [[187.5, 250.0], [250.0, 1000.0 / 3.0], [75.0, 100.0]])
     with pytest.raises(ValueError):
@@ -58,16 +72,26 @@ def test_standard_warp_matrix_hand_values():
     m = get_warp_matrix(CENTER, SCALE, 0.0, OUT)
     assert m.shape == (2, 3)
     np.testing.assert_allclose(m, [[1.024, 0.0, 34.56], [0.0, 1.024, 5.12]], atol=1e-4)
-    pts = np.array([[60.0, 120.0],          # box center -> crop center (w/2, h/2)
-                    [60 - 93.75, 120.0],    # left edge of the fixed box -> x = 0
-                    [60 + 93.75, 120.0],    # right edge -> x = w
-                    [60.0, 120 - 125.0],    # top edge -> y = 0 (aspect fixed, so 1.024 * 125 = 128)
-                    [60.0, 120 + 125.0]])   # bottom edge -> y = h
-    np.testing.assert_allclose(affine_transform_points(pts, m),
-                               [[96, 128], [0, 128], [192, 128], [96, 0], [96, 256]], atol=1e-3)
+    pts = np.array(
+        [
+            [60.0, 120.0],  # box center -> crop center (w/2, h/2)
+            [60 - 93.75, 120.0],  # left edge of the fixed box -> x = 0
+            [60 + 93.75, 120.0],  # right edge -> x = w
+            [60.0, 120 - 125.0],  # top edge -> y = 0 (aspect fixed, so 1.024 * 125 = 128)
+            [60.0, 120 + 125.0],
+        ]
+    )  # bottom edge -> y = h
+    np.testing.assert_allclose(
+        affine_transform_points(pts, m),
+        [[96, 128], [0, 128], [192, 128], [96, 0], [96, 256]],
+        atol=1e-3,
+    )
     inv = get_warp_matrix(CENTER, SCALE, 0.0, OUT, inv=True)
-    np.testing.assert_allclose(affine_transform_points([[96.0, 128.0], [0.0, 0.0]], inv),
-                               [[60, 120], [-33.75, -5]], atol=1e-3)
+    np.testing.assert_allclose(
+        affine_transform_points([[96.0, 128.0], [0.0, 0.0]], inv),
+        [[60, 120], [-33.75, -5]],
+        atol=1e-3,
+    )
 
 
 def test_standard_warp_matrix_rotation_and_shift():
@@ -75,26 +99,37 @@ def test_standard_warp_matrix_rotation_and_shift():
     # (0, -sw/2): the point above the center goes to the crop's left middle (0, h/2); the third
     # point construction then sends the point sw/2 left of the center to (w/2, h/2 + w/2).
     m = get_warp_matrix(CENTER, SCALE, 90.0, OUT)
-    np.testing.assert_allclose(affine_transform_points([[60.0, 120 - 93.75], [60 - 93.75, 120.0]], m),
-                               [[0, 128], [96, 224]], atol=1e-3)
+    np.testing.assert_allclose(
+        affine_transform_points([[60.0, 120 - 93.75], [60 - 93.75, 120.0]], m),
+        [[0, 128], [96, 224]],
+        atol=1e-3,
+    )
     # shift (0.1, 0): the point center + 0.1 * scale_w lands on the crop center.
     m = get_warp_matrix(CENTER, SCALE, 0.0, OUT, shift=(0.1, 0.0))
-    np.testing.assert_allclose(affine_transform_points([[60 + 18.75, 120.0]], m), [[96, 128]], atol=1e-3)
+    np.testing.assert_allclose(
+        affine_transform_points([[60 + 18.75, 120.0]], m), [[96, 128]], atol=1e-3
+    )
 
 
 def test_udp_warp_matrix_hand_values():
     m = get_udp_warp_matrix(CENTER, SCALE, 0.0, OUT)
     assert m.dtype == np.float32
-    np.testing.assert_allclose(m, [[191 / 187.5, 0.0, 34.38], [0.0, 1.02, 5.1]], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(
+        m, [[191 / 187.5, 0.0, 34.38], [0.0, 1.02, 5.1]], rtol=1e-6, atol=1e-5
+    )
     pts = np.array([[60.0, 120.0], [60 - 93.75, 120 - 125.0], [60 + 93.75, 120 + 125.0]])
     # UDP: center -> center *pixel* ((w-1)/2, (h-1)/2); box edges -> pixel centers 0 and w-1 / h-1
-    np.testing.assert_allclose(affine_transform_points(pts, m),
-                               [[95.5, 127.5], [0, 0], [191, 255]], atol=1e-3)
+    np.testing.assert_allclose(
+        affine_transform_points(pts, m), [[95.5, 127.5], [0, 0], [191, 255]], atol=1e-3
+    )
     # rot = 90 (x' = -sx (y - cy) + sx sw/2, y' = sy (x - cx) + sy sh/2): the point 10 px above
     # the center goes 10 sx px right of the crop center, the point 10 px right of it 10 sy px down.
     m90 = get_udp_warp_matrix(CENTER, SCALE, 90.0, OUT)
-    np.testing.assert_allclose(affine_transform_points([[60.0, 110.0], [70.0, 120.0]], m90),
-                               [[95.5 + 10 * 191 / 187.5, 127.5], [95.5, 127.5 + 10.2]], atol=1e-3)
+    np.testing.assert_allclose(
+        affine_transform_points([[60.0, 110.0], [70.0, 120.0]], m90),
+        [[95.5 + 10 * 191 / 187.5, 127.5], [95.5, 127.5 + 10.2]],
+        atol=1e-3,
+    )
 
 
 def test_warp_matrices_match_single_box_versions():
@@ -104,8 +139,12 @@ def test_warp_matrices_match_single_box_versions():
     udp = warp_matrices(centers, scales, OUT, use_udp=True)
     assert std.shape == (3, 2, 3) and udp.shape == (3, 2, 3)
     for i in range(3):
-        np.testing.assert_allclose(std[i], get_warp_matrix(centers[i], scales[i], 0.0, OUT), atol=1e-9)
-        np.testing.assert_allclose(udp[i], get_udp_warp_matrix(centers[i], scales[i], 0.0, OUT), rtol=1e-6)
+        np.testing.assert_allclose(
+            std[i], get_warp_matrix(centers[i], scales[i], 0.0, OUT), atol=1e-9
+        )
+        np.testing.assert_allclose(
+            udp[i], get_udp_warp_matrix(centers[i], scales[i], 0.0, OUT), rtol=1e-6
+        )
     np.testing.assert_allclose(std[0], [[1.024, 0.0, 34.56], [0.0, 1.024, 5.12]], atol=1e-4)
     assert warp_matrices(np.zeros((0, 2)), np.zeros((0, 2)), OUT).shape == (0, 2, 3)
 
@@ -132,8 +171,9 @@ def test_affine_transform_points_shapes():
     np.testing.assert_allclose(affine_transform_points([1.0, 1.0], m), [3.0, 2.0])
     mats = np.stack([m, np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])])
     pts = np.array([[[1.0, 1.0], [2.0, 0.0]], [[1.0, 2.0], [5.0, 7.0]]])
-    np.testing.assert_allclose(affine_transform_points(pts, mats),
-                               [[[3, 2], [5, -1]], [[2, 1], [7, 5]]])
+    np.testing.assert_allclose(
+        affine_transform_points(pts, mats), [[[3, 2], [5, -1]], [[2, 1], [7, 5]]]
+    )
     with pytest.raises(ValueError):
         affine_transform_points(pts, np.zeros((3, 3)))
 
@@ -143,8 +183,12 @@ def test_crop_persons_puts_a_dot_where_expected():
     img[80, 100] = (255, 128, 7)
     img[90, 110] = (9, 200, 255)
     out = (48, 64)
-    centers = np.array([[100.0, 80.0],    # zoom 1 (scale == output size): pure translation
-                        [100.0, 80.0]])   # zoom 0.5 (scale twice the output)
+    centers = np.array(
+        [
+            [100.0, 80.0],  # zoom 1 (scale == output size): pure translation
+            [100.0, 80.0],
+        ]
+    )  # zoom 0.5 (scale twice the output)
     scales = np.array([[48.0, 64.0], [96.0, 128.0]])
     crops = crop_persons(img, centers, scales, out)
     assert crops.shape == (2, 64, 48, 3) and crops.dtype == np.uint8
@@ -163,7 +207,9 @@ def test_crop_persons_udp_dot():
     img = np.zeros((200, 300, 3), dtype=np.uint8)
     img[80, 100] = 200
     # UDP with scale (w-1, h-1) = (47, 63): zoom 1, x' = x - 100.5 + 23.5 = x - 77, y' = y - 49
-    crops = crop_persons(img, np.array([[100.5, 80.5]]), np.array([[47.0, 63.0]]), (48, 64), use_udp=True)
+    crops = crop_persons(
+        img, np.array([[100.5, 80.5]]), np.array([[47.0, 63.0]]), (48, 64), use_udp=True
+    )
     assert tuple(crops[0, 31, 23]) == (200, 200, 200)
     assert crops[0].astype(int).sum() == 600
 

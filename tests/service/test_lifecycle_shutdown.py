@@ -6,6 +6,7 @@ request with 4 boxes and flip test runs 8 crops: slow on purpose) one request at
 every one of them must still get its 200 with 4 persons, ``/readyz`` and a new request must get
 503 during the drain window, and the process must exit with status 0.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,15 @@ def w32_repo(random_repo, tmp_path_factory):
 
 def _start(repo, tmp_path, **env):
     return start_gateway_process(
-        repo, env={"HRNET_POSE_MAX_CONCURRENCY": "1", "HRNET_DEFAULT_POSE_MODEL": MODEL,
-                   "HRNET_DEFAULT_DETECTOR_MODEL": "", **env},
-        log_path=tmp_path / "gateway.log")
+        repo,
+        env={
+            "HRNET_POSE_MAX_CONCURRENCY": "1",
+            "HRNET_DEFAULT_POSE_MODEL": MODEL,
+            "HRNET_DEFAULT_DETECTOR_MODEL": "",
+            **env,
+        },
+        log_path=tmp_path / "gateway.log",
+    )
 
 
 def _in_flight(url: str) -> float:
@@ -51,12 +58,18 @@ def _in_flight(url: str) -> float:
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(w32_repo, shared, tmp_path):
     photo = (shared / "data/samples/coco_val2017_000000000785.jpg").read_bytes()
-    url, proc = _start(w32_repo, tmp_path, HRNET_SHUTDOWN_DRAIN_S="2",
-                       HRNET_SHUTDOWN_TIMEOUT_S="120")
+    url, proc = _start(
+        w32_repo, tmp_path, HRNET_SHUTDOWN_DRAIN_S="2", HRNET_SHUTDOWN_TIMEOUT_S="120"
+    )
     try:
+
         def slow_request(_):
-            r = httpx.post(url + "/pose", files={"image": ("p.jpg", photo)},
-                           data={"boxes": json.dumps(BOXES), "flip_test": "true"}, timeout=180)
+            r = httpx.post(
+                url + "/pose",
+                files={"image": ("p.jpg", photo)},
+                data={"boxes": json.dumps(BOXES), "flip_test": "true"},
+                timeout=180,
+            )
             return r.status_code, r.json(), time.monotonic()
 
         with ThreadPoolExecutor(N_REQUESTS) as pool:
@@ -71,8 +84,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(w32_repo, shared, tmp_pat
             # the drain window (2 s): the listener still answers, with 503s
             ready = httpx.get(url + "/readyz", timeout=5)
             assert ready.status_code == 503 and ready.json() == {"status": "draining"}
-            late = httpx.post(url + "/pose", files={"image": ("p.jpg", photo)},
-                              data={"boxes": json.dumps(BOXES[:1])}, timeout=5)
+            late = httpx.post(
+                url + "/pose",
+                files={"image": ("p.jpg", photo)},
+                data={"boxes": json.dumps(BOXES[:1])},
+                timeout=5,
+            )
             assert late.status_code == 503, late.text
             assert late.headers["retry-after"] == "1"
             assert late.json()["error"]["code"] == "shutting_down"
@@ -101,14 +118,17 @@ def test_in_flight_wait_is_bounded_by_shutdown_timeout(w32_repo, shared, tmp_pat
     """``HRNET_SHUTDOWN_TIMEOUT_S=1``: requests still running (or queued) 1 s after the drain are
     cancelled by uvicorn, and the process still exits 0 instead of waiting for them."""
     photo = (shared / "data/samples/coco_val2017_000000000785.jpg").read_bytes()
-    url, proc = _start(w32_repo, tmp_path, HRNET_SHUTDOWN_DRAIN_S="0",
-                       HRNET_SHUTDOWN_TIMEOUT_S="1")
+    url, proc = _start(w32_repo, tmp_path, HRNET_SHUTDOWN_DRAIN_S="0", HRNET_SHUTDOWN_TIMEOUT_S="1")
     try:
+
         def slow_request(_):
             try:
-                return httpx.post(url + "/pose", files={"image": ("p.jpg", photo)},
-                                  data={"boxes": json.dumps(BOXES * 4), "flip_test": "true"},
-                                  timeout=180).status_code
+                return httpx.post(
+                    url + "/pose",
+                    files={"image": ("p.jpg", photo)},
+                    data={"boxes": json.dumps(BOXES * 4), "flip_test": "true"},
+                    timeout=180,
+                ).status_code
             except httpx.HTTPError as exc:  # the connection closed under it
                 return type(exc).__name__
 
@@ -130,6 +150,7 @@ def test_in_flight_wait_is_bounded_by_shutdown_timeout(w32_repo, shared, tmp_pat
 
 
 # ----------------------------------------------------------------------------- in-process pieces
+
 
 def test_draining_app_answers_503_except_probes(tmp_path):
     """The drain flag alone (no signal): API requests get the JSON 503 with Retry-After and

@@ -2,6 +2,7 @@
 Triton start closes its client and destroys its shared memory (service.app,
 service.backends.triton).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,10 +13,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.backends.base import BackendError
-from service.cards import (CodecSpec, ModelCard, Normalization, TensorSpec, make_card)
-
-from tests.support.gateway import (  # noqa: F401 (fixtures)
-    FakeBackend, gateway_settings, backend, client, repo)
+from service.cards import CodecSpec, ModelCard, Normalization, TensorSpec, make_card
+from tests.support.gateway import FakeBackend, backend, client, gateway_settings, repo
 
 
 class FailingStart(FakeBackend):
@@ -32,12 +31,17 @@ def test_lifespan_closes_the_backend_when_start_fails(repo):
 
 
 def _toy_pose_card() -> ModelCard:
-    return make_card(name="toy_pose", task="topdown_pose", input_size=(12, 16),
-                     inputs=[TensorSpec(name="image", dims=[3, 16, 12])],
-                     outputs=[TensorSpec(name="heatmaps", dims=[4, 8, 6])], max_batch_size=4,
-                     normalization=Normalization(mean=(0, 0, 0), std=(1, 1, 1)),
-                     codec=CodecSpec(input_size=(12, 16), heatmap_size=(6, 8)),
-                     keypoint_names=["a", "b", "c", "d"])
+    return make_card(
+        name="toy_pose",
+        task="topdown_pose",
+        input_size=(12, 16),
+        inputs=[TensorSpec(name="image", dims=[3, 16, 12])],
+        outputs=[TensorSpec(name="heatmaps", dims=[4, 8, 6])],
+        max_batch_size=4,
+        normalization=Normalization(mean=(0, 0, 0), std=(1, 1, 1)),
+        codec=CodecSpec(input_size=(12, 16), heatmap_size=(6, 8)),
+        keypoint_names=["a", "b", "c", "d"],
+    )
 
 
 class FakeTritonClient:
@@ -51,9 +55,15 @@ class FakeTritonClient:
         return True
 
     async def get_model_config(self, name, version="", **kw):
-        return {"config": {"name": name, "backend": "onnxruntime", "max_batch_size": self.batch,
-                           "input": [{"name": "image", "data_type": "TYPE_FP32", "dims": ["3", "16", "12"]}],
-                           "output": [{"name": "heatmaps", "data_type": "TYPE_FP32", "dims": ["4", "8", "6"]}]}}
+        return {
+            "config": {
+                "name": name,
+                "backend": "onnxruntime",
+                "max_batch_size": self.batch,
+                "input": [{"name": "image", "data_type": "TYPE_FP32", "dims": ["3", "16", "12"]}],
+                "output": [{"name": "heatmaps", "data_type": "TYPE_FP32", "dims": ["4", "8", "6"]}],
+            }
+        }
 
     async def unregister_system_shared_memory(self, name="", **kw):
         return None

@@ -1,6 +1,7 @@
 """Request limits (review finding 10): detector boxes cut to max_boxes, body size limits before and
 while reading, oversized form fields (service.limits, service.routers.pose).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +13,15 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.limits import BodySizeLimit
-
-from tests.support.gateway import (  # noqa: F401 (fixtures)
-    FakeBackend, gateway_settings, png_image, error_of, backend, client, repo)
+from tests.support.gateway import (
+    FakeBackend,
+    backend,
+    client,
+    error_of,
+    gateway_settings,
+    png_image,
+    repo,
+)
 
 
 def test_detector_boxes_are_cut_to_max_boxes(repo):
@@ -29,7 +36,9 @@ def test_content_length_over_limit_is_413_before_the_endpoint(repo, monkeypatch)
     import service.routers.uploads as uploads
 
     monkeypatch.setattr(uploads, "decode_image", lambda *a: pytest.fail("endpoint ran"))
-    with TestClient(create_app(gateway_settings(repo, max_upload_bytes=1000), backend=FakeBackend())) as c:
+    with TestClient(
+        create_app(gateway_settings(repo, max_upload_bytes=1000), backend=FakeBackend())
+    ) as c:
         big = b"\x89PNG" + b"\x00" * ((1 << 20) + 1000)  # > 1000 + 1 MiB with the framing
         r = c.post("/pose", files={"image": ("x.png", big)}, data={"boxes": "[[1,1,5,5]]"})
         assert "exceeds the limit of 1049576 bytes" in error_of(r, 413, "payload_too_large")
@@ -54,8 +63,12 @@ def test_body_limit_middleware_never_reads_an_oversized_body():
 
 
 def test_body_limit_middleware_counts_a_body_without_length():
-    chunks = iter([{"type": "http.request", "body": b"x" * 8, "more_body": True},
-                   {"type": "http.request", "body": b"x" * 8, "more_body": False}])
+    chunks = iter(
+        [
+            {"type": "http.request", "body": b"x" * 8, "more_body": True},
+            {"type": "http.request", "body": b"x" * 8, "more_body": False},
+        ]
+    )
 
     async def app(scope, receive, send):
         while (await receive()).get("more_body"):
@@ -68,15 +81,21 @@ def test_body_limit_middleware_counts_a_body_without_length():
         pass
 
     with pytest.raises(HTTPException) as exc:  # 16 bytes > 10: refused at the second chunk
-        asyncio.run(BodySizeLimit(app, max_bytes=10)({"type": "http", "headers": []}, receive, send))
+        asyncio.run(
+            BodySizeLimit(app, max_bytes=10)({"type": "http", "headers": []}, receive, send)
+        )
     assert exc.value.status_code == 413
 
 
 def test_chunked_upload_over_limit_is_413(repo):
-    with TestClient(create_app(gateway_settings(repo, max_upload_bytes=1000), backend=FakeBackend())) as c:
+    with TestClient(
+        create_app(gateway_settings(repo, max_upload_bytes=1000), backend=FakeBackend())
+    ) as c:
         boundary = "b0undary"
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x\"\r\n"
-                f"Content-Type: application/octet-stream\r\n\r\n").encode()
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
 
         def body():
             yield head
@@ -84,12 +103,18 @@ def test_chunked_upload_over_limit_is_413(repo):
                 yield b"\x00" * 65536  # 1.25 MiB in total, no Content-Length
             yield f"\r\n--{boundary}--\r\n".encode()
 
-        r = c.post("/pose", content=body(),
-                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        r = c.post(
+            "/pose",
+            content=body(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
         error_of(r, 413, "payload_too_large")
 
 
 def test_oversized_form_field_is_413(client):
-    r = client.post("/pose", files={"image": ("x.png", png_image(8, 8))},
-                    data={"boxes": "[" + " " * (1 << 20) + "]"})
+    r = client.post(
+        "/pose",
+        files={"image": ("x.png", png_image(8, 8))},
+        data={"boxes": "[" + " " * (1 << 20) + "]"},
+    )
     assert "exceeded maximum size" in error_of(r, 413, "payload_too_large")

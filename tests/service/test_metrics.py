@@ -1,4 +1,5 @@
 """Metric implementations against hand-derived values (service.metrics)."""
+
 from __future__ import annotations
 
 import json
@@ -7,17 +8,50 @@ import math
 import numpy as np
 import pytest
 
-from service.metrics import (CocoKeypointEvaluator, IoUAccumulator, horse10_metrics,
-                             intersect_and_union, mean_oks, nme, oks_iou, oks_nms, pck_accuracy,
-                             rescore, topdown_bbox_areas)
+from service.metrics import (
+    CocoKeypointEvaluator,
+    IoUAccumulator,
+    horse10_metrics,
+    intersect_and_union,
+    mean_oks,
+    nme,
+    oks_iou,
+    oks_nms,
+    pck_accuracy,
+    rescore,
+    topdown_bbox_areas,
+)
 
 # COCO person keypoint sigmas as published with the COCO keypoint evaluation (cocoapi).
-COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07,
-                        .87, .87, .89, .89]) / 10.0
+COCO_SIGMAS = (
+    np.array(
+        [
+            0.26,
+            0.25,
+            0.25,
+            0.35,
+            0.35,
+            0.79,
+            0.79,
+            0.72,
+            0.72,
+            0.62,
+            0.62,
+            1.07,
+            1.07,
+            0.87,
+            0.87,
+            0.89,
+            0.89,
+        ]
+    )
+    / 10.0
+)
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 
 # ------------------------------------------------------------------------- segmentation
+
 
 def test_miou_hand_computed_with_ignore_and_absent_class():
     # pixels (gt, pred): (0,0) (0,1) (1,1) (1,1) (2,0); the 255 pixel is ignored (pred 0 there
@@ -75,19 +109,23 @@ def test_iou_shape_mismatch_raises():
 
 # ------------------------------------------------------------------------- OKS / NMS
 
+
 def test_oks_iou_hand_case():
     sig = np.array([0.1, 0.2])
     g = np.array([[0.0, 0.0, 1.0], [5.0, 5.0, 0.0]])
     d = np.array([[[2.0, 0.0, 1.0], [5.0, 5.0, 1.0]]])
     # kp0: e = 4 / (2*0.1)^2 / 100 / 2 = 0.5 ; kp1: e = 0
     assert oks_iou(g, d, 100.0, np.array([100.0]), sig)[0] == pytest.approx(
-        (math.exp(-0.5) + 1) / 2, abs=1e-6)
+        (math.exp(-0.5) + 1) / 2, abs=1e-6
+    )
     # with a visibility threshold only kp0 (visible in both) counts
     assert oks_iou(g, d, 100.0, np.array([100.0]), sig, vis_thr=0.5)[0] == pytest.approx(
-        math.exp(-0.5), abs=1e-6)
+        math.exp(-0.5), abs=1e-6
+    )
     # flat (K*3,) input layout is accepted too
     assert oks_iou(g.reshape(-1), d.reshape(1, -1), 100.0, [100.0], sig)[0] == pytest.approx(
-        (math.exp(-0.5) + 1) / 2, abs=1e-6)
+        (math.exp(-0.5) + 1) / 2, abs=1e-6
+    )
 
 
 def _inst(shift, score, k=5, area=100.0):
@@ -143,12 +181,14 @@ def test_mean_oks_closed_form():
 
 # ------------------------------------------------------------------------- COCO AP
 
+
 @pytest.fixture(scope="module")
 def coco_gt(shared):
     path = shared / "data/mmpose_tests/coco/test_coco.json"
     data = json.loads(path.read_text())
-    persons = sorted((a for a in data["annotations"] if a["num_keypoints"] > 0),
-                     key=lambda a: a["id"])
+    persons = sorted(
+        (a for a in data["annotations"] if a["num_keypoints"] > 0), key=lambda a: a["id"]
+    )
     return path, data, persons
 
 
@@ -165,8 +205,13 @@ def _shifted(ann, s):
 def _run_eval(path, persons, s_of, score_of, coco_api="auto"):
     ev = CocoKeypointEvaluator(path, COCO_SIGMAS, coco_api=coco_api)
     for a in persons:
-        ev.add(a["image_id"], _shifted(a, s_of(a))[None], [score_of(a)], areas=[a["area"]],
-               ids=[a["id"]])
+        ev.add(
+            a["image_id"],
+            _shifted(a, s_of(a))[None],
+            [score_of(a)],
+            areas=[a["area"]],
+            ids=[a["id"]],
+        )
     return ev.evaluate()
 
 
@@ -261,15 +306,16 @@ def test_coco_evaluator_rejects_bad_input(coco_gt):
 
 # ------------------------------------------------------------------------- PCK / NME
 
+
 def _pck_case():
     gt = np.zeros((3, 4, 2))
     pred = gt.copy()
-    pred[0, 0] = (3, 4)     # 5 / 10 = 0.5
-    pred[0, 1] = (0, 1)     # 0.1
-    pred[1, 0] = (0, 2)     # 2 / 20 = 0.1
-    pred[1, 1] = (12, 16)   # 20 / 20 = 1.0
-    pred[1, 2] = (0, 0)     # 0
-    pred[2] = 99.0          # instance with a zero norm factor: ignored entirely
+    pred[0, 0] = (3, 4)  # 5 / 10 = 0.5
+    pred[0, 1] = (0, 1)  # 0.1
+    pred[1, 0] = (0, 2)  # 2 / 20 = 0.1
+    pred[1, 1] = (12, 16)  # 20 / 20 = 1.0
+    pred[1, 2] = (0, 0)  # 0
+    pred[2] = 99.0  # instance with a zero norm factor: ignored entirely
     mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=bool)
     norm = np.array([[10.0, 10.0], [20.0, 20.0], [0.0, 5.0]])
     return pred, gt, mask, norm
@@ -293,7 +339,8 @@ def test_nme_hand_case():
 def _horse10(shared):
     data = json.loads((shared / "data/mmpose_tests/horse10/test_horse10.json").read_text())
     kp = np.array([a["keypoints"] for a in data["annotations"]], dtype=np.float64).reshape(
-        len(data["annotations"]), -1, 3)
+        len(data["annotations"]), -1, 3
+    )
     return kp[..., :2], kp[..., 2] > 0
 
 

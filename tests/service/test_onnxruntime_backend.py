@@ -1,6 +1,7 @@
 """Embedded backend edge cases (review finding 10): a card without ONNX answers 503, unknown models
 stay BackendErrors, repositories without models (service.backends.onnxruntime, service.repository).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,15 +13,15 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.backends.base import BackendError, BackendUnavailable
 from service.repository import ModelRepository
-
-from tests.support.gateway import (  # noqa: F401 (fixtures)
-    gateway_settings, png_image, error_of, backend, client, repo)
+from tests.support.gateway import backend, client, error_of, gateway_settings, png_image, repo
 
 
 def test_card_without_onnx_is_503(repo):
     # the real embedded backend skips carded models without model.onnx (all of them here)
     with TestClient(create_app(gateway_settings(repo))) as c:
-        r = c.post("/pose", files={"image": ("x.png", png_image())}, data={"boxes": "[[1, 1, 50, 80]]"})
+        r = c.post(
+            "/pose", files={"image": ("x.png", png_image())}, data={"boxes": "[[1, 1, 50, 80]]"}
+        )
     assert "fake_pose" in error_of(r, 503, "backend_unavailable")
     assert "Retry-After" in r.headers
 

@@ -4,6 +4,7 @@ Expected figures come from ../shared/README.md: they were computed independently
 1.3.2's own transforms, flip and codec, and scored by its CocoMetric. A path that follows MMPose
 exactly reproduces them to the third decimal.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,12 @@ REFERENCE = {
     ("coco_mini", "flip+dark"): (0.7522, 0.5880, 0.8560, 0.6545, 0.6209, 0.8721),
 }
 VARIANTS = {  # name -> (flip_test, DARK, UDP)
-    "plain": (False, False, False), "flip": (True, False, False), "flip+dark": (True, True, False),
-    "dark": (False, True, False), "udp": (False, False, True), "flip+udp": (True, False, True),
+    "plain": (False, False, False),
+    "flip": (True, False, False),
+    "flip+dark": (True, True, False),
+    "dark": (False, True, False),
+    "udp": (False, False, True),
+    "flip+udp": (True, False, True),
 }
 
 
@@ -60,8 +65,11 @@ def run_variant(shared, repo_dir, which, variant):
 
     async def go():
         for im in ann["images"]:
-            people = [a for a in ann["annotations"]
-                      if a["image_id"] == im["id"] and a["num_keypoints"] > 0 and not a["iscrowd"]]
+            people = [
+                a
+                for a in ann["annotations"]
+                if a["image_id"] == im["id"] and a["num_keypoints"] > 0 and not a["iscrowd"]
+            ]
             if not people:
                 continue
             img = cv2.imread(str(img_dir / im["file_name"]))
@@ -70,11 +78,21 @@ def run_variant(shared, repo_dir, which, variant):
             scores = np.ones(len(people), np.float32)
             res = await estimate_poses(img, xyxy, scores, card, backend, flip_test=flip)
             kpts = np.concatenate([res.keypoints, res.keypoint_scores[..., None]], -1)
-            ev.add(im["id"], kpts, scores, areas=topdown_bbox_areas(xyxy, card.codec.input_size),
-                   ids=[a["id"] for a in people])
+            ev.add(
+                im["id"],
+                kpts,
+                scores,
+                areas=topdown_bbox_areas(xyxy, card.codec.input_size),
+                ids=[a["id"] for a in people],
+            )
             for a, k in zip(people, res.keypoints):
                 g = np.asarray(a["keypoints"], float).reshape(-1, 3)
-                preds.append(k), gts.append(g[:, :2]), vis.append(g[:, 2] > 0), areas.append(a["area"])
+                (
+                    preds.append(k),
+                    gts.append(g[:, :2]),
+                    vis.append(g[:, 2] > 0),
+                    areas.append(a["area"]),
+                )
 
     asyncio.run(go())
     m = mean_oks(np.array(preds), np.array(gts), np.array(vis), np.array(areas), card.sigmas)

@@ -7,6 +7,7 @@ Gather index its one-element table out of bounds, a genuine ORT runtime error fo
 only.
 ``broken`` is a model whose ONNX file ONNX Runtime refuses to load.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,18 +34,27 @@ pytest.importorskip("onnx")
 
 
 def _toy_card(name: str):
-    return pose_card(name, input_size=(12, 16), inputs=[TensorSpec(name="image", dims=[3, 16, 12])],
-                     outputs=[TensorSpec(name="heatmaps", dims=[2, 8, 6])],
-                     normalization=Normalization(mean=(0, 0, 0), std=(1, 1, 1),
-                                                 channel_order="bgr"),
-                     codec=CodecSpec(input_size=(12, 16), heatmap_size=(6, 8)), flip_test=False)
+    return pose_card(
+        name,
+        input_size=(12, 16),
+        inputs=[TensorSpec(name="image", dims=[3, 16, 12])],
+        outputs=[TensorSpec(name="heatmaps", dims=[2, 8, 6])],
+        normalization=Normalization(mean=(0, 0, 0), std=(1, 1, 1), channel_order="bgr"),
+        codec=CodecSpec(input_size=(12, 16), heatmap_size=(6, 8)),
+        flip_test=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    root = write_repository(tmp_path_factory.mktemp("reliability_repo"),
-                            [_toy_card("toy_pose"), _toy_card("broken"),
-                             seg_card("toy_seg", ["a", "b"], scale=(64, 64))])
+    root = write_repository(
+        tmp_path_factory.mktemp("reliability_repo"),
+        [
+            _toy_card("toy_pose"),
+            _toy_card("broken"),
+            seg_card("toy_seg", ["a", "b"], scale=(64, 64)),
+        ],
+    )
     write_failing_pose_onnx(root / "toy_pose" / "1" / "model.onnx")
     (root / "broken" / "1").mkdir()
     (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an ONNX model")
@@ -52,8 +62,13 @@ def repo(tmp_path_factory) -> Path:
 
 
 def _settings(repo: Path, **kw) -> Settings:
-    base = dict(model_repository=repo, default_pose_model="toy_pose", default_detector_model="",
-                default_segment_model="toy_seg", pose_max_concurrency=2)
+    base = dict(
+        model_repository=repo,
+        default_pose_model="toy_pose",
+        default_detector_model="",
+        default_segment_model="toy_seg",
+        pose_max_concurrency=2,
+    )
     base.update(kw)
     return Settings(**base)
 
@@ -86,6 +101,7 @@ def _sample(name: str, **labels) -> float:
 
 # ----------------------------------------------------------------------------- failure isolation
 
+
 def test_ort_error_fails_that_request_only(client):
     before = _sample("hrnet_errors_total", route="/pose", code="inference_failed")
     assert _pose(client, 100).status_code == 200
@@ -110,6 +126,7 @@ def test_unloadable_model_is_503_and_the_others_serve(client):
 
 
 # ----------------------------------------------------------------------------- API keys
+
 
 @pytest.fixture(scope="module")
 def keyed(repo):
@@ -140,30 +157,50 @@ def test_every_key_is_compared_in_constant_time(monkeypatch):
     assert calls == [(32, 32)] * 3  # every key, as equal-length SHA-256 digests
 
 
-@pytest.mark.parametrize("headers, message", [
-    ({}, "an API key is required"),
-    ({"Authorization": "Bearer nope"}, "not valid"),
-    ({"X-API-Key": "key-one "}, "not valid"),
-    ({"Authorization": "Basic a2V5LW9uZQ=="}, "an API key is required"),
-])
+@pytest.mark.parametrize(
+    "headers, message",
+    [
+        ({}, "an API key is required"),
+        ({"Authorization": "Bearer nope"}, "not valid"),
+        ({"X-API-Key": "key-one "}, "not valid"),
+        ({"Authorization": "Basic a2V5LW9uZQ=="}, "an API key is required"),
+    ],
+)
 def test_missing_or_wrong_key_is_401(keyed, headers, message):
     before = _sample("hrnet_errors_total", route="/pose", code="unauthorized")
-    r = keyed.post("/pose", files={"image": ("x.png", _png(100))}, data={"boxes": "[[8,8,24,32]]"},
-                   headers=headers)
+    r = keyed.post(
+        "/pose",
+        files={"image": ("x.png", _png(100))},
+        data={"boxes": "[[8,8,24,32]]"},
+        headers=headers,
+    )
     assert message in _error(r, 401, "unauthorized")
     assert r.headers["WWW-Authenticate"] == "Bearer"
     assert _sample("hrnet_errors_total", route="/pose", code="unauthorized") == before + 1
     _error(keyed.get("/models", headers=headers), 401, "unauthorized")
-    _error(keyed.post("/segment", files={"image": ("x.png", _png(100))}, headers=headers), 401,
-           "unauthorized")
+    _error(
+        keyed.post("/segment", files={"image": ("x.png", _png(100))}, headers=headers),
+        401,
+        "unauthorized",
+    )
 
 
-@pytest.mark.parametrize("headers", [{"Authorization": "Bearer key-two"}, {"X-API-Key": "key-one"},
-                                     {"Authorization": "Bearer wrong", "X-API-Key": "key-two"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer key-two"},
+        {"X-API-Key": "key-one"},
+        {"Authorization": "Bearer wrong", "X-API-Key": "key-two"},
+    ],
+)
 def test_a_right_key_passes(keyed, headers):
     assert _pose(keyed, 100).status_code == 401  # no key sent
-    r = keyed.post("/pose", files={"image": ("x.png", _png(100))}, data={"boxes": "[[8,8,24,32]]"},
-                   headers=headers)
+    r = keyed.post(
+        "/pose",
+        files={"image": ("x.png", _png(100))},
+        data={"boxes": "[[8,8,24,32]]"},
+        headers=headers,
+    )
     assert r.status_code == 200, r.text
     assert keyed.get("/models", headers=headers).status_code == 200
 
@@ -192,8 +229,11 @@ def test_health_ready_metrics_docs_stay_open(keyed, repo):
 def test_openapi_declares_the_security_schemes(client):
     spec = client.get("/openapi.json").json()
     schemes = spec["components"]["securitySchemes"]
-    assert schemes["BearerKey"] == {"type": "http", "scheme": "bearer",
-                                    "description": schemes["BearerKey"]["description"]}
+    assert schemes["BearerKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schemes["BearerKey"]["description"],
+    }
     assert schemes["ApiKeyHeader"]["type"] == "apiKey"
     assert schemes["ApiKeyHeader"]["in"] == "header"
     assert schemes["ApiKeyHeader"]["name"] == "X-API-Key"
@@ -205,20 +245,27 @@ def test_openapi_declares_the_security_schemes(client):
 
 # ----------------------------------------------------------------------------- CORS
 
+
 def test_cors_is_off_by_default(client):
     r = client.get("/healthz", headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in r.headers
-    pre = client.options("/pose", headers={"Origin": "https://app.example",
-                                           "Access-Control-Request-Method": "POST"})
+    pre = client.options(
+        "/pose", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in pre.headers
 
 
 def test_cors_allow_list(repo):
     settings = _settings(repo, cors_allow_origins="https://app.example, https://b.example")
     with TestClient(create_app(settings)) as c:
-        pre = c.options("/pose", headers={"Origin": "https://app.example",
-                                          "Access-Control-Request-Method": "POST",
-                                          "Access-Control-Request-Headers": "x-api-key"})
+        pre = c.options(
+            "/pose",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key",
+            },
+        )
         assert pre.status_code == 200
         assert pre.headers["access-control-allow-origin"] == "https://app.example"
         assert "x-api-key" in pre.headers["access-control-allow-headers"].lower()
@@ -227,12 +274,15 @@ def test_cors_allow_list(repo):
         assert "X-Request-ID" in r.headers["access-control-expose-headers"]
         other = c.get("/healthz", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
-        bad = c.options("/pose", headers={"Origin": "https://evil.example",
-                                          "Access-Control-Request-Method": "POST"})
+        bad = c.options(
+            "/pose",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
         assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
 
 
 # ----------------------------------------------------------------------------- model names
+
 
 @pytest.fixture()
 def outside_model(repo, tmp_path):
@@ -245,9 +295,23 @@ def outside_model(repo, tmp_path):
 
 def _traversal_names(repo: Path, outside: Path) -> list[str]:
     rel = os.path.relpath(outside, repo)
-    return [rel, "../" + rel, str(outside), str(outside) + "/", "%2e%2e/" + rel,
-            "..%2f" + rel.replace("/", "%2f"), "toy_pose\x00", "toy_pose\x00/../evil_model",
-            "toy_pose/../toy_pose", "./toy_pose", "..", ".", "/", "\\..\\evil_model", "evil_model"]
+    return [
+        rel,
+        "../" + rel,
+        str(outside),
+        str(outside) + "/",
+        "%2e%2e/" + rel,
+        "..%2f" + rel.replace("/", "%2f"),
+        "toy_pose\x00",
+        "toy_pose\x00/../evil_model",
+        "toy_pose/../toy_pose",
+        "./toy_pose",
+        "..",
+        ".",
+        "/",
+        "\\..\\evil_model",
+        "evil_model",
+    ]
 
 
 def test_model_names_never_reach_the_file_system(client, repo, outside_model, monkeypatch):
@@ -285,9 +349,19 @@ def test_unknown_model_message_is_bounded(client):
 
 # ----------------------------------------------------------------------------- request ids, logs
 
-@pytest.mark.parametrize("sent, kept", [
-    ("abc-123_x.y:z", True), ("A" * 128, True), ("A" * 129, False), ("has space", False),
-    ("semi;colon", False), ("", False), ("ünï", False)])
+
+@pytest.mark.parametrize(
+    "sent, kept",
+    [
+        ("abc-123_x.y:z", True),
+        ("A" * 128, True),
+        ("A" * 129, False),
+        ("has space", False),
+        ("semi;colon", False),
+        ("", False),
+        ("ünï", False),
+    ],
+)
 def test_request_id_accepted_or_replaced(client, sent, kept):
     assert (accepted_request_id(sent) == sent) is kept
     if sent.isascii():
@@ -308,9 +382,12 @@ def _access_lines(caplog) -> list[dict]:
 
 def test_one_access_line_per_request_with_stages(client, caplog):
     caplog.set_level(logging.INFO, logger="service.access")
-    r = client.post("/pose", files={"image": ("x.png", _png(100))},
-                    data={"boxes": "[[8, 8, 24, 32], [2, 2, 20, 20]]"},
-                    headers={"X-Request-ID": "req-42"})
+    r = client.post(
+        "/pose",
+        files={"image": ("x.png", _png(100))},
+        data={"boxes": "[[8, 8, 24, 32], [2, 2, 20, 20]]"},
+        headers={"X-Request-ID": "req-42"},
+    )
     assert r.status_code == 200
     lines = _access_lines(caplog)
     assert len(lines) == 1
@@ -331,8 +408,12 @@ def test_one_access_line_per_request_with_stages(client, caplog):
 
 def test_error_lines_name_the_cause_and_carry_the_request_id(client, caplog):
     caplog.set_level(logging.INFO)
-    r = client.post("/pose", files={"image": ("x.png", _png(255))},
-                    data={"boxes": "[[8, 8, 24, 32]]"}, headers={"X-Request-ID": "req-fail"})
+    r = client.post(
+        "/pose",
+        files={"image": ("x.png", _png(255))},
+        data={"boxes": "[[8, 8, 24, 32]]"},
+        headers={"X-Request-ID": "req-fail"},
+    )
     assert "request id req-fail" in _error(r, 500, "inference_failed")
     line = _access_lines(caplog)[-1]
     assert (line["status"], line["error"], line["model"]) == (500, "inference_failed", "toy_pose")
@@ -349,6 +430,7 @@ def test_json_formatter_outside_a_request():
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 def test_stage_histograms_and_error_counters(client):
     def count(stage):

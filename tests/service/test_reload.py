@@ -3,6 +3,7 @@ SIGHUP) on real ONNX Runtime sessions of tiny constant models (tests/tiny_onnx.p
 ``pose_*`` model's heatmaps equal one number everywhere, so every keypoint score of its ``/pose``
 answer is that number and tells which model (version) served the request.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -18,11 +19,10 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-
 from tests.fake_cards import pose_card
 
 pytest.importorskip("onnx")
-from tests.tiny_onnx import write_constant_pose_onnx  # noqa: E402
+from tests.tiny_onnx import write_constant_pose_onnx
 
 KEY = {"X-API-Key": "s3cret"}
 PNG = cv2.imencode(".png", np.full((100, 100, 3), 100, np.uint8))[1].tobytes()
@@ -36,8 +36,11 @@ def _entry(root, name: str, value: float) -> None:
 
 
 def _scores(client, model: str) -> list[float]:
-    r = client.post("/pose", files={"image": ("a.png", PNG)},
-                    data={"boxes": "[[10, 10, 50, 50]]", "model": model})
+    r = client.post(
+        "/pose",
+        files={"image": ("a.png", PNG)},
+        data={"boxes": "[[10, 10, 50, 50]]", "model": model},
+    )
     assert r.status_code == 200, r.text
     return [k[2] for k in r.json()["persons"][0]["keypoints"]]
 
@@ -49,9 +52,16 @@ def repo(tmp_path):
 
 
 def _app(repo, **kw):
-    return create_app(Settings(model_repository=repo, default_pose_model="pose_a",
-                               default_detector_model="", admin_api_key="s3cret",
-                               pose_max_concurrency=1, **kw))
+    return create_app(
+        Settings(
+            model_repository=repo,
+            default_pose_model="pose_a",
+            default_detector_model="",
+            admin_api_key="s3cret",
+            pose_max_concurrency=1,
+            **kw,
+        )
+    )
 
 
 def _reload(client, status: int = 200) -> dict:
@@ -76,12 +86,23 @@ def test_reload_needs_the_admin_key(repo):
 
 def test_new_model_appears_and_removed_model_goes(repo):
     with TestClient(_app(repo)) as client:
-        assert client.post("/pose", files={"image": ("a.png", PNG)},
-                           data={"boxes": "[[10, 10, 50, 50]]", "model": "pose_b"}).status_code == 404
+        assert (
+            client.post(
+                "/pose",
+                files={"image": ("a.png", PNG)},
+                data={"boxes": "[[10, 10, 50, 50]]", "model": "pose_b"},
+            ).status_code
+            == 404
+        )
         _entry(repo, "pose_b", 0.6)
         report = _reload(client)
-        assert report == {"added": ["pose_b"], "updated": [], "removed": [],
-                          "unchanged": ["pose_a"], "refused": {}}
+        assert report == {
+            "added": ["pose_b"],
+            "updated": [],
+            "removed": [],
+            "unchanged": ["pose_a"],
+            "refused": {},
+        }
         assert [m["name"] for m in client.get("/models").json()["models"]] == ["pose_a", "pose_b"]
         assert client.get("/readyz").status_code == 200
         assert _scores(client, "pose_b") == pytest.approx([0.6, 0.6])
@@ -89,8 +110,11 @@ def test_new_model_appears_and_removed_model_goes(repo):
 
         shutil.rmtree(repo / "pose_b")
         assert _reload(client)["removed"] == ["pose_b"]
-        r = client.post("/pose", files={"image": ("a.png", PNG)},
-                        data={"boxes": "[[10, 10, 50, 50]]", "model": "pose_b"})
+        r = client.post(
+            "/pose",
+            files={"image": ("a.png", PNG)},
+            data={"boxes": "[[10, 10, 50, 50]]", "model": "pose_b"},
+        )
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model"
 
 
@@ -103,12 +127,15 @@ def test_changed_model_is_swapped(repo):
         assert _reload(client)["unchanged"] == ["pose_a"]  # nothing changed since
 
 
-@pytest.mark.parametrize("breakage, reason", [
-    ("garbage_onnx", "ONNX Runtime cannot load"),
-    ("missing_onnx", "model.onnx is missing"),
-    ("invalid_card", "invalid model card"),
-    ("renamed_input", "lacks the tensors image"),
-])
+@pytest.mark.parametrize(
+    "breakage, reason",
+    [
+        ("garbage_onnx", "ONNX Runtime cannot load"),
+        ("missing_onnx", "model.onnx is missing"),
+        ("invalid_card", "invalid model card"),
+        ("renamed_input", "lacks the tensors image"),
+    ],
+)
 def test_broken_entry_is_refused_and_old_one_keeps_serving(repo, breakage, reason):
     with TestClient(_app(repo)) as client:
         onnx_path = repo / "pose_a" / "1" / "model.onnx"
@@ -172,8 +199,14 @@ def test_sighup_reloads_a_real_gateway_process(repo, tmp_path):
     from benchmarks.bench_pose import start_gateway_process
 
     url, proc = start_gateway_process(
-        repo, env={"HRNET_DEFAULT_POSE_MODEL": "pose_a", "HRNET_DEFAULT_DETECTOR_MODEL": "",
-                   "HRNET_SHUTDOWN_DRAIN_S": "0"}, log_path=tmp_path / "gateway.log")
+        repo,
+        env={
+            "HRNET_DEFAULT_POSE_MODEL": "pose_a",
+            "HRNET_DEFAULT_DETECTOR_MODEL": "",
+            "HRNET_SHUTDOWN_DRAIN_S": "0",
+        },
+        log_path=tmp_path / "gateway.log",
+    )
     try:
         _entry(repo, "pose_b", 0.6)
         proc.send_signal(signal.SIGHUP)
@@ -183,7 +216,9 @@ def test_sighup_reloads_a_real_gateway_process(repo, tmp_path):
             names = [m["name"] for m in httpx.get(url + "/models", timeout=5).json()["models"]]
             time.sleep(0.1)
         assert names == ["pose_a", "pose_b"]
-        assert _scores(httpx.Client(base_url=url, timeout=30), "pose_b") == pytest.approx([0.6, 0.6])
+        assert _scores(httpx.Client(base_url=url, timeout=30), "pose_b") == pytest.approx(
+            [0.6, 0.6]
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:

@@ -4,6 +4,7 @@ street photo. The labels are meaningless (random weights); what is checked is th
 ``notes/api.md``: sizes, class list, the label PNG in its three forms, the TTA options and the
 4xx answers to bad input.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,9 +18,27 @@ pytestmark = pytest.mark.slow  # end-to-end: live gateway / real models
 
 MODEL = "fcn_hr18s_cityscapes_random"
 W, H = 1024, 512
-CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-                      "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-                      "truck", "bus", "train", "motorcycle", "bicycle"]
+CITYSCAPES_CLASSES = [
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +54,12 @@ def demo(shared):
 
 
 def _post(client, data: bytes, fields=None, headers=None, name="demo.png"):
-    return client.post("/segment", files={"image": (name, data, "image/png")},
-                       data={"model": MODEL, **(fields or {})}, headers=headers or {})
+    return client.post(
+        "/segment",
+        files={"image": (name, data, "image/png")},
+        data={"model": MODEL, **(fields or {})},
+        headers=headers or {},
+    )
 
 
 def _decode(png: bytes) -> np.ndarray:
@@ -91,8 +114,10 @@ def test_segment_render_overlay(gateway, demo, whole_json, tmp_path):
     assert over.shape == (H, W, 3) and over.dtype == np.uint8
     assert np.abs(over.astype(np.int16) - photo).mean() > 5  # the photo is visibly recoloured
     # half photo, half the class colour (card palette, RGB) of the same label map as the JSON's
-    palette = np.array(next(c for c in gateway.get("/models").json()["models"]
-                            if c["name"] == MODEL)["palette"], np.float64)
+    palette = np.array(
+        next(c for c in gateway.get("/models").json()["models"] if c["name"] == MODEL)["palette"],
+        np.float64,
+    )
     assert palette.shape == (19, 3)
     label = _decode(base64.b64decode(whole_json["label_png"]))
     expected = 0.5 * photo + 0.5 * palette[:, ::-1][label]
@@ -111,13 +136,21 @@ def test_segment_flip_and_scales(gateway, demo):
     _check_json(r.json())
 
 
-@pytest.mark.parametrize("fields,status,code,words", [
-    ({"mode": "bogus"}, 422, "invalid_parameter", ["mode", "bogus"]),
-    ({"scales": "[-1]"}, 422, "invalid_parameter", ["scale", "-1"]),
-    ({"scales": "[0.5, nan]"}, 422, "invalid_parameter", ["scales"]),
-    ({"model": "hrnet_w32_coco_random"}, 422, "wrong_task", ["hrnet_w32_coco_random", "segmentation"]),
-    ({"model": "no_such_model"}, 404, "unknown_model", ["no_such_model"]),
-])
+@pytest.mark.parametrize(
+    "fields,status,code,words",
+    [
+        ({"mode": "bogus"}, 422, "invalid_parameter", ["mode", "bogus"]),
+        ({"scales": "[-1]"}, 422, "invalid_parameter", ["scale", "-1"]),
+        ({"scales": "[0.5, nan]"}, 422, "invalid_parameter", ["scales"]),
+        (
+            {"model": "hrnet_w32_coco_random"},
+            422,
+            "wrong_task",
+            ["hrnet_w32_coco_random", "segmentation"],
+        ),
+        ({"model": "no_such_model"}, 404, "unknown_model", ["no_such_model"]),
+    ],
+)
 def test_segment_bad_parameters(gateway, demo, fields, status, code, words):
     r = _post(gateway, demo[0], fields=fields)
     assert r.status_code == status, r.text

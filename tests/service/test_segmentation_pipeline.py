@@ -4,6 +4,7 @@ Expected values are derived by hand (sizes, windows, count maps, interpolation w
 by an independent torch re-statement of MMSeg 1.x's EncoderDecoder / postprocess_result /
 SegTTAModel (torch only in the tests, never in service/).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,14 @@ from service.cards import ModelCard, Normalization, SegTestPipeline, TensorSpec,
 from service.datasets.segmentation import CITYSCAPES
 from service.geometry import rescale_size
 from service.interpolate import ArrayRows, ResizedRows
-from service.pipelines.seg_plan import (MS_RATIOS, InputTooLarge, network_input_size, parse_scales,
-                                        plan_augmentations, tta_resize_size)
+from service.pipelines.seg_plan import (
+    MS_RATIOS,
+    InputTooLarge,
+    network_input_size,
+    parse_scales,
+    plan_augmentations,
+    tta_resize_size,
+)
 from service.pipelines.segmentation import segment
 from service.pipelines.slide import merge_windows, slide_windows, window_counts
 from service.rendering import encode_label_png, overlay, overlay_image, pixel_counts
@@ -30,8 +37,13 @@ STD = (58.395, 57.12, 57.375)
 
 # ----------------------------------------------------------------------------- references
 
-def resize_logits(logits: np.ndarray, size_hw: tuple[int, int], align_corners: bool = False,
-                  channels_last: bool = False) -> np.ndarray:
+
+def resize_logits(
+    logits: np.ndarray,
+    size_hw: tuple[int, int],
+    align_corners: bool = False,
+    channels_last: bool = False,
+) -> np.ndarray:
     """Bilinear resize of a whole logit map through the pipeline's row-strip resizer
     (:class:`service.interpolate.ResizedRows`), as ``F.interpolate(mode='bilinear', ...)``.
 
@@ -70,7 +82,9 @@ def slide_merge(crop_logits, windows: np.ndarray, height: int, width: int) -> np
             raise ValueError(f"more window logits than the {len(windows)} windows")
         x1, y1, x2, y2 = (int(v) for v in windows[k])
         if tuple(logit.shape[:2]) != (y2 - y1, x2 - x1):
-            raise ValueError(f"window {k} is {y2 - y1}x{x2 - x1}, its logits {tuple(logit.shape[:2])}")
+            raise ValueError(
+                f"window {k} is {y2 - y1}x{x2 - x1}, its logits {tuple(logit.shape[:2])}"
+            )
         if preds is None:
             preds = np.zeros((height, width, logit.shape[2]), np.float32)
         preds[y1:y2, x1:x2] += logit
@@ -86,6 +100,7 @@ def slide_merge(crop_logits, windows: np.ndarray, height: int, width: int) -> np
 
 # ----------------------------------------------------------------------------- fakes
 
+
 def conv_model(num_classes: int, seed: int = 0):
     """A fixed random 1x1 conv (with bias) on every 4th pixel: (N,3,h,w) -> (N,C,ceil(h/4),ceil(w/4));
     returns ``(fn, weight, bias)``."""
@@ -93,20 +108,37 @@ def conv_model(num_classes: int, seed: int = 0):
     return fn, fn.weight, fn.bias
 
 
-def seg_card(num_classes=19, scale=(160, 80), mode="whole", crop=None, stride=None,
-             align_corners=False, max_batch_size=32, name="seg") -> ModelCard:
-    classes = [c for c, _ in CITYSCAPES][:num_classes] if num_classes <= 19 else \
-        [f"class{i}" for i in range(num_classes)]
+def seg_card(
+    num_classes=19,
+    scale=(160, 80),
+    mode="whole",
+    crop=None,
+    stride=None,
+    align_corners=False,
+    max_batch_size=32,
+    name="seg",
+) -> ModelCard:
+    classes = (
+        [c for c, _ in CITYSCAPES][:num_classes]
+        if num_classes <= 19
+        else [f"class{i}" for i in range(num_classes)]
+    )
     palette = [p for _, p in CITYSCAPES][:num_classes] if num_classes <= 19 else []
     return make_card(
-        name=name, task="segmentation", input_size=(None, None),
+        name=name,
+        task="segmentation",
+        input_size=(None, None),
         inputs=[TensorSpec(name="input", dims=[3, -1, -1])],
         outputs=[TensorSpec(name="logits", dims=[num_classes, -1, -1])],
         max_batch_size=max_batch_size,
         normalization=Normalization(mean=MEAN, std=STD, channel_order="rgb"),
-        classes=classes, palette=palette, align_corners=align_corners,
-        test_pipeline=SegTestPipeline(scale=scale, keep_ratio=True, mode=mode,
-                                      crop_size=crop, stride=stride))
+        classes=classes,
+        palette=palette,
+        align_corners=align_corners,
+        test_pipeline=SegTestPipeline(
+            scale=scale, keep_ratio=True, mode=mode, crop_size=crop, stride=stride
+        ),
+    )
 
 
 def run(coro):
@@ -118,6 +150,7 @@ def random_image(h, w, seed=1):
 
 
 # ----------------------------------------------------------------------------- sizes
+
 
 def test_rescale_size_cityscapes_scale():
     # factor = min(2048/1024, 1024/512) = 2
@@ -141,7 +174,10 @@ def test_rescale_size_odd_sizes():
 
 def test_test_resize_size_variants():
     assert network_input_size((90, 50), SegTestPipeline(scale=(160, 80))) == (144, 80)  # factor 1.6
-    assert network_input_size((90, 50), SegTestPipeline(scale=(160, 80), keep_ratio=False)) == (160, 80)
+    assert network_input_size((90, 50), SegTestPipeline(scale=(160, 80), keep_ratio=False)) == (
+        160,
+        80,
+    )
     assert network_input_size((90, 50), SegTestPipeline(scale=None)) == (90, 50)
 
 
@@ -167,8 +203,12 @@ def test_parse_scales():
 def test_plan_augmentations_flip_and_auto_slide():
     spec = SegTestPipeline(scale=(160, 80))
     views = plan_augmentations((90, 50), spec, flip=True, scales=[0.5, 1.25])
-    assert [(v.size_wh, v.flip) for v in views] == [((45, 25), False), ((45, 25), True),
-                                                   ((113, 63), False), ((113, 63), True)]
+    assert [(v.size_wh, v.flip) for v in views] == [
+        ((45, 25), False),
+        ((45, 25), True),
+        ((113, 63), False),
+        ((113, 63), True),
+    ]
     # 144 * 80 = 11520 input pixels: above 10000 the whole card slides, and so does an explicit
     # mode=whole (memory bound); 11520 itself is not above a limit of 11520
     assert plan_augmentations((90, 50), spec, slide_pixels=10000)[0].mode == "slide"
@@ -186,6 +226,7 @@ def test_plan_augmentations_flip_and_auto_slide():
 
 
 # ----------------------------------------------------------------------------- slide windows
+
 
 def test_slide_windows_hand_grid():
     # H = W = 6, crop 4, stride 2: max(6-4+1, 0)//2 + 1 = 2 starts per axis: 0 and 2
@@ -216,9 +257,13 @@ def test_window_counts_and_overlap_normalisation():
     values = [1.0, 2.0, 4.0, 8.0]
     crops = np.stack([np.full((4, 4, 1), v, np.float32) for v in values])
     merged = slide_merge(crops, windows, 6, 6)[..., 0]
-    block = np.array([[1.0, 1.5, 2.0],            # rows 0-1: w0 | w0,w1 | w1
-                      [2.5, 3.75, 5.0],           # rows 2-3: w0,w2 | all four | w1,w3
-                      [4.0, 6.0, 8.0]])           # rows 4-5: w2 | w2,w3 | w3
+    block = np.array(
+        [
+            [1.0, 1.5, 2.0],  # rows 0-1: w0 | w0,w1 | w1
+            [2.5, 3.75, 5.0],  # rows 2-3: w0,w2 | all four | w1,w3
+            [4.0, 6.0, 8.0],
+        ]
+    )  # rows 4-5: w2 | w2,w3 | w3
     np.testing.assert_allclose(merged, np.kron(block, np.ones((2, 2))), rtol=0, atol=0)
     # the pipeline's strip-wise canvas (window-sized heads: the resize is a copy) gives the same
     np.testing.assert_array_equal(merge_windows(crops, windows, 6, 6, False)[..., 0], merged)
@@ -238,25 +283,31 @@ def test_slide_merge_rejects_gaps_and_mismatches():
 
 # ----------------------------------------------------------------------------- bilinear resize
 
+
 def test_resize_logits_hand_values():
     x = np.array([[[0.0, 1.0]]], np.float32)  # (C=1, h=1, w=2)
     # align_corners=False: src = max((d + .5) * 2/4 - .5, 0) = 0, .25, .75, 1.25 (clamped to 1)
     np.testing.assert_allclose(resize_logits(x, (1, 4))[0, 0], [0, 0.25, 0.75, 1.0], atol=1e-7)
     # align_corners=True: src = d * 1/3
-    np.testing.assert_allclose(resize_logits(x, (1, 4), align_corners=True)[0, 0],
-                               [0, 1 / 3, 2 / 3, 1.0], atol=1e-6)
+    np.testing.assert_allclose(
+        resize_logits(x, (1, 4), align_corners=True)[0, 0], [0, 1 / 3, 2 / 3, 1.0], atol=1e-6
+    )
     # 2-D, separable: [[0, 1], [2, 3]] -> 4x4 = 2 * r_y + r_x with r = (0, .25, .75, 1)
     y = resize_logits(np.array([[[0.0, 1.0], [2.0, 3.0]]], np.float32), (4, 4))
     r = np.array([0, 0.25, 0.75, 1.0])
     np.testing.assert_allclose(y[0], 2 * r[:, None] + r[None, :], atol=1e-6)
     # 2x downsampling samples between pixel pairs: src = 0.5, 2.5
-    np.testing.assert_allclose(resize_logits(np.arange(4, dtype=np.float32)[None, None], (1, 2))[0, 0],
-                               [0.5, 2.5], atol=1e-7)
+    np.testing.assert_allclose(
+        resize_logits(np.arange(4, dtype=np.float32)[None, None], (1, 2))[0, 0],
+        [0.5, 2.5],
+        atol=1e-7,
+    )
     # channels-last layout gives the same numbers; 150 channels (ADE20K) are fine
     z = np.random.default_rng(0).standard_normal((150, 5, 7)).astype(np.float32)
-    np.testing.assert_array_equal(resize_logits(z, (9, 11)),
-                                  resize_logits(z.transpose(1, 2, 0), (9, 11),
-                                                channels_last=True).transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        resize_logits(z, (9, 11)),
+        resize_logits(z.transpose(1, 2, 0), (9, 11), channels_last=True).transpose(2, 0, 1),
+    )
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -264,10 +315,17 @@ def test_resize_logits_matches_torch_interpolate(align_corners):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
     rng = np.random.default_rng(3)
-    for h, w, H, W in [(7, 9, 30, 37), (30, 37, 7, 9), (13, 17, 13, 40), (16, 32, 64, 128), (5, 5, 1, 1)]:
+    for h, w, H, W in [
+        (7, 9, 30, 37),
+        (30, 37, 7, 9),
+        (13, 17, 13, 40),
+        (16, 32, 64, 128),
+        (5, 5, 1, 1),
+    ]:
         x = rng.standard_normal((19, h, w)).astype(np.float32)
-        ref = F.interpolate(torch.from_numpy(x)[None], size=(H, W), mode="bilinear",
-                            align_corners=align_corners)[0].numpy()
+        ref = F.interpolate(
+            torch.from_numpy(x)[None], size=(H, W), mode="bilinear", align_corners=align_corners
+        )[0].numpy()
         # align_corners=False runs through OpenCV, whose source coordinates are computed in double
         # where torch's CPU kernel uses float32: up to ~1e-5 apart on N(0, 1) data at odd ratios
         atol = 1e-5 if align_corners else 5e-5
@@ -275,6 +333,7 @@ def test_resize_logits_matches_torch_interpolate(align_corners):
 
 
 # ----------------------------------------------------------------------------- torch reference
+
 
 def _torch_reference(image_bgr, card, weight, bias, views, mode, crop=None, stride=None):
     """MMSeg 1.x's test path re-stated in torch: returns (C, H, W) logits (1 view) or mean softmax."""
@@ -292,11 +351,17 @@ def _torch_reference(image_bgr, card, weight, bias, views, mode, crop=None, stri
 
     outs = []
     for (w, h), flip in views:
-        img = image_bgr if (w, h) == (W, H) else cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_LINEAR)
+        img = (
+            image_bgr
+            if (w, h) == (W, H)
+            else cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_LINEAR)
+        )
         if flip:
             img = img[:, ::-1]
         rgb = img[..., ::-1].astype(np.float32)
-        x = torch.from_numpy(((rgb - np.float32(MEAN)) / np.float32(STD)).transpose(2, 0, 1).copy())[None]
+        x = torch.from_numpy(
+            ((rgb - np.float32(MEAN)) / np.float32(STD)).transpose(2, 0, 1).copy()
+        )[None]
         if mode == "whole":
             logit = encode_decode(x)
         else:  # slide_inference, literally
@@ -349,8 +414,9 @@ def test_slide_inference_matches_torch_reference():
     res = run(segment(img, card, backend, return_logits=True))
     # 80 x 144 input: rows max(80-48+31,0)//32+1 = 2, cols max(144-64+39,0)//40+1 = 3 -> 6 windows
     assert backend.shapes == [(6, 3, 48, 64)] and res.windows == [6]
-    ref = _torch_reference(img, card, weight, bias, [((144, 80), False)], "slide",
-                           crop=(48, 64), stride=(32, 40))
+    ref = _torch_reference(
+        img, card, weight, bias, [((144, 80), False)], "slide", crop=(48, 64), stride=(32, 40)
+    )
     np.testing.assert_allclose(res.logits, ref, atol=1e-4, rtol=0)
     assert _agree(res.label_map, ref) > 0.999
 
@@ -374,8 +440,14 @@ def test_slide_equals_whole_when_the_crop_covers_the_image():
     fn, _, _ = conv_model(19, seed=11)
     img = random_image(50, 90, seed=4)
     whole = run(segment(img, seg_card(), FakeBackend(fn), return_logits=True))
-    slide = run(segment(img, seg_card(mode="slide", crop=(100, 200), stride=(50, 50)),
-                        FakeBackend(fn), return_logits=True))
+    slide = run(
+        segment(
+            img,
+            seg_card(mode="slide", crop=(100, 200), stride=(50, 50)),
+            FakeBackend(fn),
+            return_logits=True,
+        )
+    )
     assert slide.windows == [1]
     np.testing.assert_array_equal(slide.logits, whole.logits)
     np.testing.assert_array_equal(slide.label_map, whole.label_map)
@@ -460,6 +532,7 @@ def test_demo_photo_label_map_has_the_original_size(shared):
 
 # ----------------------------------------------------------------------------- rendering
 
+
 def test_label_png_round_trip():
     label = np.random.default_rng(0).integers(0, 19, (37, 53), dtype=np.uint8)
     label[0, :5] = 255
@@ -478,15 +551,22 @@ def test_overlay_blend_values():
     palette = [(200, 0, 0), (0, 0, 254)]  # RGB
     # class 0: BGR colour (0, 0, 200): (50, 50, 150); class 1: (254, 0, 0): (50 + 127, 50, 50);
     # 255 and 7 have no colour: unchanged
-    expected = np.array([[[50, 50, 150], [177, 50, 50], [100, 100, 100]],
-                         [[177, 50, 50], [50, 50, 150], [100, 100, 100]]], np.uint8)
+    expected = np.array(
+        [
+            [[50, 50, 150], [177, 50, 50], [100, 100, 100]],
+            [[177, 50, 50], [50, 50, 150], [100, 100, 100]],
+        ],
+        np.uint8,
+    )
     np.testing.assert_array_equal(overlay_image(img, label, palette, alpha=0.5), expected)
     decoded = cv2.imdecode(np.frombuffer(overlay(img, label, palette), np.uint8), cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(decoded, expected)
     # alpha 0.8 (MMSeg's default): in float64 1 - 0.8 = 0.19999999999999996, so a colourless
     # channel is 100 * 0.1999... = 19.999... and truncates to 19 (MMSeg's astype(uint8) does the
     # same); red: 19.999... + 200 * 0.8 (= 160.0) rounds to 180.0 in float64 -> 180
-    np.testing.assert_array_equal(overlay_image(img, label, palette, alpha=0.8)[0, 0], [19, 19, 180])
+    np.testing.assert_array_equal(
+        overlay_image(img, label, palette, alpha=0.8)[0, 0], [19, 19, 180]
+    )
     with pytest.raises(ValueError):
         overlay_image(img, label[:1], palette)
 

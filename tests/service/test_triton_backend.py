@@ -8,6 +8,7 @@ the same graph. Then Triton is killed / frozen / restarted under a live backend 
 The card/config checks at the top need no server. The rest skip only when tritonserver is not
 installed (``tests/triton_env.sh`` installs it; CI runs it).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,10 +22,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.triton_adapter import write_python_entry
 from service.backends.base import BackendError, BackendUnavailable
-from service.backends.triton import (TritonBackend, TritonModelConfig, TritonModelMismatch,
-                                     check_model_config)
+from service.backends.triton import (
+    TritonBackend,
+    TritonModelConfig,
+    TritonModelMismatch,
+    check_model_config,
+)
 from service.cards import ModelCard, make_card
-from tests.triton_fixtures import triton_factory, triton_factory_module  # noqa: F401
+from tests.triton_fixtures import triton_factory, triton_factory_module
 
 NORM = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 POSE_MAX_BATCH = 4
@@ -32,32 +37,52 @@ POSE_MAX_BATCH = 4
 
 # ----------------------------------------------------------------------------- models and cards
 
+
 def pose_card(**kw) -> ModelCard:
-    d = dict(name="toy_pose", task="topdown_pose", input_size=(12, 16),
-             inputs=[{"name": "image", "dims": [3, 16, 12]}],
-             outputs=[{"name": "heatmaps", "dims": [4, 8, 6]}],
-             max_batch_size=POSE_MAX_BATCH, normalization=NORM,
-             codec={"input_size": (12, 16), "heatmap_size": (6, 8)},
-             keypoint_names=["a", "b", "c", "d"])
+    d = dict(
+        name="toy_pose",
+        task="topdown_pose",
+        input_size=(12, 16),
+        inputs=[{"name": "image", "dims": [3, 16, 12]}],
+        outputs=[{"name": "heatmaps", "dims": [4, 8, 6]}],
+        max_batch_size=POSE_MAX_BATCH,
+        normalization=NORM,
+        codec={"input_size": (12, 16), "heatmap_size": (6, 8)},
+        keypoint_names=["a", "b", "c", "d"],
+    )
     d.update(kw)
     return make_card(**d)
 
 
 def det_card(**kw) -> ModelCard:
-    d = dict(name="toy_det", task="detection", input_size=(8, 8),
-             inputs=[{"name": "input", "dims": [3, 8, 8]}],
-             outputs=[{"name": "dets", "dims": [-1, 5]},
-                      {"name": "labels", "dtype": "INT64", "dims": [-1]}],
-             max_batch_size=8, normalization=NORM, detector={})
+    d = dict(
+        name="toy_det",
+        task="detection",
+        input_size=(8, 8),
+        inputs=[{"name": "input", "dims": [3, 8, 8]}],
+        outputs=[
+            {"name": "dets", "dims": [-1, 5]},
+            {"name": "labels", "dtype": "INT64", "dims": [-1]},
+        ],
+        max_batch_size=8,
+        normalization=NORM,
+        detector={},
+    )
     d.update(kw)
     return make_card(**d)
 
 
 def seg_card(**kw) -> ModelCard:
-    d = dict(name="toy_seg", task="segmentation", input_size=(None, None),
-             inputs=[{"name": "input", "dims": [3, -1, -1]}],
-             outputs=[{"name": "logits", "dims": [5, -1, -1]}],
-             max_batch_size=2, normalization=NORM, classes=list("abcde"))
+    d = dict(
+        name="toy_seg",
+        task="segmentation",
+        input_size=(None, None),
+        inputs=[{"name": "input", "dims": [3, -1, -1]}],
+        outputs=[{"name": "logits", "dims": [5, -1, -1]}],
+        max_batch_size=2,
+        normalization=NORM,
+        classes=list("abcde"),
+    )
     d.update(kw)
     return make_card(**d)
 
@@ -74,13 +99,24 @@ def make_pose_onnx(path: Path, rng: np.random.Generator) -> Path:
     """image [N,3,16,12] -> 3x3 conv stride 2 (4 channels) + ReLU -> heatmaps [N,4,8,6]."""
     w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "b")
-    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["c"], kernel_shape=[3, 3],
-                              strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["heatmaps"])]
-    g = helper.make_graph(nodes, "pose",
-                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 12])],
-                          [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", 4, 8, 6])],
-                          [w, b])
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["image", "w", "b"],
+            ["c"],
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("Relu", ["c"], ["heatmaps"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "pose",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 12])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", 4, 8, 6])],
+        [w, b],
+    )
     return _save(g, path)
 
 
@@ -88,15 +124,22 @@ def make_det_onnx(path: Path, rng: np.random.Generator) -> Path:
     """input [N,3,8,8] -> flatten @ W [192,35] -> dets [N,7,5]; labels = argmax over the 5 (INT64)."""
     w = numpy_helper.from_array(rng.normal(size=(192, 35)).astype(np.float32), "w")
     shape = numpy_helper.from_array(np.array([0, 7, 5], dtype=np.int64), "shape")
-    nodes = [helper.make_node("Flatten", ["input"], ["f"], axis=1),
-             helper.make_node("MatMul", ["f", "w"], ["m"]),
-             helper.make_node("Reshape", ["m", "shape"], ["dets"]),
-             helper.make_node("ArgMax", ["dets"], ["labels"], axis=2, keepdims=0)]
-    g = helper.make_graph(nodes, "det",
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                          [helper.make_tensor_value_info("dets", TensorProto.FLOAT, ["N", 7, 5]),
-                           helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", 7])],
-                          [w, shape])
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "w"], ["m"]),
+        helper.make_node("Reshape", ["m", "shape"], ["dets"]),
+        helper.make_node("ArgMax", ["dets"], ["labels"], axis=2, keepdims=0),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "det",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("dets", TensorProto.FLOAT, ["N", 7, 5]),
+            helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", 7]),
+        ],
+        [w, shape],
+    )
     return _save(g, path)
 
 
@@ -104,10 +147,13 @@ def make_seg_onnx(path: Path, rng: np.random.Generator) -> Path:
     """input [N,3,H,W] -> 1x1 conv to 5 classes -> logits [N,5,H,W] (H, W dynamic)."""
     w = numpy_helper.from_array(rng.normal(size=(5, 3, 1, 1)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["input", "w"], ["logits"], kernel_shape=[1, 1])]
-    g = helper.make_graph(nodes, "seg",
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5, "H", "W"])],
-                          [w])
+    g = helper.make_graph(
+        nodes,
+        "seg",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5, "H", "W"])],
+        [w],
+    )
     return _save(g, path)
 
 
@@ -118,11 +164,15 @@ class Models:
         rng = np.random.default_rng(5)
         self.root = root
         self.cards = {c.name: c for c in (pose_card(), det_card(), seg_card())}
-        self.onnx = {"toy_pose": make_pose_onnx(root / "pose.onnx", rng),
-                     "toy_det": make_det_onnx(root / "det.onnx", rng),
-                     "toy_seg": make_seg_onnx(root / "seg.onnx", rng)}
-        self.sessions = {n: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-                         for n, p in self.onnx.items()}
+        self.onnx = {
+            "toy_pose": make_pose_onnx(root / "pose.onnx", rng),
+            "toy_det": make_det_onnx(root / "det.onnx", rng),
+            "toy_seg": make_seg_onnx(root / "seg.onnx", rng),
+        }
+        self.sessions = {
+            n: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+            for n, p in self.onnx.items()
+        }
 
     def repository(self, name: str) -> Path:
         repo = self.root / name
@@ -163,11 +213,18 @@ def assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None
 
 # ----------------------------------------------------------------------------- no server needed
 
+
 def _config(**kw) -> TritonModelConfig:
     """Triton's JSON for the toy pose model as gRPC returns it (int64 dims as strings)."""
-    data = {"config": {"name": "toy_pose", "backend": "python", "max_batch_size": POSE_MAX_BATCH,
-                       "input": [{"name": "image", "data_type": "TYPE_FP32", "dims": ["3", "16", "12"]}],
-                       "output": [{"name": "heatmaps", "data_type": "TYPE_FP32", "dims": ["4", "8", "6"]}]}}
+    data = {
+        "config": {
+            "name": "toy_pose",
+            "backend": "python",
+            "max_batch_size": POSE_MAX_BATCH,
+            "input": [{"name": "image", "data_type": "TYPE_FP32", "dims": ["3", "16", "12"]}],
+            "output": [{"name": "heatmaps", "data_type": "TYPE_FP32", "dims": ["4", "8", "6"]}],
+        }
+    }
     data["config"].update(kw)
     return TritonModelConfig.from_json(data)
 
@@ -191,21 +248,38 @@ def test_check_model_config_accepts_matching_card():
     assert check_model_config(card, _config()) == []
 
 
-@pytest.mark.parametrize("change, expect", [
-    (dict(max_batch_size=0), "no batching"),
-    (dict(max_batch_size=8), "max_batch_size is 8 in Triton but 4 in the card"),
-    (dict(input=[{"name": "img", "data_type": "TYPE_FP32", "dims": ["3", "16", "12"]}]),
-     "input 'image' of the card is not served"),
-    (dict(input=[{"name": "image", "data_type": "TYPE_FP16", "dims": ["3", "16", "12"]}]),
-     "input 'image' is FP16 in Triton but FP32 in the card"),
-    (dict(input=[{"name": "image", "data_type": "TYPE_FP32", "dims": ["3", "16", "13"]}]),
-     "input 'image' has dims [3, 16, 13] in Triton but [3, 16, 12] in the card (axis 3"),
-    (dict(output=[{"name": "heatmaps", "data_type": "TYPE_FP32", "dims": ["4", "8"]}]),
-     "output 'heatmaps' has dims [4, 8] in Triton"),
-    (dict(input=[{"name": "image", "data_type": "TYPE_FP32", "dims": ["3", "16", "12"]},
-                 {"name": "extra", "data_type": "TYPE_FP32", "dims": ["1"]}]),
-     "requires inputs ['extra']"),
-])
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        (dict(max_batch_size=0), "no batching"),
+        (dict(max_batch_size=8), "max_batch_size is 8 in Triton but 4 in the card"),
+        (
+            dict(input=[{"name": "img", "data_type": "TYPE_FP32", "dims": ["3", "16", "12"]}]),
+            "input 'image' of the card is not served",
+        ),
+        (
+            dict(input=[{"name": "image", "data_type": "TYPE_FP16", "dims": ["3", "16", "12"]}]),
+            "input 'image' is FP16 in Triton but FP32 in the card",
+        ),
+        (
+            dict(input=[{"name": "image", "data_type": "TYPE_FP32", "dims": ["3", "16", "13"]}]),
+            "input 'image' has dims [3, 16, 13] in Triton but [3, 16, 12] in the card (axis 3",
+        ),
+        (
+            dict(output=[{"name": "heatmaps", "data_type": "TYPE_FP32", "dims": ["4", "8"]}]),
+            "output 'heatmaps' has dims [4, 8] in Triton",
+        ),
+        (
+            dict(
+                input=[
+                    {"name": "image", "data_type": "TYPE_FP32", "dims": ["3", "16", "12"]},
+                    {"name": "extra", "data_type": "TYPE_FP32", "dims": ["1"]},
+                ]
+            ),
+            "requires inputs ['extra']",
+        ),
+    ],
+)
 def test_check_model_config_names_each_mismatch(change, expect):
     problems = check_model_config(pose_card(), _config(**change))
     assert problems and expect in problems[0], problems
@@ -224,11 +298,17 @@ def test_backend_rejects_bad_arguments():
         TritonBackend("127.0.0.1:1", timeout_s=float("inf"))
 
 
-@pytest.mark.parametrize("status, unavailable", [
-    ("StatusCode.UNAVAILABLE", True), ("StatusCode.DEADLINE_EXCEEDED", True),
-    ("StatusCode.INVALID_ARGUMENT", False), ("StatusCode.INTERNAL", False),
-    ("503", True), ("400", False),
-])
+@pytest.mark.parametrize(
+    "status, unavailable",
+    [
+        ("StatusCode.UNAVAILABLE", True),
+        ("StatusCode.DEADLINE_EXCEEDED", True),
+        ("StatusCode.INVALID_ARGUMENT", False),
+        ("StatusCode.INTERNAL", False),
+        ("503", True),
+        ("400", False),
+    ],
+)
 def test_error_mapping(status, unavailable):
     from tritonclient.utils import InferenceServerException
 
@@ -255,10 +335,12 @@ def test_start_fails_fast_when_triton_unreachable():
             assert await backend.ready() is False
         finally:
             await backend.close()
+
     run(go())
 
 
 # ----------------------------------------------------------------------------- real tritonserver
+
 
 @pytest.mark.slow  # a real tritonserver
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -307,18 +389,23 @@ def test_shared_memory_inputs(models, server):
     seg_x = rng.normal(size=(1, 3, 300, 300)).astype(np.float32)  # 1.08 MB > 1 MiB slot
 
     async def go():
-        backend = TritonBackend(server.grpc_url, shared_memory=True, shm_slots=2,
-                                shm_slot_bytes=1 << 20, timeout_s=10)
+        backend = TritonBackend(
+            server.grpc_url, shared_memory=True, shm_slots=2, shm_slot_bytes=1 << 20, timeout_s=10
+        )
         try:
             await backend.start(models.cards)
             status = await backend._get_client().get_system_shared_memory_status(as_json=True)
             regions = status.get("regions", {})
             out = await backend.infer("toy_pose", {"image": x})  # 6 > max 4: two slots
             from tritonclient.utils import shared_memory as shm
+
             pool = backend._shm
-            in_shm = [shm.get_contents_as_numpy(pool.handle, np.float32, (4, 3, 16, 12)).copy(),
-                      shm.get_contents_as_numpy(pool.handle, np.float32, (2, 3, 16, 12),
-                                                offset=pool.slot_bytes).copy()]
+            in_shm = [
+                shm.get_contents_as_numpy(pool.handle, np.float32, (4, 3, 16, 12)).copy(),
+                shm.get_contents_as_numpy(
+                    pool.handle, np.float32, (2, 3, 16, 12), offset=pool.slot_bytes
+                ).copy(),
+            ]
             big = await backend.infer("toy_seg", {"input": seg_x})
             return out, big, regions, pool.name, in_shm
         finally:
@@ -338,8 +425,12 @@ def test_shared_memory_inputs(models, server):
 def test_start_refuses_cards_that_disagree_with_triton(models, server):
     bad = dict(models.cards)
     bad["toy_pose"] = pose_card(inputs=[{"name": "image", "dims": [3, 16, 13]}])
-    bad["toy_det"] = det_card(outputs=[{"name": "dets", "dims": [-1, 5]},
-                                       {"name": "labels", "dtype": "INT32", "dims": [-1]}])
+    bad["toy_det"] = det_card(
+        outputs=[
+            {"name": "dets", "dims": [-1, 5]},
+            {"name": "labels", "dtype": "INT32", "dims": [-1]},
+        ]
+    )
 
     async def go():
         backend = TritonBackend(server.grpc_url, timeout_s=10)
@@ -400,8 +491,9 @@ def test_kill_gives_unavailable_and_restart_recovers(models, triton_factory, pro
     want = models.reference("toy_pose", {"image": x})
 
     async def go():
-        backend = TritonBackend(url, protocol=protocol, timeout_s=timeout_s, shared_memory=shm,
-                                retry_after_s=2.0)
+        backend = TritonBackend(
+            url, protocol=protocol, timeout_s=timeout_s, shared_memory=shm, retry_after_s=2.0
+        )
         try:
             await backend.start(models.cards)
             before = await backend.infer("toy_pose", {"image": x})

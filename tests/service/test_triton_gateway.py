@@ -12,6 +12,7 @@ deadline, ``/readyz`` 503 while down, and service resumes with the same app (no 
 Skips only when tritonserver is not installed (``tests/triton_env.sh``); with
 ``HRNET_REQUIRE_TRITON=1`` (CI) that is a failure instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,16 @@ from fastapi.testclient import TestClient
 from export.triton_adapter import convert_repository
 from service.app import create_app
 from service.settings import Settings
-from tests.triton_fixtures import find_tritonserver, triton_factory_module  # noqa: F401
+from tests.triton_fixtures import find_tritonserver, triton_factory_module
 
 pytestmark = pytest.mark.slow  # end-to-end: a real tritonserver behind a live gateway
 
 if find_tritonserver() is None and os.environ.get("HRNET_REQUIRE_TRITON", "") in ("", "0"):
     # before the session's random_repo export (minutes), which is useless without a server
-    pytest.skip("tritonserver not installed: run tests/triton_env.sh (or set HRNET_TRITONSERVER)",
-                allow_module_level=True)
+    pytest.skip(
+        "tritonserver not installed: run tests/triton_env.sh (or set HRNET_TRITONSERVER)",
+        allow_module_level=True,
+    )
 
 POSE = "pp_tinypose_256x192"
 DETECTOR = "rtmdet_nano_person_320"
@@ -59,10 +62,13 @@ MEASURED: dict[str, float] = {}
 def _print_measured():
     yield
     if MEASURED:
-        print("\n[triton gateway] " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(MEASURED.items())))
+        print(
+            "\n[triton gateway] " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(MEASURED.items()))
+        )
 
 
 # ----------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def gateway_repo(random_repo, tmp_path_factory) -> Path:
@@ -88,17 +94,27 @@ def server(gateway_repo, triton_factory_module, tmp_path_factory):
 
 
 def _triton_settings(repo: Path, server, timeout_s: float) -> Settings:
-    return Settings(backend="triton", triton_url=server.grpc_url, triton_protocol="grpc",
-                    triton_timeout_s=timeout_s, model_repository=repo,
-                    default_pose_model=POSE, default_detector_model=DETECTOR,
-                    default_segment_model=SEG)
+    return Settings(
+        backend="triton",
+        triton_url=server.grpc_url,
+        triton_protocol="grpc",
+        triton_timeout_s=timeout_s,
+        model_repository=repo,
+        default_pose_model=POSE,
+        default_detector_model=DETECTOR,
+        default_segment_model=SEG,
+    )
 
 
 @pytest.fixture(scope="module")
 def embedded(gateway_repo):
-    settings = Settings(backend="onnxruntime", model_repository=gateway_repo,
-                        default_pose_model=POSE, default_detector_model=DETECTOR,
-                        default_segment_model=SEG)
+    settings = Settings(
+        backend="onnxruntime",
+        model_repository=gateway_repo,
+        default_pose_model=POSE,
+        default_detector_model=DETECTOR,
+        default_segment_model=SEG,
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -129,9 +145,12 @@ def coco_boxes_196141(shared) -> list[list[float]]:
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def post_pose(client: TestClient, name: str, data: bytes, **fields):
-    form = {k: (json.dumps(v) if k == "boxes" else str(v).lower() if isinstance(v, bool) else str(v))
-            for k, v in fields.items()}
+    form = {
+        k: (json.dumps(v) if k == "boxes" else str(v).lower() if isinstance(v, bool) else str(v))
+        for k, v in fields.items()
+    }
     return client.post("/pose", files={"image": (name, data, "image/jpeg")}, data=form)
 
 
@@ -146,9 +165,13 @@ def kpt_arrays(body: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     persons = body["persons"]
     k = len(body["keypoint_names"])
     kp = np.array([p["keypoints"] for p in persons], np.float64).reshape(len(persons), k, 3)
-    return (np.array([p["bbox"] for p in persons], np.float64).reshape(-1, 4),
-            np.array([p["bbox_score"] for p in persons], np.float64),
-            kp[..., :2], kp[..., 2], np.array([p["score"] for p in persons], np.float64))
+    return (
+        np.array([p["bbox"] for p in persons], np.float64).reshape(-1, 4),
+        np.array([p["bbox_score"] for p in persons], np.float64),
+        kp[..., :2],
+        kp[..., 2],
+        np.array([p["score"] for p in persons], np.float64),
+    )
 
 
 def assert_same_persons(a: dict, b: dict) -> float:
@@ -165,8 +188,12 @@ def assert_same_persons(a: dict, b: dict) -> float:
 
 
 def segment_png(client: TestClient, data: bytes, **fields) -> np.ndarray:
-    r = client.post("/segment", files={"image": ("demo.png", data, "image/png")},
-                    data={k: str(v) for k, v in fields.items()}, headers={"Accept": "image/png"})
+    r = client.post(
+        "/segment",
+        files={"image": ("demo.png", data, "image/png")},
+        data={k: str(v) for k, v in fields.items()},
+        headers={"Accept": "image/png"},
+    )
     assert r.status_code == 200, (r.status_code, r.text[:500])
     assert r.headers["content-type"] == "image/png"
     label = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -176,7 +203,9 @@ def segment_png(client: TestClient, data: bytes, **fields) -> np.ndarray:
 
 def triton_samples(server, model: str) -> int:
     """Samples (batch items) Triton has run for ``model`` so far (``inference_count`` statistic)."""
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/stats", timeout=5) as r:
+    with urllib.request.urlopen(
+        f"http://{server.http_url}/v2/models/{model}/stats", timeout=5
+    ) as r:
         return int(json.load(r)["model_stats"][0]["inference_count"])
 
 
@@ -192,6 +221,7 @@ def poll(fn, attempts: int, pause_s: float):
 
 
 # ----------------------------------------------------------------------------- parity
+
 
 def test_models_report_triton_and_ready(triton):
     r = triton.get("/models")
@@ -230,8 +260,7 @@ def test_pose_given_boxes_hrnet_parity(embedded, triton, server, photos, coco_bo
     jobs = [
         ("000000196141.jpg", coco_boxes_196141),
         # the whole image, an inner box and one reaching past the left/top border
-        ("mmdeploy_human-pose.jpg", [[0, 0, w, h], [30.5, 40.25, 120, 200],
-                                     [-20, -10, 100, 150]]),
+        ("mmdeploy_human-pose.jpg", [[0, 0, w, h], [30.5, 40.25, 120, 200], [-20, -10, 100, 150]]),
     ]
     worst = 0.0
     n0 = triton_samples(server, HRNET)
@@ -265,6 +294,7 @@ def test_segment_parity_whole_and_slide(embedded, triton, server, shared):
 
 # ----------------------------------------------------------------------------- outage
 
+
 def test_outage_503_and_recovery_without_gateway_restart(gateway_repo, server, photos):
     """Freeze, kill and restart Triton under one live Triton gateway (short deadline)."""
     name, data = photos[-1]  # COCO val 196141: several people
@@ -294,8 +324,9 @@ def test_outage_503_and_recovery_without_gateway_restart(gateway_repo, server, p
 
             # 2. killed while a request is in flight (sent to the frozen server)
             box: dict = {}
-            worker = threading.Thread(target=lambda: box.update(r=post_pose(client, name, data),
-                                                                t=time.perf_counter()))
+            worker = threading.Thread(
+                target=lambda: box.update(r=post_pose(client, name, data), t=time.perf_counter())
+            )
             t0 = time.perf_counter()
             worker.start()
             time.sleep(0.5)
@@ -341,4 +372,3 @@ def test_outage_503_and_recovery_without_gateway_restart(gateway_repo, server, p
         MEASURED["readyz_200_after_restart_s"] = time.perf_counter() - t_up
         models = client.get("/models").json()
         assert models["backend"] == "triton" and all(m["ready"] for m in models["models"])
-

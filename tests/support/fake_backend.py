@@ -7,10 +7,12 @@ Every call is recorded as ``(model, input shape)`` in :attr:`calls` (:attr:`shap
 only), with the event-loop thread it ran on in :attr:`loop_threads`; :meth:`close` sets
 :attr:`closed`.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 
@@ -42,8 +44,12 @@ class FakeBackend(Backend):
 
     name = "fake"
 
-    def __init__(self, fn: Optional[ModelFn] = None, output: str = "logits",
-                 models: Optional[dict[str, ModelFn]] = None):
+    def __init__(
+        self,
+        fn: ModelFn | None = None,
+        output: str = "logits",
+        models: dict[str, ModelFn] | None = None,
+    ):
         self.fn, self.output, self.models = fn, output, dict(models or {})
         self.calls: list[tuple[str, tuple[int, ...]]] = []
         self.loop_threads: set[int] = set()

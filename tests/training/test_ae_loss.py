@@ -1,5 +1,6 @@
 """Bottom-up losses (training.ae_loss) on hand-derived cases (MMPose 0.x MultiLossFactory
 semantics: masked heatmap MSE, AE 'exp' pull/push with its normalisation, stage factors)."""
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,15 @@ def _two_people():
     """K=2 tag maps of 1x3 pixels: flat index = k * 3 + x. Person A's joints read tags 1 and 3,
     person B's 0 and 0."""
     tags = torch.tensor([[[[1.0, 0.0, 7.0]], [[9.0, 3.0, 0.0]]]], requires_grad=True)
-    joints = torch.tensor([[[[0, 1], [4, 1]],      # A: k0 x0 -> 1.0, k1 x1 -> 3.0
-                            [[1, 1], [5, 1]],      # B: k0 x1 -> 0.0, k1 x2 -> 0.0
-                            [[0, 0], [0, 0]]]])    # empty slot
+    joints = torch.tensor(
+        [
+            [
+                [[0, 1], [4, 1]],  # A: k0 x0 -> 1.0, k1 x1 -> 3.0
+                [[1, 1], [5, 1]],  # B: k0 x1 -> 0.0, k1 x2 -> 0.0
+                [[0, 0], [0, 0]],
+            ]
+        ]
+    )  # empty slot
     return tags, joints
 
 
@@ -73,13 +80,21 @@ def test_multi_stage_combination():
     k = 2
     hm0 = torch.zeros(1, k, 1, 3)
     out0 = torch.cat([hm0 + 0.1, tags.detach()], 1)  # stage 0: heatmaps + tags
-    out1 = torch.full((1, k, 2, 6), 0.2)              # stage 1: heatmaps only
-    loss = BottomUpLoss(k, heatmaps_loss_factor=(1.0, 2.0), push_loss_factor=(0.001, 0.5),
-                        pull_loss_factor=(0.001, 0.5))
-    parts = loss([out0, out1], [hm0, torch.zeros(1, k, 2, 6)],
-                 [torch.ones(1, 1, 3), torch.ones(1, 2, 6)], [joints, joints])
+    out1 = torch.full((1, k, 2, 6), 0.2)  # stage 1: heatmaps only
+    loss = BottomUpLoss(
+        k,
+        heatmaps_loss_factor=(1.0, 2.0),
+        push_loss_factor=(0.001, 0.5),
+        pull_loss_factor=(0.001, 0.5),
+    )
+    parts = loss(
+        [out0, out1],
+        [hm0, torch.zeros(1, k, 2, 6)],
+        [torch.ones(1, 1, 3), torch.ones(1, 2, 6)],
+        [joints, joints],
+    )
     assert parts["heatmap_loss"].item() == pytest.approx(0.01 + 2 * 0.04)
-    assert parts["pull_loss"].item() == pytest.approx(0.001 * 0.5)   # stage 1 has no AE loss
+    assert parts["pull_loss"].item() == pytest.approx(0.001 * 0.5)  # stage 1 has no AE loss
     assert parts["push_loss"].item() == pytest.approx(0.001 * math.exp(-4) / 2, abs=1e-10)
     assert parts["loss"].item() == pytest.approx(0.09 + 0.0005 + 0.0005 * math.exp(-4))
     with pytest.raises(ValueError, match="2 stages"):

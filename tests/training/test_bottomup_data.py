@@ -1,6 +1,7 @@
 """Bottom-up training data (training.bottomup_transforms / bottomup_data): hand-derived geometry of
 BottomUpRandomAffine / BottomUpRandomFlip, COCO masks and record rules of MMPose 0.x
 BottomUpCocoDataset, and the real coco_mini pipeline's consistency."""
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,27 @@ import numpy as np
 import pytest
 
 from service.codecs.associative_embedding_targets import AssociativeEmbeddingTargets
-from training.bottomup_data import (BottomUpDataset, BottomUpRecord, ignore_mask,
-                                    load_bottomup_records, stage_sizes)
-from training.bottomup_transforms import (AffineDraw, BottomUpAugment, BottomUpSample,
-                                          bottomup_scale, draw_affine, random_flip, warp_sample)
+from training.bottomup_data import (
+    BottomUpDataset,
+    BottomUpRecord,
+    ignore_mask,
+    load_bottomup_records,
+    stage_sizes,
+)
+from training.bottomup_transforms import (
+    AffineDraw,
+    BottomUpAugment,
+    BottomUpSample,
+    bottomup_scale,
+    draw_affine,
+    random_flip,
+    warp_sample,
+)
 from training.data import sample_rng
 
-SHARED = Path(os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[2] / ".." / "shared"))
+SHARED = Path(
+    os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[2] / ".." / "shared")
+)
 COCO_MINI = SHARED / "data" / "coco_mini"
 FLIP = [0, 2, 1]
 
@@ -109,15 +124,38 @@ def test_ignore_mask_crowd_rle_and_unlabelled_polygon():
 
 def test_records_rules(tmp_path):
     kp = [10, 10, 2, 0, 0, 0, 20, 20, 1]
-    coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
-                       {"id": 2, "file_name": "b.jpg", "width": 40, "height": 30}],
-            "annotations": [
-                {"id": 10, "image_id": 1, "iscrowd": 0, "num_keypoints": 2, "keypoints": kp,
-                 "segmentation": [[0, 0, 1, 0, 1, 1]]},
-                {"id": 11, "image_id": 1, "iscrowd": 1, "num_keypoints": 0, "keypoints": [0] * 9,
-                 "segmentation": {"counts": [1200], "size": [30, 40]}},
-                {"id": 12, "image_id": 1, "iscrowd": 0, "num_keypoints": 0, "keypoints": [0] * 9,
-                 "segmentation": [[0, 0, 4, 0, 4, 4]]}]}
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
+            {"id": 2, "file_name": "b.jpg", "width": 40, "height": 30},
+        ],
+        "annotations": [
+            {
+                "id": 10,
+                "image_id": 1,
+                "iscrowd": 0,
+                "num_keypoints": 2,
+                "keypoints": kp,
+                "segmentation": [[0, 0, 1, 0, 1, 1]],
+            },
+            {
+                "id": 11,
+                "image_id": 1,
+                "iscrowd": 1,
+                "num_keypoints": 0,
+                "keypoints": [0] * 9,
+                "segmentation": {"counts": [1200], "size": [30, 40]},
+            },
+            {
+                "id": 12,
+                "image_id": 1,
+                "iscrowd": 0,
+                "num_keypoints": 0,
+                "keypoints": [0] * 9,
+                "segmentation": [[0, 0, 4, 0, 4, 4]],
+            },
+        ],
+    }
     p = tmp_path / "ann.json"
     p.write_text(json.dumps(coco))
     recs = load_bottomup_records(p, tmp_path, 3)
@@ -135,8 +173,9 @@ def test_records_rules(tmp_path):
 
 @pytest.mark.skipif(not COCO_MINI.is_dir(), reason="../shared/data/coco_mini missing")
 def test_coco_mini_samples_consistent_and_deterministic():
-    recs = load_bottomup_records(COCO_MINI / "annotations/person_keypoints_train2017.json",
-                                 COCO_MINI / "train2017", 17)
+    recs = load_bottomup_records(
+        COCO_MINI / "annotations/person_keypoints_train2017.json", COCO_MINI / "train2017", 17
+    )
     assert len(recs) == 36 and sum(len(r.joints) for r in recs) == 167
     flip = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
     t = AssociativeEmbeddingTargets(((32, 32), (64, 64)), max_num_people=30)
@@ -145,7 +184,7 @@ def test_coco_mini_samples_consistent_and_deterministic():
     for i in range(6):
         d = ds[i]
         assert d["inputs"].shape == (3, 128, 128)
-        for s, size in enumerate((32, 64)):
+        for s, _size in enumerate((32, 64)):
             hm = d["heatmaps"][s].numpy().reshape(-1)
             j = d["joints"][s].numpy().reshape(-1, 2)
             idx = j[j[:, 1] > 0, 0]

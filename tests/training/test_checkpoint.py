@@ -1,5 +1,6 @@
 """Checkpoints: published layouts round-trip exactly, mismatches are named, loading is safe,
 downloads are atomic and hash-checked."""
+
 from __future__ import annotations
 
 import collections
@@ -14,9 +15,17 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import (CheckpointError, convert_state_dict, detect_layout,
-                                 download_checkpoint, extract_state_dict, hash_prefix,
-                                 load_checkpoint, read_checkpoint, save_checkpoint)
+from training.checkpoint import (
+    CheckpointError,
+    convert_state_dict,
+    detect_layout,
+    download_checkpoint,
+    extract_state_dict,
+    hash_prefix,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from training.models import build_model
 
 
@@ -34,7 +43,10 @@ def _randomize(model, seed):
             elif name.endswith("running_var"):
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
             elif t.dim() == 1:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.2 + (1.0 if name.endswith("weight") else 0.0))
+                t.copy_(
+                    torch.randn(t.shape, generator=g) * 0.2
+                    + (1.0 if name.endswith("weight") else 0.0)
+                )
     return model
 
 
@@ -57,15 +69,23 @@ def small_pose():
 
 # --------------------------------------------------------------------------- round trips
 
+
 @pytest.mark.parametrize("layout", ["mmpose1", "mmpose0", "hrnet"])
 def test_w32_pose_round_trip_in_each_published_layout(w32_pose, layout, tmp_path):
-    path = save_checkpoint(w32_pose, tmp_path / f"w32_{layout}.pth", layout=layout,
-                           meta={"dataset_meta": {"sigmas": np.full(17, 0.05, np.float32)}})
+    path = save_checkpoint(
+        w32_pose,
+        tmp_path / f"w32_{layout}.pth",
+        layout=layout,
+        meta={"dataset_meta": {"sigmas": np.full(17, 0.05, np.float32)}},
+    )
     raw = read_checkpoint(path)
     sd, _ = extract_state_dict(raw)
     assert detect_layout(sd) == layout
-    head_key = {"mmpose1": "head.final_layer.weight", "mmpose0": "keypoint_head.final_layer.weight",
-                "hrnet": "final_layer.weight"}[layout]
+    head_key = {
+        "mmpose1": "head.final_layer.weight",
+        "mmpose0": "keypoint_head.final_layer.weight",
+        "hrnet": "final_layer.weight",
+    }[layout]
     bb = "" if layout == "hrnet" else "backbone."
     assert head_key in sd and bb + "stage4.2.fuse_layers.0.3.1.running_mean" in sd
     assert (layout == "hrnet") == ("state_dict" not in raw)
@@ -83,11 +103,17 @@ def test_w32_pose_round_trip_in_each_published_layout(w32_pose, layout, tmp_path
         assert torch.equal(w32_pose(x), fresh(x))
 
 
-@pytest.mark.parametrize("arch,classes", [("hrnet_w18_small", 19), ("hrnet_w18", 19), ("hrnet_w48", 19)])
+@pytest.mark.parametrize(
+    "arch,classes", [("hrnet_w18_small", 19), ("hrnet_w18", 19), ("hrnet_w48", 19)]
+)
 def test_fcn_hrnet_round_trip_in_mmseg_layout(arch, classes, tmp_path):
     src = _randomize(build_model(arch, "segmentation", classes, seed=0), 3)
-    path = save_checkpoint(src, tmp_path / f"fcn_{arch}.pth", layout="mmseg",
-                           meta={"dataset_meta": {"classes": ("road",) * classes}})
+    path = save_checkpoint(
+        src,
+        tmp_path / f"fcn_{arch}.pth",
+        layout="mmseg",
+        meta={"dataset_meta": {"classes": ("road",) * classes}},
+    )
     fresh = build_model(arch, "segmentation", classes, seed=42)
     info = load_checkpoint(fresh, path)
     assert info["layout"] == "mmseg"
@@ -101,7 +127,10 @@ def test_fcn_hrnet_round_trip_in_mmseg_layout(arch, classes, tmp_path):
 def test_convert_state_dict_renames_per_layout(small_pose):
     ours = small_pose.state_dict()
     mm0 = {("keypoint_head." + k[5:]) if k.startswith("head.") else k: v for k, v in ours.items()}
-    bare = {k[len("backbone."):] if k.startswith("backbone.") else k[len("head."):]: v for k, v in ours.items()}
+    bare = {
+        k[len("backbone.") :] if k.startswith("backbone.") else k[len("head.") :]: v
+        for k, v in ours.items()
+    }
     for sd in (ours, mm0, bare):
         assert convert_state_dict(sd, "topdown_pose").keys() == ours.keys()
     with pytest.raises(CheckpointError, match="segmentation model"):
@@ -113,16 +142,22 @@ def test_convert_state_dict_renames_per_layout(small_pose):
 def test_segmentation_checkpoint_is_refused_by_pose_model(tmp_path):
     seg = build_model("hrnet_w18_small", "segmentation", 19, seed=0)
     path = save_checkpoint(seg, tmp_path / "seg.pth", layout="mmseg")
-    with pytest.raises(CheckpointError, match="'mmseg' checkpoint cannot be loaded into a topdown_pose model"):
+    with pytest.raises(
+        CheckpointError, match="'mmseg' checkpoint cannot be loaded into a topdown_pose model"
+    ):
         load_checkpoint(build_model("hrnet_w18_small", "topdown_pose", 17), path)
 
 
 # --------------------------------------------------------------------------- mismatches
 
+
 def _pose_ckpt(model, layout):
     ours = model.state_dict()
     if layout == "mmpose0":
-        sd = {("keypoint_head." + k[5:]) if k.startswith("head.") else k: v.clone() for k, v in ours.items()}
+        sd = {
+            ("keypoint_head." + k[5:]) if k.startswith("head.") else k: v.clone()
+            for k, v in ours.items()
+        }
     else:
         sd = {k: v.clone() for k, v in ours.items()}
     return {"meta": {}, "state_dict": sd}
@@ -143,14 +178,20 @@ def test_renamed_key_is_named_both_ways(small_pose):
 def test_extra_key_is_named(small_pose):
     ckpt = _pose_ckpt(small_pose, "mmpose1")
     ckpt["state_dict"]["backbone.stage4.1.fuse_layers.1.0.0.0.weight"] = torch.zeros(36, 18, 3, 3)
-    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): backbone\.stage4\.1\.fuse_layers\.1\.0\.0\.0\.weight"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"unexpected keys \(1\): backbone\.stage4\.1\.fuse_layers\.1\.0\.0\.0\.weight",
+    ):
         load_checkpoint(build_model("hrnet_w18_small", "topdown_pose", 17), ckpt)
 
 
 def test_missing_key_is_named(small_pose):
     ckpt = _pose_ckpt(small_pose, "mmpose1")
     del ckpt["state_dict"]["backbone.stage3.2.branches.1.1.bn2.running_var"]
-    with pytest.raises(CheckpointError, match=r"missing keys \(1\): backbone\.stage3\.2\.branches\.1\.1\.bn2\.running_var"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing keys \(1\): backbone\.stage3\.2\.branches\.1\.1\.bn2\.running_var",
+    ):
         load_checkpoint(build_model("hrnet_w18_small", "topdown_pose", 17), ckpt)
 
 
@@ -175,7 +216,11 @@ def test_non_strict_loads_what_matches_and_reports_the_rest(small_pose):
 
 
 def test_old_files_without_bn_counters_and_with_module_prefix_load(small_pose):
-    sd = {"module." + k: v for k, v in small_pose.state_dict().items() if not k.endswith("num_batches_tracked")}
+    sd = {
+        "module." + k: v
+        for k, v in small_pose.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     model = build_model("hrnet_w18_small", "topdown_pose", 17, seed=3)
     info = load_checkpoint(model, {"state_dict": sd})
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
@@ -187,11 +232,17 @@ def test_old_files_without_bn_counters_and_with_module_prefix_load(small_pose):
 
 # --------------------------------------------------------------------------- safe loading
 
+
 def test_meta_with_numpy_arrays_and_scalars_loads(tmp_path, small_pose):
-    meta = {"dataset_meta": {"sigmas": np.array([0.026, 0.025, 0.035], np.float32),
-                             "flip_indices": np.array([0, 2, 1], np.int64),
-                             "keypoint_colors": np.array([[255, 128, 0]], np.uint8)},
-            "best_score": np.float64(0.7431), "seed": np.int64(21)}
+    meta = {
+        "dataset_meta": {
+            "sigmas": np.array([0.026, 0.025, 0.035], np.float32),
+            "flip_indices": np.array([0, 2, 1], np.int64),
+            "keypoint_colors": np.array([[255, 128, 0]], np.uint8),
+        },
+        "best_score": np.float64(0.7431),
+        "seed": np.int64(21),
+    }
     path = save_checkpoint(small_pose, tmp_path / "meta.pth", layout="mmpose1", meta=meta)
     info = load_checkpoint(build_model("hrnet_w18_small", "topdown_pose", 17), path)
     got = info["meta"]
@@ -205,8 +256,10 @@ def test_meta_with_numpy_arrays_and_scalars_loads(tmp_path, small_pose):
 def test_meta_pickled_under_numpy1_names_loads(tmp_path):
     # numpy 1.x pickles arrays as numpy.core.multiarray._reconstruct; torch's legacy format
     # (protocol 2, text GLOBAL opcodes) lets us write such a file by renaming the module.
-    obj = {"state_dict": collections.OrderedDict(w=torch.ones(2)),
-           "meta": {"sigmas": np.array([0.5, 0.25], np.float32), "s": np.float64(2.0)}}
+    obj = {
+        "state_dict": collections.OrderedDict(w=torch.ones(2)),
+        "meta": {"sigmas": np.array([0.5, 0.25], np.float32), "s": np.float64(2.0)},
+    }
     path = tmp_path / "np1.pth"
     torch.save(obj, path, _use_new_zipfile_serialization=False)
     data = path.read_bytes()
@@ -255,10 +308,15 @@ def test_missing_file_is_a_checkpoint_error(tmp_path):
 
 # --------------------------------------------------------------------------- download
 
+
 def test_hash_prefix_of_published_names():
     assert hash_prefix("hrnet_w32_coco_256x192-c78dce93_20200708.pth") == "c78dce93"
-    assert hash_prefix("td-hm_hrnet-w32_8xb64-210e_coco-256x192-81c58e40_20220909.pth") == "81c58e40"
-    assert hash_prefix("fcn_hr18s_512x1024_40k_cityscapes_20200601_014216-93db27d0.pth") == "93db27d0"
+    assert (
+        hash_prefix("td-hm_hrnet-w32_8xb64-210e_coco-256x192-81c58e40_20220909.pth") == "81c58e40"
+    )
+    assert (
+        hash_prefix("fcn_hr18s_512x1024_40k_cityscapes_20200601_014216-93db27d0.pth") == "93db27d0"
+    )
     assert hash_prefix("hrnet_w32-36af842e.pth") == "36af842e"
     assert hash_prefix("pose_hrnet_w32_256x192.pth") is None
 

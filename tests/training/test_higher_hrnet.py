@@ -5,6 +5,7 @@ Expected numbers are derived by hand in the tests (parameter counts from the lay
 transposed-conv border pattern from its definition); the published totals (28.6M / 63.8M) are
 the HigherHRNet paper's (Cheng et al., CVPR 2020, Table 1).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,13 @@ from service.cards import ModelCard, load_card  # noqa: E402
 from service.datasets import get_pose_dataset  # noqa: E402
 from tests.export_fixtures import clear_export_env  # noqa: E402
 from tests.training.test_checkpoint import _randomize  # noqa: E402
-from training.checkpoint import (CheckpointError, detect_layout, load_checkpoint,  # noqa: E402
-                                 read_checkpoint, save_checkpoint)
+from training.checkpoint import (  # noqa: E402
+    CheckpointError,
+    detect_layout,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from training.higher_hrnet import AEHigherResolutionHead, deconv_padding  # noqa: E402
 from training.models import build_model, count_parameters, create_model  # noqa: E402
 from training.registry import ALIASES, BOTTOMUP_METRIC_KEYS, get_entry, list_entries  # noqa: E402
@@ -32,16 +38,19 @@ K = 17
 
 # --------------------------------------------------------------------------- architecture
 
+
 def _head_params(c: int, k: int = K) -> int:
     """AEHigherResolutionHead of the configs, counted layer by layer (deconv filters = c)."""
-    final0 = c * 2 * k + 2 * k                       # 1x1 conv C -> K heatmaps + K tags
-    deconv = (c + 2 * k) * c * 4 * 4 + 2 * c         # ConvTranspose2d 4x4 (no bias) + BN
-    blocks = 4 * (2 * c * c * 9 + 2 * 2 * c)         # 4 BasicBlocks: two 3x3 convs + two BNs
-    final1 = c * k + k                               # 1x1 conv C -> K heatmaps
+    final0 = c * 2 * k + 2 * k  # 1x1 conv C -> K heatmaps + K tags
+    deconv = (c + 2 * k) * c * 4 * 4 + 2 * c  # ConvTranspose2d 4x4 (no bias) + BN
+    blocks = 4 * (2 * c * c * 9 + 2 * 2 * c)  # 4 BasicBlocks: two 3x3 convs + two BNs
+    final1 = c * k + k  # 1x1 conv C -> K heatmaps
     return final0 + deconv + blocks + final1
 
 
-@pytest.mark.parametrize("arch, width, published_m", [("hrnet_w32", 32, 28.6), ("hrnet_w48", 48, 63.8)])
+@pytest.mark.parametrize(
+    "arch, width, published_m", [("hrnet_w32", 32, 28.6), ("hrnet_w48", 48, 63.8)]
+)
 def test_parameter_count_is_backbone_plus_head_and_matches_published(arch, width, published_m):
     topdown = build_model(arch, "topdown_pose", K, seed=0)
     backbone = count_parameters(topdown) - (width * K + K)  # minus the 1x1 top-down head
@@ -57,11 +66,18 @@ def test_parameter_count_is_backbone_plus_head_and_matches_published(arch, width
 def test_head_keys_follow_upstream_module_tree():
     model = build_model("hrnet_w32", "bottomup_pose", K, seed=0)
     sd = model.state_dict()
-    head = sorted({re.sub(r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$", "", k)
-                   for k in sd if k.startswith("head.")})
+    head = sorted(
+        {
+            re.sub(r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$", "", k)
+            for k in sd
+            if k.startswith("head.")
+        }
+    )
     assert head == ["head.deconv_layers.0.0.0", "head.deconv_layers.0.0.1"] + [
-        f"head.deconv_layers.0.{b}.0.{m}" for b in range(1, 5)
-        for m in ("bn1", "bn2", "conv1", "conv2")] + ["head.final_layers.0", "head.final_layers.1"]
+        f"head.deconv_layers.0.{b}.0.{m}"
+        for b in range(1, 5)
+        for m in ("bn1", "bn2", "conv1", "conv2")
+    ] + ["head.final_layers.0", "head.final_layers.1"]
     assert sd["head.deconv_layers.0.0.0.weight"].shape == (32 + 34, 32, 4, 4)  # cat_output
     assert sd["head.final_layers.0.weight"].shape == (34, 32, 1, 1)
     assert sd["head.final_layers.1.weight"].shape == (17, 32, 1, 1)
@@ -74,8 +90,9 @@ def test_deconv_stage_by_hand():
     """K=1, C=1, no basic blocks: y = 2x + 1 at 1/4; the stride-2 4x4 transposed conv (padding 1)
     over [x, y] with all weights w gives each output pixel 2x2 taps inside, 2x1 on an edge, 1x1
     in a corner; then BN (eval, identity stats) and ReLU; final 1x1 conv weight 1, bias 0."""
-    head = AEHigherResolutionHead(1, 1, num_deconv_filters=(1,), num_basic_blocks=0,
-                                  with_ae=(False, False)).eval()
+    head = AEHigherResolutionHead(
+        1, 1, num_deconv_filters=(1,), num_basic_blocks=0, with_ae=(False, False)
+    ).eval()
     w, x0 = 0.5, 3.0
     with torch.no_grad():
         head.final_layers[0].weight.fill_(2.0)
@@ -95,7 +112,9 @@ def test_deconv_stage_by_hand():
         for c in (0, -1):
             expected[r, c] = one_tap
     assert torch.allclose(high[0, 0], expected, rtol=1e-6)
-    assert deconv_padding(4) == (1, 0) and deconv_padding(3) == (1, 1) and deconv_padding(2) == (0, 0)
+    assert (
+        deconv_padding(4) == (1, 0) and deconv_padding(3) == (1, 1) and deconv_padding(2) == (0, 0)
+    )
     with pytest.raises(ValueError, match="deconv kernel"):
         deconv_padding(5)
     with pytest.raises(ValueError, match="with_ae"):
@@ -116,36 +135,61 @@ def test_output_shapes_at_512x768(w32):
 
 # --------------------------------------------------------------------------- registry
 
+
 def test_registry_rows_as_published():
     rows = {e.name: e for e in list_entries(task="bottomup_pose")}
-    assert sorted(rows) == ["higher_hrnet32_coco_512x512", "higher_hrnet32_coco_640x640",
-                            "higher_hrnet48_coco_512x512"]
+    assert sorted(rows) == [
+        "higher_hrnet32_coco_512x512",
+        "higher_hrnet32_coco_640x640",
+        "higher_hrnet48_coco_512x512",
+    ]
     e = rows[W32]
-    assert e.url == ("https://download.openmmlab.com/mmpose/bottom_up/"
-                     "higher_hrnet32_coco_512x512-8ae85183_20200713.pth")
-    assert dict(e.metrics) == dict(zip(BOTTOMUP_METRIC_KEYS, (0.677, 0.870, 0.738, 0.723, 0.890,
-                                                              0.706, 0.881, 0.771, 0.747, 0.901)))
+    assert e.url == (
+        "https://download.openmmlab.com/mmpose/bottom_up/"
+        "higher_hrnet32_coco_512x512-8ae85183_20200713.pth"
+    )
+    assert dict(e.metrics) == dict(
+        zip(
+            BOTTOMUP_METRIC_KEYS,
+            (0.677, 0.870, 0.738, 0.723, 0.890, 0.706, 0.881, 0.771, 0.747, 0.901),
+        )
+    )
     assert rows["higher_hrnet48_coco_512x512"].metrics["AP(ms)"] == 0.716
     assert rows["higher_hrnet32_coco_640x640"].input_size == (640, 640)
     assert e.arch == "hrnet_w32" and rows["higher_hrnet48_coco_512x512"].arch == "hrnet_w48"
     assert e.upstream == "mmpose-0.x" and e.head_prefix == "keypoint_head."
     cfg = e.ae_test_cfg
-    assert (cfg["max_num_people"], cfg["nms_kernel"], cfg["detection_threshold"],
-            cfg["tag_threshold"], cfg["adjust"], cfg["refine"]) == (30, 5, 0.1, 1.0, True, True)
+    assert (
+        cfg["max_num_people"],
+        cfg["nms_kernel"],
+        cfg["detection_threshold"],
+        cfg["tag_threshold"],
+        cfg["adjust"],
+        cfg["refine"],
+    ) == (30, 5, 0.1, 1.0, True, True)
     assert cfg["joint_order"] == [0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16]
-    for alias, name in (("higherhrnet_w32_coco_512x512", W32),
-                        ("higherhrnet_w32_coco_640x640", "higher_hrnet32_coco_640x640"),
-                        ("higherhrnet_w48_coco_512x512.py", "higher_hrnet48_coco_512x512")):
+    for alias, name in (
+        ("higherhrnet_w32_coco_512x512", W32),
+        ("higherhrnet_w32_coco_640x640", "higher_hrnet32_coco_640x640"),
+        ("higherhrnet_w48_coco_512x512.py", "higher_hrnet48_coco_512x512"),
+    ):
         assert get_entry(alias) is rows[name]
     assert len(ALIASES) == 3
 
 
 # --------------------------------------------------------------------------- checkpoints
 
-@pytest.mark.parametrize("layout, sample_key", [
-    ("mmpose0", "keypoint_head.deconv_layers.0.0.0.weight"),
-    ("higherhrnet", "deconv_layers.0.0.0.weight")])
-def test_both_published_layouts_round_trip_with_identical_outputs(w32, layout, sample_key, tmp_path):
+
+@pytest.mark.parametrize(
+    "layout, sample_key",
+    [
+        ("mmpose0", "keypoint_head.deconv_layers.0.0.0.weight"),
+        ("higherhrnet", "deconv_layers.0.0.0.weight"),
+    ],
+)
+def test_both_published_layouts_round_trip_with_identical_outputs(
+    w32, layout, sample_key, tmp_path
+):
     path = save_checkpoint(w32, tmp_path / f"{layout}.pth", layout)
     raw = read_checkpoint(path)
     sd = raw["state_dict"] if layout == "mmpose0" else raw
@@ -172,26 +216,34 @@ def test_wrong_key_and_shape_are_named(w32, tmp_path):
     assert "unexpected keys (1): final_layers.1.weights" in msg
     shaped = dict(sd)
     shaped["deconv_layers.0.0.0.weight"] = torch.zeros(49, 32, 4, 4)  # cat_output off
-    with pytest.raises(CheckpointError, match=re.escape(
-            "deconv_layers.0.0.0.weight: checkpoint [49, 32, 4, 4] vs model [66, 32, 4, 4]")):
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape(
+            "deconv_layers.0.0.0.weight: checkpoint [49, 32, 4, 4] vs model [66, 32, 4, 4]"
+        ),
+    ):
         load_checkpoint(create_model(W32), shaped)
 
 
 def test_layouts_of_other_tasks_are_refused(w32, tmp_path):
-    topdown = save_checkpoint(build_model("hrnet_w18_small", "topdown_pose", 17), tmp_path / "t.pth",
-                              "mmpose1")
-    with pytest.raises(CheckpointError, match="'mmpose1' checkpoint cannot be loaded into a "
-                                              "bottomup_pose model"):
+    topdown = save_checkpoint(
+        build_model("hrnet_w18_small", "topdown_pose", 17), tmp_path / "t.pth", "mmpose1"
+    )
+    with pytest.raises(
+        CheckpointError, match="'mmpose1' checkpoint cannot be loaded into a bottomup_pose model"
+    ):
         load_checkpoint(create_model(W32), topdown)
     bare = save_checkpoint(w32, tmp_path / "b.pth", "higherhrnet")
-    with pytest.raises(CheckpointError, match="'higherhrnet' checkpoint cannot be loaded into a "
-                                              "topdown_pose model"):
+    with pytest.raises(
+        CheckpointError, match="'higherhrnet' checkpoint cannot be loaded into a topdown_pose model"
+    ):
         load_checkpoint(build_model("hrnet_w32", "topdown_pose", 17), bare)
     with pytest.raises(ValueError, match="does not fit a bottomup_pose model"):
         save_checkpoint(w32, tmp_path / "x.pth", "hrnet")
 
 
 # --------------------------------------------------------------------------- export + card
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -206,10 +258,25 @@ def exported(tmp_path_factory):
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            rc = main(["--arch", "higherhrnet_w32_coco_512x512", "--random-init", "--name", "hh",
-                       "--model-repository", str(repo), "--exporter", "legacy",
-                       "--instance-kind", "KIND_CPU",
-                       "--check-size", "512x768", "--check-size", "640x512"])
+            rc = main(
+                [
+                    "--arch",
+                    "higherhrnet_w32_coco_512x512",
+                    "--random-init",
+                    "--name",
+                    "hh",
+                    "--model-repository",
+                    str(repo),
+                    "--exporter",
+                    "legacy",
+                    "--instance-kind",
+                    "KIND_CPU",
+                    "--check-size",
+                    "512x768",
+                    "--check-size",
+                    "640x512",
+                ]
+            )
     finally:
         mp.undo()
     assert rc == 0, out.getvalue()
@@ -218,14 +285,22 @@ def exported(tmp_path_factory):
 
 def test_export_parity_at_two_sizes_batch_1_and_2(exported):
     _, text = exported
-    lines = re.findall(r"parity (\d+)x3x(\d+)x(\d+) (\S+): max abs err (\S+) \(max \|torch\| (\S+), "
-                       r"allowed (\S+)\)", text)
+    lines = re.findall(
+        r"parity (\d+)x3x(\d+)x(\d+) (\S+): max abs err (\S+) \(max \|torch\| (\S+), "
+        r"allowed (\S+)\)",
+        text,
+    )
     seen = {(int(n), int(h), int(w), out) for n, h, w, out, *_ in lines}
-    assert seen == {(n, h, w, out) for n in (1, 2) for h, w in ((512, 768), (640, 512))
-                    for out in ("heatmaps_tags_1_4", "heatmaps_1_2")}
+    assert seen == {
+        (n, h, w, out)
+        for n in (1, 2)
+        for h, w in ((512, 768), (640, 512))
+        for out in ("heatmaps_tags_1_4", "heatmaps_1_2")
+    }
     for *_, err, mag, bound in lines:
         assert float(err) <= 1e-4 + 1e-5 * float(mag) and float(bound) == pytest.approx(
-            1e-4 + 1e-5 * float(mag), rel=1e-2)
+            1e-4 + 1e-5 * float(mag), rel=1e-2
+        )
         assert float(mag) > 1e-3  # calibrated BN: outputs are not vanishing
 
 
@@ -235,12 +310,15 @@ def test_exported_graph_is_dynamic_and_matches_the_card(exported):
 
     entry, _ = exported
     graph = onnx.load(str(entry / "1" / "model.onnx")).graph
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in [*graph.input, *graph.output]}
-    assert dims == {"input": ["batch", 3, "height", "width"],
-                    "heatmaps_tags_1_4": ["batch", 34, "heatmaps_tags_1_4_height",
-                                          "heatmaps_tags_1_4_width"],
-                    "heatmaps_1_2": ["batch", 17, "heatmaps_1_2_height", "heatmaps_1_2_width"]}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.input, *graph.output]
+    }
+    assert dims == {
+        "input": ["batch", 3, "height", "width"],
+        "heatmaps_tags_1_4": ["batch", 34, "heatmaps_tags_1_4_height", "heatmaps_tags_1_4_width"],
+        "heatmaps_1_2": ["batch", 17, "heatmaps_1_2_height", "heatmaps_1_2_width"],
+    }
     sess = ort.InferenceSession(str(entry / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     low, high = sess.run(None, {"input": np.zeros((3, 3, 192, 320), np.float32)})
     assert low.shape == (3, 34, 48, 80) and high.shape == (3, 17, 96, 160)
@@ -253,20 +331,47 @@ def test_card_has_what_grouping_needs_and_round_trips(exported):
     entry, _ = exported
     card = load_card(entry)
     assert card.task == "bottomup_pose" and card.input_size == (None, None)
-    assert [(o.name, o.dims) for o in card.outputs] == [("heatmaps_tags_1_4", [34, -1, -1]),
-                                                        ("heatmaps_1_2", [17, -1, -1])]
+    assert [(o.name, o.dims) for o in card.outputs] == [
+        ("heatmaps_tags_1_4", [34, -1, -1]),
+        ("heatmaps_1_2", [17, -1, -1]),
+    ]
     coco = get_pose_dataset("coco")
     assert card.keypoint_names == list(coco.keypoint_names)
     assert card.flip_indices == [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
-    assert card.sigmas == pytest.approx([0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072,
-                                         0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089,
-                                         0.089])
+    assert card.sigmas == pytest.approx(
+        [
+            0.026,
+            0.025,
+            0.025,
+            0.035,
+            0.035,
+            0.079,
+            0.079,
+            0.072,
+            0.072,
+            0.062,
+            0.062,
+            0.107,
+            0.107,
+            0.087,
+            0.087,
+            0.089,
+            0.089,
+        ]
+    )
     assert len(card.skeleton) == len(coco.skeleton) > 0 and card.flip_test
     spec = card.bottomup
     assert spec is not None and spec.input_size == 512 and spec.size_divisor == 64
-    assert (spec.max_num_people, spec.detection_threshold, spec.tag_threshold, spec.nms_kernel,
-            spec.nms_padding, spec.adjust, spec.refine, spec.with_ae) == (
-        30, 0.1, 1.0, 5, 2, True, True, [True, False])
+    assert (
+        spec.max_num_people,
+        spec.detection_threshold,
+        spec.tag_threshold,
+        spec.nms_kernel,
+        spec.nms_padding,
+        spec.adjust,
+        spec.refine,
+        spec.with_ae,
+    ) == (30, 0.1, 1.0, 5, 2, True, True, [True, False])
     assert spec.joint_order == [0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16]
     assert card.normalization.mean == (123.675, 116.28, 103.53)
     assert card.source.url is None and "RANDOM WEIGHTS" in (card.source.notes or "")

@@ -1,5 +1,6 @@
 """KeypointConverter semantics (training.keypoint_mapping): hand-derived arrays, and the seed-003
 mappings checked against the keypoint names of the real AIC sample file and our COCO tables."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,13 @@ import numpy as np
 import pytest
 
 from service.datasets import get_pose_dataset
-from training.keypoint_mapping import (AIC_TO_COCO, AIC_TO_COCO_AIC, COCO_TO_COCO_AIC,
-                                       KeypointMapping, get_mapping)
+from training.keypoint_mapping import (
+    AIC_TO_COCO,
+    AIC_TO_COCO_AIC,
+    COCO_TO_COCO_AIC,
+    KeypointMapping,
+    get_mapping,
+)
 
 
 def _aic_person() -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ architecture described in the HRNet papers/configs (written below independently 
 code: it never walks modules), (c) key names quoted from upstream material, and (d) values of
 bilinear/nearest interpolation worked out by hand.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,13 +16,19 @@ import torch
 
 from training.heads import FCNHead
 from training.hrnet import BasicBlock, HRModule, HRNet, hrnet_config
-from training.models import (SegmentationModel, TopdownPoseModel, build_model, count_parameters,
-                             create_model)
+from training.models import (
+    SegmentationModel,
+    TopdownPoseModel,
+    build_model,
+    count_parameters,
+    create_model,
+)
 
 ARCHS = ["hrnet_w18_small", "hrnet_w18", "hrnet_w32", "hrnet_w48"]
 
 
 # --------------------------------------------------------------------------- by-hand counting
+
 
 class _Tally:
     """Counts parameters and state_dict keys of convs (1 or 2 keys) and BNs (5 keys)."""
@@ -44,45 +51,70 @@ def _count(width, small, task, n_out):
     t = _Tally()
     w = [width, 2 * width, 4 * width, 8 * width]
     # stem: 3x3 s2 3->64, 3x3 s2 64->64
-    t.conv(3, 64, 3); t.bn(64); t.conv(64, 64, 3); t.bn(64)
+    t.conv(3, 64, 3)
+    t.bn(64)
+    t.conv(64, 64, 3)
+    t.bn(64)
     # stage 1: Bottlenecks 64 -> 256 (inner 64), first one with a 1x1 projection
     for b in range(2 if small else 4):
         cin = 64 if b == 0 else 256
-        t.conv(cin, 64, 1); t.bn(64); t.conv(64, 64, 3); t.bn(64); t.conv(64, 256, 1); t.bn(256)
+        t.conv(cin, 64, 1)
+        t.bn(64)
+        t.conv(64, 64, 3)
+        t.bn(64)
+        t.conv(64, 256, 1)
+        t.bn(256)
         if b == 0:
-            t.conv(64, 256, 1); t.bn(256)
+            t.conv(64, 256, 1)
+            t.bn(256)
     # transitions: 256 -> w0 (3x3) and 256 -> w1 (3x3 s2); later only a new branch each
-    t.conv(256, w[0], 3); t.bn(w[0]); t.conv(256, w[1], 3); t.bn(w[1])
+    t.conv(256, w[0], 3)
+    t.bn(w[0])
+    t.conv(256, w[1], 3)
+    t.bn(w[1])
     modules = {2: 1, 3: 3 if small else 4, 4: 2 if small else 3}
     blocks = 2 if small else 4
     for stage in (2, 3, 4):
         n = stage
         if stage > 2:
-            t.conv(w[n - 2], w[n - 1], 3); t.bn(w[n - 1])
+            t.conv(w[n - 2], w[n - 1], 3)
+            t.bn(w[n - 1])
         for m in range(modules[stage]):
             for i in range(n):  # BasicBlocks: two 3x3 convs
                 for _ in range(blocks):
-                    t.conv(w[i], w[i], 3); t.bn(w[i]); t.conv(w[i], w[i], 3); t.bn(w[i])
+                    t.conv(w[i], w[i], 3)
+                    t.bn(w[i])
+                    t.conv(w[i], w[i], 3)
+                    t.bn(w[i])
             last = m == modules[stage] - 1
             fused = 1 if (stage == 4 and last and task == "topdown_pose") else n
             for i in range(fused):
                 for j in range(n):
                     if j > i:  # 1x1 + BN, then upsample
-                        t.conv(w[j], w[i], 1); t.bn(w[i])
+                        t.conv(w[j], w[i], 1)
+                        t.bn(w[i])
                     elif j < i:  # (i-j-1) 3x3 s2 keeping w_j, then one 3x3 s2 to w_i
                         for _ in range(i - j - 1):
-                            t.conv(w[j], w[j], 3); t.bn(w[j])
-                        t.conv(w[j], w[i], 3); t.bn(w[i])
+                            t.conv(w[j], w[j], 3)
+                            t.bn(w[j])
+                        t.conv(w[j], w[i], 3)
+                        t.bn(w[i])
     if task == "topdown_pose":
         t.conv(w[0], n_out, 1, bias=True)
     else:
         s = sum(w)
-        t.conv(s, s, 1); t.bn(s); t.conv(s, n_out, 1, bias=True)
+        t.conv(s, s, 1)
+        t.bn(s)
+        t.conv(s, n_out, 1, bias=True)
     return t.params, t.keys
 
 
-_SPEC = {"hrnet_w18_small": (18, True), "hrnet_w18": (18, False), "hrnet_w32": (32, False),
-         "hrnet_w48": (48, False)}
+_SPEC = {
+    "hrnet_w18_small": (18, True),
+    "hrnet_w18": (18, False),
+    "hrnet_w32": (32, False),
+    "hrnet_w48": (48, False),
+}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -101,36 +133,59 @@ def test_parameter_counts_match_published_figures():
     assert round(count_parameters(build_model("hrnet_w48", "topdown_pose", 17)) / 1e6, 1) == 63.6
     # HRNet/HRNet-Semantic-Segmentation README (Cityscapes, 19 classes): HRNetV2-W18-Small-v2
     # 3.9M; HRNetV2-W48 65.8M there and 65.9M in the TPAMI paper: the count lies between.
-    assert round(count_parameters(build_model("hrnet_w18_small", "segmentation", 19)) / 1e6, 1) == 3.9
+    assert (
+        round(count_parameters(build_model("hrnet_w18_small", "segmentation", 19)) / 1e6, 1) == 3.9
+    )
     n48 = count_parameters(build_model("hrnet_w48", "segmentation", 19))
     assert 65.8e6 <= n48 <= 65.9e6
 
 
 # --------------------------------------------------------------------------- names and shapes
 
+
 def test_key_names_match_upstream():
     pose = build_model("hrnet_w32", "topdown_pose", 17).state_dict()
     seg = build_model("hrnet_w18", "segmentation", 19).state_dict()
     # names used by the mmcv-style HRNet (mmpose/mmseg hrnet.py, also pose_hrnet.py)
-    for key in ["conv1.weight", "bn1.running_var", "conv2.weight", "bn2.weight",
-                "layer1.0.conv1.weight", "layer1.0.bn3.bias", "layer1.0.downsample.0.weight",
-                "layer1.0.downsample.1.running_mean", "transition1.0.0.weight",
-                "transition1.1.0.0.weight", "transition2.2.0.0.weight", "transition3.3.0.1.bias",
-                "stage2.0.branches.0.0.conv1.weight", "stage2.0.fuse_layers.0.1.0.weight",
-                "stage2.0.fuse_layers.1.0.0.0.weight", "stage4.2.fuse_layers.0.3.1.running_var",
-                "stage4.2.fuse_layers.0.3.0.weight"]:
+    for key in [
+        "conv1.weight",
+        "bn1.running_var",
+        "conv2.weight",
+        "bn2.weight",
+        "layer1.0.conv1.weight",
+        "layer1.0.bn3.bias",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.running_mean",
+        "transition1.0.0.weight",
+        "transition1.1.0.0.weight",
+        "transition2.2.0.0.weight",
+        "transition3.3.0.1.bias",
+        "stage2.0.branches.0.0.conv1.weight",
+        "stage2.0.fuse_layers.0.1.0.weight",
+        "stage2.0.fuse_layers.1.0.0.0.weight",
+        "stage4.2.fuse_layers.0.3.1.running_var",
+        "stage4.2.fuse_layers.0.3.0.weight",
+    ]:
         assert "backbone." + key in pose and "backbone." + key in seg, key
     assert "head.final_layer.weight" in pose and "head.final_layer.bias" in pose
     # keys listed as "unexpected" when the multi-scale ImageNet HRNet is loaded into the MMPose
     # top-down model (open-mmlab/mmpose issues #451, #723, PR #357): the last stage-4 module of
     # the pose model fuses into branch 0 only, while HRNetV2 (segmentation) keeps them all.
-    for key in ["stage4.2.fuse_layers.1.2.0.weight", "stage4.2.fuse_layers.2.0.1.1.bias",
-                "stage4.2.fuse_layers.3.2.0.1.running_mean", "stage4.2.fuse_layers.3.1.1.1.running_var"]:
+    for key in [
+        "stage4.2.fuse_layers.1.2.0.weight",
+        "stage4.2.fuse_layers.2.0.1.1.bias",
+        "stage4.2.fuse_layers.3.2.0.1.running_mean",
+        "stage4.2.fuse_layers.3.1.1.1.running_var",
+    ]:
         assert "backbone." + key not in pose, key
         assert "backbone." + key in seg, key
     # MMSeg FCNHead (ConvModule conv/bn, no conv bias) key names
-    for key in ["decode_head.convs.0.conv.weight", "decode_head.convs.0.bn.running_mean",
-                "decode_head.conv_seg.weight", "decode_head.conv_seg.bias"]:
+    for key in [
+        "decode_head.convs.0.conv.weight",
+        "decode_head.convs.0.bn.running_mean",
+        "decode_head.conv_seg.weight",
+        "decode_head.conv_seg.bias",
+    ]:
         assert key in seg, key
     assert "decode_head.convs.0.conv.bias" not in seg
 
@@ -144,7 +199,7 @@ def test_key_shapes_worked_out_by_hand():
         "backbone.transition1.0.0.weight": (32, 256, 3, 3),
         "backbone.transition1.1.0.0.weight": (64, 256, 3, 3),
         "backbone.transition3.3.0.0.weight": (256, 128, 3, 3),
-        "backbone.stage4.2.fuse_layers.0.3.0.weight": (32, 256, 1, 1),   # 1x1, upsample x8
+        "backbone.stage4.2.fuse_layers.0.3.0.weight": (32, 256, 1, 1),  # 1x1, upsample x8
         "backbone.stage3.0.fuse_layers.2.0.0.0.weight": (32, 32, 3, 3),  # keeps w_j
         "backbone.stage3.0.fuse_layers.2.0.1.0.weight": (128, 32, 3, 3),
         "head.final_layer.weight": (17, 32, 1, 1),  # mmpose 0.x keypoint_head.final_layer
@@ -190,10 +245,12 @@ def test_pose_rejects_sizes_not_multiple_of_32():
 
 # --------------------------------------------------------------------------- fusion semantics
 
+
 def _two_branch_module(mode):
     """2-branch HRModule, 1 channel, blocks reduced to identity+ReLU, fuse conv/BN = identity."""
-    m = HRModule(2, BasicBlock, (1, 1), [1, 1], (1, 1), multiscale_output=False,
-                 upsample_mode=mode).eval()
+    m = HRModule(
+        2, BasicBlock, (1, 1), [1, 1], (1, 1), multiscale_output=False, upsample_mode=mode
+    ).eval()
     with torch.no_grad():
         for block in (m.branches[0][0], m.branches[1][0]):
             block.bn2.weight.zero_()  # residual branch contributes 0 -> block(x) = relu(x)
@@ -209,7 +266,9 @@ def test_fusion_nearest_mmpose():
     x1 = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
     with torch.no_grad():
         (y,) = m([x0, x1])
-    expected = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]], dtype=torch.float32)
+    expected = torch.tensor(
+        [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]], dtype=torch.float32
+    )
     torch.testing.assert_close(y[0, 0], expected, rtol=0, atol=1e-6)
 
 
@@ -256,8 +315,9 @@ def test_fusion_bilinear_traced_at_one_size_is_right_at_another(tracer):
         warnings.simplefilter("ignore")
         if tracer == "torch.export":
             hw = {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
-            traced = torch.export.export(m, (example,), dynamic_shapes=([hw, hw],),
-                                         strict=False).module()
+            traced = torch.export.export(
+                m, (example,), dynamic_shapes=([hw, hw],), strict=False
+            ).module()
         else:
             traced = torch.jit.trace(m, (example,), check_trace=False)
         (y3,) = traced([torch.zeros(1, 1, 3, 3), x1])
@@ -285,6 +345,7 @@ def test_fcn_head_resize_concat():
 
 
 # --------------------------------------------------------------------------- init and seeding
+
 
 def test_seeded_build_is_deterministic_and_leaves_global_rng_alone():
     torch.manual_seed(123)
@@ -329,12 +390,22 @@ def test_hrnet_rejects_inconsistent_stage_config():
 def test_create_model_uses_registry_entry_and_checkpoint(tmp_path, monkeypatch):
     from training.checkpoint import save_checkpoint
 
-    entry = types.SimpleNamespace(name="fake_seg", task="segmentation", arch="hrnet_w18_small",
-                                  num_outputs=7, input_size=None, url=None, metrics={})
+    entry = types.SimpleNamespace(
+        name="fake_seg",
+        task="segmentation",
+        arch="hrnet_w18_small",
+        num_outputs=7,
+        input_size=None,
+        url=None,
+        metrics={},
+    )
     fake = types.ModuleType("training.registry")
-    fake.get_entry = lambda name: entry if name == "fake_seg" else (_ for _ in ()).throw(KeyError(name))
+    fake.get_entry = lambda name: (
+        entry if name == "fake_seg" else (_ for _ in ()).throw(KeyError(name))
+    )
     monkeypatch.setitem(sys.modules, "training.registry", fake)
     import training
+
     monkeypatch.setattr(training, "registry", fake, raising=False)
 
     src = create_model("fake_seg", seed=3)

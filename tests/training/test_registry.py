@@ -5,8 +5,10 @@ Spot-check values were read off the upstream model-zoo tables by hand (MMPose
 ``hrnet_horse10.md``, MMSeg ``configs/hrnet/README.md``); geometry expectations are arithmetic
 (heatmap = input / 4, HxW -> (w, h)).
 """
+
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -17,16 +19,30 @@ import pytest
 
 from service.datasets import get_pose_dataset, get_seg_dataset
 from training import registry
-from training.registry import (COCO_METRIC_KEYS, HORSE10_METRIC_KEYS, SEG_METRIC_KEYS, ModelEntry,
-                               get_entry, list_entries, register)
+from training.registry import (
+    COCO_METRIC_KEYS,
+    HORSE10_METRIC_KEYS,
+    SEG_METRIC_KEYS,
+    ModelEntry,
+    get_entry,
+    list_entries,
+    register,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # rows per upstream table
 POSE_TABLES = {
-    "hrnet_coco": 4, "hrnet_fp16_coco": 1, "hrnet_augmentation_coco": 3, "hrnet_coco_aic": 2,
-    "hrnet_dark_coco": 4, "hrnet_udp_coco": 4, "hrnet_horse10": 6, "hrnet_macaque": 2,
-    "hrnet_atrw": 2, "project": 1,
+    "hrnet_coco": 4,
+    "hrnet_fp16_coco": 1,
+    "hrnet_augmentation_coco": 3,
+    "hrnet_coco_aic": 2,
+    "hrnet_dark_coco": 4,
+    "hrnet_udp_coco": 4,
+    "hrnet_horse10": 6,
+    "hrnet_macaque": 2,
+    "hrnet_atrw": 2,
+    "project": 1,
 }
 SEG_TABLE = {"cityscapes": 9, "ade20k": 6, "voc": 6, "pascal_context": 2, "pascal_context_59": 2}
 
@@ -39,17 +55,21 @@ def _table_of(e: ModelEntry) -> str:
         return f"hrnet_{e.dataset}"
     if "coco-aic" in n:
         return "hrnet_coco_aic"
-    for key, table in (("_dark-", "hrnet_dark_coco"), ("_udp-", "hrnet_udp_coco"),
-                       ("_fp16-", "hrnet_fp16_coco"),
-                       ("_coarsedropout-", "hrnet_augmentation_coco"),
-                       ("_gridmask-", "hrnet_augmentation_coco"),
-                       ("_photometric-", "hrnet_augmentation_coco")):
+    for key, table in (
+        ("_dark-", "hrnet_dark_coco"),
+        ("_udp-", "hrnet_udp_coco"),
+        ("_fp16-", "hrnet_fp16_coco"),
+        ("_coarsedropout-", "hrnet_augmentation_coco"),
+        ("_gridmask-", "hrnet_augmentation_coco"),
+        ("_photometric-", "hrnet_augmentation_coco"),
+    ):
         if key in n:
             return table
     return "hrnet_coco"
 
 
 # ------------------------------------------------------------------------------------ counts
+
 
 def test_counts_per_table():
     pose = list_entries(task="topdown_pose")
@@ -68,6 +88,7 @@ def test_seg_rows_cover_arch_x_schedule_grid():
             m = re.match(r"fcn_(hr18s|hr18|hr48)_4xb\d-(\d+k)_", e.name)
             out.add((m.group(1), m.group(2)))
         return out
+
     archs = {"hr18s", "hr18", "hr48"}
     assert grid("cityscapes") == {(a, s) for a in archs for s in ("40k", "80k", "160k")}
     assert grid("ade20k") == {(a, s) for a in archs for s in ("80k", "160k")}
@@ -78,11 +99,13 @@ def test_seg_rows_cover_arch_x_schedule_grid():
 
 # --------------------------------------------------------------------------------- integrity
 
+
 def test_names_urls_and_configs_unique_and_well_formed():
     entries = list_entries()
     assert len({e.name for e in entries}) == len(entries)
     # project rows (trained with hrnet-train) have no URL and no upstream config, only a recipe
     from training.recipes import RECIPES
+
     project = [e for e in entries if not e.url]
     assert [e.name for e in project] == ["td-hm_hrnet-w18-small_dlc-openfield-128x128"]
     assert all(e.config == "" and e.name in RECIPES for e in project)
@@ -95,7 +118,7 @@ def test_names_urls_and_configs_unique_and_well_formed():
         assert re.search(r"-[0-9a-f]{8}(_\d{8})?\.pth$", e.url), e.name
         assert e.config == f"{e.config.rsplit('/', 1)[0]}/{e.name}.py"
         assert e.checkpoint_filename == e.url.rsplit("/", 1)[1]
-        assert "//" not in e.url[len("https://"):]
+        assert "//" not in e.url[len("https://") :]
 
 
 def test_every_entry_matches_its_dataset_metainfo():
@@ -106,8 +129,12 @@ def test_every_entry_matches_its_dataset_metainfo():
 
 
 def test_pose_geometry():
-    expected = {"256x192": ((192, 256), 2.0), "384x288": ((288, 384), 3.0),
-                "256x256": ((256, 256), 2.0), "128x128": ((128, 128), 2.0)}
+    expected = {
+        "256x192": ((192, 256), 2.0),
+        "384x288": ((288, 384), 3.0),
+        "256x256": ((256, 256), 2.0),
+        "128x128": ((128, 128), 2.0),
+    }
     for e in list_entries(task="topdown_pose"):
         size = re.findall(r"\d{3}x\d{3}", e.name)[-1]  # upstream writes HxW in the name
         (w, h), sigma = expected[size]
@@ -121,8 +148,13 @@ def test_pose_codec_flags():
         assert e.dark == ("_dark-" in e.name), e.name
         assert (e.codec == "UDPHeatmap") == ("_udp-" in e.name) == e.use_udp, e.name
         assert e.shift_heatmap == (not e.use_udp) and e.flip_test
-        assert e.arch == ("hrnet_w48" if "w48" in e.name else "hrnet_w18_small"
-                          if "w18-small" in e.name else "hrnet_w32")
+        assert e.arch == (
+            "hrnet_w48"
+            if "w48" in e.name
+            else "hrnet_w18_small"
+            if "w18-small" in e.name
+            else "hrnet_w32"
+        )
         assert e.head_prefix == ("keypoint_head." if e.upstream == "mmpose-0.x" else "head.")
         assert e.test_mode is None and e.crop_size is None
 
@@ -131,17 +163,29 @@ def test_seg_test_settings():
     for e in list_entries(task="segmentation"):
         assert e.align_corners is False and e.head_prefix == "decode_head."
         assert e.codec is None and e.input_size is None
-        assert e.arch == {"hr18s": "hrnet_w18_small", "hr18": "hrnet_w18",
-                          "hr48": "hrnet_w48"}[e.name.split("_")[1]]
+        assert (
+            e.arch
+            == {"hr18s": "hrnet_w18_small", "hr18": "hrnet_w18", "hr48": "hrnet_w48"}[
+                e.name.split("_")[1]
+            ]
+        )
         crop = tuple(int(v) for v in e.name.rsplit("-", 1)[1].split("x"))  # HxW in the name
         assert e.crop_size == crop
         if e.dataset.startswith("pascal_context"):
             assert (e.test_mode, e.test_scale, e.test_crop, e.test_stride) == (
-                "slide", (520, 520), (480, 480), (320, 320))
+                "slide",
+                (520, 520),
+                (480, 480),
+                (320, 320),
+            )
         else:
             assert e.test_mode == "whole" and e.test_crop is None and e.test_stride is None
-            assert e.test_scale == {"cityscapes": (2048, 1024), "ade20k": (2048, 512),
-                                    "voc": (2048, 512)}[e.dataset]
+            assert (
+                e.test_scale
+                == {"cityscapes": (2048, 1024), "ade20k": (2048, 512), "voc": (2048, 512)}[
+                    e.dataset
+                ]
+            )
         # the (0.x-named) checkpoint encodes the same arch, schedule and dataset
         arch, sched = re.match(r"fcn_(hr18s|hr18|hr48)_4xb\d-(\d+k)_", e.name).groups()
         assert f"/fcn_{arch}_" in e.url and f"_{sched}_" in e.url, e.name
@@ -167,22 +211,36 @@ def test_metrics_are_read_only():
     e = get_entry("td-hm_hrnet-w32_8xb64-210e_coco-256x192")
     with pytest.raises(TypeError):
         e.metrics["AP"] = 1.0  # type: ignore[index]
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         e.url = "x"  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------- spot checks vs upstream
 
+
 def test_spot_check_coco_w32_256x192():
     e = get_entry("td-hm_hrnet-w32_8xb64-210e_coco-256x192")
-    assert e.url == ("https://download.openmmlab.com/mmpose/v1/body_2d_keypoint/topdown_heatmap/"
-                     "coco/td-hm_hrnet-w32_8xb64-210e_coco-256x192-81c58e40_20220909.pth")
-    assert dict(e.metrics) == {"AP": 0.749, "AP50": 0.906, "AP75": 0.821, "AR": 0.804,
-                               "AR50": 0.945}
-    assert e.config == ("configs/body_2d_keypoint/topdown_heatmap/coco/"
-                        "td-hm_hrnet-w32_8xb64-210e_coco-256x192.py")
+    assert e.url == (
+        "https://download.openmmlab.com/mmpose/v1/body_2d_keypoint/topdown_heatmap/"
+        "coco/td-hm_hrnet-w32_8xb64-210e_coco-256x192-81c58e40_20220909.pth"
+    )
+    assert dict(e.metrics) == {
+        "AP": 0.749,
+        "AP50": 0.906,
+        "AP75": 0.821,
+        "AR": 0.804,
+        "AR50": 0.945,
+    }
+    assert e.config == (
+        "configs/body_2d_keypoint/topdown_heatmap/coco/td-hm_hrnet-w32_8xb64-210e_coco-256x192.py"
+    )
     assert (e.task, e.arch, e.dataset, e.codec, e.upstream) == (
-        "topdown_pose", "hrnet_w32", "coco", "MSRAHeatmap", "mmpose-1.x")
+        "topdown_pose",
+        "hrnet_w32",
+        "coco",
+        "MSRAHeatmap",
+        "mmpose-1.x",
+    )
 
 
 def test_spot_check_w48_udp_384x288():
@@ -207,8 +265,10 @@ def test_spot_check_coco_aic():
 def test_spot_check_animals():
     h = get_entry("hrnet_w48_horse10_256x256-split1")
     assert dict(h.metrics) == {"PCK@0.3": 0.973, "NME": 0.095}
-    assert h.url == ("https://download.openmmlab.com/mmpose/animal/hrnet/"
-                     "hrnet_w48_horse10_256x256_split1-3c950d3b_20210405.pth")
+    assert h.url == (
+        "https://download.openmmlab.com/mmpose/animal/hrnet/"
+        "hrnet_w48_horse10_256x256_split1-3c950d3b_20210405.pth"
+    )
     assert h.upstream == "mmpose-0.x" and h.head_prefix == "keypoint_head."
     m = get_entry("hrnet_w32_macaque_256x192")
     assert m.input_size == (192, 256) and m.metrics["AP"] == 0.814
@@ -220,14 +280,21 @@ def test_augmentation_rows_are_mmpose_0x_checkpoints():
     """hrnet_augmentation_coco.md (MMPose 1.x) links the 0.x checkpoints of
     configs/top_down/augmentation/ (download.openmmlab.com/mmpose/top_down/augmentation/,
     dated 2021-03-20, before MMPose 1.0): their state dicts hold keypoint_head.* keys."""
-    for kind, tail in (("coarsedropout", "0f16a0ce"), ("gridmask", "868180df"),
-                       ("photometric", "308cf591")):
+    for kind, tail in (
+        ("coarsedropout", "0f16a0ce"),
+        ("gridmask", "868180df"),
+        ("photometric", "308cf591"),
+    ):
         e = get_entry(f"td-hm_hrnet-w32_{kind}-8xb64-210e_coco-256x192")
-        assert e.url == ("https://download.openmmlab.com/mmpose/top_down/augmentation/"
-                         f"hrnet_w32_coco_256x192_{kind}-{tail}_20210320.pth")
+        assert e.url == (
+            "https://download.openmmlab.com/mmpose/top_down/augmentation/"
+            f"hrnet_w32_coco_256x192_{kind}-{tail}_20210320.pth"
+        )
         assert e.upstream == "mmpose-0.x" and e.head_prefix == "keypoint_head."
-        assert e.config == ("configs/body_2d_keypoint/topdown_heatmap/coco/"
-                            f"td-hm_hrnet-w32_{kind}-8xb64-210e_coco-256x192.py")
+        assert e.config == (
+            "configs/body_2d_keypoint/topdown_heatmap/coco/"
+            f"td-hm_hrnet-w32_{kind}-8xb64-210e_coco-256x192.py"
+        )
     # every other COCO row is a 1.x checkpoint (mmpose/v1/...) with head.* keys
     for e in list_entries(dataset="coco"):
         v1 = e.url.startswith("https://download.openmmlab.com/mmpose/v1/")
@@ -236,9 +303,11 @@ def test_augmentation_rows_are_mmpose_0x_checkpoints():
 
 def test_spot_check_segmentation():
     e = get_entry("fcn_hr48_4xb2-160k_cityscapes-512x1024")
-    assert e.url == ("https://download.openmmlab.com/mmsegmentation/v0.5/hrnet/"
-                     "fcn_hr48_512x1024_160k_cityscapes/"
-                     "fcn_hr48_512x1024_160k_cityscapes_20200602_190946-59b7973e.pth")
+    assert e.url == (
+        "https://download.openmmlab.com/mmsegmentation/v0.5/hrnet/"
+        "fcn_hr48_512x1024_160k_cityscapes/"
+        "fcn_hr48_512x1024_160k_cityscapes_20200602_190946-59b7973e.pth"
+    )
     assert dict(e.metrics) == {"mIoU": 80.65, "mIoU(ms+flip)": 81.92}
     assert e.crop_size == (512, 1024) and e.test_scale == (2048, 1024)
     p = get_entry("fcn_hr48_4xb4-80k_pascal-context-59-480x480")
@@ -249,6 +318,7 @@ def test_spot_check_segmentation():
 
 
 # ----------------------------------------------------------------------------------- the API
+
 
 def test_get_entry_accepts_py_suffix_and_suggests_close_matches():
     name = "fcn_hr18_4xb2-40k_cityscapes-512x1024"
@@ -270,9 +340,19 @@ def test_list_entries_filters():
 
 
 def _pose_kwargs(**over):
-    kw = dict(name="my_hrnet", task="topdown_pose", arch="hrnet_w32", dataset="coco",
-              num_outputs=17, config="local/my_hrnet.py", url="https://example.org/x.pth",
-              input_size=(192, 256), heatmap_size=(48, 64), sigma=2.0, codec="MSRAHeatmap")
+    kw = dict(
+        name="my_hrnet",
+        task="topdown_pose",
+        arch="hrnet_w32",
+        dataset="coco",
+        num_outputs=17,
+        config="local/my_hrnet.py",
+        url="https://example.org/x.pth",
+        input_size=(192, 256),
+        heatmap_size=(48, 64),
+        sigma=2.0,
+        codec="MSRAHeatmap",
+    )
     kw.update(over)
     return kw
 
@@ -292,69 +372,127 @@ def test_register_and_duplicate():
     assert len(list_entries()) == 57
 
 
-@pytest.mark.parametrize("over", [
-    dict(task="bottomup"), dict(arch="hrnet_w40"), dict(codec="SimCC"),
-    dict(codec="UDPHeatmap"),                        # UDP without use_udp
-    dict(dark=True, codec="UDPHeatmap", use_udp=True),
-    dict(sigma=None), dict(num_outputs=0), dict(config="local/other.py"),
-    dict(output_keypoint_indices=(0, 17)), dict(test_mode="whole"),
-])
+@pytest.mark.parametrize(
+    "over",
+    [
+        dict(task="bottomup"),
+        dict(arch="hrnet_w40"),
+        dict(codec="SimCC"),
+        dict(codec="UDPHeatmap"),  # UDP without use_udp
+        dict(dark=True, codec="UDPHeatmap", use_udp=True),
+        dict(sigma=None),
+        dict(num_outputs=0),
+        dict(config="local/other.py"),
+        dict(output_keypoint_indices=(0, 17)),
+        dict(test_mode="whole"),
+    ],
+)
 def test_entry_validation(over):
     with pytest.raises(ValueError):
         ModelEntry(**_pose_kwargs(**over))
 
 
 def test_seg_entry_validation():
-    base = dict(name="s", task="segmentation", arch="hrnet_w18", dataset="voc", num_outputs=21,
-                config="c/s.py", url="https://example.org/s.pth", crop_size=(512, 512),
-                test_scale=(2048, 512), test_mode="whole")
+    base = dict(
+        name="s",
+        task="segmentation",
+        arch="hrnet_w18",
+        dataset="voc",
+        num_outputs=21,
+        config="c/s.py",
+        url="https://example.org/s.pth",
+        crop_size=(512, 512),
+        test_scale=(2048, 512),
+        test_mode="whole",
+    )
     ModelEntry(**base)
-    for over in (dict(test_mode="slide"), dict(test_mode="tiles"), dict(crop_size=None),
-                 dict(test_crop=(1, 1), test_stride=(1, 1)), dict(codec="MSRAHeatmap")):
+    for over in (
+        dict(test_mode="slide"),
+        dict(test_mode="tiles"),
+        dict(crop_size=None),
+        dict(test_crop=(1, 1), test_stride=(1, 1)),
+        dict(codec="MSRAHeatmap"),
+    ):
         with pytest.raises(ValueError):
             ModelEntry(**{**base, **over})
 
 
 def test_entries_make_valid_model_cards():
     """Every entry + its metainfo fills the shared card schema (service.cards) without error."""
-    from service.cards import CodecSpec, ModelCard, Normalization, SegTestPipeline, TensorSpec, make_card
+    from service.cards import (
+        CodecSpec,
+        ModelCard,
+        Normalization,
+        SegTestPipeline,
+        TensorSpec,
+        make_card,
+    )
+
     norm = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
     for e in list_entries():
         if e.task == "topdown_pose":
             info = get_pose_dataset(e.dataset)
             w, h = e.input_size
             card = make_card(
-                name=e.name, task=e.task, input_size=e.input_size, normalization=norm,
+                name=e.name,
+                task=e.task,
+                input_size=e.input_size,
+                normalization=norm,
                 inputs=[TensorSpec(name="input", dims=[3, h, w])],
-                outputs=[TensorSpec(name="heatmaps",
-                                    dims=[e.num_outputs, e.heatmap_size[1], e.heatmap_size[0]])],
-                codec=CodecSpec(type=e.codec, input_size=e.input_size,
-                                heatmap_size=e.heatmap_size, sigma=e.sigma, unbiased=e.dark),
-                use_udp=e.use_udp, shift_heatmap=e.shift_heatmap, flip_test=e.flip_test,
-                keypoint_names=list(info.keypoint_names), skeleton=list(info.skeleton),
-                flip_indices=list(info.flip_indices), sigmas=list(info.sigmas),
-                dataset=e.dataset)
+                outputs=[
+                    TensorSpec(
+                        name="heatmaps", dims=[e.num_outputs, e.heatmap_size[1], e.heatmap_size[0]]
+                    )
+                ],
+                codec=CodecSpec(
+                    type=e.codec,
+                    input_size=e.input_size,
+                    heatmap_size=e.heatmap_size,
+                    sigma=e.sigma,
+                    unbiased=e.dark,
+                ),
+                use_udp=e.use_udp,
+                shift_heatmap=e.shift_heatmap,
+                flip_test=e.flip_test,
+                keypoint_names=list(info.keypoint_names),
+                skeleton=list(info.skeleton),
+                flip_indices=list(info.flip_indices),
+                sigmas=list(info.sigmas),
+                dataset=e.dataset,
+            )
             assert card.num_keypoints == e.num_outputs
         elif e.task == "bottomup_pose":  # its card builder is pinned in test_higher_hrnet.py
             from export.cards import card_for_entry
+
             card = card_for_entry(e, e.name)
             assert card.bottomup is not None and card.bottomup.num_joints == e.num_outputs
         else:
             info = get_seg_dataset(e.dataset)
             card = make_card(
-                name=e.name, task=e.task, input_size=(None, None), normalization=norm,
+                name=e.name,
+                task=e.task,
+                input_size=(None, None),
+                normalization=norm,
                 inputs=[TensorSpec(name="input", dims=[3, -1, -1])],
                 outputs=[TensorSpec(name="logits", dims=[e.num_outputs, -1, -1])],
-                classes=list(info.classes), palette=list(info.palette),
-                test_pipeline=SegTestPipeline(scale=e.test_scale, mode=e.test_mode,
-                                              crop_size=e.test_crop, stride=e.test_stride),
-                align_corners=e.align_corners)
+                classes=list(info.classes),
+                palette=list(info.palette),
+                test_pipeline=SegTestPipeline(
+                    scale=e.test_scale,
+                    mode=e.test_mode,
+                    crop_size=e.test_crop,
+                    stride=e.test_stride,
+                ),
+                align_corners=e.align_corners,
+            )
             assert len(card.classes) == e.num_outputs
 
 
 def test_import_is_torch_free():
-    code = ("import sys, training.registry, service.datasets; "
-            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys, training.registry, service.datasets; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0
 
 
@@ -365,6 +503,9 @@ def test_atrw_uses_padding_one_as_mmpose_0x_atrw_dataset():
     for name in ("hrnet_w32_atrw_256x256", "hrnet_w48_atrw_256x256"):
         assert get_entry(name).bbox_padding == 1.0
         assert card_for_entry(get_entry(name), "x").bbox_padding == 1.0
-    for name in ("hrnet_w32_macaque_256x192", "hrnet_w32_horse10_256x256-split1",
-                 "td-hm_hrnet-w32_8xb64-210e_coco-256x192"):
+    for name in (
+        "hrnet_w32_macaque_256x192",
+        "hrnet_w32_horse10_256x256-split1",
+        "td-hm_hrnet-w32_8xb64-210e_coco-256x192",
+    ):
         assert get_entry(name).bbox_padding == 1.25

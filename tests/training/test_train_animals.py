@@ -1,6 +1,7 @@
 """Seed 001 (Horse-10, MacaquePose, ATRW) recipes: values of the MMPose 0.x configs, and a few
 training iterations on each real mmpose_tests sample set with validation by the dataset's
 metric (Horse-10 PCK/NME, the others COCO-style AP), strict reload and export."""
+
 from __future__ import annotations
 
 import json
@@ -11,19 +12,26 @@ import numpy as np
 import pytest
 import torch
 
+from tests.train_fixtures import quick_options, small_entry, small_rows
 from training.recipes import RECIPES, DataLayout, get_recipe
 from training.trainer import Trainer
-
-from tests.train_fixtures import quick_options, small_entry, small_rows  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("small_rows")
 
 #: registry row -> (test-size row, sample folder, best metric, input size (w, h))
 ANIMALS = {
-    "hrnet_w32_horse10_256x256-split1": ("test-hrnet_w18-small_horse10_64x64", "horse10", "PCK",
-                                         (256, 256)),
-    "hrnet_w32_macaque_256x192": ("test-hrnet_w18-small_macaque_96x64", "macaque", "AP",
-                                  (192, 256)),
+    "hrnet_w32_horse10_256x256-split1": (
+        "test-hrnet_w18-small_horse10_64x64",
+        "horse10",
+        "PCK",
+        (256, 256),
+    ),
+    "hrnet_w32_macaque_256x192": (
+        "test-hrnet_w18-small_macaque_96x64",
+        "macaque",
+        "AP",
+        (192, 256),
+    ),
     "hrnet_w32_atrw_256x256": ("test-hrnet_w18-small_atrw_64x64", "atrw", "AP", (256, 256)),
 }
 
@@ -34,16 +42,27 @@ def test_animal_recipes_follow_the_mmpose_0x_configs():
     for name in names:
         r = get_recipe(name)
         e = r.entry
-        assert (r.lr, r.warmup_iters, r.warmup_factor, r.milestones, r.gamma, r.max_epochs) == \
-            (5e-4, 500, 0.001, (170, 200), 0.1, 210)
+        assert (r.lr, r.warmup_iters, r.warmup_factor, r.milestones, r.gamma, r.max_epochs) == (
+            5e-4,
+            500,
+            0.001,
+            (170, 200),
+            0.1,
+            210,
+        )
         assert r.batch_size == (32 if "w48" in name else 64) and e.sigma == 2.0
         assert r.val_interval == 10 and r.augment.flip_prob == 0.5
-        assert (r.augment.shift_prob, r.augment.scale_factor, r.augment.rotate_prob) == \
-            (0.3, (0.5, 1.5), 0.6)
+        assert (r.augment.shift_prob, r.augment.scale_factor, r.augment.rotate_prob) == (
+            0.3,
+            (0.5, 1.5),
+            0.6,
+        )
     h = get_recipe("hrnet_w48_horse10_256x256-split3")
     assert h.augment.half_body_prob == 0.0 and h.best_metric == "PCK"
-    assert (h.data.train_ann, h.data.val_ann) == ("annotations/horse10-train-split3.json",
-                                                  "annotations/horse10-test-split3.json")
+    assert (h.data.train_ann, h.data.val_ann) == (
+        "annotations/horse10-train-split3.json",
+        "annotations/horse10-test-split3.json",
+    )
     assert h.entry.input_size == (256, 256) and h.entry.num_outputs == 22
     m = get_recipe("hrnet_w32_macaque_256x192")
     assert m.entry.input_size == (192, 256) and m.best_metric == "AP"
@@ -63,9 +82,11 @@ def test_train_on_the_real_samples_validate_reload_export(shared, tmp_path, name
     entry = small_entry(small)
     root = shared / "data" / "mmpose_tests" / folder
     ann = f"test_{folder}.json"
-    recipe = replace(RECIPES[name], model=small,
-                     data=DataLayout(train_ann=ann, train_images=".", val_ann=ann,
-                                     val_images="."))
+    recipe = replace(
+        RECIPES[name],
+        model=small,
+        data=DataLayout(train_ann=ann, train_images=".", val_ann=ann, val_images="."),
+    )
     work = tmp_path / "work"
     tr = Trainer(recipe, quick_options(root, work, max_iters=2, batch_size=2))
     n = len(json.loads((root / ann).read_text())["annotations"])
@@ -85,7 +106,20 @@ def test_train_on_the_real_samples_validate_reload_export(shared, tmp_path, name
     from export.cli import main as export_main
 
     repo = tmp_path / "repo"
-    assert export_main(["--arch", small, "--checkpoint", str(ck), "--name", f"{folder}_small",
-                        "--model-repository", str(repo)]) == 0
+    assert (
+        export_main(
+            [
+                "--arch",
+                small,
+                "--checkpoint",
+                str(ck),
+                "--name",
+                f"{folder}_small",
+                "--model-repository",
+                str(repo),
+            ]
+        )
+        == 0
+    )
     card = json.loads(next(Path(repo).rglob("card.json")).read_text())
     assert card["dataset"] == folder and card["bbox_padding"] == entry.bbox_padding

@@ -2,6 +2,7 @@
 distortion) after TopdownAffine: the geometry of the holes, keypoints untouched, one photometric
 implementation shared with segmentation, determinism per sample seed, and resume stays bit-exact
 with the variants on."""
+
 from __future__ import annotations
 
 import cv2
@@ -9,10 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import (PIXEL_VARIANTS, PhotometricConfig, apply_pixel_augment,
-                              photometric_distortion, pixel_augment)
-
-from tests.train_fixtures import small_rows  # noqa: F401
+from tests.train_fixtures import small_rows
+from training.augment import (
+    PIXEL_VARIANTS,
+    PhotometricConfig,
+    apply_pixel_augment,
+    photometric_distortion,
+    pixel_augment,
+)
 
 WHITE = np.full((256, 192, 3), 255, np.uint8)
 
@@ -27,8 +32,9 @@ def _holes(img: np.ndarray) -> list[tuple[int, int, int, int]]:
 def test_coarse_dropout_holes_within_bounds():
     applied = 0
     for seed in range(40):
-        out = apply_pixel_augment(WHITE, PIXEL_VARIANTS["coarsedropout"],
-                                  np.random.default_rng(seed))
+        out = apply_pixel_augment(
+            WHITE, PIXEL_VARIANTS["coarsedropout"], np.random.default_rng(seed)
+        )
         assert out.shape == WHITE.shape and out.dtype == np.uint8
         changed = out != WHITE
         # only zeros are written, to whole pixels
@@ -40,7 +46,7 @@ def test_coarse_dropout_holes_within_bounds():
         zero = (out == 0).all(axis=2)
         assert len(holes) <= 8
         for x, y, w, h in holes:
-            if zero[y:y + h, x:x + w].all():  # a lone (non-overlapping) hole: a filled box
+            if zero[y : y + h, x : x + w].all():  # a lone (non-overlapping) hole: a filled box
                 assert 10 <= w <= 40 and 10 <= h <= 40, (seed, w, h)
     assert 10 <= applied <= 30  # p = 0.5 over 40 samples
 
@@ -58,8 +64,9 @@ def test_grid_dropout_regular_squares():
         # equal cells and drops half of each cell per axis, at a random offset inside it; so
         # the usual hole is int(0.5 * S / (S // u)) px: 5..24 wide (S = 192), 5..21 high
         # (S = 256); neighbouring holes may touch (merged components are not the mode)
-        inner = np.array([(w, h) for x, y, w, h in holes
-                          if x > 0 and y > 0 and x + w < 192 and y + h < 256])
+        inner = np.array(
+            [(w, h) for x, y, w, h in holes if x > 0 and y > 0 and x + w < 192 and y + h < 256]
+        )
         assert len(inner) >= 4
         sides, counts = np.unique(inner, axis=0, return_counts=True)
         w, h = sides[counts.argmax()]
@@ -91,8 +98,10 @@ def test_photometric_deterministic_and_bounded(shared):
     # upstream's code tests mode 1 twice): 100 -> within [(100 - 32) * 0.5^2, (100 + 32) * 1.5^2]
     # = [17, 297 -> 255], and outside MMSeg's range for some seeds (measured: 24..237 over 200)
     mmpose = PhotometricConfig(upstream="mmpose")
-    twice = [int(photometric_distortion(grey, np.random.default_rng(s), mmpose)[0, 0, 0])
-             for s in range(200)]
+    twice = [
+        int(photometric_distortion(grey, np.random.default_rng(s), mmpose)[0, 0, 0])
+        for s in range(200)
+    ]
     assert min(twice) >= 17 and (min(twice) < 34 or max(twice) > 198)
     with pytest.raises(ValueError, match="upstream"):
         PhotometricConfig(upstream="mmdet")
@@ -117,11 +126,17 @@ def test_variant_recipes():
         assert r.augment.pixel_variants == (tag,)
         base = RECIPES["td-hm_hrnet-w32_8xb64-210e_coco-256x192"]
         assert (r.lr, r.batch_size, r.max_epochs, r.milestones) == (
-            base.lr, base.batch_size, base.max_epochs, base.milestones)
+            base.lr,
+            base.batch_size,
+            base.max_epochs,
+            base.milestones,
+        )
 
 
-@pytest.mark.parametrize("variants", [("coarsedropout",), ("gridmask",), ("photometric",),
-                                      ("coarsedropout", "photometric")])
+@pytest.mark.parametrize(
+    "variants",
+    [("coarsedropout",), ("gridmask",), ("photometric",), ("coarsedropout", "photometric")],
+)
 def test_variants_change_pixels_not_keypoints(shared, variants):
     """Through the top-down dataset: same (seed, epoch, index) -> same crop geometry and
     keypoints with and without the variant; the variant only changes pixels (and is
@@ -137,15 +152,24 @@ def test_variants_change_pixels_not_keypoints(shared, variants):
     entry = recipe.entry
     card = pose_card(entry, entry.name)
     root = shared / "data" / "coco_mini"
-    records = load_records(root / "annotations/person_keypoints_train2017.json",
-                           root / "train2017", "coco", limit=6)
+    records = load_records(
+        root / "annotations/person_keypoints_train2017.json", root / "train2017", "coco", limit=6
+    )
 
     def dataset(aug):
-        return TopdownDataset(records, build_codec(card.codec), card.normalization,
-                              card.flip_indices, augment=aug, seed=7)
+        return TopdownDataset(
+            records,
+            build_codec(card.codec),
+            card.normalization,
+            card.flip_indices,
+            augment=aug,
+            seed=7,
+        )
 
-    plain, varied = dataset(recipe.augment), dataset(replace(recipe.augment,
-                                                             pixel_variants=variants))
+    plain, varied = (
+        dataset(recipe.augment),
+        dataset(replace(recipe.augment, pixel_variants=variants)),
+    )
     changed = 0
     for i in range(len(records)):
         a, b, b2 = plain.instance(i), varied.instance(i), varied.instance(i)
@@ -171,14 +195,20 @@ def test_segmentation_uses_the_same_photometric(monkeypatch):
 
     monkeypatch.setattr(st, "photometric_distortion", spy)
     img = np.zeros((32, 64, 3), np.uint8)
-    st.apply_seg_pipeline(img, np.zeros((32, 64), np.uint8), (64, 32), (16, 16),
-                          st.SegAugmentConfig(), np.random.default_rng(0))
+    st.apply_seg_pipeline(
+        img,
+        np.zeros((32, 64), np.uint8),
+        (64, 32),
+        (16, 16),
+        st.SegAugmentConfig(),
+        np.random.default_rng(0),
+    )
     assert st.photometric_distortion is spy and real is photometric_distortion
     assert calls == [PhotometricConfig()] and calls[0].upstream == "mmseg"
     assert PIXEL_VARIANTS["photometric"].photometric_cfg.upstream == "mmpose"
 
 
-def test_resume_bit_exact_with_variants(shared, tmp_path, small_rows):  # noqa: F811
+def test_resume_bit_exact_with_variants(shared, tmp_path, small_rows):
     """Stopped after 3 iterations and resumed, a run with CoarseDropout + GridDropout +
     photometric gives the same 6 losses and weights as the uninterrupted run."""
     from training import checkpoint as ckpt
@@ -195,17 +225,29 @@ def test_resume_bit_exact_with_variants(shared, tmp_path, small_rows):  # noqa: 
     name = "test-td-hm_hrnet-w18-small_dlc-64x64"
     small_entry(name)
     recipe = TrainRecipe(
-        model=name, lr=1e-3, base_batch_size=2, batch_size=2, warmup_iters=3, milestones=(1,),
-        max_epochs=3, val_interval=100, checkpoint_interval=100, best_metric="EPE",
+        model=name,
+        lr=1e-3,
+        base_batch_size=2,
+        batch_size=2,
+        warmup_iters=3,
+        milestones=(1,),
+        max_epochs=3,
+        val_interval=100,
+        checkpoint_interval=100,
+        best_metric="EPE",
         best_rule="less",
-        augment=AugmentConfig(half_body_prob=0.0,
-                              pixel_variants=("coarsedropout", "gridmask", "photometric")),
-        data=DataLayout(train_ann="annotations/train.json", train_images="images",
-                        val_ann="annotations/missing.json", val_images="images"))
-    full = Trainer(recipe, quick_options(data, tmp_path / "full", max_iters=6,
-                                         batch_size=2)).fit()
-    first = Trainer(recipe, quick_options(data, tmp_path / "cut", max_iters=3,
-                                          batch_size=2)).fit()
+        augment=AugmentConfig(
+            half_body_prob=0.0, pixel_variants=("coarsedropout", "gridmask", "photometric")
+        ),
+        data=DataLayout(
+            train_ann="annotations/train.json",
+            train_images="images",
+            val_ann="annotations/missing.json",
+            val_images="images",
+        ),
+    )
+    full = Trainer(recipe, quick_options(data, tmp_path / "full", max_iters=6, batch_size=2)).fit()
+    first = Trainer(recipe, quick_options(data, tmp_path / "cut", max_iters=3, batch_size=2)).fit()
     opts = quick_options(data, tmp_path / "cut", max_iters=6, batch_size=2)
     opts.resume = True
     second = Trainer(recipe, opts).fit()

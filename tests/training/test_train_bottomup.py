@@ -1,6 +1,7 @@
 """hrnet-train for bottom-up HigherHRNet on real data at reduced size: the recipe is MMPose 0.x's,
 the loss falls when fitting one batch, the checkpoint (MMPose 0.x layout) reloads strictly and
 exports, resume is bit-exact, validation goes through the gateway's bottom-up path."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,13 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.train_fixtures import quick_options
 from training import checkpoint as ckpt
 from training.bottomup_transforms import BottomUpAugment
 from training.optim import WarmupMultiStep
 from training.recipes import BottomUpTrainConfig, get_recipe, load_recipe_file
 from training.trainer import Trainer
-
-from tests.train_fixtures import quick_options
 
 NAME = "higher_hrnet32_coco_512x512"
 
@@ -49,8 +49,10 @@ def test_recipe_follows_mmpose_0x_config():
 
 def test_recipe_file_bottomup_table(tmp_path):
     p = tmp_path / "r.toml"
-    p.write_text(f'model = "{NAME}"\nbatch_size = 2\n[bottomup]\ninput_size = 128\n'
-                 'push_loss_factor = [0.01, 0.0]\n[bottomup.augment]\nrot_factor = 10.0\n')
+    p.write_text(
+        f'model = "{NAME}"\nbatch_size = 2\n[bottomup]\ninput_size = 128\n'
+        "push_loss_factor = [0.01, 0.0]\n[bottomup.augment]\nrot_factor = 10.0\n"
+    )
     r = load_recipe_file(p)
     assert r.batch_size == 2 and r.lr == 1.5e-3
     assert r.bottomup.input_size == 128 and r.bottomup.push_loss_factor == (0.01, 0.0)
@@ -70,9 +72,11 @@ def mini_bottomup(shared, tmp_path_factory) -> Path:
         if not a.get("iscrowd") and a.get("num_keypoints", 0) >= 8:
             per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
     ids = sorted(per_image, key=lambda i: (-per_image[i], i))[:2]
-    sub = {"images": [im for im in coco["images"] if im["id"] in ids],
-           "annotations": [a for a in coco["annotations"] if a["image_id"] in ids],
-           "categories": coco["categories"]}
+    sub = {
+        "images": [im for im in coco["images"] if im["id"] in ids],
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in ids],
+        "categories": coco["categories"],
+    }
     out = tmp_path_factory.mktemp("bu")
     (out / "annotations").mkdir()
     for split in ("train2017", "val2017"):
@@ -85,9 +89,15 @@ def mini_bottomup(shared, tmp_path_factory) -> Path:
 
 def _recipe(size: int, **kw):
     r = get_recipe(NAME)
-    base = dict(base_batch_size=2, batch_size=2, warmup_iters=1, num_workers=0,
-                val_interval=1000, checkpoint_interval=1000,
-                bottomup=dataclasses.replace(r.bottomup, input_size=size))
+    base = dict(
+        base_batch_size=2,
+        batch_size=2,
+        warmup_iters=1,
+        num_workers=0,
+        val_interval=1000,
+        checkpoint_interval=1000,
+        bottomup=dataclasses.replace(r.bottomup, input_size=size),
+    )
     base.update(kw)
     return dataclasses.replace(r, **base)
 
@@ -96,13 +106,14 @@ def test_fit_one_batch_checkpoint_reload_validate_export(mini_bottomup, tmp_path
     torch.set_num_threads(1)
     # one batch of 2 images, 14 Adam steps at lr 1.5e-3 from scratch: measured 0.0403 -> 0.0258
     # (a spike to 0.24 at step 3, then down from step 9)
-    opts = quick_options(mini_bottomup, tmp_path / "w", max_iters=14, batch_size=2,
-                         augment=False, shuffle=False)
+    opts = quick_options(
+        mini_bottomup, tmp_path / "w", max_iters=14, batch_size=2, augment=False, shuffle=False
+    )
     tr = Trainer(_recipe(128), opts)
     assert tr.card.bottomup.input_size == 128 and tr.iters_per_epoch == 1
     hist = tr.fit()
     losses = [h["loss"] for h in hist]
-    assert len(losses) == 14 and all(l > 0 for l in losses)
+    assert len(losses) == 14 and all(loss > 0 for loss in losses)
     assert losses[-1] < 0.75 * losses[0], losses
     raw = ckpt.read_checkpoint(tmp_path / "w" / "epoch_14.pth")
     keys = set(raw["state_dict"])
@@ -120,19 +131,33 @@ def test_fit_one_batch_checkpoint_reload_validate_export(mini_bottomup, tmp_path
     assert tr.best["metric"] == "AP" and (tmp_path / "w" / tr.best["file"]).is_file()
     from export.cli import main as export_main
 
-    assert export_main(["--arch", NAME, "--checkpoint", str(tmp_path / "w" / "epoch_14.pth"),
-                        "--name", "bu_small", "--model-repository", str(tmp_path / "repo"),
-                        "--check-size", "128x192"]) == 0
+    assert (
+        export_main(
+            [
+                "--arch",
+                NAME,
+                "--checkpoint",
+                str(tmp_path / "w" / "epoch_14.pth"),
+                "--name",
+                "bu_small",
+                "--model-repository",
+                str(tmp_path / "repo"),
+                "--check-size",
+                "128x192",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "repo" / "bu_small" / "1" / "model.onnx").is_file()
 
 
 def test_resume_is_bit_exact(mini_bottomup, tmp_path):
     torch.set_num_threads(1)
     recipe = _recipe(64)
-    full = Trainer(recipe, quick_options(mini_bottomup, tmp_path / "full", max_iters=4,
-                                         batch_size=1)).fit()
-    Trainer(recipe, quick_options(mini_bottomup, tmp_path / "cut", max_iters=3,
-                                  batch_size=1)).fit()
+    full = Trainer(
+        recipe, quick_options(mini_bottomup, tmp_path / "full", max_iters=4, batch_size=1)
+    ).fit()
+    Trainer(recipe, quick_options(mini_bottomup, tmp_path / "cut", max_iters=3, batch_size=1)).fit()
     opts = quick_options(mini_bottomup, tmp_path / "cut", max_iters=4, batch_size=1)
     opts.resume = True
     second = Trainer(recipe, opts)
@@ -140,7 +165,8 @@ def test_resume_is_bit_exact(mini_bottomup, tmp_path):
     part2 = second.fit()
     rows = (tmp_path / "cut" / "log.csv").read_text().splitlines()[1:]
     assert [float(r.split(",")[2]) for r in rows] == pytest.approx(
-        [float(f"{h['loss']:.9g}") for h in full], rel=0, abs=0)
+        [float(f"{h['loss']:.9g}") for h in full], rel=0, abs=0
+    )
     assert part2[-1]["loss"] == full[-1]["loss"]
     a = ckpt.read_checkpoint(tmp_path / "full" / "epoch_2.pth")["state_dict"]
     b = ckpt.read_checkpoint(tmp_path / "cut" / "epoch_2.pth")["state_dict"]
@@ -160,18 +186,33 @@ def test_torchrun_two_ranks_bottomup_gradients_equal_doubled_batch(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "grads.pt"
     env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node", "2", str(repo / "tests" / "ddp_grad_worker.py"),
-                        str(out), "bottomup"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(repo / "tests" / "ddp_grad_worker.py"),
+            str(out),
+            "bottomup",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
     torch.set_num_threads(1)
     batch = fixed_bottomup_batch()
     single = grads(small_model("bottomup_pose"), batch, BottomUpLoss(4))
     assert ddp.keys() == single.keys() and len(single) > 100
-    worst = max(float((ddp[k] - single[k]).abs().max() / (single[k].abs().max() + 1e-12))
-                for k in single)
+    worst = max(
+        float((ddp[k] - single[k]).abs().max() / (single[k].abs().max() + 1e-12)) for k in single
+    )
     assert worst < 1e-4, worst
     half = grads(small_model("bottomup_pose"), split(batch, 0, 2), BottomUpLoss(4))
     k = "head.final_layers.0.weight"

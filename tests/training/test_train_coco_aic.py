@@ -2,6 +2,7 @@
 ``--data-root`` layout (``coco/`` + ``aic/``), AIC people's targets on the right COCO channels,
 a few training iterations on COCO + AIC combined, COCO validation of the 19-keypoint head on
 its 17 COCO keypoints, strict reload and export."""
+
 from __future__ import annotations
 
 import json
@@ -15,18 +16,19 @@ import torch
 
 from export.cards import pose_card
 from service.codecs import build_codec
+from tests.train_fixtures import coco_subset, quick_options, small_entry, small_rows
 from training.data import TopdownDataset, load_sources
 from training.recipes import RECIPES, get_recipe
 from training.trainer import Trainer
-
-from tests.train_fixtures import coco_subset, quick_options, small_entry, small_rows  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("small_rows")
 
 MERGE = "td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-merge"
 COMBINE = "td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-combine"
-SMALL = {MERGE: "test-td-hm_hrnet-w18-small_coco-aic-merge-96x64",
-         COMBINE: "test-td-hm_hrnet-w18-small_coco-aic-combine-96x64"}
+SMALL = {
+    MERGE: "test-td-hm_hrnet-w18-small_coco-aic-merge-96x64",
+    COMBINE: "test-td-hm_hrnet-w18-small_coco-aic-combine-96x64",
+}
 AIC_IMAGES = "aic/ai_challenger_keypoint_train_20170902/keypoint_train_images_20170902"
 
 
@@ -36,10 +38,16 @@ def data_root(shared, tmp_path_factory) -> Path:
     the mmpose_tests COCO file as val2017; ``aic/`` with the 9 real AIC sample people."""
     root = tmp_path_factory.mktemp("coco_aic")
     mini = shared / "data" / "coco_mini"
-    coco_subset(mini / "annotations/person_keypoints_train2017.json", root / "coco",
-                mini / "train2017", n_people=3)
+    coco_subset(
+        mini / "annotations/person_keypoints_train2017.json",
+        root / "coco",
+        mini / "train2017",
+        n_people=3,
+    )
     tests = shared / "data" / "mmpose_tests"
-    shutil.copy(tests / "coco/test_coco.json", root / "coco/annotations/person_keypoints_val2017.json")
+    shutil.copy(
+        tests / "coco/test_coco.json", root / "coco/annotations/person_keypoints_val2017.json"
+    )
     (root / "coco/val2017").symlink_to(tests / "coco", target_is_directory=True)
     (root / "aic/annotations").mkdir(parents=True)
     shutil.copy(tests / "aic/test_aic.json", root / "aic/annotations/aic_train.json")
@@ -51,8 +59,13 @@ def data_root(shared, tmp_path_factory) -> Path:
 def test_recipes_follow_the_coco_aic_configs():
     for name, k in ((MERGE, 17), (COMBINE, 19)):
         r = get_recipe(name)
-        assert (r.lr, r.base_batch_size, r.batch_size, r.max_epochs, r.milestones) == \
-            (5e-4, 512, 64, 210, (170, 200))
+        assert (r.lr, r.base_batch_size, r.batch_size, r.max_epochs, r.milestones) == (
+            5e-4,
+            512,
+            64,
+            210,
+            (170, 200),
+        )
         assert r.entry.num_outputs == k and r.entry.sigma == 2.0
         coco, aic = r.data.sources  # CombinedDataset(datasets=[dataset_coco, dataset_aic])
         assert coco.ann == "coco/annotations/person_keypoints_train2017.json"
@@ -60,8 +73,10 @@ def test_recipes_follow_the_coco_aic_configs():
         assert r.data.val_ann == "coco/annotations/person_keypoints_val2017.json"
     assert get_recipe(MERGE).data.sources[0].mapping is None
     assert get_recipe(MERGE).data.sources[1].mapping == "aic_to_coco"
-    assert [s.mapping for s in get_recipe(COMBINE).data.sources] == \
-        ["coco_to_coco_aic", "aic_to_coco_aic"]
+    assert [s.mapping for s in get_recipe(COMBINE).data.sources] == [
+        "coco_to_coco_aic",
+        "aic_to_coco_aic",
+    ]
     assert get_recipe(COMBINE).augment.upper_body_ids == tuple(range(11)) + (17, 18)
 
 
@@ -132,20 +147,34 @@ def test_train_on_coco_plus_aic_reload_strict_and_export(data_root, tmp_path, na
 
     raw = ckpt.read_checkpoint(ck)
     assert raw["state_dict"]["head.final_layer.weight"].shape[0] == entry.num_outputs
-    assert raw["meta"]["recipe"]["data"]["sources"][1]["mapping"] == \
-        ("aic_to_coco_aic" if name == COMBINE else "aic_to_coco")
+    assert raw["meta"]["recipe"]["data"]["sources"][1]["mapping"] == (
+        "aic_to_coco_aic" if name == COMBINE else "aic_to_coco"
+    )
     m = create_model(small, checkpoint=ck)  # strict
-    assert torch.equal(m.state_dict()["head.final_layer.bias"],
-                       raw["state_dict"]["head.final_layer.bias"])
+    assert torch.equal(
+        m.state_dict()["head.final_layer.bias"], raw["state_dict"]["head.final_layer.bias"]
+    )
     from export.cli import main as export_main
 
     repo = tmp_path / "repo"
-    assert export_main(["--arch", small, "--checkpoint", str(ck), "--name", "coco_aic_small",
-                        "--model-repository", str(repo)]) == 0
+    assert (
+        export_main(
+            [
+                "--arch",
+                small,
+                "--checkpoint",
+                str(ck),
+                "--name",
+                "coco_aic_small",
+                "--model-repository",
+                str(repo),
+            ]
+        )
+        == 0
+    )
     card = json.loads(next(repo.rglob("card.json")).read_text())
     assert card["outputs"][0]["dims"][0] == entry.num_outputs
-    assert card.get("output_keypoint_indices") == \
-        (list(range(17)) if name == COMBINE else None)
+    assert card.get("output_keypoint_indices") == (list(range(17)) if name == COMBINE else None)
 
 
 def test_recipe_file_sources_and_missing_mapping_errors(data_root, tmp_path):
@@ -170,8 +199,10 @@ mapping = [[0, 6], [1, 8], [2, 10], [3, 5], [4, 7], [5, 9], [6, 12], [7, 14], [8
     ours = load_sources(data_root, r.data.sources, 17)
     ref = load_sources(data_root, RECIPES[MERGE].data.sources, 17)
     assert len(ours) == len(ref) == 12
-    assert all(np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.visible, b.visible)
-               for a, b in zip(ours, ref))
+    assert all(
+        np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.visible, b.visible)
+        for a, b in zip(ours, ref)
+    )
     bad = (replace(r.data.sources[1], mapping=None),)
     with pytest.raises(ValueError, match="annotations have 14 keypoints, the model predicts 17"):
         load_sources(data_root, bad, 17)

@@ -1,6 +1,7 @@
 """hrnet-train end to end on real data at test size: resume is bit-exact, checkpoints are the
 MMPose 1.x layout the exporter takes, the DeepLabCut flow trains -> exports -> serves ->
 evaluates."""
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.train_fixtures import quick_options, small_entry, small_rows
 from training import checkpoint as ckpt
 from training.dlc import convert, read_dlc_csv
 from training.recipes import DataLayout, TrainRecipe
 from training.trainer import Trainer
 from training.transforms import AugmentConfig
-
-from tests.train_fixtures import quick_options, small_entry, small_rows  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("small_rows")
@@ -36,19 +36,34 @@ def dlc_small(shared, tmp_path_factory) -> Path:
 
 def _recipe(**kw) -> TrainRecipe:
     small_entry(DLC_SMALL)
-    base = dict(model=DLC_SMALL, lr=1e-3, base_batch_size=2, batch_size=2, warmup_iters=3,
-                milestones=(1,), max_epochs=3, val_interval=100, checkpoint_interval=100,
-                best_metric="EPE", best_rule="less",
-                augment=AugmentConfig(half_body_prob=0.0),
-                data=DataLayout(train_ann="annotations/train.json", train_images="images",
-                                val_ann="annotations/test.json", val_images="images"))
+    base = dict(
+        model=DLC_SMALL,
+        lr=1e-3,
+        base_batch_size=2,
+        batch_size=2,
+        warmup_iters=3,
+        milestones=(1,),
+        max_epochs=3,
+        val_interval=100,
+        checkpoint_interval=100,
+        best_metric="EPE",
+        best_rule="less",
+        augment=AugmentConfig(half_body_prob=0.0),
+        data=DataLayout(
+            train_ann="annotations/train.json",
+            train_images="images",
+            val_ann="annotations/test.json",
+            val_images="images",
+        ),
+    )
     base.update(kw)
     return TrainRecipe(**base)
 
 
 def test_dlc_csv_reader_and_boxes(shared, dlc_small):
     parts, images, xy = read_dlc_csv(
-        shared / "data/dlc_openfield/labeled-data/m4s1/CollectedData_Pranav.csv")
+        shared / "data/dlc_openfield/labeled-data/m4s1/CollectedData_Pranav.csv"
+    )
     assert parts == ["snout", "leftear", "rightear", "tailbase"] and len(images) == 116
     assert xy[0, 0].tolist() == pytest.approx([21.521, 265.428])
     test = json.loads((dlc_small / "annotations/test.json").read_text())
@@ -63,10 +78,12 @@ def test_dlc_csv_reader_and_boxes(shared, dlc_small):
 def test_resume_is_bit_exact(dlc_small, tmp_path):
     torch.set_num_threads(1)
     # 19 frames / batch 2 = 10 iterations per epoch: 6 + 6 crosses the epoch boundary
-    full = Trainer(_recipe(), quick_options(dlc_small, tmp_path / "full", max_iters=12,
-                                            batch_size=2)).fit()
-    first = Trainer(_recipe(), quick_options(dlc_small, tmp_path / "cut", max_iters=6,
-                                             batch_size=2))
+    full = Trainer(
+        _recipe(), quick_options(dlc_small, tmp_path / "full", max_iters=12, batch_size=2)
+    ).fit()
+    first = Trainer(
+        _recipe(), quick_options(dlc_small, tmp_path / "cut", max_iters=6, batch_size=2)
+    )
     part1 = first.fit()
     assert (tmp_path / "cut" / "iter_6.pth").is_file()
     opts = quick_options(dlc_small, tmp_path / "cut", max_iters=12, batch_size=2)
@@ -97,6 +114,7 @@ def test_checkpoint_layout_and_strict_reload(dlc_small, tmp_path):
     assert {"optimizer", "scheduler", "rng", "epoch", "iter", "meta"} <= set(raw)
     assert raw["meta"]["arch"] == DLC_SMALL and raw["iter"] == 1
     from training.models import create_model
+
     m = create_model(DLC_SMALL, checkpoint=tmp_path / "iter_1.pth")  # strict
     sd = m.state_dict()
     assert all(torch.equal(sd[k], raw["state_dict"][k]) for k in keys)
@@ -111,7 +129,6 @@ def test_dlc_flow_train_export_serve_eval(dlc_small, tmp_path):
     """The README's worked example, shortened: 6 iterations of the small model, then the
     checkpoint goes through hrnet-export, the gateway and hrnet-eval unchanged."""
     from export.cli import main as export_main
-
     from tests.conftest import _serve
 
     small_entry(DLC_SMALL)  # the exporter below looks the row up in this process
@@ -119,30 +136,80 @@ def test_dlc_flow_train_export_serve_eval(dlc_small, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
     work = tmp_path / "work"
     # the CLI's own main in a fresh interpreter (the small test row registered first)
-    args = [DLC_SMALL, "--data-root", str(dlc_small), "--work-dir", str(work), "--max-iters",
-            "6", "--batch-size", "2", "--workers", "0", "--no-progress", "--seed", "1"]
-    pre = ("import sys, tests.train_fixtures as f; f.small_entry(%r); "
-           "from training.cli import main; sys.exit(main(sys.argv[1:]))" % DLC_SMALL)
-    r = subprocess.run([sys.executable, "-c", pre] + args, cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=900)
+    args = [
+        DLC_SMALL,
+        "--data-root",
+        str(dlc_small),
+        "--work-dir",
+        str(work),
+        "--max-iters",
+        "6",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--seed",
+        "1",
+    ]
+    pre = (
+        f"import sys, tests.train_fixtures as f; f.small_entry({repr(DLC_SMALL)}); "
+        "from training.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", pre] + args,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "EPE=" in r.stdout
     ck = work / (work / "last_checkpoint").read_text().strip()
     repo = tmp_path / "repo"
-    assert export_main(["--arch", DLC_SMALL, "--checkpoint", str(ck), "--name", "dlc_small",
-                        "--model-repository", str(repo)]) == 0
+    assert (
+        export_main(
+            [
+                "--arch",
+                DLC_SMALL,
+                "--checkpoint",
+                str(ck),
+                "--name",
+                "dlc_small",
+                "--model-repository",
+                str(repo),
+            ]
+        )
+        == 0
+    )
     from benchmarks.eval import main as eval_main
 
     for url in _serve(repo):
         out = tmp_path / "eval"
-        rc = eval_main(["--url", url, "--model", "dlc_small", "--dataset", "dlc_openfield",
-                        "--ann", str(dlc_small / "annotations/test.json"),
-                        "--images", str(dlc_small / "images"), "--gt-boxes", "--out", str(out),
-                        "--quiet"])
+        rc = eval_main(
+            [
+                "--url",
+                url,
+                "--model",
+                "dlc_small",
+                "--dataset",
+                "dlc_openfield",
+                "--ann",
+                str(dlc_small / "annotations/test.json"),
+                "--images",
+                str(dlc_small / "images"),
+                "--gt-boxes",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
         assert rc == 0
         metrics = json.loads((out / "metrics.json").read_text())["metrics"]
         # the served path scores what in-process validation scored on the same checkpoint
-        val = dict(zip(*[line.split(",") for line in
-                         (work / "val.csv").read_text().splitlines()[:2]]))
+        val = dict(
+            zip(*[line.split(",") for line in (work / "val.csv").read_text().splitlines()[:2]])
+        )
         assert metrics["EPE"] == pytest.approx(float(val["EPE"]), rel=1e-4)
         assert metrics["count"] == 20 and 0 <= metrics["PCK@0.2"] <= 1

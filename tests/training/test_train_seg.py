@@ -2,6 +2,7 @@
 the poly schedule in closed form, the train pipeline's geometry, the recipes' values, and a real
 Cityscapes frame trained through the CLI -> MMSeg-layout checkpoint -> strict reload ->
 hrnet-export -> the served ONNX scores what validation scored; an overfit run lifts mIoU."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,9 +30,20 @@ def seg_row():
     try:
         get_entry(SEG_SMALL)
     except KeyError:
-        register(ModelEntry(name=SEG_SMALL, task="segmentation", arch="hrnet_w18_small",
-                            dataset="cityscapes", num_outputs=19, config="", url="",
-                            crop_size=(128, 256), test_scale=(256, 128), test_mode="whole"))
+        register(
+            ModelEntry(
+                name=SEG_SMALL,
+                task="segmentation",
+                arch="hrnet_w18_small",
+                dataset="cityscapes",
+                num_outputs=19,
+                config="",
+                url="",
+                crop_size=(128, 256),
+                test_scale=(256, 128),
+                test_mode="whole",
+            )
+        )
     yield SEG_SMALL
     registry._REGISTRY.pop(SEG_SMALL, None)
 
@@ -43,8 +55,10 @@ def cityscapes_root(shared, tmp_path_factory) -> Path:
     src = shared / "data" / "cityscapes_sample"
     root = tmp_path_factory.mktemp("cityscapes")
     for split in ("train", "val"):
-        for folder, suffix in (("leftImg8bit", "_leftImg8bit.png"),
-                               ("gtFine", "_gtFine_labelTrainIds.png")):
+        for folder, suffix in (
+            ("leftImg8bit", "_leftImg8bit.png"),
+            ("gtFine", "_gtFine_labelTrainIds.png"),
+        ):
             d = root / folder / split / "frankfurt"
             d.mkdir(parents=True)
             (d / f"{FRAME}{suffix}").symlink_to(src / f"{FRAME}{suffix}")
@@ -53,11 +67,13 @@ def cityscapes_root(shared, tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------ loss (numbers by hand)
 
+
 def test_cross_entropy_mmseg_averaging_by_hand():
     # 2 classes, label [[0, 1], [255, 0]]; logits (2, 0) at the top row, (0, 0) bottom right.
     # CE: ln(1 + e^-2) = 0.126928, ln(1 + e^2) = 2.126928, ignored, ln 2 = 0.693147
-    logits = torch.tensor([[[[2.0, 2.0], [5.0, 0.0]], [[0.0, 0.0], [-5.0, 0.0]]]],
-                          requires_grad=True)
+    logits = torch.tensor(
+        [[[[2.0, 2.0], [5.0, 0.0]], [[0.0, 0.0], [-5.0, 0.0]]]], requires_grad=True
+    )
     label = torch.tensor([[[0, 1], [255, 0]]])
     loss = SegCrossEntropyLoss()(logits, label)
     total = 0.126928 + 2.126928 + 0.693147
@@ -65,13 +81,13 @@ def test_cross_entropy_mmseg_averaging_by_hand():
     loss.backward()
     g = logits.grad[0]
     # d/dz0 of pixel (0, 0): (softmax_0 - 1) / 4 = (e^2 / (1 + e^2) - 1) / 4
-    assert g[0, 0, 0].item() == pytest.approx((math.exp(2) / (1 + math.exp(2)) - 1) / 4,
-                                              abs=1e-7)
+    assert g[0, 0, 0].item() == pytest.approx((math.exp(2) / (1 + math.exp(2)) - 1) / 4, abs=1e-7)
     assert g[:, 1, 0].abs().max().item() == 0.0  # the ignored pixel gets no gradient
     mean_labelled = SegCrossEntropyLoss(avg_non_ignore=True)(logits, label)
     assert mean_labelled.item() == pytest.approx(total / 3, abs=1e-6)
     assert SegCrossEntropyLoss(loss_weight=2.0)(logits, label).item() == pytest.approx(
-        2 * total / 4, abs=1e-6)
+        2 * total / 4, abs=1e-6
+    )
 
 
 def test_cross_entropy_resizes_logits_to_the_label_first():
@@ -102,13 +118,13 @@ def test_poly_lr_closed_form():
 
 # ------------------------------------------------------------------ pipeline geometry
 
+
 def test_random_resize_keeps_the_ratio_within_the_scaled_box():
     img = np.zeros((128, 256, 3), np.uint8)
     label = np.zeros((128, 256), np.uint8)
     for seed in range(20):
         r = np.random.default_rng(seed).random() * 1.5 + 0.5  # the draw random_resize makes
-        out, lab = random_resize(img, label, (2048, 1024), (0.5, 2.0),
-                                 np.random.default_rng(seed))
+        out, lab = random_resize(img, label, (2048, 1024), (0.5, 2.0), np.random.default_rng(seed))
         # mmcv rescale: 256x128 scaled by min(long_box / 256, short_box / 128), rounded half up
         box = (int(2048 * r), int(1024 * r))
         factor = min(box[0] / 256, box[1] / 128)
@@ -127,10 +143,18 @@ def test_random_crop_cat_max_ratio_redraws():
         _, counts = np.unique(lab, return_counts=True)
         return len(counts) > 1 and counts.max() / counts.sum() < 0.75
 
-    with_ratio = np.mean([ok(random_crop(img, label, (10, 10), 0.75,
-                                         np.random.default_rng(s))[1]) for s in range(300)])
-    without = np.mean([ok(random_crop(img, label, (10, 10), 1.0,
-                                      np.random.default_rng(s))[1]) for s in range(300)])
+    with_ratio = np.mean(
+        [
+            ok(random_crop(img, label, (10, 10), 0.75, np.random.default_rng(s))[1])
+            for s in range(300)
+        ]
+    )
+    without = np.mean(
+        [
+            ok(random_crop(img, label, (10, 10), 1.0, np.random.default_rng(s))[1])
+            for s in range(300)
+        ]
+    )
     assert with_ratio >= 1 - (26 / 31) ** 11 - 0.06  # 0.855 expected
     assert without <= 5 / 31 + 0.06  # 0.161 expected
     crop, lab = random_crop(img, label, (16, 64), 0.75, np.random.default_rng(0))
@@ -150,32 +174,47 @@ def test_pad_to_bottom_right_with_ignore():
 
 # ------------------------------------------------------------------ recipes
 
+
 def test_seg_recipes_follow_mmseg_configs():
     from training.recipes import RECIPES, get_recipe
 
     seg = {k: v for k, v in RECIPES.items() if k.startswith("fcn_hr")}
     assert len(seg) == len(registry.list_entries(task="segmentation"))
     cs = get_recipe("fcn_hr18s_4xb2-80k_cityscapes-512x1024")
-    assert (cs.lr, cs.momentum, cs.weight_decay, cs.eta_min, cs.power) == (0.01, 0.9, 5e-4,
-                                                                           1e-4, 0.9)
+    assert (cs.lr, cs.momentum, cs.weight_decay, cs.eta_min, cs.power) == (
+        0.01,
+        0.9,
+        5e-4,
+        1e-4,
+        0.9,
+    )
     assert (cs.batch_size, cs.gpus, cs.max_iters, cs.val_interval) == (2, 4, 80000, 8000)
     assert cs.train_scale == (2048, 1024) and cs.train_crop == (512, 1024)
     assert cs.augment.cat_max_ratio == 0.75 and cs.augment.ratio_range == (0.5, 2.0)
     assert not cs.avg_non_ignore and cs.ignore_index == 255
     ade = get_recipe("fcn_hr48_4xb4-160k_ade20k-512x512")
     assert (ade.batch_size, ade.max_iters, ade.train_scale, ade.train_crop) == (
-        4, 160000, (2048, 512), (512, 512))
+        4,
+        160000,
+        (2048, 512),
+        (512, 512),
+    )
     assert ade.data.reduce_zero_label and ade.data.train[0].img_dir == "images/training"
     voc = get_recipe("fcn_hr18_4xb4-20k_voc12aug-512x512")
     assert [s.ann_dir for s in voc.data.train] == ["SegmentationClass", "SegmentationClassAug"]
     assert voc.checkpoint_interval == 2000
     ctx = get_recipe("fcn_hr48_4xb4-40k_pascal-context-59-480x480")
     assert (ctx.lr, ctx.weight_decay, ctx.train_scale, ctx.train_crop) == (
-        0.004, 1e-4, (520, 520), (480, 480))
+        0.004,
+        1e-4,
+        (520, 520),
+        (480, 480),
+    )
     assert ctx.data.reduce_zero_label
 
 
 # ------------------------------------------------------------------ training on the real frame
+
 
 @pytest.mark.slow
 def test_cli_trains_checkpoints_reloads_and_exports(seg_row, cityscapes_root, tmp_path):
@@ -195,11 +234,24 @@ def test_cli_trains_checkpoints_reloads_and_exports(seg_row, cityscapes_root, tm
 
     torch.set_num_threads(1)
     recipe = tmp_path / "seg.toml"
-    recipe.write_text(f'model = "{SEG_SMALL}"\nbatch_size = 2\ncrop_size = [64, 128]\n'
-                      'num_workers = 0\n')
+    recipe.write_text(
+        f'model = "{SEG_SMALL}"\nbatch_size = 2\ncrop_size = [64, 128]\nnum_workers = 0\n'
+    )
     work = tmp_path / "work"
-    rc = train_main([str(recipe), "--data-root", str(cityscapes_root), "--work-dir", str(work),
-                     "--max-iters", "6", "--no-progress", "--seed", "0"])
+    rc = train_main(
+        [
+            str(recipe),
+            "--data-root",
+            str(cityscapes_root),
+            "--work-dir",
+            str(work),
+            "--max-iters",
+            "6",
+            "--no-progress",
+            "--seed",
+            "0",
+        ]
+    )
     assert rc == 0
     rows = [line.split(",") for line in (work / "log.csv").read_text().splitlines()[1:]]
     losses = [float(r[2]) for r in rows]
@@ -220,8 +272,23 @@ def test_cli_trains_checkpoints_reloads_and_exports(seg_row, cityscapes_root, tm
     assert all(torch.equal(sd[k], raw["state_dict"][k]) for k in keys)
     val = dict(zip(*[line.split(",") for line in (work / "val.csv").read_text().splitlines()]))
     repo = tmp_path / "repo"
-    assert export_main(["--arch", SEG_SMALL, "--checkpoint", str(ck), "--name", "seg_small",
-                        "--model-repository", str(repo), "--check-size", "128x256"]) == 0
+    assert (
+        export_main(
+            [
+                "--arch",
+                SEG_SMALL,
+                "--checkpoint",
+                str(ck),
+                "--name",
+                "seg_small",
+                "--model-repository",
+                str(repo),
+                "--check-size",
+                "128x256",
+            ]
+        )
+        == 0
+    )
     repository = ModelRepository(repo)
     card = repository.get("seg_small")
     backend = OnnxRuntimeBackend(repository, models=["seg_small"])
@@ -229,8 +296,9 @@ def test_cli_trains_checkpoints_reloads_and_exports(seg_row, cityscapes_root, tm
     import cv2
 
     frame = cityscapes_root / "leftImg8bit" / "val" / "frankfurt" / f"{FRAME}_leftImg8bit.png"
-    label = read_label(cityscapes_root / "gtFine" / "val" / "frankfurt" /
-                       f"{FRAME}_gtFine_labelTrainIds.png")
+    label = read_label(
+        cityscapes_root / "gtFine" / "val" / "frankfurt" / f"{FRAME}_gtFine_labelTrainIds.png"
+    )
     result = asyncio.run(segment(cv2.imread(str(frame)), card, backend))
     acc = IoUAccumulator(19)
     acc.update(result.label_map, label)
@@ -243,18 +311,34 @@ def test_overfit_one_frame_lifts_miou(seg_row, cityscapes_root, tmp_path):
     from 0.47 untrained to 53.96 (measured, seed 0, 2-core CPU: 43 s)."""
     from training.seg_recipes import SegTrainRecipe
     from training.seg_validate import evaluate_seg_model
-    from training.trainer import TrainOptions, Trainer
+    from training.trainer import Trainer, TrainOptions
 
     torch.set_num_threads(1)
-    recipe = SegTrainRecipe(model=SEG_SMALL, lr=0.05, batch_size=1, max_iters=60,
-                            val_interval=60, checkpoint_interval=60, num_workers=0)
-    opts = TrainOptions(data_root=cityscapes_root, work_dir=tmp_path, batch_size=1,
-                        num_workers=0, progress=False, augment=False)
+    recipe = SegTrainRecipe(
+        model=SEG_SMALL,
+        lr=0.05,
+        batch_size=1,
+        max_iters=60,
+        val_interval=60,
+        checkpoint_interval=60,
+        num_workers=0,
+    )
+    opts = TrainOptions(
+        data_root=cityscapes_root,
+        work_dir=tmp_path,
+        batch_size=1,
+        num_workers=0,
+        progress=False,
+        augment=False,
+    )
     tr = Trainer(recipe, opts)
     before = evaluate_seg_model(tr.model, tr.card, tr.val_pairs)["mIoU"]
     history = tr.fit()
-    after = float(dict(zip(*[line.split(",") for line in
-                             (tmp_path / "val.csv").read_text().splitlines()]))["mIoU"])
+    after = float(
+        dict(zip(*[line.split(",") for line in (tmp_path / "val.csv").read_text().splitlines()]))[
+            "mIoU"
+        ]
+    )
     assert before < 3.0
     assert after > 40.0
     assert history[-1]["loss"] < 0.25 < 2.0 < history[0]["loss"]
@@ -274,22 +358,44 @@ def test_torchrun_two_ranks_train_segmentation(seg_row, cityscapes_root, tmp_pat
 
     repo = Path(__file__).resolve().parents[2]
     recipe = tmp_path / "seg.toml"
-    recipe.write_text(f'model = "{SEG_SMALL}"\nbatch_size = 1\ncrop_size = [64, 128]\n'
-                      'num_workers = 0\n')
+    recipe.write_text(
+        f'model = "{SEG_SMALL}"\nbatch_size = 1\ncrop_size = [64, 128]\nnum_workers = 0\n'
+    )
     script = tmp_path / "run.py"
-    script.write_text("import sys\nfrom training.registry import ModelEntry, register\n"
-                      f"register(ModelEntry(name={SEG_SMALL!r}, task='segmentation', "
-                      "arch='hrnet_w18_small', dataset='cityscapes', num_outputs=19, "
-                      "config='', url='', crop_size=(128, 256), test_scale=(256, 128), "
-                      "test_mode='whole'))\nfrom training.cli import main\n"
-                      "sys.exit(main(sys.argv[1:]))\n")
+    script.write_text(
+        "import sys\nfrom training.registry import ModelEntry, register\n"
+        f"register(ModelEntry(name={SEG_SMALL!r}, task='segmentation', "
+        "arch='hrnet_w18_small', dataset='cityscapes', num_outputs=19, "
+        "config='', url='', crop_size=(128, 256), test_scale=(256, 128), "
+        "test_mode='whole'))\nfrom training.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     work = tmp_path / "work"
     env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node", "2", str(script), str(recipe), "--data-root",
-                        str(cityscapes_root), "--work-dir", str(work), "--max-iters", "2",
-                        "--no-progress"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(recipe),
+            "--data-root",
+            str(cityscapes_root),
+            "--work-dir",
+            str(work),
+            "--max-iters",
+            "2",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = (work / "log.csv").read_text().splitlines()
     assert len(rows) == 3  # header + 2 iterations, written by rank 0 only

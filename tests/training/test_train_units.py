@@ -1,5 +1,6 @@
 """hrnet-train building blocks with hand-derived numbers: targets, loss, LR schedule, pipeline
 geometry, sampler, recipes."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,7 @@ from training.losses import KeypointMSELoss
 from training.optim import WarmupMultiStep, scaled_lr
 from training.recipes import RECIPES, get_recipe, load_recipe_file
 from training.trainer import ShardedShuffle
-from training.transforms import (AugmentConfig, Instance, random_flip, topdown_affine,
-                                 truncnorm)
+from training.transforms import AugmentConfig, Instance, random_flip, topdown_affine, truncnorm
 
 
 def _gauss(w, h, cx, cy, sigma, x0, x1, y0, y1):
@@ -22,7 +22,7 @@ def _gauss(w, h, cx, cy, sigma, x0, x1, y0, y1):
     out = np.zeros((h, w))
     for y in range(max(y0, 0), min(y1, h)):
         for x in range(max(x0, 0), min(x1, w)):
-            out[y, x] = math.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma ** 2))
+            out[y, x] = math.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))
     return out
 
 
@@ -47,8 +47,9 @@ def test_udp_target_is_centred_on_the_subpixel():
     codec = UDPHeatmap((64, 64), (16, 16), sigma=2.0)
     t = codec.encode(np.array([[[21.84, 42.0]]]))
     cx = 21.84 * 15 / 63
-    np.testing.assert_allclose(t["heatmaps"][0], _gauss(16, 16, cx, 10.0, 2.0, -1, 12, 4, 17),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        t["heatmaps"][0], _gauss(16, 16, cx, 10.0, 2.0, -1, 12, 4, 17), rtol=0, atol=1e-6
+    )
 
 
 def test_keypoint_mse_loss_hand_case():
@@ -60,15 +61,17 @@ def test_keypoint_mse_loss_hand_case():
     # weights multiply the squared error (MMPose 1.x), not the difference
     w2 = torch.tensor([[0.5, 0.0]])
     assert KeypointMSELoss()(pred, target, w2).item() == pytest.approx(2.5 / 8.0)
-    assert KeypointMSELoss(use_target_weight=False)(pred, target, w).item() == \
-        pytest.approx((5.0 + 36.0) / 8.0)
+    assert KeypointMSELoss(use_target_weight=False)(pred, target, w).item() == pytest.approx(
+        (5.0 + 36.0) / 8.0
+    )
     with pytest.raises(ValueError):
         KeypointMSELoss()(pred, target, torch.ones(1, 3))
 
 
 def test_lr_schedule_matches_mmengine_closed_form():
-    f = WarmupMultiStep(iters_per_epoch=100, warmup_iters=500, warmup_factor=0.001,
-                        milestones=(170, 200), gamma=0.1)
+    f = WarmupMultiStep(
+        iters_per_epoch=100, warmup_iters=500, warmup_factor=0.001, milestones=(170, 200), gamma=0.1
+    )
     assert f(0) == pytest.approx(0.001)
     # MMEngine LinearLR: total_iters = end - begin - 1 = 499
     assert f(250) == pytest.approx(0.001 + 0.999 * 250 / 499)
@@ -81,9 +84,13 @@ def test_lr_schedule_matches_mmengine_closed_form():
 
 def test_affine_without_augmentation_maps_the_box_center_to_the_crop_center():
     img = np.zeros((100, 200, 3), np.uint8)
-    inst = Instance(image=img, keypoints=np.array([[120.0, 40.0], [100.0, 50.0]], np.float32),
-                    visible=np.ones(2, np.float32), center=np.array([100.0, 50.0], np.float32),
-                    scale=np.array([60.0, 40.0], np.float32))
+    inst = Instance(
+        image=img,
+        keypoints=np.array([[120.0, 40.0], [100.0, 50.0]], np.float32),
+        visible=np.ones(2, np.float32),
+        center=np.array([100.0, 50.0], np.float32),
+        scale=np.array([60.0, 40.0], np.float32),
+    )
     topdown_affine(inst, (48, 64))
     # aspect fixed to 48/64: (60, 80); zoom 48/60 = 0.8
     np.testing.assert_allclose(inst.scale, [60.0, 80.0])
@@ -94,10 +101,13 @@ def test_affine_without_augmentation_maps_the_box_center_to_the_crop_center():
 
 def test_flip_mirrors_keypoints_swaps_pairs_and_moves_the_center():
     img = np.arange(2 * 10 * 3, dtype=np.uint8).reshape(2, 10, 3)
-    inst = Instance(image=img, keypoints=np.array([[1.0, 0.0], [2.0, 1.0], [7.0, 1.0]],
-                                                  np.float32),
-                    visible=np.array([1.0, 0.0, 1.0], np.float32),
-                    center=np.array([3.0, 1.0], np.float32), scale=np.ones(2, np.float32))
+    inst = Instance(
+        image=img,
+        keypoints=np.array([[1.0, 0.0], [2.0, 1.0], [7.0, 1.0]], np.float32),
+        visible=np.array([1.0, 0.0, 1.0], np.float32),
+        center=np.array([3.0, 1.0], np.float32),
+        scale=np.ones(2, np.float32),
+    )
     rng = np.random.default_rng(0)
     random_flip(inst, [0, 2, 1], prob=1.0, rng=rng)
     assert inst.flipped
@@ -127,21 +137,41 @@ def test_sharded_shuffle_splits_like_distributed_sampler():
 
 def test_recipes_follow_the_mmpose_coco_configs(tmp_path):
     r = RECIPES["td-hm_hrnet-w32_8xb64-210e_coco-256x192"]
-    assert (r.lr, r.base_batch_size, r.batch_size, r.warmup_iters, r.warmup_factor,
-            r.milestones, r.max_epochs) == (5e-4, 512, 64, 500, 0.001, (170, 200), 210)
+    assert (
+        r.lr,
+        r.base_batch_size,
+        r.batch_size,
+        r.warmup_iters,
+        r.warmup_factor,
+        r.milestones,
+        r.max_epochs,
+    ) == (5e-4, 512, 64, 500, 0.001, (170, 200), 210)
     assert RECIPES["td-hm_hrnet-w48_8xb32-210e_coco-384x288"].batch_size == 32
     a = r.augment
-    assert (a.shift_factor, a.shift_prob, a.scale_factor, a.rotate_factor, a.rotate_prob,
-            a.flip_prob, a.upper_body_ids) == (0.16, 0.3, (0.5, 1.5), 80.0, 0.6, 0.5,
-                                               tuple(range(11)))
+    assert (
+        a.shift_factor,
+        a.shift_prob,
+        a.scale_factor,
+        a.rotate_factor,
+        a.rotate_prob,
+        a.flip_prob,
+        a.upper_body_ids,
+    ) == (0.16, 0.3, (0.5, 1.5), 80.0, 0.6, 0.5, tuple(range(11)))
     toml = tmp_path / "mine.toml"
-    toml.write_text('model = "td-hm_hrnet-w32_8xb64-210e_coco-256x192"\nmax_epochs = 3\n'
-                    'milestones = [2]\n[augment]\nrotate_factor = 10.0\n'
-                    '[data]\ntrain_images = "imgs"\n')
+    toml.write_text(
+        'model = "td-hm_hrnet-w32_8xb64-210e_coco-256x192"\nmax_epochs = 3\n'
+        "milestones = [2]\n[augment]\nrotate_factor = 10.0\n"
+        '[data]\ntrain_images = "imgs"\n'
+    )
     mine = get_recipe(toml)
-    assert (mine.max_epochs, mine.milestones, mine.augment.rotate_factor, mine.batch_size,
-            mine.data.train_images, mine.data.val_images) == (3, (2,), 10.0, 64, "imgs",
-                                                               "val2017")
+    assert (
+        mine.max_epochs,
+        mine.milestones,
+        mine.augment.rotate_factor,
+        mine.batch_size,
+        mine.data.train_images,
+        mine.data.val_images,
+    ) == (3, (2,), 10.0, 64, "imgs", "val2017")
     yml = tmp_path / "mine.yaml"
     yml.write_text("model: td-hm_hrnet-w18-small_dlc-openfield-128x128\nbatch_size: 4\n")
     assert load_recipe_file(yml).batch_size == 4 and load_recipe_file(yml).best_metric == "EPE"
