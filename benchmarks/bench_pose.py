@@ -127,7 +127,7 @@ def start_gateway_process(
         stderr=subprocess.STDOUT,
         cwd=Path(__file__).resolve().parents[1],
     )
-    if log_path:
+    if not isinstance(out, int):
         out.close()  # the child holds its own copy
     url = f"http://127.0.0.1:{port}"
     try:
@@ -285,7 +285,7 @@ async def _load(
 
     async def sample() -> None:
         while time.perf_counter() < end:
-            peak.append(rss_mb(pid))
+            peak.append(rss_mb(pid) if pid else float("nan"))
             await asyncio.sleep(0.25)
 
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
@@ -434,8 +434,8 @@ def _batcher_note(b: dict) -> str:
 
 def _run_precision(args, images) -> int:
     """``--models``: :func:`benchmarks.bench_precision.compare` over the photos' det boxes."""
-    from benchmarks.bench_precision import compare, eager_runner, format_table
-    from service.cards import load_card
+    from benchmarks.bench_precision import Runner, compare, eager_runner, format_table
+    from service.cards import TopDownCard, load_card
 
     models = args.models.split(",")
     url = args.url
@@ -443,9 +443,11 @@ def _run_precision(args, images) -> int:
         url, _server = start_local_gateway(args.model_repository)
     photo_boxes = load_photo_boxes(args.shared_dir)
     jobs = [(name, data, photo_boxes.get(name, gt)) for name, data, gt in images]
-    eager = None
+    eager: tuple[TopDownCard, Runner] | None = None
     if args.eager_arch:
         card = load_card(args.model_repository / models[0] / "card.json")
+        if not isinstance(card, TopDownCard):
+            raise SystemExit(f"--eager-arch: {models[0]} is not a top-down pose model")
         eager = (card, eager_runner(args.eager_arch, seed=args.eager_seed))
     flips = [f == "on" for f in args.flip.split(",")]
     tallies = compare(

@@ -68,6 +68,8 @@ def eager_runner(arch: str, seed: int = 0, device: str = "cpu") -> Runner:
     from training.registry import get_entry
 
     entry = get_entry(arch)
+    if entry.input_size is None:
+        raise ValueError(f"{arch}: no fixed input size (not a top-down model)")
     w, h = entry.input_size
     model = create_model(entry.name, seed=seed)
     calibrate_batchnorm(model, (2, 3, int(h), int(w)), seed=seed)
@@ -90,6 +92,8 @@ def eager_pose(
     """One photo the MMPose way: decode, crop every box, one forward of the photo's crops (and
     their flips), decode the heatmaps; returns keypoints ``(N, K, 2)`` image pixels."""
     image = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image")
     b = np.asarray(boxes_xywh, np.float32).reshape(-1, 4)
     xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
     centers, scales, x = prepare_inputs(image, xyxy, card, flip)
@@ -127,11 +131,11 @@ def compare(
                 for file_name, data, boxes in jobs:
                     for name in names:
                         t0 = time.perf_counter()
-                        if name == "eager":
+                        if name == "eager" and eager is not None:
                             eager_pose(data, boxes, eager[0], eager[1], flip)
                         else:
                             resp = client.post(
-                                url + "/pose",
+                                f"{url}/pose",
                                 files={"image": (file_name, data)},
                                 data={
                                     "model": name,

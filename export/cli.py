@@ -323,7 +323,7 @@ def _env_value(action: argparse.Action, raw: str, append: bool = False):
     values = []
     for part in parts:
         try:
-            value = action.type(part) if action.type else part
+            value = action.type(part) if callable(action.type) else part
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise CLIError(f"{name}={raw!r}: {exc}") from None
         if action.choices and value not in action.choices:
@@ -345,7 +345,7 @@ def parse_args(
     environ = os.environ if environ is None else environ
     parser = build_parser()
     args = parser.parse_args(argv)
-    for action, append in parser.env_options:
+    for action, append in parser.env_options:  # type: ignore[attr-defined]
         if getattr(args, action.dest, None) is None:
             raw = environ.get(env_name(action.dest))
             if raw is not None:
@@ -526,11 +526,10 @@ def _export_kw(args: argparse.Namespace) -> dict:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    write = None
-    if args.precision != "fp32":
+    def write_reduced(name: str, onnx_path: Path, card: ModelCard) -> tuple[Path, ModelCard]:
+        return _write_reduced(args, name, onnx_path, card)  # the int8 graph instead of the fp32 one
 
-        def write(name: str, onnx_path: Path, card):  # the int8 graph instead of the fp32 one
-            return _write_reduced(args, name, onnx_path, card)
+    write = write_reduced if args.precision != "fp32" else None
 
     export_model(
         args.arch,

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from service.cards import ModelCard
 from service.layout import ONNX_FILENAME
@@ -112,7 +112,7 @@ def export_model(
     cache_dir: Path | str | None = None,
     seed: int = 0,
     opset: int = 17,
-    exporter: str = "auto",
+    exporter: Literal["auto", "dynamo", "legacy"] = "auto",
     check: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-5,
@@ -195,6 +195,8 @@ def export_model(
             "input): not a trained model; for tests and demos only."
         )
     else:
+        if checkpoint is None:  # checked above; narrows the type
+            raise ExportInputError("no weights: give --checkpoint or --random-init")
         ckpt = resolve_checkpoint(checkpoint, cache_dir)
         model = create_model(entry.name, seed=seed)
         info = load_checkpoint(model, ckpt, strict=True)

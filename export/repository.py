@@ -118,7 +118,7 @@ def card_mismatches(card: ModelCard, onnx_path: Path | str, *, probe: bool = Tru
             compare("output", spec, *graph_out[spec.name])
 
     if probe and not problems:
-        feed = {
+        feed: dict[str, np.ndarray] = {
             s.name: np.zeros(
                 [1] + [d if d > 0 else 64 for d in s.dims], dtype=NUMPY_DTYPES[s.dtype]
             )

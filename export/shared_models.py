@@ -120,7 +120,11 @@ def rtmdet_nano_card(name: str = RTMDET_NANO) -> ModelCard:
         max_batch_size=1,
         normalization=RTMDET_BGR,
         detector=DetectorSpec(
-            score_threshold=0.3, pad_value=114.0, person_label=0, max_detections=100
+            score_threshold=0.3,
+            pad_value=114.0,
+            person_label=0,
+            max_detections=100,
+            nms_threshold=0.3,
         ),
         source=SourceSpec(
             arch="RTMDet-nano (person)",

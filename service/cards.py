@@ -393,10 +393,10 @@ _FOREIGN_DEFAULTS: dict[str, Any] = {
     name: (
         None
         if f.is_required()
-        else f.default_factory()
+        else f.default_factory()  # type: ignore[call-arg]
         if f.default_factory is not None
         else f.default
-    )  # type: ignore[call-arg]
+    )
     for t in CARD_TYPES.values()
     for name, f in t.model_fields.items()
     if name not in _CardBase.model_fields and name != "task"

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Literal, overload
 
-from .cards import ModelCard, load_card
+from .cards import DetectorCard, ModelCard, SegmentationCard, load_card
 from .errors import UnknownModel, WrongTask, show_value
 from .layout import CARD_FILENAME, MODEL_VERSION, ONNX_FILENAME
 
@@ -87,6 +88,13 @@ class ModelRepository:
         if errors:
             raise RepositoryError(next(iter(errors.values())))
         log.info("model repository %s: %s", self.root, ", ".join(self.cards) or "(empty)")
+
+    @overload
+    def get(self, name: str, task: Literal["segmentation"]) -> SegmentationCard: ...
+    @overload
+    def get(self, name: str, task: Literal["detection"]) -> DetectorCard: ...
+    @overload
+    def get(self, name: str, task: str | None = None) -> ModelCard: ...
 
     def get(self, name: str, task: str | None = None) -> ModelCard:
         """The card of ``name``; raises UnknownModel (404) or WrongTask (422) if ``task`` differs.

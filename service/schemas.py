@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -64,7 +64,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def error_responses(descriptions: dict[int, str]) -> dict[int, dict]:
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries: each status with :class:`ErrorResponse` and its meaning."""
     return {
         code: {"model": ErrorResponse, "description": text} for code, text in descriptions.items()

@@ -9,5 +9,9 @@ python -m pip install -q -e '.[train,eval,triton,dev]'
 bash tests/triton_env.sh
 # static security analysis of the shipped code; findings are fixed or justified inline (# nosec)
 python -m bandit -q -r service export training benchmarks
+# lint + format (ruff) and types (mypy), configured in pyproject.toml
+python -m ruff check .
+python -m ruff format --check .
+python -m mypy
 export HRNET_REQUIRE_TRITON=1
 python -m pytest -q "$@"

@@ -68,6 +68,8 @@ def predict_bottomup(
     with ``id``, ``bbox_xyxy``, ``bbox_score``, ``score``, ``keypoints [x, y, value]`` image
     pixels). The model is put in eval mode and back. Raises ``FileNotFoundError`` for an
     unreadable image."""
+    if card.dataset is None:
+        raise ValueError(f"card {card.name!r} names no dataset")
     items, _, _ = build_pose_items(coco, images_dir, card.dataset, box_source="bottomup")
     backend = TorchBackend(model, [o.name for o in card.outputs], device)
 
@@ -104,6 +106,8 @@ def evaluate_bottomup(
     from benchmarks.eval_data import DataError
 
     coco = load_json(ann_file)
+    if card.dataset is None:
+        raise ValueError(f"card {card.name!r} names no dataset")
     records = predict_bottomup(model, card, coco, images_dir, flip_test, device)
     try:
         return evaluate_coco_bottomup(records, coco, get_pose_dataset(card.dataset).sigmas)[0]

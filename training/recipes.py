@@ -49,6 +49,7 @@ import tomllib
 from .bottomup_transforms import BottomUpAugment
 from .registry import get_entry, list_entries
 from .seg_recipes import SegTrainRecipe, seg_recipes
+from .seg_transforms import SegAugmentConfig
 from .transforms import AugmentConfig
 
 __all__ = [
@@ -322,7 +323,10 @@ def _animal_recipe(name: str) -> TrainRecipe:
     e = get_entry(name)
     per_gpu = 32 if e.arch == "hrnet_w48" else 64
     if e.dataset == "horse10":
-        split = re.search(r"split(\d)$", name).group(1)
+        m = re.search(r"split(\d)$", name)
+        if m is None:
+            raise ValueError(f"{name}: a Horse-10 recipe name ends with splitN")
+        split = m.group(1)
         data = DataLayout(
             f"annotations/horse10-train-split{split}.json",
             ".",
@@ -470,21 +474,24 @@ def load_recipe_file(path: str | Path) -> TrainRecipe | SegTrainRecipe:
         {k: v for k, v in raw.items() if k not in ("augment", "data", "bottomup")},
         "recipe",
     )
-    augment = replace(base.augment, **_sub(type(base.augment), raw.get("augment", {}), "[augment]"))
     if isinstance(base, SegTrainRecipe):  # [data] tables of SegSplit fields: not overridable
         if "data" in raw or "bottomup" in raw:
             raise ValueError(
                 f"{path}: segmentation recipes take their layout from the dataset "
                 "(MMSeg layout); [data] and [bottomup] are for pose recipes"
             )
-        return replace(base, **top, augment=augment)
+        seg_augment = replace(
+            base.augment, **_sub(SegAugmentConfig, raw.get("augment", {}), "[augment]")
+        )
+        return replace(base, **top, augment=seg_augment)
+    augment = replace(base.augment, **_sub(AugmentConfig, raw.get("augment", {}), "[augment]"))
     data_kw = _sub(DataLayout, raw.get("data", {}), "[data]")
     if "sources" in data_kw:  # [[data.sources]] tables
         data_kw["sources"] = tuple(
             DataSource(**_sub(DataSource, src, "[[data.sources]]")) for src in data_kw["sources"]
         )
     data = replace(base.data, **data_kw)
-    extra = {}
+    extra: dict[str, BottomUpTrainConfig] = {}
     if "bottomup" in raw:
         bu = _sub(BottomUpTrainConfig, raw["bottomup"], "[bottomup]")
         base_bu = base.bottomup or BottomUpTrainConfig()
@@ -492,7 +499,7 @@ def load_recipe_file(path: str | Path) -> TrainRecipe | SegTrainRecipe:
             base_bu.augment, **_sub(BottomUpAugment, bu.pop("augment", {}), "[bottomup.augment]")
         )
         extra["bottomup"] = replace(base_bu, **bu, augment=aug)
-    return replace(base, **top, augment=augment, data=data, **extra)
+    return replace(base, **top, augment=augment, data=data, **extra)  # type: ignore[arg-type]
 
 
 def get_recipe(name_or_path: str | Path) -> TrainRecipe | SegTrainRecipe:

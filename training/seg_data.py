@@ -142,8 +142,8 @@ class SegDataset(Dataset):
     ) -> None:
         self.pairs = list(pairs)
         self.normalization = normalization
-        self.scale = tuple(int(v) for v in scale)
-        self.crop_size = tuple(int(v) for v in crop_size)
+        self.scale = (int(scale[0]), int(scale[1]))
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.augment = augment
         self.reduce_zero_label = reduce_zero_label
         self.seed = seed

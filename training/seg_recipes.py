@@ -127,12 +127,14 @@ class SegTrainRecipe:
     @property
     def train_scale(self) -> tuple[int, int]:
         """``RandomResize`` scale ``(w, h)``."""
-        return tuple(self.scale or self.entry.test_scale)  # type: ignore[return-value]
+        w, h = self.scale or self.entry.test_scale
+        return int(w), int(h)
 
     @property
     def train_crop(self) -> tuple[int, int]:
         """Crop ``(h, w)``."""
-        return tuple(self.crop_size or self.entry.crop_size)  # type: ignore[return-value]
+        h, w = self.crop_size or self.entry.crop_size
+        return int(h), int(w)
 
 
 _NAME = re.compile(r"^fcn_hr\w+_(\d+)xb(\d+)-(\d+)k_")

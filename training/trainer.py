@@ -155,8 +155,9 @@ def train_step(
     )
     with ctx:
         pred = model(x)
-    if hasattr(loss_fn, "batch_loss"):
-        loss = loss_fn.batch_loss(pred, batch, device)
+    batch_loss = getattr(loss_fn, "batch_loss", None)
+    if callable(batch_loss):
+        loss = batch_loss(pred, batch, device)
     else:
         targets = [batch[k].to(device, non_blocking=True) for k in target_keys]
         loss = loss_fn(pred.float(), *targets)
@@ -561,7 +562,7 @@ class Trainer:
                         "time": now - t_start,
                     }
                     self.history.append(row)
-                    if writer is not None:
+                    if writer is not None and log_f is not None:
                         writer.writerow(
                             [
                                 epoch,

@@ -122,7 +122,7 @@ def evaluate_model(
     if dataset == "horse10":
         return evaluate_horse10(records, coco)[0]
     # OKS sigmas of the served keypoints (the COCO 17 of the COCO-AIC combine head's 19)
-    sigmas = np.asarray(get_pose_dataset(dataset).sigmas)[card.output_keypoints]
+    sigmas = np.asarray(get_pose_dataset(dataset).sigmas)[card.output_keypoints].tolist()
     return evaluate_coco_style(
         records, coco, sigmas, input_size=(w, h), padding=card.bbox_padding, gt_boxes=True
     )[0]

@@ -205,7 +205,7 @@ class TritonBackend(Backend):
 
     # ------------------------------------------------------------------ start-up
 
-    async def start(self, cards: dict[str, ModelCard]) -> None:
+    async def start(self, cards: dict[str, ModelCard] | None = None) -> None:
         """Wait for Triton and each carded model, read their configs, check them against the cards.
 
         Raises :class:`BackendUnavailable` if Triton or a model is not ready within
@@ -214,6 +214,8 @@ class TritonBackend(Backend):
         cancellation) the client is closed and the shared-memory region unregistered and destroyed
         (:meth:`close`) before the error propagates, so a failed start leaks nothing.
         """
+        if cards is None:
+            raise ValueError("the Triton backend starts from the repository's model cards")
         try:
             await self._start(cards)
         except BaseException:
@@ -319,7 +321,9 @@ class TritonBackend(Backend):
         batch = None
         for name, arr in inputs.items():
             spec = specs[name]
-            a = np.ascontiguousarray(arr, dtype=NUMPY_DTYPES[spec.dtype])  # no copy when already so
+            a: np.ndarray = np.ascontiguousarray(
+                arr, dtype=NUMPY_DTYPES[spec.dtype]
+            )  # no copy when already so
             if a.ndim != len(spec.dims) + 1:
                 raise BackendError(
                     f"model '{model}' input '{name}' needs {len(spec.dims) + 1} dims "
@@ -383,19 +387,17 @@ class TritonBackend(Backend):
         card = self.cards[model]
         dtypes = {s.name: s.dtype for s in card.inputs}
         total = sum(a.nbytes for a in arrays.values())
-        use_shm = self._shm is not None and total <= self._shm.slot_bytes
+        shm = self._shm if self._shm is not None and total <= self._shm.slot_bytes else None
         slot = None
         try:
-            if use_shm:
+            if shm is not None:
                 await self._register_shm(model)
-                slot = self._shm.try_acquire()
+                slot = shm.try_acquire()
             for attempt in (0, 1):
-                if slot is not None:
-                    spans = self._shm.write(slot, list(arrays.values()))
+                if slot is not None and shm is not None:
+                    spans = shm.write(slot, list(arrays.values()))
                     req_inputs = [
-                        self.transport.shm_input(
-                            name, a.shape, dtypes[name], self._shm.name, spans[i]
-                        )
+                        self.transport.shm_input(name, a.shape, dtypes[name], shm.name, spans[i])
                         for i, (name, a) in enumerate(arrays.items())
                     ]
                 else:
@@ -417,18 +419,19 @@ class TritonBackend(Backend):
                     err = self._map_error(exc, model)
                     if (
                         slot is not None
+                        and shm is not None
                         and attempt == 0
                         and not isinstance(err, BackendUnavailable)
                         and "shared memory" in str(err).lower()
                     ):
                         # Triton restarted and lost the registration: register again, retry once.
-                        self._shm.registered = False
+                        shm.registered = False
                         await self._register_shm(model)
                         continue
                     raise err from exc
         finally:
-            if slot is not None:
-                self._shm.release(slot)
+            if slot is not None and shm is not None:
+                shm.release(slot)
         out = {}
         for n in names:
             arr = res.as_numpy(n)

@@ -64,7 +64,7 @@ def generate_bottomup_heatmaps(
     w, h = _size(heatmap_size)
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
-    ar = np.arange(0, 6 * sigma + 3, 1, np.float32)
+    ar = np.arange(0, 6 * sigma + 3, 1, dtype=np.float32)
     c = 3 * sigma + 1
     g = np.exp(-((ar[None, :] - c) ** 2 + (ar[:, None] - c) ** 2) / (2 * sigma**2))
     hms = np.zeros((j.shape[1], h, w), dtype=np.float32)

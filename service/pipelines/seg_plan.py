@@ -40,7 +40,7 @@ def network_input_size(size_wh: tuple[int, int], spec: SegTestPipeline) -> tuple
     if spec.scale is None:
         return tuple(size_wh)  # type: ignore[return-value]
     if spec.keep_ratio:
-        return rescale_size(size_wh, tuple(spec.scale))[0]
+        return rescale_size(size_wh, (int(spec.scale[0]), int(spec.scale[1])))[0]
     return int(spec.scale[0]), int(spec.scale[1])
 
 

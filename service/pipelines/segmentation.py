@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import cv2
 import numpy as np
@@ -55,6 +56,11 @@ from ..interpolate import STRIP_ELEMENTS, ArrayRows, FlippedRows, ResizedRows, R
 from .common import StageTimer, to_input_tensor
 from .seg_plan import Augmentation, SegOptions, SegPlan, plan_segmentation
 from .slide import cut_windows, merge_windows, slide_windows
+
+
+def _rows(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Items ``lo:hi`` of the batch ``x`` (the whole-view chunk getter of ``_infer_in_calls``)."""
+    return x[lo:hi]
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -320,7 +326,7 @@ async def run_segmentation(
         if vmode == "whole":
             m = 1
             head = await _infer_in_calls(
-                backend, card, len(x), lambda lo, hi, x=x: x[lo:hi], h * w, max_call_pixels, timer
+                backend, card, len(x), partial(_rows, x), h * w, max_call_pixels, timer
             )
             n_windows += [0] * len(flips)
         else:
@@ -331,7 +337,7 @@ async def run_segmentation(
                 backend,
                 card,
                 m * len(flips),
-                lambda lo, hi, x=x, wins=wins: cut_windows(x, wins, lo, hi),
+                partial(cut_windows, x, wins),
                 win_px,
                 max_call_pixels,
                 timer,

@@ -144,9 +144,10 @@ async def pose(
             result = await estimate_poses_bottomup(
                 img, card, backend, flip_test=use_flip, scales=test_scales, timer=timer
             )
-            xyxy, box_scores, source = result.boxes, result.person_scores, "bottomup"
+            source: Literal["given", "detector", "bottomup"] = "bottomup"
+            xyxy, box_scores = result.boxes, result.person_scores
         else:
-            if given:
+            if boxes is not None and given:
                 xyxy, box_scores = parse_boxes(boxes, box_format, (w, h), settings.max_boxes)
                 source = "given"
             else:
