@@ -217,7 +217,7 @@ def test_resume_bit_exact_with_variants(shared, tmp_path, small_rows):
     from training.trainer import Trainer
     from training.transforms import AugmentConfig
 
-    from .train_fixtures import quick_options, small_entry
+    from tests.train_fixtures import quick_options, small_entry
 
     torch.set_num_threads(1)
     data = tmp_path / "dlc"
