@@ -211,13 +211,12 @@ def test_segmentation_uses_the_same_photometric(monkeypatch):
 def test_resume_bit_exact_with_variants(shared, tmp_path, small_rows):
     """Stopped after 3 iterations and resumed, a run with CoarseDropout + GridDropout +
     photometric gives the same 6 losses and weights as the uninterrupted run."""
+    from tests.train_fixtures import quick_options, small_entry
     from training import checkpoint as ckpt
     from training.dlc import convert
     from training.recipes import DataLayout, TrainRecipe
     from training.trainer import Trainer
     from training.transforms import AugmentConfig
-
-    from tests.train_fixtures import quick_options, small_entry
 
     torch.set_num_threads(1)
     data = tmp_path / "dlc"
