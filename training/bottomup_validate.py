@@ -20,40 +20,14 @@ import torch
 from torch import nn
 
 from benchmarks.eval_data import build_pose_items, evaluate_coco_bottomup, load_json
-from service.backends.base import Backend
 from service.cards import BottomUpCard
 from service.datasets import get_pose_dataset
 from service.pipelines.bottomup import estimate_poses_bottomup
 
+from .torch_backend import TorchBackend
 from .validate import predict_images
 
-__all__ = ["TorchBackend", "predict_bottomup", "evaluate_bottomup"]
-
-
-class TorchBackend(Backend):
-    """A :class:`service.backends.base.Backend` over one in-process torch model: ``infer`` feeds
-    the card's single input and returns the model's outputs under ``output_names`` (in order),
-    float32 numpy, without gradients."""
-
-    name = "torch"
-
-    def __init__(
-        self, model: nn.Module, output_names: list[str], device: str | torch.device = "cpu"
-    ) -> None:
-        self.model = model
-        self.output_names = list(output_names)
-        self.device = torch.device(device)
-
-    async def infer(
-        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        (x,) = inputs.values()
-        with torch.no_grad():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
-        return {n: o.float().cpu().numpy() for n, o in zip(self.output_names, out)}
-
-    async def ready(self, model: str | None = None) -> bool:
-        return True
+__all__ = ["predict_bottomup", "evaluate_bottomup"]
 
 
 def predict_bottomup(

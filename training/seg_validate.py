@@ -15,57 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import torch
 from torch import nn
 
-from service.backends.base import Backend
 from service.cards import SegmentationCard
 from service.metrics.segmentation import IoUAccumulator
 from service.pipelines.segmentation import segment
 
 from .seg_data import read_label
+from .torch_backend import TorchBackend
 
-__all__ = ["TorchBackend", "evaluate_seg_model"]
-
-
-class TorchBackend(Backend):
-    """A :class:`service.backends.base.Backend` running one PyTorch model in process (no
-    gradients, the model's current mode): ``infer`` maps the card's single float32 NCHW input to
-    its single output (``(N, C, h, w)`` logits), in batches of at most ``max_batch``."""
-
-    name = "torch"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        output_name: str,
-        device: str | torch.device = "cpu",
-        max_batch: int = 4,
-    ) -> None:
-        self.model, self.output_name = model, output_name
-        self.device, self.max_batch = torch.device(device), max(1, int(max_batch))
-
-    async def infer(
-        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        (x,) = inputs.values()
-        with torch.no_grad():
-            parts = [
-                self.model(
-                    torch.from_numpy(np.ascontiguousarray(x[i : i + self.max_batch])).to(
-                        self.device
-                    )
-                )
-                .float()
-                .cpu()
-                .numpy()
-                for i in range(0, len(x), self.max_batch)
-            ]
-        return {self.output_name: np.concatenate(parts)}
-
-    async def ready(self, model: str | None = None) -> bool:
-        return True
+__all__ = ["evaluate_seg_model"]
 
 
 def evaluate_seg_model(
@@ -80,7 +40,7 @@ def evaluate_seg_model(
     back. Returns ``aAcc``, ``mIoU``, ``mAcc`` (percent, 2 decimals) and the per-class dicts.
     Raises ``FileNotFoundError`` for an unreadable image."""
     acc = IoUAccumulator(len(card.classes), 255, card.classes)
-    backend = TorchBackend(model, card.outputs[0].name, device)
+    backend = TorchBackend(model, [card.outputs[0].name], device)
     was_training = model.training
     model.eval()
     try:
