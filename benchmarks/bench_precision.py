@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 from service.cards import TopDownCard
+from service.geometry import bbox_xywh2xyxy
 from service.pipelines.topdown import decode_outputs, prepare_inputs
 
 #: heatmaps = runner(network input (N, 3, h, w) float32)
@@ -95,7 +96,7 @@ def eager_pose(
     if image is None:
         raise ValueError("not a decodable image")
     b = np.asarray(boxes_xywh, np.float32).reshape(-1, 4)
-    xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+    xyxy = bbox_xywh2xyxy(b)
     centers, scales, x = prepare_inputs(image, xyxy, card, flip)
     kpts, _, _ = decode_outputs(
         runner(x), len(b), centers, scales, np.ones(len(b), np.float32), card, flip

@@ -48,6 +48,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from service.cards import ModelCard, QuantizationSpec, TopDownCard
 from service.codecs import build_codec
+from service.geometry import bbox_xywh2xyxy
 from service.metrics.coco_keypoints import mean_oks
 from service.pipelines.topdown import prepare_inputs
 
@@ -96,7 +97,8 @@ class Agreement:
         }
 
 
-def _find_annotation(calib_dir: Path) -> Path:
+def _find_annotation(calib_dir: Path) -> tuple[Path, dict]:
+    """The first COCO-style json under ``calib_dir/annotations`` or ``calib_dir``, parsed once."""
     for pattern in ("annotations/*.json", "*.json"):
         for path in sorted(calib_dir.glob(pattern)):
             try:
@@ -104,7 +106,7 @@ def _find_annotation(calib_dir: Path) -> Path:
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict) and "images" in data and "annotations" in data:
-                return path
+                return path, data
     raise ExportError(
         f"no COCO-style annotation json (with 'images' and 'annotations') in "
         f"{calib_dir} or {calib_dir / 'annotations'}"
@@ -139,15 +141,13 @@ def calibration_crops(
         raise ExportError(f"calibration folder not found: {calib_dir}")
     if limit < 1:
         raise ExportError(f"the number of calibration crops must be >= 1, got {limit}")
-    ann_path = _find_annotation(calib_dir)
-    coco = json.loads(ann_path.read_text())
+    ann_path, coco = _find_annotation(calib_dir)
     boxes: dict = {}
     for ann in coco["annotations"]:
         bbox = ann.get("bbox")
         if ann.get("iscrowd", 0) or not bbox or min(bbox[2], bbox[3]) < MIN_BOX_SIDE:
             continue
-        x, y, w, h = (float(v) for v in bbox[:4])
-        boxes.setdefault(ann["image_id"], []).append([x, y, x + w, y + h])
+        boxes.setdefault(ann["image_id"], []).append(bbox[:4])
     batches, total = [], 0
     for im in sorted(coco["images"], key=lambda im: im["id"]):
         if im["id"] not in boxes or total >= limit:
@@ -158,7 +158,8 @@ def calibration_crops(
             raise ExportError(
                 f"calibration image {im['file_name']} not found or unreadable under {calib_dir}"
             )
-        b = np.asarray(boxes[im["id"]][: limit - total], np.float32)
+        # float32 first, then corners: the gateway's order for JSON boxes
+        b = bbox_xywh2xyxy(np.asarray(boxes[im["id"]][: limit - total], np.float32))
         _, _, x = prepare_inputs(image, b, card, flip_test=False)
         batches.append(x)
         total += len(x)
@@ -176,8 +177,10 @@ def _session(path: Path | str):
 
 
 def run_onnx(path: Path | str, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    """The first output of the ONNX graph at ``path`` on ``x`` (axis 0 = batch, run ``batch`` at a
-    time on ONNX Runtime's CPU provider), concatenated."""
+    """The first output of the ONNX graph at ``path`` on ``x`` (``(N, 3, h, w)`` float32 network
+    inputs, run ``batch`` items at a time on ONNX Runtime's CPU provider), concatenated along
+    axis 0 (e.g. ``(N, K, h/4, w/4)`` float32 heatmaps). ONNX Runtime's errors (unloadable graph,
+    wrong input shape) propagate."""
     sess = _session(path)
     name = sess.get_inputs()[0].name
     return np.concatenate(

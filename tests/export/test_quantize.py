@@ -105,19 +105,15 @@ def test_calibration_crops_are_the_gateways_crops_of_gt_boxes(shared):
     coco = json.loads((root / "test_coco.json").read_text())
     expected = []
     for im in sorted(coco["images"], key=lambda im: im["id"])[:2]:
-        boxes = np.array(
+        xywh = np.array(
             [
-                [x, y, x + w, y + h]
-                for x, y, w, h in (
-                    a["bbox"]
-                    for a in coco["annotations"]
-                    if a["image_id"] == im["id"]
-                    and not a.get("iscrowd")
-                    and min(a["bbox"][2:]) >= 8
-                )
+                a["bbox"]
+                for a in coco["annotations"]
+                if a["image_id"] == im["id"] and not a.get("iscrowd") and min(a["bbox"][2:]) >= 8
             ],
             np.float32,
-        )
+        )  # float32 first, then x + w in float32 (the gateway's order for JSON boxes)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         expected.append(
             prepare_inputs(cv2.imread(str(root / im["file_name"])), boxes, card, False)[2]
         )
