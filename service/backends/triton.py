@@ -173,21 +173,24 @@ class TritonBackend(Backend):
                 return BackendUnavailable(
                     f"{what} is unavailable: {status} {msg}".strip(),
                     retry_after_s=self.retry_after_s,
+                    model=model,
                 )
-            return BackendError(f"{what} failed: {status} {msg}".strip())
+            return BackendError(f"{what} failed: {status} {msg}".strip(), model=model)
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             self._mark_down()
             return BackendUnavailable(
                 f"{what} did not answer within {self.timeout_s:g} s",
                 retry_after_s=self.retry_after_s,
+                model=model,
             )
         if isinstance(exc, OSError) or type(exc).__module__.startswith(("aiohttp", "grpc")):
             self._mark_down()
             return BackendUnavailable(
                 f"{what} is unreachable: {type(exc).__name__}: {exc}",
                 retry_after_s=self.retry_after_s,
+                model=model,
             )
-        return BackendError(f"{what} failed: {type(exc).__name__}: {exc}")
+        return BackendError(f"{what} failed: {type(exc).__name__}: {exc}", model=model)
 
     def _mark_down(self) -> None:
         # A restarted Triton has forgotten our shared-memory registration.
@@ -310,12 +313,13 @@ class TritonBackend(Backend):
         if card is None or model not in self.configs:
             raise BackendError(
                 f"model '{model}' is not configured in the Triton backend "
-                f"(known: {sorted(self.configs)})"
+                f"(known: {sorted(self.configs)})",
+                model=model,
             )
         specs = {s.name: s for s in card.inputs}
         if set(inputs) != set(specs):
             raise BackendError(
-                f"model '{model}' takes inputs {sorted(specs)}, got {sorted(inputs)}"
+                f"model '{model}' takes inputs {sorted(specs)}, got {sorted(inputs)}", model=model
             )
         arrays: dict[str, np.ndarray] = {}
         batch = None
@@ -327,15 +331,18 @@ class TritonBackend(Backend):
             if a.ndim != len(spec.dims) + 1:
                 raise BackendError(
                     f"model '{model}' input '{name}' needs {len(spec.dims) + 1} dims "
-                    f"(batch + {spec.dims}), got shape {list(a.shape)}"
+                    f"(batch + {spec.dims}), got shape {list(a.shape)}",
+                    model=model,
                 )
             if batch is None:
                 batch = a.shape[0]
             elif a.shape[0] != batch:
-                raise BackendError(f"model '{model}': inputs disagree on the batch size")
+                raise BackendError(
+                    f"model '{model}': inputs disagree on the batch size", model=model
+                )
             arrays[name] = a
         if not batch:
-            raise BackendError(f"model '{model}': empty batch")
+            raise BackendError(f"model '{model}': empty batch", model=model)
         return card, arrays, int(batch)
 
     async def infer(
@@ -366,7 +373,8 @@ class TritonBackend(Backend):
             if any(p[name].shape[1:] != first.shape[1:] for p in parts):
                 raise BackendError(
                     f"model '{model}' output '{name}': split batches returned "
-                    f"different shapes {[list(p[name].shape) for p in parts]}"
+                    f"different shapes {[list(p[name].shape) for p in parts]}",
+                    model=model,
                 )
             out = np.empty((batch,) + first.shape[1:], dtype=first.dtype)
             pos = 0
@@ -376,7 +384,8 @@ class TritonBackend(Backend):
                 pos += n
             if pos != batch:
                 raise BackendError(
-                    f"model '{model}' output '{name}' has {pos} rows for a batch of {batch}"
+                    f"model '{model}' output '{name}' has {pos} rows for a batch of {batch}",
+                    model=model,
                 )
             result[name] = out
         return result
@@ -436,7 +445,9 @@ class TritonBackend(Backend):
         for n in names:
             arr = res.as_numpy(n)
             if arr is None:
-                raise BackendError(f"Triton returned no output '{n}' for model '{model}'")
+                raise BackendError(
+                    f"Triton returned no output '{n}' for model '{model}'", model=model
+                )
             out[n] = arr
         return out
 
