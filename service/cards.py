@@ -366,6 +366,8 @@ class SegmentationCard(_CardBase):
     def _check_classes(self) -> SegmentationCard:
         if not self.classes:
             raise ValueError("segmentation card needs 'classes'")
+        if len(self.classes) > 255:  # label maps are uint8 and 255 is the ignore id
+            raise ValueError(f"{len(self.classes)} classes do not fit a uint8 label map")
         if self.palette and len(self.palette) != len(self.classes):
             raise ValueError(
                 f"'palette' has {len(self.palette)} colours for {len(self.classes)} classes"

@@ -190,13 +190,11 @@ def _argmax_rows(acc: np.ndarray, label: np.ndarray) -> None:
 
 
 def _check_inputs(image_bgr: np.ndarray, card: SegmentationCard) -> np.ndarray:
-    """The image as an array; raises ValueError for a non-segmentation card, more than 255
-    classes, or an image that is not ``(H, W, 3)`` uint8."""
+    """The image as an array; raises ValueError for a card of another task (a card copied past
+    validation) or an image that is not ``(H, W, 3)`` uint8. The class count (at most 255) is
+    checked when the card is loaded."""
     if card.task != "segmentation":
         raise ValueError(f"model '{card.name}' is a {card.task} model, not segmentation")
-    n_cls = len(card.classes)
-    if n_cls > 255:
-        raise ValueError(f"{n_cls} classes do not fit a uint8 label map (255 is the ignore id)")
     image_bgr = np.asarray(image_bgr)
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
         raise ValueError(
@@ -291,8 +289,8 @@ async def run_segmentation(
         logits, or with several views argmax of the mean softmax (MMSeg ``SegTTAModel``).
 
     Raises:
-        ValueError: non-segmentation card, more than 255 classes, an image that is not
-            ``(H, W, 3)`` uint8 or not of the plan's size.
+        ValueError: a card of another task, an image that is not ``(H, W, 3)`` uint8 or not of
+            the plan's size (the card's class count, at most 255, is checked when it is loaded).
         BackendError: the model's output does not match the card (shape, class count).
     """
     timer = timer or StageTimer()

@@ -157,3 +157,20 @@ def test_pose_consistency_checks():
         make_card(
             name="x", task="segmentation", classes=["a"], palette=[(0, 0, 0), (1, 1, 1)], **COMMON
         )
+
+
+def test_segmentation_card_refuses_more_classes_than_a_uint8_label_map_holds():
+    """Label maps are uint8 with 255 as the ignore id: 255 classes (ids 0..254) load, 256 do
+    not, when the card is parsed rather than on a request."""
+    seg = dict(
+        name="s",
+        task="segmentation",
+        input_size=(None, None),
+        inputs=[{"name": "input", "dims": [3, -1, -1]}],
+        outputs=[{"name": "logits", "dims": [255, -1, -1]}],
+        normalization={"mean": (0, 0, 0), "std": (1, 1, 1)},
+    )
+    card = parse_card({**seg, "classes": [f"c{i}" for i in range(255)]})
+    assert isinstance(card, SegmentationCard) and len(card.classes) == 255
+    with pytest.raises(ValidationError, match="256 classes do not fit a uint8 label map"):
+        parse_card({**seg, "classes": [f"c{i}" for i in range(256)]})
