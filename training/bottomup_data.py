@@ -134,6 +134,8 @@ def ignore_mask(record: BottomUpRecord) -> np.ndarray:
     from pycocotools import mask as mask_utils  # [train] extra
 
     h, w = record.height, record.width
+    if not any(ann["segmentation"] for ann in record.ignored):  # most images: nothing to decode
+        return np.ones((h, w), dtype=bool)
     m = np.zeros((h, w), dtype=np.float32)
     for ann in record.ignored:
         if not ann["segmentation"]:  # an empty polygon list covers nothing (upstream: no RLE)
