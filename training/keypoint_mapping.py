@@ -149,7 +149,9 @@ MAPPINGS: dict[str, KeypointMapping] = {
 
 
 def get_mapping(name: str) -> KeypointMapping:
-    """The named :data:`MAPPINGS` entry; ``KeyError`` listing the names for an unknown one."""
+    """The named :data:`MAPPINGS` entry (pairs from MMPose 1.x's COCO-AIC merge/combine configs,
+    ``td-hm_hrnet-w32_8xb64-210e_coco-aic-256x192-{merge,combine}.py``); ``KeyError`` listing
+    the names for an unknown one."""
     try:
         return MAPPINGS[name]
     except KeyError:

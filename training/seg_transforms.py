@@ -110,7 +110,9 @@ def random_crop(
 def random_flip(
     img: np.ndarray, label: np.ndarray, prob: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``RandomFlip(prob, direction='horizontal')`` of image and label together."""
+    """MMCV ``RandomFlip(prob, direction='horizontal')`` (as MMSeg 1.x's train pipeline uses it)
+    of ``img`` ``(H, W, 3)`` and ``label`` ``(H, W)`` together; returns contiguous copies when
+    flipped, the inputs otherwise. Draws one number from ``rng`` unless ``prob`` is 0."""
     if prob > 0 and rng.random() < prob:
         return np.ascontiguousarray(img[:, ::-1]), np.ascontiguousarray(label[:, ::-1])
     return img, label
