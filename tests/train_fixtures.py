@@ -125,3 +125,39 @@ def quick_options(
         shuffle=shuffle,
         val_interval=val_interval,
     )
+
+
+#: The tiny DeepLabCut registry row the training tests share (:func:`small_entry` registers it).
+DLC_SMALL = "test-td-hm_hrnet-w18-small_dlc-64x64"
+
+
+def tiny_dlc_recipe(**kw):
+    """A 3-epoch recipe of :data:`DLC_SMALL` on a ``training.dlc.convert`` folder (train and
+    test json under ``annotations/``, images under ``images``), half-body off; ``kw`` override
+    any :class:`training.recipes.TrainRecipe` field."""
+    from training.recipes import DataLayout, TrainRecipe
+    from training.transforms import AugmentConfig
+
+    small_entry(DLC_SMALL)
+    base = dict(
+        model=DLC_SMALL,
+        lr=1e-3,
+        base_batch_size=2,
+        batch_size=2,
+        warmup_iters=3,
+        milestones=(1,),
+        max_epochs=3,
+        val_interval=100,
+        checkpoint_interval=100,
+        best_metric="EPE",
+        best_rule="less",
+        augment=AugmentConfig(half_body_prob=0.0),
+        data=DataLayout(
+            train_ann="annotations/train.json",
+            train_images="images",
+            val_ann="annotations/test.json",
+            val_images="images",
+        ),
+    )
+    base.update(kw)
+    return TrainRecipe(**base)

@@ -211,7 +211,7 @@ def test_segmentation_uses_the_same_photometric(monkeypatch):
 def test_resume_bit_exact_with_variants(shared, tmp_path, small_rows):
     """Stopped after 3 iterations and resumed, a run with CoarseDropout + GridDropout +
     photometric gives the same 6 losses and weights as the uninterrupted run."""
-    from tests.train_fixtures import quick_options, small_entry
+    from tests.train_fixtures import quick_options, tiny_dlc_recipe
     from training import checkpoint as ckpt
     from training.dlc import convert
     from training.recipes import DataLayout, TrainRecipe
@@ -221,20 +221,7 @@ def test_resume_bit_exact_with_variants(shared, tmp_path, small_rows):
     torch.set_num_threads(1)
     data = tmp_path / "dlc"
     convert(shared / "data" / "dlc_openfield", data, train_fraction=0.8, seed=0, limit=12)
-    name = "test-td-hm_hrnet-w18-small_dlc-64x64"
-    small_entry(name)
-    recipe = TrainRecipe(
-        model=name,
-        lr=1e-3,
-        base_batch_size=2,
-        batch_size=2,
-        warmup_iters=3,
-        milestones=(1,),
-        max_epochs=3,
-        val_interval=100,
-        checkpoint_interval=100,
-        best_metric="EPE",
-        best_rule="less",
+    recipe = tiny_dlc_recipe(
         augment=AugmentConfig(
             half_body_prob=0.0, pixel_variants=("coarsedropout", "gridmask", "photometric")
         ),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_fixtures import quick_options, small_entry, small_rows
+from tests.train_fixtures import DLC_SMALL, quick_options, small_entry, small_rows, tiny_dlc_recipe
 from training import checkpoint as ckpt
 from training.dlc import convert, read_dlc_csv
 from training.recipes import DataLayout, TrainRecipe
@@ -22,7 +22,6 @@ from training.transforms import AugmentConfig
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("small_rows")
-DLC_SMALL = "test-td-hm_hrnet-w18-small_dlc-64x64"
 
 
 @pytest.fixture(scope="module")
@@ -32,32 +31,6 @@ def dlc_small(shared, tmp_path_factory) -> Path:
     n = convert(shared / "data" / "dlc_openfield", out, train_fraction=0.8, seed=0, limit=24)
     assert n == {"train": 19, "test": 5}
     return out
-
-
-def _recipe(**kw) -> TrainRecipe:
-    small_entry(DLC_SMALL)
-    base = dict(
-        model=DLC_SMALL,
-        lr=1e-3,
-        base_batch_size=2,
-        batch_size=2,
-        warmup_iters=3,
-        milestones=(1,),
-        max_epochs=3,
-        val_interval=100,
-        checkpoint_interval=100,
-        best_metric="EPE",
-        best_rule="less",
-        augment=AugmentConfig(half_body_prob=0.0),
-        data=DataLayout(
-            train_ann="annotations/train.json",
-            train_images="images",
-            val_ann="annotations/test.json",
-            val_images="images",
-        ),
-    )
-    base.update(kw)
-    return TrainRecipe(**base)
 
 
 def test_dlc_csv_reader_and_boxes(shared, dlc_small):
@@ -79,16 +52,16 @@ def test_resume_is_bit_exact(dlc_small, tmp_path):
     torch.set_num_threads(1)
     # 19 frames / batch 2 = 10 iterations per epoch: 6 + 6 crosses the epoch boundary
     full = Trainer(
-        _recipe(), quick_options(dlc_small, tmp_path / "full", max_iters=12, batch_size=2)
+        tiny_dlc_recipe(), quick_options(dlc_small, tmp_path / "full", max_iters=12, batch_size=2)
     ).fit()
     first = Trainer(
-        _recipe(), quick_options(dlc_small, tmp_path / "cut", max_iters=6, batch_size=2)
+        tiny_dlc_recipe(), quick_options(dlc_small, tmp_path / "cut", max_iters=6, batch_size=2)
     )
     part1 = first.fit()
     assert (tmp_path / "cut" / "iter_6.pth").is_file()
     opts = quick_options(dlc_small, tmp_path / "cut", max_iters=12, batch_size=2)
     opts.resume = True
-    second = Trainer(_recipe(), opts)
+    second = Trainer(tiny_dlc_recipe(), opts)
     assert second.iter == 6
     part2 = second.fit()
     losses = [r["loss"] for r in part1 + part2]
@@ -105,7 +78,7 @@ def test_resume_is_bit_exact(dlc_small, tmp_path):
 
 
 def test_checkpoint_layout_and_strict_reload(dlc_small, tmp_path):
-    tr = Trainer(_recipe(), quick_options(dlc_small, tmp_path, max_iters=1, batch_size=2))
+    tr = Trainer(tiny_dlc_recipe(), quick_options(dlc_small, tmp_path, max_iters=1, batch_size=2))
     tr.fit()
     raw = ckpt.read_checkpoint(tmp_path / "iter_1.pth")  # weights_only=True
     keys = set(raw["state_dict"])
