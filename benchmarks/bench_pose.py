@@ -230,6 +230,8 @@ def scrape_batching(url: str) -> dict[str, float]:
         elif line.startswith("hrnet_batch_rejections_total{"):
             reason = line.split('reason="')[1].split('"')[0]
             out[f"rejected_{reason}"] = out.get(f"rejected_{reason}", 0) + float(line.split()[-1])
+        elif line.startswith("hrnet_shed_rejections_total{"):
+            out["rejected_shed"] = out.get("rejected_shed", 0) + float(line.split()[-1])
     return out
 
 
@@ -250,6 +252,7 @@ async def _load(
 ) -> dict:
     """``clients`` closed-loop clients for ``duration_s`` (and at most ``max_requests`` in all)."""
     lat: list[float] = []
+    overhead: list[float] = []
     status: dict[str, int] = {}
     stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
     crops = 0
@@ -259,7 +262,13 @@ async def _load(
     t0 = time.perf_counter()
     end = t0 + duration_s
 
-    async def client(i: int, http: httpx.AsyncClient) -> None:
+    async def client(i: int) -> None:
+        # a client of its own per simulated user (one connection each): a shared httpx pool
+        # serialises 200 users on its lock and inflates their latency on the client side
+        async with httpx.AsyncClient(timeout=120) as http:
+            await user(i, http)
+
+    async def user(i: int, http: httpx.AsyncClient) -> None:
         nonlocal crops, sent
         k = i
         while time.perf_counter() < end and sent < max_requests:
@@ -279,6 +288,10 @@ async def _load(
                 crops += len(body["persons"]) * (2 if body["flip_test"] else 1)
                 for s_, v in body["timing_ms"].items():
                     stage_ms.setdefault(s_, []).append(v)
+                # everything but inference (HTTP, parsing, decoding, crops, heatmap decoding,
+                # JSON), as a share of the latency this client saw
+                inf_s = body["timing_ms"].get("inference", 0.0) / 1e3
+                overhead.append(1.0 - inf_s / lat[-1])
             elif r is not None and r.status_code == 503:
                 wait = float(r.headers.get("retry-after", 1))
                 await asyncio.sleep(max(0.0, min(wait, end - time.perf_counter())))
@@ -288,10 +301,8 @@ async def _load(
             peak.append(rss_mb(pid) if pid else float("nan"))
             await asyncio.sleep(0.25)
 
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
-        tasks = [client(i, http) for i in range(clients)] + ([sample()] if pid else [])
-        await asyncio.gather(*tasks)
+    tasks = [client(i) for i in range(clients)] + ([sample()] if pid else [])
+    await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
     ok = status.get("200", 0)
     return {
@@ -305,6 +316,7 @@ async def _load(
         "p95_s": _percentile(lat, 95),
         "p99_s": _percentile(lat, 99),
         "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v},
+        "overhead": statistics.median(overhead) if overhead else float("nan"),
         "rss_peak_mb": max(peak),
         "rss_after_mb": rss_mb(pid) if pid else float("nan"),
         "gateway_cpu_s": (cpu_s(pid) if pid else float("nan")) - cpu0,
@@ -326,20 +338,39 @@ def make_jobs(
     return jobs
 
 
+def gateway_configs(batching: str, gateway: list[list[str]] | None) -> dict[str, dict[str, str]]:
+    """Name -> environment of each gateway to start: from ``--gateway NAME [KEY=VALUE ...]``
+    (repeated; the first is the baseline), else from ``--batching`` (``on``, ``on:N``, ``off``).
+    Raises ValueError for a setting without ``=`` or a repeated name."""
+    configs: dict[str, dict[str, str]] = {}
+    if gateway:
+        for name, *pairs in gateway:
+            if name in configs:
+                raise ValueError(f"--gateway {name} given twice")
+            bad = [p for p in pairs if "=" not in p]
+            if bad:
+                raise ValueError(f"--gateway {name}: settings must be KEY=VALUE, got {bad}")
+            configs[name] = dict(p.split("=", 1) for p in pairs)
+        return configs
+    for value in batching.split(","):
+        on, _, cap = value.partition(":")
+        env = {"HRNET_BATCHING": "true" if on == "on" else "false"}
+        if cap:
+            env["HRNET_BATCH_MAX_SIZE"] = cap
+        configs[value] = env
+    return configs
+
+
 def run_concurrency(args, images) -> list[dict]:
-    """Every (boxes, flip, clients, batching) level. The gateways (subprocesses, one per
-    ``--batching`` value) all run from the start and take turns level by level, so the figures
+    """Every (boxes, flip, clients, gateway) level. The gateways (subprocesses, one per
+    configuration) all run from the start and take turns level by level, so the figures
     compared are measured minutes, not a whole run, apart."""
     photo_boxes = load_photo_boxes(args.shared_dir)
     gateways: dict[str, tuple[str, subprocess.Popen]] = {}
     results = []
     try:
-        for batching in args.batching.split(","):
-            on, _, cap = batching.partition(":")
-            env = {"HRNET_BATCHING": "true" if on == "on" else "false"}
-            if cap:
-                env["HRNET_BATCH_MAX_SIZE"] = cap
-            gateways[batching] = start_gateway_process(args.model_repository, env)
+        for name, env in gateway_configs(args.batching, args.gateway).items():
+            gateways[name] = start_gateway_process(args.model_repository, env)
         for boxes in args.boxes_per_request.split(","):
             for flip in (f == "on" for f in args.flip.split(",")):
                 jobs = make_jobs(images, photo_boxes, boxes, flip, args.model)
@@ -379,25 +410,30 @@ def print_table(results: list[dict]) -> None:
     """The table: one row per level; ratios to the 1-client level of the same gateway and to
     batching off at the same level."""
     print(
-        f"{'batch':>5} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} {'503':>5} "
-        f"{'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xoff':>5} {'p50 s':>6} "
-        f"{'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'rss idle':>8} {'rss peak':>8} "
-        f"{'g cpu':>5} {'c cpu':>5}  batcher (all models)"
+        f"{'gateway':>8} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} "
+        f"{'503':>5} {'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xbase':>5} "
+        f"{'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'ovh %':>5} "
+        f"{'rss idle':>8} {'rss peak':>8} {'g cpu':>5} {'c cpu':>5}  batcher (all models)"
     )
-    order = sorted(results, key=lambda r: (r["boxes"], r["flip_test"], r["batching"], r["clients"]))
+    names = list(dict.fromkeys(r["batching"] for r in results))  # the baseline first
+    order = sorted(
+        results,
+        key=lambda r: (r["boxes"], r["flip_test"], names.index(r["batching"]), r["clients"]),
+    )
     for r in order:
-        print_level(r, results)
+        print_level(r, results, names[0])
 
 
-def print_level(r: dict, results: list[dict]) -> None:
-    """One table row; ratios to the 1-client level of the same gateway, and to batching off."""
+def print_level(r: dict, results: list[dict], baseline: str = "off") -> None:
+    """One table row; ratios to the 1-client level of the same gateway, and to the baseline
+    gateway at the same level."""
 
     def find(**kw):
         return next((x for x in results if all(x[k] == v for k, v in kw.items())), None)
 
     same = dict(boxes=r["boxes"], flip_test=r["flip_test"])
     one = find(batching=r["batching"], clients=1, **same)
-    off = find(batching="off", clients=r["clients"], **same)
+    off = find(batching=baseline, clients=r["clients"], **same)
     ratio_one = (
         r["crops_per_s"] / one["crops_per_s"] if one and one["crops_per_s"] else float("nan")
     )
@@ -407,12 +443,13 @@ def print_level(r: dict, results: list[dict]) -> None:
     st = r["status"]
     other = r["requests"] - st.get("200", 0) - st.get("503", 0)
     print(
-        f"{r['batching']:>5} {r['boxes']:>5} {str(r['flip_test']):>5} {r['clients']:>7} "
+        f"{r['batching']:>8} {r['boxes']:>5} {str(r['flip_test']):>5} {r['clients']:>7} "
         f"{r['requests']:>5} {st.get('200', 0):>5} {st.get('503', 0):>5} {other:>5} "
         f"{r['ok_per_s']:6.2f} {r['crops_per_s']:7.1f} {ratio_one:5.2f} {ratio_off:5.2f} "
         f"{r['p50_s']:6.2f} {r['p95_s']:6.2f} {r['p99_s']:6.2f} "
         f"{r['stage_ms'].get('preprocess', float('nan')):7.1f} "
         f"{r['stage_ms'].get('inference', float('nan')):7.1f} "
+        f"{100 * r.get('overhead', float('nan')):5.1f} "
         f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f} "
         f"{r['gateway_cpu_s'] / r['seconds']:5.2f} {r['client_cpu_s'] / r['seconds']:5.2f}  "
         f"{_batcher_note(r['batcher'])}",
@@ -421,15 +458,15 @@ def print_level(r: dict, results: list[dict]) -> None:
 
 
 def _batcher_note(b: dict) -> str:
-    """``mean batch 7.5 (40 runs); refused queue_full 3, deadline 2, expired 1`` (empty: none)."""
-    if not b.get("runs"):
-        return ""
+    """``mean batch 7.5 (40 runs); refused queue_full 3, deadline 2, shed 9`` (empty: none;
+    ``shed``: refused before the body was read, :mod:`service.shedding`)."""
     refused = ", ".join(
         f"{k[9:]} {v:.0f}" for k, v in sorted(b.items()) if k.startswith("rejected_") and v
     )
-    return f"mean batch {b['items'] / b['runs']:.1f} ({b['runs']:.0f} runs)" + (
-        f"; refused {refused}" if refused else ""
+    runs = (
+        f"mean batch {b['items'] / b['runs']:.1f} ({b['runs']:.0f} runs)" if b.get("runs") else ""
     )
+    return "; ".join(x for x in (runs, f"refused {refused}" if refused else "") if x)
 
 
 def _run_precision(args, images) -> int:
@@ -502,6 +539,14 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list of on, on:MAX (HRNET_BATCH_MAX_SIZE=MAX) and off: one "
         "gateway subprocess each (HRNET_BATCHING)",
     )
+    g.add_argument(
+        "--gateway",
+        nargs="+",
+        action="append",
+        metavar=("NAME", "KEY=VALUE"),
+        help="a gateway to compare: its name and HRNET_* settings (repeat the option; the "
+        "first is the baseline of the xbase column); replaces --batching",
+    )
     g.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     g.add_argument("--max-requests", type=int, default=5000, help="most requests per load level")
     q = p.add_argument_group("precision mode (benchmarks/bench_precision.py)")
@@ -531,8 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         print_table(results)
         print(
             "(ok/s, crops/s: 200s only; x1cl: crops/s over the same gateway's 1-client level; "
-            "xoff: over batching off at the same level; p50-p99: latency of the 200s; "
-            "prep/inf: median stage ms; rss: gateway MiB, idle after warm-up and peak; g/c cpu: "
+            "xbase: over the first gateway at the same level; p50-p99: latency of the 200s; "
+            "prep/inf: median stage ms; ovh %: median share of the latency outside inference; "
+            "rss: gateway MiB, idle after warm-up and peak; g/c cpu: "
             "CPU seconds per second of the gateway / of this load generator)"
         )
         if args.json:

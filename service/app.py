@@ -5,11 +5,13 @@ or the Triton connection) and closes it at shut-down (also when start-up fails),
 per-endpoint concurrency limits and the model reloader (``POST /admin/reload``, SIGHUP:
 service/reload.py). SIGTERM drains before uvicorn's graceful shutdown (service/lifecycle.py).
 Request bodies above ``max_upload_bytes`` + 1 MiB are refused with 413 before they are read
-(:class:`service.limits.BodySizeLimit`). Every request gets an ``X-Request-ID``, a JSON access-log
-line and its metrics (:mod:`service.observability`); ``/pose``, ``/segment``, ``/models`` (and, by
-setting, ``/metrics``) need the API key when one is configured, ``/admin/*`` the admin key
-(:mod:`service.auth`); CORS is off unless ``cors_allow_origins`` lists origins. Data flows one way
-per request: request -> preprocess -> backend -> decode -> response.
+(:class:`service.limits.BodySizeLimit`); under overload ``/pose`` and ``/segment`` answer 503 +
+``Retry-After`` before the body is parsed (:class:`service.shedding.LoadShedder`). Every request
+gets an ``X-Request-ID``, a JSON access-log line and its metrics (:mod:`service.observability`);
+``/pose``, ``/segment``, ``/models`` (and, by setting, ``/metrics``) need the API key when one is
+configured, ``/admin/*`` the admin key (:mod:`service.auth`); CORS is off unless
+``cors_allow_origins`` lists origins. Data flows one way per request: request -> preprocess ->
+backend -> decode -> response.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .observability import REQUEST_ID_HEADER, install_observability
 from .reload import ModelReloader, listen_for_sighup, stop_listening
 from .repository import ModelRepository
 from .settings import Settings
+from .shedding import LoadShedder
 
 log = logging.getLogger("service")
 
@@ -52,6 +55,7 @@ def make_backend(settings: Settings, repository: ModelRepository) -> Backend:
         providers=providers,
         intra_op_threads=settings.ort_intra_op_threads,
         inter_op_threads=settings.ort_inter_op_threads,
+        dynamic_intra_op_threads=settings.ort_dynamic_intra_op_threads,
         concurrent_runs=settings.ort_concurrent_runs,
         allow_spinning=settings.ort_allow_spinning,
         batching=BatchConfig.from_settings(settings),
@@ -69,6 +73,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         sighup = False
         try:  # close() runs even when start() fails (no leaked connection / shared memory)
             await be.start(repo.cards)
+            if settings.warm_up:
+                await be.warm_up()
             app.state.settings, app.state.repository = settings, repo
             app.state.endpoint_limits = make_endpoint_limits(settings)
             app.state.reloader = await ModelReloader.create(repo)
@@ -93,8 +99,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     install_error_handlers(app)
     app.state.drain = Drain()  # set by SIGTERM (service.lifecycle.GatewayServer)
 
-    # innermost of the middlewares: the observability middleware counts the 503s it answers
-    # while draining
+    # innermost: overload refused before the multipart body is parsed (503 + Retry-After)
+    app.add_middleware(
+        LoadShedder,
+        deadline_s=settings.shed_deadline_s,
+        min_inflight=settings.shed_min_inflight,
+    )
+    # inside the observability middleware, which counts the 503s it answers while draining
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     # before the observability middleware, so that refused bodies are counted (added later = outer)
     app.add_middleware(

@@ -10,8 +10,10 @@ per model instance takes items from the head of a FIFO queue and runs them as on
   ``preferred_batch_size``); otherwise a batch is sent when it is full, or when its oldest request
   has waited ``max_queue_delay_s`` (Triton's ``max_queue_delay_microseconds``), or when the next
   queued request cannot join (other per-item shape, dtype or output names);
-* the run goes to a shared thread pool (the backend's: one ORT run at a time by default, ORT's
-  intra-op threads on all cores), the outputs are split back per request.
+* what is due is spread over the idle instances (``ceil(items / idle instances)`` a batch), so
+  one large request uses every instance; Triton instead sends a request whole to one instance;
+* the run goes to a shared thread pool (the backend's: by default one single-threaded ORT run
+  per core), the outputs are split back per request.
 
 The queue is bounded (Triton's ``default_queue_policy``): a request is refused at once with
 :class:`Overloaded` (503 + ``Retry-After``) when its items do not fit in ``queue_capacity``
@@ -96,14 +98,15 @@ class BatchConfig:
     into an empty queue). ``deadline_s``: seconds from arrival a request may wait before it runs
     (0 = none). ``preferred_sizes``: batch sizes sent as soon as the queue can fill them (empty:
     only the model's max batch size). ``instances``: batches of one model in flight at once.
-    ``max_size``: most items a batch (0: the model's ``max_batch_size``; a lower value caps it,
+    ``instances`` 0: the backend's concurrent runs (resolved by the backend that makes the
+    batcher). ``max_size``: most items a batch (0: the model's ``max_batch_size``; a lower value caps it,
     for models whose per-item time grows with the batch on this CPU); ``max_sizes``: per-model
     ``(name, cap)`` pairs overriding ``max_size``.
     """
 
     max_queue_delay_s: float = 0.002
     queue_capacity: int = 256
-    deadline_s: float = 4.0
+    deadline_s: float = 8.0
     preferred_sizes: tuple[int, ...] = ()
     instances: int = 1
     max_size: int = 0
@@ -190,6 +193,7 @@ class DynamicBatcher:
         self.queued_items = 0  # not yet handed to a batch
         self.reserved_items = 0  # admitted requests that have not submitted yet
         self.inflight_items = 0
+        self.busy = 0  # workers running a batch
         self.per_item_s = 0.0  # recent service seconds per item (EMA over runs)
         self.items_per_request = 1.0  # recent items per request (EMA): the reservation size
         self._event: asyncio.Event | None = None
@@ -334,14 +338,13 @@ class DynamicBatcher:
         self._update_gauge()
 
     def _available(self) -> tuple[int, bool]:
-        """Items the head batch could take now, and whether a request that cannot join follows."""
+        """Items that could join the head batch (uncapped), and whether a request that cannot
+        join follows them."""
         head_key, total = self._queue[0].key, 0
         for req in self._queue:
             if req.key != head_key:
                 return total, True
             total += req.n - req.taken
-            if total >= self.max_batch_size:
-                return self.max_batch_size, False
         return total, False
 
     async def _next_batch(self) -> list[tuple[_Request, int, int]]:
@@ -353,7 +356,8 @@ class DynamicBatcher:
                 self._wake().clear()
                 await self._wake().wait()
                 continue
-            avail, blocked = self._available()
+            due, blocked = self._available()
+            avail = min(due, self.max_batch_size)
             fits = [p for p in self.preferred if p <= avail]
             delay_left = self._queue[0].arrival + self.config.max_queue_delay_s - now
             if fits and (not blocked and avail < self.max_batch_size) and delay_left > 0:
@@ -367,7 +371,13 @@ class DynamicBatcher:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            return self._take(size)
+            # spread what is due over the idle instances (this worker is one of them)
+            idle = max(1, self.config.instances - self.busy)
+            size = min(size, math.ceil(due / idle))
+            batch = self._take(size)
+            if self._queue:  # another idle worker takes the rest
+                self._wake().set()
+            return batch
 
     def _take(self, size: int) -> list[tuple[_Request, int, int]]:
         batch, left = [], size
@@ -405,6 +415,7 @@ class DynamicBatcher:
             }
             BATCH_SIZE.labels(self.model).observe(size)
             self.inflight_items += size
+            self.busy += 1
             try:
                 out, seconds = await loop.run_in_executor(
                     self.executor, self._timed_run, inputs, first.outputs
@@ -427,6 +438,7 @@ class DynamicBatcher:
                 continue
             finally:
                 self.inflight_items -= size
+                self.busy -= 1
             self.per_item_s += (0.3 if self.per_item_s else 1.0) * (
                 seconds / size - self.per_item_s
             )

@@ -18,7 +18,6 @@ SIGINT (Ctrl+C) skips the drain window (step 2) and a second one forces the exit
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import time
@@ -29,6 +28,7 @@ from prometheus_client import Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import error_body
+from .limits import send_json
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +82,14 @@ class DrainMiddleware:
             return
         if self.drain.active:
             scope.setdefault("state", {})["error_code"] = "shutting_down"  # for the metrics
-            payload = json.dumps(
+            await send_json(
+                send,
+                503,
                 error_body(
                     "shutting_down", "the gateway is shutting down; retry on another replica"
-                )
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(payload)).encode()),
-                        (b"retry-after", str(self.retry_after_s).encode()),
-                        (b"connection", b"close"),
-                    ],
-                }
+                ),
+                headers=[(b"retry-after", str(self.retry_after_s).encode())],
             )
-            await send({"type": "http.response.body", "body": payload})
             return
         self.drain.in_flight += 1
         IN_FLIGHT.inc()

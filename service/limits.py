@@ -64,7 +64,7 @@ class BodySizeLimit:
                 break
         limit = self.max_bytes
         if length is not None and length > limit:
-            await _send_json(
+            await send_json(
                 send, 413, error_body("payload_too_large", self._message(length, limit))
             )
             return
@@ -82,19 +82,25 @@ class BodySizeLimit:
         await self.app(scope, counted_receive, send)
 
 
-async def _send_json(send: Send, status: int, body: dict) -> None:
+async def send_json(
+    send: Send,
+    status: int,
+    body: dict,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    close: bool = True,
+) -> None:
+    """Send a whole JSON response from ASGI middleware (outside FastAPI's error handlers):
+    ``status``, ``body`` serialised, extra ``headers`` (lower-case bytes pairs) and, with
+    ``close``, ``Connection: close`` (for a request whose body was not read)."""
     payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    head = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *(headers or []),
+    ]
+    if close:
+        head.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": payload})
 
 

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     seg_max_concurrency: int = 1
     pose_max_concurrency: int = 16
 
+    # load shedding (service/shedding.py): a /pose or /segment request whose expected wait (the
+    # requests in flight / their recent completion rate) passes shed_deadline_s seconds is
+    # answered 503 + Retry-After before its body is parsed; 0 = off. shed_min_inflight requests
+    # are always admitted
+    shed_deadline_s: float = 3.0
+    shed_min_inflight: int = 4
+
     # graceful shutdown (service/lifecycle.py): after SIGTERM, /readyz and new requests answer 503
     # for shutdown_drain_s seconds (the listener stays open so load balancers notice), then the
     # gateway stops accepting and waits at most shutdown_timeout_s seconds for in-flight requests
@@ -66,28 +73,43 @@ class Settings(BaseSettings):
     # (SIGHUP reloads the model repository either way)
     admin_api_key: SecretStr | None = None
 
-    # embedded ONNX Runtime
-    ort_intra_op_threads: int = 0  # threads per ORT run; 0 = the cores / ort_concurrent_runs
+    # embedded ONNX Runtime. Fixed-shape models (top-down crops, detector) scale by runs at once
+    # (Triton's CPU instance count), each with few intra-op threads; dynamic-shape models
+    # (segmentation, bottom-up: one large image a run) by intra-op threads
+    ort_intra_op_threads: int = 0  # threads per run of a fixed-shape model; 0 = cores / runs
+    ort_dynamic_intra_op_threads: int = 0  # threads per run of a dynamic-shape model; 0 = cores
     ort_inter_op_threads: int = 0  # 0 = ORT default
     # ORT's idle intra-op threads spin-wait by default; off here, because the gateway's own work
     # (HTTP, decoding, crops) shares the cores and spinning threads starve it (PP-TinyPose, 2
     # threads, 2 loaded cores: ~100 ms/crop spinning vs ~50 ms not)
     ort_allow_spinning: bool = False
-    ort_concurrent_runs: int = 1  # ORT runs at once (one shared pool): 1 = no oversubscription
+    # ORT runs at once (one shared pool of threads); 0 = one per core: with 1 intra-op thread
+    # each, the cores are used without oversubscription
+    ort_concurrent_runs: int = 0
     # dynamic batching (embedded ONNX Runtime; Triton batches with its own dynamic batcher): crops
-    # of concurrent requests to one fixed-input-shape model share runs of up to the card's
-    # max_batch_size items (service.batching). Off by default: on the 2-core test machine it did
-    # not yet beat unbatched serving (issue 10); HRNET_BATCHING=true turns it on
-    batching: bool = False
+    # of concurrent requests to one fixed-input-shape model share runs of up to batch_max_size
+    # items, spread over the concurrent runs (service.batching). On by default: with one
+    # single-threaded run per core it spreads even one request's crops over the cores (PP-TinyPose
+    # one client, 2 cores: 1.3-1.9x the crops/s of unbatched serving, issue 10)
+    batching: bool = True
     batch_max_queue_delay_ms: float = 2.0  # the oldest queued request waits this long for more
     batch_preferred_sizes: list[int] = []  # sent at once when the queue can fill them
-    batch_max_size: int = 0  # most items a run; 0 = the card's max_batch_size (lower caps it)
+    # most items a run; 0 = the card's max_batch_size (lower caps it). 4: on CPU, crops per
+    # second of one single-threaded run fall with larger batches (PP-TinyPose, 2 runs at once,
+    # 2 cores: batch 1-4 ~140 crops/s, 8 ~125, 16 ~90, 32 ~65), and small runs keep both
+    # instances busy; with ORT's CUDA provider set 0 (the card's max)
+    batch_max_size: int = 4
     # per-model caps over batch_max_size, JSON in the environment, e.g. '{"pp_tinypose_256x192": 2}'
     batch_max_sizes: dict[str, int] = {}
     batch_queue_capacity: int = 256  # items queued per model; beyond: 503 + Retry-After at once
-    batch_deadline_s: float = 4.0  # expected wait from arrival beyond it: 503 at once; 0 = none
+    # expected wait from arrival beyond it: 503 at once; 0 = none. A backstop behind the load
+    # shedder (shed_deadline_s), which refuses earlier and cheaper
+    batch_deadline_s: float = 8.0
     # batches of one model in flight at once (Triton's instance count); 0 = ort_concurrent_runs
     batch_instances: int = 0
+    # at start-up, run each fixed-shape model at its largest batches (Triton's model_warmup), so
+    # the first requests are not slow and the memory seen idle is the memory used under load
+    warm_up: bool = True
     ort_providers: str | None = None  # comma list; default CUDA if available, else CPU
 
     # security

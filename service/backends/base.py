@@ -64,6 +64,11 @@ class Backend(ABC):
         (None: the backend's repository, where it has one). The app's lifespan calls it once
         before serving and calls :meth:`close` even when it raises. Default: nothing to open."""
 
+    async def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Run each model once at the largest batches it will see, as many at once as serving
+        runs them (Triton's ``model_warmup``), so that memory pools and kernels are ready before
+        the first request. The lifespan calls it after :meth:`start`. Default: nothing."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions/connections (also after a failed :meth:`start`). Default: nothing."""
 

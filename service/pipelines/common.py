@@ -21,23 +21,34 @@ IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 
 
-def to_input_tensor(images_bgr: np.ndarray, norm: Normalization) -> np.ndarray:
+def to_input_tensor(
+    images_bgr: np.ndarray, norm: Normalization, with_flipped: bool = False
+) -> np.ndarray:
     """Turn ``(N, H, W, 3) uint8`` BGR images into the model's ``(N, 3, H, W) float32`` input.
 
     Channels are reordered to ``norm.channel_order`` (as MMEngine's data preprocessor does with
     ``bgr_to_rgb``), then ``(x - mean) / std`` per channel on 0..255 values, in float32.
-    ``norm`` is a card's :class:`~service.cards.Normalization` or any object with the same three
-    attributes.
+    ``with_flipped``: the output is ``(2N, 3, H, W)``, the horizontally flipped inputs after the
+    plain ones (the flip test's batch; flipping after normalising gives the same values as
+    normalising flipped crops). ``norm`` is a card's :class:`~service.cards.Normalization` or any
+    object with the same three attributes. Raises ValueError for another input shape.
     """
     if images_bgr.ndim != 4 or images_bgr.shape[-1] != 3:
         raise ValueError(f"expected (N, H, W, 3) images, got shape {images_bgr.shape}")
-    x = images_bgr[..., ::-1] if norm.channel_order == "rgb" else images_bgr
+    n, h, w, _ = images_bgr.shape
+    order = (2, 1, 0) if norm.channel_order == "rgb" else (0, 1, 2)
     mean = np.asarray(norm.mean, dtype=np.float32)
     std = np.asarray(norm.std, dtype=np.float32)
-    # a division, not a multiplication by 1/std: float32 values bit-identical to MMEngine's
-    # ImgDataPreprocessor ((x - mean) / std)
-    out = (x.astype(np.float32) - mean) / std
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    out = np.empty((2 * n if with_flipped else n, 3, h, w), np.float32)
+    for c, src in enumerate(order):  # one pass per channel, straight into NCHW
+        plane = out[:n, c]
+        # float32 subtraction then a division (not a multiplication by 1/std): values
+        # bit-identical to MMEngine's ImgDataPreprocessor ((x - mean) / std)
+        np.subtract(images_bgr[..., src], mean[c], out=plane, dtype=np.float32)
+        np.divide(plane, std[c], out=plane)
+    if with_flipped:
+        out[n:] = out[:n, :, :, ::-1]
+    return out
 
 
 class StageTimer:

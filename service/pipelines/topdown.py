@@ -24,7 +24,7 @@ import numpy as np
 from ..backends.base import Backend
 from ..cards import TopDownCard
 from ..codecs import build_codec
-from ..codecs.flip import flip_heatmaps, flip_images
+from ..codecs.flip import flip_heatmaps
 from ..geometry import bbox_xyxy2cs, crop_persons, fix_aspect_ratio, keypoints_to_image
 from ..metrics.coco_keypoints import rescore
 from .common import StageTimer, to_input_tensor
@@ -108,10 +108,7 @@ def prepare_inputs(
     :func:`crop_inputs` then the card's normalisation. Shared by :func:`estimate_poses` and the
     trainer's validation (``training.validate``). Raises ValueError for a non-positive box scale."""
     centers, scales, crops = crop_inputs(image_bgr, boxes_xyxy, card)
-    x = to_input_tensor(crops, card.normalization)
-    if flip_test:
-        x = np.concatenate([x, flip_images(x, layout="nchw")], axis=0)
-    return centers, scales, x
+    return centers, scales, to_input_tensor(crops, card.normalization, with_flipped=flip_test)
 
 
 def decode_outputs(

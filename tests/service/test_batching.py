@@ -119,6 +119,36 @@ def test_request_larger_than_max_batch_is_split_and_reassembled(caps, runs):
     np.testing.assert_array_equal(out["y"], tagged(7, 20)["x"] * 10 + 1)
 
 
+def test_due_items_are_spread_over_the_idle_instances():
+    """Two instances: a lone 10-item request runs as two 5-item batches at once (ceil(10 / 2));
+    with one instance busy, the next request goes whole to the other; results stay in order."""
+
+    async def main():
+        fake, pool = FakeModel(), ThreadPoolExecutor(2)
+        b = DynamicBatcher("fake", fake, pool, 8, BatchConfig(max_queue_delay_s=0.0, instances=2))
+        lone = asyncio.create_task(b.submit(tagged(1, 10)))
+        await until(lambda: b.busy == 2)  # both halves in flight together
+        fake.gate.set()
+        out = await lone
+        np.testing.assert_array_equal(out["y"], tagged(1, 10)["x"] * 10 + 1)
+        assert sorted(len(batch) for batch in fake.batches) == [5, 5]
+
+        fake.gate.clear()
+        fake.started.clear()
+        fake.batches.clear()
+        blocker = await hold(b, fake)  # one instance busy
+        second = asyncio.create_task(b.submit(tagged(2, 4)))
+        await until(lambda: b.busy == 2 and b.queued_items == 0)
+        fake.gate.set()
+        await blocker
+        np.testing.assert_array_equal((await second)["y"], tagged(2, 4)["x"] * 10 + 1)
+        assert sorted(len(batch) for batch in fake.batches) == [1, 4]
+        await b.close()
+        pool.shutdown()
+
+    asyncio.run(main())
+
+
 def test_preferred_sizes_and_incompatible_requests():
     """With a 30 s max queue delay: a preferred size (4) goes at once; the 2 items left wait for
     more until a request with another item shape queues behind them (it cannot join), then go
@@ -350,7 +380,9 @@ def test_ort_batch_of_8_equals_crops_run_alone(shared):
 
 def test_concurrent_pose_requests_are_batched_and_give_the_sequential_keypoints(shared_repo, coco):
     model = "pp_tinypose_256x192"
-    settings = Settings(model_repository=shared_repo, batching=True)
+    settings = Settings(
+        model_repository=shared_repo, batching=True, ort_concurrent_runs=1, batch_max_size=0
+    )
     with TestClient(create_app(settings)) as c:
 
         def post(req):
@@ -393,7 +425,9 @@ def test_gateway_answers_503_overloaded_with_retry_after_when_the_queue_is_full(
     """Queue capacity 2 items: one request running (held), one queued (1 box + flip = 2 items);
     a third is refused before any work with 503 ``overloaded`` + Retry-After; /metrics shows it."""
     model = "pp_tinypose_256x192"
-    settings = Settings(model_repository=shared_repo, batching=True, batch_queue_capacity=2)
+    settings = Settings(
+        model_repository=shared_repo, batching=True, batch_queue_capacity=2, ort_concurrent_runs=1
+    )
     with TestClient(create_app(settings)) as c:
 
         def post(req):
@@ -473,7 +507,7 @@ def test_a_reloaded_session_is_used_by_the_existing_batcher(shared_repo):
 
 
 def test_batch_config_from_settings(monkeypatch):
-    assert BatchConfig.from_settings(Settings()) is None  # off by default
+    assert BatchConfig.from_settings(Settings()) is not None  # on by default
     assert BatchConfig.from_settings(Settings(batching=False)) is None
     monkeypatch.setenv("HRNET_BATCH_MAX_SIZES", '{"pp_tinypose_256x192": 2}')
     monkeypatch.setenv("HRNET_BATCH_PREFERRED_SIZES", "[4, 8]")
@@ -481,5 +515,5 @@ def test_batch_config_from_settings(monkeypatch):
         Settings(batching=True, ort_concurrent_runs=2, batch_max_queue_delay_ms=5)
     )
     assert cfg.instances == 2 and cfg.max_queue_delay_s == 0.005 and cfg.preferred_sizes == (4, 8)
-    assert cfg.max_size_for("pp_tinypose_256x192") == 2 and cfg.max_size_for("other") == 0
+    assert cfg.max_size_for("pp_tinypose_256x192") == 2 and cfg.max_size_for("other") == 4
     assert BatchConfig.from_settings(Settings(batching=True, batch_instances=3)).instances == 3

@@ -171,3 +171,22 @@ def test_normalisation_divides_like_mmengine():
     want = ((rgb - mean) / std).transpose(0, 3, 1, 2)
     assert got.dtype == np.float32 and np.array_equal(got, want)
     assert not np.array_equal(want, ((rgb - mean) * (1 / std)).transpose(0, 3, 1, 2))
+
+
+def test_flip_batch_is_the_normalised_mirror_images_in_both_channel_orders():
+    """``with_flipped``: rows N..2N-1 equal normalising the left-right mirrored crops on their own
+    (same float32 values), rows 0..N-1 equal the plain call; for RGB and BGR cards."""
+    from service.cards import Normalization
+    from service.pipelines.common import to_input_tensor
+
+    crops = np.random.default_rng(3).integers(0, 256, (3, 8, 6, 3), dtype=np.uint8)
+    for order in ("rgb", "bgr"):
+        norm = Normalization(
+            mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order=order
+        )
+        both = to_input_tensor(crops, norm, with_flipped=True)
+        assert both.shape == (6, 3, 8, 6) and both.dtype == np.float32
+        assert np.array_equal(both[:3], to_input_tensor(crops, norm))
+        mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+        assert np.array_equal(both[3:], to_input_tensor(mirrored, norm))
+        assert both[3, 0, 0, 0] == both[0, 0, 0, 5]  # column 0 of the flip = last column
