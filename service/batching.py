@@ -123,7 +123,12 @@ class BatchConfig:
             queue_capacity=settings.batch_queue_capacity,
             deadline_s=settings.batch_deadline_s,
             preferred_sizes=tuple(settings.batch_preferred_sizes),
-            instances=settings.batch_instances or settings.ort_concurrent_runs,
+            instances=settings.batch_instances
+            or (
+                settings.openvino_concurrent_runs
+                if settings.backend == "openvino"
+                else settings.ort_concurrent_runs
+            ),
             max_size=settings.batch_max_size,
             max_sizes=tuple(sorted(settings.batch_max_sizes.items())),
         )
