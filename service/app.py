@@ -52,6 +52,7 @@ def make_backend(settings: Settings, repository: ModelRepository) -> Backend:
             repository,
             precision=settings.openvino_precision,
             precisions=dict(settings.openvino_precisions),
+            f32_tail=dict(settings.openvino_f32_tail),
             threads=settings.openvino_threads,
             concurrent_runs=settings.openvino_concurrent_runs,
             batching=BatchConfig.from_settings(settings),

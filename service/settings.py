@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # e.g. '{"pp_tinypose_256x192": "bf16"}'. Int8 (QDQ) entries run int8 whatever the hint
     openvino_precision: Literal["f32", "bf16", "f16"] = "f32"
     openvino_precisions: dict[str, Literal["f32", "bf16", "f16"]] = {}
+    # per model: keep its last N convolutions (the heatmap head) in f32 under bf16, JSON, e.g.
+    # '{"pp_tinypose_256x192": 1}' (service/backends/openvino_f32_tail.py)
+    openvino_f32_tail: dict[str, int] = {}
     openvino_threads: int = 0  # INFERENCE_NUM_THREADS per run; 0 = cores / openvino_concurrent_runs
     openvino_concurrent_runs: int = 1  # OpenVINO runs at once (one shared pool)
 

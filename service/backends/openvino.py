@@ -18,6 +18,7 @@ import numpy as np
 
 from ..repository import ModelRepository
 from .embedded import EmbeddedBackend, cpu_cores
+from .openvino_f32_tail import keep_f32, last_convolutions
 
 if TYPE_CHECKING:
     from ..batching import BatchConfig
@@ -47,7 +48,8 @@ class OpenVinoModel:
     """One compiled model: ``compiled`` (``openvino.CompiledModel``), its tensor names, and the
     ``precision`` it runs at (``"int8"`` when the compiled graph has quantised nodes, e.g. a QDQ
     entry, else the plugin's ``INFERENCE_PRECISION_HINT``, e.g. ``"bf16"``; ``float_precision``:
-    that hint, which the non-quantised nodes use). Infer requests are per thread (an OpenVINO infer
+    that hint, which the non-quantised nodes use; ``f32_layers``: nodes kept in f32 whatever the
+    hint). Infer requests are per thread (an OpenVINO infer
     request runs one inference at a time)."""
 
     compiled: Any
@@ -55,6 +57,7 @@ class OpenVinoModel:
     outputs: list[str]
     precision: str
     float_precision: str
+    f32_layers: list[str] = field(default_factory=list)
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def request(self) -> Any:
@@ -77,7 +80,10 @@ class OpenVinoBackend(EmbeddedBackend):
     ``"f16"`` where the CPU has fp16 arithmetic, else the plugin picks its best, e.g. bf16), with
     per-model overrides ``precisions`` (``{name: precision}``). The hint is always set: without it
     OpenVINO picks bf16 by itself on CPUs that have it. Int8 QDQ graphs run their quantised nodes
-    in int8 whatever the hint. :meth:`describe` reports what each compiled model runs at.
+    in int8 whatever the hint. ``f32_tail`` (``{name: n}``) keeps the last ``n`` convolutions of
+    a model (its heatmap head) in f32 under a bf16 hint
+    (:mod:`service.backends.openvino_f32_tail`). :meth:`describe` reports what each compiled model
+    runs at.
 
     Threads: ``concurrent_runs`` runs at once in the shared pool, each on ``threads`` OpenVINO
     threads (``INFERENCE_NUM_THREADS``; 0: the cores / ``concurrent_runs``), one stream
@@ -102,6 +108,7 @@ class OpenVinoBackend(EmbeddedBackend):
         concurrent_runs: int = 1,
         batching: BatchConfig | None = None,
         device: str = "CPU",
+        f32_tail: dict[str, int] | None = None,
     ):
         ov = import_openvino()
         for p in [precision, *(precisions or {}).values()]:
@@ -110,7 +117,9 @@ class OpenVinoBackend(EmbeddedBackend):
                     f"unknown OpenVINO precision {p!r}: one of {', '.join(PRECISIONS)}"
                 )
         super().__init__(repository, models, concurrent_runs=concurrent_runs, batching=batching)
+        self._ov = ov
         self.core = ov.Core()
+        self.f32_tail = dict(f32_tail or {})
         self.device = device
         self.precision = precision
         self.precisions = dict(precisions or {})
@@ -127,9 +136,11 @@ class OpenVinoBackend(EmbeddedBackend):
         }
 
     def _open(self, name: str, path: Path) -> OpenVinoModel:
-        compiled = self.core.compile_model(
-            self.core.read_model(str(path)), self.device, self.config_for(name)
-        )
+        model = self.core.read_model(str(path))
+        kept = last_convolutions(model, self.f32_tail.get(name, 0))
+        if kept:
+            model = keep_f32(self._ov, self.core, model, kept)
+        compiled = self.core.compile_model(model, self.device, self.config_for(name))
         hint = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         runtime = {
             str(op.get_rt_info()["runtimePrecision"].astype(str))
@@ -142,6 +153,7 @@ class OpenVinoBackend(EmbeddedBackend):
             [o.get_any_name() for o in compiled.outputs],
             precision="int8" if runtime & _INT8_TYPES else hint,
             float_precision=hint,
+            f32_layers=kept,
         )
 
     def _input_names(self, session: OpenVinoModel) -> list[str]:
@@ -159,12 +171,16 @@ class OpenVinoBackend(EmbeddedBackend):
 
     def describe(self, model: str) -> dict[str, Any]:
         """``{"precision": ..., "float_precision": ..., "device": ...}`` of a loaded model (see
-        :class:`OpenVinoModel`); empty when it is not loaded."""
+        :class:`OpenVinoModel`), plus ``f32_layers`` where some are kept in f32; empty when it is
+        not loaded."""
         m = self.sessions.get(model)
         if m is None:
             return {}
-        return {
+        facts: dict[str, Any] = {
             "precision": m.precision,
             "float_precision": m.float_precision,
             "device": self.device,
         }
+        if m.f32_layers:
+            facts["f32_layers"] = list(m.f32_layers)
+        return facts

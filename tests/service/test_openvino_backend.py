@@ -137,6 +137,58 @@ def test_f32_is_the_closed_form_and_bf16_within_its_rounding_bound(conv_repo):
     assert desc_b["precision"] == "bf16"
 
 
+def _runtime_precisions(be: OpenVinoBackend, model: str, layer_type: str) -> list[str]:
+    """Runtime precision of each compiled node of ``layer_type``, in order."""
+    rt = be.sessions[model].compiled.get_runtime_model()
+    return [
+        str(op.get_rt_info()["runtimePrecision"].astype(str))
+        for op in rt.get_ordered_ops()
+        if str(op.get_rt_info()["layerType"].astype(str)) == layer_type
+    ]
+
+
+def test_f32_tail_keeps_the_last_convolution_f32_under_bf16(conv_repo):
+    """conv_pose has two convolutions; f32_tail 1 keeps the 1x1 head in f32, the 3x3 stays bf16;
+    the answer stays within the bf16 bound of the closed form."""
+    be = OpenVinoBackend(
+        ModelRepository(conv_repo), models=["conv_a"], precision="bf16", f32_tail={"conv_a": 1}
+    )
+    x = _x(2)
+
+    async def go(be):
+        y = (await be.infer("conv_a", {"image": x}))["heatmaps"]
+        return y, be.describe("conv_a"), _runtime_precisions(be, "conv_a", "Convolution")
+
+    y, desc, convs = _run(be, go)
+    assert convs == ["bf16", "f32"]
+    assert desc["precision"] == "bf16" and desc["f32_layers"] == ["heatmaps"]
+    exact, bound = conv_pose_closed_form(conv_repo / "conv_a" / "1" / "model.onnx", x)
+    assert (np.abs(y - exact) <= 6 * U_BF16 * bound).all()
+
+
+def test_mark_precise_adds_the_attribute_to_the_named_layers_only():
+    from service.backends.openvino_f32_tail import PRECISE_ATTRIBUTE, mark_precise
+
+    ir = (
+        '<layer id="1" name="a&amp;b" type="Convolution" version="opset1"><data strides="1"/>'
+        '<input><port id="0"><rt_info><x/></rt_info></port></input></layer>'
+        '<layer id="2" name="c" type="Convolution" version="opset1"><rt_info><y/></rt_info>'
+        "<input/></layer>"
+        '<layer id="3" name="d" type="Relu" version="opset1"><input/></layer>'
+    )
+    out = mark_precise(ir, ["a&b", "c"])
+    assert out == (
+        '<layer id="1" name="a&amp;b" type="Convolution" version="opset1">'
+        f'<rt_info>{PRECISE_ATTRIBUTE}</rt_info><data strides="1"/>'
+        '<input><port id="0"><rt_info><x/></rt_info></port></input></layer>'
+        '<layer id="2" name="c" type="Convolution" version="opset1">'
+        f"<rt_info>{PRECISE_ATTRIBUTE}<y/></rt_info><input/></layer>"
+        '<layer id="3" name="d" type="Relu" version="opset1"><input/></layer>'
+    )
+    with pytest.raises(ValueError, match="layer 'e' is not in the model"):
+        mark_precise(ir, ["e"])
+
+
 def test_int8_qdq_entry_runs_int8_whatever_the_hint(conv_repo, tmp_path):
     from export.quantize import quantize_int8
 
