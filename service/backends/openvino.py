@@ -68,6 +68,19 @@ class OpenVinoModel:
         return req
 
 
+def _smoke_test(compiled: Any) -> None:
+    """One inference of zeros, batch 1, where every other input dim is static; raises the
+    engine's error when the compiled model cannot run (the entry is then refused at load)."""
+    feed = {}
+    for port in compiled.inputs:
+        dims = list(port.get_partial_shape())
+        shape = [1] + [d.get_length() if d.is_static else -1 for d in dims[1:]]
+        if any(d < 0 for d in shape):
+            return  # dynamic spatial dims: nothing sure to send
+        feed[port.get_any_name()] = np.zeros(shape, np.float32)
+    compiled.create_infer_request().infer(feed)
+
+
 def _type_name(t: Any) -> str:
     """``openvino.Type`` -> its short name (``bf16``, ``f32``, ...)."""
     return str(t.get_type_name()) if hasattr(t, "get_type_name") else str(t)
@@ -141,6 +154,8 @@ class OpenVinoBackend(EmbeddedBackend):
         if kept:
             model = keep_f32(self._ov, self.core, model, kept)
         compiled = self.core.compile_model(model, self.device, self.config_for(name))
+        if kept:  # mixed f32/bf16 graphs can compile and then fail every run (OpenVINO 2026.4)
+            _smoke_test(compiled)
         hint = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         runtime = {
             str(op.get_rt_info()["runtimePrecision"].astype(str))
