@@ -16,7 +16,6 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 #: the IR ``rt_info`` attribute that keeps a node's precision (OpenVINO's DisablePrecisionConversion)
 PRECISE_ATTRIBUTE = '<attribute name="precise" version="0" />'
@@ -33,11 +32,18 @@ def last_convolutions(model: Any, count: int) -> list[str]:
     return convs[-count:] if count > 0 else []
 
 
+def _xml_attribute(text: str) -> str:
+    """``text`` escaped as the IR writer writes an attribute value (``& < > "``)."""
+    for ch, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;")):
+        text = text.replace(ch, entity)
+    return text
+
+
 def mark_precise(ir_xml: str, layer_names: list[str]) -> str:
     """The IR XML text ``ir_xml`` with :data:`PRECISE_ATTRIBUTE` in the ``rt_info`` of each layer
     named in ``layer_names``. Raises ValueError naming a layer that is not in the IR."""
     for name in layer_names:
-        quoted = re.escape(escape(name, {'"': "&quot;"}))  # as the IR writes it
+        quoted = re.escape(_xml_attribute(name))
         opening = re.compile(r'<layer id="\d+" name="' + quoted + r'" type="[^"]+"[^>]*>')
         m = opening.search(ir_xml)
         if m is None:
