@@ -152,8 +152,9 @@ def compare(
     """Time every variant photo by photo, in turns, for ``rounds`` rounds after ``warmup``.
 
     ``jobs``: ``(file name, JPEG bytes, boxes xywh)`` per photo; ``models``: names served at
-    ``url``, or :class:`Variant` rows (their own gateway and model); ``eager``: ``(card, runner)`` of the in-process baseline. Returns one :class:`Tally`
-    per (variant, flip), models first in the given order, then ``eager``. Raises
+    ``url``, or :class:`Variant` rows (their own gateway and model, named by their label);
+    ``eager``: ``(card, runner)`` of the in-process baseline. Returns one :class:`Tally` per
+    (variant, flip), models first in the given order, then ``eager``. Raises
     ``httpx.HTTPStatusError`` when the gateway answers an error.
     """
     import json

@@ -1,12 +1,12 @@
 """What every in-process (embedded) inference backend shares: ONNX Runtime and OpenVINO.
 
-:class:`EmbeddedBackend` keeps one loaded model per repository entry (``<repo>/<name>/1/model.onnx``),
-the per-model load errors (503 for that model, the others serve), one shared worker pool, the
-dynamic batchers (:mod:`service.batching`), the split of batches above the card's
-``max_batch_size``, and hot reload (:meth:`load_models` / :meth:`with_models`) with the card /
-tensor-name check, applied at start-up as on reload. An engine subclass only says how to open a
-model file (:meth:`EmbeddedBackend._open`), list its input and output names
-(:meth:`EmbeddedBackend._input_names`, :meth:`EmbeddedBackend._output_names`) and run it on one chunk (:meth:`EmbeddedBackend._run_chunk`).
+:class:`EmbeddedBackend` keeps one loaded model per repository entry
+(``<repo>/<name>/1/model.onnx``), the per-model load errors (503 for that model, the others serve),
+one shared worker pool, the dynamic batchers (:mod:`service.batching`), the split of batches above
+the card's ``max_batch_size``, and hot reload (:meth:`load_models` / :meth:`with_models`) with the
+card / tensor-name check, applied at start-up as on reload. An engine subclass only says how to
+open a model file (``_open``), list its input and output names (``_input_names``,
+``_output_names``) and run it on one chunk (``_run_chunk``).
 """
 
 from __future__ import annotations
