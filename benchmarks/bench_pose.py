@@ -470,33 +470,55 @@ def _batcher_note(b: dict) -> str:
 
 
 def _run_precision(args, images) -> int:
-    """``--models``: :func:`benchmarks.bench_precision.compare` over the photos' det boxes."""
-    from benchmarks.bench_precision import Runner, compare, eager_runner, format_table
+    """``--models`` / ``--variants``: :func:`benchmarks.bench_precision.compare` over the photos'
+    det boxes; each backend spec of ``--variants`` gets one gateway process (stopped at the end)."""
+    from benchmarks.bench_precision import (
+        Runner,
+        Variant,
+        compare,
+        eager_runner,
+        format_table,
+        parse_variant,
+    )
     from service.cards import TopDownCard, load_card
 
-    models = args.models.split(",")
+    specs = (args.variants or args.models).split(",")
+    parsed = [parse_variant(s) for s in specs]
     url = args.url
-    if url is None:
-        url, _server = start_local_gateway(args.model_repository)
-    photo_boxes = load_photo_boxes(args.shared_dir)
-    jobs = [(name, data, photo_boxes.get(name, gt)) for name, data, gt in images]
-    eager: tuple[TopDownCard, Runner] | None = None
-    if args.eager_arch:
-        card = load_card(args.model_repository / models[0] / "card.json")
-        if not isinstance(card, TopDownCard):
-            raise SystemExit(f"--eager-arch: {models[0]} is not a top-down pose model")
-        eager = (card, eager_runner(args.eager_arch, seed=args.eager_seed))
-    flips = [f == "on" for f in args.flip.split(",")]
-    tallies = compare(
-        url,
-        models,
-        jobs,
-        flips,
-        args.rounds,
-        eager=eager,
-        warmup=1,
-        headers=api_key_headers(args.api_key),
-    )
+    procs: dict[str, tuple[str, subprocess.Popen]] = {}
+    try:
+        if url is None and any(not backend for backend, _, _ in parsed):
+            url, _server = start_local_gateway(args.model_repository)
+        for backend, env, _ in parsed:
+            if backend and backend not in procs:
+                procs[backend] = start_gateway_process(args.model_repository, env, timeout_s=600)
+        variants = [
+            Variant(spec, procs[backend][0] if backend else (url or ""), model)
+            for spec, (backend, _, model) in zip(specs, parsed)
+        ]
+        photo_boxes = load_photo_boxes(args.shared_dir)
+        jobs = [(name, data, photo_boxes.get(name, gt)) for name, data, gt in images]
+        eager: tuple[TopDownCard, Runner] | None = None
+        if args.eager_arch:
+            card = load_card(args.model_repository / variants[0].model / "card.json")
+            if not isinstance(card, TopDownCard):
+                raise SystemExit(f"--eager-arch: {variants[0].model} is not a top-down pose model")
+            eager = (card, eager_runner(args.eager_arch, seed=args.eager_seed))
+        flips = [f == "on" for f in args.flip.split(",")]
+        tallies = compare(
+            url,
+            variants,
+            jobs,
+            flips,
+            args.rounds,
+            eager=eager,
+            warmup=1,
+            headers=api_key_headers(args.api_key),
+        )
+    finally:
+        for _, proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=60)
     print("\n".join(format_table(tallies)))
     print(
         f"(one client, {sum(len(b) for _, _, b in jobs)} crops over {len(jobs)} photos per "
@@ -557,6 +579,12 @@ def main(argv: list[str] | None = None) -> int:
         "ratios to the first and to --eager-arch",
     )
     q.add_argument(
+        "--variants",
+        help="instead of --models: comma list of BACKEND:MODEL (BACKEND: ort, openvino, "
+        "openvino-bf16, openvino-f16; one gateway process per backend) or MODEL (the --url / "
+        "in-process gateway), e.g. ort:pp_tinypose_256x192,openvino-bf16:pp_tinypose_256x192",
+    )
+    q.add_argument(
         "--eager-arch",
         help="baseline: this registry model in PyTorch eager mode, one "
         "forward per photo (MMPose's way), with hrnet-export --random-init's weights "
@@ -567,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     images = load_images(args.shared_dir)
-    if args.models:
+    if args.models or args.variants:
         return _run_precision(args, images)
     if args.clients:
         if args.url:

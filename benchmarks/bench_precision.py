@@ -5,7 +5,9 @@ Rows (one client, the photo's det-json boxes scoring >= 0.3: 33 crops over 4 pho
 off):
 
 * each model of ``--models`` served by one gateway (``/pose``, the whole request: decode, crops,
-  inference, heatmap decoding, JSON);
+  inference, heatmap decoding, JSON), or each ``BACKEND:MODEL`` of ``--variants`` served by a
+  gateway process of that backend and precision (:func:`parse_variant`: ``ort``, ``openvino``,
+  ``openvino-bf16``, ...), all gateways started before the first measurement;
 * ``eager``: the same network in PyTorch eager mode (``training.models.create_model(ARCH)`` with the
   fixed-seed random weights and BatchNorm calibration that ``hrnet-export --random-init`` uses),
   one forward per photo (all its crops, plus their flips, in one batch: MMPose's
@@ -32,6 +34,38 @@ from service.pipelines.topdown import decode_outputs, prepare_inputs
 
 #: heatmaps = runner(network input (N, 3, h, w) float32)
 Runner = Callable[[np.ndarray], np.ndarray]
+
+#: backend spec of ``--variants`` -> the gateway's environment (HRNET_* settings)
+BACKENDS: dict[str, dict[str, str]] = {
+    "ort": {"HRNET_BACKEND": "onnxruntime"},
+    "onnxruntime": {"HRNET_BACKEND": "onnxruntime"},
+    "openvino": {"HRNET_BACKEND": "openvino", "HRNET_OPENVINO_PRECISION": "f32"},
+    **{
+        f"openvino-{p}": {"HRNET_BACKEND": "openvino", "HRNET_OPENVINO_PRECISION": p}
+        for p in ("f32", "bf16", "f16")
+    },
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One measured row: ``label`` in the table, served as ``model`` by the gateway at ``url``."""
+
+    label: str
+    url: str
+    model: str
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str], str]:
+    """``"openvino-bf16:NAME"`` -> ``(backend spec, gateway environment, model NAME)``; a spec
+    without ``:`` is a model of the default gateway (``("", {}, spec)``). Raises ValueError for a
+    backend not in :data:`BACKENDS`."""
+    if ":" not in spec:
+        return "", {}, spec
+    backend, model = spec.split(":", 1)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} in {spec!r}: one of {', '.join(BACKENDS)}")
+    return backend, BACKENDS[backend], model
 
 
 @dataclass
@@ -106,7 +140,7 @@ def eager_pose(
 
 def compare(
     url: str | None,
-    models: Sequence[str],
+    models: Sequence[str | Variant],
     jobs: Sequence[tuple[str, bytes, list]],
     flips: Sequence[bool],
     rounds: int,
@@ -118,13 +152,18 @@ def compare(
     """Time every variant photo by photo, in turns, for ``rounds`` rounds after ``warmup``.
 
     ``jobs``: ``(file name, JPEG bytes, boxes xywh)`` per photo; ``models``: names served at
-    ``url``; ``eager``: ``(card, runner)`` of the in-process baseline. Returns one :class:`Tally`
-    per (variant, flip), models first in the given order, then ``eager``. Raises
+    ``url``, or :class:`Variant` rows (their own gateway and model, named by their label);
+    ``eager``: ``(card, runner)`` of the in-process baseline. Returns one :class:`Tally` per
+    (variant, flip), models first in the given order, then ``eager``. Raises
     ``httpx.HTTPStatusError`` when the gateway answers an error.
     """
     import json
 
-    names = list(models) + (["eager"] if eager else [])
+    variants = {
+        v.label: v
+        for v in (m if isinstance(m, Variant) else Variant(m, url or "", m) for m in models)
+    }
+    names = list(variants) + (["eager"] if eager else [])
     tallies = {(n, f): Tally(n, f) for f in flips for n in names}
     with httpx.Client(timeout=300, headers=headers or {}) as client:
         for r in range(warmup + rounds):
@@ -135,11 +174,12 @@ def compare(
                         if name == "eager" and eager is not None:
                             eager_pose(data, boxes, eager[0], eager[1], flip)
                         else:
+                            v = variants[name]
                             resp = client.post(
-                                f"{url}/pose",
+                                f"{v.url}/pose",
                                 files={"image": (file_name, data)},
                                 data={
-                                    "model": name,
+                                    "model": v.model,
                                     "flip_test": str(flip).lower(),
                                     "boxes": json.dumps(boxes),
                                 },
@@ -170,4 +210,14 @@ def format_table(tallies: Sequence[Tally]) -> list[str]:
     return lines
 
 
-__all__ = ["Runner", "Tally", "compare", "eager_pose", "eager_runner", "format_table"]
+__all__ = [
+    "BACKENDS",
+    "Runner",
+    "Tally",
+    "Variant",
+    "compare",
+    "eager_pose",
+    "eager_runner",
+    "format_table",
+    "parse_variant",
+]

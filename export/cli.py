@@ -177,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         out,
+        "--triton-backend",
+        choices=("onnxruntime", "openvino", "openvino-bf16"),
+        help="Triton backend in config.pbtxt: onnxruntime (platform onnxruntime_onnx, default) "
+        "or Triton's OpenVINO backend on the same model.onnx (openvino-bf16: its HINT_BF16)",
+    )
+    add(
+        out,
         "--link",
         choices=("copy", "hardlink", "symlink"),
         help="how model.onnx gets into the repository (default copy)",
@@ -293,6 +300,7 @@ _DEFAULTS = dict(
     instance_kind="KIND_GPU",
     instance_count=1,
     trt=False,
+    triton_backend="onnxruntime",
     link="copy",
     verbose=False,
     precision="fp32",
@@ -376,6 +384,8 @@ def _config_kw(args: argparse.Namespace) -> dict:
         instance_count=args.instance_count,
         trt_accelerator=bool(args.trt),
     )
+    if args.triton_backend.startswith("openvino"):
+        kw.update(backend="openvino", openvino_bf16=args.triton_backend == "openvino-bf16")
     if args.max_batch_size is not None:
         if args.max_batch_size < 1:
             raise CLIError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")

@@ -36,6 +36,8 @@ MODEL_FILENAMES = {
 BACKEND_FILENAMES = {
     "python": PYTHON_FILENAME,
     "onnxruntime": ONNX_FILENAME,
+    # Triton's OpenVINO backend reads model.xml by default; it also reads ONNX when named
+    "openvino": ONNX_FILENAME,
     "tensorrt": PLAN_FILENAME,
 }
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL")
@@ -92,6 +94,7 @@ def render_config(
     trt_precision: str = "FP16",
     trt_workspace_bytes: int | None = None,
     default_model_filename: str | None = None,
+    openvino_bf16: bool = False,
 ) -> str:
     """Triton ``config.pbtxt`` text for ``card``.
 
@@ -112,6 +115,10 @@ def render_config(
             ``trt_precision`` (``"FP16"`` or ``"FP32"``), optional ``max_workspace_size_bytes``.
         default_model_filename: file name inside ``<version>/`` (default: ``model.onnx``,
             ``model.plan`` or ``model.py`` by platform/backend).
+        openvino_bf16: with ``backend="openvino"`` (Triton's OpenVINO backend, which runs the same
+            ``model.onnx``), ask it for bfloat16 inference (its ``HINT_BF16`` parameter); that
+            backend always gets ``NUM_STREAMS`` 1 and the ``LATENCY`` ``PERFORMANCE_HINT``, as the
+            gateway's embedded OpenVINO backend uses.
 
     Returns the text (ends with a newline). Raises ``ValueError`` for an unknown platform or kind,
     a batch size below 1, preferred sizes outside ``1..max_batch_size``, or ``trt_accelerator``
@@ -146,6 +153,8 @@ def render_config(
         raise ValueError(f"trt_precision must be FP16 or FP32, got {trt_precision}")
     if not card.inputs or not card.outputs:
         raise ValueError(f"card '{card.name}' lists no inputs or no outputs")
+    if openvino_bf16 and backend != "openvino":
+        raise ValueError("openvino_bf16 applies to backend 'openvino' only")
 
     if default_model_filename is None:
         default_model_filename = (
@@ -172,6 +181,14 @@ def render_config(
         "  }",
         "]",
     ]
+    if backend == "openvino":
+        params = {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
+        if openvino_bf16:
+            params["HINT_BF16"] = "YES"
+        lines += [
+            f"parameters {{ key: {_q(k)} value: {{ string_value: {_q(v)} }} }}"
+            for k, v in params.items()
+        ]
     if trt_accelerator:
         lines += [
             "optimization {",

@@ -40,16 +40,28 @@ log = logging.getLogger("service")
 
 
 def make_backend(settings: Settings, repository: ModelRepository) -> Backend:
-    """The backend named by ``settings.backend`` (embedded ONNX Runtime or Triton)."""
+    """The backend named by ``settings.backend`` (embedded ONNX Runtime or OpenVINO, or Triton).
+    Raises RuntimeError for ``openvino`` when the ``[openvino]`` extra is not installed."""
     if settings.backend == "triton":
         from .backends.triton import TritonBackend
 
         return TritonBackend.from_settings(settings, repository)
+    from .batching import BatchConfig
+
+    if settings.backend == "openvino":
+        from .backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(
+            repository,
+            precision=settings.openvino_precision,
+            precisions=dict(settings.openvino_precisions),
+            threads=settings.openvino_threads,
+            concurrent_runs=settings.openvino_concurrent_runs,
+            batching=BatchConfig.from_settings(settings),
+        )
     from .backends.onnxruntime import OnnxRuntimeBackend
 
     providers = settings.ort_providers.split(",") if settings.ort_providers else None
-    from .batching import BatchConfig
-
     return OnnxRuntimeBackend(
         repository,
         providers=providers,

@@ -126,7 +126,7 @@ class BatchConfig:
             queue_capacity=settings.batch_queue_capacity,
             deadline_s=settings.batch_deadline_s,
             preferred_sizes=tuple(settings.batch_preferred_sizes),
-            instances=settings.batch_instances or settings.ort_concurrent_runs,
+            instances=settings.batch_instances,  # 0: the backend's concurrent runs
             max_size=settings.batch_max_size,
             max_sizes=tuple(sorted(settings.batch_max_sizes.items())),
         )

@@ -20,11 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--backend",
-        choices=["onnxruntime", "triton"],
+        choices=["onnxruntime", "triton", "openvino"],
         default=defaults.backend,
         help="inference backend (HRNET_BACKEND)",
     )
     p.add_argument("--triton-url", default=defaults.triton_url, help="HRNET_TRITON_URL")
+    p.add_argument(
+        "--openvino-precision",
+        choices=["f32", "bf16", "f16"],
+        default=defaults.openvino_precision,
+        help="OpenVINO backend: inference precision of every model (HRNET_OPENVINO_PRECISION; "
+        "per model: HRNET_OPENVINO_PRECISIONS)",
+    )
     p.add_argument("--host", default=defaults.host, help="HRNET_HOST")
     p.add_argument("--port", type=int, default=defaults.port, help="HRNET_PORT")
     p.add_argument("--log-level", default=defaults.log_level, help="HRNET_LOG_LEVEL")
@@ -41,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_repository": args.model_repository,
             "backend": args.backend,
             "triton_url": args.triton_url,
+            "openvino_precision": args.openvino_precision,
             "host": args.host,
             "port": args.port,
             "log_level": args.log_level,

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HRNET_", protected_namespaces=())
 
     model_repository: Path = Path("model_repository")
-    backend: Literal["onnxruntime", "triton"] = "onnxruntime"
+    backend: Literal["onnxruntime", "triton", "openvino"] = "onnxruntime"
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -105,12 +105,22 @@ class Settings(BaseSettings):
     # expected wait from arrival beyond it: 503 at once; 0 = none. A backstop behind the load
     # shedder (shed_deadline_s), which refuses earlier and cheaper
     batch_deadline_s: float = 8.0
-    # batches of one model in flight at once (Triton's instance count); 0 = ort_concurrent_runs
+    # batches of one model in flight at once (Triton's instance count); 0 = the embedded backend's
+    # concurrent runs (ort_concurrent_runs, or openvino_concurrent_runs)
     batch_instances: int = 0
     # at start-up, run each fixed-shape model at its largest batches (Triton's model_warmup), so
     # the first requests are not slow and the memory seen idle is the memory used under load
     warm_up: bool = True
     ort_providers: str | None = None  # comma list; default CUDA if available, else CPU
+
+    # embedded OpenVINO (backend="openvino", the [openvino] extra; service/backends/openvino.py):
+    # OpenVINO's INFERENCE_PRECISION_HINT for every model ("f32", "bf16"; "f16" where the CPU has
+    # fp16 arithmetic, else OpenVINO picks bf16), with per-model overrides, JSON in the environment,
+    # e.g. '{"pp_tinypose_256x192": "bf16"}'. Int8 (QDQ) entries run int8 whatever the hint
+    openvino_precision: Literal["f32", "bf16", "f16"] = "f32"
+    openvino_precisions: dict[str, Literal["f32", "bf16", "f16"]] = {}
+    openvino_threads: int = 0  # INFERENCE_NUM_THREADS per run; 0 = cores / openvino_concurrent_runs
+    openvino_concurrent_runs: int = 1  # OpenVINO runs at once (one shared pool)
 
     # security
     # API key(s), comma-separated; unset or empty = no key needed. When set, every endpoint but

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
-python -m pip install -q -e '.[train,eval,triton,dev]'
+python -m pip install -q -e '.[train,eval,triton,openvino,dev]'
 bash tests/triton_env.sh
 # static security analysis of the shipped code; findings are fixed or justified inline (# nosec)
 python -m bandit -q -r service export training benchmarks

@@ -47,6 +47,18 @@ def write_constant_pose_onnx(
     return _save(graph, path)
 
 
+def write_constant_pose_entry(root: Path, name: str, value: float) -> Path:
+    """Write (or overwrite) the model-repository entry ``root/name``: a
+    :func:`tests.fake_cards.pose_card` card and :func:`write_constant_pose_onnx` serving the
+    constant ``value`` (every keypoint score of its ``/pose`` answer is ``value``); returns the
+    ONNX path."""
+    from tests.fake_cards import pose_card
+
+    (root / name).mkdir(exist_ok=True)
+    pose_card(name).save(root / name)
+    return write_constant_pose_onnx(root / name / "1" / "model.onnx", value)
+
+
 def write_conv_seg_onnx(path: Path, classes: int = 3, seed: int = 0) -> Path:
     """A segmentation model for :func:`tests.fake_cards.seg_card` with ``classes`` classes: input
     ``input`` ``(N, 3, H, W)``, output ``logits`` ``(N, classes, ceil(H/4), ceil(W/4))``, a fixed

@@ -59,6 +59,11 @@ class Backend(ABC):
     async def ready(self, model: str | None = None) -> bool:
         """True when the backend (and ``model`` if given) can serve."""
 
+    def describe(self, model: str) -> dict[str, Any]:
+        """Facts about how ``model`` runs here (e.g. the OpenVINO backend's precision), shown as
+        its ``runtime`` in ``GET /models`` and logged at start-up; default: none (empty)."""
+        return {}
+
     async def start(self, cards: dict[str, ModelCard] | None = None) -> None:  # noqa: B027 - optional hook
         """Open what serving needs (ONNX Runtime sessions, the Triton connection) for ``cards``
         (None: the backend's repository, where it has one). The app's lifespan calls it once

@@ -19,11 +19,15 @@ router = APIRouter(tags=["meta"])
     },
 )
 async def models(repo: RepositoryDep, backend: BackendDep) -> dict:
-    """Every model card in the repository, plus whether the backend has it loaded."""
+    """Every model card in the repository, plus whether the backend has it loaded and, where the
+    backend says, how it runs it (``runtime``, e.g. the OpenVINO backend's precision)."""
     out = []
     for name, card in sorted(repo.cards.items()):
         d = card.model_dump(mode="json")
         d["ready"] = await backend.ready(name)
+        runtime = backend.describe(name)
+        if runtime:
+            d["runtime"] = runtime
         out.append(d)
     return {"backend": backend.name, "models": out}
 

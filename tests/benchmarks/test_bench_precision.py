@@ -84,3 +84,29 @@ def test_format_table_ratios_by_hand():
     assert lines[1].split()[4:7] == ["10.00", "1.00", "2.00"]
     assert lines[2].split()[4:7] == ["20.00", "2.00", "4.00"]
     assert lines[3].split()[4:7] == ["5.00", "0.50", "1.00"]
+
+
+def test_variants_name_a_backend_and_precision_per_row(shared, tiny_gateway):
+    from benchmarks.bench_precision import Variant, parse_variant
+
+    assert parse_variant("openvino-bf16:pp_tinypose_256x192") == (
+        "openvino-bf16",
+        {"HRNET_BACKEND": "openvino", "HRNET_OPENVINO_PRECISION": "bf16"},
+        "pp_tinypose_256x192",
+    )
+    assert parse_variant("ort:a:b") == ("ort", {"HRNET_BACKEND": "onnxruntime"}, "a:b")
+    assert parse_variant("tiny_fp32") == ("", {}, "tiny_fp32")
+    with pytest.raises(ValueError, match="unknown backend 'trt'"):
+        parse_variant("trt:tiny_fp32")
+
+    # two rows of one model under their own labels (here the same gateway stands in for two)
+    url, _, _ = tiny_gateway
+    images = bench_pose.load_images(shared)[:1]
+    jobs = [(n, d, b[:2]) for n, d, b in images]
+    rows = [
+        Variant("ort:tiny_fp32", url, "tiny_fp32"),
+        Variant("other:tiny_fp32", url, "tiny_fp32"),
+    ]
+    tallies = compare(None, rows, jobs, [False], rounds=1, warmup=0)
+    assert [t.name for t in tallies] == ["ort:tiny_fp32", "other:tiny_fp32"]
+    assert all(t.requests == 1 and t.crops == len(jobs[0][2]) for t in tallies)

@@ -158,6 +158,15 @@ def test_register_existing_onnx_with_card(shared, clean_env, tmp_path, capsys):
     assert cfg.name == "tiny_cpu" and cfg.instance_group[0].kind == 2  # KIND_CPU
     assert load_card(repo / "tiny_cpu").name == "tiny_cpu"
     assert (repo / "tiny_cpu" / "1" / "model.onnx").read_bytes() == onnx_file.read_bytes()
+    assert cfg.platform == "onnxruntime_onnx" and not cfg.backend
+
+    # the same entry for Triton's OpenVINO backend (bf16): same model.onnx, another config
+    args = ["--onnx", str(onnx_file), "--card", str(card_file), "--name", "tiny_ov"]
+    rc = main([*args, "--model-repository", str(repo), "--triton-backend", "openvino-bf16"])
+    assert rc == 0, capsys.readouterr().err
+    cfg = _parse_config(repo / "tiny_ov")
+    assert cfg.backend == "openvino" and cfg.default_model_filename == "model.onnx"
+    assert cfg.parameters["HINT_BF16"].string_value == "YES"
 
 
 def test_register_onnx_with_mismatched_card_exits_2(shared, clean_env, tmp_path, capsys):

@@ -136,6 +136,24 @@ def test_onnxruntime_tensorrt_accelerator_option():
     assert cfg.platform == "onnxruntime_onnx"
 
 
+def test_openvino_backend_entry_runs_the_same_onnx():
+    cfg = parse_config(
+        render_config(pose_card(), backend="openvino", openvino_bf16=True, instance_kind="KIND_CPU")
+    )
+    assert cfg.backend == "openvino" and cfg.platform == ""
+    assert cfg.default_model_filename == "model.onnx"
+    assert {k: v.string_value for k, v in cfg.parameters.items()} == {
+        "NUM_STREAMS": "1",
+        "PERFORMANCE_HINT": "LATENCY",
+        "HINT_BF16": "YES",
+    }
+    plain = parse_config(render_config(pose_card(), backend="openvino"))
+    assert "HINT_BF16" not in plain.parameters
+    assert not parse_config(render_config(pose_card())).parameters  # ONNX Runtime: none
+    with pytest.raises(ValueError, match="openvino_bf16 applies to backend 'openvino' only"):
+        render_config(pose_card(), openvino_bf16=True)
+
+
 def test_cpu_instances_and_batch_override():
     cfg = parse_config(
         render_config(pose_card(), instance_kind="KIND_CPU", instance_count=3, max_batch_size=12)

@@ -19,20 +19,13 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.fake_cards import pose_card
 
 pytest.importorskip("onnx")
+from tests.tiny_onnx import write_constant_pose_entry as _entry
 from tests.tiny_onnx import write_constant_pose_onnx
 
 KEY = {"X-API-Key": "s3cret"}
 PNG = cv2.imencode(".png", np.full((100, 100, 3), 100, np.uint8))[1].tobytes()
-
-
-def _entry(root, name: str, value: float) -> None:
-    """Write (or overwrite) the repository entry ``name`` serving the constant ``value``."""
-    (root / name).mkdir(exist_ok=True)
-    pose_card(name).save(root / name)
-    write_constant_pose_onnx(root / name / "1" / "model.onnx", value)
 
 
 def _scores(client, model: str) -> list[float]:
