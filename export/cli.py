@@ -247,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         prec,
+        "--calibration-ann",
+        metavar="FILE",
+        help="the COCO-style annotation json of the calibration boxes (e.g. a train "
+        "split: runs/dlc_data/annotations/train.json with --calibration "
+        "runs/dlc_data/images); default: the first json in name order under "
+        "--calibration DIR/annotations/ or DIR",
+    )
+    add(
+        prec,
         "--calibration-crops",
         type=int,
         help="at most this many calibration crops (default 128)",
@@ -460,7 +469,9 @@ def _write_reduced(
     from .quantize import calibration_crops, reduce_precision
     from .repository import write_entry
 
-    crops = calibration_crops(args.calibration, card, limit=args.calibration_crops)
+    crops = calibration_crops(
+        args.calibration, card, limit=args.calibration_crops, ann_file=args.calibration_ann
+    )
     with tempfile.TemporaryDirectory(prefix="hrnet-quant-") as tmp:
         reduced = Path(tmp) / "model.onnx"
         card, agreement = reduce_precision(
@@ -469,7 +480,7 @@ def _write_reduced(
             card,
             crops,
             precision=args.precision,
-            calibration_source=str(args.calibration),
+            calibration_source=str(args.calibration_ann or args.calibration),
             method=args.calibration_method,
             exclude_nodes=[n for n in (args.fp32_nodes or "").split(",") if n],
             min_agreement=args.min_agreement,

@@ -97,15 +97,31 @@ class Agreement:
         }
 
 
-def _find_annotation(calib_dir: Path) -> tuple[Path, dict]:
-    """The first COCO-style json under ``calib_dir/annotations`` or ``calib_dir``, parsed once."""
+def _is_coco(data: object) -> bool:
+    return isinstance(data, dict) and "images" in data and "annotations" in data
+
+
+def _find_annotation(calib_dir: Path, ann_file: Path | None = None) -> tuple[Path, dict]:
+    """``ann_file`` parsed, or else the first COCO-style json (in name order) under
+    ``calib_dir/annotations`` or ``calib_dir``."""
+    if ann_file is not None:
+        try:
+            data = json.loads(ann_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"calibration annotation {ann_file} unreadable: {exc}") from exc
+        if not _is_coco(data):
+            raise ExportError(
+                f"calibration annotation {ann_file} is not COCO-style "
+                "(needs 'images' and 'annotations')"
+            )
+        return ann_file, data
     for pattern in ("annotations/*.json", "*.json"):
         for path in sorted(calib_dir.glob(pattern)):
             try:
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(data, dict) and "images" in data and "annotations" in data:
+            if _is_coco(data):
                 return path, data
     raise ExportError(
         f"no COCO-style annotation json (with 'images' and 'annotations') in "
@@ -124,24 +140,30 @@ def _find_image(calib_dir: Path, file_name: str) -> Path | None:
 
 
 def calibration_crops(
-    calib_dir: Path | str, card: TopDownCard, limit: int = DEFAULT_CALIBRATION_CROPS
+    calib_dir: Path | str,
+    card: TopDownCard,
+    limit: int = DEFAULT_CALIBRATION_CROPS,
+    ann_file: Path | str | None = None,
 ) -> np.ndarray:
     """Network inputs ``(N, 3, h, w)`` float32 for the ground-truth boxes of a COCO-style folder.
 
-    Boxes: every non-crowd annotation with a ``bbox`` whose sides are at least
+    Annotation: ``ann_file`` when given (e.g. a train split, ``runs/dlc_data/annotations/
+    train.json``, whose folder also holds ``test.json``), else the first json in name order
+    under ``calib_dir/annotations`` or ``calib_dir`` that has ``images`` and ``annotations``.
+    Images: ``file_name`` under ``calib_dir`` or one of its direct sub-folders. Boxes: every non-crowd annotation with a ``bbox`` whose sides are at least
     :data:`MIN_BOX_SIDE` image pixels (keypoints are not needed), xywh -> xyxy, images in id
     order, boxes in file order, the first ``limit`` kept. Crops and normalisation are the
     gateway's (:func:`service.pipelines.topdown.prepare_inputs` with the card, flip off).
 
-    Raises :class:`ExportError` when the folder has no annotation json, an image cannot be read,
-    or no box qualifies.
+    Raises :class:`ExportError` when the folder has no annotation json (or ``ann_file`` is
+    unreadable or not COCO-style), an image cannot be read, or no box qualifies.
     """
     calib_dir = Path(calib_dir)
     if not calib_dir.is_dir():
         raise ExportError(f"calibration folder not found: {calib_dir}")
     if limit < 1:
         raise ExportError(f"the number of calibration crops must be >= 1, got {limit}")
-    ann_path, coco = _find_annotation(calib_dir)
+    ann_path, coco = _find_annotation(calib_dir, Path(ann_file) if ann_file else None)
     boxes: dict = {}
     for ann in coco["annotations"]:
         bbox = ann.get("bbox")
@@ -356,7 +378,7 @@ def reduce_precision(
             f"per output channel, uint8 activations calibrated by "
             f"{method}" + (f" ({PERCENTILE}th percentile)" if method == "percentile" else "")
         ),
-        calibration=f"{len(crops)} person crops from {calibration_source or 'given crops'}",
+        calibration=f"{len(crops)} ground-truth box crops from {calibration_source or 'given crops'}",
         excluded_nodes=list(exclude_nodes),
         check=agreement.as_dict(),
         threshold=min_agreement,

@@ -18,6 +18,7 @@ pytest.importorskip("onnxruntime.quantization")
 import onnx
 from onnx import numpy_helper
 
+from export.onnx_export import ExportError
 from export.quantize import calibration_crops, check_agreement, quantize_int8, run_onnx
 from tests.fake_cards import pose_card
 from tests.tiny_onnx import write_conv_pose_onnx, write_pointwise_conv_onnx
@@ -121,6 +122,33 @@ def test_calibration_crops_are_the_gateways_crops_of_gt_boxes(shared):
     np.testing.assert_array_equal(crops, np.concatenate(expected)[:3])
 
 
+def test_calibration_ann_picks_the_split_whose_boxes_are_cut(tmp_path, shared):
+    """A folder with two splits (DLC's runs/dlc_data: annotations/test.json sorts before
+    train.json): without ``ann_file`` the first json in name order is read; with it, that file's
+    boxes. Here the "train" file keeps only the second photo (3 people), so its crops are crops
+    1..3 of the whole mmpose_tests/coco folder (its first photo has 1 person)."""
+    root = shared / "data" / "mmpose_tests" / "coco"
+    card = pose_card()
+    coco = json.loads((root / "test_coco.json").read_text())
+    second = sorted(coco["images"], key=lambda im: im["id"])[1]
+    train = dict(
+        coco,
+        images=[second],
+        annotations=[a for a in coco["annotations"] if a["image_id"] == second["id"]],
+    )
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    whole = calibration_crops(root, card, limit=4)
+    split = calibration_crops(root, card, limit=8, ann_file=tmp_path / "train.json")
+    assert len(train["annotations"]) == 3
+    np.testing.assert_array_equal(split, whole[1:4])
+
+    (tmp_path / "bad.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ExportError, match="not COCO-style"):
+        calibration_crops(root, card, ann_file=tmp_path / "bad.json")
+    with pytest.raises(ExportError, match="unreadable"):
+        calibration_crops(root, card, ann_file=tmp_path / "missing.json")
+
+
 def test_export_int8_entry_is_written_checked_and_served(tmp_path, shared, capsys):
     """``hrnet-export --onnx ... --precision int8``: the entry's graph is QDQ, its card says int8
     with the check's figures (which recompute to the same values), the gateway's ONNX Runtime
@@ -150,13 +178,15 @@ def test_export_int8_entry_is_written_checked_and_served(tmp_path, shared, capsy
         "--calibration-method",
         "minmax",
     ]
-    assert main(base + ["--name", "tiny_int8", "--min-agreement", "0.5"]) == 0
+    ann = ["--calibration-ann", str(calib / "test_coco.json")]  # the folder's only json
+    assert main(base + ann + ["--name", "tiny_int8", "--min-agreement", "0.5"]) == 0
     entry = repo / "tiny_int8"
     saved = json.loads((entry / "card.json").read_text())
     assert saved["precision"] == "int8"
     quant = saved["quantization"]
     assert quant["threshold"] == 0.5 and quant["check"]["crops"] == 8.0
-    assert "minmax" in quant["method"] and str(calib) in quant["calibration"]
+    assert "minmax" in quant["method"]
+    assert quant["calibration"] == f"8 ground-truth box crops from {calib / 'test_coco.json'}"
     ops = Counter(n.op_type for n in onnx.load(str(entry / "1" / "model.onnx")).graph.node)
     assert ops["QuantizeLinear"] >= 3 and ops["DequantizeLinear"] >= 5
 
