@@ -274,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help="comma list of node names left in "
         "fp32 (mixed precision); unnamed nodes are named <op_type>_<index> after "
-        "ONNX Runtime's pre-processing (export.quantize.name_nodes)",
+        "ONNX Runtime's pre-processing (export.quantize.name_nodes). 'auto' or "
+        "'auto:K' (may follow names): keep the nodes reading the worst-quantised "
+        "activations (lowest SQNR on the calibration crops) in fp32, 8, 16, 32, ... "
+        "of them, until --min-agreement is reached or K (default 256) are kept "
+        "(export.sensitivity)",
     )
     add(
         prec,
@@ -457,6 +461,30 @@ def _check_precision_args(args: argparse.Namespace) -> None:
         )
     if args.calibration_crops < 1:
         raise CLIError(f"--calibration-crops must be >= 1, got {args.calibration_crops}")
+    _auto_cap(_fp32_names(args))
+
+
+def _fp32_names(args: argparse.Namespace) -> list[str]:
+    return [n.strip() for n in (args.fp32_nodes or "").split(",") if n.strip()]
+
+
+#: --fp32-nodes auto: the most nodes the sensitivity search keeps in fp32
+DEFAULT_AUTO_FP32_CAP = 256
+
+
+def _auto_cap(names: list[str]) -> int | None:
+    """The cap of an ``auto`` / ``auto:K`` entry of ``--fp32-nodes`` (None without one)."""
+    autos = [n for n in names if n == "auto" or n.startswith("auto:")]
+    if not autos:
+        return None
+    if len(autos) > 1:
+        raise CLIError(f"--fp32-nodes: give 'auto' at most once, got {', '.join(autos)}")
+    text = autos[0].partition(":")[2]
+    if not text:
+        return DEFAULT_AUTO_FP32_CAP
+    if not text.isdigit() or int(text) < 1:
+        raise CLIError(f"--fp32-nodes: expected auto:K with K >= 1, got {autos[0]!r}")
+    return int(text)
 
 
 def _write_reduced(
@@ -469,6 +497,7 @@ def _write_reduced(
     from .quantize import calibration_crops, reduce_precision
     from .repository import write_entry
 
+    names = _fp32_names(args)
     crops = calibration_crops(
         args.calibration, card, limit=args.calibration_crops, ann_file=args.calibration_ann
     )
@@ -482,7 +511,8 @@ def _write_reduced(
             precision=args.precision,
             calibration_source=str(args.calibration_ann or args.calibration),
             method=args.calibration_method,
-            exclude_nodes=[n for n in (args.fp32_nodes or "").split(",") if n],
+            exclude_nodes=[n for n in names if not n.startswith("auto")],
+            auto_fp32_cap=_auto_cap(names),
             min_agreement=args.min_agreement,
         )
         print(
