@@ -468,13 +468,17 @@ def _fp32_names(args: argparse.Namespace) -> list[str]:
     return [n.strip() for n in (args.fp32_nodes or "").split(",") if n.strip()]
 
 
+def _is_auto(name: str) -> bool:
+    return name == "auto" or name.startswith("auto:")
+
+
 #: --fp32-nodes auto: the most nodes the sensitivity search keeps in fp32
 DEFAULT_AUTO_FP32_CAP = 256
 
 
 def _auto_cap(names: list[str]) -> int | None:
     """The cap of an ``auto`` / ``auto:K`` entry of ``--fp32-nodes`` (None without one)."""
-    autos = [n for n in names if n == "auto" or n.startswith("auto:")]
+    autos = [n for n in names if _is_auto(n)]
     if not autos:
         return None
     if len(autos) > 1:
@@ -511,7 +515,7 @@ def _write_reduced(
             precision=args.precision,
             calibration_source=str(args.calibration_ann or args.calibration),
             method=args.calibration_method,
-            exclude_nodes=[n for n in names if not n.startswith("auto")],
+            exclude_nodes=[n for n in names if not _is_auto(n)],
             auto_fp32_cap=_auto_cap(names),
             min_agreement=args.min_agreement,
         )

@@ -151,8 +151,9 @@ def calibration_crops(
     Annotation: ``ann_file`` when given (e.g. a train split, ``runs/dlc_data/annotations/
     train.json``, whose folder also holds ``test.json``), else the first json in name order
     under ``calib_dir/annotations`` or ``calib_dir`` that has ``images`` and ``annotations``.
-    Images: ``file_name`` under ``calib_dir`` or one of its direct sub-folders. Boxes: every non-crowd annotation with a ``bbox`` whose sides are at least
-    :data:`MIN_BOX_SIDE` image pixels (keypoints are not needed), xywh -> xyxy, images in id
+    Images: ``file_name`` under ``calib_dir`` or one of its direct sub-folders. Boxes: every
+    non-crowd annotation with a ``bbox`` whose sides are at least :data:`MIN_BOX_SIDE` image
+    pixels (keypoints are not needed), xywh -> xyxy, images in id
     order, boxes in file order, the first ``limit`` kept. Crops and normalisation are the
     gateway's (:func:`service.pipelines.topdown.prepare_inputs` with the card, flip off).
 
@@ -381,8 +382,10 @@ def _float_graph_outputs(graph, kept: set[str]) -> None:
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
         q = producer.get(dq.input[0])
-        src = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
-        if src is None or src.name not in kept or q is None:
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        src = producer.get(q.input[0])
+        if src is None or src.name not in kept:
             continue
         tensor = q.input[0]
         graph.node.remove(dq)

@@ -37,9 +37,10 @@ FIRST_K = 8
 
 @dataclass
 class Step:
-    """One mixed-precision graph of the search: the ``k`` worst nodes in fp32 (``nodes``, after
-    :func:`export.quantize.keep_fp32` adds the data-movement nodes between them and their
-    producers) and its :class:`export.quantize.Agreement` with the fp32 graph."""
+    """One mixed-precision graph of the search: the ``k`` worst nodes kept in fp32 (``nodes``;
+    :func:`export.quantize.keep_fp32` also keeps the data-movement nodes between them and their
+    producers, not listed here) and its :class:`export.quantize.Agreement` with the fp32
+    graph."""
 
     k: int
     nodes: list[str]
