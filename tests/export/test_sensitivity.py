@@ -13,7 +13,10 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
-from export.quantize import quantize_int8
+import onnx
+from onnx import numpy_helper
+
+from export.quantize import quantize_int8, run_onnx
 from export.sensitivity import activation_sqnr, rank_nodes, search_fp32_nodes
 from tests.fake_cards import pose_card
 from tests.tiny_onnx import write_depthwise_pose_onnx, write_pointwise_conv_onnx
@@ -30,16 +33,11 @@ def test_sqnr_of_unclipped_tensors_is_the_uniform_rounding_figure(tmp_path):
     sqnr = activation_sqnr(tmp_path / "pre.onnx", dst, x)
     assert set(sqnr) == {"x", "y_QuantizeLinear_Input"}  # the output's producer, renamed
 
-    import onnx
-    from onnx import numpy_helper
-
     q = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer}
     s_x = float(q["x_scale"])
     assert sqnr["x"] == pytest.approx(
         10 * math.log10(np.mean(x.astype(np.float64) ** 2) / (s_x**2 / 12)), abs=0.2
     )
-    from export.quantize import run_onnx
-
     y = run_onnx(src, x).astype(np.float64)
     s_y = float(q["y_scale"])
     assert sqnr["y_QuantizeLinear_Input"] == pytest.approx(
