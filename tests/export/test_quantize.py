@@ -127,10 +127,10 @@ def test_calibration_crops_are_the_gateways_crops_of_gt_boxes(shared):
 
 
 def test_calibration_ann_picks_the_split_whose_boxes_are_cut(tmp_path, shared):
-    """A folder with two splits (DLC's runs/dlc_data: annotations/test.json sorts before
-    train.json): without ``ann_file`` the first json in name order is read; with it, that file's
-    boxes. Here the "train" file keeps only the second photo (3 people), so its crops are crops
-    1..3 of the whole mmpose_tests/coco folder (its first photo has 1 person)."""
+    """``ann_file`` picks the split to cut (DLC's runs/dlc_data holds annotations/test.json,
+    which sorts first, and train.json). Here the "train" file keeps only the second photo (3
+    people), so its crops are crops 1..3 of the whole mmpose_tests/coco folder (its first photo
+    has 1 person); a file that is not COCO-style, or missing, is an ExportError."""
     root = shared / "data" / "mmpose_tests" / "coco"
     card = pose_card()
     coco = json.loads((root / "test_coco.json").read_text())
