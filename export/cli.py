@@ -254,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         prec,
+        "--calibration-ann",
+        metavar="FILE",
+        help="the COCO-style annotation json of the calibration boxes (e.g. a train "
+        "split: runs/dlc_data/annotations/train.json with --calibration "
+        "runs/dlc_data/images); default: the first json in name order under "
+        "--calibration DIR/annotations/ or DIR",
+    )
+    add(
+        prec,
         "--calibration-crops",
         type=int,
         help="at most this many calibration crops (default 128)",
@@ -272,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help="comma list of node names left in "
         "fp32 (mixed precision); unnamed nodes are named <op_type>_<index> after "
-        "ONNX Runtime's pre-processing (export.quantize.name_nodes)",
+        "ONNX Runtime's pre-processing (export.quantize.name_nodes). 'auto' or "
+        "'auto:K' (may follow names): keep the nodes reading the worst-quantised "
+        "activations (lowest SQNR on the calibration crops) in fp32, 8, 16, 32, ... "
+        "of them, until --min-agreement is reached or K (default 256) are kept "
+        "(export.sensitivity)",
     )
     add(
         prec,
@@ -458,6 +471,34 @@ def _check_precision_args(args: argparse.Namespace) -> None:
         )
     if args.calibration_crops < 1:
         raise CLIError(f"--calibration-crops must be >= 1, got {args.calibration_crops}")
+    _auto_cap(_fp32_names(args))
+
+
+def _fp32_names(args: argparse.Namespace) -> list[str]:
+    return [n.strip() for n in (args.fp32_nodes or "").split(",") if n.strip()]
+
+
+def _is_auto(name: str) -> bool:
+    return name == "auto" or name.startswith("auto:")
+
+
+#: --fp32-nodes auto: the most nodes the sensitivity search keeps in fp32
+DEFAULT_AUTO_FP32_CAP = 256
+
+
+def _auto_cap(names: list[str]) -> int | None:
+    """The cap of an ``auto`` / ``auto:K`` entry of ``--fp32-nodes`` (None without one)."""
+    autos = [n for n in names if _is_auto(n)]
+    if not autos:
+        return None
+    if len(autos) > 1:
+        raise CLIError(f"--fp32-nodes: give 'auto' at most once, got {', '.join(autos)}")
+    text = autos[0].partition(":")[2]
+    if not text:
+        return DEFAULT_AUTO_FP32_CAP
+    if not text.isdigit() or int(text) < 1:
+        raise CLIError(f"--fp32-nodes: expected auto:K with K >= 1, got {autos[0]!r}")
+    return int(text)
 
 
 def _write_reduced(
@@ -470,7 +511,10 @@ def _write_reduced(
     from .quantize import calibration_crops, reduce_precision
     from .repository import write_entry
 
-    crops = calibration_crops(args.calibration, card, limit=args.calibration_crops)
+    names = _fp32_names(args)
+    crops = calibration_crops(
+        args.calibration, card, limit=args.calibration_crops, ann_file=args.calibration_ann
+    )
     with tempfile.TemporaryDirectory(prefix="hrnet-quant-") as tmp:
         reduced = Path(tmp) / "model.onnx"
         card, agreement = reduce_precision(
@@ -479,9 +523,10 @@ def _write_reduced(
             card,
             crops,
             precision=args.precision,
-            calibration_source=str(args.calibration),
+            calibration_source=str(args.calibration_ann or args.calibration),
             method=args.calibration_method,
-            exclude_nodes=[n for n in (args.fp32_nodes or "").split(",") if n],
+            exclude_nodes=[n for n in names if not _is_auto(n)],
+            auto_fp32_cap=_auto_cap(names),
             min_agreement=args.min_agreement,
         )
         print(

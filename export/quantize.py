@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,15 +98,31 @@ class Agreement:
         }
 
 
-def _find_annotation(calib_dir: Path) -> tuple[Path, dict]:
-    """The first COCO-style json under ``calib_dir/annotations`` or ``calib_dir``, parsed once."""
+def _is_coco(data: object) -> bool:
+    return isinstance(data, dict) and "images" in data and "annotations" in data
+
+
+def _find_annotation(calib_dir: Path, ann_file: Path | None = None) -> tuple[Path, dict]:
+    """``ann_file`` parsed, or else the first COCO-style json (in name order) under
+    ``calib_dir/annotations`` or ``calib_dir``."""
+    if ann_file is not None:
+        try:
+            data = json.loads(ann_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"calibration annotation {ann_file} unreadable: {exc}") from exc
+        if not _is_coco(data):
+            raise ExportError(
+                f"calibration annotation {ann_file} is not COCO-style "
+                "(needs 'images' and 'annotations')"
+            )
+        return ann_file, data
     for pattern in ("annotations/*.json", "*.json"):
         for path in sorted(calib_dir.glob(pattern)):
             try:
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(data, dict) and "images" in data and "annotations" in data:
+            if _is_coco(data):
                 return path, data
     raise ExportError(
         f"no COCO-style annotation json (with 'images' and 'annotations') in "
@@ -124,24 +141,31 @@ def _find_image(calib_dir: Path, file_name: str) -> Path | None:
 
 
 def calibration_crops(
-    calib_dir: Path | str, card: TopDownCard, limit: int = DEFAULT_CALIBRATION_CROPS
+    calib_dir: Path | str,
+    card: TopDownCard,
+    limit: int = DEFAULT_CALIBRATION_CROPS,
+    ann_file: Path | str | None = None,
 ) -> np.ndarray:
     """Network inputs ``(N, 3, h, w)`` float32 for the ground-truth boxes of a COCO-style folder.
 
-    Boxes: every non-crowd annotation with a ``bbox`` whose sides are at least
-    :data:`MIN_BOX_SIDE` image pixels (keypoints are not needed), xywh -> xyxy, images in id
+    Annotation: ``ann_file`` when given (e.g. a train split, ``runs/dlc_data/annotations/
+    train.json``, whose folder also holds ``test.json``), else the first json in name order
+    under ``calib_dir/annotations`` or ``calib_dir`` that has ``images`` and ``annotations``.
+    Images: ``file_name`` under ``calib_dir`` or one of its direct sub-folders. Boxes: every
+    non-crowd annotation with a ``bbox`` whose sides are at least :data:`MIN_BOX_SIDE` image
+    pixels (keypoints are not needed), xywh -> xyxy, images in id
     order, boxes in file order, the first ``limit`` kept. Crops and normalisation are the
     gateway's (:func:`service.pipelines.topdown.prepare_inputs` with the card, flip off).
 
-    Raises :class:`ExportError` when the folder has no annotation json, an image cannot be read,
-    or no box qualifies.
+    Raises :class:`ExportError` when the folder has no annotation json (or ``ann_file`` is
+    unreadable or not COCO-style), an image cannot be read, or no box qualifies.
     """
     calib_dir = Path(calib_dir)
     if not calib_dir.is_dir():
         raise ExportError(f"calibration folder not found: {calib_dir}")
     if limit < 1:
         raise ExportError(f"the number of calibration crops must be >= 1, got {limit}")
-    ann_path, coco = _find_annotation(calib_dir)
+    ann_path, coco = _find_annotation(calib_dir, Path(ann_file) if ann_file else None)
     boxes: dict = {}
     for ann in coco["annotations"]:
         bbox = ann.get("bbox")
@@ -220,6 +244,204 @@ def name_nodes(path: Path | str) -> list[str]:
     return [n.name for n in model.graph.node]
 
 
+def keep_fp32(qdq_path: Path | str, fp32_path: Path | str, nodes: Sequence[str]) -> list[str]:
+    """Rewrite the QDQ graph at ``qdq_path`` so that ``nodes`` compute in fp32: each reads
+    exactly the values it reads in the fp32 graph at ``fp32_path`` (the pre-processed graph that
+    was quantised: same node names), i.e. float activations (the tensor before its
+    QuantizeLinear) and the float weights and bias. QuantizeLinear / DequantizeLinear nodes
+    and initializers left without a consumer are removed; a kept node's output keeps its
+    QuantizeLinear when a quantised node reads it. Returns the names in ``nodes`` that the
+    quantiser had removed (a Relu / Clip after a quantised node: ``quantize_static`` drops it
+    and lets the uint8 QuantizeLinear's clamp do its work), which need nothing.
+
+    Every data-movement node (:data:`DATA_MOVEMENT_OPS`) between a kept node and the computing
+    node it reads from is kept too; a graph output written by a kept node is not quantised. A
+    kept node that reads the output of such a removed Relu / Clip (in the QDQ graph that
+    tensor holds the values *before* the activation, under the activation's output name) reads
+    it through a copy of that Relu / Clip.
+
+    Why not ``quantize_static(nodes_to_exclude=...)`` alone: that leaves an excluded
+    Conv / ConvTranspose / Gemm with float weights between the DequantizeLinear of its input and
+    the QuantizeLinear of its output, and ONNX Runtime's ``WeightBiasQuantization`` graph
+    transformer (session optimisation level basic and up, ``onnxruntime/core/optimizer/
+    qdq_transformer/weight_bias_quantization.cc``) then quantises those weights itself when the
+    session loads, per tensor, with an int32 bias at input scale x weight scale: PP-TinyPose
+    with its 96 depthwise convolutions "excluded" went from keypoint agreement 0.44 (all int8)
+    to 0.05. A node whose input is float is not touched by that pass, nor fused by ONNX
+    Runtime's QDQ node-unit fusions (which need every input from DequantizeLinear), so it
+    really runs in fp32; its producer, whose output now also feeds a float reader, is not fused
+    either (it computes in fp32 from its dequantised int8 weights).
+
+    Raises :class:`ExportError` for a name that is not a node of the fp32 graph.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model, ref = onnx.load(str(qdq_path)), onnx.load(str(fp32_path))
+    graph = model.graph
+    ref_nodes = {n.name: n for n in ref.graph.node}
+    ref_producer = {o: n for n in ref.graph.node for o in n.output}
+    ref_inits = {i.name: i for i in ref.graph.initializer}
+    missing = [n for n in nodes if n not in ref_nodes]
+    if missing:
+        raise ExportError(f"--fp32-nodes: no node named {', '.join(missing)} in the graph")
+    own = {n.name: n for n in graph.node}
+    inits = {i.name: i for i in graph.initializer}
+    produced = {o for n in graph.node for o in n.output}
+
+    def float_initializer(tensor: str) -> str:
+        same = inits.get(tensor)
+        if same is not None and same.data_type == ref_inits[tensor].data_type:
+            return tensor  # not quantised (e.g. a Reshape's shape): shared as it is
+        alias = tensor if tensor not in inits and tensor not in produced else f"{tensor}_fp32"
+        if alias not in inits:
+            array = numpy_helper.to_array(ref_inits[tensor])
+            graph.initializer.append(numpy_helper.from_array(array, alias))
+            inits[alias] = graph.initializer[-1]
+        return alias
+
+    def float_activation(tensor: str) -> str:
+        act = ref_producer.get(tensor)
+        if act is None or act.op_type not in ("Relu", "Clip") or act.name in own:
+            return tensor  # the same values in both graphs
+        alias = f"{tensor}_fp32"
+        if alias not in produced:  # the quantiser dropped this activation: apply it again
+            extra = [float_initializer(t) if t in ref_inits else t for t in act.input[1:]]
+            copy = helper.make_node(act.op_type, [tensor, *extra], [alias], f"{act.name}_fp32")
+            copy.attribute.extend(act.attribute)
+            graph.node.append(copy)
+            produced.add(alias)
+        return alias
+
+    kept = _with_data_movement(ref.graph, nodes)
+    skipped = [n for n in kept if n not in own]
+    for name in kept:
+        if name in own:
+            wanted = [
+                float_initializer(t) if t in ref_inits else float_activation(t) if t else t
+                for t in ref_nodes[name].input
+            ]
+            del own[name].input[:]
+            own[name].input.extend(wanted)
+    _float_graph_outputs(graph, {own[n].name for n in kept if n in own})
+    _prune_qdq(graph)
+    _topological_sort(graph)
+    onnx.save(model, str(qdq_path))
+    return skipped
+
+
+#: ops that only move, pick or resample values: a node kept in fp32 that reads one of them reads
+#: quantised values unless the op is kept too (ONNX Runtime's QDQ propagation also moves
+#: DequantizeLinear forward across several of them, onto the kept node's input)
+DATA_MOVEMENT_OPS = frozenset(
+    {
+        "Concat",
+        "DepthToSpace",
+        "Expand",
+        "Flatten",
+        "Gather",
+        "Identity",
+        "MaxPool",
+        "Pad",
+        "Reshape",
+        "Resize",
+        "Slice",
+        "SpaceToDepth",
+        "Split",
+        "Squeeze",
+        "Tile",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
+
+
+def _with_data_movement(graph, nodes: Sequence[str]) -> list[str]:
+    """``nodes`` plus, transitively, every :data:`DATA_MOVEMENT_OPS` node of ``graph`` (the fp32
+    graph) that produces an input of one of them, so that the kept nodes read float values of
+    a computing node, not moved copies of dequantised ones. Order: as given, then graph order."""
+    producer = {o: n for n in graph.node for o in n.output}
+    kept = dict.fromkeys(nodes)
+    todo = list(kept)
+    by_name = {n.name: n for n in graph.node}
+    while todo:
+        for t in by_name[todo.pop()].input:
+            p = producer.get(t)
+            if p is not None and p.op_type in DATA_MOVEMENT_OPS and p.name not in kept:
+                kept[p.name] = None
+                todo.append(p.name)
+    return list(kept)
+
+
+def _float_graph_outputs(graph, kept: set[str]) -> None:
+    """A graph output that is DequantizeLinear(QuantizeLinear(T)) with T made by a kept node is
+    written by that node directly (the heatmaps are not rounded to the uint8 grid)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    for out in graph.output:
+        dq = producer.get(out.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        src = producer.get(q.input[0])
+        if src is None or src.name not in kept:
+            continue
+        tensor = q.input[0]
+        graph.node.remove(dq)
+        for n in graph.node:
+            for j, t in enumerate(n.input):
+                if t == tensor:
+                    n.input[j] = out.name
+        for j, t in enumerate(src.output):
+            if t == tensor:
+                src.output[j] = out.name
+
+
+def _topological_sort(graph) -> None:
+    """Order ``graph.node`` so that every node comes after the producers of its inputs (ONNX
+    requires it; the activation copies of :func:`keep_fp32` are appended at the end)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ExportError(f"graph has a cycle or a dangling input at {rest[0].name}")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def _prune_qdq(graph) -> None:
+    """Remove QuantizeLinear / DequantizeLinear nodes whose outputs nobody reads (repeatedly),
+    then initializers nobody reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [
+            n
+            for n in graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and not any(o in read for o in n.output)
+        ]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in read]:
+        graph.initializer.remove(init)
+
+
 def quantize_int8(
     src: Path | str,
     dst: Path | str,
@@ -228,6 +450,7 @@ def quantize_int8(
     method: str = "minmax",
     exclude_nodes: Sequence[str] = (),
     per_channel: bool = True,
+    fp32_out: Path | str | None = None,
 ) -> None:
     """Write ``dst``: the static int8 QDQ graph of the fp32 ONNX graph ``src``.
 
@@ -237,8 +460,12 @@ def quantize_int8(
     Runtime's U8S8 kernels: on this AVX-512 VNNI host HRNet-W32 ran 3.07x fp32 with them and
     1.03x with signed int8 activations, S8S8, in the same run) whose ranges are
     calibrated on ``crops`` ``(N, 3, h, w)`` float32 with ``method`` (``minmax``, ``percentile``:
-    the :data:`PERCENTILE` th percentile of |x|, or ``entropy``). ``exclude_nodes`` stay fp32.
-    Raises :class:`ExportError` for an unknown method or when ONNX Runtime fails.
+    the :data:`PERCENTILE` th percentile of |x|, or ``entropy``). ``exclude_nodes`` (names
+    after :func:`name_nodes`) then compute in fp32 (:func:`keep_fp32`: float inputs and
+    weights). ``fp32_out``: also write there the pre-processed fp32 graph that was quantised
+    (node names as ``exclude_nodes`` uses them; :mod:`export.sensitivity` needs it). Raises
+    :class:`ExportError` for an unknown method, an unknown node name or when ONNX Runtime
+    fails.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -268,9 +495,12 @@ def quantize_int8(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],
-                nodes_to_exclude=list(exclude_nodes),
                 extra_options=extra,
             )
+            if exclude_nodes:
+                keep_fp32(dst, pre, exclude_nodes)
+            if fp32_out is not None:
+                shutil.copyfile(pre, fp32_out)
         except ExportError:
             raise
         except Exception as exc:
@@ -315,6 +545,7 @@ def reduce_precision(
     calibration_source: str = "",
     method: str = "minmax",
     exclude_nodes: Sequence[str] = (),
+    auto_fp32_cap: int | None = None,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> tuple[ModelCard, Agreement]:
     """Write the ``precision`` graph of fp32 ``src`` to ``dst`` and return its card and check.
@@ -324,6 +555,12 @@ def reduce_precision(
     (:func:`check_agreement`, fp32 ``src`` as the reference). The returned card is ``card`` with
     ``precision`` and a :class:`service.cards.QuantizationSpec` (method, ``calibration_source``
     and crop count, excluded nodes, the check's figures, ``min_agreement``).
+
+    ``auto_fp32_cap`` (``--fp32-nodes auto[:K]``): sensitivity-guided mixed precision
+    (:func:`export.sensitivity.search_fp32_nodes`): after ``exclude_nodes``, the nodes reading
+    the worst-quantised activations are kept in fp32, more and more (8, 16, 32, ... up to the
+    cap), until the agreement reaches ``min_agreement``; the card lists every fp32 node and
+    ``check`` adds ``fp32_nodes`` (how many the search kept).
 
     Raises :class:`PrecisionRefused` (``dst`` removed) when the keypoint agreement is below
     ``min_agreement``; :class:`ExportError` for a precision other than ``int8``, a card that is
@@ -335,8 +572,35 @@ def reduce_precision(
         raise ExportError(
             f"--precision int8 needs a top-down pose model; {card.name!r} is a {card.task} model"
         )
-    quantize_int8(src, dst, crops, method=method, exclude_nodes=exclude_nodes)
-    agreement = check_agreement(run_onnx(src, crops), run_onnx(dst, crops), card)
+    reference = run_onnx(src, crops)
+    kept = list(exclude_nodes)
+    with tempfile.TemporaryDirectory(prefix="hrnet-quant-") as tmp:
+        pre = Path(tmp) / "fp32.onnx"
+        quantize_int8(src, dst, crops, method=method, exclude_nodes=kept, fp32_out=pre)
+        if auto_fp32_cap is None:
+            agreement = check_agreement(reference, run_onnx(dst, crops), card)
+        else:
+            from .sensitivity import search_fp32_nodes
+
+            steps = search_fp32_nodes(
+                pre,
+                dst,
+                crops,
+                card,
+                threshold=min_agreement,
+                cap=auto_fp32_cap,
+                reference=reference,
+            )
+            for step in steps:
+                log.info(
+                    "%d more nodes in fp32: keypoint agreement %.4f",
+                    step.k,
+                    step.agreement.mean_oks,
+                )
+            if steps[-1].k:
+                keep_fp32(dst, pre, steps[-1].nodes)
+            kept += steps[-1].nodes
+            agreement = steps[-1].agreement
     figures = (
         f"keypoint agreement (mean OKS vs fp32) {agreement.mean_oks:.4f}, heatmap argmax "
         f"agreement {agreement.argmax_agreement:.4f}, max |heatmap diff| "
@@ -354,11 +618,19 @@ def reduce_precision(
         method=(
             f"onnxruntime {_ort_version()} static quantisation, QDQ, int8 weights "
             f"per output channel, uint8 activations calibrated by "
-            f"{method}" + (f" ({PERCENTILE}th percentile)" if method == "percentile" else "")
+            f"{method}"
+            + (f" ({PERCENTILE}th percentile)" if method == "percentile" else "")
+            + (
+                ""
+                if auto_fp32_cap is None
+                else f"; nodes reading the lowest-SQNR activations kept in fp32 (at most "
+                f"{auto_fp32_cap}) until the agreement reached the threshold"
+            )
         ),
-        calibration=f"{len(crops)} person crops from {calibration_source or 'given crops'}",
-        excluded_nodes=list(exclude_nodes),
-        check=agreement.as_dict(),
+        calibration=f"{len(crops)} ground-truth box crops from {calibration_source or 'given crops'}",
+        excluded_nodes=kept,
+        check=agreement.as_dict()
+        | ({} if auto_fp32_cap is None else {"fp32_nodes": float(steps[-1].k)}),
         threshold=min_agreement,
     )
     return card.model_copy(update={"precision": precision, "quantization": spec}), agreement
@@ -379,6 +651,7 @@ __all__ = [
     "PrecisionRefused",
     "calibration_crops",
     "check_agreement",
+    "keep_fp32",
     "name_nodes",
     "quantize_int8",
     "reduce_precision",

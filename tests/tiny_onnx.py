@@ -146,6 +146,43 @@ def write_conv_pose_onnx(path: Path, keypoints: int = 2, seed: int = 0) -> Path:
     return _save(graph, path)
 
 
+def write_depthwise_pose_onnx(path: Path, keypoints: int = 2, seed: int = 0) -> Path:
+    """A Lite-HRNet-like chain for mixed-precision tests: input ``image`` ``(N, 3, 256, 192)``
+    -> 4x4 average pool -> 3x3 convolution to 8 channels + bias -> ReLU -> 3x3 depthwise
+    convolution + bias whose channel ``c`` weights are scaled by ``10 ** (c / 4 - 1)`` (0.1 to
+    ~5.6: per-channel magnitudes that one per-tensor int8 scale serves badly) -> 1x1 convolution
+    -> ``heatmaps`` ``(N, keypoints, 64, 48)``; nodes unnamed (``Conv_3`` is the depthwise one
+    after :func:`export.quantize.name_nodes`), fixed random weights of ``seed``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    gain = (10.0 ** (np.arange(8) / 4 - 1)).reshape(8, 1, 1, 1)
+    arrays = {
+        "w1": rng.normal(0, 0.5, (8, 3, 3, 3)),
+        "b1": rng.normal(0, 0.1, (8,)),
+        "wd": rng.normal(0, 0.3, (8, 1, 3, 3)) * gain,
+        "bd": rng.normal(0, 0.1, (8,)),
+        "w3": rng.normal(0, 0.5, (keypoints, 8, 1, 1)),
+    }
+    inits = [numpy_helper.from_array(a.astype(np.float32), k) for k, a in arrays.items()]
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "AveragePool", ["image"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]
+            ),
+            helper.make_node("Conv", ["pooled", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "wd", "bd"], ["d1"], pads=[1, 1, 1, 1], group=8),
+            helper.make_node("Conv", ["d1", "w3"], ["heatmaps"]),
+        ],
+        "depthwise_pose",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 256, 192])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", keypoints, 64, 48])],
+        initializer=inits,
+    )
+    return _save(graph, path)
+
+
 def write_pointwise_conv_onnx(path: Path, cin: int = 4, cout: int = 3, seed: int = 0) -> Path:
     """One 1x1 convolution with bias, ``x`` ``(N, cin, H, W)`` -> ``y`` ``(N, cout, H, W)``,
     fixed random weights of ``seed`` (a per-pixel matrix product: its int8 error has a closed
