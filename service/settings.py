@@ -50,10 +50,12 @@ class Settings(BaseSettings):
     # beyond it go in further calls, one at least): bounds the backend's activation memory
     seg_max_call_pixels: int = 1024 * 1024 * 2
     # requests doing their heavy work at once per endpoint (the rest wait); /segment holds
-    # full-resolution float32 logits, so one at a time by default. /pose: 16, so that the crops of
-    # that many requests can share batched runs (their queue is bounded by the batch_* settings)
+    # full-resolution float32 logits, so one at a time by default. /pose: 8, enough crops to
+    # keep every batched run busy (2 cores: the same crops/s as 16) while bounding the memory of
+    # requests holding decoded images and float32 crops (200 clients, ~8 boxes a request: peak
+    # RSS 1.50x idle at 8, 1.68x at 16; issue 10)
     seg_max_concurrency: int = 1
-    pose_max_concurrency: int = 16
+    pose_max_concurrency: int = 8
 
     # load shedding (service/shedding.py): a /pose or /segment request whose expected wait (the
     # requests in flight / their recent completion rate) passes shed_deadline_s seconds is

@@ -2,11 +2,12 @@
 
 A top-down model estimates one person per given box, or per box the person detector finds; a
 bottom-up model (HigherHRNet) finds every person itself and takes no boxes. Parameters are
-validated first; then the model's dynamic batcher (when enabled) admits the request or
-refuses it at once (503 ``overloaded`` + ``Retry-After``: queue full or deadline,
-:mod:`service.batching`); decoding, detection, pose estimation and serialisation then run
-under the endpoint's concurrency limit (``settings.pose_max_concurrency``), their CPU work in
-worker threads. Detector boxes are cut to the ``settings.max_boxes`` top-scoring ones.
+validated first (overload was already refused before the body was read,
+:mod:`service.shedding`); under the endpoint's concurrency limit
+(``settings.pose_max_concurrency``) the model's dynamic batcher admits the request or refuses it
+at once (503 ``overloaded`` + ``Retry-After``: queue full or deadline, :mod:`service.batching`);
+decoding, detection, pose estimation and serialisation then run, their CPU work in worker
+threads. Detector boxes are cut to the ``settings.max_boxes`` top-scoring ones.
 """
 
 from __future__ import annotations
@@ -134,8 +135,10 @@ async def pose(
         det_card = repo.get(det_name, task="detection")
     use_flip = card.flip_test if flip_test is None else flip_test
 
-    # admission first: the model's dynamic batcher refuses (503 + Retry-After) before any work
-    async with admission(backend, card.name), endpoint_slot(request, "pose"):
+    # overload was refused before the body was read (service.shedding); then, one of the
+    # endpoint's slots, and the model's dynamic batcher admits the request (or refuses it, 503 +
+    # Retry-After, when its bounded queue is full) before any CPU work
+    async with endpoint_slot(request, "pose"), admission(backend, card.name):
         with timer("decode_image"):
             img = await read_image(image, settings)
         h, w = img.shape[:2]
