@@ -253,6 +253,7 @@ async def _load(
     """``clients`` closed-loop clients for ``duration_s`` (and at most ``max_requests`` in all)."""
     lat: list[float] = []
     overhead: list[float] = []
+    gateway_overhead: list[float] = []
     status: dict[str, int] = {}
     stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
     crops = 0
@@ -292,6 +293,10 @@ async def _load(
                 # JSON), as a share of the latency this client saw
                 inf_s = body["timing_ms"].get("inference", 0.0) / 1e3
                 overhead.append(1.0 - inf_s / lat[-1])
+                # the same inside the gateway's handler (its "total" stage: body read to JSON)
+                total_s = body["timing_ms"].get("total", 0.0) / 1e3
+                if total_s > 0:
+                    gateway_overhead.append(1.0 - inf_s / total_s)
             elif r is not None and r.status_code == 503:
                 wait = float(r.headers.get("retry-after", 1))
                 await asyncio.sleep(max(0.0, min(wait, end - time.perf_counter())))
@@ -317,6 +322,9 @@ async def _load(
         "p99_s": _percentile(lat, 99),
         "stage_ms": {k: statistics.median(v) for k, v in stage_ms.items() if v},
         "overhead": statistics.median(overhead) if overhead else float("nan"),
+        "gateway_overhead": (
+            statistics.median(gateway_overhead) if gateway_overhead else float("nan")
+        ),
         "rss_peak_mb": max(peak),
         "rss_after_mb": rss_mb(pid) if pid else float("nan"),
         "gateway_cpu_s": (cpu_s(pid) if pid else float("nan")) - cpu0,
@@ -413,6 +421,7 @@ def print_table(results: list[dict]) -> None:
         f"{'gateway':>8} {'boxes':>5} {'flip':>5} {'clients':>7} {'reqs':>5} {'200':>5} "
         f"{'503':>5} {'other':>5} {'ok/s':>6} {'crops/s':>7} {'x1cl':>5} {'xbase':>5} "
         f"{'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'prep ms':>7} {'inf ms':>7} {'ovh %':>5} "
+        f"{'g ovh':>5} "
         f"{'rss idle':>8} {'rss peak':>8} {'g cpu':>5} {'c cpu':>5}  batcher (all models)"
     )
     names = list(dict.fromkeys(r["batching"] for r in results))  # the baseline first
@@ -450,6 +459,7 @@ def print_level(r: dict, results: list[dict], baseline: str = "off") -> None:
         f"{r['stage_ms'].get('preprocess', float('nan')):7.1f} "
         f"{r['stage_ms'].get('inference', float('nan')):7.1f} "
         f"{100 * r.get('overhead', float('nan')):5.1f} "
+        f"{100 * r.get('gateway_overhead', float('nan')):5.1f} "
         f"{r['rss_idle_mb']:8.0f} {r['rss_peak_mb']:8.0f} "
         f"{r['gateway_cpu_s'] / r['seconds']:5.2f} {r['client_cpu_s'] / r['seconds']:5.2f}  "
         f"{_batcher_note(r['batcher'])}",
@@ -605,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "(ok/s, crops/s: 200s only; x1cl: crops/s over the same gateway's 1-client level; "
             "xbase: over the first gateway at the same level; p50-p99: latency of the 200s; "
-            "prep/inf: median stage ms; ovh %: median share of the latency outside inference; "
+            "prep/inf: median stage ms; ovh %: median share of the latency outside inference "
+            "(client-observed; g ovh: the same within the gateway's handler); "
             "rss: gateway MiB, idle after warm-up and peak; g/c cpu: "
             "CPU seconds per second of the gateway / of this load generator)"
         )

@@ -111,7 +111,6 @@ class OpenVinoBackend(EmbeddedBackend):
                     f"unknown OpenVINO precision {p!r}: one of {', '.join(PRECISIONS)}"
                 )
         super().__init__(repository, models, concurrent_runs=concurrent_runs, batching=batching)
-        self._ov = ov
         self.core = ov.Core()
         self.device = device
         self.precision = precision

@@ -23,7 +23,7 @@ def test_seg_defaults():
     assert s.seg_max_input_pixels == 2048 * 1024 * 8 and s.seg_max_call_pixels == 1024 * 1024 * 2
     # MMSeg's Cityscapes ms+flip views (ratios up to 1.75 of 2048x1024) stay in whole mode
     assert s.seg_slide_pixels >= 3584 * 1792
-    assert s.seg_max_concurrency == 1 and s.pose_max_concurrency == 16
+    assert s.seg_max_concurrency == 1 and s.pose_max_concurrency == 8
 
 
 def test_whole_is_forced_to_slide_above_slide_pixels(repo):
