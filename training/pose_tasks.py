@@ -117,14 +117,8 @@ class TopdownTask(PoseTask):
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         from .validate import evaluate_model
 
-        return evaluate_model(
-            model,
-            self.card,
-            self.val_ann,
-            self.val_images,
-            flip_test=self.card.flip_test,
-            device=device,
-        )
+        card = self.card
+        return evaluate_model(model, card, self.val_ann, self.val_images, card.flip_test, device)
 
 
 class BottomUpTask(PoseTask):
@@ -190,11 +184,5 @@ class BottomUpTask(PoseTask):
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         from .bottomup_validate import evaluate_bottomup
 
-        return evaluate_bottomup(
-            model,
-            self.card,
-            self.val_ann,
-            self.val_images,
-            flip_test=self.card.flip_test,
-            device=device,
-        )
+        card = self.card
+        return evaluate_bottomup(model, card, self.val_ann, self.val_images, card.flip_test, device)
