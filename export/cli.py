@@ -35,7 +35,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from pydantic import ValidationError
 
@@ -57,6 +57,11 @@ def _parse_hw(text: str) -> tuple[int, int]:
         return parse_hw(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _choices(field: str) -> tuple[str, ...]:
+    """The values :class:`ExportSettings` allows for option ``field`` (its ``Literal``)."""
+    return get_args(ExportSettings.model_fields[field].annotation)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         "--instance-kind",
-        choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
+        choices=_choices("instance_kind"),
         help="Triton instance_group kind (default KIND_GPU)",
     )
     out.add_argument("--instance-count", type=int, help="Triton instances per device (default 1)")
@@ -141,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         "--link",
-        choices=("copy", "hardlink", "symlink"),
+        choices=_choices("link"),
         help="how model.onnx gets into the repository (default copy)",
     )
 
@@ -149,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     exp.add_argument(
         "--exporter",
-        choices=("auto", "dynamo", "legacy"),
+        choices=_choices("exporter"),
         help="torch.onnx path: auto (default: dynamo, falling back to the legacy "
         "TorchScript exporter for batch-only graphs), dynamo, legacy",
     )
@@ -188,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     prec = p.add_argument_group("reduced precision (export.quantize; top-down pose models)")
     prec.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
+        choices=_choices("precision"),
         help="fp32 (default) or int8: ONNX Runtime static QDQ int8, calibrated on "
         "person crops of --calibration; refused (nothing written) when its keypoint "
         "agreement with the fp32 graph on those crops is below --min-agreement. "
@@ -209,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prec.add_argument(
         "--calibration-method",
-        choices=("minmax", "percentile", "entropy"),
+        choices=_choices("calibration_method"),
         help="activation ranges from the crops: minmax (default; memory stays "
         "small), percentile (99.999th of |x|) or entropy; the last two hold every "
         "activation of every crop in memory (HRNet-W32 256x192: ~0.2 GB a crop)",
