@@ -2,8 +2,9 @@
 
 The router validates the request's ``mode`` / ``flip`` / ``scales`` once into a
 :class:`SegOptions` (which checks the mode; the ``scales`` form field is checked as it is
-parsed), plans the views for the decoded image's size with :func:`plan_segmentation` (which raises before any work for a ratio that shrinks the image to nothing or a view above the
-pixel limit), and hands the resulting :class:`SegPlan` to
+parsed), plans the views for the decoded image's size with :func:`plan_segmentation` (which
+raises before any work for a ratio that shrinks the image to nothing or a view above the pixel
+limit), and hands the resulting :class:`SegPlan` to
 :func:`service.pipelines.segmentation.run_segmentation` as is. Sizes follow mmcv's
 ``Resize`` / ``rescale_size`` (MMSeg 1.x test pipeline and ``tta_pipeline``); all sizes are
 ``(w, h)`` pixels unless named ``_hw``.
