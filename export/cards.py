@@ -175,7 +175,7 @@ def bottomup_card(
     notes: str | None = None,
     max_batch_size: int = 4,
     input_name: str = BOTTOMUP_INPUT,
-) -> ModelCard:
+) -> BottomUpCard:
     """Card for a ``bottomup_pose`` registry entry (HigherHRNet).
 
     Input ``input_name`` FP32 ``[3, -1, -1]`` (the resized image; both sides multiples of 64);

@@ -16,8 +16,8 @@ Three modes::
 Every option can also come from the environment: ``HRNET_MODEL_REPOSITORY``,
 ``HRNET_CACHE_DIR`` and ``HRNET_SHARED_DIR`` (shared with the rest of the project), and
 ``HRNET_EXPORT_<OPTION>`` for the others (``HRNET_EXPORT_ARCH``, ``HRNET_EXPORT_CHECKPOINT``,
-``HRNET_EXPORT_MAX_BATCH_SIZE``, ``HRNET_EXPORT_RANDOM_INIT=1``, ...). A command-line flag wins
-over the environment.
+``HRNET_EXPORT_MAX_BATCH_SIZE``, ``HRNET_EXPORT_RANDOM_INIT=1``, ...), read by
+:class:`export.settings.ExportSettings`. A command-line flag wins over the environment.
 
 Exit status: 0 on success, 2 with a one-line ``hrnet-export: error: ...`` message on stderr for a
 usage error, an unknown arch, a missing file, a bad checkpoint, a failed parity check or a
@@ -31,27 +31,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, get_args
+
+from pydantic import ValidationError
 
 from .pipeline import PROG, ExportInputError, export_model, registry_entry
+from .settings import ExportSettings, env_error, parse_hw
 
 if TYPE_CHECKING:
     from service.cards import ModelCard
-
-ENV_PREFIX = "HRNET_EXPORT_"
-#: options whose environment variable is project-wide rather than ``HRNET_EXPORT_*``
-SHARED_ENV = {
-    "model_repository": "HRNET_MODEL_REPOSITORY",
-    "cache_dir": "HRNET_CACHE_DIR",
-    "shared_dir": "HRNET_SHARED_DIR",
-}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 log = logging.getLogger("export.cli")
 
@@ -60,76 +52,60 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def env_name(dest: str) -> str:
-    """Environment variable of option ``dest`` (argparse dest, e.g. ``max_batch_size``)."""
-    return SHARED_ENV.get(dest, ENV_PREFIX + dest.upper())
-
-
 def _parse_hw(text: str) -> tuple[int, int]:
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x512), got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return h, w
+        return parse_hw(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _choices(field: str) -> tuple[str, ...]:
+    """The values :class:`ExportSettings` allows for option ``field`` (its ``Literal``)."""
+    return get_args(ExportSettings.model_fields[field].annotation)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (defaults are filled from the environment by :func:`parse_args`).
-
-    Every option's :class:`argparse.Action` is listed, with whether it repeats (``append``), in
-    the parser's ``env_options`` (what :func:`parse_args` fills from the environment).
-    """
+    """The argument parser: its namespace holds only the options given (no defaults, which
+    :class:`export.settings.ExportSettings` fills from the environment, then its own)."""
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Export HRNet checkpoints to ONNX and write Triton model-repository "
         "entries (config.pbtxt + card.json + 1/model.onnx).",
         epilog="Each option may be set by environment: HRNET_MODEL_REPOSITORY, HRNET_CACHE_DIR, "
-        "HRNET_SHARED_DIR, otherwise HRNET_EXPORT_<OPTION> (e.g. HRNET_EXPORT_ARCH).",
+        "HRNET_SHARED_DIR, otherwise HRNET_EXPORT_<OPTION> (e.g. HRNET_EXPORT_ARCH, "
+        "HRNET_EXPORT_RANDOM_INIT=1, HRNET_EXPORT_ZOO='a,b'); a flag wins over the environment.",
+        argument_default=argparse.SUPPRESS,
     )
-    options: list[tuple[argparse.Action, bool]] = []
-
-    def add(group, *flags: str, **kw) -> None:
-        options.append((group.add_argument(*flags, **kw), kw.get("action") == "append"))
 
     mode = p.add_argument_group("what to register")
-    add(
-        mode,
+    mode.add_argument(
         "--arch",
         help="registry model name (training.registry), e.g. "
         "td-hm_hrnet-w32_8xb64-210e_coco-256x192",
     )
-    add(
-        mode,
+    mode.add_argument(
         "--checkpoint",
         help="checkpoint file or http(s)/file URL (published "
         "MMPose 1.x/0.x, MMSeg or original-HRNet layout; loaded strictly)",
     )
-    add(
-        mode,
+    mode.add_argument(
         "--random-init",
         action="store_true",
-        default=None,
         help="no checkpoint: fixed-seed random weights (tests/demos)",
     )
-    add(mode, "--onnx", help="register this existing ONNX file (needs --card)")
-    add(mode, "--card", help="card.json for --onnx")
-    add(
-        mode,
+    mode.add_argument("--onnx", help="register this existing ONNX file (needs --card)")
+    mode.add_argument("--card", help="card.json for --onnx")
+    mode.add_argument(
         "--shared-models",
         action="store_true",
-        default=None,
         help="register the shared PP-TinyPose and RTMDet-nano ONNX models",
     )
-    add(
-        mode,
+    mode.add_argument(
         "--shared-dir",
         help="shared data folder (default: ../shared beside the "
         "project root of the current directory)",
     )
-    add(
-        mode,
+    mode.add_argument(
         "--zoo",
         action="append",
         metavar="ARCH",
@@ -137,92 +113,79 @@ def build_parser() -> argparse.ArgumentParser:
         "published checkpoint URL, best effort (skipped with a message when torch "
         "is not installed or the URL cannot be reached); repeatable",
     )
-    add(
-        mode,
+    mode.add_argument(
         "--list",
         action="store_true",
-        default=None,
         dest="list_archs",
         help="list the registry model names and exit",
     )
 
     out = p.add_argument_group("where and how")
-    add(
-        out,
+    out.add_argument(
         "--name",
         help="model name in the repository (default: --arch, or the card's name with --onnx)",
     )
-    add(out, "--model-repository", help="Triton model repository folder")
-    add(out, "--cache-dir", help="download cache for checkpoint URLs")
-    add(
-        out,
+    out.add_argument("--model-repository", help="Triton model repository folder")
+    out.add_argument("--cache-dir", help="download cache for checkpoint URLs")
+    out.add_argument(
         "--max-batch-size",
         type=int,
         help="Triton max_batch_size (default 32 for "
         "pose, 8 for segmentation, the card's value with --onnx)",
     )
-    add(
-        out,
+    out.add_argument(
         "--instance-kind",
-        choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
+        choices=_choices("instance_kind"),
         help="Triton instance_group kind (default KIND_GPU)",
     )
-    add(out, "--instance-count", type=int, help="Triton instances per device (default 1)")
-    add(
-        out,
+    out.add_argument("--instance-count", type=int, help="Triton instances per device (default 1)")
+    out.add_argument(
         "--trt",
         action="store_true",
-        default=None,
         help="enable ONNX Runtime's TensorRT execution accelerator in config.pbtxt",
     )
-    add(
-        out,
+    out.add_argument(
         "--triton-backend",
-        choices=("onnxruntime", "openvino", "openvino-bf16"),
+        choices=_choices("triton_backend"),
         help="Triton backend in config.pbtxt: onnxruntime (platform onnxruntime_onnx, default) "
         "or Triton's OpenVINO backend on the same model.onnx (openvino-bf16: its HINT_BF16)",
     )
-    add(
-        out,
+    out.add_argument(
         "--link",
-        choices=("copy", "hardlink", "symlink"),
+        choices=_choices("link"),
         help="how model.onnx gets into the repository (default copy)",
     )
 
     exp = p.add_argument_group("export")
-    add(exp, "--opset", type=int, help="ONNX opset (default 17)")
-    add(
-        exp,
+    exp.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    exp.add_argument(
         "--exporter",
-        choices=("auto", "dynamo", "legacy"),
+        choices=_choices("exporter"),
         help="torch.onnx path: auto (default: dynamo, falling back to the legacy "
         "TorchScript exporter for batch-only graphs), dynamo, legacy",
     )
-    add(exp, "--seed", type=int, help="seed of --random-init weights and parity inputs (default 0)")
-    add(
-        exp,
+    exp.add_argument(
+        "--seed", type=int, help="seed of --random-init weights and parity inputs (default 0)"
+    )
+    exp.add_argument(
         "--no-check",
         action="store_true",
-        default=None,
         help="skip the ONNX Runtime vs PyTorch parity check",
     )
-    add(
-        exp,
+    exp.add_argument(
         "--atol",
         type=float,
         help="parity tolerance, absolute part: passes when "
         "max|onnx - torch| <= atol + rtol * max|torch| (default 1e-4)",
     )
-    add(
-        exp,
+    exp.add_argument(
         "--rtol",
         type=float,
         help="parity tolerance, relative part: times the "
         "largest |output| of PyTorch on that input (default 1e-5; float32 error "
         "grows with the logits' magnitude)",
     )
-    add(
-        exp,
+    exp.add_argument(
         "--check-size",
         action="append",
         type=_parse_hw,
@@ -234,26 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
         "64 as upstream's resize gives",
     )
     prec = p.add_argument_group("reduced precision (export.quantize; top-down pose models)")
-    add(
-        prec,
+    prec.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
+        choices=_choices("precision"),
         help="fp32 (default) or int8: ONNX Runtime static QDQ int8, calibrated on "
         "person crops of --calibration; refused (nothing written) when its keypoint "
         "agreement with the fp32 graph on those crops is below --min-agreement. "
         "With --shared-models the int8 PP-TinyPose is added as "
         "<name>_int8 beside the fp32 entries",
     )
-    add(
-        prec,
+    prec.add_argument(
         "--calibration",
         metavar="DIR",
         help="COCO-style folder (annotation json "
         "under DIR/annotations/ or DIR, images by file_name) whose ground-truth "
         "boxes give the calibration crops, e.g. ../shared/data/coco_mini",
     )
-    add(
-        prec,
+    prec.add_argument(
         "--calibration-ann",
         metavar="FILE",
         help="the COCO-style annotation json of the calibration boxes (e.g. a train "
@@ -261,22 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
         "runs/dlc_data/images); default: the first json in name order under "
         "--calibration DIR/annotations/ or DIR",
     )
-    add(
-        prec,
+    prec.add_argument(
         "--calibration-crops",
         type=int,
         help="at most this many calibration crops (default 128)",
     )
-    add(
-        prec,
+    prec.add_argument(
         "--calibration-method",
-        choices=("minmax", "percentile", "entropy"),
+        choices=_choices("calibration_method"),
         help="activation ranges from the crops: minmax (default; memory stays "
         "small), percentile (99.999th of |x|) or entropy; the last two hold every "
         "activation of every crop in memory (HRNet-W32 256x192: ~0.2 GB a crop)",
     )
-    add(
-        prec,
+    prec.add_argument(
         "--fp32-nodes",
         metavar="NAMES",
         help="comma list of node names left in "
@@ -287,93 +244,29 @@ def build_parser() -> argparse.ArgumentParser:
         "of them, until --min-agreement is reached or K (default 256) are kept "
         "(export.sensitivity)",
     )
-    add(
-        prec,
+    prec.add_argument(
         "--min-agreement",
         type=float,
         help="keypoint agreement (mean OKS of the "
         "reduced graph's keypoints vs the fp32 graph's on the calibration crops, "
         "1 = identical) an int8 entry needs (default 0.95)",
     )
-    add(p, "-v", "--verbose", action="store_true", default=None, help="log progress")
-    p.env_options = options  # type: ignore[attr-defined]
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
 
 
-_DEFAULTS = dict(
-    random_init=False,
-    shared_models=False,
-    list_archs=False,
-    opset=17,
-    exporter="auto",
-    seed=0,
-    no_check=False,
-    atol=1e-4,
-    rtol=1e-5,
-    instance_kind="KIND_GPU",
-    instance_count=1,
-    trt=False,
-    triton_backend="onnxruntime",
-    link="copy",
-    verbose=False,
-    precision="fp32",
-    calibration_crops=128,
-    calibration_method="minmax",
-    min_agreement=0.95,
-)
+def parse_args(argv: Sequence[str] | None = None) -> ExportSettings:
+    """Parse ``argv`` (default ``sys.argv[1:]``): the flags given, over the environment
+    (``os.environ``, see :mod:`export.settings`), over the defaults.
 
-
-def _env_value(action: argparse.Action, raw: str, append: bool = False):
-    """Value of option ``action`` from its environment string ``raw``.
-
-    Flags (``store_true``) take 1/0, true/false, yes/no, on/off. Repeatable (``append``) options
-    take a list separated by commas and/or whitespace (``HRNET_EXPORT_ZOO="a,b"`` or ``"a b"``,
-    ``HRNET_EXPORT_CHECK_SIZE="64x128, 96x80"``) and return a list, as repeated flags would.
-    Others are converted by the option's ``type`` and checked against its ``choices``. Raises
-    :class:`CLIError` naming the variable for a value that does not convert.
+    Raises ``SystemExit(2)`` (argparse) for malformed flags and :class:`CLIError` naming the
+    variable for a malformed environment value.
     """
-    name = env_name(action.dest)
-    if action.nargs == 0:  # store_true flags
-        v = raw.strip().lower()
-        if v in _TRUE:
-            return True
-        if v in _FALSE:
-            return False
-        raise CLIError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
-    parts = raw.replace(",", " ").split() if append else [raw]
-    values = []
-    for part in parts:
-        try:
-            value = action.type(part) if callable(action.type) else part
-        except (ValueError, argparse.ArgumentTypeError) as exc:
-            raise CLIError(f"{name}={raw!r}: {exc}") from None
-        if action.choices and value not in action.choices:
-            raise CLIError(f"{name}={raw!r}: choose from {', '.join(action.choices)}")
-        values.append(value)
-    if append:
-        return values or None
-    return values[0]
-
-
-def parse_args(
-    argv: Sequence[str] | None = None, environ: dict | None = None
-) -> argparse.Namespace:
-    """Parse ``argv``; options not given fall back to the environment, then to the defaults.
-
-    Raises ``SystemExit(2)`` (argparse) for malformed flags and :class:`CLIError` for a malformed
-    environment value.
-    """
-    environ = os.environ if environ is None else environ
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for action, append in parser.env_options:  # type: ignore[attr-defined]
-        if getattr(args, action.dest, None) is None:
-            raw = environ.get(env_name(action.dest))
-            if raw is not None:
-                setattr(args, action.dest, _env_value(action, raw, append))
-        if getattr(args, action.dest, None) is None and action.dest in _DEFAULTS:
-            setattr(args, action.dest, _DEFAULTS[action.dest])
-    return args
+    given = vars(build_parser().parse_args(argv))
+    try:
+        return ExportSettings(**given)
+    except ValidationError as exc:
+        raise CLIError(env_error(exc)) from None
 
 
 def find_project_root(start: Path) -> Path | None:
@@ -391,8 +284,8 @@ def default_shared_dir(cwd: Path | None = None) -> Path:
     return root.parent / "shared"
 
 
-def _config_kw(args: argparse.Namespace) -> dict:
-    kw = dict(
+def _config_kw(args: ExportSettings) -> dict:
+    kw: dict[str, Any] = dict(
         instance_kind=args.instance_kind,
         instance_count=args.instance_count,
         trt_accelerator=bool(args.trt),
@@ -406,7 +299,7 @@ def _config_kw(args: argparse.Namespace) -> dict:
     return kw
 
 
-def _repository(args: argparse.Namespace) -> Path:
+def _repository(args: ExportSettings) -> Path:
     if not args.model_repository:
         raise CLIError(
             "no model repository: give --model-repository DIR (or set HRNET_MODEL_REPOSITORY)"
@@ -414,7 +307,7 @@ def _repository(args: argparse.Namespace) -> Path:
     return Path(args.model_repository)
 
 
-def _run_shared(args: argparse.Namespace) -> int:
+def _run_shared(args: ExportSettings) -> int:
     from .shared_models import register_shared_models
 
     shared = Path(args.shared_dir) if args.shared_dir else default_shared_dir()
@@ -440,7 +333,7 @@ def _run_shared(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
+def _export_zoo_best_effort(args: ExportSettings, arch: str) -> None:
     """Export registry model ``arch`` from its published URL; print why when it cannot be done.
 
     Only a missing torch or a :class:`training.checkpoint.CheckpointError` (unreachable URL,
@@ -461,20 +354,26 @@ def _export_zoo_best_effort(args: argparse.Namespace, arch: str) -> None:
         print(f"skipped {arch}: {exc}")
 
 
-def _check_precision_args(args: argparse.Namespace) -> None:
-    if args.precision == "fp32":
-        return
+def _calibration(args: ExportSettings) -> str:
+    """``--calibration``; raises :class:`CLIError` when it is not set."""
     if not args.calibration:
         raise CLIError(
             f"--precision {args.precision} needs --calibration DIR (person photos "
             "with a COCO-style box annotation json, e.g. ../shared/data/coco_mini)"
         )
+    return args.calibration
+
+
+def _check_precision_args(args: ExportSettings) -> None:
+    if args.precision == "fp32":
+        return
+    _calibration(args)
     if args.calibration_crops < 1:
         raise CLIError(f"--calibration-crops must be >= 1, got {args.calibration_crops}")
     _auto_cap(_fp32_names(args))
 
 
-def _fp32_names(args: argparse.Namespace) -> list[str]:
+def _fp32_names(args: ExportSettings) -> list[str]:
     return [n.strip() for n in (args.fp32_nodes or "").split(",") if n.strip()]
 
 
@@ -502,7 +401,7 @@ def _auto_cap(names: list[str]) -> int | None:
 
 
 def _write_reduced(
-    args: argparse.Namespace, name: str, onnx_path: Path, card
+    args: ExportSettings, name: str, onnx_path: Path, card
 ) -> tuple[Path, ModelCard]:
     """Quantise fp32 ``onnx_path`` to ``args.precision`` (:func:`export.quantize.reduce_precision`
     on ``--calibration`` crops), print the accuracy check and write entry ``name`` (copied).
@@ -513,7 +412,7 @@ def _write_reduced(
 
     names = _fp32_names(args)
     crops = calibration_crops(
-        args.calibration, card, limit=args.calibration_crops, ann_file=args.calibration_ann
+        _calibration(args), card, limit=args.calibration_crops, ann_file=args.calibration_ann
     )
     with tempfile.TemporaryDirectory(prefix="hrnet-quant-") as tmp:
         reduced = Path(tmp) / "model.onnx"
@@ -539,12 +438,11 @@ def _write_reduced(
     return path, card
 
 
-def _run_onnx(args: argparse.Namespace) -> int:
+def _run_onnx(args: ExportSettings, onnx_path: Path) -> int:
     from service.cards import load_card
 
     from .repository import write_entry
 
-    onnx_path = Path(args.onnx)
     if not onnx_path.is_file():
         raise CLIError(f"ONNX file not found: {onnx_path}")
     if not args.card:
@@ -565,7 +463,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_kw(args: argparse.Namespace) -> dict:
+def _export_kw(args: ExportSettings) -> dict:
     """Keywords of :func:`export.pipeline.export_model` from the parsed options."""
     return dict(
         cache_dir=args.cache_dir,
@@ -580,14 +478,14 @@ def _export_kw(args: argparse.Namespace) -> dict:
     )
 
 
-def _run_export(args: argparse.Namespace) -> int:
+def _run_export(args: ExportSettings, arch: str) -> int:
     def write_reduced(name: str, onnx_path: Path, card: ModelCard) -> tuple[Path, ModelCard]:
         return _write_reduced(args, name, onnx_path, card)  # the int8 graph instead of the fp32 one
 
     write = write_reduced if args.precision != "fp32" else None
 
     export_model(
-        args.arch,
+        arch,
         _repository(args),
         name=args.name,
         checkpoint=args.checkpoint,
@@ -598,7 +496,7 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: ExportSettings) -> int:
     if args.list_archs:
         from training.registry import list_entries
 
@@ -614,17 +512,18 @@ def _run(args: argparse.Namespace) -> int:
         )
         if on
     ]
-    if len(modes) != 1:
-        raise CLIError(
-            "choose exactly one of --arch (export a checkpoint), --onnx (register an "
-            "ONNX file) or --shared-models" + (f"; got {' and '.join(modes)}" if modes else "")
-        )
-    _check_precision_args(args)
-    if args.shared_models:
-        return _run_shared(args)
-    if args.onnx:
-        return _run_onnx(args)
-    return _run_export(args)
+    if len(modes) == 1:
+        _check_precision_args(args)
+        if args.shared_models:
+            return _run_shared(args)
+        if args.onnx:
+            return _run_onnx(args, Path(args.onnx))
+        if args.arch:
+            return _run_export(args, args.arch)
+    raise CLIError(
+        "choose exactly one of --arch (export a checkpoint), --onnx (register an "
+        "ONNX file) or --shared-models" + (f"; got {' and '.join(modes)}" if modes else "")
+    )
 
 
 def _reported_errors() -> tuple[type[BaseException], ...]:

@@ -25,7 +25,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from benchmarks.eval_data import DataError, load_json
 from service.cards import Normalization
@@ -39,7 +38,7 @@ from .bottomup_transforms import (
     random_flip,
     warp_sample,
 )
-from .data import sample_rng
+from .data import EpochDataset, sample_rng
 
 __all__ = [
     "BottomUpRecord",
@@ -156,7 +155,7 @@ def stage_sizes(input_size: int, num_stages: int = 2) -> tuple[int, ...]:
     return tuple(input_size // 4 * 2**s for s in range(num_stages))
 
 
-class BottomUpDataset(Dataset):
+class BottomUpDataset(EpochDataset):
     """Training samples of a bottom-up (HigherHRNet) model.
 
     ``dataset[i]`` -> ``dict(inputs=(3, S, S) float32 normalised, heatmaps=[(K, H_s, W_s)
@@ -190,17 +189,12 @@ class BottomUpDataset(Dataset):
         self.flip_indices = tuple(int(i) for i in flip_indices)
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
         if tuple(s[0] for s in targets.heatmap_sizes) != stage_sizes(
             self.input_size, len(targets.heatmap_sizes)
         ):
             raise ValueError(
                 f"heatmap sizes {targets.heatmap_sizes} do not fit input size {self.input_size}"
             )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random draws :meth:`__getitem__` makes."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -11,6 +11,7 @@ that decodes at serving time), then the gateway's input normalisation
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,23 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(index)]))
 
 
-class TopdownDataset(Dataset):
+class EpochDataset(Dataset, ABC):
+    """A training set whose random draws depend on the epoch (:func:`sample_rng` with the
+    sample's ``(seed, epoch, index)``): ``len(dataset)`` samples; :meth:`set_epoch` picks the
+    epoch (0 until called)."""
+
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws :meth:`__getitem__` makes."""
+        self.epoch = int(epoch)
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of samples."""
+
+
+class TopdownDataset(EpochDataset):
     """Training (or fixed-crop) samples for a top-down heatmap model.
 
     ``dataset[i]`` -> ``dict(inputs=(3, h, w) float32 normalised RGB, heatmaps=(K, H, W)
@@ -168,12 +185,7 @@ class TopdownDataset(Dataset):
         self.padding = padding
         self.use_udp = use_udp
         self.seed = seed
-        self.epoch = 0
         self._cache: dict[Path, np.ndarray] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random draws :meth:`__getitem__` makes."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.records)

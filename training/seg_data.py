@@ -22,12 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from service.cards import Normalization
 from service.pipelines.common import to_input_tensor
 
-from .data import sample_rng
+from .data import EpochDataset, sample_rng
 from .seg_transforms import SegAugmentConfig, apply_seg_pipeline, pad_to
 
 __all__ = ["SegSplit", "SegDataLayout", "list_pairs", "read_label", "SegDataset"]
@@ -114,7 +113,7 @@ def read_label(path: str | Path, reduce_zero_label: bool = False) -> np.ndarray:
     return label
 
 
-class SegDataset(Dataset):
+class SegDataset(EpochDataset):
     """Training samples of a segmentation model.
 
     ``dataset[i]`` -> ``dict(inputs=(3, h, w) float32 normalised RGB, labels=(h, w) int64)``
@@ -147,11 +146,6 @@ class SegDataset(Dataset):
         self.augment = augment
         self.reduce_zero_label = reduce_zero_label
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random draws :meth:`__getitem__` makes."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -1,16 +1,11 @@
 """``hrnet-train``'s loop for top-down heatmap, bottom-up (HigherHRNet) and segmentation models:
 data, DDP, AMP, schedule, checkpoints, validation, logs.
 
-The task decides the data (:class:`training.data.TopdownDataset` /
-:class:`training.bottomup_data.BottomUpDataset` / :class:`~training.seg_data.SegDataset`), the
-loss (:class:`KeypointMSELoss` / :class:`training.ae_loss.BottomUpLoss` /
-:class:`~training.seg_losses.SegCrossEntropyLoss`), the validation (:mod:`training.validate` /
-:mod:`training.bottomup_validate` / :mod:`training.seg_validate`) and the checkpoint layout
-(MMPose 1.x / MMPose 0.x, the only upstream with HigherHRNet / MMSeg); everything else is shared.
-
-Segmentation recipes (:class:`~training.seg_recipes.SegTrainRecipe`) train with SGD + poly LR by
-iteration (:func:`~training.optim.build_sgd`, :class:`~training.optim.PolyFactor`); their
-validation and checkpoint intervals are iterations, rounded up to whole epochs of the data.
+The task (:class:`~training.task_base.TrainTask`, chosen by :func:`training.tasks.build_task`:
+:class:`~training.pose_tasks.TopdownTask`, :class:`~training.pose_tasks.BottomUpTask`,
+:class:`~training.seg_task.SegmentationTask`) decides the data, the loss, the optimiser and LR
+schedule, the validation, the recipe's length and intervals and the checkpoint layout and names;
+everything else here is shared and task-agnostic.
 
 One process, or one per rank under ``torchrun`` (``WORLD_SIZE`` set): DistributedDataParallel
 over gloo (CPU) or NCCL (CUDA), optional SyncBatchNorm (CUDA only: PyTorch's SyncBatchNorm
@@ -24,10 +19,11 @@ split over ranks like ``DistributedSampler``; each sample's augmentation draws c
 and resumed (model, optimiser, scheduler, scaler and torch RNG restored; the epoch's first
 batches skipped) continues exactly as the uninterrupted run (bit-exact on CPU).
 
-Checkpoints (atomic: temp file + rename) use the MMPose 1.x layout ``{"meta", "state_dict":
-{"backbone.*", "head.*"}}`` so ``hrnet-export --checkpoint`` and MMPose read them as they are,
-plus ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch`` and ``iter`` for ``--resume``.
-Bottom-up checkpoints use the MMPose 0.x layout ``{"backbone.*", "keypoint_head.*"}``.
+Checkpoints (atomic: temp file + rename) hold ``{"meta", "state_dict"}`` in the task's upstream
+layout (top-down: MMPose 1.x ``{"backbone.*", "head.*"}``; bottom-up: MMPose 0.x
+``{"backbone.*", "keypoint_head.*"}``; segmentation: MMSeg's) so ``hrnet-export --checkpoint``
+and the upstream read them as they are, plus ``optimizer``, ``scheduler``, ``scaler``, ``rng``,
+``epoch`` and ``iter`` for ``--resume``.
 """
 
 from __future__ import annotations
@@ -49,21 +45,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from export.cards import bottomup_card, pose_card, seg_card
-from service.codecs import build_codec
-from service.codecs.associative_embedding_targets import AssociativeEmbeddingTargets
-
 from . import checkpoint as ckpt
-from .ae_loss import BottomUpLoss
-from .bottomup_data import BottomUpDataset, load_bottomup_records, stage_sizes
-from .data import TopdownDataset, load_sources
-from .losses import KeypointMSELoss
 from .models import build_model
-from .optim import PolyFactor, WarmupMultiStep, build_optimizer, build_sgd, scaled_lr
-from .recipes import DataSource, TrainRecipe
-from .seg_data import SegDataset, list_pairs
-from .seg_losses import SegCrossEntropyLoss
+from .recipes import TrainRecipe
 from .seg_recipes import SegTrainRecipe
+from .seg_task import SegmentationTask
+from .task_base import TrainTask
+from .tasks import build_task
 
 __all__ = ["TrainOptions", "ShardedShuffle", "Trainer", "train_step"]
 
@@ -205,46 +193,14 @@ class Trainer:
         if self.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
 
-        root = Path(opts.data_root)
-        self.segmentation = self.entry.task == "segmentation"
-        self.bottomup = self.entry.task == "bottomup_pose"
-        self.target_keys: tuple[str, ...] = ("heatmaps", "weights")
-        self.layout = "mmpose0" if self.bottomup else "mmpose1"
-        if self.segmentation:
-            self._setup_segmentation(root)
-        elif self.bottomup:
-            data = recipe.data
-            train_ann = root / data.train_ann
-            if not train_ann.is_file():
-                raise FileNotFoundError(f"training annotations not found: {train_ann}")
-            self._build_bottomup_data(train_ann, root / data.train_images)
-        else:
-            self.card = pose_card(self.entry, self.entry.name)
-            self.codec = build_codec(self.card.codec)
-            data = recipe.data
-            sources = data.sources or (
-                DataSource(data.train_ann, data.train_images, self.entry.dataset),
+        self.task: TrainTask = build_task(recipe, Path(opts.data_root), opts.augment, opts.seed)
+        self.card, self.dataset = self.task.card, self.task.dataset
+        self.validate = self.task.has_validation
+        if not self.validate and self.is_main:
+            warnings.warn(
+                f"no validation split ({self.task.validation_source} missing): validation skipped",
+                stacklevel=2,
             )
-            records = load_sources(root, sources, self.entry.num_outputs)
-            self.dataset = TopdownDataset(
-                records,
-                self.codec,
-                self.card.normalization,
-                self.card.flip_indices,
-                augment=recipe.augment if opts.augment else None,
-                padding=recipe.bbox_padding,
-                use_udp=self.entry.use_udp,
-                seed=opts.seed,
-            )
-        if not self.segmentation:
-            self.val_ann = root / data.val_ann
-            self.val_images = root / data.val_images
-            self.validate = self.val_ann.is_file()
-            if not self.validate and self.is_main:
-                warnings.warn(
-                    f"no validation split ({self.val_ann} missing): validation skipped",
-                    stacklevel=2,
-                )
 
         self.batch_size = opts.batch_size or recipe.batch_size
         self.sampler = ShardedShuffle(
@@ -253,23 +209,10 @@ class Trainer:
         self.iters_per_epoch = math.ceil(
             math.ceil(len(self.dataset) / self.world) / self.batch_size
         )
-        recipe_iters = recipe.max_iters if self.segmentation else None  # MMSeg: by iteration
-        if opts.max_iters is not None or (recipe_iters and opts.max_epochs is None):
-            self.max_iters = int(opts.max_iters if opts.max_iters is not None else recipe_iters)
-            self.max_epochs = math.ceil(self.max_iters / self.iters_per_epoch)
-        else:
-            self.max_epochs = int(opts.max_epochs or recipe.max_epochs)
-            self.max_iters = self.max_epochs * self.iters_per_epoch
-        if self.segmentation:  # recipe intervals in iterations -> whole epochs of this data
-            self.val_interval = opts.val_interval or math.ceil(
-                recipe.val_interval / self.iters_per_epoch
-            )
-            self.ckpt_interval = opts.checkpoint_interval or math.ceil(
-                recipe.checkpoint_interval / self.iters_per_epoch
-            )
-        else:
-            self.val_interval = opts.val_interval or recipe.val_interval
-            self.ckpt_interval = opts.checkpoint_interval or recipe.checkpoint_interval
+        self.max_epochs, self.max_iters = self._length()
+        val_interval, ckpt_interval = self.task.intervals(self.iters_per_epoch)
+        self.val_interval = opts.val_interval or val_interval
+        self.ckpt_interval = opts.checkpoint_interval or ckpt_interval
 
         torch.manual_seed(opts.seed)
         model = build_model(
@@ -285,31 +228,11 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.model = model
-        if self.segmentation:
-            self.loss_fn: nn.Module = SegCrossEntropyLoss(
-                recipe.ignore_index,
-                recipe.avg_non_ignore,
-                align_corners=bool(self.entry.align_corners),
-            )
-            self.lr = float(recipe.lr)  # MMSeg configs: no auto_scale_lr
-            self.optimizer = build_sgd(
-                model.parameters(), self.lr, recipe.momentum, recipe.weight_decay
-            )
-            self.lr_factor = PolyFactor(self.lr, self.max_iters, recipe.eta_min, recipe.power)
-        else:
-            self.loss_fn = (
-                self._bottomup_loss() if self.bottomup else KeypointMSELoss(use_target_weight=True)
-            )
-            self.lr = scaled_lr(recipe.lr, self.batch_size * self.world, recipe.base_batch_size)
-            self.optimizer = build_optimizer(model.parameters(), self.lr, recipe.weight_decay)
-            self.lr_factor = WarmupMultiStep(
-                self.iters_per_epoch,
-                recipe.warmup_iters,
-                recipe.warmup_factor,
-                recipe.milestones,
-                recipe.gamma,
-                style=recipe.warmup_style,
-            )
+        self.loss_fn = self.task.loss()
+        optim = self.task.optimisation(
+            model.parameters(), self.batch_size * self.world, self.max_iters, self.iters_per_epoch
+        )
+        self.lr, self.optimizer, self.lr_factor = optim.lr, optim.optimizer, optim.lr_factor
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
         self.iter = 0
@@ -318,77 +241,23 @@ class Trainer:
         if opts.resume:
             self._resume()
 
-    def _setup_segmentation(self, root: Path) -> None:
-        """Card, training set and validation pairs of a segmentation recipe (MMSeg layout,
-        :mod:`training.seg_data`); validation is skipped with a warning when the recipe's
-        validation folder is missing."""
-        recipe, opts = self.recipe, self.opts
-        self.card = seg_card(self.entry, self.entry.name)
-        self.target_keys = ("labels",)
-        self.layout = "mmseg"
-        layout = recipe.data
-        pairs = [p for split in layout.train for p in list_pairs(root, split)]
-        if not pairs:
-            raise FileNotFoundError(f"no training images under {root} for {recipe.model}")
-        self.dataset = SegDataset(
-            pairs,
-            self.card.normalization,
-            recipe.train_scale,
-            recipe.train_crop,
-            recipe.augment if opts.augment else None,
-            layout.reduce_zero_label,
-            seed=opts.seed,
-        )
-        self.val_pairs: list = []
-        if layout.val is not None and (root / layout.val.img_dir).is_dir():
-            self.val_pairs = list_pairs(root, layout.val)
-        self.validate = bool(self.val_pairs)
-        if not self.validate and self.is_main:
-            where = root / layout.val.img_dir if layout.val is not None else root
-            warnings.warn(
-                f"no validation split ({where} missing): validation skipped", stacklevel=3
-            )
+    def _length(self) -> tuple[int, int]:
+        """``(max_epochs, max_iters)``: ``--max-iters``, else ``--max-epochs``, else the recipe's
+        length (iterations for segmentation, as MMSeg; epochs for pose)."""
+        iters = self.opts.max_iters
+        if iters is None and self.opts.max_epochs is None:
+            iters = self.task.recipe_iters or None
+        if iters is not None:
+            return math.ceil(iters / self.iters_per_epoch), int(iters)
+        epochs = self.opts.max_epochs or self.task.recipe_epochs
+        if epochs is None:
+            raise ValueError(f"{self.entry.name}: give --max-iters or --max-epochs")
+        return int(epochs), int(epochs) * self.iters_per_epoch
 
-    # ------------------------------------------------------------------ bottom-up
-    def _build_bottomup_data(self, train_ann: Path, train_images: Path) -> None:
-        """Card (its short side set to the training input size), targets and dataset of a
-        bottom-up recipe."""
-        cfg = self.recipe.bottomup
-        card = bottomup_card(self.entry, self.entry.name)
-        size = int(cfg.input_size or card.bottomup.input_size)
-        self.card = card.model_copy(
-            update={"bottomup": card.bottomup.model_copy(update={"input_size": size})}
-        )
-        sizes = stage_sizes(size, len(self.card.bottomup.with_ae))
-        self.targets = AssociativeEmbeddingTargets(
-            tuple((s, s) for s in sizes),
-            sigma=cfg.sigma,
-            max_num_people=cfg.max_num_people,
-            tag_per_joint=self.card.bottomup.tag_per_joint,
-        )
-        records = load_bottomup_records(train_ann, train_images, self.entry.num_outputs)
-        self.dataset = BottomUpDataset(
-            records,
-            size,
-            self.targets,
-            self.card.normalization,
-            self.card.flip_indices,
-            augment=cfg.augment if self.opts.augment else None,
-            seed=self.opts.seed,
-        )
-
-    def _bottomup_loss(self) -> BottomUpLoss:
-        cfg, spec = self.recipe.bottomup, self.card.bottomup
-        return BottomUpLoss(
-            spec.num_joints,
-            with_heatmaps_loss=spec.with_heatmaps,
-            heatmaps_loss_factor=cfg.heatmaps_loss_factor,
-            with_ae_loss=spec.with_ae,
-            push_loss_factor=cfg.push_loss_factor,
-            pull_loss_factor=cfg.pull_loss_factor,
-            ae_loss_type=cfg.ae_loss_type,
-            supervise_empty=cfg.supervise_empty,
-        )
+    @property
+    def val_pairs(self) -> list[tuple[Path, Path]]:
+        """The (image, label) validation pairs of a segmentation run; [] for pose."""
+        return self.task.val_pairs if isinstance(self.task, SegmentationTask) else []
 
     # ------------------------------------------------------------------ checkpoints
     def _meta(self, epoch: int) -> dict[str, Any]:
@@ -410,7 +279,7 @@ class Trainer:
         model = _unwrap(self.model)
         state = {
             k: v.detach().cpu().clone()
-            for k, v in ckpt.to_layout(model.state_dict(), self.layout).items()
+            for k, v in ckpt.to_layout(model.state_dict(), self.task.layout).items()
         }
         obj = {
             "meta": self._meta(epoch),
@@ -443,30 +312,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def _validate(self, epoch: int) -> dict[str, Any] | None:
-        if self.segmentation:
-            from .seg_validate import evaluate_seg_model
-
-            metrics = evaluate_seg_model(
-                _unwrap(self.model),
-                self.card,
-                self.val_pairs,
-                self.recipe.data.reduce_zero_label,
-                self.device,
-            )
-        else:
-            if self.bottomup:
-                from .bottomup_validate import evaluate_bottomup as evaluate
-            else:
-                from .validate import evaluate_model as evaluate
-
-            metrics = evaluate(
-                _unwrap(self.model),
-                self.card,
-                self.val_ann,
-                self.val_images,
-                flip_test=self.card.flip_test,
-                device=self.device,
-            )
+        metrics = self.task.evaluate(_unwrap(self.model), self.device)
         key = self.recipe.best_metric
         value = metrics.get(key)
         if value is not None:
@@ -476,11 +322,7 @@ class Trainer:
                 else value < self.best["value"]
             )
             if better:
-                name = (
-                    f"best_{key}_iter_{self.iter}.pth"
-                    if self.segmentation  # MMEngine's
-                    else f"best_{key.replace('@', '')}_epoch_{epoch}.pth"
-                )
+                name = self.task.best_name(key, epoch, self.iter)
                 if self.best is not None:
                     (self.work_dir / self.best["file"]).unlink(missing_ok=True)
                 self.best = {"metric": key, "value": float(value), "epoch": epoch, "file": name}
@@ -543,7 +385,7 @@ class Trainer:
                         self.scaler,
                         self.opts.amp,
                         self.device,
-                        self.target_keys,
+                        self.task.target_keys,
                     )
                     self.scheduler.step()
                     self.iter += 1
@@ -586,11 +428,8 @@ class Trainer:
                         metrics = self._validate(done_epoch)
                         self._log_val(done_epoch, metrics)
                     if done_epoch % self.ckpt_interval == 0 or last:
-                        name = (
-                            f"epoch_{done_epoch}.pth"
-                            if self.iter % self.iters_per_epoch == 0 and not self.segmentation
-                            else f"iter_{self.iter}.pth"
-                        )
+                        whole = self.iter % self.iters_per_epoch == 0
+                        name = self.task.checkpoint_name(done_epoch, self.iter, whole)
                         self.save(name, done_epoch)
                 if self.world > 1:
                     dist.barrier()

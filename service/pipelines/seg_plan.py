@@ -1,9 +1,10 @@
 """What a segmentation request runs: validated options and the views planned from them.
 
 The router validates the request's ``mode`` / ``flip`` / ``scales`` once into a
-:class:`SegOptions`, plans the views for the decoded image's size with :func:`plan_segmentation`
-(which raises before any work for a ratio that shrinks the image to nothing or a view above the
-pixel limit), and hands the resulting :class:`SegPlan` to
+:class:`SegOptions` (which checks the mode; the ``scales`` form field is checked as it is
+parsed), plans the views for the decoded image's size with :func:`plan_segmentation` (which
+raises before any work for a ratio that shrinks the image to nothing or a view above the pixel
+limit), and hands the resulting :class:`SegPlan` to
 :func:`service.pipelines.segmentation.run_segmentation` as is. Sizes follow mmcv's
 ``Resize`` / ``rescale_size`` (MMSeg 1.x test pipeline and ``tta_pipeline``); all sizes are
 ``(w, h)`` pixels unless named ``_hw``.
@@ -98,15 +99,25 @@ def plan_augmentations(
     input exceeds ``slide_pixels`` pixels is switched to ``slide`` **even when ``whole`` was asked
     for** (memory bound: whole inference holds ``C x h x w`` float32 logits of the full input and
     the backbone's activations for it; MMSeg would run it whole). Raises ValueError for an unknown
-    mode, and :class:`InputTooLarge` (a ValueError) for a view above ``max_input_pixels``
-    network-input pixels.
+    mode (:class:`SegOptions`), and :class:`InputTooLarge` (a ValueError) for a view above
+    ``max_input_pixels`` network-input pixels.
     """
-    if mode is not None and mode not in MODES:
-        raise ValueError(f"unknown mode '{mode}'; expected one of {', '.join(MODES)}")
+    options = SegOptions(mode, flip, None if scales is None else tuple(scales))
+    return _views(size_wh, spec, options, slide_pixels, max_input_pixels)
+
+
+def _views(
+    size_wh: tuple[int, int],
+    spec: SegTestPipeline,
+    options: SegOptions,
+    slide_pixels: int | None,
+    max_input_pixels: int | None,
+) -> list[Augmentation]:
+    """:func:`plan_augmentations` of already validated ``options``."""
     sizes = (
         [network_input_size(size_wh, spec)]
-        if scales is None
-        else [tta_resize_size(size_wh, r) for r in scales]
+        if options.ratios is None
+        else [tta_resize_size(size_wh, r) for r in options.ratios]
     )
     views = []
     for w, h in sizes:
@@ -115,10 +126,10 @@ def plan_augmentations(
                 f"the network input would be {w}x{h} = {w * h} pixels; the limit "
                 f"is {max_input_pixels} (use a smaller image or smaller scales)"
             )
-        m = mode or spec.mode
+        m = options.mode or spec.mode
         if m == "whole" and slide_pixels is not None and w * h > slide_pixels:
             m = "slide"
-        for f in (False, True) if flip else (False,):
+        for f in (False, True) if options.flip else (False,):
             views.append(Augmentation((int(w), int(h)), f, m))
     return views
 
@@ -126,12 +137,18 @@ def plan_augmentations(
 @dataclass(frozen=True)
 class SegOptions:
     """A request's test-time choices, validated: ``mode`` (one of :data:`MODES`, None: the
-    card's), ``flip`` (add mirrored views), ``ratios`` (TTA ratios of the original image, None:
-    the card's test resize). Build it with :meth:`parse` unless the values are already checked."""
+    card's; checked here, the one place: ValueError naming it otherwise), ``flip`` (add mirrored
+    views), ``ratios`` (TTA ratios of the original image, None: the card's test resize). Build it
+    with :meth:`parse` unless the ratios are already checked (e.g. by
+    :func:`service.forms.parse_scales_field`)."""
 
     mode: str | None = None
     flip: bool = False
     ratios: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"unknown mode '{self.mode}'; expected one of {', '.join(MODES)}")
 
     @classmethod
     def parse(
@@ -142,8 +159,6 @@ class SegOptions:
     ) -> SegOptions:
         """Validate raw values: ``mode`` must be in :data:`MODES` or None; ``scales`` as
         :func:`parse_scales`. Raises ValueError naming the bad value."""
-        if mode is not None and mode not in MODES:
-            raise ValueError(f"unknown mode '{mode}'; expected one of {', '.join(MODES)}")
         return cls(mode=mode, flip=bool(flip), ratios=parse_scales(scales))
 
 
@@ -174,19 +189,11 @@ def plan_segmentation(
 
     Views as :func:`plan_augmentations` with the options' mode, flip and ratios (``slide_pixels``:
     whole views above it run as slide; ``max_input_pixels``: the largest network input allowed).
-    Raises ValueError (a ratio that shrinks the image to nothing, an unknown mode) and
-    :class:`InputTooLarge` (a ValueError) for a view above ``max_input_pixels``.
+    Raises ValueError (a ratio that shrinks the image to nothing) and :class:`InputTooLarge` (a
+    ValueError) for a view above ``max_input_pixels``.
     """
     spec = card.test_pipeline or SegTestPipeline()
-    views = plan_augmentations(
-        size_wh,
-        spec,
-        mode=options.mode,
-        flip=options.flip,
-        scales=options.ratios,
-        slide_pixels=slide_pixels,
-        max_input_pixels=max_input_pixels,
-    )
+    views = _views(size_wh, spec, options, slide_pixels, max_input_pixels)
     crop, stride = slide_geometry(card.test_pipeline)
     return SegPlan(
         size_wh=(int(size_wh[0]), int(size_wh[1])), views=tuple(views), crop=crop, stride=stride

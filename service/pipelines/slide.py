@@ -9,6 +9,8 @@ exclusive.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from ..cards import SegTestPipeline
@@ -30,10 +32,24 @@ def slide_windows(
     starts at ``idx * stride``, ends at ``min(start + crop, H)`` and is then moved back to start at
     ``max(end - crop, 0)``, so every window has size ``min(crop, image)``.
     Returns ``(M, 4)`` int64 rows ``[x1, y1, x2, y2]`` (end exclusive), row-major (top row first),
-    the order MMSeg visits them. Raises ValueError for non-positive sizes.
+    the order MMSeg visits them: a new array each call, from the geometry cached per
+    ``(height, width, crop, stride)`` (:func:`window_grid`). Raises ValueError for non-positive
+    sizes.
     """
-    ch, cw = int(crop[0]), int(crop[1])
-    sh, sw = int(stride[0]), int(stride[1])
+    grid = window_grid(
+        int(height), int(width), (int(crop[0]), int(crop[1])), (int(stride[0]), int(stride[1]))
+    )
+    return np.array(grid, dtype=np.int64)
+
+
+@lru_cache(maxsize=256)
+def window_grid(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> tuple[tuple[int, int, int, int], ...]:
+    """:func:`slide_windows` as immutable ``(x1, y1, x2, y2)`` tuples; a pure function of its
+    (int) arguments, cached (the last 256 geometries). Raises ValueError for non-positive sizes."""
+    ch, cw = crop
+    sh, sw = stride
     if min(height, width, ch, cw, sh, sw) <= 0:
         raise ValueError(
             f"sizes must be positive: image {height}x{width}, crop {crop}, stride {stride}"
@@ -48,7 +64,8 @@ def slide_windows(
     x1, x2 = axis(width, cw, sw)
     gy = np.repeat(np.arange(len(y1)), len(x1))
     gx = np.tile(np.arange(len(x1)), len(y1))
-    return np.stack([x1[gx], y1[gy], x2[gx], y2[gy]], axis=1)
+    rows = np.stack([x1[gx], y1[gy], x2[gx], y2[gy]], axis=1).tolist()
+    return tuple((a, b, c, d) for a, b, c, d in rows)
 
 
 def window_counts(height: int, width: int, windows: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from ..forms import parse_scales_field
 from ..limits import endpoint_slot
 from ..observability import note, request_timer
 from ..pipelines.common import StageTimer
-from ..pipelines.seg_plan import MODES, SCALE_PRESETS, InputTooLarge, SegOptions, plan_segmentation
+from ..pipelines.seg_plan import SCALE_PRESETS, InputTooLarge, SegOptions, plan_segmentation
 from ..pipelines.segmentation import run_segmentation
 from ..rendering import encode_label_png, overlay, pixel_counts
 from ..schemas import INFERENCE_ERRORS, SegmentResponse
@@ -120,13 +120,10 @@ async def segment(
 
     if mode is not None and mode.strip() == "":
         mode = None
-    if mode is not None and mode not in MODES:
-        raise InvalidParameter(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    try:
-        ratios = parse_scales_field(scales, SCALE_PRESETS)
+    try:  # the scales field is checked as it is parsed, the mode by SegOptions
+        options = SegOptions(mode, bool(flip), parse_scales_field(scales, SCALE_PRESETS))
     except ValueError as exc:
         raise InvalidParameter(str(exc)) from None
-    options = SegOptions(mode=mode, flip=bool(flip), ratios=ratios)
 
     async with endpoint_slot(request, "segment"):
         with timer("decode_image"):

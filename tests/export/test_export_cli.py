@@ -267,25 +267,29 @@ def test_missing_repository_and_bad_env_value(shared, clean_env, monkeypatch, ca
     assert "HRNET_EXPORT_NO_CHECK" in capsys.readouterr().err
 
 
-def test_append_options_and_tolerances_from_environment(clean_env):
+def test_append_options_and_tolerances_from_environment(clean_env, monkeypatch):
     """Repeatable options take comma/whitespace lists from the environment (not characters)."""
     from export.cli import CLIError, parse_args
 
-    args = parse_args(
-        [], {"HRNET_EXPORT_ZOO": "td-hm_a,td-hm_b", "HRNET_EXPORT_CHECK_SIZE": "64x128, 97x97"}
-    )
+    def parse(argv, **env):
+        clear_export_env(monkeypatch)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        return parse_args(argv)
+
+    args = parse([], HRNET_EXPORT_ZOO="td-hm_a,td-hm_b", HRNET_EXPORT_CHECK_SIZE="64x128, 97x97")
     assert args.zoo == ["td-hm_a", "td-hm_b"]
     assert args.check_size == [(64, 128), (97, 97)]
-    assert parse_args([], {"HRNET_EXPORT_ZOO": " a  b,c "}).zoo == ["a", "b", "c"]
-    assert parse_args([], {"HRNET_EXPORT_ZOO": "only"}).zoo == ["only"]
-    assert parse_args(["--zoo", "x"], {"HRNET_EXPORT_ZOO": "a,b"}).zoo == ["x"]  # flag wins
+    assert parse([], HRNET_EXPORT_ZOO=" a  b,c ").zoo == ["a", "b", "c"]
+    assert parse([], HRNET_EXPORT_ZOO="only").zoo == ["only"]
+    assert parse(["--zoo", "x"], HRNET_EXPORT_ZOO="a,b").zoo == ["x"]  # flag wins
     # parity tolerances: defaults, environment, flag over environment
-    args = parse_args([], {})
+    args = parse([])
     assert (args.atol, args.rtol) == (1e-4, 1e-5)
-    args = parse_args([], {"HRNET_EXPORT_RTOL": "3e-5", "HRNET_EXPORT_ATOL": "2e-4"})
+    args = parse([], HRNET_EXPORT_RTOL="3e-5", HRNET_EXPORT_ATOL="2e-4")
     assert (args.atol, args.rtol) == (2e-4, 3e-5)
-    assert parse_args(["--rtol", "0"], {"HRNET_EXPORT_RTOL": "3e-5"}).rtol == 0.0
+    assert parse(["--rtol", "0"], HRNET_EXPORT_RTOL="3e-5").rtol == 0.0
     with pytest.raises(CLIError, match="HRNET_EXPORT_CHECK_SIZE"):
-        parse_args([], {"HRNET_EXPORT_CHECK_SIZE": "64x128,big"})
+        parse([], HRNET_EXPORT_CHECK_SIZE="64x128,big")
     with pytest.raises(CLIError, match="HRNET_EXPORT_RTOL"):
-        parse_args([], {"HRNET_EXPORT_RTOL": "tiny"})
+        parse([], HRNET_EXPORT_RTOL="tiny")

@@ -207,3 +207,18 @@ def test_segment_network_input_limit(client, small, monkeypatch):
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
     # the card's own resize to (2048, 1024) is over the limit too
     assert client.post("/segment", files={"image": ("f.png", small)}).status_code == 413
+
+
+def test_segment_mode_is_checked_by_seg_options_before_decoding(client):
+    """One validator for ``mode`` (SegOptions): a bad one is a 422 naming it, before the upload
+    is decoded (a non-image file would otherwise be a 415)."""
+    from service.pipelines.seg_plan import SegOptions
+
+    with pytest.raises(ValueError, match="unknown mode 'tiles'; expected one of whole, slide"):
+        SegOptions(mode="tiles")
+    assert SegOptions(mode="slide", flip=True, ratios=(0.5,)).mode == "slide"
+    r = client.post("/segment", files={"image": ("f.txt", b"not an image")}, data={"mode": "tiles"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_parameter"
+    assert err["message"] == "unknown mode 'tiles'; expected one of whole, slide"

@@ -574,3 +574,28 @@ def test_overlay_blend_values():
 def test_pixel_counts():
     label = np.array([[0, 0, 2], [255, 2, 2]], np.uint8)
     assert pixel_counts(label, ["road", "sidewalk", "building"]) == {"road": 2, "building": 3}
+
+
+def test_slide_windows_geometry_is_cached_and_each_call_gets_its_own_array():
+    """The window geometry is computed once per (size, crop, stride); every call still returns a
+    fresh int64 array equal to the first (writing into one cannot change the next)."""
+    from service.pipelines.slide import window_grid
+
+    window_grid.cache_clear()
+    first = slide_windows(1024, 2048, (1024, 1024), (768, 768))
+    first[:] = -1
+    second = slide_windows(1024, 2048, [1024, 1024], [768, 768])
+    assert second.dtype == np.int64 and second.shape == (3, 4)
+    np.testing.assert_array_equal(
+        second, [[0, 0, 1024, 1024], [768, 0, 1792, 1024], [1024, 0, 2048, 1024]]
+    )
+    info = window_grid.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    assert window_grid(6, 6, (4, 4), (2, 2)) == (
+        (0, 0, 4, 4),
+        (2, 0, 6, 4),
+        (0, 2, 4, 6),
+        (2, 2, 6, 6),
+    )
+    with pytest.raises(ValueError, match="sizes must be positive"):
+        slide_windows(0, 6, (4, 4), (2, 2))
