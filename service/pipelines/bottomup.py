@@ -37,7 +37,7 @@ from ..geometry import get_multi_scale_size, resize_align_multi_scale
 from .common import StageTimer, to_input_tensor
 from .topdown import PoseResult
 
-__all__ = ["BottomUpResult", "estimate_poses_bottomup", "check_scales"]
+__all__ = ["BottomUpResult", "BottomUpScales", "estimate_poses_bottomup", "check_scales"]
 
 
 @dataclass
@@ -50,7 +50,15 @@ class BottomUpResult(PoseResult):
     boxes: np.ndarray
 
 
-def check_scales(scales: Sequence[float] | None, default: Sequence[float]) -> list[float]:
+@dataclass(frozen=True)
+class BottomUpScales:
+    """Checked test scales of one request, largest first (upstream's processing order); made by
+    :func:`check_scales`, taken as is by :func:`estimate_poses_bottomup` (validated once)."""
+
+    values: tuple[float, ...]
+
+
+def check_scales(scales: Sequence[float] | None, default: Sequence[float]) -> BottomUpScales:
     """The test scales of a request, largest first (upstream's processing order).
 
     ``None`` or empty -> the card's ``scale_factor``. The numbers follow the gateway's one rule for
@@ -64,7 +72,7 @@ def check_scales(scales: Sequence[float] | None, default: Sequence[float]) -> li
             f"multi-scale testing needs scale 1 among the scales (tags come from "
             f"scale 1), got {list(values)}"
         )
-    return sorted(values, reverse=True)
+    return BottomUpScales(tuple(sorted(values, reverse=True)))
 
 
 async def estimate_poses_bottomup(
@@ -73,7 +81,7 @@ async def estimate_poses_bottomup(
     backend: Backend,
     *,
     flip_test: bool,
-    scales: Sequence[float] | None = None,
+    scales: BottomUpScales | None = None,
     timer: StageTimer | None = None,
 ) -> BottomUpResult:
     """All people of one image with a bottom-up (associative-embedding) model.
@@ -84,7 +92,8 @@ async def estimate_poses_bottomup(
             ``outputs`` are the stages, lowest resolution first).
         backend: runs ``card.name``.
         flip_test: add the mirrored image to each scale's batch (needs ``card.flip_indices``).
-        scales: test scales (e.g. ``[2, 1, 0.5]``); None = the card's ``scale_factor``.
+        scales: the request's checked test scales (:func:`check_scales`, e.g. of ``[2, 1, 0.5]``);
+            None = the card's ``scale_factor``.
         timer: collects ``preprocess``, ``inference``, ``aggregate`` and ``group`` ms.
 
     Returns:
@@ -93,7 +102,7 @@ async def estimate_poses_bottomup(
         upstream's order (creation order of the grouping).
 
     Raises:
-        ValueError: bad scales, ``use_udp`` (not implemented), flip
+        ValueError: a bad ``scale_factor`` on the card, ``use_udp`` (not implemented), flip
             test without flip indices, or outputs that do not fit the card.
         BackendError / BackendUnavailable: from the backend.
     """
@@ -103,7 +112,7 @@ async def estimate_poses_bottomup(
         raise ValueError("UDP bottom-up decoding (use_udp) is not implemented")
     if flip_test and not card.flip_indices:
         raise ValueError(f"model {card.name!r} has no flip_indices; flip test is not possible")
-    test_scales = check_scales(scales, spec.scale_factor)
+    test_scales = list((scales or check_scales(None, spec.scale_factor)).values)
     min_scale = min(test_scales)
     h, w = image_bgr.shape[:2]
     out_names = [o.name for o in card.outputs]

@@ -437,7 +437,7 @@ class SyntheticBackend:
 @pytest.mark.parametrize("scales", [None, [2, 1, 0.5]])
 def test_pipeline_finds_the_person(scales):
     from benchmarks.bench_grouping import synthetic_people
-    from service.pipelines.bottomup import estimate_poses_bottomup
+    from service.pipelines.bottomup import check_scales, estimate_poses_bottomup
 
     rng = np.random.default_rng(3)
     w, h = 640, 425
@@ -445,7 +445,13 @@ def test_pipeline_finds_the_person(scales):
     backend = SyntheticBackend(person, (w, h), 512, scales or [1.0])
     img = np.zeros((h, w, 3), np.uint8)
     res = asyncio.run(
-        estimate_poses_bottomup(img, bottomup_card(), backend, flip_test=True, scales=scales)
+        estimate_poses_bottomup(
+            img,
+            bottomup_card(),
+            backend,
+            flip_test=True,
+            scales=check_scales(scales, [1.0]) if scales else None,
+        )
     )
     assert len(backend.calls) == len(scales or [1])
     assert all(x.shape[0] == 2 for x in backend.calls)  # plain + flipped in one batch
@@ -460,8 +466,8 @@ def test_pipeline_finds_the_person(scales):
 def test_pipeline_rejects_bad_scales_and_udp():
     from service.pipelines.bottomup import check_scales, estimate_poses_bottomup
 
-    assert check_scales(None, [1.0]) == [1.0]
-    assert check_scales([0.5, 2, 1], [1.0]) == [2.0, 1.0, 0.5]
+    assert check_scales(None, [1.0]).values == (1.0,)
+    assert check_scales([0.5, 2, 1], [1.0]).values == (2.0, 1.0, 0.5)
     for bad in ([2, 0.5], [0], [float("nan")], [1] * 9):
         with pytest.raises(ValueError):
             check_scales(bad, [1.0])
