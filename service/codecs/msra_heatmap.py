@@ -28,6 +28,22 @@ def _check_size(size, name: str) -> tuple[int, int]:
     return w, h
 
 
+def _check_sigma_and_blur(sigma, blur_kernel_size) -> tuple[float, int]:
+    """``(sigma, blur_kernel_size)`` as ``(float, int)``; ValueError unless sigma > 0 and the
+    kernel size is a positive odd integer (both heatmap codecs' rule)."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    if (
+        int(blur_kernel_size) != blur_kernel_size
+        or blur_kernel_size < 1
+        or blur_kernel_size % 2 != 1
+    ):
+        raise ValueError(
+            f"blur_kernel_size must be a positive odd integer, got {blur_kernel_size!r}"
+        )
+    return float(sigma), int(blur_kernel_size)
+
+
 def _prepare_keypoints(keypoints, keypoints_visible) -> tuple[np.ndarray, np.ndarray]:
     kpts = np.asarray(keypoints, dtype=np.float64)
     if kpts.ndim != 3 or kpts.shape[2] < 2:
@@ -159,19 +175,8 @@ class MSRAHeatmap:
     ) -> None:
         self.input_size = _check_size(input_size, "input_size")
         self.heatmap_size = _check_size(heatmap_size, "heatmap_size")
-        if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma!r}")
-        if (
-            int(blur_kernel_size) != blur_kernel_size
-            or blur_kernel_size < 1
-            or blur_kernel_size % 2 != 1
-        ):
-            raise ValueError(
-                f"blur_kernel_size must be a positive odd integer, got {blur_kernel_size!r}"
-            )
-        self.sigma = float(sigma)
+        self.sigma, self.blur_kernel_size = _check_sigma_and_blur(sigma, blur_kernel_size)
         self.unbiased = bool(unbiased)
-        self.blur_kernel_size = int(blur_kernel_size)
         self.scale_factor = (
             np.array(self.input_size, dtype=np.float64)
             / np.array(self.heatmap_size, dtype=np.float64)

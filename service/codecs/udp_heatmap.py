@@ -15,7 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .msra_heatmap import _check_size, _prepare_keypoints, generate_gaussian_heatmaps
+from .msra_heatmap import (
+    _check_sigma_and_blur,
+    _check_size,
+    _prepare_keypoints,
+    generate_gaussian_heatmaps,
+)
 from .refine import as_batch, get_heatmap_maximum, refine_keypoints_dark_udp
 
 __all__ = ["UDPHeatmap"]
@@ -56,19 +61,8 @@ class UDPHeatmap:
             raise ValueError(
                 f"UDPHeatmap supports heatmap_type='gaussian' only, got {heatmap_type!r}"
             )
-        if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma!r}")
-        if (
-            int(blur_kernel_size) != blur_kernel_size
-            or blur_kernel_size < 1
-            or blur_kernel_size % 2 != 1
-        ):
-            raise ValueError(
-                f"blur_kernel_size must be a positive odd integer, got {blur_kernel_size!r}"
-            )
-        self.sigma = float(sigma)
+        self.sigma, self.blur_kernel_size = _check_sigma_and_blur(sigma, blur_kernel_size)
         self.heatmap_type = heatmap_type
-        self.blur_kernel_size = int(blur_kernel_size)
         in_wh = np.array(self.input_size, dtype=np.float64)
         hm_wh = np.array(self.heatmap_size, dtype=np.float64)
         self.scale_factor = ((in_wh - 1) / (hm_wh - 1)).astype(np.float32)

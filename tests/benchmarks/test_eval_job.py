@@ -23,31 +23,8 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 
 from benchmarks import eval as hrnet_eval  # noqa: E402
 from benchmarks.eval_data import build_pose_items  # noqa: E402
+from tests.support.coco import COCO_SIGMAS  # noqa: E402
 
-COCO_SIGMAS = (
-    np.array(
-        [
-            0.26,
-            0.25,
-            0.25,
-            0.35,
-            0.35,
-            0.79,
-            0.79,
-            0.72,
-            0.72,
-            0.62,
-            0.62,
-            1.07,
-            1.07,
-            0.87,
-            0.87,
-            0.89,
-            0.89,
-        ]
-    )
-    / 10.0
-)
 COCO_NAMES = [
     "nose",
     "left_eye",

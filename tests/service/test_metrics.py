@@ -21,32 +21,8 @@ from service.metrics import (
     rescore,
     topdown_bbox_areas,
 )
+from tests.support.coco import COCO_SIGMAS
 
-# COCO person keypoint sigmas as published with the COCO keypoint evaluation (cocoapi).
-COCO_SIGMAS = (
-    np.array(
-        [
-            0.26,
-            0.25,
-            0.25,
-            0.35,
-            0.35,
-            0.79,
-            0.79,
-            0.72,
-            0.72,
-            0.62,
-            0.62,
-            1.07,
-            1.07,
-            0.87,
-            0.87,
-            0.89,
-            0.89,
-        ]
-    )
-    / 10.0
-)
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 

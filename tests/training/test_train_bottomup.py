@@ -176,35 +176,12 @@ def test_resume_is_bit_exact(mini_bottomup, tmp_path):
 def test_torchrun_two_ranks_bottomup_gradients_equal_doubled_batch(tmp_path):
     """DDP over gloo: each rank's batch-mean heatmap + AE loss, gradients averaged over the two
     ranks, equal one process's gradients on the 4 images (BN frozen, as ``test_train_ddp``)."""
-    import os
-    import subprocess
-    import sys
-
     from tests.ddp_grad_worker import fixed_bottomup_batch, grads, small_model, split
+    from tests.support.torchrun import REPO, run_torchrun
     from training.ae_loss import BottomUpLoss
 
-    repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "grads.pt"
-    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(repo / "tests" / "ddp_grad_worker.py"),
-            str(out),
-            "bottomup",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_torchrun(REPO / "tests" / "ddp_grad_worker.py", str(out), "bottomup", cwd=tmp_path)
     ddp = torch.load(out, weights_only=True)
     torch.set_num_threads(1)
     batch = fixed_bottomup_batch()

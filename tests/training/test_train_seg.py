@@ -350,13 +350,9 @@ def test_torchrun_two_ranks_train_segmentation(seg_row, cityscapes_root, tmp_pat
     segmentation recipe, rank 0 logs the rank-averaged loss and writes the MMSeg checkpoint.
     (With MMSeg's all-pixel averaging every rank's loss has the same denominator, so DDP's
     gradient mean equals the doubled batch's, as the pose DDP test checks for train_step.)"""
-    import os
-    import subprocess
-    import sys
-
+    from tests.support.torchrun import run_torchrun
     from training import checkpoint as ckpt
 
-    repo = Path(__file__).resolve().parents[2]
     recipe = tmp_path / "seg.toml"
     recipe.write_text(
         f'model = "{SEG_SMALL}"\nbatch_size = 1\ncrop_size = [64, 128]\nnum_workers = 0\n'
@@ -371,32 +367,19 @@ def test_torchrun_two_ranks_train_segmentation(seg_row, cityscapes_root, tmp_pat
         "sys.exit(main(sys.argv[1:]))\n"
     )
     work = tmp_path / "work"
-    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(script),
-            str(recipe),
-            "--data-root",
-            str(cityscapes_root),
-            "--work-dir",
-            str(work),
-            "--max-iters",
-            "2",
-            "--no-progress",
-        ],
+    run_torchrun(
+        script,
+        str(recipe),
+        "--data-root",
+        str(cityscapes_root),
+        "--work-dir",
+        str(work),
+        "--max-iters",
+        "2",
+        "--no-progress",
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
     rows = (work / "log.csv").read_text().splitlines()
     assert len(rows) == 3  # header + 2 iterations, written by rank 0 only
     raw = ckpt.read_checkpoint(work / "iter_2.pth")
