@@ -57,7 +57,6 @@ from .onnx_export import ExportError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 #: default minimum keypoint agreement (mean OKS of int8 vs fp32 keypoints on the calibration crops)
 DEFAULT_MIN_AGREEMENT = 0.95
@@ -647,7 +646,6 @@ __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_CALIBRATION_CROPS",
     "DEFAULT_MIN_AGREEMENT",
-    "PRECISIONS",
     "PrecisionRefused",
     "calibration_crops",
     "check_agreement",

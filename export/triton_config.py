@@ -43,12 +43,6 @@ BACKEND_FILENAMES = {
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL")
 
 
-def triton_dtype(dtype: str) -> str:
-    """Card dtype (``"FP32"``, ``"INT64"``, ...) -> Triton config data type (``"TYPE_FP32"``, ...);
-    :func:`service.dtypes.config_dtype`, the gateway's table."""
-    return config_dtype(dtype)
-
-
 def default_preferred_batch_sizes(max_batch_size: int) -> list[int]:
     """Powers of two from 4 up to ``max_batch_size``, plus ``max_batch_size`` itself.
 
@@ -72,7 +66,7 @@ def _tensor_block(kind: str, specs: Iterable[TensorSpec]) -> list[str]:
         lines += [
             "  {",
             f"    name: {_q(spec.name)}",
-            f"    data_type: {triton_dtype(spec.dtype)}",
+            f"    data_type: {config_dtype(spec.dtype)}",
             f"    dims: [ {dims} ]",
             "  }" + ("," if i < len(specs) - 1 else ""),
         ]

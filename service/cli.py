@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import get_args
 
 from .observability import configure_logging
 from .settings import Settings
@@ -20,14 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--backend",
-        choices=["onnxruntime", "triton", "openvino"],
+        choices=get_args(Settings.model_fields["backend"].annotation),
         default=defaults.backend,
         help="inference backend (HRNET_BACKEND)",
     )
     p.add_argument("--triton-url", default=defaults.triton_url, help="HRNET_TRITON_URL")
     p.add_argument(
         "--openvino-precision",
-        choices=["f32", "bf16", "f16"],
+        choices=get_args(Settings.model_fields["openvino_precision"].annotation),
         default=defaults.openvino_precision,
         help="OpenVINO backend: inference precision of every model (HRNET_OPENVINO_PRECISION; "
         "per model: HRNET_OPENVINO_PRECISIONS)",

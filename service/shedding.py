@@ -41,17 +41,21 @@ SHED = Counter(
 
 @dataclass
 class EndpointLoad:
-    """In-flight count and busy-time completion rate of one endpoint (monotonic seconds).
+    """In-flight count and busy-time completion rate of one endpoint.
 
+    ``start(now)`` / ``finish(now)``: a request enters / leaves, at ``now`` monotonic seconds.
     ``rate()``: completions per busy second over the last ``window`` completions, None before two
-    completions. ``expected_wait(now)``: ``in_flight / rate`` seconds (0 without a rate).
+    completions. ``expected_wait()``: ``in_flight / rate`` seconds (0 without a rate).
     """
 
     window: int = 64
     in_flight: int = 0
     busy_s: float = 0.0  # seconds with in_flight > 0, up to busy_since
     busy_since: float = 0.0
-    marks: deque = field(default_factory=deque)  # busy seconds at each recent completion
+    marks: deque = field(init=False)  # busy seconds at each of the last `window` completions
+
+    def __post_init__(self) -> None:
+        self.marks = deque(maxlen=self.window)
 
     def _busy_now(self, now: float) -> float:
         return self.busy_s + (now - self.busy_since if self.in_flight > 0 else 0.0)
@@ -66,8 +70,6 @@ class EndpointLoad:
         self.busy_since = now
         self.in_flight -= 1
         self.marks.append(self.busy_s)
-        while len(self.marks) > self.window:
-            self.marks.popleft()
 
     def rate(self) -> float | None:
         if len(self.marks) < 2 or self.marks[-1] <= self.marks[0]:
@@ -89,7 +91,7 @@ class LoadShedder:
         self,
         app: ASGIApp,
         endpoints: tuple[str, ...] = ("/pose", "/segment"),
-        deadline_s: float = 4.0,
+        deadline_s: float = 3.0,
         min_inflight: int = 4,
         window: int = 64,
         clock=time.monotonic,

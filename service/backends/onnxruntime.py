@@ -15,7 +15,7 @@ from .embedded import EmbeddedBackend, cpu_cores, has_dynamic_input
 if TYPE_CHECKING:
     from ..batching import BatchConfig
 
-__all__ = ["OnnxRuntimeBackend", "cpu_cores", "default_providers"]
+__all__ = ["OnnxRuntimeBackend", "default_providers"]
 
 
 def _session_options(intra: int, inter: int, allow_spinning: bool) -> ort.SessionOptions:

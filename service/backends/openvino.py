@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from ..batching import BatchConfig
 
 #: values of ``HRNET_OPENVINO_PRECISION``: OpenVINO's ``INFERENCE_PRECISION_HINT``
-Precision = Literal["f32", "bf16", "f16"]
 PRECISIONS: tuple[str, ...] = ("f32", "bf16", "f16")
 INSTALL_HINT = "pip install 'hrnet-serving[openvino]'"
 #: runtime precisions of a compiled graph's nodes that mean quantised (int8) arithmetic

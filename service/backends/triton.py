@@ -118,8 +118,6 @@ class TritonBackend(Backend):
         self.shm_slot_bytes = shm_slot_bytes
         self.shm_slots = int(shm_slots)
         self.model_version = str(model_version)
-        self.reconnect_backoff_ms = int(reconnect_backoff_ms)
-        self.verbose = verbose
         self.cards: dict[str, ModelCard] = {}
         self.configs: dict[str, TritonModelConfig] = {}
         self._client: Any = None

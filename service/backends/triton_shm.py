@@ -71,6 +71,7 @@ class ShmPool:
             return None
 
     def release(self, offset: int) -> None:
+        """Give back the slot at byte ``offset`` (from :meth:`try_acquire`; once per acquire)."""
         self._free.put_nowait(offset)
 
     def write(self, offset: int, arrays: list[np.ndarray]) -> list[tuple[int, int]]:
@@ -83,6 +84,8 @@ class ShmPool:
         return spans
 
     def destroy(self) -> None:
+        """Unlink the POSIX shared-memory region (``tritonclient.utils.shared_memory``); call it
+        after the region was unregistered from Triton. Errors are logged, not raised."""
         try:
             self._shm.destroy_shared_memory_region(self.handle)
         except Exception as exc:  # pragma: no cover - best effort at shutdown

@@ -31,7 +31,6 @@ from ..codecs.associative_embedding import (
     group_people,
     people_to_image,
 )
-from ..codecs.flip import flip_images
 from ..forms import validate_ratios
 from ..geometry import get_multi_scale_size, resize_align_multi_scale
 from .common import StageTimer, to_input_tensor
@@ -158,9 +157,7 @@ def _preprocess(
     resized, center, scale = resize_align_multi_scale(
         image_bgr, spec.input_size, s, min_scale, spec.size_divisor
     )
-    x = to_input_tensor(resized[None], card.normalization)
-    if flip_test:
-        x = np.concatenate([x, flip_images(x, layout="nchw")], axis=0)
+    x = to_input_tensor(resized[None], card.normalization, with_flipped=flip_test)
     return x, center, scale
 
 

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..backends.base import Backend, BackendError
 from ..cards import SegmentationCard
+from ..dtypes import NUMPY_DTYPES
 from ..interpolate import STRIP_ELEMENTS, ArrayRows, FlippedRows, ResizedRows, RowSource
 from .common import StageTimer, to_input_tensor
 from .seg_plan import Augmentation, SegOptions, SegPlan, plan_segmentation
@@ -96,8 +97,7 @@ async def _infer(backend: Backend, card: SegmentationCard, x: np.ndarray) -> np.
     """Run the model on ``(N, 3, h, w)`` (one call; the backend splits by ``max_batch_size``);
     returns ``(N, h', w', C)`` float32. Raises BackendError on an output of the wrong shape."""
     in_spec, out_name = card.inputs[0], card.outputs[0].name
-    if in_spec.dtype == "FP16":
-        x = x.astype(np.float16)
+    x = x.astype(NUMPY_DTYPES[in_spec.dtype], copy=False)
     out = await backend.infer(card.name, {in_spec.name: x}, [out_name])
     y = np.asarray(out[out_name])
     if y.ndim != 4 or y.shape[0] != len(x):
@@ -149,8 +149,8 @@ def _prepare(
         if (w0, h0) == tuple(size_wh)
         else cv2.resize(image_bgr, tuple(size_wh), interpolation=cv2.INTER_LINEAR)
     )
-    batch = np.stack([img[:, ::-1] if f else img for f in flips])
-    return to_input_tensor(batch, card.normalization)
+    x = to_input_tensor(img[None], card.normalization)[0]  # normalised once, mirrored after
+    return np.stack([x[:, :, ::-1] if f else x for f in flips])
 
 
 def _finish_view(
