@@ -40,7 +40,7 @@ def bench_step(
 ) -> float:
     """Samples per second of :func:`training.trainer.train_step` for the recipe's model on a
     random ``(batch_size, 3, h, w)`` batch (``amp``: ``off``/``bf16``/``fp16``)."""
-    from training.losses import KeypointMSELoss
+    from training.losses import KeypointMSELoss, targets_loss
     from training.models import build_model
     from training.optim import build_optimizer
     from training.recipes import get_recipe
@@ -56,7 +56,7 @@ def bench_step(
         "heatmaps": torch.rand(batch_size, entry.num_outputs, hh, hw, generator=g),
         "weights": torch.ones(batch_size, entry.num_outputs),
     }
-    loss_fn = KeypointMSELoss()
+    loss_fn = targets_loss(KeypointMSELoss())
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     for _ in range(warmup):
         train_step(model, batch, loss_fn, opt, scaler, amp, device)

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from training.ae_loss import BottomUpLoss
-from training.losses import KeypointMSELoss
+from training.losses import KeypointMSELoss, targets_loss
 from training.models import build_model
 from training.trainer import train_step
 
@@ -62,7 +62,10 @@ def grads(model: torch.nn.Module, batch: dict, loss_fn=None) -> dict[str, torch.
     """Gradients of one :func:`training.trainer.train_step` (SGD with lr 0: weights unchanged);
     ``loss_fn`` defaults to :class:`KeypointMSELoss`."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    train_step(model, batch, loss_fn or KeypointMSELoss(), opt)
+    if isinstance(loss_fn, BottomUpLoss):
+        train_step(model, batch, loss_fn.batch_loss, opt)
+    else:
+        train_step(model, batch, targets_loss(loss_fn or KeypointMSELoss()), opt)
     inner = model.module if hasattr(model, "module") else model
     return {n: p.grad.detach().clone() for n, p in inner.named_parameters()}
 

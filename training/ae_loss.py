@@ -193,8 +193,11 @@ class BottomUpLoss(nn.Module):
     def batch_loss(
         self, outputs: Sequence[Tensor], batch: dict, device: torch.device | str = "cpu"
     ) -> Tensor:
-        """The total loss of a :class:`training.bottomup_data.BottomUpDataset` batch
-        (``heatmaps``, ``masks``, ``joints``: per-stage lists); outputs are cast to float32."""
+        """The total loss of a :class:`training.bottomup_data.BottomUpDataset` batch, as a
+        :data:`training.losses.BatchLoss`: ``outputs`` the model's stages (lowest resolution first,
+        cast to float32); ``batch`` per-stage lists ``heatmaps`` ``(B, K, H_s, W_s)`` float32,
+        ``masks`` ``(B, H_s, W_s)`` float32 and ``joints`` ``(B, M, K, 2)`` int64 (flat index in
+        the stage map, visibility), moved to ``device``. Returns a scalar tensor."""
         dev = torch.device(device)
 
         def move(xs):

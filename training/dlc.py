@@ -149,9 +149,9 @@ def convert(
     csvs = sorted(project.glob("labeled-data/*/CollectedData_*.csv"))
     if not csvs:
         raise FileNotFoundError(f"no labeled-data/*/CollectedData_*.csv under {project}")
-    parts, images, xys = read_dlc_csv(csvs[0])[0], [], []
-    for c in csvs:
-        p, im, xy = read_dlc_csv(c)
+    tables = [read_dlc_csv(c) for c in csvs]
+    parts, images, xys = tables[0][0], [], []
+    for c, (p, im, xy) in zip(csvs, tables):
         if p != parts:
             raise ValueError(f"{c}: body parts {p} differ from {parts}")
         images += im

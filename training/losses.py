@@ -8,9 +8,13 @@ over ``B * K * H * W``, times ``loss_weight``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
 from torch import Tensor, nn
 
-__all__ = ["KeypointMSELoss"]
+__all__ = ["BatchLoss", "KeypointMSELoss", "targets_loss"]
 
 
 class KeypointMSELoss(nn.Module):
@@ -49,3 +53,23 @@ class KeypointMSELoss(nn.Module):
                 raise ValueError(f"weights must be (B, K) or (B, K, H, W), got {tuple(w.shape)}")
             sq = sq * w
         return sq.mean() * self.loss_weight
+
+
+#: a training loss over a whole batch: ``(prediction, batch, device) -> scalar tensor``; the
+#: prediction is the model's output (a tensor, or a list of stage tensors for bottom-up)
+BatchLoss = Callable[[Any, dict, torch.device], Tensor]
+
+
+def targets_loss(
+    loss_fn: nn.Module, target_keys: tuple[str, ...] = ("heatmaps", "weights")
+) -> BatchLoss:
+    """``loss_fn`` as a :data:`BatchLoss`: ``loss_fn(pred.float(), *batch[target_keys])`` with the
+    targets moved to the device (top-down: :class:`KeypointMSELoss` on
+    ``heatmaps`` + ``weights``; segmentation: :class:`~training.seg_losses.SegCrossEntropyLoss`
+    on ``labels``)."""
+
+    def loss(pred: Tensor, batch: dict, device: torch.device) -> Tensor:
+        targets = [batch[k].to(device, non_blocking=True) for k in target_keys]
+        return loss_fn(pred.float(), *targets)
+
+    return loss

@@ -31,7 +31,7 @@ from service.codecs.associative_embedding_targets import AssociativeEmbeddingTar
 from .ae_loss import BottomUpLoss
 from .bottomup_data import BottomUpDataset, load_bottomup_records, stage_sizes
 from .data import TopdownDataset, load_sources
-from .losses import KeypointMSELoss
+from .losses import BatchLoss, KeypointMSELoss
 from .optim import WarmupMultiStep, build_optimizer, scaled_lr
 from .recipes import BottomUpTrainConfig, DataSource, TrainRecipe
 from .task_base import Optimisation, TrainTask
@@ -165,8 +165,15 @@ class BottomUpTask(PoseTask):
             augment=self.config.augment if augment else None,
             seed=seed,
         )
-        self.layout, self.target_keys = "mmpose0", ("heatmaps", "weights")
+        # the loss takes the per-stage heatmaps, masks and joints itself (batch_loss)
+        self.layout, self.target_keys = "mmpose0", ()
         super().__init__(recipe, root)
+
+    def batch_loss(self) -> BatchLoss:
+        """:meth:`training.ae_loss.BottomUpLoss.batch_loss` of :meth:`loss`."""
+        loss = self.loss()
+        assert isinstance(loss, BottomUpLoss)
+        return loss.batch_loss
 
     def loss(self) -> nn.Module:
         cfg, spec = self.config, self.card.bottomup

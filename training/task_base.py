@@ -19,6 +19,7 @@ from torch import nn
 from service.cards import BottomUpCard, SegmentationCard, TopDownCard
 
 from .data import EpochDataset
+from .losses import BatchLoss, targets_loss
 
 
 @dataclass
@@ -40,7 +41,7 @@ class TrainTask(ABC):
         dataset: the training set (``dataset[i]`` is a dict with ``inputs`` and the targets).
         layout: the checkpoint layout (:func:`training.checkpoint.to_layout`).
         target_keys: the batch keys the loss takes after the prediction (see
-            :func:`training.trainer.train_step`).
+            :meth:`batch_loss`).
         has_validation: whether the validation split exists.
         validation_source: where the validation split is (or was expected).
         recipe_epochs, recipe_iters: the recipe's length, in epochs or in iterations (the other
@@ -63,7 +64,12 @@ class TrainTask(ABC):
 
     @abstractmethod
     def loss(self) -> nn.Module:
-        """The training loss (see :func:`training.trainer.train_step` for how it is called)."""
+        """The training loss module."""
+
+    def batch_loss(self) -> BatchLoss:
+        """The loss :func:`training.trainer.train_step` calls on a batch: :meth:`loss` on the
+        prediction and ``batch[target_keys]`` (:func:`training.losses.targets_loss`)."""
+        return targets_loss(self.loss(), self.target_keys)
 
     @abstractmethod
     def optimisation(

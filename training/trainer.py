@@ -46,10 +46,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoint as ckpt
+from .losses import BatchLoss
 from .models import build_model
 from .recipes import TrainRecipe
 from .seg_recipes import SegTrainRecipe
-from .seg_task import SegmentationTask
 from .task_base import TrainTask
 from .tasks import build_task
 
@@ -119,20 +119,16 @@ class ShardedShuffle(Sampler[int]):
 def train_step(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
-    loss_fn: nn.Module,
+    loss: BatchLoss,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
     amp: str = "off",
     device: str | torch.device = "cpu",
-    target_keys: tuple[str, ...] = ("heatmaps", "weights"),
 ) -> torch.Tensor:
     """One optimisation step: forward (under autocast for ``amp`` ``"bf16"``/``"fp16"``), the
-    loss, backward (through ``scaler`` when given), optimiser step, gradients zeroed first. The
-    loss is ``loss_fn(pred.float(), *batch[target_keys])`` (top-down: :class:`KeypointMSELoss`
-    against ``batch["heatmaps"]`` with ``batch["weights"]``; segmentation:
-    ``target_keys=("labels",)`` and :class:`~training.seg_losses.SegCrossEntropyLoss`), or, for a
-    loss with a ``batch_loss(outputs, batch, device)`` method (bottom-up
-    :class:`~training.ae_loss.BottomUpLoss`), that. Returns the detached loss (float32 scalar)."""
+    batch loss (:func:`targets_loss` for top-down and segmentation, bottom-up's
+    :meth:`~training.ae_loss.BottomUpLoss.batch_loss`), backward (through ``scaler`` when given),
+    optimiser step, gradients zeroed first. Returns the detached loss (float32 scalar)."""
     device = torch.device(device)
     x = batch["inputs"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
@@ -143,20 +139,15 @@ def train_step(
     )
     with ctx:
         pred = model(x)
-    batch_loss = getattr(loss_fn, "batch_loss", None)
-    if callable(batch_loss):
-        loss = batch_loss(pred, batch, device)
-    else:
-        targets = [batch[k].to(device, non_blocking=True) for k in target_keys]
-        loss = loss_fn(pred.float(), *targets)
+    value = loss(pred, batch, device)
     if scaler is not None:
-        scaler.scale(loss).backward()
+        scaler.scale(value).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        value.backward()
         optimizer.step()
-    return loss.detach()
+    return value.detach()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -228,7 +219,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.model = model
-        self.loss_fn = self.task.loss()
+        self.loss = self.task.batch_loss()
         optim = self.task.optimisation(
             model.parameters(), self.batch_size * self.world, self.max_iters, self.iters_per_epoch
         )
@@ -253,11 +244,6 @@ class Trainer:
         if epochs is None:
             raise ValueError(f"{self.entry.name}: give --max-iters or --max-epochs")
         return int(epochs), int(epochs) * self.iters_per_epoch
-
-    @property
-    def val_pairs(self) -> list[tuple[Path, Path]]:
-        """The (image, label) validation pairs of a segmentation run; [] for pose."""
-        return self.task.val_pairs if isinstance(self.task, SegmentationTask) else []
 
     # ------------------------------------------------------------------ checkpoints
     def _meta(self, epoch: int) -> dict[str, Any]:
@@ -380,12 +366,11 @@ class Trainer:
                     loss = train_step(
                         self.model,
                         batch,
-                        self.loss_fn,
+                        self.loss,
                         self.optimizer,
                         self.scaler,
                         self.opts.amp,
                         self.device,
-                        self.task.target_keys,
                     )
                     self.scheduler.step()
                     self.iter += 1

@@ -332,7 +332,7 @@ def test_overfit_one_frame_lifts_miou(seg_row, cityscapes_root, tmp_path):
         augment=False,
     )
     tr = Trainer(recipe, opts)
-    before = evaluate_seg_model(tr.model, tr.card, tr.val_pairs)["mIoU"]
+    before = evaluate_seg_model(tr.model, tr.card, tr.task.val_pairs)["mIoU"]
     history = tr.fit()
     after = float(
         dict(zip(*[line.split(",") for line in (tmp_path / "val.csv").read_text().splitlines()]))[
