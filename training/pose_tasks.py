@@ -171,11 +171,9 @@ class BottomUpTask(PoseTask):
 
     def batch_loss(self) -> BatchLoss:
         """:meth:`training.ae_loss.BottomUpLoss.batch_loss` of :meth:`loss`."""
-        loss = self.loss()
-        assert isinstance(loss, BottomUpLoss)
-        return loss.batch_loss
+        return self.loss().batch_loss
 
-    def loss(self) -> nn.Module:
+    def loss(self) -> BottomUpLoss:
         cfg, spec = self.config, self.card.bottomup
         return BottomUpLoss(
             spec.num_joints,
