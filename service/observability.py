@@ -7,6 +7,10 @@
 * One log line per request on logger ``service.access``: request id, method, route, path,
   status, error code (the JSON error's ``code``), model, boxes, people and the latency of each
   stage in milliseconds (``latency_ms``: the route's stages plus ``total``).
+* ``Server-Timing`` response header (W3C Server Timing): the same stages and ``total`` as
+  ``name;dur=MILLISECONDS`` entries, ``total`` being the whole request inside the gateway (body
+  read, form parsing, the route, JSON rendering), so a client can tell the gateway's time from the
+  network's and its own.
 * Metrics (``GET /metrics``): ``hrnet_requests_total{path,status}``,
   ``hrnet_request_seconds{path}``, ``hrnet_stage_seconds{route,stage}`` (decode_image, detect,
   preprocess, inference, decode_heatmaps, serialise, ... as the routes time them) and
@@ -35,6 +39,7 @@ from .errors import error_response
 from .pipelines.common import StageTimer
 
 REQUEST_ID_HEADER = "X-Request-ID"
+SERVER_TIMING_HEADER = "Server-Timing"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 #: the id of the request being served in this context (None outside a request)
@@ -112,10 +117,37 @@ def install_observability(app: FastAPI) -> None:
                 )
             response.headers[REQUEST_ID_HEADER] = rid
             elapsed = time.perf_counter() - t0
+            timer = getattr(request.state, "timer", None)
+            response.headers[SERVER_TIMING_HEADER] = server_timing(
+                timer.ms if timer is not None else {}, elapsed
+            )
             _account(request, response.status_code, elapsed)
             return response
         finally:
             current_request_id.reset(token)
+
+
+def server_timing(stages_ms: dict[str, float], total_s: float) -> str:
+    """The ``Server-Timing`` header value: ``stage;dur=ms`` per stage in order, then
+    ``total;dur=ms`` (``total_s`` in seconds); durations in milliseconds, 3 decimals. Stage names
+    are the routes' own (``decode_image``, ``inference``, ...), all valid header tokens."""
+    parts = [f"{name};dur={ms:.3f}" for name, ms in stages_ms.items()]
+    parts.append(f"total;dur={total_s * 1e3:.3f}")
+    return ", ".join(parts)
+
+
+def parse_server_timing(value: str) -> dict[str, float]:
+    """``Server-Timing`` header value -> ``{name: milliseconds}`` (entries without ``dur`` are
+    skipped; a repeated name keeps its last value). The inverse of :func:`server_timing`, for
+    clients such as ``hrnet-bench``. Raises ValueError for a ``dur`` that is not a number."""
+    out: dict[str, float] = {}
+    for entry in value.split(","):
+        name, *params = (p.strip() for p in entry.split(";"))
+        for param in params:
+            key, _, val = param.partition("=")
+            if name and key.strip().lower() == "dur":
+                out[name] = float(val.strip().strip('"'))
+    return out
 
 
 def _stamp_log_records() -> None:

@@ -25,7 +25,12 @@ from prometheus_client import REGISTRY
 from service.app import create_app
 from service.auth import configured_keys, key_matches
 from service.cards import CodecSpec, Normalization, TensorSpec
-from service.observability import JsonFormatter, accepted_request_id
+from service.observability import (
+    JsonFormatter,
+    accepted_request_id,
+    parse_server_timing,
+    server_timing,
+)
 from service.settings import Settings
 from tests.fake_cards import pose_card, seg_card, write_repository
 from tests.tiny_onnx import write_failing_pose_onnx
@@ -399,11 +404,30 @@ def test_one_access_line_per_request_with_stages(client, caplog):
     for stage in ("decode_image", "preprocess", "inference", "decode_heatmaps", "serialise"):
         assert 0 <= stages[stage] <= stages["total"], stage
     assert r.headers["X-Request-ID"] == "req-42"
+    # the same stages and total, in milliseconds, in the Server-Timing header
+    assert parse_server_timing(r.headers["Server-Timing"]) == pytest.approx(stages, abs=1e-3)
+    assert r.headers["Server-Timing"].endswith(f"total;dur={stages['total']:.3f}")
     access = next(rec for rec in caplog.records if rec.name == "service.access")
     formatted = json.loads(JsonFormatter().format(access))
     assert formatted["message"] == "request" and formatted["latency_ms"] == stages
     assert formatted["status"] == 200 and formatted["boxes"] == 2
     assert formatted["level"] == "INFO" and formatted["ts"].endswith("+00:00")
+
+
+def test_server_timing_format_and_parse():
+    value = server_timing({"decode_image": 1.23449, "inference": 20.0}, 0.0251)
+    assert value == "decode_image;dur=1.234, inference;dur=20.000, total;dur=25.100"
+    assert parse_server_timing(value) == {"decode_image": 1.234, "inference": 20.0, "total": 25.1}
+    # other servers' forms: a description, a quoted duration, an entry without one
+    assert parse_server_timing('db;desc="x";dur="3.5", cache, app;DUR=2') == {"db": 3.5, "app": 2.0}
+    with pytest.raises(ValueError):
+        parse_server_timing("db;dur=fast")
+
+
+def test_error_responses_carry_server_timing(client):
+    r = client.post("/pose", files={"image": ("x.png", _png(100))}, data={"model": "nope"})
+    assert r.status_code == 404
+    assert set(parse_server_timing(r.headers["Server-Timing"])) >= {"total"}
 
 
 def test_error_lines_name_the_cause_and_carry_the_request_id(client, caplog):
