@@ -1,10 +1,13 @@
 # syntax=docker/dockerfile:1
-# The HRNet serving gateway: FastAPI + ONNX Runtime (embedded backend) + tritonclient (Triton
-# backend). No torch in this image. Build from the repository root:
+# The HRNet serving gateway: FastAPI + ONNX Runtime (embedded backend) + OpenVINO (the other
+# embedded backend, HRNET_BACKEND=openvino) + tritonclient (Triton backend). No torch in this
+# image. Build from the repository root:
 #   docker build -f docker/gateway.Dockerfile -t hrnet-serving/gateway:local .
+#   docker build --build-arg GATEWAY_EXTRAS=triton ...   # without OpenVINO (~smaller image)
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
+ARG GATEWAY_EXTRAS=triton,openvino
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -13,9 +16,9 @@ COPY export ./export
 COPY training ./training
 COPY benchmarks ./benchmarks
 # A venv we can copy whole into the runtime stage; only the gateway's dependencies plus
-# tritonclient: the [train] extra (torch, onnx) is deliberately not installed.
+# tritonclient and OpenVINO: the [train] extra (torch, onnx) is deliberately not installed.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir ".[triton]" \
+    && /opt/venv/bin/pip install --no-cache-dir ".[${GATEWAY_EXTRAS}]" \
     && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then \
          echo "torch must not be in the gateway image" >&2; exit 1; fi
 
