@@ -396,7 +396,17 @@ class DynamicBatcher:
         self._update_gauge()
         return batch
 
-    def _timed_run(self, inputs, outputs):
+    def _timed_run(self, batch, size: int, outputs):
+        """The batch's inputs (requests' item ranges stacked; one range is passed as a view, no
+        copy) run by ``self.run``, in the executor's thread: the copy stays off the event loop.
+        Returns (outputs, seconds of the run alone)."""
+        first = batch[0][0]
+        inputs = {
+            k: np.concatenate([r.inputs[k][s : s + c] for r, s, c in batch], axis=0)
+            if len(batch) > 1
+            else first.inputs[k][batch[0][1] : batch[0][1] + size]
+            for k in first.inputs
+        }
         t0 = time.perf_counter()
         out = self.run(inputs, outputs)
         return out, time.perf_counter() - t0
@@ -406,19 +416,12 @@ class DynamicBatcher:
         while True:
             batch = await self._next_batch()
             size = sum(c for _, _, c in batch)
-            first = batch[0][0]
-            inputs = {
-                k: np.concatenate([r.inputs[k][s : s + c] for r, s, c in batch], axis=0)
-                if len(batch) > 1
-                else first.inputs[k][batch[0][1] : batch[0][1] + size]
-                for k in first.inputs
-            }
             BATCH_SIZE.labels(self.model).observe(size)
             self.inflight_items += size
             self.busy += 1
             try:
                 out, seconds = await loop.run_in_executor(
-                    self.executor, self._timed_run, inputs, first.outputs
+                    self.executor, self._timed_run, batch, size, batch[0][0].outputs
                 )
                 bad = {k: v.shape for k, v in out.items() if len(v) != size}
                 if bad:
