@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument(
         "--shared-dir",
-        help="shared data folder (default: ../shared beside the "
-        "project root of the current directory)",
+        help="shared data folder (default: $HRNET_SHARED_DIR, else ../shared beside the "
+        "project root of the current directory if it exists, else beside this checkout)",
     )
     mode.add_argument(
         "--zoo",
