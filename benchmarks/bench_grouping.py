@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from export.paths import default_shared_dir
 from service.cards import BottomUpSpec
 from service.codecs.associative_embedding import (
     ScaleOutputs,
@@ -52,12 +52,6 @@ from service.geometry import affine_transform_points, get_bottomup_warp_matrix, 
 T = TypeVar("T")
 
 STAGE_STRIDES = (4, 2)  # HigherHRNet: 1/4 (heatmaps + tags), 1/2 (heatmaps)
-
-
-def _default_shared() -> Path:
-    return Path(
-        os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared")
-    )
 
 
 # ----------------------------------------------------------------------------- synthetic outputs
@@ -356,7 +350,7 @@ def _network_outputs(session, image_bgr: np.ndarray, input_size: int) -> tuple[f
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shared", type=Path, default=_default_shared())
+    ap.add_argument("--shared", type=Path, default=default_shared_dir())
     ap.add_argument("--input-size", type=int, default=512)
     ap.add_argument(
         "--onnx", type=Path, help="an exported HigherHRNet ONNX model (outputs per stage)"

@@ -40,6 +40,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.eval_client import api_key_headers
+from export.paths import default_shared_dir
 from service.observability import SERVER_TIMING_HEADER, parse_server_timing
 
 STAGES = (
@@ -51,12 +52,6 @@ STAGES = (
     "serialise",
     "total",
 )
-
-
-def _default_shared() -> Path:
-    return Path(
-        os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared")
-    )
 
 
 def _free_port() -> int:
@@ -557,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the gateway's API key, if it needs one (default: the first key of $HRNET_API_KEY)",
     )
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--shared-dir", type=Path, default=_default_shared())
+    p.add_argument("--shared-dir", type=Path, default=default_shared_dir())
     p.add_argument("--model", default=None, help="pose model (default: the gateway's)")
     p.add_argument("--requests", type=int, default=20, help="requests per scenario")
     p.add_argument("--warmup", type=int, default=3)

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from export.paths import default_shared_dir
+
 __all__ = ["bench_step", "bench_data", "main"]
 
 
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--data-root",
         type=Path,
-        default=Path(os.environ.get("HRNET_SHARED_DIR", "../shared")) / "data/coco_mini",
+        default=default_shared_dir() / "data/coco_mini",
     )
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--samples", type=int, default=64)

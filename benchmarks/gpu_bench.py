@@ -85,6 +85,7 @@ import numpy as np
 import torch
 
 from benchmarks.eval_io import atomic_write_json
+from export.paths import default_shared_dir
 
 # --------------------------------------------------------------------------------------------
 # what is measured
@@ -189,12 +190,6 @@ SEED = 0
 
 class EngineSkipped(Exception):
     """The engine cannot run on this host (missing package, provider or device); not a failure."""
-
-
-def _default_shared() -> Path:
-    return Path(
-        os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared")
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1204,7 +1199,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         iters=args.iters if args.iters is not None else (3 if args.smoke else 50),
         max_row_s=args.max_row_s,
         budget_s=args.budget_s,
-        shared=args.shared_dir or _default_shared(),
+        shared=args.shared_dir or default_shared_dir(),
         checkpoints=checkpoints,
         exporter=args.exporter or ("legacy" if args.smoke else "auto"),
         out=args.out,

@@ -36,7 +36,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-from .bench_pose import _default_shared, load_images, start_gateway_process
+from export.paths import default_shared_dir
+
+from .bench_pose import load_images, start_gateway_process
 from .eval_client import api_key_headers
 
 QUANTILES = (50, 95, 99)
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the gateway's API key, if it needs one (default: the first key of $HRNET_API_KEY)",
     )
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--shared-dir", type=Path, default=_default_shared())
+    p.add_argument("--shared-dir", type=Path, default=default_shared_dir())
     p.add_argument("--pose-model", help="default: the gateway's")
     p.add_argument("--segment-model", help="default: the gateway's")
     p.add_argument("--minutes", type=float, default=10.0)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
+from .paths import default_shared_dir
 from .pipeline import PROG, ExportInputError, export_model, registry_entry
 from .settings import ExportSettings, env_error, parse_hw
 
@@ -102,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument(
         "--shared-dir",
-        help="shared data folder (default: ../shared beside the "
-        "project root of the current directory)",
+        help="shared data folder (default: $HRNET_SHARED_DIR, else ../shared beside the "
+        "project root of the current directory if it exists, else beside this checkout)",
     )
     mode.add_argument(
         "--zoo",
@@ -267,21 +268,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ExportSettings:
         return ExportSettings(**given)
     except ValidationError as exc:
         raise CLIError(env_error(exc)) from None
-
-
-def find_project_root(start: Path) -> Path | None:
-    """First of ``start`` and its parents holding ``pyproject.toml`` or ``.git``; else None."""
-    for d in (start, *start.parents):
-        if (d / "pyproject.toml").is_file() or (d / ".git").exists():
-            return d
-    return None
-
-
-def default_shared_dir(cwd: Path | None = None) -> Path:
-    """``../shared`` beside the project root of ``cwd`` (or of ``cwd`` itself if none is found)."""
-    cwd = Path.cwd() if cwd is None else cwd
-    root = find_project_root(cwd.resolve()) or cwd.resolve()
-    return root.parent / "shared"
 
 
 def _config_kw(args: ExportSettings) -> dict:

@@ -60,6 +60,36 @@ class ExportError(RuntimeError):
     card/graph mismatch). The message names the model/shape/tensor concerned."""
 
 
+def cpu_session(
+    model: Path | str | bytes, *, log_severity_level: int | None = None, wrap_errors: bool = True
+):
+    """An ``onnxruntime.InferenceSession`` of ``model`` on the CPU execution provider only.
+
+    ``model`` is an ONNX file's path or a serialised ``ModelProto`` (``bytes``).
+    ``log_severity_level`` sets ``SessionOptions.log_severity_level`` (3: errors only, silencing
+    ONNX Runtime's warnings); ``None`` passes no ``SessionOptions`` at all (ONNX Runtime's
+    defaults: graph optimisations on, its own thread counts and log level).
+
+    Raises :class:`ExportError` ``"ONNX Runtime cannot load <model>: <reason>"`` when ONNX
+    Runtime cannot load the model, or, with ``wrap_errors=False``, ONNX Runtime's own exception
+    unchanged (for callers that document or wrap it themselves).
+    """
+    import onnxruntime as ort
+
+    opts = None
+    if log_severity_level is not None:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = log_severity_level
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        if not wrap_errors:
+            raise
+        what = "the in-memory model" if isinstance(model, bytes) else model
+        raise ExportError(f"ONNX Runtime cannot load {what}: {exc}") from exc
+
+
 def _shape_key(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
@@ -471,16 +501,12 @@ def check_parity(
             if ONNX Runtime cannot load/run the file.
         ValueError: a negative ``atol`` or ``rtol``.
     """
-    import onnxruntime as ort
     import torch
 
     if not (atol >= 0 and rtol >= 0):
         raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
     model = model.eval().cpu()
-    try:
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
+    session = cpu_session(onnx_path)
     in_name = session.get_inputs()[0].name
     out_names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
@@ -535,6 +561,7 @@ __all__ = [
     "ParityStats",
     "calibrate_batchnorm",
     "check_parity",
+    "cpu_session",
     "export_onnx",
     "generic_spatial_size",
     "onnx_metadata",

@@ -53,7 +53,7 @@ from service.geometry import bbox_xywh2xyxy
 from service.metrics.coco_keypoints import mean_oks
 from service.pipelines.topdown import prepare_inputs
 
-from .onnx_export import ExportError
+from .onnx_export import ExportError, cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -191,20 +191,12 @@ def calibration_crops(
     return np.concatenate(batches)
 
 
-def _session(path: Path | str):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def run_onnx(path: Path | str, x: np.ndarray, batch: int = 16) -> np.ndarray:
     """The first output of the ONNX graph at ``path`` on ``x`` (``(N, 3, h, w)`` float32 network
     inputs, run ``batch`` items at a time on ONNX Runtime's CPU provider), concatenated along
     axis 0 (e.g. ``(N, K, h/4, w/4)`` float32 heatmaps). ONNX Runtime's errors (unloadable graph,
     wrong input shape) propagate."""
-    sess = _session(path)
+    sess = cpu_session(path, log_severity_level=3, wrap_errors=False)
     name = sess.get_inputs()[0].name
     return np.concatenate(
         [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
@@ -484,7 +476,7 @@ def quantize_int8(
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             name_nodes(pre)
-            name = _session(pre).get_inputs()[0].name
+            name = cpu_session(pre, log_severity_level=3, wrap_errors=False).get_inputs()[0].name
             quantize_static(
                 str(pre),
                 str(dst),

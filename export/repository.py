@@ -27,7 +27,7 @@ from service.dtypes import NUMPY_DTYPES, ORT_DTYPES
 from service.layout import CARD_FILENAME, CONFIG_FILENAME, MODEL_VERSION
 from service.layout import ONNX_FILENAME as MODEL_FILENAME
 
-from .onnx_export import ExportError
+from .onnx_export import ExportError, cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ STAGING_DIRNAME = ".staging"
 
 LinkMode = Literal["copy", "hardlink", "symlink"]
 OnnxSource = str | os.PathLike | bytes
-
-
-def _session(onnx_path: Path | str):
-    import onnxruntime as ort
-
-    try:
-        return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
 
 
 def onnx_signature(onnx_path: Path | str, _sess=None) -> dict[str, dict[str, tuple[str, list]]]:
@@ -54,7 +45,7 @@ def onnx_signature(onnx_path: Path | str, _sess=None) -> dict[str, dict[str, tup
     *including* the batch axis, each dim an ``int`` or a ``str``/``None`` for a symbolic axis.
     Raises :class:`ExportError` if ONNX Runtime cannot load the file.
     """
-    sess = _sess if _sess is not None else _session(onnx_path)
+    sess = _sess if _sess is not None else cpu_session(onnx_path)
 
     def table(args) -> dict[str, tuple[str, list]]:
         return {a.name: (ORT_DTYPES.get(a.type, a.type), list(a.shape)) for a in args}
@@ -82,7 +73,7 @@ def card_mismatches(card: ModelCard, onnx_path: Path | str, *, probe: bool = Tru
     (this catches symbolic graph dims such as RTMDet's ``dets`` last axis).
     Raises :class:`ExportError` only if the file cannot be loaded/run.
     """
-    sess = _session(onnx_path)
+    sess = cpu_session(onnx_path)
     sig = onnx_signature(onnx_path, sess)
     problems: list[str] = []
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from service.cards import TopDownCard
 
-from .onnx_export import ExportError
+from .onnx_export import ExportError, cpu_session
 from .quantize import Agreement, check_agreement, keep_fp32, run_onnx
 
 #: the first K tried by :func:`search_fp32_nodes`; then doubled
@@ -77,7 +77,6 @@ def activation_sqnr(
     ``inf`` for a tensor that quantises exactly. Raises :class:`ExportError` when the fp32 graph
     lacks a tensor the QDQ graph quantises."""
     import onnx
-    import onnxruntime as ort
 
     qdq = onnx.load(str(qdq_path))
     params = _qdq_params(qdq)
@@ -100,11 +99,7 @@ def activation_sqnr(
     model.graph.output.extend(
         onnx.ValueInfoProto(name=t) for t in sorted(set(source.values())) if t not in outputs
     )
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(
-        model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
+    sess = cpu_session(model.SerializeToString(), log_severity_level=3, wrap_errors=False)
     feed = sess.get_inputs()[0].name
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)

@@ -7,11 +7,13 @@ Environment names: ``HRNET_MODEL_REPOSITORY``, ``HRNET_CACHE_DIR`` and ``HRNET_S
 names are matched case-insensitively). Keyword arguments (:func:`export.cli.parse_args` passes
 the flags given on the command line) win over the environment, which wins over the defaults.
 
-Environment strings: flags take 1/0, true/false, yes/no, on/off (empty = off); repeatable options
-(``zoo``, ``check_size``) take a list separated by commas and/or whitespace
-(``HRNET_EXPORT_ZOO="a,b"`` or ``"a b"``, ``HRNET_EXPORT_CHECK_SIZE="64x128, 96x80"``); an empty
-path is unset. A value that does not convert raises :class:`pydantic.ValidationError`
-(:func:`env_error` turns it into one line naming the variable).
+Environment strings: an empty variable is unset, for every option (pydantic-settings'
+``env_ignore_empty``): the option keeps its default (flags off, lists and paths ``None``). Flags
+take 1/0, true/false, yes/no, on/off (whitespace-only = off); repeatable options (``zoo``,
+``check_size``) take a list separated by commas and/or whitespace (``HRNET_EXPORT_ZOO="a,b"`` or
+``"a b"``, ``HRNET_EXPORT_CHECK_SIZE="64x128, 96x80"``; whitespace or commas only = unset). A
+value that does not convert raises :class:`pydantic.ValidationError` (:func:`env_error` turns it
+into one line naming the variable).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ SHARED_ENV = {
     "shared_dir": "HRNET_SHARED_DIR",
 }
 _TRUE = {"1", "true", "yes", "on"}
+# "": a whitespace-only value (an empty variable never reaches the validators: env_ignore_empty)
 _FALSE = {"0", "false", "no", "off", ""}
 
 
@@ -52,7 +55,8 @@ def parse_hw(text: str) -> tuple[int, int]:
 
 
 def _flag(value: Any) -> Any:
-    """An environment flag string -> bool (1/0, true/false, yes/no, on/off, empty = False)."""
+    """An environment flag string -> bool (1/0, true/false, yes/no, on/off, any case, blanks
+    around ignored; whitespace-only = False). Raises ``ValueError`` for anything else."""
     if not isinstance(value, str):
         return value
     v = value.strip().lower()
@@ -64,8 +68,8 @@ def _flag(value: Any) -> Any:
 
 
 def _words(value: Any) -> Any:
-    """An environment list string -> its items, split at commas and/or whitespace (None if
-    empty); lists (repeated command-line flags) pass unchanged."""
+    """An environment list string -> its items, split at commas and/or whitespace (None if it
+    has none, e.g. ``" "``); lists (repeated command-line flags) pass unchanged."""
     if not isinstance(value, str):
         return value
     return value.replace(",", " ").split() or None
@@ -80,7 +84,9 @@ def _sizes(value: Any) -> Any:
 
 
 def _path(value: Any) -> Any:
-    """An empty environment path is unset (None)."""
+    """An empty path is unset (None). Environment variables never reach here empty
+    (env_ignore_empty); this is for keyword arguments: ``--model-repository "$UNSET"`` on the
+    command line is "not given", not the working directory (``Path("")`` is ``.``)."""
     return None if value == "" else value
 
 
@@ -102,7 +108,11 @@ class ExportSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, protected_namespaces=(), validate_by_name=True, extra="forbid"
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        protected_namespaces=(),
+        validate_by_name=True,
+        extra="forbid",
     )
 
     # what to register

@@ -98,6 +98,51 @@ def test_ints_and_choices_from_environment(monkeypatch):
         parse_args([])
 
 
+def test_empty_variable_is_unset_for_every_kind_of_option(monkeypatch):
+    """pydantic-settings' ``env_ignore_empty``: an empty variable keeps the option's default,
+    also for ints, floats, choices and strings (without it ``""`` is an invalid int / choice, and
+    the string ``""`` for a text option)."""
+    for var in (
+        "MAX_BATCH_SIZE",
+        "OPSET",
+        "ATOL",
+        "INSTANCE_KIND",
+        "EXPORTER",
+        "ARCH",
+        "NAME",
+        "CALIBRATION_ANN",
+        "RANDOM_INIT",
+        "ZOO",
+        "CHECK_SIZE",
+    ):
+        monkeypatch.setenv(f"HRNET_EXPORT_{var}", "")
+    monkeypatch.setenv("HRNET_MODEL_REPOSITORY", "")
+    s = parse_args([])
+    assert (s.max_batch_size, s.opset, s.atol, s.instance_kind, s.exporter) == (
+        None,
+        17,
+        1e-4,
+        "KIND_GPU",
+        "auto",
+    )
+    assert s.arch is None and s.name is None and s.calibration_ann is None
+    assert s.random_init is False and s.zoo is None and s.check_size is None
+    assert s.model_repository is None
+    # a flag given on the command line still wins over the (ignored) empty variable
+    assert parse_args(["--opset", "18"]).opset == 18
+
+
+def test_blank_values_that_the_library_does_not_ignore(monkeypatch):
+    """``env_ignore_empty`` drops exactly ``""``; our validators keep whitespace-only flags off and
+    blank lists unset, and an empty path given as a keyword (the command line) unset."""
+    monkeypatch.setenv("HRNET_EXPORT_TRT", "  ")
+    monkeypatch.setenv("HRNET_EXPORT_ZOO", " , ")
+    s = parse_args([])
+    assert s.trt is False and s.zoo is None
+    s = parse_args(["--model-repository", "", "--shared-dir", "", "--cache-dir", ""])
+    assert (s.model_repository, s.shared_dir, s.cache_dir) == (None, None, None)
+
+
 def test_every_flag_is_a_setting_and_named_in_help():
     """The parser's long flags and the settings' fields are the same set (``--list`` is
     ``list_archs``), and the help names the environment variables' scheme."""

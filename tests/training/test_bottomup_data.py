@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from export.paths import default_shared_dir
 from service.codecs.associative_embedding_targets import AssociativeEmbeddingTargets
 from training.bottomup_data import (
     BottomUpDataset,
@@ -31,9 +32,7 @@ from training.bottomup_transforms import (
 )
 from training.data import sample_rng
 
-SHARED = Path(
-    os.environ.get("HRNET_SHARED_DIR", Path(__file__).resolve().parents[2] / ".." / "shared")
-)
+SHARED = default_shared_dir()
 COCO_MINI = SHARED / "data" / "coco_mini"
 FLIP = [0, 2, 1]
 
