@@ -121,8 +121,10 @@ class Settings(BaseSettings):
     # e.g. '{"pp_tinypose_256x192": "bf16"}'. Int8 (QDQ) entries run int8 whatever the hint
     openvino_precision: Literal["f32", "bf16", "f16"] = "f32"
     openvino_precisions: dict[str, Literal["f32", "bf16", "f16"]] = {}
-    openvino_threads: int = 0  # INFERENCE_NUM_THREADS per run; 0 = cores / openvino_concurrent_runs
-    openvino_concurrent_runs: int = 1  # OpenVINO runs at once (one shared pool)
+    openvino_threads: int = 0  # threads per run; 0 = cores / openvino_concurrent_runs
+    # OpenVINO runs at once (one shared pool; a fixed-shape model gets as many streams); 0 = one
+    # per core, as ort_concurrent_runs
+    openvino_concurrent_runs: int = 0
 
     # security
     # API key(s), comma-separated; unset or empty = no key needed. When set, every endpoint but

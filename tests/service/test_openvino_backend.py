@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app, make_backend
 from service.backends.base import BackendError, BackendUnavailable
+from service.backends.embedded import cpu_cores
 from service.batching import BatchConfig
 from service.repository import ModelRepository
 from service.settings import Settings
@@ -157,10 +158,31 @@ def test_int8_qdq_entry_runs_int8_whatever_the_hint(conv_repo, tmp_path):
     assert np.abs(y - exact).max() < 0.05 * np.abs(exact).max()
 
 
+def test_a_fixed_shape_model_gets_a_stream_per_concurrent_run(conv_repo):
+    """Two runs at once need two streams (one stream serialises a compiled model's requests): the
+    compiled model reads back NUM_STREAMS 2 and 2 threads in all; both runs' results exact."""
+    be = OpenVinoBackend(ModelRepository(conv_repo), models=["conv_a"], concurrent_runs=2)
+
+    async def go(be):
+        compiled = be.sessions["conv_a"].compiled
+        xs = [_x(2, seed=s) for s in range(2)]
+        outs = await asyncio.gather(*(be.infer("conv_a", {"image": x}) for x in xs))
+        streams = int(compiled.get_property("NUM_STREAMS"))
+        return streams, int(compiled.get_property("INFERENCE_NUM_THREADS")), xs, outs
+
+    streams, threads, xs, outs = _run(be, go)
+    assert (streams, threads) == (2, 2 * be.threads)
+    for x, y in zip(xs, outs):
+        exact, bound = conv_pose_closed_form(conv_repo / "conv_a" / "1" / "model.onnx", x)
+        assert (np.abs(y["heatmaps"] - exact) <= 1e-5 * bound).all()
+
+
 def test_requests_share_runs_through_the_dynamic_batcher(conv_repo):
     """The one worker held: four 1-crop requests queue, then run as two full batches of 2 (the
     card's max), each answer its own crop's closed form."""
-    be = OpenVinoBackend(ModelRepository(conv_repo), models=["conv_a"], batching=BatchConfig())
+    be = OpenVinoBackend(
+        ModelRepository(conv_repo), models=["conv_a"], batching=BatchConfig(), concurrent_runs=1
+    )
     xs = [_x(1, seed=s) for s in range(4)]
     runs = []
     run_chunk = be._run_chunk
@@ -275,13 +297,23 @@ def test_settings_choose_the_backend_and_per_model_precisions(conv_repo, monkeyp
     be = make_backend(Settings(), ModelRepository(conv_repo))
     assert isinstance(be, OpenVinoBackend)
     assert be.config_for("conv_b")["INFERENCE_PRECISION_HINT"] == "bf16"
+    # one stream per concurrent run (default: one per core), each run on HRNET_OPENVINO_THREADS
+    runs = cpu_cores()
+    assert be.concurrent_runs == runs
     assert be.config_for("conv_a") == {
         "INFERENCE_PRECISION_HINT": "f32",
-        "INFERENCE_NUM_THREADS": 1,
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": runs,
+        "NUM_STREAMS": runs,
         "ENABLE_CPU_PINNING": False,
     }
+    # a dynamic-shape model: one stream on every core
+    assert be.config_for("conv_a", dynamic=True)["NUM_STREAMS"] == 1
+    assert be.config_for("conv_a", dynamic=True)["INFERENCE_NUM_THREADS"] == cpu_cores()
+    monkeypatch.setenv("HRNET_OPENVINO_CONCURRENT_RUNS", "3")
+    monkeypatch.setenv("HRNET_OPENVINO_THREADS", "2")
+    be3 = make_backend(Settings(), ModelRepository(conv_repo))
+    assert be3.config_for("conv_a")["NUM_STREAMS"] == 3
+    assert be3.config_for("conv_a")["INFERENCE_NUM_THREADS"] == 6
     with pytest.raises(ValueError, match="unknown OpenVINO precision 'f8'"):
         OpenVinoBackend(ModelRepository(conv_repo), precision="f8")
 
