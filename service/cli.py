@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import get_args
 
+from .memory import limit_malloc_arenas
 from .observability import configure_logging
 from .settings import Settings
 
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    limit_malloc_arenas(defaults.malloc_arena_max)  # before any worker thread exists
     settings = defaults.model_copy(
         update={
             "model_repository": args.model_repository,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     # at start-up, run each fixed-shape model at its largest batches (Triton's model_warmup), so
     # the first requests are not slow and the memory seen idle is the memory used under load
     warm_up: bool = True
+    # glibc malloc arenas of the gateway process (MALLOC_ARENA_MAX, set at start-up by
+    # hrnet-serve): worker threads share them, so RSS under load stays near the idle value;
+    # 0 = the C library's default (8 per core)
+    malloc_arena_max: int = Field(default=2, ge=0)
     ort_providers: str | None = None  # comma list; default CUDA if available, else CPU
 
     # embedded OpenVINO (backend="openvino", the [openvino] extra; service/backends/openvino.py):
