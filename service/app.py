@@ -30,7 +30,7 @@ from .backends.base import Backend
 from .errors import install_error_handlers
 from .lifecycle import Drain, DrainMiddleware
 from .limits import BODY_OVERHEAD_BYTES, BodySizeLimit, make_endpoint_limits
-from .observability import REQUEST_ID_HEADER, install_observability
+from .observability import REQUEST_ID_HEADER, SERVER_TIMING_HEADER, install_observability
 from .reload import ModelReloader, listen_for_sighup, stop_listening
 from .repository import ModelRepository
 from .settings import Settings
@@ -131,7 +131,12 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             allow_origins=origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", API_KEY_HEADER, REQUEST_ID_HEADER],
-            expose_headers=[REQUEST_ID_HEADER, "X-Inference-Mode", "Retry-After"],
+            expose_headers=[
+                REQUEST_ID_HEADER,
+                SERVER_TIMING_HEADER,
+                "X-Inference-Mode",
+                "Retry-After",
+            ],
         )
 
     metrics_deps = [Depends(require_api_key)] if settings.metrics_require_api_key else []

@@ -277,6 +277,7 @@ def test_cors_allow_list(repo):
         r = c.get("/healthz", headers={"Origin": "https://b.example"})
         assert r.headers["access-control-allow-origin"] == "https://b.example"
         assert "X-Request-ID" in r.headers["access-control-expose-headers"]
+        assert "Server-Timing" in r.headers["access-control-expose-headers"]
         other = c.get("/healthz", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
         bad = c.options(
