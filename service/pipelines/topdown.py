@@ -127,8 +127,11 @@ def decode_outputs(
     ``n`` is the number of boxes; ``K`` the served keypoints. Shared with ``training.validate``."""
     codec_spec = card.codec
     if flip_test:
-        flipped = flip_heatmaps(heatmaps[n:], card.flip_indices, shift_heatmap=card.shift_heatmap)
-        heatmaps = (heatmaps[:n] + flipped) * 0.5
+        # (plain + flipped) * 0.5 as upstream, in place in the new flipped array
+        merged = flip_heatmaps(heatmaps[n:], card.flip_indices, shift_heatmap=card.shift_heatmap)
+        merged += heatmaps[:n]
+        merged *= np.float32(0.5)
+        heatmaps = merged
     kpts_input, kpt_scores = build_codec(codec_spec).decode(heatmaps)
     kpts = keypoints_to_image(kpts_input, centers, scales, codec_spec.input_size)
     if card.output_keypoint_indices is not None:  # after the flip with the head's flip indices
