@@ -9,7 +9,7 @@ threads share them: measured with 200 clients on the photo set (PP-TinyPose, one
 gateways side by side), peak RSS 373 / 423 MiB with 2 arenas vs 421 / 515 MiB without (flip
 off / on), the same requests per second; two more runs: 1.43x / 1.42x the idle RSS with 2 arenas,
 1.67x / 1.75x without. The price: threads sharing arenas fault in their per-request arrays more
-often, 1-1.5 points more of a one-client request's time outside inference (benchmarks/README.md).
+often, 1-2 points more of a one-client request's time outside inference (benchmarks/README.md).
 """
 
 from __future__ import annotations
