@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .flip import flip_heatmaps, flip_images
+from .flip import flip_heatmaps
 from .msra_heatmap import MSRAHeatmap
 from .udp_heatmap import UDPHeatmap
 
-__all__ = ["MSRAHeatmap", "UDPHeatmap", "build_codec", "flip_heatmaps", "flip_images"]
+__all__ = ["MSRAHeatmap", "UDPHeatmap", "build_codec", "flip_heatmaps"]
 
 Codec = MSRAHeatmap | UDPHeatmap
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["flip_heatmaps", "flip_images"]
+__all__ = ["flip_heatmaps"]
 
 
 def flip_heatmaps(
@@ -53,34 +53,3 @@ def flip_heatmaps(
     if shift_heatmap and out.shape[-1] > 1:
         out[..., 1:] = out[..., :-1].copy()
     return out
-
-
-def flip_images(batch: np.ndarray, layout: str | None = None) -> np.ndarray:
-    """Horizontally flip a batch of images (the flip-test input, ``inputs.flip(-1)`` upstream).
-
-    Args:
-        batch: ``(N, H, W, C)`` (``layout="nhwc"``) or ``(N, C, H, W)`` (``layout="nchw"``). With
-            ``layout=None`` it is inferred: NCHW if axis 1 has 1 or 3 entries and the last axis does
-            not, NHWC in the opposite case.
-        layout: ``"nhwc"``, ``"nchw"`` or None.
-
-    Returns:
-        New contiguous array, same dtype, width axis reversed.
-
-    Raises:
-        ValueError: not 4-D, unknown layout, or a layout that cannot be inferred.
-    """
-    arr = np.asarray(batch)
-    if arr.ndim != 4:
-        raise ValueError(f"batch must be 4-D (N, H, W, C) or (N, C, H, W), got {arr.shape}")
-    if layout is None:
-        chw = arr.shape[1] in (1, 3)
-        hwc = arr.shape[3] in (1, 3)
-        if chw == hwc:
-            raise ValueError(f"cannot infer the layout of a batch shaped {arr.shape}; pass layout=")
-        layout = "nchw" if chw else "nhwc"
-    if layout == "nchw":
-        return np.ascontiguousarray(arr[..., ::-1])
-    if layout == "nhwc":
-        return np.ascontiguousarray(arr[:, :, ::-1])
-    raise ValueError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")

@@ -29,9 +29,10 @@ def to_input_tensor(
     Channels are reordered to ``norm.channel_order`` (as MMEngine's data preprocessor does with
     ``bgr_to_rgb``), then ``(x - mean) / std`` per channel on 0..255 values, in float32.
     ``with_flipped``: the output is ``(2N, 3, H, W)``, the horizontally flipped inputs after the
-    plain ones (the flip test's batch; flipping after normalising gives the same values as
-    normalising flipped crops). ``norm`` is a card's :class:`~service.cards.Normalization` or any
-    object with the same three attributes. Raises ValueError for another input shape.
+    plain ones (the flip test's batch, MMPose's ``inputs.flip(-1)``; flipping after normalising
+    gives the same values as normalising flipped crops). ``norm`` is a card's
+    :class:`~service.cards.Normalization` or any object with the same three attributes. Raises
+    ValueError for another input shape.
     """
     if images_bgr.ndim != 4 or images_bgr.shape[-1] != 3:
         raise ValueError(f"expected (N, H, W, 3) images, got shape {images_bgr.shape}")

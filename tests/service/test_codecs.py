@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.cards import CodecSpec
-from service.codecs import MSRAHeatmap, UDPHeatmap, build_codec, flip_heatmaps, flip_images
+from service.codecs import MSRAHeatmap, UDPHeatmap, build_codec, flip_heatmaps
 from service.codecs.refine import get_heatmap_maximum
 from service.geometry import (
     affine_transform_points,
@@ -397,18 +397,6 @@ def test_flip_swaps_channels_by_flip_indices():
     np.testing.assert_allclose(out[0, :, 0, W - 1 - 4], [0.3, 0.2, 0.1])
     with pytest.raises(ValueError):
         flip_heatmaps(hm, [0, 0, 1])
-
-
-def test_flip_images():
-    nhwc = np.arange(2 * 4 * 5 * 3).reshape(2, 4, 5, 3)
-    np.testing.assert_array_equal(flip_images(nhwc)[:, :, 0], nhwc[:, :, 4])
-    nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
-    np.testing.assert_array_equal(flip_images(nchw)[..., 0], nchw[..., 4])
-    np.testing.assert_array_equal(
-        flip_images(nchw, layout="nchw"), flip_images(nhwc).transpose(0, 3, 1, 2)
-    )
-    with pytest.raises(ValueError):
-        flip_images(np.zeros((1, 3, 4, 3)))  # ambiguous
 
 
 # ---------------------------------------------------------------- build_codec
